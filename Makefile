@@ -1,0 +1,39 @@
+# Everything runs inside .venv, made from scratch when missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench demo-model clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 2; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check volumes models workers service tests
+	$(BIN)/ruff check volumes models workers service tests
+	$(BIN)/mypy volumes models workers service
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m service.demo
+
+bench: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_inference.py
+
+# Re-trains the shipped demo checkpoint (models/weights/demo_unet3d.pth.tar) reproducibly on CPU.
+demo-model: $(STAMP)
+	$(BIN)/python -m models.demo_training --out models/weights/demo_unet3d.pth.tar
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
