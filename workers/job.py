@@ -104,6 +104,7 @@ class InferenceJob:
         payload = {
             "input": asdict(self.input),
             "model_sha256": model_sha256,
+            "model": asdict(self.model),
             "window": asdict(self.window),
             "output": {k: v for k, v in asdict(self.output).items() if k != "overwrite"},
             "block_shape": self.compute.block_shape,
@@ -111,3 +112,18 @@ class InferenceJob:
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the control plane needs to know of a model, found by loading it on a worker."""
+
+    in_channels: int
+    out_channels: int
+    sha256: str
+    description: str = ""
+
+
+# Key of the output array's attributes under which the engine records its identity:
+# {"layout_key": str, "complete": bool, "job": dict, "model_sha256": str, "version": str}
+OUTPUT_ATTRS_KEY = "pytc"

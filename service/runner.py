@@ -1,0 +1,241 @@
+"""Drives one inference job over Dask: plans blocks, submits pass-1 and pass-2 tasks with bounded
+tasks in flight, resumes from the done markers, and reports progress.
+
+Progress is durable and outside Dask: a block counts as done only when its pass-2 marker is on
+disk, which is written after its chunks. The output is marked complete only when every block has
+that marker; a failed or cancelled job leaves it marked incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from distributed import Client, Future, as_completed
+
+from service.errors import JobCancelledError, JobFailedError
+from service.validation import check_output
+from volumes.blocks import BlockPlan
+from volumes.output import create_output
+from volumes.volume import open_volume
+from workers.geometry import JobGeometry, build_geometry
+from workers.job import OUTPUT_ATTRS_KEY, InferenceJob, ModelInfo
+from workers.rundir import Index, RunDir
+from workers.tasks import BlockTask, inspect_model, run_block
+
+log = logging.getLogger(__name__)
+
+
+def software_version() -> str:
+    try:
+        return version("pytc-service")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    unit: str
+    voxels_done: int
+    voxels_total: int
+    elapsed_s: float
+
+
+@dataclass
+class RunResult:
+    output_path: str
+    dataset: str
+    layout_key: str
+    blocks_total: int
+    blocks_skipped: int  # already done before this run (resume)
+    tasks_run: dict[str, int] = field(default_factory=lambda: {"pass1": 0, "pass2": 0})
+    windows: int = 0
+    scratch_bytes: int = 0
+    output_bytes: int = 0
+    seconds: float = 0.0
+    task_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_output(job: InferenceJob, info: ModelInfo, layout_key: str, geometry: JobGeometry) -> RunDir:
+    """Create the output (once, before any block) or find it ready for a resume."""
+    run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
+    if check_output(job, info.sha256) == "resume":
+        return run_dir
+    shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
+    source = open_volume(job.input.path, job.input.dataset)
+    attrs = {
+        OUTPUT_ATTRS_KEY: {
+            "layout_key": layout_key,
+            "complete": False,
+            "job": json.loads(job.document),
+            "model_sha256": info.sha256,
+            "version": software_version(),
+        }
+    }
+    create_output(
+        job.output.path,
+        job.output.dataset,
+        job.output.format,
+        (info.out_channels, *geometry.roi.shape),
+        job.output.dtype,
+        job.output.chunks,
+        source.voxel_size,
+        attrs,
+        overwrite=job.output.overwrite,
+    )
+    return run_dir
+
+
+def _mark_complete(job: InferenceJob, complete: bool) -> None:
+    volume = open_volume(job.output.path, job.output.dataset, mode="r+")
+    record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
+    record["complete"] = complete
+    volume.set_attrs({OUTPUT_ATTRS_KEY: record})
+
+
+class _Scheduler:
+    """Which task to submit next: pass 1 in block order, pass 2 once its contributors' pass 1 is done."""
+
+    def __init__(self, plan: BlockPlan, run_dir: RunDir) -> None:
+        self.plan = plan
+        self.p1_done = run_dir.done_blocks(1)
+        self.p2_done = run_dir.done_blocks(2)
+        self.pass1 = [b for b in plan.blocks() if b not in self.p1_done and b not in self.p2_done]
+        self.waiting = {b: plan.pass2_dependencies(b) for b in plan.blocks() if b not in self.p2_done}
+        self.ready: list[Index] = []
+        self._release()
+
+    def _release(self) -> None:
+        for block, deps in list(self.waiting.items()):
+            if block in self.p2_done:
+                del self.waiting[block]
+            elif block in self.p1_done and deps <= self.p1_done:
+                self.ready.append(block)
+                del self.waiting[block]
+
+    def finished(self, phase: int, block: Index) -> None:
+        if phase == 1:
+            self.p1_done.add(block)
+            if not self.plan.border_chunks(block):
+                self.p2_done.add(block)
+        else:
+            self.p2_done.add(block)
+        self._release()
+
+    def next_task(self) -> tuple[int, Index] | None:
+        if self.ready:
+            return 2, self.ready.pop(0)
+        if self.pass1:
+            return 1, self.pass1.pop(0)
+        return None
+
+
+def run_inference(
+    job: InferenceJob,
+    client: Client,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    max_in_flight: int | None = None,
+    retries: int = 2,
+    priority: int = 0,
+) -> RunResult:
+    """Run the job to completion on ``client``'s cluster; resumes from what is already done."""
+    started = time.perf_counter()
+    info: ModelInfo = client.submit(inspect_model, job.model, job.window.patch_size, pure=False).result()
+    layout_key = job.layout_key(info.sha256)
+    geometry = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
+    plan = geometry.plan
+    run_dir = prepare_output(job, info, layout_key, geometry)
+    state = _Scheduler(plan, run_dir)
+    result = RunResult(job.output.path, job.output.dataset, layout_key, plan.n_blocks, len(state.p2_done))
+    voxels = {b: plan.write_box(b).size for b in plan.blocks()}
+    total_voxels = sum(voxels.values())
+    limit = max_in_flight or max(4, 2 * len(client.scheduler_info().get("workers", {})) + 2)
+
+    def report() -> None:
+        if on_progress is not None:
+            done_vox = sum(voxels[b] for b in state.p2_done)
+            on_progress(
+                Progress(
+                    len(state.p2_done),
+                    plan.n_blocks,
+                    "blocks",
+                    done_vox,
+                    total_voxels,
+                    time.perf_counter() - started,
+                )
+            )
+
+    def submit(phase: int, block: Index) -> Future:
+        task = BlockTask(job, layout_key, block, phase, info.out_channels)  # type: ignore[arg-type]
+        key = f"pytc-{layout_key}-p{phase}-{'_'.join(map(str, block))}"
+        return client.submit(
+            run_block,
+            task,
+            key=key,
+            retries=retries,
+            pure=False,
+            priority=priority + (10 if phase == 2 else 0),
+        )
+
+    report()
+    in_flight: dict[Future, tuple[int, Index]] = {}
+    pool = as_completed()
+    try:
+        while True:
+            while len(in_flight) < limit and (nxt := state.next_task()) is not None:
+                future = submit(*nxt)
+                in_flight[future] = nxt
+                pool.add(future)
+            if not in_flight:
+                break
+            future = next(pool)
+            phase, block = in_flight.pop(future)
+            if cancel is not None and cancel.is_set():
+                raise JobCancelledError(
+                    f"job cancelled with {len(state.p2_done)}/{plan.n_blocks} blocks done"
+                )
+            if future.status != "finished":
+                raise JobFailedError(
+                    f"block {block} (pass {phase}) failed after {retries} retries: {future.exception()!r}"
+                )
+            _record(result, future.result())
+            state.finished(phase, block)
+            report()
+    finally:
+        if in_flight:
+            client.cancel(list(in_flight))
+    _verify_and_complete(job, run_dir, plan)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _record(result: RunResult, block_result: Any) -> None:
+    result.tasks_run[f"pass{block_result.phase}"] += 1
+    result.windows += block_result.windows
+    result.scratch_bytes += block_result.scratch_bytes
+    result.output_bytes += block_result.output_bytes
+    for name, seconds in block_result.seconds.items():
+        result.task_seconds[name] = result.task_seconds.get(name, 0.0) + seconds
+
+
+def _verify_and_complete(job: InferenceJob, run_dir: RunDir, plan: BlockPlan) -> None:
+    """Success only over a whole output: every block's final marker must be on disk."""
+    missing = [b for b in plan.blocks() if not run_dir.is_done(2, b)]
+    if missing:
+        raise JobFailedError(
+            f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
+            "the output stays marked incomplete"
+        )
+    run_dir.drop_all_scratch()
+    _mark_complete(job, True)

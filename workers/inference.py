@@ -1,0 +1,112 @@
+"""Forward passes over batches of windows: test-time augmentation, activations per head, precision.
+
+Each TTA variant is transformed, run, activated and transformed back before the variants are
+reduced, exactly as PyTC's ``TestAugmentor`` does; activations are applied per variant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.job import Activation, Precision, Reduce
+
+# (xflip, yflip, zflip, transpose) per variant, in PyTC's order.
+_TTA_OPTIONS = {
+    1: ((False,), (False,), (False,), (False,)),
+    4: ((False, True), (False, True), (False,), (False,)),
+    8: ((False, True), (False, True), (False,), (False, True)),
+    16: ((False, True), (False, True), (False, True), (False, True)),
+}
+
+
+def tta_variants(count: int) -> list[tuple[bool, bool, bool, bool]]:
+    return list(itertools.product(*_TTA_OPTIONS[count]))
+
+
+def _flip_dims(xflip: bool, yflip: bool, zflip: bool) -> list[int]:
+    return [d for d, on in ((4, xflip), (3, yflip), (2, zflip)) if on]
+
+
+def augment(x: torch.Tensor, variant: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    xflip, yflip, zflip, transpose = variant
+    dims = _flip_dims(xflip, yflip, zflip)
+    if dims:
+        x = torch.flip(x, dims)
+    return x.transpose(3, 4) if transpose else x
+
+
+def deaugment(x: torch.Tensor, variant: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    xflip, yflip, zflip, transpose = variant
+    if transpose:
+        x = x.transpose(3, 4)
+    dims = _flip_dims(xflip, yflip, zflip)
+    return torch.flip(x, dims) if dims else x
+
+
+def apply_activations(x: torch.Tensor, heads: Sequence[int], activations: Sequence[Activation]) -> torch.Tensor:
+    """One activation per head over its channels; tanh is mapped to [0, 1] as PyTC does."""
+    parts, begin = [], 0
+    for width, act in zip(heads, activations, strict=True):
+        part = x[:, begin : begin + width]
+        begin += width
+        if act == "sigmoid":
+            part = torch.sigmoid(part)
+        elif act == "softmax":
+            part = torch.softmax(part, dim=1)
+        elif act == "tanh":
+            part = (torch.tanh(part) + 1.0) / 2.0
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+@dataclass
+class WindowPredictor:
+    """Runs one model over batches of windows and returns float32 predictions (N, C, *patch)."""
+
+    module: torch.nn.Module
+    device: torch.device
+    heads: tuple[int, ...]
+    activations: tuple[Activation, ...]
+    tta_count: int = 1
+    tta_reduce: Reduce = "mean"
+    precision: Precision = "float32"
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            y = self.module(x)
+        if y.shape[2:] != x.shape[2:]:
+            raise ValueError(f"the model returned spatial shape {tuple(y.shape[2:])} for input {tuple(x.shape[2:])}; "
+                             "the engine needs outputs the size of their windows")
+        return apply_activations(y.float(), self.heads, self.activations)
+
+    @torch.inference_mode()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        result: torch.Tensor | None = None
+        variants = tta_variants(self.tta_count)
+        for variant in variants:
+            y = deaugment(self._forward(augment(x, variant)), variant)
+            if result is None:
+                result = y.clone() if self.tta_reduce == "mean" else y
+            elif self.tta_reduce == "mean":
+                result += y
+            elif self.tta_reduce == "min":
+                result = torch.minimum(result, y)
+            else:
+                result = torch.maximum(result, y)
+        assert result is not None  # at least one variant
+        if self.tta_reduce == "mean" and len(variants) > 1:
+            result /= len(variants)
+        return result.cpu().numpy().astype(np.float32, copy=False)
