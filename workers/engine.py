@@ -111,7 +111,9 @@ def accumulate_windows(ctx: BlockContext, block: Index, predict: Predict, result
         for box, pred in zip(boxes, preds, strict=True):
             part = box.intersect(extent)
             inside = part.relative_to(box).slices()
-            num[(slice(None), *part.relative_to(extent).slices())] += pred[(slice(None), *inside)] * weights[inside]
+            num[(slice(None), *part.relative_to(extent).slices())] += (
+                pred[(slice(None), *inside)] * weights[inside]
+            )
         result.windows += len(batch)
     result.seconds["forward"] = forward
     return num
@@ -127,7 +129,9 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
         interior = plan.interior_box(block)
         t1 = time.perf_counter()
         if not interior.is_empty():
-            result.output_bytes += ctx.finish(interior, num[(slice(None), *interior.relative_to(extent).slices())])
+            result.output_bytes += ctx.finish(
+                interior, num[(slice(None), *interior.relative_to(extent).slices())]
+            )
             result.voxels_written += interior.size
         for chunk in plan.spill_chunks(block):
             part = extent.intersect(plan.chunk_box(chunk))
@@ -153,11 +157,15 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
         try:
             spill = ctx.run_dir.read_scratch(chunk, source)
         except FileNotFoundError as exc:
-            raise BlockError(f"chunk {chunk}: partial sums of block {source} are missing from "
-                             f"{ctx.run_dir.scratch_path(chunk, source)}") from exc
+            raise BlockError(
+                f"chunk {chunk}: partial sums of block {source} are missing from "
+                f"{ctx.run_dir.scratch_path(chunk, source)}"
+            ) from exc
         if spill.shape[1:] != part.shape:
-            raise BlockError(f"chunk {chunk}: partial sums of block {source} have shape {spill.shape[1:]}, "
-                             f"expected {part.shape}")
+            raise BlockError(
+                f"chunk {chunk}: partial sums of block {source} have shape {spill.shape[1:]}, "
+                f"expected {part.shape}"
+            )
         num[(slice(None), *part.relative_to(box).slices())] += spill
     return num
 

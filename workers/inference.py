@@ -49,7 +49,9 @@ def deaugment(x: torch.Tensor, variant: tuple[bool, bool, bool, bool]) -> torch.
     return torch.flip(x, dims) if dims else x
 
 
-def apply_activations(x: torch.Tensor, heads: Sequence[int], activations: Sequence[Activation]) -> torch.Tensor:
+def apply_activations(
+    x: torch.Tensor, heads: Sequence[int], activations: Sequence[Activation]
+) -> torch.Tensor:
     """One activation per head over its channels; tanh is mapped to [0, 1] as PyTC does."""
     parts, begin = [], 0
     for width, act in zip(heads, activations, strict=True):
@@ -87,8 +89,10 @@ class WindowPredictor:
         with self._autocast():
             y = self.module(x)
         if y.shape[2:] != x.shape[2:]:
-            raise ValueError(f"the model returned spatial shape {tuple(y.shape[2:])} for input {tuple(x.shape[2:])}; "
-                             "the engine needs outputs the size of their windows")
+            raise ValueError(
+                f"the model returned spatial shape {tuple(y.shape[2:])} for input {tuple(x.shape[2:])}; "
+                "the engine needs outputs the size of their windows"
+            )
         return apply_activations(y.float(), self.heads, self.activations)
 
     @torch.inference_mode()

@@ -78,7 +78,7 @@ class RunDir:
         if not folder.is_dir():
             return set()
         prefix = f"p{phase}_"
-        return {_parse(p.stem[len(prefix):]) for p in folder.glob(f"{prefix}*.json")}
+        return {_parse(p.stem[len(prefix) :]) for p in folder.glob(f"{prefix}*.json")}
 
     def scratch_path(self, chunk: Index, source: Index) -> Path:
         return self.root / "scratch" / f"c{_name(chunk)}" / f"from_{_name(source)}.npy"
