@@ -35,7 +35,9 @@ def bump_weights(patch: Sequence[int]) -> np.ndarray:
     """PyTC's ``blend_bump`` (after Lee et al. 2017): per axis ``x = linspace(0, 1, n + 2)[1:-1]``,
     ``D = -sum((x (1 - x)) ** -1.5)``, ``w = 1e-4 + exp(D - max D)``."""
     grids = np.meshgrid(*[np.linspace(0.0, 1.0, p + 2)[1:-1] for p in patch], indexing="ij")
-    exponent = -sum((g * (1.0 - g)) ** -1.5 for g in grids)
+    exponent = np.zeros(grids[0].shape, dtype=np.float64)
+    for g in grids:
+        exponent -= (g * (1.0 - g)) ** -1.5
     return (1e-4 + np.exp(exponent - exponent.max())).astype(np.float32)
 
 

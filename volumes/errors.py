@@ -19,3 +19,7 @@ class VolumeExistsError(VolumeError, FileExistsError):
 
 class GeometryError(VolumeError, ValueError):
     """Boxes, windows or blocks that do not fit together."""
+
+
+class VolumeReadOnlyError(VolumeError, PermissionError):
+    """A write or attribute update on a volume opened read-only (or a format we only read)."""

@@ -57,7 +57,7 @@ def test_blocks_equal_one_in_memory_pass(
     window = WindowSpec(patch, stride, blending, pad, pad_mode, batch_size=3)
     roi = Box((2, 3, 1), (17, 29, 33))
     job = make_job(path, tmp_path / "out.zarr", window, roi=roi, block_shape=block_shape)
-    out, counts = run_sequential(job, position_dependent, 2)
+    out, _ = run_sequential(job, position_dependent, 2)
     expected = reference_blend(data, roi.offset, roi.shape, window, position_dependent, 2)
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-6)
 
