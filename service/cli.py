@@ -1,0 +1,215 @@
+"""``pytc``: run a job without a server, and make synthetic data.
+
+``pytc run JOB.yaml`` validates the whole job before writing anything (exit 2 names the field),
+then runs it on an embedded local Dask cluster or on ``--scheduler`` / ``PYTC_SCHEDULER``. Exit
+codes: 0 succeeded, 1 the job failed, 2 the spec is invalid, 130 interrupted (a rerun resumes).
+
+The client commands (``submit``, ``status``, ...) arrive with the REST service. Heavy modules
+(distributed, the engine) are imported inside the commands, so ``pytc --help`` stays quick and
+this module never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
+from service.progress import ProgressBar, format_duration
+from service.spec import load_job_file, parse_job_document
+from service.validation import check_output, validate_against_data, validate_against_model
+from workers.job import InferenceJob
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pytc`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error (argparse exits 2)
+        return stop.code if isinstance(stop.code, int) else EXIT_SPEC
+    if not hasattr(args, "command"):
+        parser.print_help(sys.stderr)
+        return EXIT_SPEC
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    return int(args.command(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytc", description="Chunked 3D inference over zarr/N5 volumes.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one job to completion, without a server")
+    run.add_argument("job", type=Path, metavar="JOB.yaml")
+    run.add_argument(
+        "--scheduler",
+        help="address of a Dask scheduler, e.g. tcp://HOST:8786 (default: $PYTC_SCHEDULER, "
+        "else an embedded local cluster)",
+    )
+    run.add_argument(
+        "--workers", type=_positive_int, default=1, help="workers of the embedded cluster (default 1)"
+    )
+    run.add_argument(
+        "--data-root", action="append", type=Path, metavar="DIR",
+        help="folder every path of the job must lie in; repeatable (default: $PYTC_DATA_ROOTS, else the "
+        "current directory); relative job paths resolve against the first",
+    )  # fmt: skip
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.set_defaults(command=run_command)
+
+    synth = commands.add_parser(
+        "synth", help="write a synthetic EM-like volume with ground truth (raw, mito, cells)"
+    )
+    synth.add_argument("out", type=Path, metavar="OUT.zarr")
+    synth.add_argument(
+        "--shape", type=_positive_int, nargs=3, default=[64, 512, 512], metavar=("Z", "Y", "X")
+    )
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--voxel-size", type=float, nargs=3, default=[30.0, 8.0, 8.0], metavar=("Z", "Y", "X"), help="in nm"
+    )
+    synth.add_argument(
+        "--chunks", type=_positive_int, nargs=3, default=[32, 256, 256], metavar=("Z", "Y", "X")
+    )
+    synth.add_argument("--format", choices=["zarr3", "zarr2"], default="zarr3")
+    synth.add_argument("--overwrite", action="store_true", help="replace OUT.zarr if it exists")
+    synth.set_defaults(command=synth_command)
+    return parser
+
+
+def data_roots(cli_roots: Sequence[Path] | None, environ: Mapping[str, str]) -> list[Path]:
+    """``--data-root`` values, else ``PYTC_DATA_ROOTS`` (``:``-separated), else the current directory."""
+    if cli_roots:
+        return list(cli_roots)
+    from_env = [Path(part) for part in environ.get("PYTC_DATA_ROOTS", "").split(":") if part]
+    return from_env or [Path.cwd()]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Validate (writing nothing), connect, check the model and the output, run."""
+    try:
+        job = parse_job_document(load_job_file(args.job), data_roots(args.data_root, os.environ))
+        validate_against_data(job)
+    except SpecError as err:
+        return _spec_failure(err)
+    scheduler = args.scheduler or os.environ.get("PYTC_SCHEDULER") or None
+    cancel = threading.Event()
+    try:
+        with _dask_client(scheduler, args.workers) as client:
+            return _run_on(job, client, cancel, quiet=args.quiet)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("interrupted: finished blocks are kept; run the same job again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SchedulerUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    """Write ``raw`` (uint8), ``mito`` and ``cells`` into one zarr group."""
+    if args.out.exists() and not args.overwrite:
+        print(f"error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return EXIT_SPEC
+    from volumes.synth import generate_em_volume, write_synth
+
+    volume = generate_em_volume(args.shape, seed=args.seed, voxel_size_nm=args.voxel_size)
+    write_synth(args.out, volume, chunks=args.chunks, format=args.format)
+    print(args.out)
+    return EXIT_OK
+
+
+def _run_on(job: InferenceJob, client: Client, cancel: threading.Event, *, quiet: bool) -> int:
+    from models.errors import ModelError
+    from service.runner import run_inference
+    from workers.tasks import inspect_model
+
+    try:
+        info = client.submit(inspect_model, job.model, job.window.patch_size, pure=False).result()
+    except ModelError as err:
+        return _spec_failure(SpecError("model", str(err)))
+    try:
+        validate_against_model(job, info)
+        state = check_output(job, info.sha256)
+    except SpecError as err:
+        return _spec_failure(err)
+    if state == "resume" and not quiet:
+        print(f"resuming the existing output {job.output.path} ({job.output.dataset})", file=sys.stderr)
+    bar = None if quiet else ProgressBar(sys.stderr)
+    try:
+        result = run_inference(job, client, on_progress=bar, cancel=cancel)
+    except JobCancelledError as err:
+        print(f"cancelled: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except JobFailedError as err:
+        print(f"error: the job failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        print(
+            f"succeeded: {result.output_path} (dataset {result.dataset!r}), {result.blocks_total} blocks "
+            f"({result.blocks_skipped} already done) in {format_duration(result.seconds)}",
+            file=sys.stderr,
+        )
+    print(result.output_path)
+    return EXIT_OK
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
+    """A client of ``scheduler``, or of an embedded cluster (one thread per worker process, local only)."""
+    from distributed import Client, LocalCluster
+
+    # Set after the import, which configures distributed's loggers: the embedded scheduler logs
+    # every connection at INFO, and a CLI user needs only its warnings.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if scheduler:
+        try:
+            remote = Client(scheduler, timeout="30s")
+        except OSError as err:  # refused, unresolvable or timed out
+            raise SchedulerUnavailableError(
+                f"cannot connect to the Dask scheduler {scheduler}: {err}"
+            ) from err
+        with remote:
+            yield remote
+        return
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _spec_failure(err: SpecError) -> int:
+    for field, reason in err.errors:
+        print(f"error: {field}: {reason}" if field else f"error: {reason}", file=sys.stderr)
+    return EXIT_SPEC
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value

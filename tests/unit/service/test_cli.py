@@ -1,0 +1,162 @@
+"""``pytc`` in-process: spec errors exit 2 naming the field, before any cluster starts or file is written."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+import zarr
+
+from service.cli import data_roots, main
+from service.progress import ProgressBar, format_duration, format_progress
+
+
+def write_job(job_file: Path, **output: object) -> Path:
+    doc = {
+        "kind": "inference",
+        "input": {"path": "em.zarr", "dataset": "raw"},
+        "model": {"torchscript": "net.pt"},
+        "window": {"patch_size": [5, 9, 9]},
+        "output": {"path": "out.zarr", **output},
+    }
+    job_file.write_text(yaml.safe_dump(doc))
+    return job_file
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    zarr.open_group(str(tmp_path / "em.zarr"), mode="w").create_array("raw", shape=(8, 16, 16), dtype="uint8")
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a spec error must not start a cluster")
+
+    monkeypatch.setattr("service.cli._dask_client", refuse)
+    monkeypatch.delenv("PYTC_SCHEDULER", raising=False)
+
+
+def test_invalid_spec_exits_2_naming_the_field(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(root / "job.yaml", activation=["sigmoid", "none"])
+    before = tree(root)
+    assert main(["run", str(job), "--data-root", str(root)]) == 2
+    assert "error: output.activation: " in capsys.readouterr().err
+    assert tree(root) == before
+
+
+def test_every_problem_is_listed(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(root / "job.yaml", formt="zarr3", dtype="int4")
+    assert main(["run", str(job), "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "error: output.formt: unknown field; did you mean 'format'?" in err
+    assert "error: output.dtype: " in err
+
+
+def test_path_outside_the_roots_exits_2(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(root / "job.yaml", path="../elsewhere.zarr")
+    assert main(["run", str(job), "--data-root", str(root)]) == 2
+    assert "error: output.path: " in capsys.readouterr().err
+    assert not (root.parent / "elsewhere.zarr").exists()
+
+
+def test_missing_input_dataset_exits_2(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(root / "job.yaml")
+    job.write_text(job.read_text().replace("dataset: raw", "dataset: mito"))
+    assert main(["run", str(job), "--data-root", str(root)]) == 2
+    assert "error: input.dataset: " in capsys.readouterr().err
+
+
+def test_data_roots_from_the_environment(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = write_job(root / "job.yaml", overwrite="no")
+    monkeypatch.setenv("PYTC_DATA_ROOTS", f"{root}:/nonexistent")
+    assert main(["run", str(job)]) == 2
+    assert data_roots(None, {"PYTC_DATA_ROOTS": "/a::/b"}) == [Path("/a"), Path("/b")]
+    assert data_roots([Path("/c")], {"PYTC_DATA_ROOTS": "/a"}) == [Path("/c")]
+    assert data_roots(None, {}) == [Path.cwd()]
+
+
+def test_yaml_error_exits_2_naming_the_line(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = root / "job.yaml"
+    job.write_text("kind: inference\ninput: {path: [\n")
+    assert main(["run", str(job), "--data-root", str(root)]) == 2
+    assert f"error: {job}:" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["synth", "out.zarr", "--shape", "1", "2"]) == 2
+
+
+def test_synth_refuses_to_replace_without_overwrite(root: Path) -> None:
+    assert main(["synth", str(root / "em.zarr"), "--shape", "4", "8", "8"]) == 2
+
+
+def test_synth_writes_a_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.zarr"
+    assert (
+        main(["synth", str(out), "--shape", "8", "32", "32", "--seed", "3", "--chunks", "8", "16", "16"]) == 0
+    )
+    assert capsys.readouterr().out.strip() == str(out)
+    assert zarr.open_array(str(out / "raw"), mode="r").shape == (8, 32, 32)
+
+
+# --- progress ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    done: int
+    total: int
+    voxels_done: int
+    voxels_total: int
+    elapsed_s: float
+    unit: str = "blocks"
+
+
+def test_format_progress_rate_and_eta() -> None:
+    text = format_progress(Report(12, 48, 2_000_000, 8_000_000, 10.0))
+    assert text == "blocks 12/48 (25.0%)  200.00 kvox/s  ETA 30s"
+    assert format_progress(Report(0, 48, 0, 8, 0.0)) == "blocks 0/48 (0.0%)  elapsed 0s"
+
+
+def test_rate_excludes_resumed_work() -> None:
+    text = format_progress(Report(30, 40, 3_000_000, 4_000_000, 12.0), baseline=(2.0, 2_000_000))
+    assert "100.00 kvox/s" in text and "ETA 10s" in text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59, "59s"), (187, "3m07s"), (7500, "2h05m")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_progress_lines_in_a_log_are_throttled() -> None:
+    stream, now = io.StringIO(), [0.0]
+    bar = ProgressBar(stream, interval_s=5.0, tty=False, clock=lambda: now[0])
+    for step in range(10):
+        now[0] = float(step)
+        bar(Report(step, 10, step, 10, float(step)))
+    now[0] = 10.0
+    bar(Report(10, 10, 10, 10, 10.0))
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["0/10", "5/10", "10/10"]
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream, tty=True, clock=iter(range(100)).__next__)
+    bar(Report(1, 2, 1, 2, 1.0))
+    bar(Report(2, 2, 2, 2, 2.0))
+    bar.close()
+    assert stream.getvalue().count("\r") == 2 and stream.getvalue().endswith("\n")
+    assert "\n" not in stream.getvalue()[:-1]
