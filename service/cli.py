@@ -137,7 +137,9 @@ def _run_on(job: InferenceJob, client: Client, cancel: threading.Event, *, quiet
     from workers.tasks import inspect_model
 
     try:
-        info = client.submit(inspect_model, job.model, job.window.patch_size, pure=False).result()
+        info = client.submit(
+            inspect_model, job.model, job.window.patch_size, pure=False, resources={"GPU": 1}
+        ).result()
     except ModelError as err:
         return _spec_failure(SpecError("model", str(err)))
     try:
@@ -194,6 +196,7 @@ def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
         host="127.0.0.1",
         dashboard_address=None,
         silence_logs=logging.ERROR,
+        resources={"GPU": 1},  # the same tag pytc-worker advertises, so block tasks run here too
     )
     try:
         with Client(cluster) as client:

@@ -32,6 +32,9 @@ from workers.tasks import BlockTask, inspect_model, run_block
 
 log = logging.getLogger(__name__)
 
+# Every block task asks for one accelerator slot; pytc-worker advertises one per GPU (or per CPU worker).
+GPU = {"GPU": 1}
+
 
 def software_version() -> str:
     try:
@@ -109,10 +112,28 @@ class _Scheduler:
         self.plan = plan
         self.p1_done = run_dir.done_blocks(1)
         self.p2_done = run_dir.done_blocks(2)
-        self.pass1 = [b for b in plan.blocks() if b not in self.p1_done and b not in self.p2_done]
+        self.p1_done -= self._lost_spills(run_dir)
+        self.pass1 = [b for b in plan.blocks() if b not in self.p1_done]
         self.waiting = {b: plan.pass2_dependencies(b) for b in plan.blocks() if b not in self.p2_done}
         self.ready: list[Index] = []
         self._release()
+
+    def _lost_spills(self, run_dir: RunDir) -> set[Index]:
+        """Blocks whose pass 1 is recorded but whose partial sums for an unfinished chunk are gone
+        (scratch cleaned by hand, a marker removed): their pass 1 runs again rather than leave a hole."""
+        lost: set[Index] = set()
+        for block in self.plan.blocks():
+            if block in self.p2_done:
+                continue
+            for chunk in self.plan.border_chunks(block):
+                for source in self.plan.contributors(chunk):
+                    if source in self.p1_done and not run_dir.scratch_path(chunk, source).exists():
+                        lost.add(source)
+        if lost:
+            log.warning("recomputing pass 1 of %d blocks whose partial sums are missing", len(lost))
+            for block in lost:
+                run_dir.marker(1, block).unlink(missing_ok=True)
+        return lost
 
     def _release(self) -> None:
         for block, deps in list(self.waiting.items()):
@@ -151,7 +172,9 @@ def run_inference(
 ) -> RunResult:
     """Run the job to completion on ``client``'s cluster; resumes from what is already done."""
     started = time.perf_counter()
-    info: ModelInfo = client.submit(inspect_model, job.model, job.window.patch_size, pure=False).result()
+    info: ModelInfo = client.submit(
+        inspect_model, job.model, job.window.patch_size, pure=False, resources=GPU
+    ).result()
     layout_key = job.layout_key(info.sha256)
     geometry = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
     plan = geometry.plan
@@ -186,6 +209,7 @@ def run_inference(
             retries=retries,
             pure=False,
             priority=priority + (10 if phase == 2 else 0),
+            resources=GPU,
         )
 
     report()

@@ -78,6 +78,14 @@ class WindowPredictor:
     tta_count: int = 1
     tta_reduce: Reduce = "mean"
     precision: Precision = "float32"
+    fixed_batch: int | None = None  # an exported program traced for one batch size only
+
+    def _pad_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Fill a short last batch up to a fixed traced batch size; the filler's outputs are dropped."""
+        if self.fixed_batch is None or x.shape[0] >= self.fixed_batch:
+            return x
+        filler = x[-1:].expand(self.fixed_batch - x.shape[0], *x.shape[1:])
+        return torch.cat([x, filler])
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision == "float32":
@@ -97,7 +105,8 @@ class WindowPredictor:
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        count = batch.shape[0]
+        x = self._pad_batch(torch.from_numpy(batch).to(self.device, non_blocking=True))
         result: torch.Tensor | None = None
         variants = tta_variants(self.tta_count)
         for variant in variants:
@@ -113,4 +122,4 @@ class WindowPredictor:
         assert result is not None  # at least one variant
         if self.tta_reduce == "mean" and len(variants) > 1:
             result /= len(variants)
-        return result.cpu().numpy().astype(np.float32, copy=False)
+        return result[:count].cpu().numpy().astype(np.float32, copy=False)

@@ -1,0 +1,286 @@
+"""``pytc run`` end to end: real stores, a real embedded Dask cluster, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+
+from service.cli import main
+from tests.helpers import reference_blend
+from volumes.box import Box
+from volumes.volume import open_volume
+from workers.inference import WindowPredictor
+from workers.job import WindowSpec
+
+PATCH, STRIDE = (5, 17, 17), (2, 8, 8)
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    data = (np.random.default_rng(0).random((14, 40, 44)) * 255).astype(np.uint8)
+    zarr.open_group(tmp_path / "em.zarr", mode="w").create_array("raw", data=data, chunks=(8, 16, 16))
+    scripted = torch.jit.script(TinyNet().eval())
+    scripted.save(str(tmp_path / "net.pt"))
+    return tmp_path
+
+
+def job_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "kind": "inference",
+        "input": {"path": "em.zarr", "dataset": "raw"},
+        "model": {"torchscript": "net.pt"},
+        "window": {
+            "patch_size": list(PATCH),
+            "stride": list(STRIDE),
+            "blending": "gaussian",
+            "batch_size": 4,
+        },
+        "output": {
+            "path": "out.zarr",
+            "dataset": "pred",
+            "heads": [2],
+            "activation": ["sigmoid"],
+            "chunks": [4, 16, 16],
+        },
+        "compute": {"block_shape": [4, 16, 16]},
+    }
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            doc[section][key] = value
+        else:
+            doc[section] = value
+    return doc
+
+
+def run(root: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str]:
+    (root / "job.yaml").write_text(yaml.safe_dump(doc))
+    code = main(["run", str(root / "job.yaml"), "--data-root", str(root), "--quiet"])
+    err = capsys.readouterr().err if capsys is not None else ""
+    return code, err
+
+
+def expected_output(root: Path, activation: str = "sigmoid", tta: int = 1) -> np.ndarray:
+    data = zarr.open_array(root / "em.zarr" / "raw")[:].astype(np.float32) / 255
+    module = torch.jit.load(str(root / "net.pt"))
+    predictor = WindowPredictor(module, torch.device("cpu"), (2,), (activation,), tta)  # type: ignore[arg-type]
+    window = WindowSpec(PATCH, STRIDE, "gaussian")
+    return reference_blend(data, (0, 0, 0), data.shape, window, predictor.predict, 2)
+
+
+def read_output(path: Path, dataset: str = "pred") -> np.ndarray:
+    volume = open_volume(path, dataset)
+    return volume.read(Box.of_shape(volume.shape))
+
+
+def test_run_equals_one_in_memory_pass_and_records_its_identity(root: Path) -> None:
+    assert run(root, job_doc())[0] == 0
+    out = read_output(root / "out.zarr")
+    np.testing.assert_allclose(out, expected_output(root), rtol=1e-5, atol=1e-6)
+    attrs = open_volume(root / "out.zarr", "pred").attrs["pytc"]
+    assert attrs["complete"] is True
+    assert attrs["job"]["model"] == {"torchscript": "net.pt"}
+    assert len(attrs["model_sha256"]) == 64 and attrs["version"]
+
+
+def test_one_block_and_many_blocks_with_tta_and_pad_agree(root: Path) -> None:
+    doc = job_doc(**{"window.tta": {"variants": 8, "reduce": "mean"}, "window.pad_size": [1, 4, 4]})
+    assert run(root, doc)[0] == 0
+    many = read_output(root / "out.zarr")
+    doc = job_doc(
+        **{
+            "window.tta": {"variants": 8, "reduce": "mean"},
+            "window.pad_size": [1, 4, 4],
+            "compute.block_shape": [16, 48, 48],
+            "output.path": "one.zarr",
+        }
+    )
+    assert run(root, doc)[0] == 0
+    np.testing.assert_allclose(many, read_output(root / "one.zarr"), rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_resumes_and_recomputes_only_missing_blocks(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(root, job_doc())[0] == 0
+    clean = read_output(root / "out.zarr")
+    run_dir = next((root / "out.zarr" / ".pytc-run" / "pred").iterdir())
+    dropped = [m for m in (run_dir / "done").glob("p*.json") if m.stem.split("_")[1] == "1"]
+    assert len(dropped) == 2 * 9
+    for marker in dropped:  # forget every block of the second z-row, as if the run had died there
+        marker.unlink()
+    volume = open_volume(root / "out.zarr", "pred", mode="r+")
+    volume.write(Box((0, 4, 0, 0), (2, 4, 40, 44)), np.zeros((2, 4, 40, 44), np.float32))
+    (root / "job.yaml").write_text(yaml.safe_dump(job_doc()))
+    assert main(["run", str(root / "job.yaml"), "--data-root", str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err
+    n_blocks = 4 * 3 * 3
+    assert f"({n_blocks - 9} already done)" in err
+    np.testing.assert_allclose(read_output(root / "out.zarr"), clean, rtol=1e-6, atol=1e-7)
+
+
+def test_n5_in_and_out_opened_with_tensorstore(root: Path) -> None:
+    import tensorstore as ts
+
+    data = zarr.open_array(root / "em.zarr" / "raw")[:]
+    src = ts.open(
+        {
+            "driver": "n5",
+            "kvstore": {"driver": "file", "path": str(root / "em.n5" / "raw")},
+            "metadata": {
+                "dimensions": list(data.shape[::-1]),
+                "blockSize": [16, 16, 8],
+                "dataType": "uint8",
+                "compression": {"type": "gzip"},
+            },
+            "create": True,
+        }
+    ).result()
+    (root / "em.n5" / "attributes.json").write_text(json.dumps({"n5": "4.0.0"}))
+    src.write(data.transpose()).result()
+    doc = job_doc(**{"input.path": "em.n5", "output.path": "out.n5", "output.format": "n5"})
+    assert run(root, doc)[0] == 0
+    out = ts.open(
+        {"driver": "n5", "kvstore": {"driver": "file", "path": str(root / "out.n5" / "pred")}}
+    ).result()
+    values = out.read().result()
+    assert values.shape == (44, 40, 14, 2)  # N5 stores axes reversed
+    np.testing.assert_allclose(values.transpose(), expected_output(root), rtol=1e-5, atol=1e-6)
+
+
+def test_zarr2_in_zarr3_out_uint8(root: Path) -> None:
+    data = zarr.open_array(root / "em.zarr" / "raw")[:]
+    zarr.open_group(root / "v2.zarr", mode="w", zarr_format=2).create_array(
+        "raw", data=data, chunks=(8, 16, 16)
+    )
+    doc = job_doc(**{"input.path": "v2.zarr", "output.dtype": "uint8", "output.format": "zarr3"})
+    assert run(root, doc)[0] == 0
+    array = zarr.open_array(root / "out.zarr" / "pred")
+    assert array.metadata.zarr_format == 3 and array.dtype == np.uint8
+    np.testing.assert_allclose(array[:], np.rint(expected_output(root) * 255), atol=1)
+
+
+def test_exported_program_runs(root: Path) -> None:
+    sample = torch.zeros(4, 1, *PATCH)
+    program = torch.export.export(TinyNet().eval(), (sample,))
+    torch.export.save(program, str(root / "net.pt2"))
+    doc = job_doc(model={"exported": "net.pt2"})
+    assert run(root, doc)[0] == 0
+    np.testing.assert_allclose(read_output(root / "out.zarr"), expected_output(root), rtol=1e-5, atol=1e-6)
+
+
+def _unchanged(root: Path) -> None:
+    assert not (root / "out.zarr").exists(), "nothing may be written for an invalid job"
+
+
+BAD_SPECS = [
+    ({"input.path": "missing.zarr"}, "input.path"),
+    ({"input.dataset": "nope"}, "input.dataset"),
+    ({"input.roi": {"offset": [0, 0, 0], "shape": [20, 40, 44]}}, "input.roi"),
+    ({"output.activation": ["sigmoid", "none"]}, "output.activation"),
+    ({"window.blending": "triangle"}, "window.blending"),
+    ({"output.format": "tiff"}, "output.format"),
+    ({"window.patch_size": [5, 17, 21], "window.tta": {"variants": 8}}, "window.tta"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), BAD_SPECS)
+def test_invalid_spec_exits_2_naming_the_field(root, capsys, overrides, field):  # type: ignore[no-untyped-def]
+    code, err = run(root, job_doc(**overrides), capsys)
+    assert code == 2
+    assert f"error: {field}" in err
+    _unchanged(root)
+
+
+def test_heads_not_matching_the_model_exit_2(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(
+        root, job_doc(**{"output.heads": [1, 2], "output.activation": ["sigmoid", "softmax"]}), capsys
+    )
+    assert code == 2 and "error: output.heads" in err
+    _unchanged(root)
+
+
+def test_existing_output_is_untouched_without_overwrite(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zarr.open_group(root / "out.zarr", mode="w").create_array(
+        "pred", data=np.full((2, 14, 40, 44), 7, np.float32)
+    )
+    code, err = run(root, job_doc(), capsys)
+    assert code == 2 and "error: output.path" in err and "overwrite" in err
+    assert (read_output(root / "out.zarr") == 7).all()
+    assert run(root, job_doc(**{"output.overwrite": True}))[0] == 0
+    np.testing.assert_allclose(read_output(root / "out.zarr"), expected_output(root), rtol=1e-5, atol=1e-6)
+
+
+def test_corrupt_checkpoint_exits_2(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (root / "bad.pth.tar").write_bytes(b"not a checkpoint at all")
+    model = {
+        "architecture": "unet3d",
+        "config": {"in_channels": 1, "out_channels": 2},
+        "checkpoint": "bad.pth.tar",
+    }
+    code, err = run(root, job_doc(model=model), capsys)
+    assert code == 2 and "error: model" in err and "bad.pth.tar" in err
+    _unchanged(root)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused_and_never_executed(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = root / "pwned"
+    torch.save({"state_dict": {}, "evil": _Payload(str(marker))}, root / "evil.pth.tar")
+    model = {
+        "architecture": "unet3d",
+        "config": {"in_channels": 1, "out_channels": 2},
+        "checkpoint": "evil.pth.tar",
+    }
+    code, err = run(root, job_doc(model=model), capsys)
+    assert code == 2 and "error: model" in err and "evil.pth.tar" in err
+    assert not marker.exists()
+    _unchanged(root)
+
+
+def test_console_script_runs_as_a_process(root: Path) -> None:
+    (root / "job.yaml").write_text(yaml.safe_dump(job_doc()))
+    exe = shutil.which("pytc", path=str(Path(sys.executable).parent)) or "pytc"
+    proc = subprocess.run(
+        [exe, "run", "job.yaml", "--quiet"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTC_DATA_ROOTS": str(root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("out.zarr")
