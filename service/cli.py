@@ -12,6 +12,8 @@ this module never pulls in torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -67,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "current directory); relative job paths resolve against the first",
     )  # fmt: skip
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the run's figures (blocks, windows, bytes, seconds) as JSON",
+    )
     run.set_defaults(command=run_command)
 
     synth = commands.add_parser(
@@ -108,7 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     try:
         with _dask_client(scheduler, args.workers) as client:
-            return _run_on(job, client, cancel, quiet=args.quiet)
+            return _run_on(job, client, cancel, quiet=args.quiet, report=args.report)
     except KeyboardInterrupt:
         cancel.set()
         print("interrupted: finished blocks are kept; run the same job again to resume", file=sys.stderr)
@@ -131,7 +139,9 @@ def synth_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_on(job: InferenceJob, client: Client, cancel: threading.Event, *, quiet: bool) -> int:
+def _run_on(
+    job: InferenceJob, client: Client, cancel: threading.Event, *, quiet: bool, report: Path | None = None
+) -> int:
     from models.errors import ModelError
     from service.runner import run_inference
     from workers.tasks import inspect_model
@@ -167,6 +177,8 @@ def _run_on(job: InferenceJob, client: Client, cancel: threading.Event, *, quiet
             f"({result.blocks_skipped} already done) in {format_duration(result.seconds)}",
             file=sys.stderr,
         )
+    if report is not None:
+        report.write_text(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
     print(result.output_path)
     return EXIT_OK
 

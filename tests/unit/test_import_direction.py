@@ -1,0 +1,37 @@
+"""Imports run one way: volumes <- models <- workers <- service. Each package is imported in a fresh
+interpreter and must not bring along what it may not depend on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN = {
+    "volumes": ["torch", "models", "workers", "service", "distributed", "fastapi"],
+    "models": ["workers", "service", "distributed", "fastapi"],
+    "workers": ["service", "fastapi"],
+    "service": ["torch"],
+}
+MODULES = {
+    "volumes": ["volumes.box", "volumes.windows", "volumes.blocks", "volumes.blending", "volumes.volume",
+                "volumes.padding", "volumes.output", "volumes.synth"],
+    "models": ["models.unet3d", "models.checkpoint", "models.loading", "models.training"],
+    "workers": ["workers.tasks", "workers.engine", "workers.geometry", "workers.rundir"],
+    "service": ["service.cli", "service.runner", "service.spec", "service.validation"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_nothing_forbidden(package: str) -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {MODULES[package]!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = [m for m in {FORBIDDEN[package]!r} if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{package} imported {result.stdout.strip()}"
