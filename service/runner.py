@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, wait
 
 from service.errors import JobCancelledError, JobFailedError
 from service.validation import check_output
 from volumes.blocks import BlockPlan
 from volumes.output import create_output
 from volumes.volume import open_volume
+from workers.errors import BlockCancelledError
 from workers.geometry import JobGeometry, build_geometry
 from workers.job import OUTPUT_ATTRS_KEY, InferenceJob, ModelInfo
 from workers.rundir import Index, RunDir
@@ -179,6 +180,7 @@ def run_inference(
     geometry = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
     plan = geometry.plan
     run_dir = prepare_output(job, info, layout_key, geometry)
+    run_dir.clear_cancel()  # running the job again after a cancel resumes it
     state = _Scheduler(plan, run_dir)
     result = RunResult(job.output.path, job.output.dataset, layout_key, plan.n_blocks, len(state.p2_done))
     voxels = {b: plan.write_box(b).size for b in plan.blocks()}
@@ -214,34 +216,59 @@ def run_inference(
 
     report()
     in_flight: dict[Future, tuple[int, Index]] = {}
-    pool = as_completed()
     try:
         while True:
             while len(in_flight) < limit and (nxt := state.next_task()) is not None:
-                future = submit(*nxt)
-                in_flight[future] = nxt
-                pool.add(future)
+                in_flight[submit(*nxt)] = nxt
             if not in_flight:
                 break
-            future = next(pool)
-            phase, block = in_flight.pop(future)
+            done = _wait_some(list(in_flight))
             if cancel is not None and cancel.is_set():
+                _cancel(client, run_dir, list(in_flight))
+                in_flight.clear()
                 raise JobCancelledError(
                     f"job cancelled with {len(state.p2_done)}/{plan.n_blocks} blocks done"
                 )
-            if future.status != "finished":
-                raise JobFailedError(
-                    f"block {block} (pass {phase}) failed after {retries} retries: {future.exception()!r}"
-                )
-            _record(result, future.result())
-            state.finished(phase, block)
-            report()
+            for future in done:
+                phase, block = in_flight.pop(future)
+                _check(future, phase, block, retries)
+                _record(result, future.result())
+                state.finished(phase, block)
+            if done:
+                report()
     finally:
         if in_flight:
             client.cancel(list(in_flight))
     _verify_and_complete(job, run_dir, plan)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _wait_some(futures: list[Future], timeout_s: float = 0.5) -> set[Future]:
+    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly)."""
+    try:
+        return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
+    except TimeoutError:
+        return set()
+
+
+def _check(future: Future, phase: int, block: Index, retries: int) -> None:
+    if future.status == "finished":
+        return
+    error = future.exception()
+    if isinstance(error, BlockCancelledError):
+        raise JobCancelledError(f"job cancelled while block {block} ran")
+    raise JobFailedError(f"block {block} (pass {phase}) failed after {retries} retries: {error!r}")
+
+
+def _cancel(client: Client, run_dir: RunDir, futures: list[Future]) -> None:
+    """Drop pending blocks, make running ones stop at their next batch, and wait until none runs."""
+    run_dir.request_cancel()
+    client.cancel(futures)
+    try:
+        wait(futures, timeout=60)
+    except TimeoutError:
+        log.warning("some block tasks still ran 60 s after the cancel")
 
 
 def _record(result: RunResult, block_result: Any) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from volumes.box import Box
 from volumes.padding import read_padded
 from volumes.volume import Volume, open_volume
-from workers.errors import BlockError
+from workers.errors import BlockCancelledError, BlockError
 from workers.geometry import JobGeometry
 from workers.job import InferenceJob, Normalize, OutputDtype
 from workers.rundir import Index, RunDir
@@ -103,6 +103,8 @@ def accumulate_windows(ctx: BlockContext, block: Index, predict: Predict, result
     result.seconds["read"] = time.perf_counter() - t0
     forward = 0.0
     for batch in _batches(list(plan.windows(block)), ctx.job.window.batch_size):
+        if ctx.run_dir.is_cancelled():
+            raise BlockCancelledError(f"block {block}: the job was cancelled")
         boxes = [grid.box(w) for w in batch]
         inputs = np.stack([data[(slice(None), *b.relative_to(read_box).slices())] for b in boxes])
         t1 = time.perf_counter()

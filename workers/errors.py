@@ -7,3 +7,7 @@ class WorkerError(Exception):
 
 class BlockError(WorkerError, RuntimeError):
     """A block could not be computed; the message names the block or chunk and the cause."""
+
+
+class BlockCancelledError(WorkerError):
+    """The job was cancelled while this block ran; nothing was recorded done for it."""

@@ -94,5 +94,20 @@ class RunDir:
         for chunk in chunks:
             shutil.rmtree(self.root / "scratch" / f"c{_name(chunk)}", ignore_errors=True)
 
+    @property
+    def cancel_flag(self) -> Path:
+        return self.root / "CANCELLED"
+
+    def request_cancel(self) -> None:
+        """Running block tasks see this between batches and stop; durable, so every worker sees it."""
+        self.cancel_flag.parent.mkdir(parents=True, exist_ok=True)
+        self.cancel_flag.touch()
+
+    def clear_cancel(self) -> None:
+        self.cancel_flag.unlink(missing_ok=True)
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_flag.exists()
+
     def drop_all_scratch(self) -> None:
         shutil.rmtree(self.root / "scratch", ignore_errors=True)
