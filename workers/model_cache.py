@@ -47,4 +47,5 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
         tta_count=job.window.tta_variants,
         tta_reduce=job.window.tta_reduce,
         precision=job.compute.precision,
+        fixed_batch=loaded.fixed_input_shape[0] if loaded.fixed_input_shape else None,
     )

@@ -74,7 +74,10 @@ def test_activation_is_applied_per_variant_before_reduction() -> None:
         expected = torch.stack([torch.sigmoid(model(xt)), torch.sigmoid(model(xt.flip(4))).flip(4)])
     # variants 4 contains both; check mean of sigmoids (not sigmoid of mean) over all four
     with torch.no_grad():
-        four = [torch.sigmoid(model(xt.flip(*d)).flip(*d)) if d else torch.sigmoid(model(xt)) for d in [(), (4,), (3,), (3, 4)]]
+        four = [
+            torch.sigmoid(model(xt.flip(*d)).flip(*d)) if d else torch.sigmoid(model(xt))
+            for d in [(), (4,), (3,), (3, 4)]
+        ]
     got = predictor(model, 4, "mean", heads=(2,), acts=("sigmoid",)).predict(x)
     np.testing.assert_allclose(got, torch.stack(four).mean(0).numpy(), rtol=1e-5)
     assert expected.shape[1:] == got.shape
@@ -97,7 +100,9 @@ def test_model_changing_spatial_size_is_an_error() -> None:
 
 
 @pytest.mark.parametrize("block_shape", [(32, 48, 48), (8, 16, 16), (16, 16, 32)])
-def test_engine_equals_monai_sliding_window_inference(tmp_path: Path, block_shape: tuple[int, int, int]) -> None:
+def test_engine_equals_monai_sliding_window_inference(
+    tmp_path: Path, block_shape: tuple[int, int, int]
+) -> None:
     from monai.inferers import sliding_window_inference
 
     data = np.random.default_rng(4).random((19, 45, 41), dtype=np.float32)
@@ -110,6 +115,12 @@ def test_engine_equals_monai_sliding_window_inference(tmp_path: Path, block_shap
     ours, _ = run_sequential(job, predictor(model).predict, 2)
     with torch.no_grad():
         theirs = sliding_window_inference(
-            torch.from_numpy(data)[None, None], patch, 4, model, overlap=overlap, mode="gaussian", sigma_scale=0.125
+            torch.from_numpy(data)[None, None],
+            patch,
+            4,
+            model,
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=0.125,
         )
     np.testing.assert_allclose(ours, theirs[0].numpy(), rtol=1e-5, atol=1e-5)
