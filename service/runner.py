@@ -224,7 +224,7 @@ def run_inference(
                 break
             done = _wait_some(list(in_flight))
             if cancel is not None and cancel.is_set():
-                _cancel(client, run_dir, list(in_flight))
+                _cancel(client, run_dir, list(in_flight), f"pytc-{layout_key}-")
                 in_flight.clear()
                 raise JobCancelledError(
                     f"job cancelled with {len(state.p2_done)}/{plan.n_blocks} blocks done"
@@ -236,6 +236,10 @@ def run_inference(
                 state.finished(phase, block)
             if done:
                 report()
+    except KeyboardInterrupt:
+        _cancel(client, run_dir, list(in_flight), f"pytc-{layout_key}-")
+        in_flight.clear()
+        raise
     finally:
         if in_flight:
             client.cancel(list(in_flight))
@@ -261,14 +265,17 @@ def _check(future: Future, phase: int, block: Index, retries: int) -> None:
     raise JobFailedError(f"block {block} (pass {phase}) failed after {retries} retries: {error!r}")
 
 
-def _cancel(client: Client, run_dir: RunDir, futures: list[Future]) -> None:
+def _cancel(client: Client, run_dir: RunDir, futures: list[Future], key_prefix: str) -> None:
     """Drop pending blocks, make running ones stop at their next batch, and wait until none runs."""
     run_dir.request_cancel()
     client.cancel(futures)
-    try:
-        wait(futures, timeout=60)
-    except TimeoutError:
-        log.warning("some block tasks still ran 60 s after the cancel")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [k for keys in client.processing().values() for k in keys if str(k).startswith(key_prefix)]
+        if not running:
+            return
+        time.sleep(0.2)
+    log.warning("block tasks still ran 60 s after the cancel")
 
 
 def _record(result: RunResult, block_result: Any) -> None:

@@ -14,7 +14,7 @@ from volumes.blending import blend_weights
 from volumes.box import Box
 from volumes.output import create_output
 from volumes.volume import open_volume
-from workers.engine import BlockContext, run_pass1, run_pass2
+from workers.engine import BlockContext, run_pass2
 from workers.geometry import build_geometry
 from workers.job import (
     ComputeSpec,
@@ -25,6 +25,7 @@ from workers.job import (
     OutputSpec,
     WindowSpec,
 )
+from workers.pipeline import run_pass1
 from workers.rundir import RunDir
 
 Predict = Callable[[np.ndarray], np.ndarray]

@@ -17,9 +17,8 @@ from itertools import islice
 import numpy as np
 
 from volumes.box import Box
-from volumes.padding import read_padded
-from volumes.volume import Volume, open_volume
-from workers.errors import BlockCancelledError, BlockError
+from volumes.volume import Volume
+from workers.errors import BlockError
 from workers.geometry import JobGeometry
 from workers.job import InferenceJob, Normalize, OutputDtype
 from workers.rundir import Index, RunDir
@@ -82,71 +81,6 @@ class BlockContext:
     def finish(self, box: Box, num: np.ndarray) -> int:
         """Divide by the weight sum and write: ``box`` is chunk-aligned, owned by this block."""
         return self.write_output(box, num / self.geometry.weight_sum(box))
-
-
-def read_block_input(ctx: BlockContext, read_box: Box) -> np.ndarray:
-    """The block's input as float32 (Cin, *read_box.shape); read_box is in output coordinates."""
-    volume_box = read_box.shift(ctx.geometry.roi.offset)
-    volume = open_volume(ctx.job.input.path, ctx.job.input.dataset)
-    raw = read_padded(volume, volume_box, ctx.job.window.pad_mode)
-    data = normalize(raw, ctx.job.input.normalize)
-    return data if data.ndim == 4 else data[None]
-
-
-def accumulate_windows(ctx: BlockContext, block: Index, predict: Predict, result: BlockResult) -> np.ndarray:
-    """``sum(p * w)`` over the block's own windows, on its extent, float32 (C, *extent.shape)."""
-    plan, grid, weights = ctx.geometry.plan, ctx.geometry.grid, ctx.geometry.weights
-    extent, read_box = plan.extent(block), plan.read_box(block)
-    num = np.zeros((ctx.out_channels, *extent.shape), dtype=np.float32)
-    t0 = time.perf_counter()
-    data = read_block_input(ctx, read_box)
-    result.seconds["read"] = time.perf_counter() - t0
-    forward = 0.0
-    for batch in _batches(list(plan.windows(block)), ctx.job.window.batch_size):
-        if ctx.run_dir.is_cancelled():
-            raise BlockCancelledError(f"block {block}: the job was cancelled")
-        boxes = [grid.box(w) for w in batch]
-        inputs = np.stack([data[(slice(None), *b.relative_to(read_box).slices())] for b in boxes])
-        t1 = time.perf_counter()
-        preds = predict(inputs)
-        forward += time.perf_counter() - t1
-        for box, pred in zip(boxes, preds, strict=True):
-            part = box.intersect(extent)
-            inside = part.relative_to(box).slices()
-            num[(slice(None), *part.relative_to(extent).slices())] += (
-                pred[(slice(None), *inside)] * weights[inside]
-            )
-        result.windows += len(batch)
-    result.seconds["forward"] = forward
-    return num
-
-
-def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
-    plan = ctx.geometry.plan
-    result = BlockResult(block, 1)
-    t0 = time.perf_counter()
-    extent = plan.extent(block)
-    if not extent.is_empty():
-        num = accumulate_windows(ctx, block, predict, result)
-        interior = plan.interior_box(block)
-        t1 = time.perf_counter()
-        if not interior.is_empty():
-            result.output_bytes += ctx.finish(
-                interior, num[(slice(None), *interior.relative_to(extent).slices())]
-            )
-            result.voxels_written += interior.size
-        for chunk in plan.spill_chunks(block):
-            part = extent.intersect(plan.chunk_box(chunk))
-            spill = np.ascontiguousarray(num[(slice(None), *part.relative_to(extent).slices())])
-            result.scratch_bytes += ctx.run_dir.write_scratch(chunk, block, spill)
-        result.seconds["write"] = time.perf_counter() - t1
-    result.seconds["total"] = time.perf_counter() - t0
-    record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
-    ctx.run_dir.mark_done(1, block, record)
-    if not plan.border_chunks(block):
-        ctx.run_dir.mark_done(2, block, record)
-    log.info("block %s pass 1: %d windows in %.2fs", block, result.windows, result.seconds["total"])
-    return result
 
 
 def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:

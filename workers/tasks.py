@@ -10,9 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from workers.engine import BlockContext, BlockResult, run_pass1, run_pass2
+from workers.engine import BlockContext, BlockResult, run_pass2
 from workers.geometry import job_geometry
 from workers.job import InferenceJob, ModelInfo, ModelRef
+from workers.pipeline import run_pass1
 from workers.rundir import Index, RunDir
 
 _OUTPUTS: dict[tuple[str, str], object] = {}

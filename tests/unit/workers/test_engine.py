@@ -103,3 +103,31 @@ def test_uint8_output_is_clipped_and_scaled(volume, tmp_path):  # type: ignore[n
     out, _ = run_sequential(job, lambda b: b * 2.0 - 0.5, 1)
     assert out.dtype == np.uint8
     np.testing.assert_allclose(out[0], np.rint(np.clip(data * 2 - 0.5, 0, 1) * 255), atol=1)
+
+
+def test_a_cancelled_block_stops_between_batches_and_records_nothing(volume, tmp_path):  # type: ignore[no-untyped-def]
+    from volumes.output import create_output
+    from workers.engine import BlockContext
+    from workers.errors import BlockCancelledError
+    from workers.geometry import build_geometry
+    from workers.pipeline import run_pass1
+    from workers.rundir import RunDir
+
+    path, data = volume
+    window = WindowSpec((5, 9, 9), (2, 4, 4), "gaussian", batch_size=2)
+    job = make_job(path, tmp_path / "out.zarr", window, block_shape=(8, 16, 16))
+    geometry = build_geometry(job, data.shape)
+    output = create_output(job.output.path, "pred", "zarr3", (1, *data.shape), "float32", (8, 8, 8), None, {})
+    run_dir = RunDir.for_output(job.output.path, "pred", "k")
+    calls: list[int] = []
+
+    def cancelling(batch: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        run_dir.request_cancel()
+        return identity(batch)
+
+    with pytest.raises(BlockCancelledError):
+        run_pass1(BlockContext(job, geometry, run_dir, output, 1), (0, 0, 0), cancelling)
+    assert len(calls) == 1
+    assert not run_dir.is_done(1, (0, 0, 0))
+    assert not list(run_dir.root.rglob("*.npy"))
