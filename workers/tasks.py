@@ -16,7 +16,7 @@ from workers.job import InferenceJob, ModelInfo, ModelRef
 from workers.pipeline import run_pass1
 from workers.rundir import Index, RunDir
 
-_OUTPUTS: dict[tuple[str, str], object] = {}
+_OUTPUTS: dict[tuple[str, str, str], object] = {}
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,11 @@ def inspect_model(ref: ModelRef, patch_size: tuple[int, int, int]) -> ModelInfo:
     return ModelInfo(loaded.in_channels, loaded.out_channels, loaded.sha256, loaded.description)
 
 
-def _output_volume(job: InferenceJob) -> object:
+def _output_volume(job: InferenceJob, layout_key: str) -> object:
+    """The output opened once per worker and job layout (an overwritten output gets a new key)."""
     from volumes.volume import open_volume
 
-    key = (job.output.path, job.output.dataset)
+    key = (job.output.path, job.output.dataset, layout_key)
     if key not in _OUTPUTS:
         _OUTPUTS[key] = open_volume(job.output.path, job.output.dataset, mode="r+")
     return _OUTPUTS[key]
@@ -52,7 +53,7 @@ def run_block(task: BlockTask) -> BlockResult:
         job=job,
         geometry=job_geometry(job, task.layout_key),
         run_dir=RunDir.for_output(job.output.path, job.output.dataset, task.layout_key),
-        output=_output_volume(job),  # type: ignore[arg-type]
+        output=_output_volume(job, task.layout_key),  # type: ignore[arg-type]
         out_channels=task.out_channels,
     )
     if task.phase == 2:

@@ -1,0 +1,135 @@
+"""Cluster benchmark: ``pytc run --scheduler`` on a real ``dask scheduler`` with ``pytc-worker``s.
+
+Figures: throughput of one worker and of two (one torch thread each, so they do not share
+cores), the scaling ratio, scheduler overhead per block task, the model's idle fraction inside a
+worker, and the time to resume a half-done job against the time of the remaining half.
+Prints a table and appends it, with the command, to tests/benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from service.demo import DEMO_CHECKPOINT, DEMO_CONFIG  # noqa: E402
+from tests.integration.cluster_fixtures import done_markers, running_cluster, wait_until  # noqa: E402
+from volumes.synth import generate_em_volume, write_synth  # noqa: E402
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def job(volume: str, output: str, block: list[int]) -> dict[str, object]:
+    return {
+        "kind": "inference",
+        "input": {"path": volume, "dataset": "raw"},
+        "model": {"architecture": "unet3d", "config": DEMO_CONFIG, "checkpoint": DEMO_CHECKPOINT},
+        "window": {"patch_size": [17, 129, 129], "overlap": 0.5, "batch_size": 4},
+        "output": {
+            "path": output,
+            "dataset": "pred",
+            "activation": ["sigmoid"],
+            "dtype": "uint8",
+            "chunks": [16, 128, 128],
+        },
+        "compute": {"block_shape": block},
+    }
+
+
+def run(root: Path, doc: dict[str, object], address: str, tag: str, kill_at: int | None = None) -> dict:
+    path = root / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    report = root / f"{tag}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "run",
+        str(path),
+        "--quiet",
+        "--report",
+        str(report),
+        "--data-root",
+        str(root),
+        "--scheduler",
+        address,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    if kill_at is not None:
+        wait_until(lambda: len(done_markers(root / str(doc["output"]["path"]))) >= kill_at, timeout=3600)  # type: ignore[index]
+        proc.kill()
+        proc.wait()
+        return {"wall_s": time.perf_counter() - t0}
+    if proc.wait() != 0:
+        raise SystemExit(f"{tag}: pytc run failed")
+    return {"wall_s": time.perf_counter() - t0, **json.loads(report.read_text())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 512, 512])
+    parser.add_argument("--block", type=int, nargs=3, default=[32, 256, 256])
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="pytc-bench-cluster-"))
+    shutil.copy(REPO / "models" / "weights" / DEMO_CHECKPOINT, root / DEMO_CHECKPOINT)
+    write_synth(root / "em.zarr", generate_em_volume(tuple(args.shape), seed=5), chunks=(16, 128, 128))  # type: ignore[arg-type]
+    os.environ["PYTC_TORCH_THREADS"] = "1"
+    figures: dict[str, dict] = {}
+    for n in (1, 2):
+        with running_cluster(root, n) as cluster:
+            figures[f"w{n}"] = run(root, job("em.zarr", f"out{n}.zarr", args.block), cluster.address, f"w{n}")
+    with running_cluster(root, 2) as cluster:
+        n_blocks = figures["w2"]["blocks_total"]
+        run(root, job("em.zarr", "half.zarr", args.block), cluster.address, "half", kill_at=n_blocks // 2)
+        done_before = len(done_markers(root / "half.zarr"))
+        resumed = run(root, job("em.zarr", "half.zarr", args.block), cluster.address, "resume")
+    voxels = math.prod(args.shape)
+    one, two = figures["w1"], figures["w2"]
+    tasks = sum(two["tasks_run"].values())
+    busy = two["task_seconds"].get("total", 0.0)
+    overhead = (two["wall_s"] * 2 - busy) / tasks
+    idle = 1 - two["task_seconds"].get("forward", 0.0) / busy
+    remaining = (n_blocks - done_before) / n_blocks * two["wall_s"]
+    rows = [
+        ("volume", f"{'x'.join(map(str, args.shape))}, blocks {tuple(args.block)}, {n_blocks} blocks"),
+        ("1 worker: wall (s), Mvox/s", f"{one['wall_s']:.1f}, {voxels / one['wall_s'] / 1e6:.3f}"),
+        ("2 workers: wall (s), Mvox/s", f"{two['wall_s']:.1f}, {voxels / two['wall_s'] / 1e6:.3f}"),
+        ("scaling 2 workers / 1 (goal >= 1.8)", f"{one['wall_s'] / two['wall_s']:.2f}"),
+        ("overhead per block task, wall x workers - task time (ms; goal < 5)", f"{overhead * 1000:.0f}"),
+        ("model idle fraction inside workers (goal < 10%)", f"{100 * idle:.1f}%"),
+        ("resume: blocks done before the kill", f"{done_before}/{n_blocks}"),
+        ("resume: time of the resumed run (s)", f"{resumed['wall_s']:.1f}"),
+        ("resume: the remaining part of a clean run (s)", f"{remaining:.1f}"),
+        ("resume / remaining", f"{resumed['wall_s'] / remaining:.2f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    table = "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
+    print(table)
+    header = (
+        f"\n## Cluster, {datetime.date.today()} ({platform.machine()}, {os.cpu_count()} cores, CPU workers, "
+        f"1 torch thread each)\n\n`python tests/benchmarks/bench_cluster.py {' '.join(sys.argv[1:])}`\n\n"
+        "| figure | value |\n|---|---|\n"
+    )
+    with RESULTS.open("a") as handle:
+        handle.write(header + table + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
