@@ -15,8 +15,16 @@ FORBIDDEN = {
     "service": ["torch"],
 }
 MODULES = {
-    "volumes": ["volumes.box", "volumes.windows", "volumes.blocks", "volumes.blending", "volumes.volume",
-                "volumes.padding", "volumes.output", "volumes.synth"],
+    "volumes": [
+        "volumes.box",
+        "volumes.windows",
+        "volumes.blocks",
+        "volumes.blending",
+        "volumes.volume",
+        "volumes.padding",
+        "volumes.output",
+        "volumes.synth",
+    ],
     "models": ["models.unet3d", "models.checkpoint", "models.loading", "models.training"],
     "workers": ["workers.tasks", "workers.engine", "workers.geometry", "workers.rundir"],
     "service": ["service.cli", "service.runner", "service.spec", "service.validation"],
