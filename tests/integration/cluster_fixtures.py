@@ -90,7 +90,8 @@ def running_cluster(tmp: Path, n_workers: int) -> Iterator[Cluster]:
     try:
         for i in range(n_workers):
             cluster.add_worker(f"w{i}")
-        cluster.wait_for_workers(n_workers)
+        if n_workers:
+            cluster.wait_for_workers(n_workers)
         yield cluster
     finally:
         for proc in cluster.workers:
