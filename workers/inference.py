@@ -106,7 +106,10 @@ class WindowPredictor:
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
         count = batch.shape[0]
-        x = self._pad_batch(torch.from_numpy(batch).to(self.device, non_blocking=True))
+        host = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            host = host.pin_memory()  # page-locked, so the copy below is asynchronous
+        x = self._pad_batch(host.to(self.device, non_blocking=True))
         result: torch.Tensor | None = None
         variants = tta_variants(self.tta_count)
         for variant in variants:
