@@ -49,11 +49,11 @@ class DemoConfig:
 
     seed: int = 1
     val_seed: int = 2
-    volume_shape: Shape3 = (32, 256, 256)
+    volume_shape: Shape3 = (64, 384, 384)
     filters: tuple[int, ...] = (8, 12, 16, 20, 24)
     patch_size: Shape3 = (17, 129, 129)
     batch_size: int = 2
-    iterations: int = 300
+    iterations: int = 600
     lr: float = 3e-3
     weight_decay: float = 1e-4
     threads: int = 2
