@@ -1,23 +1,36 @@
-# pytc-service image: the REST service, the Dask scheduler and the GPU workers all run from it.
-#   CPU (default):  docker build -t pytc-service .
-#   CUDA:           docker build -t pytc-service:cuda \
-#                     --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#                     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# pytc-service image: the REST service (default command), the Dask scheduler and the workers all
+# run from it.
+#
+#   CPU (default):
+#     docker build -t pytc-service .
+#   NVIDIA GPUs: PyTorch's CUDA wheels carry their own CUDA and cuDNN libraries, so the slim base
+#   only needs the host's driver (NVIDIA container toolkit) and the CUDA wheel index:
+#     docker build -t pytc-service --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#   Or on a CUDA base image (Python 3.11 is installed when the base lacks it):
+#     docker build -t pytc-service \
+#       --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
+#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#   PyTorch's cu124 wheels end at torch 2.6: pick the CUDA index that serves the pinned torch
+#   (https://pytorch.org/get-started/locally/ lists them) and a driver new enough for it.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+ARG PYTHON=python3.11
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTC_DATA_ROOTS=/data PYTC_STATE_DIR=/data/.pytc PYTC_HOST=0.0.0.0 PYTC_PORT=8000
 
-# CUDA base images come without Python; the slim image has it already.
-RUN if ! command -v python3 >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
-      && rm -rf /var/lib/apt/lists/*; fi \
-    && python3 -m venv /opt/pytc
+# CUDA base images come without Python 3.11 (Ubuntu 22.04 ships 3.10): install it there.
+RUN if ! command -v ${PYTHON} >/dev/null; then \
+      apt-get update \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-venv \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && ${PYTHON} -m venv /opt/pytc
 ENV PATH=/opt/pytc/bin:$PATH
 
-# torch first, from the index matching the base image, pinned to the range the project supports
+# torch first, from the index that matches the hardware, pinned to the range the project supports;
+# the package's own install then finds it satisfied and does not fetch another build.
 RUN pip install --index-url ${TORCH_INDEX} "torch>=2.10,<=2.14.1"
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -27,9 +40,13 @@ COPY workers ./workers
 COPY service ./service
 RUN pip install . && rm -rf /src
 
-RUN useradd --create-home --uid 1000 pytc && mkdir -p /data && chown pytc /data
+# Unprivileged. /data is where the compose file mounts the shared data; HOME is writable for any
+# uid so that `user:` can match the owner of a bind-mounted data folder.
+RUN useradd --create-home --home-dir /home/pytc --uid 1000 pytc \
+    && chmod 1777 /home/pytc \
+    && mkdir -p /data && chown pytc:pytc /data
+ENV HOME=/home/pytc
 USER pytc
 WORKDIR /data
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python3 -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('PYTC_PORT','8000'))" || exit 1
 CMD ["pytc-serve"]

@@ -1,14 +1,16 @@
 """Models loaded once per worker, keyed by what they are: the model file's sha256 and the device.
 
 Inside a Dask worker the cache lives in the worker's ``ModelCachePlugin`` (``pytc-worker`` installs
-it); elsewhere (tests, an embedded cluster without it) in a process-level dict.
+it; :mod:`workers.plugin`); elsewhere (tests, an embedded cluster without it) in a process-level
+cache of the same size. A file is hashed again only when its path, size or mtime changes, so a
+block pays one ``stat`` for the key, and a model file replaced in place is loaded afresh.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import threading
 from typing import Any
 
 import torch
@@ -16,11 +18,12 @@ import torch
 from models.loading import LoadedModel, file_sha256, load_model
 from workers.inference import WindowPredictor
 from workers.job import InferenceJob, ModelRef
-from workers.plugin import PLUGIN_NAME, ModelCachePlugin
+from workers.plugin import DEFAULT_MAX_MODELS, LRUCache, ModelCachePlugin, worker_plugin
 
-_FALLBACK = ModelCachePlugin(capacity=4)
-_HASHES: dict[tuple[str, int, int], str] = {}
-_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+_FALLBACK = ModelCachePlugin(capacity=DEFAULT_MAX_MODELS)
+_HASHES: LRUCache[str] = LRUCache(256)  # (path, mtime_ns, size) -> sha256
 
 
 def pick_device(requested: str) -> torch.device:
@@ -29,45 +32,57 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _file_identity(path: str) -> str:
+def file_identity(path: str) -> str:
     """sha256 of a file, hashed again only when its size or mtime changes."""
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _HASHES:
-        _HASHES[key] = file_sha256(path)
-    return _HASHES[key]
+    sha, _ = _HASHES.get_or_load((path, stat.st_mtime_ns, stat.st_size), lambda: file_sha256(path))
+    return sha
 
 
-def model_identity(ref: ModelRef) -> str:
-    """What the model is: the file's hash (a changed file at the same path is a new model)."""
-    weights = ref.checkpoint if ref.kind == "architecture" else ref.path
-    content = _file_identity(weights) if weights else ""
-    return json.dumps([ref.kind, ref.architecture, ref.config_dict(), content], sort_keys=True, default=str)
+def _weights_file(ref: ModelRef) -> str | None:
+    return ref.checkpoint if ref.kind == "architecture" else ref.path
 
 
-def _cache() -> ModelCachePlugin:
-    try:
-        from distributed import get_worker
+def model_identity(ref: ModelRef, content_sha256: str | None = None) -> str:
+    """What the model is: its kind and config plus the hash of the file that holds its weights (a
+    changed file at the same path is a new model; the same file at two paths is one model)."""
+    weights = _weights_file(ref)
+    if content_sha256 is None:
+        content_sha256 = file_identity(weights) if weights else ""
+    return json.dumps(
+        [ref.kind, ref.architecture, ref.config_dict(), content_sha256], sort_keys=True, default=str
+    )
 
-        plugin = get_worker().plugins.get(PLUGIN_NAME)
-    except ValueError:  # not inside a Dask worker
-        return _FALLBACK
-    return plugin if isinstance(plugin, ModelCachePlugin) else _FALLBACK
+
+def model_cache() -> ModelCachePlugin:
+    """This worker's plugin, or the process-level fallback outside a worker that has one."""
+    return worker_plugin() or _FALLBACK
 
 
 def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = "cpu") -> LoadedModel:
+    """The model ``ref`` names on ``device``, loaded at most once per worker while it stays cached."""
     from workers.tasks import torch_threads
 
+    cache = model_cache().cache
     key: Any = (model_identity(ref), device)
-    with _LOCK:
-        cache = _cache()
-        loaded = cache.get(key)
-        if loaded is None:
-            torch.set_num_threads(torch_threads())
-            loaded = load_model(ref, probe_shape=patch_size)
-            loaded.module.to(device).eval()
-            cache.put(key, loaded)
+
+    def load() -> LoadedModel:
+        torch.set_num_threads(torch_threads())
+        loaded = load_model(ref, probe_shape=patch_size)
+        loaded.module.to(device).eval()
         return loaded
+
+    loaded, evicted = cache.get_or_load(key, load)
+    if _weights_file(ref) and key[0] != model_identity(ref, loaded.sha256):
+        # The file changed between hashing it and loading it: file the model under what was
+        # loaded, where the next block (which hashes the new file) looks for it.
+        log.warning("model file %s changed while loading; keyed by its new sha256", _weights_file(ref))
+        cache.pop(key)
+        evicted += cache.put((model_identity(ref, loaded.sha256), device), loaded)
+    if evicted and device.startswith("cuda"):
+        del evicted
+        torch.cuda.empty_cache()  # hand the evicted models' blocks back to the driver
+    return loaded
 
 
 def cached_predictor(job: InferenceJob) -> WindowPredictor:

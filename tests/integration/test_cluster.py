@@ -127,25 +127,3 @@ def test_cancel_mid_job_leaves_no_task_running(tmp_path: Path) -> None:
             assert not any(client.processing().values())
     assert len(done_markers(tmp_path / "out.zarr")) < N_BLOCKS
     assert open_volume(tmp_path / "out.zarr", "pred").attrs["pytc"]["complete"] is False
-
-
-def test_pytc_worker_advertises_gpu_slots_and_drains_on_sigterm(tmp_path: Path) -> None:
-    from distributed import Client
-
-    from workers.plugin import PLUGIN_NAME
-
-    with running_cluster(tmp_path, 0) as cluster:
-        proc = cluster.add_worker("node")
-        cluster.wait_for_workers(1)
-        with Client(cluster.address) as client:
-            info = client.scheduler_info()["workers"]
-            assert len(info) == 1
-            (worker,) = info.values()
-            assert worker["resources"] == {"GPU": 1} and worker["nthreads"] == 1
-            assert worker["name"] == "node-cpu0"
-            plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
-            assert all(PLUGIN_NAME in names for names in plugins.values())
-            assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=60) == 3
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-            wait_until(lambda: not client.scheduler_info()["workers"], timeout=30)
