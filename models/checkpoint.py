@@ -21,6 +21,8 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from models.errors import ArchitectureMismatchError, CheckpointError, ModelNotFoundError
 
 CHECKPOINT_SCHEMA_VERSION = 1
+# mkstemp makes owner-only files; a checkpoint is shared output (other users, the service's workers).
+CHECKPOINT_FILE_MODE = 0o644
 
 # Prefixes that wrappers put in front of every key: DataParallel/DDP, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -57,6 +59,7 @@ def save_checkpoint(path: StrPath, payload: Mapping[str, Any]) -> None:
         with os.fdopen(fd, "wb") as handle:
             torch.save(data, handle)
             handle.flush()
+            os.fchmod(handle.fileno(), CHECKPOINT_FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:

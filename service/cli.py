@@ -3,8 +3,12 @@
 ``pytc run JOB.yaml`` validates the whole job before writing anything (exit 2 names the field),
 then runs it on an embedded local Dask cluster or on ``--scheduler`` / ``PYTC_SCHEDULER``. Exit
 codes: 0 succeeded, 1 the job failed, 2 the spec is invalid, 130 interrupted (a rerun resumes).
+Training jobs (``kind: training``) run through :mod:`service.cli_training`; without a service,
+``register_as`` and ``model: {name: ...}`` use the file registry ``$PYTC_STATE_DIR/models.json``.
 
-The client commands (``submit``, ``status``, ...) arrive with the REST service. Heavy modules
+The client commands (``submit``, ``status``, ``wait``, ``cancel``, ``jobs``, ``models``) talk to
+``pytc-serve`` at ``--url`` / ``PYTC_URL`` with ``PYTC_TOKEN``; ``wait`` and ``submit --wait`` exit
+0 when the job succeeded and 1 when it failed or was cancelled. Heavy modules
 (distributed, the engine) are imported inside the commands, so ``pytc --help`` stays quick and
 this module never pulls in torch.
 """
@@ -21,16 +25,27 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
-from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
+from service.errors import (
+    ClientError,
+    JobCancelledError,
+    JobFailedError,
+    SchedulerUnavailableError,
+    SpecError,
+)
+from service.model_file_registry import FileModelRegistry, state_dir
 from service.progress import ProgressBar, format_duration
 from service.spec import load_job_file, parse_job_document
+from service.training_validation import validate_training_against_data
 from service.validation import check_output, validate_against_data, validate_against_model
 from workers.job import InferenceJob
+from workers.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from service.client import JobEvent, PytcClient
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -94,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=["zarr3", "zarr2"], default="zarr3")
     synth.add_argument("--overwrite", action="store_true", help="replace OUT.zarr if it exists")
     synth.set_defaults(command=synth_command)
+    _add_client_commands(commands)
     return parser
 
 
@@ -106,20 +122,31 @@ def data_roots(cli_roots: Sequence[Path] | None, environ: Mapping[str, str]) -> 
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Validate (writing nothing), connect, check the model and the output, run."""
+    """Validate (writing nothing), connect, check the model and the output (or, for training, the
+    model against its targets and starting weights), run."""
+    registry = FileModelRegistry(state_dir(os.environ))
     try:
-        job = parse_job_document(load_job_file(args.job), data_roots(args.data_root, os.environ))
-        validate_against_data(job)
+        job = parse_job_document(
+            load_job_file(args.job), data_roots(args.data_root, os.environ), resolve_model=registry.resolve
+        )
+        if isinstance(job, TrainingJob):
+            validate_training_against_data(job)
+        else:
+            validate_against_data(job)
     except SpecError as err:
         return _spec_failure(err)
     scheduler = args.scheduler or os.environ.get("PYTC_SCHEDULER") or None
     cancel = threading.Event()
     try:
         with _dask_client(scheduler, args.workers) as client:
+            if isinstance(job, TrainingJob):
+                from service.cli_training import train_on
+
+                return train_on(job, client, cancel, registry, quiet=args.quiet, report=args.report)
             return _run_on(job, client, cancel, quiet=args.quiet, report=args.report)
     except KeyboardInterrupt:
         cancel.set()
-        print("interrupted: finished blocks are kept; run the same job again to resume", file=sys.stderr)
+        print("interrupted: what is done is kept; run the same job again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SchedulerUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -228,3 +255,186 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+# --- client commands (the REST service) -----------------------------------------------------------
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    service = argparse.ArgumentParser(add_help=False)
+    service.add_argument("--url", help="the service (default: $PYTC_URL, else http://127.0.0.1:8000); "
+                         "the token comes from $PYTC_TOKEN")  # fmt: skip
+    submit = commands.add_parser("submit", parents=[service], help="submit a job to the service")
+    submit.add_argument("job", type=Path, metavar="JOB.yaml")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    submit.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    submit.set_defaults(command=submit_command)
+    for name, command, text in (
+        ("status", status_command, "show a job"),
+        ("wait", wait_command, "follow a job until it ends (exit 0 succeeded, 1 failed or cancelled)"),
+        ("cancel", cancel_command, "cancel a job"),
+    ):
+        sub = commands.add_parser(name, parents=[service], help=text)
+        sub.add_argument("id", metavar="ID")
+        sub.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+        sub.add_argument("--json", action="store_true", help="print the job as JSON")
+        sub.set_defaults(command=command)
+    jobs = commands.add_parser("jobs", parents=[service], help="list jobs, newest first")
+    jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jobs.add_argument("--limit", type=_positive_int, default=20)
+    jobs.set_defaults(command=jobs_command)
+    models = commands.add_parser("models", parents=[service], help="list the registered models")
+    models.set_defaults(command=models_command)
+
+
+def _client(args: argparse.Namespace) -> PytcClient:
+    from service.client import DEFAULT_URL, PytcClient
+
+    url = args.url or os.environ.get("PYTC_URL") or DEFAULT_URL
+    return PytcClient(url, token=os.environ.get("PYTC_TOKEN") or None)
+
+
+def _client_failure(err: ClientError) -> int:
+    errors = err.problem.get("errors") or []
+    for item in errors:
+        print(f"error: {item.get('loc')}: {item.get('msg')}", file=sys.stderr)
+    if not errors:
+        print(f"error: {err}", file=sys.stderr)
+    # Like ``pytc run``: 2 when the job document must change (invalid, or its output exists).
+    kind = str(err.problem.get("type", ""))
+    return EXIT_SPEC if err.status == 422 or kind.endswith(":output-exists") else EXIT_FAILED
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    try:
+        doc = load_job_file(args.job)
+    except SpecError as err:
+        return _spec_failure(err)
+    try:
+        with _client(args) as client:
+            job = client.submit(doc, idempotency_key=args.idempotency_key)
+            print(job["id"])
+            return _follow(client, job["id"], quiet=args.quiet) if args.wait else EXIT_OK
+    except ClientError as err:
+        return _client_failure(err)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            _print_job(client.get(args.id), as_json=args.json)
+    except ClientError as err:
+        return _client_failure(err)
+    return EXIT_OK
+
+
+def wait_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            return _follow(client, args.id, quiet=args.quiet, as_json=args.json)
+    except ClientError as err:
+        return _client_failure(err)
+
+
+def cancel_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            _print_job(client.cancel(args.id), as_json=args.json)
+    except ClientError as err:
+        return _client_failure(err)
+    return EXIT_OK
+
+
+def jobs_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            page = client.list(state=args.state, limit=args.limit)
+    except ClientError as err:
+        return _client_failure(err)
+    print(f"{'ID':32}  {'STATE':9}  {'PROGRESS':>14}  {'CREATED':19}  OUTPUT")
+    for job in page["jobs"]:
+        output = job["spec"].get("output", {})
+        where = (
+            f"{output.get('path', '?')} ({output.get('dataset', 'pred')})"
+            if isinstance(output, dict)
+            else "?"
+        )
+        print(f"{job['id']:32}  {job['state']:9}  {_done(job):>14}  {job['created_at'][:19]:19}  {where}")
+    return EXIT_OK
+
+
+def models_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            models = client.models()
+    except ClientError as err:
+        return _client_failure(err)
+    print(f"{'NAME':24}  {'KIND':12}  {'SHA256':12}  SOURCE")
+    for model in models:
+        source = model.get("path") or f"{model.get('architecture')} {model.get('checkpoint') or ''}".strip()
+        print(f"{model['name']:24}  {model['kind']:12}  {(model.get('sha256') or '-')[:12]:12}  {source}")
+    return EXIT_OK
+
+
+def _follow(client: PytcClient, job_id: str, *, quiet: bool, as_json: bool = False) -> int:
+    """A live progress bar from the event stream; the exit code from the final state."""
+    bar = None if quiet else ProgressBar(sys.stderr)
+
+    def show(event: JobEvent) -> None:
+        progress = event.data.get("progress") or {}
+        if bar is not None and progress.get("total"):
+            bar(_ProgressView.of(progress))
+
+    try:
+        job = client.wait(job_id, on_event=show)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_job(job, as_json=as_json, stream=sys.stdout if as_json else sys.stderr)
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProgressView:
+    """A progress object of the service, as :class:`ProgressBar` reads it."""
+
+    done: int
+    total: int
+    unit: str
+    voxels_done: int
+    voxels_total: int
+    elapsed_s: float
+
+    @classmethod
+    def of(cls, progress: Mapping[str, Any]) -> _ProgressView:
+        return cls(
+            int(progress.get("done", 0)),
+            int(progress.get("total", 0)),
+            str(progress.get("unit", "blocks")),
+            int(progress.get("voxels_done", 0)),
+            int(progress.get("voxels_total", 0)),
+            float(progress.get("elapsed_seconds", 0.0)),
+        )
+
+
+def _done(job: Mapping[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    total = progress.get("total") or 0
+    return f"{progress.get('done', 0)}/{total} {progress.get('unit', '')}".strip() if total else "-"
+
+
+def _print_job(job: Mapping[str, Any], *, as_json: bool, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    if as_json:
+        print(json.dumps(job, indent=2), file=out)
+        return
+    print(f"{job['id']}  {job['state']}  {_done(job)}", file=out)
+    if job.get("error"):
+        print(f"  {job['error']['title']}: {job['error']['detail']}", file=out)
+    if job.get("state") == "succeeded" and job.get("result"):
+        print(f"  output: {job['result'].get('output_path')} ({job['result'].get('dataset')})", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,3 +63,47 @@ class JobFailedError(ServiceError, RuntimeError):
 
 class JobCancelledError(ServiceError):
     """The job was cancelled before it finished; what is done stays done and a rerun resumes."""
+
+
+# --- the REST service and its client ---------------------------------------------------------------
+
+
+class JobNotFoundError(ServiceError, LookupError):
+    """No job with this id in the store (HTTP 404)."""
+
+
+class ModelNotRegisteredError(ServiceError, LookupError):
+    """No model registered under this name (HTTP 404; 422 when a job names it)."""
+
+
+class ConflictError(ServiceError):
+    """The request contradicts the service's state (HTTP 409); the message says with what."""
+
+
+class IdempotencyKeyReusedError(ConflictError, ValueError):
+    """An ``Idempotency-Key`` sent again with a different body."""
+
+
+class OutputInUseError(ConflictError, FileExistsError):
+    """Another queued or running job writes the same output dataset."""
+
+
+class JobFinishedError(ConflictError):
+    """The job already ended (succeeded, failed or cancelled), so it cannot be cancelled."""
+
+
+class AuthenticationError(ServiceError, PermissionError):
+    """A ``/v1`` call without a valid bearer token while ``PYTC_API_TOKENS`` is set (HTTP 401)."""
+
+
+class ClientError(ServiceError):
+    """A call of :class:`service.client.PytcClient` that failed; carries the service's problem.
+
+    ``status`` is the HTTP status (``None`` when the service could not be reached); ``problem`` is
+    the RFC 9457 body (``title``, ``detail``, ``errors`` for invalid jobs).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, problem: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.problem: dict[str, Any] = problem or {}

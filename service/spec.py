@@ -37,6 +37,7 @@ from workers.job import (
     Reduce,
     WindowSpec,
 )
+from workers.training_job import TrainingJob
 
 # Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
 ModelResolver = Callable[[str], ModelRef]
@@ -155,57 +156,6 @@ class InferenceDocument(_Section):
     compute: ComputeModel | None = None
 
 
-# --- training: parsed so that typos are named; running it is a later issue -----------------------
-
-
-class DataRefModel(_Section):
-    path: Text
-    dataset: Text | None = None
-
-
-class TrainingDataModel(_Section):
-    image: DataRefModel
-    label: DataRefModel
-    valid_mask: DataRefModel | None = None
-    roi: RoiModel | None = None
-
-
-class TrainingModelSection(_Section):
-    architecture: Text
-    config: dict[str, Any] | None = None
-    init: Text | None = None
-
-
-class SolverModel(_Section):
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: Annotated[Finite, Field(gt=0.0)] = 0.001
-    iterations: PosInt
-    batch_size: PosInt = 2
-    save_every: PosInt | None = None
-    seed: NonNegInt = 0
-
-
-class SamplingModel(_Section):
-    patch_size: PosTriple
-
-
-class CheckpointModel(_Section):
-    dir: Text
-    resume_from: Text | None = None
-    restart: StrictBool = False
-
-
-class TrainingDocument(_Section):
-    kind: Literal["training"]
-    data: TrainingDataModel
-    model: TrainingModelSection
-    targets: Annotated[list[Literal["binary", "boundary", "affinity", "semantic"]], Field(min_length=1)]
-    solver: SolverModel
-    sampling: SamplingModel
-    checkpoint: CheckpointModel
-    register_as: Text | None = None
-
-
 # --- entry points ---------------------------------------------------------------------------------
 
 
@@ -237,8 +187,9 @@ def parse_job_document(
     data_roots: Sequence[str | Path],
     *,
     resolve_model: ModelResolver | None = None,
-) -> InferenceJob:
-    """Validate a job document and build the engine's :class:`InferenceJob`.
+) -> InferenceJob | TrainingJob:
+    """Validate a job document and build the engine's job: an :class:`InferenceJob`, or a
+    :class:`TrainingJob` for ``kind: training`` (see :mod:`service.training_spec`).
 
     Relative paths resolve against the first data root; every path must resolve, symlinks followed,
     inside one of ``data_roots``. ``resolve_model`` turns ``model.name`` into a reference (the
@@ -249,13 +200,28 @@ def parse_job_document(
     roots = _resolved_roots(data_roots)
     kind = doc.get("kind", "inference")
     if kind == "training":
-        _validate(TrainingDocument, doc)
-        raise SpecError("kind", "training jobs are not supported yet")
+        from service.training_spec import parse_training_document  # it builds on this module
+
+        return parse_training_document(doc, roots)
     if kind != "inference":
         raise SpecError("kind", f"expected 'inference' or 'training', got {kind!r}")
     parsed = _validate(InferenceDocument, doc)
     document = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return build_inference_job(parsed, roots, document=document, resolve_model=resolve_model)
+
+
+def parse_inference_document(
+    doc: Mapping[str, Any],
+    data_roots: Sequence[str | Path],
+    *,
+    resolve_model: ModelResolver | None = None,
+) -> InferenceJob:
+    """:func:`parse_job_document` for callers that run inference only: a training document is a
+    :class:`SpecError` on ``kind``."""
+    job = parse_job_document(doc, data_roots, resolve_model=resolve_model)
+    if not isinstance(job, InferenceJob):
+        raise SpecError("kind", "expected an inference job here, got kind: training")
+    return job
 
 
 def build_inference_job(

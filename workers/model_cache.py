@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.errors import ModelNotFoundError
 from models.loading import LoadedModel, file_sha256, load_model
 from workers.inference import WindowPredictor
 from workers.job import InferenceJob, ModelRef
@@ -34,7 +35,10 @@ def pick_device(requested: str) -> torch.device:
 
 def file_identity(path: str) -> str:
     """sha256 of a file, hashed again only when its size or mtime changes."""
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(f"model file {path} does not exist") from exc
     sha, _ = _HASHES.get_or_load((path, stat.st_mtime_ns, stat.st_size), lambda: file_sha256(path))
     return sha
 

@@ -24,10 +24,43 @@ MODULES = {
         "volumes.padding",
         "volumes.output",
         "volumes.synth",
+        "volumes.sampling",
+        "volumes.augment",
     ],
-    "models": ["models.unet3d", "models.checkpoint", "models.loading", "models.training"],
-    "workers": ["workers.tasks", "workers.engine", "workers.geometry", "workers.rundir"],
-    "service": ["service.cli", "service.runner", "service.spec", "service.validation"],
+    "models": [
+        "models.unet3d",
+        "models.checkpoint",
+        "models.loading",
+        "models.training",
+        "models.training_config",
+        "models.targets",
+        "models.losses",
+        "models.optim",
+        "models.trainer",
+    ],
+    "workers": [
+        "workers.tasks",
+        "workers.engine",
+        "workers.geometry",
+        "workers.rundir",
+        "workers.training_task",
+        "workers.training_session",
+        "workers.training_setup",
+        "workers.training_data",
+        "workers.training_eval",
+    ],
+    "service": [
+        "service.cli",
+        "service.runner",
+        "service.spec",
+        "service.validation",
+        "service.training_spec",
+        "service.training_validation",
+        "service.training_runner",
+        "service.training_progress",
+        "service.cli_training",
+        "service.model_file_registry",
+    ],
 }
 
 
@@ -43,3 +76,15 @@ def test_package_imports_nothing_forbidden(package: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"{package} imported {result.stdout.strip()}"
+
+
+def test_what_the_control_plane_takes_from_training_imports_no_torch() -> None:
+    """The service names the training task and reads its records; none of that may bring torch."""
+    code = (
+        "import sys\n"
+        "import models.training_config, workers.training_job, workers.training_dir, workers.training_task\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

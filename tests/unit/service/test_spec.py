@@ -13,6 +13,7 @@ from service.errors import PathOutsideRootsError, SpecError
 from service.spec import load_job_file, parse_job_document, stride_from_overlap
 from volumes.box import Box
 from workers.job import InferenceJob, ModelRef, Normalize
+from workers.training_job import TrainingJob
 
 CONTRACT_JOB = """
 kind: inference
@@ -198,7 +199,7 @@ def spec_error_with(doc: dict[str, Any], root: Path, resolver: Any) -> SpecError
     return caught.value
 
 
-def test_kind_defaults_to_inference_and_training_is_not_yet_supported(root: Path) -> None:
+def test_kind_defaults_to_inference_and_training_is_parsed(root: Path) -> None:
     assert parse({"kind": "inference", **minimal()}, root).window.patch_size == (17, 129, 129)
     training = {
         "kind": "training",
@@ -212,10 +213,10 @@ def test_kind_defaults_to_inference_and_training_is_not_yet_supported(root: Path
         "sampling": {"patch_size": [17, 129, 129]},
         "checkpoint": {"dir": "runs/mito"},
     }
-    err = spec_error(training, root)
-    assert (err.field, err.reason) == ("kind", "training jobs are not supported yet")
+    job = parse_job_document(training, [root])
+    assert isinstance(job, TrainingJob) and job.solver.iterations == 10
     training["solver"] = {"iterations": 10, "lrr": 0.1}
-    assert spec_error(training, root).field == "solver.lrr"  # typos are named even so
+    assert spec_error(training, root).field == "solver.lrr"  # typos are named
 
 
 # --- bad documents ---------------------------------------------------------------------------------

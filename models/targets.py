@@ -1,0 +1,91 @@
+"""Training targets per head, made from a label crop (PyTC's ``seg_to_*`` rules), in numpy.
+
+They run in the data loader's threads, after augmentation, on a label crop read with a ``margin``
+of real context on every side (:func:`target_margin`), so contours and affinities at the crop's
+border see their true neighbours; the margin is cut off the result.
+
+- ``binary``: foreground, ``label > 0``.
+- ``boundary``: instance contours, PyTC's ``seg_to_instance_bd`` (3x3 in-plane window, ``do_bg``):
+  a voxel is contour when its (1, 3, 3) neighbourhood holds more than one label value, background
+  included, so both sides of a border are marked.
+- ``affinity``: nearest-neighbour affinities in (z, y, x) order: channel ``a`` is 1 where the voxel
+  and its predecessor along axis ``a`` carry the same non-zero label.
+- ``semantic``: one channel per class, one-hot of the label's class ids ``0 .. classes-1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from models.errors import ModelConfigError
+from models.training_config import HeadSpec
+
+F32 = NDArray[np.float32]
+
+
+def target_margin(heads: Sequence[HeadSpec]) -> int:
+    """Voxels of context the targets need around the crop: 1 for contours and affinities."""
+    return 1 if any(h.kind in ("boundary", "affinity") for h in heads) else 0
+
+
+def make_targets(label: NDArray[np.generic], heads: Sequence[HeadSpec], margin: int = 0) -> F32:
+    """All heads' targets stacked to ``(channels, z, y, x)`` float32, ``margin`` cut from each side.
+
+    ``label`` is a (z, y, x) crop of instance ids (or class ids for semantic heads).
+    """
+    if label.ndim != 3:
+        raise ModelConfigError(f"targets: expected a (z, y, x) label crop, got shape {label.shape}")
+    if margin < target_margin(heads):
+        raise ModelConfigError(f"targets: heads {[h.kind for h in heads]} need a margin of 1 voxel")
+    inner = tuple(slice(margin, s - margin) for s in label.shape)
+    parts = [_head_target(label, head)[(slice(None), *inner)] for head in heads]
+    return np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+
+
+def _head_target(label: NDArray[np.generic], head: HeadSpec) -> F32:
+    if head.kind == "binary":
+        return binary_target(label)
+    if head.kind == "boundary":
+        return boundary_target(label)
+    if head.kind == "affinity":
+        return affinity_target(label)
+    return semantic_target(label, int(head.classes or 0))
+
+
+def binary_target(label: NDArray[np.generic]) -> F32:
+    return (np.asarray(label) != 0).astype(np.float32)[None]
+
+
+def boundary_target(label: NDArray[np.generic]) -> F32:
+    window = (1, 3, 3)
+    high = ndimage.maximum_filter(label, size=window, mode="nearest")
+    low = ndimage.minimum_filter(label, size=window, mode="nearest")
+    return (high != low).astype(np.float32)[None]
+
+
+def affinity_target(label: NDArray[np.generic]) -> F32:
+    """Channel ``a``: ``label[p] == label[p - e_a] != 0``; 0 where ``p - e_a`` is outside the crop."""
+    out = np.zeros((3, *label.shape), dtype=np.float32)
+    for axis in range(3):
+        here: list[slice] = [slice(None)] * 3
+        before: list[slice] = [slice(None)] * 3
+        here[axis], before[axis] = slice(1, None), slice(None, -1)
+        current, previous = label[tuple(here)], label[tuple(before)]
+        out[axis][tuple(here)] = (current == previous) & (current != 0)
+    return out
+
+
+def semantic_target(label: NDArray[np.generic], classes: int) -> F32:
+    if classes < 2:
+        raise ModelConfigError(f"targets: a semantic head needs classes >= 2, got {classes}")
+    if label.size and (int(label.min()) < 0 or int(label.max()) >= classes):
+        raise ModelConfigError(
+            f"targets: semantic label values must lie in 0..{classes - 1} (classes: {classes}), "
+            f"found {int(label.min())}..{int(label.max())}"
+        )
+    ids = label.astype(np.int64)
+    return (ids[None] == np.arange(classes).reshape(-1, 1, 1, 1)).astype(np.float32)

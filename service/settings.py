@@ -1,0 +1,64 @@
+"""Settings of the REST service (``pytc-serve``), read from ``PYTC_*`` variables.
+
+One :class:`Settings` per process, built by whoever starts the service and handed to
+``create_app(settings)``; nothing reads the environment at import time. Lists in the environment are
+separated as the contract says: ``PYTC_DATA_ROOTS`` by ``:``, ``PYTC_API_TOKENS`` by ``,``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split(value: Any, separator: str) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything ``pytc-serve`` can be told; defaults follow the contract."""
+
+    model_config = SettingsConfigDict(env_prefix="PYTC_", extra="ignore", frozen=True)
+
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path.cwd()], min_length=1)
+    state_dir: Path = Path(".pytc")
+    scheduler: str | None = None
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    max_concurrent_jobs: Annotated[int, Field(ge=1)] = 2
+    # The embedded local cluster (PYTC_SCHEDULER unset): worker processes and threads per worker.
+    local_workers: Annotated[int, Field(ge=1)] = 1
+    local_threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    # Niceness of the embedded workers: the API stays responsive while they compute on its cores.
+    local_worker_niceness: Annotated[int, Field(ge=0, le=19)] = 10
+    # How long a submission may wait for a worker to load the model before answering 503.
+    model_check_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # How often a running job's progress is written to the store (and so seen by readers).
+    progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    access_log: bool = False
+    log_level: str = "info"
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _colon_separated(cls, value: Any) -> Any:
+        return _split(value, ":")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value, ",")
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
