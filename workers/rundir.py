@@ -37,7 +37,9 @@ def _parse(name: str) -> Index:
     return tuple(int(p) for p in name.split("_"))
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Replace ``path`` with what ``write(handle)`` writes: a reader sees the old file or the new one,
+    never half of one. The one atomic-write mechanism of ``workers`` (markers, scratch, training)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -45,14 +47,33 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users of a shared volume
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+class CancelFlag:
+    """A durable cancel request, a file every worker of the job can see; ``cancel_flag`` says where."""
+
+    @property
+    def cancel_flag(self) -> Path:
+        raise NotImplementedError
+
+    def request_cancel(self) -> None:
+        self.cancel_flag.parent.mkdir(parents=True, exist_ok=True)
+        self.cancel_flag.touch()
+
+    def clear_cancel(self) -> None:
+        self.cancel_flag.unlink(missing_ok=True)
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_flag.exists()
+
+
 @dataclass(frozen=True)
-class RunDir:
+class RunDir(CancelFlag):
     root: Path
 
     @classmethod
@@ -71,7 +92,7 @@ class RunDir:
 
     def mark_done(self, phase: int, block: Index, record: dict[str, Any]) -> None:
         data = json.dumps(record, sort_keys=True).encode()
-        _atomic_write(self.marker(phase, block), lambda h: h.write(data))
+        atomic_write(self.marker(phase, block), lambda h: h.write(data))
 
     def done_blocks(self, phase: int) -> set[Index]:
         folder = self.root / "done"
@@ -84,7 +105,7 @@ class RunDir:
         return self.root / "scratch" / f"c{_name(chunk)}" / f"from_{_name(source)}.npy"
 
     def write_scratch(self, chunk: Index, source: Index, data: np.ndarray) -> int:
-        _atomic_write(self.scratch_path(chunk, source), lambda h: np.save(h, data, allow_pickle=False))
+        atomic_write(self.scratch_path(chunk, source), lambda h: np.save(h, data, allow_pickle=False))
         return int(data.nbytes)
 
     def read_scratch(self, chunk: Index, source: Index) -> np.ndarray:
@@ -97,17 +118,6 @@ class RunDir:
     @property
     def cancel_flag(self) -> Path:
         return self.root / "CANCELLED"
-
-    def request_cancel(self) -> None:
-        """Running block tasks see this between batches and stop; durable, so every worker sees it."""
-        self.cancel_flag.parent.mkdir(parents=True, exist_ok=True)
-        self.cancel_flag.touch()
-
-    def clear_cancel(self) -> None:
-        self.cancel_flag.unlink(missing_ok=True)
-
-    def is_cancelled(self) -> bool:
-        return self.cancel_flag.exists()
 
     def drop_all_scratch(self) -> None:
         shutil.rmtree(self.root / "scratch", ignore_errors=True)

@@ -14,13 +14,13 @@ driver (``pytc run``, the service) polls it. No torch here: the control plane re
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from workers.rundir import CancelFlag, atomic_write
 
 RUN_FOLDER = ".pytc-train"
 CHECKPOINT_NAME = "checkpoint_{:05d}.pth.tar"
@@ -29,16 +29,8 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pth\.tar$")
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Replace ``path`` with ``value`` as JSON: a reader sees the old record or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, sort_keys=True, default=str)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = json.dumps(value, sort_keys=True, default=str).encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def read_json(path: Path) -> Any | None:
@@ -49,7 +41,7 @@ def read_json(path: Path) -> Any | None:
 
 
 @dataclass(frozen=True)
-class TrainingDir:
+class TrainingDir(CancelFlag):
     root: Path  # checkpoint.dir
     job_key: str
 
@@ -111,14 +103,3 @@ class TrainingDir:
     @property
     def cancel_flag(self) -> Path:
         return self.run / "CANCELLED"
-
-    def request_cancel(self) -> None:
-        """The running task sees this before its next iteration, saves a checkpoint and stops."""
-        self.cancel_flag.parent.mkdir(parents=True, exist_ok=True)
-        self.cancel_flag.touch()
-
-    def clear_cancel(self) -> None:
-        self.cancel_flag.unlink(missing_ok=True)
-
-    def is_cancelled(self) -> bool:
-        return self.cancel_flag.exists()
