@@ -109,6 +109,10 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
 def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
     plan = ctx.geometry.plan
     result = BlockResult(block, 2)
+    if ctx.run_dir.is_done(2, block):
+        # A rerun of a finished pass 2 (its worker died before reporting): the scratch it consumed
+        # is gone, and its chunks are written; running again would only fail.
+        return result
     t0 = time.perf_counter()
     chunks = plan.border_chunks(block)
     for chunk in chunks:
