@@ -27,15 +27,17 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from service.auth import require_token
+from service.dask_connection import DaskConnection
 from service.errors import SchedulerUnavailableError, SpecError
 from service.events import ChangeFeed, job_events
-from service.jobs import DaskConnection, JobManager, ManagerConfig, ModelInspector, admit_job, submit_job
+from service.jobs import JobManager, ManagerConfig, ModelInspector, admit_job, submit_job
 from service.metrics import CONTENT_TYPE, ServiceMetrics
 from service.problems import add_problem_schema, install_problem_handlers, problem_responses
 from service.runner import software_version
 from service.settings import Settings
 from service.spec import InferenceDocument
 from service.store import JobRecord, JobState, JobStore, ModelRecord, SqliteJobStore
+from service.training_spec import TrainingDocument
 
 MAX_BODY_BYTES = 1 << 20
 PAGE_TOKEN_PATTERN = "^[0-9a-z]{0,12}$"  # every such token is a valid cursor; empty: the first page
@@ -60,6 +62,8 @@ class ProgressOut(BaseModel):
     voxels_done: int = 0
     voxels_total: int = 0
     elapsed_seconds: float = 0.0
+    loss: float | None = Field(None, description="training jobs: the recent mean training loss")
+    lr: float | None = Field(None, description="training jobs: the current learning rate")
 
 
 class ErrorOut(BaseModel):
@@ -405,10 +409,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def _document_schemas() -> dict[str, Any]:
-    """The job document's schema (``JobDocument``), with the shorthands the parser also accepts."""
-    schema = InferenceDocument.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs: dict[str, Any] = schema.pop("$defs", {})
+    """The job document's schema (``JobDocument``: an inference or a training document), with the
+    shorthands the parsers also accept."""
     ref = "#/components/schemas/"
+    inference = InferenceDocument.model_json_schema(ref_template=ref + "{model}")
+    defs: dict[str, Any] = inference.pop("$defs", {})
     inputs = defs["InputModel"]["properties"]
     inputs["normalize"] = {
         "anyOf": [{"enum": ["auto", "none"]}, {"$ref": ref + "NormalizeModel"}, {"type": "null"}]
@@ -417,4 +422,29 @@ def _document_schemas() -> dict[str, Any]:
     overlap["anyOf"] = [{"type": "number", "minimum": 0, "exclusiveMaximum": 1}, *overlap["anyOf"]]
     activation = defs["OutputModel"]["properties"]["activation"]
     activation["anyOf"] = [{"enum": ["sigmoid", "softmax", "tanh", "none"]}, *activation["anyOf"]]
-    return {**defs, "JobDocument": schema}
+
+    training = TrainingDocument.model_json_schema(ref_template=ref + "{model}")
+    for name, definition in training.pop("$defs", {}).items():
+        if name in defs and defs[name] != definition:
+            raise RuntimeError(f"two job document sections are both named {name!r}")  # a coding error
+        defs[name] = definition
+    kinds = defs["TargetModel"]["properties"]["kind"]
+    targets = training["properties"]["targets"]
+    targets["items"] = {"anyOf": [kinds, targets["items"]]}  # [binary] or [{kind: binary, ...}]
+    defs["TrainingDataModel"]["properties"]["normalize"] = {
+        "anyOf": [{"enum": ["auto", "none"]}, {"$ref": ref + "NormalizeModel"}, {"type": "null"}]
+    }
+    for section, name, shorthand in (
+        ("SolverModel", "schedule", {"enum": ["constant", "step", "warmup_cosine"]}),
+        ("SamplingModel", "reject", {"const": False}),
+        ("SamplingModel", "augment", {"type": ["boolean", "null"]}),
+    ):
+        props = defs[section]["properties"]
+        prop = props[name]
+        props[name] = {"anyOf": [shorthand, *prop.get("anyOf", [prop])]}
+    document = {
+        "title": "JobDocument",
+        "description": "A job document (../shared/CONTRACT.md): inference, or kind: training.",
+        "anyOf": [{"$ref": ref + "InferenceDocument"}, {"$ref": ref + "TrainingDocument"}],
+    }
+    return {**defs, "InferenceDocument": inference, "TrainingDocument": training, "JobDocument": document}

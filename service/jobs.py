@@ -2,16 +2,15 @@
 background threads, and records how they end.
 
 ``max_concurrent_jobs`` threads each take the oldest queued job from the store and drive it with
-:func:`service.runner.run_inference`; progress goes to the store (throttled) and to the metrics. A
-cancel sets the job's event, which the runner sees between tasks. On start every job left queued
-or running by an earlier process (a crash, ``kill -9``) is queued again; the runner resumes it from
-its done markers, so finished blocks are not computed again. On a clean shutdown running jobs are
-stopped and put back in the queue, not cancelled.
+:func:`service.runner.run_inference` (training: :mod:`service.training_jobs`); progress goes to the
+store (throttled) and to the metrics. A cancel sets the job's event, which the runner sees between
+tasks. On start every job left queued or running by an earlier process (a crash, ``kill -9``) is
+queued again; it resumes from its done markers (training: its newest checkpoint), so finished work
+is not done again. On a clean shutdown running jobs are stopped and queued again, not cancelled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,11 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-from distributed import Client, LocalCluster
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from models.errors import ModelError
+from service.dask_connection import DaskConnection
 from service.errors import (
     IdempotencyKeyReusedError,
     JobCancelledError,
@@ -39,12 +35,14 @@ from service.errors import (
 )
 from service.events import ChangeFeed, ProgressWriter
 from service.metrics import ServiceMetrics
-from service.runner import GPU, run_inference
+from service.runner import run_inference
 from service.spec import ModelResolver, parse_job_document, resolve_path
 from service.store import ErrorInfo, JobRecord, JobStore, NewJob
+from service.training_jobs import admit_training, run_training_job, training_output_key
 from service.validation import check_output, validate_against_data, validate_against_model
 from workers.job import InferenceJob, ModelInfo, ModelRef
 from workers.tasks import inspect_model
+from workers.training_job import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -55,149 +53,6 @@ INSPECT_PRIORITY = 1000
 def request_digest(doc: Mapping[str, Any]) -> str:
     """The identity of a request body for ``Idempotency-Key``: key order and spacing do not count."""
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-class LowerPriority(WorkerPlugin):
-    """Run an embedded worker at a lower CPU priority (``nice``) than the service beside it, so
-    that the API answers promptly while blocks compute on the same cores. Every thread of the
-    worker is reniced (Linux niceness is per thread; threads made later inherit it)."""
-
-    name = "pytc-lower-priority"
-    idempotent = True
-
-    def __init__(self, niceness: int) -> None:
-        self.niceness = niceness
-
-    def setup(self, worker: Any) -> None:
-        tasks = Path("/proc/self/task")
-        for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
-            with contextlib.suppress(OSError):  # a thread that just ended, or no permission
-                os.setpriority(os.PRIO_PROCESS, tid, self.niceness)
-
-
-class DaskConnection:
-    """The service's Dask client: an embedded local cluster when no scheduler is named, else a client
-    of that scheduler. It connects in the background and keeps retrying, so the service answers
-    probes (``/readyz`` says 503) while a scheduler is still starting; a client that lost its
-    scheduler for good is replaced the same way."""
-
-    def __init__(
-        self,
-        scheduler: str | None,
-        *,
-        local_workers: int = 1,
-        threads_per_worker: int = 1,
-        worker_niceness: int = 0,
-    ) -> None:
-        self.scheduler = scheduler
-        self.local_workers, self.threads_per_worker = local_workers, threads_per_worker
-        self.worker_niceness = worker_niceness
-        self.retry_s = 2.0
-        self.dashboard_link: str | None = None
-        self.last_error = "not connected yet"
-        self._client: Client | None = None
-        self._cluster: LocalCluster | None = None
-        self._connected = threading.Event()
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
-        self._workers: tuple[float, int] = (0.0, 0)
-
-    def start(self) -> None:
-        threading.Thread(target=self._connect, name="pytc-dask-connect", daemon=True).start()
-
-    def _connect(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client = self._open()
-            except Exception as err:  # any failure to start or reach Dask is retried
-                self.last_error = f"{type(err).__name__}: {err}"
-                log.warning("Dask %s unavailable (%s); retrying", self.scheduler or "(embedded)", err)
-                self._closing.wait(self.retry_s)
-                continue
-            self._client, self.dashboard_link = client, _dashboard_link(client)
-            self._connected.set()
-            log.info("Dask connected: %s (dashboard %s)", self.scheduler or "embedded", self.dashboard_link)
-            if self._closing.is_set():
-                self.close()
-            return
-
-    def _open(self) -> Client:
-        if self.scheduler:
-            return Client(self.scheduler, timeout="10s")
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-        self._cluster = LocalCluster(
-            n_workers=self.local_workers,
-            threads_per_worker=self.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            resources=GPU,  # what pytc-worker advertises, so block tasks run here too
-            silence_logs=logging.WARNING,
-        )
-        client = Client(self._cluster)
-        if self.worker_niceness:
-            client.register_plugin(LowerPriority(self.worker_niceness))
-        return client
-
-    @property
-    def ready(self) -> bool:
-        client = self._client
-        if client is None or not self._connected.is_set():
-            return False
-        if client.status in ("closed", "closing") and not self._closing.is_set():
-            self._reconnect()
-            return False
-        return client.status == "running"
-
-    def _reconnect(self) -> None:
-        with self._lock:
-            if not self._connected.is_set():
-                return
-            self._connected.clear()
-            self.last_error = "the Dask client lost its scheduler"
-        log.warning("the Dask client closed; connecting again")
-        self.start()
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s) and self.ready
-
-    def client(self) -> Client:
-        if not self.ready or self._client is None:
-            raise SchedulerUnavailableError(f"Dask is not available: {self.last_error}")
-        return self._client
-
-    def workers(self) -> int | None:
-        """Workers connected to the scheduler (refreshed at most every 2 s); None while disconnected."""
-        if not self.ready or self._client is None:
-            return None
-        checked_at, count = self._workers
-        if time.monotonic() - checked_at > 2.0:
-            try:
-                count = len(self._client.scheduler_info(n_workers=-1).get("workers", {}))
-            except (OSError, TimeoutError) as err:  # the scheduler went away since ``ready``
-                self.last_error = f"{type(err).__name__}: {err}"
-                return None
-            self._workers = (time.monotonic(), count)
-        return count
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._client is not None:
-            self._client.close(timeout=10)
-        if self._cluster is not None:
-            self._cluster.close(timeout=20)
-
-
-def _dashboard_link(client: Client) -> str | None:
-    """The scheduler's dashboard page, if it serves one (``--no-dashboard`` keeps a bare HTTP
-    server whose status page is a 404: no link then)."""
-    if "dashboard" not in client.scheduler_info(n_workers=0).get("services", {}):
-        return None
-    link = str(client.dashboard_link)
-    try:
-        return link if httpx.get(link, timeout=5.0).status_code == 200 else None
-    except httpx.HTTPError:
-        return None
 
 
 def registry_resolver(store: JobStore, roots: Sequence[Path]) -> ModelResolver:
@@ -246,9 +101,9 @@ class ModelInspector:
             if path is not None and not os.path.isfile(path):
                 raise SpecError(_model_field(ref), f"{path} does not exist or is not a file")
         client = self.connection.client()
-        future = client.submit(
-            inspect_model, ref, patch_size, pure=False, resources=GPU, priority=INSPECT_PRIORITY
-        )
+        # No GPU resource: the model is loaded on the worker's CPU, and a worker whose GPU a
+        # training task holds (seceded from the thread pool) still answers at once.
+        future = client.submit(inspect_model, ref, patch_size, pure=False, priority=INSPECT_PRIORITY)
         try:
             info: ModelInfo = future.result(timeout=self.timeout_s)
         except TimeoutError:
@@ -278,24 +133,26 @@ def _files_signature(ref: ModelRef) -> tuple[tuple[int, int] | None, ...]:
     return (stat(ref.path), stat(ref.checkpoint))
 
 
-def inference_job(job: object) -> InferenceJob:
-    """The service runs inference jobs; a training job is refused (naming ``kind``) until it can."""
-    if not isinstance(job, InferenceJob):
-        raise SpecError("kind", "the service runs inference jobs; run training jobs with `pytc run`")
-    return job
-
-
 def admit_job(
     doc: Mapping[str, Any], roots: Sequence[Path], resolve_model: ModelResolver, inspector: ModelInspector
-) -> InferenceJob:
+) -> InferenceJob | TrainingJob:
     """Every check of a submission, in the order of their cost; nothing is written. Raises SpecError
     (422), OutputExistsError (409) or SchedulerUnavailableError (503)."""
-    job = inference_job(parse_job_document(doc, roots, resolve_model=resolve_model))
+    job = parse_job_document(doc, roots, resolve_model=resolve_model)
+    if isinstance(job, TrainingJob):
+        return admit_training(job, inspector.connection.client, inspector.timeout_s)
     validate_against_data(job)
     info = inspector.inspect(job.model, job.window.patch_size)
     validate_against_model(job, info)
     check_output(job, info.sha256)
     return job
+
+
+def output_key(job: InferenceJob | TrainingJob) -> str:
+    """What the job writes: no two queued or running jobs share it (409)."""
+    if isinstance(job, TrainingJob):
+        return training_output_key(job)
+    return f"{job.output.path}::{job.output.dataset}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,14 +258,10 @@ class JobManager:
         cancel = self._cancel_event(record.id)
         if record.cancel_requested or self._stopping.is_set():
             cancel.set()
-        writer = ProgressWriter(
-            record.id, self.store, self.feed, self.metrics, self.config.progress_interval_s
-        )
         log.info("job %s: running (attempt %d)", record.id, record.attempts)
         try:
-            parsed = parse_job_document(record.spec, self.config.data_roots, resolve_model=self.resolve_model)
-            job = inference_job(parsed)
-            result = run_inference(job, self.connection.client(), on_progress=writer, cancel=cancel)
+            job = parse_job_document(record.spec, self.config.data_roots, resolve_model=self.resolve_model)
+            result = self._dispatch(record.id, job, cancel)
         except JobCancelledError as err:
             self._stopped(record.id, str(err))
         except (SpecError, ModelError) as err:
@@ -418,7 +271,17 @@ class JobManager:
         except Exception as err:  # a job's failure must not end the manager thread
             self._crashed(record.id, err)
         else:
-            self._finish(record.id, "succeeded", result=dataclasses.asdict(result))
+            self._finish(record.id, "succeeded", result=result)
+
+    def _dispatch(
+        self, job_id: str, job: InferenceJob | TrainingJob, cancel: threading.Event
+    ) -> dict[str, Any]:
+        """Run the job to its end; its ``result``."""
+        client, interval_s = self.connection.client(), self.config.progress_interval_s
+        if isinstance(job, TrainingJob):
+            return run_training_job(job_id, job, client, self.store, self.feed, cancel, interval_s)
+        writer = ProgressWriter(job_id, self.store, self.feed, self.metrics, interval_s)
+        return dataclasses.asdict(run_inference(job, client, on_progress=writer, cancel=cancel))
 
     def _stopped(self, job_id: str, detail: str) -> None:
         if self._stopping.is_set() and not self.store.get_job(job_id).cancel_requested:
@@ -466,7 +329,7 @@ def submit_job(
     idempotency_key: str | None,
     *,
     store: JobStore,
-    admit: Callable[[Mapping[str, Any]], InferenceJob],
+    admit: Callable[[Mapping[str, Any]], InferenceJob | TrainingJob],
 ) -> tuple[JobRecord, bool]:
     """Validate and record a job; ``created`` is False for an idempotent replay."""
     digest = request_digest(doc)
@@ -477,7 +340,7 @@ def submit_job(
         new_job_id(),
         str(doc.get("kind", "inference")),
         dict(doc),
-        output_key=f"{job.output.path}::{job.output.dataset}",
+        output_key=output_key(job),
         idempotency_key=idempotency_key,
         request_sha256=digest,
     )

@@ -69,6 +69,7 @@ class TrainingProgress:
             "fraction": self.done / self.total if self.total else 0.0,
             "rate": self.iterations_per_second,
             "eta_seconds": self.eta_seconds,
+            "elapsed_seconds": self.elapsed_s,
             "state": self.state,
             "loss": self.loss,
             "lr": self.lr,

@@ -149,6 +149,8 @@ class AugmentModel(_Section):
 class PrefetchModel(_Section):
     threads: Annotated[int, Field(strict=True, ge=1, le=32)] = 2
     depth: Annotated[int, Field(strict=True, ge=1, le=64)] = 4
+    # decoded chunks of image, label and mask kept in memory for the crops (MiB, all together; 0: off)
+    cache_mb: Annotated[int, Field(strict=True, ge=0, le=1 << 20)] = 1024
 
 
 class SamplingModel(_Section):
@@ -363,6 +365,7 @@ def _sampling(section: SamplingModel) -> SamplingSpec:
         ),
         prefetch_threads=section.prefetch.threads,
         prefetch_depth=section.prefetch.depth,
+        chunk_cache_bytes=section.prefetch.cache_mb << 20,
     )
 
 

@@ -17,7 +17,8 @@ import torch
 
 from models.errors import ModelNotFoundError
 from models.loading import LoadedModel, file_sha256, load_model
-from workers.inference import WindowPredictor
+from workers.allocator import tune_allocator
+from workers.inference import WindowPredictor, prefers_channels_last
 from workers.job import InferenceJob, ModelRef
 from workers.plugin import DEFAULT_MAX_MODELS, LRUCache, ModelCachePlugin, worker_plugin
 
@@ -71,9 +72,12 @@ def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = 
     key: Any = (model_identity(ref), device)
 
     def load() -> LoadedModel:
+        tune_allocator()
         torch.set_num_threads(torch_threads())
         loaded = load_model(ref, probe_shape=patch_size)
         loaded.module.to(device).eval()
+        if prefers_channels_last(loaded.module, torch.device(device)):
+            loaded.module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         return loaded
 
     loaded, evicted = cache.get_or_load(key, load)
@@ -104,4 +108,5 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
         tta_reduce=job.window.tta_reduce,
         precision=job.compute.precision,
         fixed_batch=loaded.fixed_input_shape[0] if loaded.fixed_input_shape else None,
+        channels_last=prefers_channels_last(loaded.module, device),
     )

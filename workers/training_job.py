@@ -80,6 +80,7 @@ class SamplingSpec:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     prefetch_threads: int = 2
     prefetch_depth: int = 4
+    chunk_cache_bytes: int = 1 << 30  # decoded chunks kept for the crops (volumes.chunk_cache); 0: off
 
 
 @dataclass(frozen=True)

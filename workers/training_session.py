@@ -24,6 +24,7 @@ from models.loading import file_sha256
 from models.targets import target_margin
 from volumes.box import Box
 from volumes.errors import VolumeError
+from workers.allocator import tune_allocator
 from workers.tasks import torch_threads
 from workers.training_data import ForegroundBudget, Prefetcher
 from workers.training_dir import TrainingDir
@@ -65,6 +66,7 @@ def train(job: TrainingJob) -> TrainingOutcome:
     """Train to ``solver.iterations`` (or until cancelled), from the newest own checkpoint if any."""
     tdir = TrainingDir(Path(job.checkpoint.dir), job.job_key())
     started = time.perf_counter()
+    tune_allocator()
     torch.set_num_threads(job.compute.threads or torch_threads())
     try:
         return _Session(job, tdir).run()

@@ -26,6 +26,7 @@ from models.checkpoint import load_checkpoint
 from models.errors import CheckpointError, ModelError
 from models.trainer import Trainer, TrainerConfig, seed_everything
 from models.unet3d import ARCHITECTURES
+from volumes.chunk_cache import cached
 from volumes.errors import VolumeError
 from volumes.sampling import CropSampler, SamplingRules
 from volumes.volume import Volume, open_volume
@@ -173,9 +174,10 @@ def check_start_weights(job: TrainingJob, trainer: Trainer) -> None:
 
 def batch_maker(job: TrainingJob, margin: int) -> BatchMaker:
     data, sampling = job.data, job.sampling
-    image = open_ref(data.image, "data.image")
-    label = open_ref(data.label, "data.label")
-    mask = open_ref(data.valid_mask, "data.valid_mask") if data.valid_mask else None
+    share = sampling.chunk_cache_bytes // (3 if data.valid_mask else 2)
+    image = cached(open_ref(data.image, "data.image"), share)
+    label = cached(open_ref(data.label, "data.label"), share)
+    mask = cached(open_ref(data.valid_mask, "data.valid_mask"), share) if data.valid_mask else None
     rules = SamplingRules(
         patch_size=sampling.patch_size,
         margin=margin,

@@ -23,7 +23,21 @@ def run_training_task(job: TrainingJob) -> TrainingOutcome:
 
     Errors a retry cannot fix come back as an outcome with ``status="failed"``; anything else is
     raised, and Dask's retry resumes from the newest checkpoint.
+
+    On a Dask worker the task secedes from the worker's thread pool at once: it keeps the worker's
+    ``GPU`` resource for the whole run, so no other GPU task starts beside it, but frees the thread
+    slot, so a task that asks for no GPU (the service's pre-flight check of a submission, which
+    loads models on the CPU) runs meanwhile instead of waiting until the training ends.
     """
+    from distributed import secede
+    from distributed.worker import get_worker
+
     from workers.training_session import train
 
+    try:
+        get_worker()
+    except ValueError:  # called outside a worker (a test, a debugger): nothing to secede from
+        pass
+    else:
+        secede()
     return train(job)

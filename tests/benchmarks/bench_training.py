@@ -40,6 +40,7 @@ from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
 from models.unet3d import build_unet3d
 from service.spec import parse_job_document
 from volumes.synth import generate_em_volume, write_synth
+from workers.allocator import tune_allocator
 from workers.training_job import TrainingJob
 from workers.training_session import train
 from workers.training_setup import batch_maker
@@ -144,6 +145,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Our task sets the allocator for big buffers (workers.allocator) in its process, which is this
+    # one: set it before the first plain loop too, so every run of both compares like with like.
+    tune_allocator()
     root = Path(tempfile.mkdtemp(prefix="bench-training-"))
     synth = generate_em_volume(SHAPE, seed=1)
     write_synth(root / "em.zarr", synth, chunks=(16, 64, 64))

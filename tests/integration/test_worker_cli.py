@@ -66,8 +66,10 @@ def worker_env(dask_worker: Any) -> tuple[str, str, bool]:
     )
 
 
-def load_twice(model: str) -> tuple[bool, bool, int]:
-    """On a worker: the second load is the cached object, and the cache is the plugin's."""
+def load_twice(model: str) -> tuple[bool, bool, int, bool | None]:
+    """On a worker: the second load is the cached object, and the cache is the plugin's; loading
+    a model set glibc's allocator for big buffers (workers.allocator)."""
+    from workers import allocator
     from workers.job import ModelRef
     from workers.model_cache import cached_model, model_cache
     from workers.plugin import worker_plugin
@@ -76,7 +78,12 @@ def load_twice(model: str) -> tuple[bool, bool, int]:
     first = cached_model(ref, (3, 8, 8))
     again = cached_model(ref, (3, 8, 8))
     plugin = worker_plugin()
-    return first is again, plugin is model_cache(), len(plugin.cache) if plugin else 0
+    return (
+        first is again,
+        plugin is model_cache(),
+        len(plugin.cache) if plugin else 0,
+        allocator._state.get("tuned"),
+    )
 
 
 def slow_block(marks: str, seconds: float) -> str:
@@ -109,7 +116,7 @@ def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path
 
                 assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3
                 cached = client.submit(load_twice, str(model), resources={"GPU": 1}, pure=False)
-                assert cached.result(timeout=120) == (True, True, 1)
+                assert cached.result(timeout=120) == (True, True, 1, True)
                 del cached  # like the job runner, hold no result: the drain then need not wait
 
                 wait_until(health.exists, timeout=15)

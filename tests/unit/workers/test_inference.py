@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from tests.helpers import make_job, run_sequential
-from workers.inference import WindowPredictor, apply_activations, tta_variants
+from workers.inference import WindowPredictor, apply_activations, prefers_channels_last, tta_variants
 from workers.job import WindowSpec
 
 
@@ -27,8 +27,17 @@ class Asymmetric(torch.nn.Module):
         return self.conv(x) + ramp
 
 
-def predictor(module: torch.nn.Module, variants: int = 1, reduce: str = "mean", heads=(2,), acts=("none",)):  # type: ignore[no-untyped-def]
-    return WindowPredictor(module, torch.device("cpu"), tuple(heads), tuple(acts), variants, reduce)  # type: ignore[arg-type]
+def predictor(
+    module: torch.nn.Module,
+    variants: int = 1,
+    reduce: str = "mean",
+    heads=(2,),
+    acts=("none",),
+    channels_last=False,
+):  # type: ignore[no-untyped-def]
+    return WindowPredictor(
+        module, torch.device("cpu"), tuple(heads), tuple(acts), variants, reduce, channels_last=channels_last
+    )  # type: ignore[arg-type]
 
 
 def test_variant_counts_follow_pytc() -> None:
@@ -99,9 +108,34 @@ def test_model_changing_spatial_size_is_an_error() -> None:
         predictor(shrink, heads=(1,)).predict(np.zeros((1, 1, 5, 8, 8), np.float32))
 
 
+def test_channels_last_runs_eager_unet3d_to_float32_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from models.unet3d import build_unet3d
+
+    torch.manual_seed(3)
+    net = build_unet3d(
+        {"in_channels": 1, "out_channels": 2, "filters": [4, 8, 12], "isotropy": [False, False, True]}
+    ).eval()
+    cpu = torch.device("cpu")
+    assert prefers_channels_last(net, cpu)
+    assert not prefers_channels_last(torch.jit.script(torch.nn.Conv3d(1, 2, 3, padding=1)), cpu)
+    assert not prefers_channels_last(torch.nn.Identity(), cpu)
+    monkeypatch.setenv("PYTC_CHANNELS_LAST", "0")
+    assert not prefers_channels_last(net, cpu)
+
+    x = np.random.default_rng(5).random((3, 1, 9, 33, 33), dtype=np.float32)
+    plain = predictor(net, 8, heads=(2,), acts=("sigmoid",)).predict(x)
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
+    out = predictor(fast, 8, heads=(2,), acts=("sigmoid",), channels_last=True).predict(x)
+    assert out.flags.c_contiguous and out.shape == plain.shape
+    np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("block_shape", [(32, 48, 48), (8, 16, 16), (16, 16, 32)])
 def test_engine_equals_monai_sliding_window_inference(
-    tmp_path: Path, block_shape: tuple[int, int, int]
+    tmp_path: Path, block_shape: tuple[int, int, int], channels_last: bool
 ) -> None:
     from monai.inferers import sliding_window_inference
 
@@ -112,7 +146,10 @@ def test_engine_equals_monai_sliding_window_inference(
     stride = tuple(max(1, int(p * (1 - overlap))) for p in patch)
     window = WindowSpec(patch, stride, "gaussian", (0, 0, 0), "reflect", batch_size=4)  # type: ignore[arg-type]
     job = make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=block_shape)
-    ours, _ = run_sequential(job, predictor(model).predict, 2)
+    ours_model = Asymmetric().eval()
+    if channels_last:  # what the workers do with eager CPU models (workers.inference)
+        ours_model = ours_model.to(memory_format=torch.channels_last_3d)
+    ours, _ = run_sequential(job, predictor(ours_model, channels_last=channels_last).predict, 2)
     with torch.no_grad():
         theirs = sliding_window_inference(
             torch.from_numpy(data)[None, None],
@@ -124,3 +161,20 @@ def test_engine_equals_monai_sliding_window_inference(
             sigma_scale=0.125,
         )
     np.testing.assert_allclose(ours, theirs[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_allocator_keeps_big_buffers_on_the_heap() -> None:
+    """After tuning, freeing and re-allocating a 64 MiB buffer faults in no new pages."""
+    import resource
+
+    from workers.allocator import tune_allocator
+
+    assert tune_allocator()  # glibc on this platform takes every setting
+    size = 64 << 20
+    np.ones(size // 8)  # allocated, touched and freed: the heap now holds it
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        np.ones(size // 8)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    # untuned, glibc maps each buffer afresh: thousands of faults here (hundreds with huge pages)
+    assert faults < 50, faults
