@@ -35,7 +35,7 @@ from service.errors import (
     SpecError,
 )
 from service.model_file_registry import FileModelRegistry, state_dir
-from service.progress import ProgressBar, format_duration
+from service.progress import Progress, ProgressBar, format_duration
 from service.spec import load_job_file, parse_job_document
 from service.training_validation import validate_training_against_data
 from service.validation import check_output, validate_against_data, validate_against_model
@@ -384,7 +384,7 @@ def _follow(client: PytcClient, job_id: str, *, quiet: bool, as_json: bool = Fal
     def show(event: JobEvent) -> None:
         progress = event.data.get("progress") or {}
         if bar is not None and progress.get("total"):
-            bar(_ProgressView.of(progress))
+            bar(_progress_of(progress))
 
     try:
         job = client.wait(job_id, on_event=show)
@@ -395,27 +395,16 @@ def _follow(client: PytcClient, job_id: str, *, quiet: bool, as_json: bool = Fal
     return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
 
 
-@dataclasses.dataclass(frozen=True)
-class _ProgressView:
+def _progress_of(progress: Mapping[str, Any]) -> Progress:
     """A progress object of the service, as :class:`ProgressBar` reads it."""
-
-    done: int
-    total: int
-    unit: str
-    voxels_done: int
-    voxels_total: int
-    elapsed_s: float
-
-    @classmethod
-    def of(cls, progress: Mapping[str, Any]) -> _ProgressView:
-        return cls(
-            int(progress.get("done", 0)),
-            int(progress.get("total", 0)),
-            str(progress.get("unit", "blocks")),
-            int(progress.get("voxels_done", 0)),
-            int(progress.get("voxels_total", 0)),
-            float(progress.get("elapsed_seconds", 0.0)),
-        )
+    return Progress(
+        int(progress.get("done", 0)),
+        int(progress.get("total", 0)),
+        str(progress.get("unit", "blocks")),
+        int(progress.get("voxels_done", 0)),
+        int(progress.get("voxels_total", 0)),
+        float(progress.get("elapsed_seconds", 0.0)),
+    )
 
 
 def _done(job: Mapping[str, Any]) -> str:

@@ -10,11 +10,25 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 
+@dataclass
+class Progress:
+    """An inference job's progress: from :func:`service.runner.run_inference`, or read back from the
+    service's progress object by ``pytc wait``."""
+
+    done: int
+    total: int
+    unit: str
+    voxels_done: int
+    voxels_total: int
+    elapsed_s: float
+
+
 class ProgressReport(Protocol):
-    """What is read of :class:`service.runner.Progress` (typed structurally to keep imports light)."""
+    """What is read of a :class:`Progress` (typed structurally: any object with these will do)."""
 
     @property
     def done(self) -> int: ...
@@ -30,8 +44,14 @@ class ProgressReport(Protocol):
     def elapsed_s(self) -> float: ...
 
 
-class ProgressBar:
-    """Callable as ``on_progress``; call :meth:`close` when the job ends to finish the line."""
+class StatusLine:
+    """One status line, redrawn in place on a terminal or appended to a log, at most every ``interval_s``.
+
+    Subclasses are callable as ``on_progress``: when :meth:`_due` says so, they format the report
+    and :meth:`_draw` it. Call :meth:`close` when the job ends to finish the line.
+    """
+
+    tty_interval_s = 0.1  # how often a terminal line is redrawn at most
 
     def __init__(
         self,
@@ -43,24 +63,20 @@ class ProgressBar:
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self.interval_s = 0.1 if self.tty else interval_s
+        self.interval_s = self.tty_interval_s if self.tty else interval_s
         self.clock = clock
-        self._baseline: tuple[float, int] | None = None  # (elapsed_s, voxels_done) at the first report
         self._last_draw: float | None = None
         self._last_text = ""
         self._open_line = False
 
-    def __call__(self, report: ProgressReport) -> None:
-        if self._baseline is None:
-            # Rates count this run only: blocks done by an earlier run (resume) are not throughput.
-            self._baseline = (report.elapsed_s, report.voxels_done)
+    def _due(self, *, force: bool = False) -> bool:
+        """Whether to draw now (``interval_s`` has passed, or ``force``); if so, counts as drawn."""
         now = self.clock()
-        finished = report.done >= report.total
         due = self._last_draw is None or now - self._last_draw >= self.interval_s
-        if not (due or finished):
-            return
+        if not (due or force):
+            return False
         self._last_draw = now
-        self._draw(format_progress(report, self._baseline))
+        return True
 
     def close(self) -> None:
         """End the redrawn line so that later output starts on a fresh one."""
@@ -80,6 +96,19 @@ class ProgressBar:
             self.stream.write(text + "\n")
         self._last_text = text
         self.stream.flush()
+
+
+class ProgressBar(StatusLine):
+    """The inference job's line: callable as ``on_progress``; call :meth:`close` when the job ends."""
+
+    _baseline: tuple[float, int] | None = None  # (elapsed_s, voxels_done) at the first report
+
+    def __call__(self, report: ProgressReport) -> None:
+        if self._baseline is None:
+            # Rates count this run only: blocks done by an earlier run (resume) are not throughput.
+            self._baseline = (report.elapsed_s, report.voxels_done)
+        if self._due(force=report.done >= report.total):
+            self._draw(format_progress(report, self._baseline))
 
 
 def format_progress(report: ProgressReport, baseline: tuple[float, int] = (0.0, 0)) -> str:

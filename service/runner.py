@@ -21,6 +21,7 @@ from typing import Any
 from distributed import Client, Future, wait
 
 from service.errors import JobCancelledError, JobFailedError
+from service.progress import Progress
 from service.validation import check_output
 from volumes.blocks import BlockPlan
 from volumes.output import create_output
@@ -28,6 +29,7 @@ from volumes.volume import open_volume
 from workers.errors import BlockCancelledError
 from workers.geometry import JobGeometry, build_geometry
 from workers.job import OUTPUT_ATTRS_KEY, InferenceJob, ModelInfo
+from workers.readahead import task_key
 from workers.rundir import Index, RunDir
 from workers.tasks import BlockTask, inspect_model, run_block
 
@@ -45,16 +47,6 @@ def software_version() -> str:
 
 
 @dataclass
-class Progress:
-    done: int
-    total: int
-    unit: str
-    voxels_done: int
-    voxels_total: int
-    elapsed_s: float
-
-
-@dataclass
 class RunResult:
     output_path: str
     dataset: str
@@ -65,6 +57,7 @@ class RunResult:
     windows: int = 0
     scratch_bytes: int = 0
     output_bytes: int = 0
+    blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
     seconds: float = 0.0
     task_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -203,7 +196,7 @@ def run_inference(
 
     def submit(phase: int, block: Index) -> Future:
         task = BlockTask(job, layout_key, block, phase, info.out_channels)  # type: ignore[arg-type]
-        key = f"pytc-{layout_key}-p{phase}-{'_'.join(map(str, block))}"
+        key = task_key(layout_key, phase, block)  # workers.readahead reads these keys
         return client.submit(
             run_block,
             task,
@@ -283,6 +276,7 @@ def _record(result: RunResult, block_result: Any) -> None:
     result.windows += block_result.windows
     result.scratch_bytes += block_result.scratch_bytes
     result.output_bytes += block_result.output_bytes
+    result.blocks_read_ahead += int(getattr(block_result, "read_ahead", False))
     for name, seconds in block_result.seconds.items():
         result.task_seconds[name] = result.task_seconds.get(name, 0.0) + seconds
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from service.errors import PathOutsideRootsError, SpecError
@@ -72,19 +72,22 @@ class NormalizeModel(_Section):
     std: Annotated[Finite, Field(gt=0.0)] | None = None
 
 
+def _normalize_mode_or_mapping(value: Any) -> Any:
+    """``auto`` / ``none`` name a mode; a mapping gives mean/std (applied after ``auto``)."""
+    if value is None:
+        return {}
+    return {"mode": value} if isinstance(value, str) else value
+
+
+# The ``normalize`` field of an input (inference) or of the training data, shorthands included.
+NormalizeField = Annotated[NormalizeModel, BeforeValidator(_normalize_mode_or_mapping)]
+
+
 class InputModel(_Section):
     path: Text
     dataset: Text | None = None
     roi: RoiModel | None = None
-    normalize: NormalizeModel = NormalizeModel()
-
-    @field_validator("normalize", mode="before")
-    @classmethod
-    def _mode_or_mapping(cls, value: Any) -> Any:
-        """``auto`` / ``none`` name a mode; a mapping gives mean/std (applied after ``auto``)."""
-        if value is None:
-            return {}
-        return {"mode": value} if isinstance(value, str) else value
+    normalize: NormalizeField = NormalizeModel()
 
 
 class ModelSection(_Section):

@@ -6,12 +6,7 @@ every change of state (validating, saving, finished), so CI logs stay short but 
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable
-from typing import TextIO
-
-from service.progress import format_duration
+from service.progress import StatusLine, format_duration
 from service.training_runner import TrainingProgress
 
 
@@ -38,49 +33,13 @@ def format_training_progress(report: TrainingProgress) -> str:
     return text
 
 
-class TrainingProgressLine:
+class TrainingProgressLine(StatusLine):
     """Callable as ``on_progress``; call :meth:`close` at the end to finish the line."""
 
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        *,
-        interval_s: float = 5.0,
-        tty: bool | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
-        self.interval_s = 0.2 if self.tty else interval_s
-        self.clock = clock
-        self._last_draw: float | None = None
-        self._last_text = ""
-        self._last_state = ""
-        self._open_line = False
+    tty_interval_s = 0.2
+    _last_state = ""  # a change of state is drawn at once
 
     def __call__(self, report: TrainingProgress) -> None:
-        now = self.clock()
-        changed = report.state != self._last_state
-        due = self._last_draw is None or now - self._last_draw >= self.interval_s
-        if not (due or changed):
-            return
-        self._last_draw, self._last_state = now, report.state
-        self._draw(format_training_progress(report))
-
-    def close(self) -> None:
-        if self._open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open_line = False
-
-    def _draw(self, text: str) -> None:
-        if text == self._last_text:
-            return
-        if self.tty:
-            pad = " " * max(0, len(self._last_text) - len(text))
-            self.stream.write(f"\r{text}{pad}")
-            self._open_line = True
-        else:
-            self.stream.write(text + "\n")
-        self._last_text = text
-        self.stream.flush()
+        if self._due(force=report.state != self._last_state):
+            self._last_state = report.state
+            self._draw(format_training_progress(report))

@@ -21,6 +21,7 @@ from service.errors import SpecError
 from service.spec import (
     Finite,
     NonNegInt,
+    NormalizeField,
     NormalizeModel,
     PosInt,
     PosTriple,
@@ -65,14 +66,7 @@ class TrainingDataModel(_Section):
     label: DataRefModel
     valid_mask: DataRefModel | None = None
     roi: RoiModel | None = None
-    normalize: NormalizeModel = NormalizeModel()
-
-    @field_validator("normalize", mode="before")
-    @classmethod
-    def _mode_or_mapping(cls, value: Any) -> Any:
-        if value is None:
-            return {}
-        return {"mode": value} if isinstance(value, str) else value
+    normalize: NormalizeField = NormalizeModel()
 
 
 class ValidationModel(_Section):

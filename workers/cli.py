@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workers.affinity import ENV as AFFINITY_ENV
+from workers.affinity import CoreListError, check_available, parse_cores, split_cores
+
 if TYPE_CHECKING:
     from distributed import Nanny
 
@@ -99,30 +102,42 @@ def visible_gpus(
 
 
 def plan_workers(
-    name: str, gpus: Sequence[str], cpu_workers: int, cores: int, torch_threads: int | None
+    name: str,
+    gpus: Sequence[str],
+    cpu_workers: int,
+    cores: int,
+    torch_threads: int | None,
+    cpu_cores: Sequence[int] | None = None,
 ) -> list[WorkerSpec]:
     """One worker per GPU, pinned to it; or ``cpu_workers`` CPU workers that see no GPU.
 
     Torch gets ``cores // workers`` intra-op threads each (``PYTC_TORCH_THREADS``, read by
-    ``workers.tasks.torch_threads``) unless ``torch_threads`` says otherwise. GPU workers are named
-    after their GPU index (``node-gpu2``), or by position when the ids are UUIDs (MIG slices).
+    ``workers.tasks.torch_threads``) unless ``torch_threads`` says otherwise. With ``cpu_cores``
+    each worker is pinned to its own share of them (``workers.affinity``) and its torch threads
+    default to the share's size. GPU workers are named after their GPU index (``node-gpu2``), or by
+    position when the ids are UUIDs (MIG slices).
     """
     count = len(gpus) or cpu_workers
-    threads = str(torch_threads or max(1, cores // count))
+    shares: list[list[int] | None] = [None] * count
+    if cpu_cores:
+        check_available(cpu_cores)
+        shares = list(split_cores(cpu_cores, count))
+
+    def env(device: str, share: list[int] | None) -> dict[str, str]:
+        threads = torch_threads or (len(share) if share else max(1, cores // count))
+        values = {"CUDA_VISIBLE_DEVICES": device, "PYTC_TORCH_THREADS": str(threads)}
+        if share:
+            values[AFFINITY_ENV] = ",".join(map(str, share))
+        return values
+
     if gpus:
         # Dask needs unique worker names: GPU indices where they are, positions otherwise.
         by_index = all(g.isdigit() for g in gpus) and len(set(gpus)) == len(gpus)
         return [
-            WorkerSpec(
-                f"{name}-gpu{gpu if by_index else i}",
-                {"CUDA_VISIBLE_DEVICES": gpu, "PYTC_TORCH_THREADS": threads},
-            )
+            WorkerSpec(f"{name}-gpu{gpu if by_index else i}", env(gpu, shares[i]))
             for i, gpu in enumerate(gpus)
         ]
-    return [
-        WorkerSpec(f"{name}-cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "PYTC_TORCH_THREADS": threads})
-        for i in range(cpu_workers)
-    ]
+    return [WorkerSpec(f"{name}-cpu{i}", env("", shares[i])) for i in range(cpu_workers)]
 
 
 def memory_limit_per_worker(requested: str | None, workers: int) -> str | float:
@@ -345,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gpus", default=None, help="comma-separated GPU ids, e.g. 0,2; 'none' for CPU workers "
         "(default: $CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi -L lists)")  # fmt: skip
     add("--cpu-workers", type=_positive_int, default=1, help="workers on a node without GPUs (default 1)")
+    add("--cpu-cores", default=None, help="pin the workers to these cores, an equal share each, "
+        "e.g. 0-15 or 0,2,4 (default: not pinned)")  # fmt: skip
     add("--memory-limit", default=None, help="per worker, e.g. 16GB (default: the node's memory / workers)")
     add("--name", default=os.uname().nodename, help="worker name prefix (default: the host name)")
     add("--local-directory", default=None, help="worker scratch space (Dask's local_directory)")
@@ -375,7 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dask.system import CPU_COUNT  # honours CPU affinity and cgroup quotas, unlike os.cpu_count
 
     gpus = visible_gpus(os.environ, args.gpus)
-    specs = plan_workers(args.name, gpus, args.cpu_workers, CPU_COUNT, args.nthreads_torch)
+    try:
+        cpu_cores = parse_cores(args.cpu_cores) if args.cpu_cores is not None else None
+        specs = plan_workers(args.name, gpus, args.cpu_workers, CPU_COUNT, args.nthreads_torch, cpu_cores)
+    except CoreListError as err:
+        print(f"pytc-worker: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     log.info("GPUs %s -> workers %s", gpus or "none", [s.name for s in specs])
     return asyncio.run(serve(args, specs))
 

@@ -38,6 +38,7 @@ class BlockResult:
     voxels_written: int = 0
     scratch_bytes: int = 0
     output_bytes: int = 0
+    read_ahead: bool = False  # its input was read while the previous block computed
     seconds: dict[str, float] = field(default_factory=dict)
 
 

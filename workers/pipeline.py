@@ -27,6 +27,7 @@ import numpy as np
 from volumes.box import Box
 from volumes.padding import read_padded
 from volumes.volume import open_volume
+from workers import readahead
 from workers.engine import BlockContext, BlockResult, normalize
 from workers.errors import BlockCancelledError
 from workers.rundir import Index
@@ -163,6 +164,14 @@ def _windows_by_row(ctx: BlockContext, block: Index) -> tuple[list[Index], list[
     return windows, rows, row_ends
 
 
+def _reader_for(ctx: BlockContext, block: Index) -> tuple[Box, SlabReader] | None:
+    """A reader of ``block``'s input, started (for :mod:`workers.readahead`)."""
+    if ctx.geometry.plan.extent(block).is_empty():
+        return None
+    read_box = ctx.geometry.plan.read_box(block)
+    return read_box, SlabReader(ctx, read_box, _windows_by_row(ctx, block)[2])
+
+
 def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
     """Compute the block's own windows once and write what is final as soon as it is final."""
     plan, grid, weights = ctx.geometry.plan, ctx.geometry.grid, ctx.geometry.weights
@@ -171,7 +180,11 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
     extent, read_box = plan.extent(block), plan.read_box(block)
     if not extent.is_empty():
         windows, rows, row_ends = _windows_by_row(ctx, block)
-        reader = SlabReader(ctx, read_box, row_ends)
+        layout_key = ctx.run_dir.root.name
+        ahead = readahead.take(layout_key, block, read_box)  # started by the previous block's task
+        reader = ahead if ahead is not None else SlabReader(ctx, read_box, row_ends)
+        result.read_ahead = ahead is not None
+        looked_ahead = False
         num = np.zeros((ctx.out_channels, *extent.shape), dtype=np.float32)
         flusher = Flusher(ctx, block, num, result)
         forward = waited = 0.0
@@ -199,6 +212,9 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                         pred[(slice(None), *inside)] * weights[inside]
                     )
                 result.windows += len(batch)
+                if not looked_ahead and not reader.thread.is_alive():
+                    looked_ahead = True  # this block's input is in: read the next one's meanwhile
+                    readahead.start_next(layout_key, lambda b: _reader_for(ctx, b))
                 following = first + len(batch)
                 flusher.flush_until(
                     grid.box(windows[following]).offset[0] if following < len(windows) else 1 << 62

@@ -115,8 +115,16 @@ class ModelCachePlugin(WorkerPlugin):
         self.worker_name: str | None = None
 
     def setup(self, worker: Any) -> None:
+        from workers.affinity import pin_from_environment
+
         self.worker_name = str(worker.name)
-        logger.info("worker %s: model cache ready (at most %d models)", worker.name, self.capacity)
+        cores = pin_from_environment()  # pytc-worker --cpu-cores: this worker's share
+        logger.info(
+            "worker %s: model cache ready (at most %d models)%s",
+            worker.name,
+            self.capacity,
+            f", pinned to cores {cores}" if cores else "",
+        )
 
     def teardown(self, worker: Any) -> None:
         self.cache.clear()

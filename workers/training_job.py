@@ -129,7 +129,7 @@ class TrainingJob:
             "sampling": {
                 k: v
                 for k, v in asdict(self.sampling).items()
-                if k not in ("prefetch_threads", "prefetch_depth")
+                if k not in ("prefetch_threads", "prefetch_depth", "chunk_cache_bytes")
             },
             "checkpoint": {"resume_from": self.checkpoint.resume_from, "restart": self.checkpoint.restart},
             "precision": self.compute.precision,

@@ -1,8 +1,9 @@
 """Cluster benchmark: ``pytc run --scheduler`` on a real ``dask scheduler`` with ``pytc-worker``s.
 
-Figures: throughput of one worker and of two (one torch thread each, so they do not share
-cores), the scaling ratio, scheduler overhead per block task (the gap on a worker between one
-task's end and the next one's start, from the scheduler's task stream), the model's idle fraction
+Figures: throughput of one worker and of two (one torch thread each, each worker pinned with
+``pytc-worker --cpu-cores`` to a core of its own, so they do not share cores), the scaling
+ratio, scheduler overhead per block task (the gap on a worker between one task's end and the
+next one's start, from the scheduler's task stream), the model's idle fraction
 inside a worker, and the time to resume a half-done job against the time of the remaining half
 (the killed driver's in-flight tasks are let finish first, so the resumed run does only the rest).
 Prints a table and appends it, with the command, to tests/benchmarks/RESULTS.md.
@@ -63,7 +64,7 @@ def run(root: Path, doc: dict[str, object], address: str, tag: str, kill_at: int
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "service",  # what the ``pytc`` script runs (service.entry)
         "run",
         str(path),
         "--quiet",
@@ -116,14 +117,14 @@ def main() -> int:
     figures: dict[str, dict] = {}
     gaps: list[float] = []
     for n in (1, 2):
-        with running_cluster(root, n) as cluster, Client(cluster.address) as client:
+        with running_cluster(root, n, pin_cores=True) as cluster, Client(cluster.address) as client:
             with get_task_stream(client) as stream:
                 figures[f"w{n}"] = run(
                     root, job("em.zarr", f"out{n}.zarr", args.block), cluster.address, f"w{n}"
                 )
             if n == 2:
                 gaps = task_gaps(stream.data)
-    with running_cluster(root, 2) as cluster, Client(cluster.address) as client:
+    with running_cluster(root, 2, pin_cores=True) as cluster, Client(cluster.address) as client:
         n_blocks = figures["w2"]["blocks_total"]
         run(root, job("em.zarr", "half.zarr", args.block), cluster.address, "half", kill_at=n_blocks // 2)
         wait_until(lambda: idle_workers(client), timeout=3600)  # the killed driver's tasks end
@@ -163,7 +164,8 @@ def main() -> int:
     print(table)
     header = (
         f"\n## Cluster, {datetime.date.today()} ({platform.machine()}, {os.cpu_count()} cores, CPU workers, "
-        f"1 torch thread each)\n\n`python tests/benchmarks/bench_cluster.py {' '.join(sys.argv[1:])}`\n\n"
+        "1 torch thread each, each pinned to its own core)\n\n"
+        f"`python tests/benchmarks/bench_cluster.py {' '.join(sys.argv[1:])}`\n\n"
         "| figure | value |\n|---|---|\n"
     )
     with RESULTS.open("a") as handle:

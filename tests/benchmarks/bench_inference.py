@@ -86,7 +86,7 @@ def run_pytc(root: Path, doc: dict[str, object], tag: str) -> dict[str, float]:
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "service",  # what the ``pytc`` script runs (service.entry)
         "run",
         str(job),
         "--quiet",

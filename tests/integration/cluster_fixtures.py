@@ -46,7 +46,7 @@ class Cluster:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: Path = Path(".")
 
-    def add_worker(self, name: str, threads: int = 1) -> subprocess.Popen[bytes]:
+    def add_worker(self, name: str, threads: int = 1, *flags: str) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (kept open for the process)
         env = {**os.environ, "PYTC_TORCH_THREADS": str(threads)}
         proc = subprocess.Popen(
@@ -62,6 +62,7 @@ class Cluster:
                 name,
                 "--host",
                 "127.0.0.1",
+                *flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -78,7 +79,9 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster(tmp: Path, n_workers: int) -> Iterator[Cluster]:
+def running_cluster(tmp: Path, n_workers: int, pin_cores: bool = False) -> Iterator[Cluster]:
+    """A scheduler and ``n_workers`` pytc-workers; with ``pin_cores`` worker i is pinned to the
+    i-th core this process may use (``--cpu-cores``), so the workers never share a core."""
     port = free_port()
     log = open(tmp / "scheduler.log", "wb")  # noqa: SIM115
     scheduler = subprocess.Popen(
@@ -88,8 +91,10 @@ def running_cluster(tmp: Path, n_workers: int) -> Iterator[Cluster]:
     )
     cluster = Cluster(f"tcp://127.0.0.1:{port}", scheduler, logs=tmp)
     try:
+        cores = sorted(os.sched_getaffinity(0))
         for i in range(n_workers):
-            cluster.add_worker(f"w{i}")
+            pin = ("--cpu-cores", str(cores[i % len(cores)])) if pin_cores else ()
+            cluster.add_worker(f"w{i}", 1, *pin)
         if n_workers:
             cluster.wait_for_workers(n_workers)
         yield cluster
@@ -133,7 +138,7 @@ def write_job(root: Path, output: str = "out.zarr", name: str = "job.yaml", batc
 def pytc_run(
     root: Path, job: Path, scheduler: str | None, report: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "service.cli", "run", str(job), "--quiet", "--data-root", str(root)]
+    cmd = [sys.executable, "-m", "service", "run", str(job), "--quiet", "--data-root", str(root)]
     if scheduler:
         cmd += ["--scheduler", scheduler]
     if report:

@@ -95,9 +95,15 @@ def read_output(path: Path, dataset: str = "pred") -> np.ndarray:
 
 
 def test_run_equals_one_in_memory_pass_and_records_its_identity(root: Path) -> None:
-    assert run(root, job_doc())[0] == 0
+    (root / "job.yaml").write_text(yaml.safe_dump(job_doc()))
+    report = root / "report.json"
+    args = ["run", str(root / "job.yaml"), "--data-root", str(root), "--quiet", "--report", str(report)]
+    assert main(args) == 0
     out = read_output(root / "out.zarr")
     np.testing.assert_allclose(out, expected_output(root), rtol=1e-5, atol=1e-6)
+    figures = json.loads(report.read_text())
+    # 36 blocks on one worker: blocks' input was read while the block before them computed
+    assert figures["blocks_total"] == 36 and figures["blocks_read_ahead"] > 0, figures
     attrs = open_volume(root / "out.zarr", "pred").attrs["pytc"]
     assert attrs["complete"] is True
     assert attrs["job"]["model"] == {"torchscript": "net.pt"}

@@ -189,7 +189,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkpoi
     try:
         doc = training_doc(**{"solver.iterations": 150, "solver.save_every": 10, "checkpoint.keep_last": 50})
         (root / "job.yaml").write_text(yaml.safe_dump(doc))
-        cmd = [sys.executable, "-m", "service.cli", "run", str(root / "job.yaml"), "--data-root", str(root)]
+        cmd = [sys.executable, "-m", "service", "run", str(root / "job.yaml"), "--data-root", str(root)]
         cmd += ["--scheduler", address, "--report", str(root / "report.json")]
         run = subprocess.Popen(
             cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy()

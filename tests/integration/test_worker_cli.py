@@ -66,6 +66,18 @@ def worker_env(dask_worker: Any) -> tuple[str, str, bool]:
     )
 
 
+def thread_affinities(dask_worker: Any) -> list[tuple[int, ...]]:
+    """The distinct CPU affinities of this worker process's threads."""
+    import contextlib
+    import os
+
+    found = set()
+    for tid in [int(t) for t in os.listdir("/proc/self/task")]:
+        with contextlib.suppress(OSError):  # a thread that just ended
+            found.add(tuple(sorted(os.sched_getaffinity(tid))))
+    return sorted(found)
+
+
 def load_twice(model: str) -> tuple[bool, bool, int, bool | None]:
     """On a worker: the second load is the cached object, and the cache is the plugin's; loading
     a model set glibc's allocator for big buffers (workers.allocator)."""
@@ -95,15 +107,18 @@ def slow_block(marks: str, seconds: float) -> str:
 
 def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path: Path) -> None:
     import torch  # here, not at the top: workers import this module for its tasks
-    from dask.system import CPU_COUNT
     from distributed import Client
 
     model = tmp_path / "net.pt"
     torch.jit.script(torch.nn.Conv3d(1, 2, 3, padding=1).eval()).save(str(model))
     health = tmp_path / "health.json"
     with scheduler(tmp_path) as address:
+        cores = sorted(os.sched_getaffinity(0))
         proc = pytc_worker(
-            tmp_path, address, "--cpu-workers", "2", "--name", "t", "--health-file", str(health)
+            tmp_path,
+            address,
+            *("--cpu-workers", "2", "--name", "t", "--health-file", str(health)),
+            *("--cpu-cores", ",".join(map(str, cores))),
         )
         try:
             with Client(address, timeout="30s") as client:
@@ -111,8 +126,13 @@ def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path
                 workers = client.scheduler_info()["workers"].values()
                 assert sorted(w["name"] for w in workers) == ["t-cpu0", "t-cpu1"]
                 assert all(w["resources"] == {"GPU": 1} and w["nthreads"] == 1 for w in workers)
-                threads = str(max(1, CPU_COUNT // 2))
+                threads = str(len(cores) // 2)  # one torch thread per core of a worker's share
                 assert set(client.run(worker_env).values()) == {("", threads, True)}
+                # each worker pinned, every thread of it, to its own half of the cores
+                per_worker = client.run(thread_affinities).values()
+                shares = sorted([tuple(tuple(a) for a in v) for v in per_worker])
+                half = len(cores) // 2
+                assert shares == [(tuple(cores[:half]),), (tuple(cores[half:]),)], shares
 
                 assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3
                 cached = client.submit(load_twice, str(model), resources={"GPU": 1}, pure=False)

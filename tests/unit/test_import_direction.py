@@ -60,6 +60,11 @@ MODULES = {
         "service.training_progress",
         "service.cli_training",
         "service.model_file_registry",
+        "service.entry",
+        "service.app",
+        "service.jobs",
+        "service.dask_connection",
+        "service.training_jobs",
     ],
 }
 

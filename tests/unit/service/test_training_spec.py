@@ -101,7 +101,14 @@ def test_extensions(tmp_path: Path) -> None:
 
 def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> None:
     key = parse(training_doc(), tmp_path).job_key()
-    same = training_doc(**{"solver.save_every": 3, "checkpoint.keep_last": 1, "register_as": "x"})
+    same = training_doc(
+        **{
+            "solver.save_every": 3,
+            "checkpoint.keep_last": 1,
+            "register_as": "x",
+            "sampling.prefetch": {"threads": 3, "depth": 2, "cache_mb": 0},
+        }
+    )
     assert parse(same, tmp_path).job_key() == key
     assert parse(training_doc(**{"solver.seed": 1}), tmp_path).job_key() != key
     assert parse(training_doc(**{"solver.iterations": 7}), tmp_path).job_key() != key

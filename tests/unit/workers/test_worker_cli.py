@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,3 +130,43 @@ def test_torch_threads_default_to_the_environment(monkeypatch: pytest.MonkeyPatc
     assert build_parser().parse_args([]).nthreads_torch == 3
     monkeypatch.delenv("PYTC_TORCH_THREADS")
     assert build_parser().parse_args([]).nthreads_torch is None
+
+
+def test_cpu_cores_are_split_into_one_share_per_worker() -> None:
+    from workers.affinity import parse_cores, split_cores
+
+    assert parse_cores("0-3, 8,10-11,3") == [0, 1, 2, 3, 8, 10, 11]
+    assert split_cores([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    allowed = sorted(os.sched_getaffinity(0))
+    (one,) = plan_workers("node", [], cpu_workers=1, cores=16, torch_threads=None, cpu_cores=allowed)
+    assert one.env["PYTC_CPU_CORES"] == ",".join(map(str, allowed))
+    assert one.env["PYTC_TORCH_THREADS"] == str(len(allowed))
+    gpu = plan_workers("node", ["0"], cpu_workers=1, cores=16, torch_threads=3, cpu_cores=allowed[:1])
+    assert gpu[0].env["PYTC_CPU_CORES"] == str(allowed[0]) and gpu[0].env["PYTC_TORCH_THREADS"] == "3"
+    assert "PYTC_CPU_CORES" not in plan_workers("n", [], cpu_workers=1, cores=2, torch_threads=None)[0].env
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("a-b", "not a core number"), ("3-1", "not a valid range"), ("", "no cores"), ("0", "for 2 workers")],
+)
+def test_bad_core_lists_exit_2_naming_the_flag(
+    text: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            ["--scheduler", "tcp://127.0.0.1:1", "--cpu-workers", "2", "--gpus", "none", "--cpu-cores", text]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--cpu-cores" in err and words in err
+
+
+def test_cores_this_process_may_not_use_are_refused() -> None:
+    from workers.affinity import CoreListError, check_available
+
+    with pytest.raises(CoreListError, match="not available"):
+        check_available([0, 100000])
+    with pytest.raises(CoreListError, match="not available"):
+        plan_workers("node", [], cpu_workers=1, cores=2, torch_threads=None, cpu_cores=[100000])
