@@ -233,7 +233,7 @@ def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback, a free port (None means :8787)
         silence_logs=logging.ERROR,
         resources={"GPU": 1},  # the same tag pytc-worker advertises, so block tasks run here too
     )

@@ -94,7 +94,8 @@ class DaskConnection:
             threads_per_worker=self.threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=":0",
+            # loopback only: ":0" would serve the scheduler's HTTP endpoints on every interface
+            dashboard_address="127.0.0.1:0",
             resources=GPU,  # what pytc-worker advertises, so block tasks run here too
             silence_logs=logging.WARNING,
         )

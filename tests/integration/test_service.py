@@ -123,6 +123,22 @@ def test_metrics_count_jobs_and_blocks_and_the_service_holds_no_torch(world: Wor
     assert "libtorch" not in maps
 
 
+def test_the_service_and_its_embedded_cluster_listen_on_loopback_only(world: World) -> None:
+    """Dask's ports (scheduler, workers, nanny, the scheduler's HTTP endpoints) never leave the
+    host: the service was started with --host 127.0.0.1, so nothing of its tree may listen wider."""
+    import psutil
+
+    service = psutil.Process(world.service.service_pid())
+    listening = [
+        (p.pid, c.laddr.ip, c.laddr.port)
+        for p in [service, *service.children(recursive=True)]
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 4, listening  # API, scheduler, its HTTP server, a worker, a nanny
+    assert {ip for _, ip, _ in listening} == {"127.0.0.1"}, listening
+
+
 def _set(section: str, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc[section].__setitem__(key, value)
 
