@@ -1,8 +1,10 @@
-"""Chunked volumes behind one interface: zarr v2/v3 (zarr-python), N5 (tensorstore), HDF5 (h5py).
+"""Chunked volumes behind one interface: zarr v2/v3 (zarr-python), N5 (tensorstore), HDF5 (h5py),
+and TileDataset JSON image tiles (read-only, in :mod:`volumes.tiles`).
 
 ``open_volume`` tells the format from the store itself (its metadata files, or HDF5's signature),
-never from the name alone. Every volume speaks C-order (z, y, x) or (c, z, y, x); N5 keeps its axes
-reversed on disk, and that is undone here and nowhere else.
+never from the name alone; only a TileDataset, a plain JSON file, is known by its ``.json`` suffix.
+Every volume speaks C-order (z, y, x) or (c, z, y, x); N5 keeps its axes reversed on disk, and that
+is undone here and nowhere else.
 
 Handles open lazily, once per process. tensorstore aborts in a forked child once the parent has used
 it, and h5py handles must not cross a fork either, so nothing opens at import time, a handle opened
@@ -29,7 +31,7 @@ from volumes.errors import (
     VolumeReadOnlyError,
 )
 
-Format = Literal["zarr2", "zarr3", "n5", "hdf5", "memory"]
+Format = Literal["zarr2", "zarr3", "n5", "hdf5", "tiles", "memory"]
 Mode = Literal["r", "r+"]
 NodeKind = tuple[Format, Literal["array", "group"]]
 VoxelSize = tuple[float, float, float]
@@ -331,11 +333,15 @@ def open_volume(path: str | os.PathLike[str], dataset: str | None = None, mode: 
     """Open the array ``dataset`` inside the container at ``path`` (or ``path`` itself when None).
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
-    VolumeFormatError for a store that is neither zarr v2/v3, N5 nor HDF5.
+    VolumeFormatError for a store that is neither zarr v2/v3, N5, HDF5 nor a TileDataset ``.json``.
     """
     root, name = Path(path), clean_dataset(dataset)
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
+    if root.is_file() and root.suffix.lower() == ".json":
+        from volumes.tiles import open_tiles  # here: volumes.tiles builds on this module
+
+        return open_tiles(root, name, mode)
     if root.is_file():
         return _open_hdf5(root, name, mode)
     node = root / name if name else root

@@ -26,6 +26,8 @@ MODULES = {
         "volumes.synth",
         "volumes.sampling",
         "volumes.augment",
+        "volumes.tiles",
+        "volumes.chunk_cache",
     ],
     "models": [
         "models.unet3d",
@@ -48,6 +50,9 @@ MODULES = {
         "workers.training_setup",
         "workers.training_data",
         "workers.training_eval",
+        "workers.readahead",
+        "workers.allocator",
+        "workers.affinity",
     ],
     "service": [
         "service.cli",
