@@ -128,6 +128,9 @@ class WindowModel(_Section):
         return [value] * 3 if is_number else value
 
 
+OutputTarget = Literal["binary", "boundary", "affinity", "semantic", "none"]
+
+
 class OutputModel(_Section):
     path: Text
     dataset: Text = "pred"
@@ -137,8 +140,9 @@ class OutputModel(_Section):
     activation: Annotated[list[Activation], Field(min_length=1)] | None = None
     chunks: PosTriple = [32, 256, 256]
     overwrite: StrictBool = False
+    targets: Annotated[list[OutputTarget], Field(min_length=1)] | None = None
 
-    @field_validator("activation", mode="before")
+    @field_validator("activation", "targets", mode="before")
     @classmethod
     def _bare_string_is_one_head(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
@@ -466,6 +470,12 @@ def _output(section: OutputModel, roots: Sequence[Path]) -> OutputSpec:
             f"{len(activations)} activation(s) {list(activations)} for {n_heads} head(s) "
             f"{list(heads) or '(one head with all channels)'}; give one activation per head",
         )
+    targets = tuple(section.targets or ())
+    if targets and len(targets) != n_heads:
+        raise SpecError(
+            "output.targets",
+            f"{len(targets)} target(s) {list(targets)} for {n_heads} head(s); give one per head",
+        )
     path, dataset = _located(section.path, section.dataset, roots, "output")
     if any(root.is_relative_to(Path(path)) for root in roots):
         raise SpecError("output.path", f"{path} is a data root (or holds one); name a container inside it")
@@ -478,6 +488,7 @@ def _output(section: OutputModel, roots: Sequence[Path]) -> OutputSpec:
         activations=activations,
         chunks=_triple(section.chunks),
         overwrite=section.overwrite,
+        targets=targets,
     )
 
 

@@ -57,6 +57,12 @@ def validate_against_model(job: InferenceJob, info: ModelInfo) -> None:
             "output.heads",
             f"heads {list(heads)} add up to {sum(heads)} channel(s), the model gives {info.out_channels}",
         )
+    for index, (size, target) in enumerate(zip(heads, job.output.targets, strict=False)):
+        if target == "affinity" and size != 3:
+            raise SpecError(
+                "output.targets",
+                f"head {index} is an affinity head with {size} channel(s); affinities are 3 (z, y, x)",
+            )
     for index, (size, activation) in enumerate(zip(heads, job.output.activations, strict=True)):
         if activation == "softmax" and size == 1:
             log.warning(

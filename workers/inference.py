@@ -95,6 +95,34 @@ class WindowPredictor:
     precision: Precision = "float32"
     fixed_batch: int | None = None  # an exported program traced for one batch size only
     channels_last: bool = False  # the module's weights are channels-last: feed it so
+    targets: tuple[str, ...] = ()  # per head; "affinity" heads are realigned under TTA
+
+    def _realign_affinities(self, y: torch.Tensor, variant: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+        """Put affinity channels back where the unaugmented input has them (PyTC v2's fix).
+
+        Channel a (z, y, x) at voxel p is the affinity of p and its predecessor along a. On an input
+        flipped along a, the model's predecessor is the original successor, so after the inverse
+        flip the channel holds the affinity of p and p + e_a: it is shifted one voxel along a (the
+        first plane, whose predecessor no variant sees, keeps its value). A yx transpose swaps the
+        y and x channels; deaugment has already transposed the spatial axes back.
+        """
+        xflip, yflip, zflip, transpose = variant
+        if not any(variant) or "affinity" not in self.targets:
+            return y
+        y = y.clone()
+        begin = 0
+        for width, target in zip(self.heads, self.targets, strict=False):
+            if target == "affinity":
+                aff = y[:, begin : begin + 3]
+                if transpose:  # the model saw x as y: its y channel is the x affinity and back
+                    aff[:, [1, 2]] = aff[:, [2, 1]].clone()
+                for channel, (axis, flipped) in enumerate(((2, zflip), (3, yflip), (4, xflip))):
+                    if flipped:
+                        plane = aff[:, channel]  # (N, Z, Y, X); the spatial axis is axis - 1
+                        moved = plane.narrow(axis - 1, 0, plane.shape[axis - 1] - 1).clone()
+                        plane.narrow(axis - 1, 1, plane.shape[axis - 1] - 1).copy_(moved)
+            begin += width
+        return y
 
     def _pad_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Fill a short last batch up to a fixed traced batch size; the filler's outputs are dropped."""
@@ -131,7 +159,7 @@ class WindowPredictor:
         result: torch.Tensor | None = None
         variants = tta_variants(self.tta_count)
         for variant in variants:
-            y = deaugment(self._forward(augment(x, variant)), variant)
+            y = self._realign_affinities(deaugment(self._forward(augment(x, variant)), variant), variant)
             if result is None:
                 result = y.clone() if self.tta_reduce == "mean" else y
             elif self.tta_reduce == "mean":

@@ -77,6 +77,9 @@ class OutputSpec:
     activations: tuple[Activation, ...] = ("none",)
     chunks: tuple[int, int, int] = (32, 256, 256)
     overwrite: bool = False
+    # what each head predicts, where TTA must know it: "affinity" heads (z, y, x nearest-neighbour
+    # affinities) move and shift channels under flips and transposes; () = nothing special
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,11 @@ class InferenceJob:
             "model_sha256": model_sha256,
             "model": asdict(self.model),
             "window": asdict(self.window),
-            "output": {k: v for k, v in asdict(self.output).items() if k != "overwrite"},
+            "output": {
+                k: v
+                for k, v in asdict(self.output).items()
+                if k != "overwrite" and not (k == "targets" and not v)  # keys of older jobs stay
+            },
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,
         }

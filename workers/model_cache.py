@@ -109,4 +109,5 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
         precision=job.compute.precision,
         fixed_batch=loaded.fixed_input_shape[0] if loaded.fixed_input_shape else None,
         channels_last=prefers_channels_last(loaded.module, device),
+        targets=job.output.targets,
     )

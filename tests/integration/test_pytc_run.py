@@ -209,6 +209,8 @@ BAD_SPECS = [
     ({"window.blending": "triangle"}, "window.blending"),
     ({"output.format": "tiff"}, "output.format"),
     ({"window.patch_size": [5, 17, 21], "window.tta": {"variants": 8}}, "window.tta"),
+    ({"output.targets": ["binary", "binary"]}, "output.targets"),  # one head, two targets
+    ({"output.targets": ["affinity"]}, "output.targets"),  # the model's 2 channels are no affinity
 ]
 
 

@@ -178,3 +178,33 @@ def test_allocator_keeps_big_buffers_on_the_heap() -> None:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     # untuned, glibc maps each buffer afresh: thousands of faults here (hundreds with huge pages)
     assert faults < 50, faults
+
+
+class AffinityOracle(torch.nn.Module):
+    """Exact nearest-neighbour affinities of a label input, (z, y, x) channels, PyTC's convention:
+    channel a at p is 1 where p and its predecessor along a hold the same non-zero label."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        for channel, dim in enumerate((2, 3, 4)):
+            n = x.shape[dim]
+            here, before = x.narrow(dim, 1, n - 1), x.narrow(dim, 0, n - 1)
+            same = ((here == before) & (here > 0)).float()
+            out[:, channel : channel + 1].narrow(dim, 1, n - 1).copy_(same)
+        return out
+
+
+@pytest.mark.parametrize("variants", [4, 8, 16])
+def test_tta_realigns_affinity_channels(variants: int) -> None:
+    labels = np.random.default_rng(6).integers(0, 3, (2, 1, 6, 9, 9)).astype(np.float32)
+    oracle = AffinityOracle()
+    plain = predictor(oracle, 1, heads=(3,), acts=("none",)).predict(labels)
+    aligned = WindowPredictor(
+        oracle, torch.device("cpu"), (3,), ("none",), variants, "mean", targets=("affinity",)
+    ).predict(labels)
+    naive = predictor(oracle, variants, heads=(3,), acts=("none",)).predict(labels)
+    for channel in range(3):  # every voxel but the first plane along the channel's axis
+        inner = (slice(None), channel, *(slice(1, None) if a == channel else slice(None) for a in range(3)))
+        np.testing.assert_array_equal(aligned[inner], plain[inner])
+        if channel > 0 or variants == 16:  # an axis some variant flips: without the fix, wrong
+            assert not np.array_equal(naive[inner], plain[inner])
