@@ -13,6 +13,7 @@ Where the run starts (first match wins):
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 def build_model(job: TrainingJob) -> nn.Module:
     """The architecture from ``model.config``, initialised from ``solver.seed``; its channels must
     give one output per target channel."""
@@ -63,9 +67,14 @@ def build_model(job: TrainingJob) -> nn.Module:
             "model.architecture",
             f"unknown architecture {job.model.architecture!r}; known: {sorted(ARCHITECTURES)}",
         )
-    seed_everything(job.solver.seed)
-    with about("model.config"):
-        model = build(job.model.config_dict())
+    # The initial weights come from torch's process-wide generator. A worker builds models on
+    # several threads at once (a training task seceded from the pool, and the service's pre-flight
+    # of another submission beside it): one lock, and a forked generator, so no build draws from
+    # another's stream and none leaves the process's generator changed.
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        seed_everything(job.solver.seed)
+        with about("model.config"):
+            model = build(job.model.config_dict())
     out_channels = getattr(model, "out_channels", None)
     if out_channels != job.out_channels:
         kinds = [h.kind for h in job.heads]

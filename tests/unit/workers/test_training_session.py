@@ -191,3 +191,28 @@ def test_validation_tiles_score_each_voxel_once() -> None:
         lambda x: -perfect(x), image, ArrayVolume(label), whole, patch, heads, Normalize(), 0.5, 9
     )
     assert inverted.dice == 0.0
+
+
+def test_models_built_on_threads_at_once_get_their_own_seeded_weights(root: Path) -> None:
+    """A seceded training task and a pre-flight build models in one worker at the same time:
+    neither may draw the other's random numbers, nor leave the process's generator changed."""
+    from workers.training_setup import build_model
+
+    jobs = [job(root, **{"solver.seed": seed}) for seed in (0, 1)]
+    expected = [build_model(j).state_dict() for j in jobs]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    barrier, results = threading.Barrier(8), {}
+
+    def build(i: int) -> None:
+        barrier.wait()
+        results[i] = build_model(jobs[i % 2]).state_dict()
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, state in results.items():
+        assert all(torch.equal(state[k], expected[i % 2][k]) for k in state), i
+    assert torch.equal(torch.get_rng_state(), before)
