@@ -26,16 +26,51 @@ from volumes.volume import Volume
 Index = tuple[int, ...]
 
 
+class ArrayLRU:
+    """Arrays by key (None for "known absent"), least recently used dropped first, bounded by bytes
+    and optionally by count. Thread-safe: a key two threads miss at once is loaded by both and kept
+    once, never torn, and nobody loads while holding the lock."""
+
+    def __init__(self, max_bytes: int, max_entries: int | None = None) -> None:
+        self.max_bytes, self.max_entries = max_bytes, max_entries
+        self._entries: OrderedDict[Any, np.ndarray | None] = OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Any) -> tuple[bool, np.ndarray | None]:
+        with self._lock:
+            if key not in self._entries:
+                return False, None
+            self._entries.move_to_end(key)
+            return True, self._entries[key]
+
+    def put(self, key: Any, value: np.ndarray | None) -> None:
+        """Keep ``value`` unless it alone exceeds ``max_bytes`` or ``key`` is there already."""
+        size = 0 if value is None else value.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = value
+            self.nbytes += size
+            limit = self.max_entries
+            while self.nbytes > self.max_bytes or (limit is not None and len(self._entries) > limit):
+                _, dropped = self._entries.popitem(last=False)
+                self.nbytes -= 0 if dropped is None else dropped.nbytes
+
+
 class ChunkCachedVolume:
     """A read-only view of ``volume`` whose reads go through a cache of decoded chunks."""
 
     def __init__(self, volume: Volume, max_bytes: int) -> None:
         self.volume = volume
         self.max_bytes = max_bytes
-        self._chunks: OrderedDict[Index, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.cache = ArrayLRU(max_bytes)
+        self.hits = self.misses = 0  # counted without a lock: figures, not control
 
     # --- the Volume protocol, delegated ------------------------------------------------------------
     @property
@@ -107,23 +142,14 @@ class ChunkCachedVolume:
         return Box(offset, shape)
 
     def _chunk(self, index: Index, chunk_box: Box) -> np.ndarray:
-        with self._lock:
-            data = self._chunks.get(index)
-            if data is not None:
-                self._chunks.move_to_end(index)
-                self.hits += 1
-                return data
-            self.misses += 1
+        found, data = self.cache.get(index)
+        if found and data is not None:
+            self.hits += 1
+            return data
+        self.misses += 1
         data = self.volume.read(chunk_box)
         data.setflags(write=False)
-        if data.nbytes <= self.max_bytes:
-            with self._lock:
-                if index not in self._chunks:
-                    self._chunks[index] = data
-                    self._bytes += data.nbytes
-                while self._bytes > self.max_bytes:
-                    _, dropped = self._chunks.popitem(last=False)
-                    self._bytes -= dropped.nbytes
+        self.cache.put(index, data)
         return data
 
 

@@ -34,8 +34,6 @@ from __future__ import annotations
 import math
 import os
 import string
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from volumes.chunk_cache import ArrayLRU
 from volumes.errors import VolumeFormatError, VolumeNotFoundError, VolumeReadOnlyError
 from volumes.volume import Format, Mode, VoxelSize, _BaseVolume, read_json
 
@@ -74,42 +73,6 @@ class TilePattern:
         )
 
 
-class _TileCache:
-    """Decoded tiles by file, least recently used dropped first; bounded by count and bytes.
-
-    Shared by the threads that read one volume: a tile two threads miss at once is decoded twice,
-    never torn, and no thread decodes while holding the lock.
-    """
-
-    def __init__(self, max_tiles: int = MAX_CACHED_TILES, max_bytes: int = MAX_CACHED_BYTES) -> None:
-        self.max_tiles, self.max_bytes = max_tiles, max_bytes
-        self._tiles: OrderedDict[str, np.ndarray | None] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[bool, np.ndarray | None]:
-        with self._lock:
-            if key not in self._tiles:
-                return False, None
-            self._tiles.move_to_end(key)
-            return True, self._tiles[key]
-
-    def put(self, key: str, tile: np.ndarray | None) -> None:
-        size = 0 if tile is None else tile.nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._tiles:
-                return
-            self._tiles[key], self._bytes = tile, self._bytes + size
-            while len(self._tiles) > self.max_tiles or self._bytes > self.max_bytes:
-                _, dropped = self._tiles.popitem(last=False)
-                self._bytes -= 0 if dropped is None else dropped.nbytes
-
-    def __len__(self) -> int:
-        return len(self._tiles)
-
-
 class TileVolume(_BaseVolume):
     """A (z, y, x) volume of image tiles named by a TileDataset JSON; chunks are (1, tile_h, tile_w)."""
 
@@ -131,7 +94,7 @@ class TileVolume(_BaseVolume):
         self.tile_st = _tile_st(meta, path)
         self.tile_ratio = _tile_ratio(meta, path)
         self.patterns = _patterns(meta, depth, path, self.folder)
-        self._cache = _TileCache()
+        self._cache = ArrayLRU(MAX_CACHED_BYTES, MAX_CACHED_TILES)  # decoded tiles by file
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}

@@ -78,6 +78,7 @@ def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = 
         loaded.module.to(device).eval()
         if prefers_channels_last(loaded.module, torch.device(device)):
             loaded.module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+            loaded.channels_last = True
         return loaded
 
     loaded, evicted = cache.get_or_load(key, load)
@@ -108,6 +109,6 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
         tta_reduce=job.window.tta_reduce,
         precision=job.compute.precision,
         fixed_batch=loaded.fixed_input_shape[0] if loaded.fixed_input_shape else None,
-        channels_last=prefers_channels_last(loaded.module, device),
+        channels_last=loaded.channels_last,
         targets=job.output.targets,
     )

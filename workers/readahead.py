@@ -25,7 +25,7 @@ from workers.rundir import Index
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_pending: dict[str, Any] = {}  # {"key": (layout_key, block, read_box), "reader": SlabReader}
+_pending: tuple[tuple[str, Index, Box], Any] | None = None  # ((layout_key, block, read_box), reader)
 STATS = {"started": 0, "taken": 0, "dropped": 0}
 
 
@@ -57,27 +57,29 @@ def next_queued_block(layout_key: str) -> Index | None:
 
 def start_next(layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] | None]) -> None:
     """Start reading the next queued block of this job, unless one is read ahead already."""
+    global _pending
     block = next_queued_block(layout_key)
     if block is None:
         return
     with _lock:
-        if _pending:
+        if _pending is not None:
             return
         made = make_reader(block)
         if made is None:
             return
         read_box, reader = made
-        _pending.update(key=(layout_key, block, read_box), reader=reader)
+        _pending = ((layout_key, block, read_box), reader)
         STATS["started"] += 1
     log.debug("reading block %s ahead", block)
 
 
 def take(layout_key: str, block: Index, read_box: Box) -> Any | None:
     """The reader started ahead for exactly this block's input, or None (a stale one is dropped)."""
+    global _pending
     with _lock:
-        if not _pending:
+        if _pending is None:
             return None
-        key, reader = _pending.pop("key"), _pending.pop("reader")
+        (key, reader), _pending = _pending, None
         if key == (layout_key, block, read_box):
             STATS["taken"] += 1
             return reader

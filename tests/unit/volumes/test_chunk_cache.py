@@ -30,7 +30,7 @@ def test_cached_reads_equal_direct_reads(tmp_path: Path, shape: tuple[int, ...])
         assert got.dtype == data.dtype and got.flags.c_contiguous
         np.testing.assert_array_equal(got, data[box.slices()])
     assert view.hits > 0 and view.misses > 0
-    assert view._bytes <= view.max_bytes
+    assert view.cache.nbytes <= view.max_bytes
     assert view.shape == volume.shape and view.chunks == volume.chunks
 
 

@@ -16,9 +16,9 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from volumes.box import Box
-from volumes.chunk_cache import cached
+from volumes.chunk_cache import ArrayLRU, cached
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError, VolumeReadOnlyError
-from volumes.tiles import TileVolume, _TileCache
+from volumes.tiles import TileVolume
 from volumes.volume import Volume, open_volume
 
 SHAPE, TILE, TILE_ST = (5, 70, 90), 32, (1, 1)
@@ -131,7 +131,7 @@ def test_reads_from_many_threads_through_a_small_cache_agree(tmp_path: Path) -> 
     expected = write_tiles(tmp_path, reference(), ".png")
     volume = open_volume(write_json(tmp_path))
     assert isinstance(volume, TileVolume)
-    volume._cache = _TileCache(max_tiles=4)
+    volume._cache = ArrayLRU(max_bytes=1 << 30, max_entries=4)
     boxes = random_boxes(80, seed=5)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(volume.read, boxes))
