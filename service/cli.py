@@ -205,15 +205,20 @@ def _run_on(
             file=sys.stderr,
         )
     if report is not None:
-        report.write_text(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
+        figures = dataclasses.asdict(result) | {"peak_rss_bytes": peak_rss_bytes()}
+        report.write_text(json.dumps(figures, indent=2, sort_keys=True))
     print(result.output_path)
     return EXIT_OK
 
 
 @contextmanager
 def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
-    """A client of ``scheduler``, or of an embedded cluster (one thread per worker process, local only)."""
+    """A client of ``scheduler``, or of an embedded cluster: one worker on a thread of this process,
+    or several worker processes on loopback; one task at a time per worker."""
+    import dask
     from distributed import Client, LocalCluster
+
+    from workers.dask_settings import worker_settings
 
     # Set after the import, which configures distributed's loggers: the embedded scheduler logs
     # every connection at INFO, and a CLI user needs only its warnings.
@@ -228,20 +233,37 @@ def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
         with remote:
             yield remote
         return
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # loopback, a free port (None means :8787)
-        silence_logs=logging.ERROR,
-        resources={"GPU": 1},  # the same tag pytc-worker advertises, so block tasks run here too
-    )
+    # One worker runs in this process, on a thread (in-process transport, no port): no worker
+    # process to spawn and stop, and torch is imported and the model loaded once. Several workers
+    # are processes of their own on loopback, as pytc-worker starts them.
+    where: dict[str, Any] = {"processes": False} if n_workers == 1 else {"host": "127.0.0.1"}
+    with dask.config.set(worker_settings()):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            dashboard_address="127.0.0.1:0",  # loopback, a free port (None means :8787)
+            silence_logs=logging.ERROR,
+            resources={"GPU": 1},  # the same tag pytc-worker advertises, so block tasks run here too
+            **where,
+        )
     try:
         with Client(cluster) as client:
             yield client
     finally:
         cluster.close()
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (its embedded worker, when it has one, runs in it), from
+    the kernel's high-water mark; None where /proc is missing. Unlike ``ru_maxrss``, which keeps the
+    peak of whatever forked the process before it exec'd, ``VmHWM`` counts only this program."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
 
 
 def _spec_failure(err: SpecError) -> int:

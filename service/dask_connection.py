@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import httpx
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from service.errors import SchedulerUnavailableError
 from service.runner import GPU
+from workers.dask_settings import worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +91,17 @@ class DaskConnection:
         if self.scheduler:
             return Client(self.scheduler, timeout="10s")
         logging.getLogger("distributed").setLevel(logging.WARNING)
-        self._cluster = LocalCluster(
-            n_workers=self.local_workers,
-            threads_per_worker=self.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            # loopback only: ":0" would serve the scheduler's HTTP endpoints on every interface
-            dashboard_address="127.0.0.1:0",
-            resources=GPU,  # what pytc-worker advertises, so block tasks run here too
-            silence_logs=logging.WARNING,
-        )
+        with dask.config.set(worker_settings()):  # the Nannies hand it to their worker processes
+            self._cluster = LocalCluster(
+                n_workers=self.local_workers,
+                threads_per_worker=self.threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                # loopback only: ":0" would serve the scheduler's HTTP endpoints on every interface
+                dashboard_address="127.0.0.1:0",
+                resources=GPU,  # what pytc-worker advertises, so block tasks run here too
+                silence_logs=logging.WARNING,
+            )
         client = Client(self._cluster)
         if self.worker_niceness:
             client.register_plugin(LowerPriority(self.worker_niceness))

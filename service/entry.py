@@ -9,11 +9,17 @@ worker nothing.
 
 from __future__ import annotations
 
+import gc
+
 
 def pytc() -> int:
     from service.cli import main
 
-    return main()
+    status = main()
+    # Nothing made from here on needs collecting: exempt every object from the collections the
+    # interpreter runs while it shuts down (0.3 s of a 0.4 s exit with torch imported).
+    gc.freeze()
+    return status
 
 
 def pytc_serve() -> int:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 Shape3 = tuple[int, int, int]
 
@@ -105,6 +104,8 @@ def apply_intensity(plan: AugmentPlan, image: NDArray[np.float32]) -> NDArray[np
 
 def _displacement(rng: np.random.Generator, spec: AugmentSpec, plane: tuple[int, ...]) -> NDArray[np.float32]:
     """A smooth (2, y, x) field: random shifts on a coarse grid, cubic-interpolated to every voxel."""
+    from scipy import ndimage  # here: every job document's parser imports this module
+
     points = max(2, spec.elastic_points)
     coarse = rng.uniform(-1.0, 1.0, size=(2, points, points)) * spec.elastic_alpha
     grid = np.meshgrid(*(np.linspace(0, points - 1, s) for s in plane), indexing="ij")
@@ -115,6 +116,8 @@ def _displacement(rng: np.random.Generator, spec: AugmentSpec, plane: tuple[int,
 def _warp(
     array: NDArray[np.generic], displacement: NDArray[np.float32], interpolate: bool
 ) -> NDArray[np.generic]:
+    from scipy import ndimage
+
     *lead, depth, height, width = array.shape
     yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coords_y, coords_x = yy + displacement[0], xx + displacement[1]

@@ -11,7 +11,8 @@ The JSON is what PyTC's ``create_tile_metadata`` writes and its ``TileDataset`` 
 
 As in PyTC's ``reconstruct_volume_from_tiles`` (connectomics/data/io/tiles.py), tile (r, c) of slice
 z is ``image[z]`` with ``{row}`` = r + tile_st[0] and ``{column}`` = c + tile_st[1]; after the zoom
-(linear interpolation) its top-left voxel lands at (r * tile_height, c * tile_width)::
+(linear for images, nearest-neighbour for a volume opened as labels: PyTC's ``resize_order``) its
+top-left voxel lands at (r * tile_height, c * tile_width)::
 
           c=0          c=1          c=2
         +------------+------------+-------+ <- width
@@ -78,10 +79,11 @@ class TileVolume(_BaseVolume):
 
     format: Format = "tiles"
 
-    def __init__(self, path: str, mode: Mode = "r") -> None:
+    def __init__(self, path: str, mode: Mode = "r", *, labels: bool = False) -> None:
         if mode != "r":
             raise VolumeReadOnlyError(f"{path}: TileDataset volumes are read-only here; use mode='r'")
         self.path, self.dataset, self.mode = path, None, mode
+        self.labels = labels  # ids or masks: tile_ratio zooms nearest-neighbour, as PyTC's labels
         self.folder = Path(path).resolve().parent
         meta = read_json(Path(path))
         if meta is None:
@@ -97,10 +99,10 @@ class TileVolume(_BaseVolume):
         self._cache = ArrayLRU(MAX_CACHED_BYTES, MAX_CACHED_TILES)  # decoded tiles by file
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "labels": self.labels}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        TileVolume.__init__(self, state["path"])
+        TileVolume.__init__(self, state["path"], labels=state.get("labels", False))
 
     @property
     def voxel_size(self) -> VoxelSize | None:
@@ -175,7 +177,8 @@ class TileVolume(_BaseVolume):
         if self.tile_ratio != 1:
             from scipy.ndimage import zoom
 
-            tile = zoom(tile, self.tile_ratio, order=1)  # linear, as PyTC does for images
+            # PyTC's resize_order: linear for images, nearest for labels (no blended ids)
+            tile = zoom(tile, self.tile_ratio, order=0 if self.labels else 1)
         if tile.shape[0] > limit[0] or tile.shape[1] > limit[1]:
             zoomed = f" after tile_ratio {self.tile_ratio}" if self.tile_ratio != 1 else ""
             raise VolumeFormatError(
@@ -187,13 +190,13 @@ class TileVolume(_BaseVolume):
         return tile
 
 
-def open_tiles(path: Path, dataset: str | None, mode: Mode) -> TileVolume:
+def open_tiles(path: Path, dataset: str | None, mode: Mode, *, labels: bool = False) -> TileVolume:
     """The TileDataset JSON at ``path``; it is one volume, so no ``dataset`` may be named."""
     if dataset:
         raise VolumeNotFoundError(
             f"no dataset {dataset!r} in {path}: a TileDataset JSON is a single volume; omit the dataset"
         )
-    return TileVolume(str(path), mode)
+    return TileVolume(str(path), mode, labels=labels)
 
 
 def _paste(plane: np.ndarray, origin: tuple[int, int], tile: np.ndarray, at: tuple[int, int]) -> None:

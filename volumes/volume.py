@@ -329,8 +329,13 @@ _CLASSES: dict[Format, Callable[[str, str | None, Mode], Volume]] = {
 }
 
 
-def open_volume(path: str | os.PathLike[str], dataset: str | None = None, mode: Mode = "r") -> Volume:
+def open_volume(
+    path: str | os.PathLike[str], dataset: str | None = None, mode: Mode = "r", *, labels: bool = False
+) -> Volume:
     """Open the array ``dataset`` inside the container at ``path`` (or ``path`` itself when None).
+
+    ``labels``: the volume holds ids or masks, so whatever it resamples on read (a TileDataset's
+    ``tile_ratio``) is nearest-neighbour, never interpolated.
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
     VolumeFormatError for a store that is neither zarr v2/v3, N5, HDF5 nor a TileDataset ``.json``.
@@ -341,7 +346,7 @@ def open_volume(path: str | os.PathLike[str], dataset: str | None = None, mode: 
     if root.is_file() and root.suffix.lower() == ".json":
         from volumes.tiles import open_tiles  # here: volumes.tiles builds on this module
 
-        return open_tiles(root, name, mode)
+        return open_tiles(root, name, mode, labels=labels)
     if root.is_file():
         return _open_hdf5(root, name, mode)
     node = root / name if name else root

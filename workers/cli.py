@@ -399,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pytc-worker: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     log.info("GPUs %s -> workers %s", gpus or "none", [s.name for s in specs])
+    import dask
+
+    from workers.dask_settings import worker_settings
+
+    dask.config.set(worker_settings())  # each Nanny hands this process's config to its worker
     return asyncio.run(serve(args, specs))
 
 

@@ -9,8 +9,10 @@ contributors into the block's border chunks and finishes them. No window is comp
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -56,6 +58,11 @@ def to_output_dtype(values: np.ndarray, dtype: OutputDtype) -> np.ndarray:
     if dtype == "uint8":
         return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
     return values.astype(dtype, copy=False)
+
+
+def io_threads() -> int:
+    """The cores this process may run on (its CPU affinity, which pytc-worker --cpu-cores narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _batches(items: list[Index], size: int) -> Iterator[list[Index]]:
@@ -116,10 +123,17 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
         return result
     t0 = time.perf_counter()
     chunks = plan.border_chunks(block)
-    for chunk in chunks:
+
+    def finish_chunk(chunk: Index) -> tuple[int, int]:
         box = plan.chunk_box(chunk)
-        result.output_bytes += ctx.finish(box, gather_chunk(ctx, chunk))
-        result.voxels_written += box.size
+        return ctx.finish(box, gather_chunk(ctx, chunk)), box.size
+
+    # The model is idle during pass 2: its chunks (reading partial sums, adding, compressing)
+    # go on as many threads as this worker has cores, up to 4; numpy and the codecs release the GIL.
+    with ThreadPoolExecutor(min(4, len(chunks), io_threads()) or 1, thread_name_prefix="pytc-pass2") as pool:
+        for written, voxels in pool.map(finish_chunk, chunks):
+            result.output_bytes += written
+            result.voxels_written += voxels
     result.seconds["total"] = time.perf_counter() - t0
     ctx.run_dir.mark_done(2, block, {"chunks": len(chunks)})
     ctx.run_dir.drop_scratch(chunks)

@@ -28,7 +28,7 @@ from volumes.box import Box
 from volumes.padding import read_padded
 from volumes.volume import open_volume
 from workers import readahead
-from workers.engine import BlockContext, BlockResult, normalize
+from workers.engine import BlockContext, BlockResult, io_threads, normalize
 from workers.errors import BlockCancelledError
 from workers.rundir import Index
 
@@ -111,8 +111,11 @@ class Flusher:
                 for c in plan.spill_chunks(block)
             ]
         )
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pytc-writer")
+        # Units become final one z-row at a time while the model runs; the block's last ones all at
+        # once when it ends, while the model waits: those go on two threads where there are cores.
+        self.pool = ThreadPoolExecutor(min(2, io_threads()), thread_name_prefix="pytc-writer")
         self.pending: list[Future[None]] = []
+        self.lock = threading.Lock()
         self.seconds = 0.0
 
     def _interior_units(self) -> list[_Unit]:
@@ -133,14 +136,16 @@ class Flusher:
     def _write(self, unit: _Unit) -> None:
         t0 = time.perf_counter()
         values = self.num[(slice(None), *unit.box.relative_to(self.extent).slices())]
+        output = scratch = voxels = 0
         if unit.kind == "out":
-            self.result.output_bytes += self.ctx.finish(unit.box, values)
-            self.result.voxels_written += unit.box.size
+            output, voxels = self.ctx.finish(unit.box, values), unit.box.size
         else:
-            self.result.scratch_bytes += self.ctx.run_dir.write_scratch(
-                unit.chunk, self.block, np.ascontiguousarray(values)
-            )
-        self.seconds += time.perf_counter() - t0
+            scratch = self.ctx.run_dir.write_scratch(unit.chunk, self.block, np.ascontiguousarray(values))
+        with self.lock:  # two writer threads
+            self.result.output_bytes += output
+            self.result.voxels_written += voxels
+            self.result.scratch_bytes += scratch
+            self.seconds += time.perf_counter() - t0
 
     def close(self, complete: bool) -> None:
         """Wait for every write (after writing what is left when the block ``complete``d); the first

@@ -207,7 +207,10 @@ class _Session:
         if spec is None:
             return
         self._progress("validating")
-        image, label = open_ref(spec.image, "validation.image"), open_ref(spec.label, "validation.label")
+        image, label = (
+            open_ref(spec.image, "validation.image"),
+            open_ref(spec.label, "validation.label", labels=True),
+        )
         roi = spec.roi or Box.of_shape(tuple(image.shape[-3:]))
         score = evaluate(
             self.trainer.logits,

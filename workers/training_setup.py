@@ -86,9 +86,9 @@ def build_model(job: TrainingJob) -> nn.Module:
     return model
 
 
-def open_ref(ref: VolumeRef, field: str) -> Volume:
+def open_ref(ref: VolumeRef, field: str, *, labels: bool = False) -> Volume:
     with about(field):
-        return open_volume(ref.path, ref.dataset)
+        return open_volume(ref.path, ref.dataset, labels=labels)
 
 
 def check_channels(job: TrainingJob, model: nn.Module) -> TrainingModelInfo:
@@ -185,8 +185,10 @@ def batch_maker(job: TrainingJob, margin: int) -> BatchMaker:
     data, sampling = job.data, job.sampling
     share = sampling.chunk_cache_bytes // (3 if data.valid_mask else 2)
     image = cached(open_ref(data.image, "data.image"), share)
-    label = cached(open_ref(data.label, "data.label"), share)
-    mask = cached(open_ref(data.valid_mask, "data.valid_mask"), share) if data.valid_mask else None
+    label = cached(open_ref(data.label, "data.label", labels=True), share)
+    mask = (
+        cached(open_ref(data.valid_mask, "data.valid_mask", labels=True), share) if data.valid_mask else None
+    )
     rules = SamplingRules(
         patch_size=sampling.patch_size,
         margin=margin,

@@ -104,6 +104,7 @@ def test_run_equals_one_in_memory_pass_and_records_its_identity(root: Path) -> N
     figures = json.loads(report.read_text())
     # 36 blocks on one worker: blocks' input was read while the block before them computed
     assert figures["blocks_total"] == 36 and figures["blocks_read_ahead"] > 0, figures
+    assert figures["peak_rss_bytes"] > 100 * 2**20  # this process's high-water mark, torch in it
     attrs = open_volume(root / "out.zarr", "pred").attrs["pytc"]
     assert attrs["complete"] is True
     assert attrs["job"]["model"] == {"torchscript": "net.pt"}
@@ -292,3 +293,33 @@ def test_console_script_runs_as_a_process(root: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("out.zarr")
+
+
+def _worker_view(dask_worker: Any) -> tuple[int, bool]:
+    """This worker's process and whether it samples its threads' stacks (decided when it starts)."""
+    return os.getpid(), "profile" in dask_worker.periodic_callbacks
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_embedded_workers_do_not_sample_stacks_unless_the_user_asks(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import _dask_client
+    from workers.dask_settings import PROFILE_ENV
+
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    with _dask_client(None, workers) as client:
+        views = client.run(_worker_view)
+    assert len(views) == workers and not any(profiled for _, profiled in views.values())
+    # one worker runs on a thread of this process; several are processes of their own
+    assert {pid == os.getpid() for pid, _ in views.values()} == {workers == 1}
+    monkeypatch.setenv(PROFILE_ENV, "True")  # the user's own setting is kept
+    import dask
+
+    dask.config.refresh()
+    try:
+        with _dask_client(None, 1) as client:
+            assert all(profiled for _, profiled in client.run(_worker_view).values())
+    finally:
+        monkeypatch.delenv(PROFILE_ENV)
+        dask.config.refresh()

@@ -133,6 +133,10 @@ def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path
                 shares = sorted([tuple(tuple(a) for a in v) for v in per_worker])
                 half = len(cores) // 2
                 assert shares == [(tuple(cores[:half]),), (tuple(cores[half:]),)], shares
+                # no stack sampling beside the model (workers.dask_settings)
+                assert not any(
+                    client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values()
+                )
 
                 assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3
                 cached = client.submit(load_twice, str(model), resources={"GPU": 1}, pure=False)

@@ -111,6 +111,26 @@ def test_tile_ratio_zooms_each_tile_before_placing_it(tmp_path: Path) -> None:
         np.testing.assert_array_equal(volume.read(box), expected[box.slices()], err_msg=str(box))
 
 
+def test_labels_zoom_nearest_so_no_id_is_blended_and_the_choice_survives_pickling(tmp_path: Path) -> None:
+    ids = np.random.default_rng(4).choice(np.array([3, 200], np.uint8), size=(SHAPE[0], 35, 45))
+    expected = np.zeros(SHAPE, np.uint8)
+    for z, row, column in _grid():
+        small = ids[z, row * 16 : (row + 1) * 16, column * 16 : (column + 1) * 16]
+        if (z, row, column) != MISSING:
+            save_tile(tmp_path / "tiles" / f"z{z:04d}" / f"{row + 1}_{column + 1}.png", small)
+            big = zoom(small, 2, order=0)
+            expected[
+                z, row * TILE : row * TILE + big.shape[0], column * TILE : column * TILE + big.shape[1]
+            ] = big
+    path = write_json(tmp_path, tile_ratio=2)
+    labels = open_volume(path, labels=True)
+    for volume in (labels, pickle.loads(pickle.dumps(labels))):  # as a Dask task receives it
+        np.testing.assert_array_equal(volume.read(Box.of_shape(SHAPE)), expected)
+    assert set(np.unique(labels.read(Box.of_shape(SHAPE)))) <= {0, 3, 200}  # 0: the missing tile
+    blended = np.unique(open_volume(path).read(Box.of_shape(SHAPE)))  # an image: linear, as PyTC
+    assert len(set(blended) - {0, 3, 200}) > 0
+
+
 def test_a_slice_without_placeholders_is_one_image_and_specs_and_tile_size_pairs_work(tmp_path: Path) -> None:
     data = reference(3)
     for z in range(SHAPE[0]):
