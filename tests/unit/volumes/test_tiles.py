@@ -95,17 +95,22 @@ def test_random_boxes_read_the_assembled_volume(tmp_path: Path, suffix: str) -> 
         np.testing.assert_array_equal(volume.read(box), expected[box.slices()], err_msg=str(box))
 
 
-def test_tile_ratio_zooms_each_tile_before_placing_it(tmp_path: Path) -> None:
-    half = reference(2)[:, ::2, ::2]
+def write_half_size_tiles(folder: Path, half: np.ndarray, order: int) -> np.ndarray:
+    """Tiles of ``half`` (16x16, for ``tile_ratio`` 2) and what a zoom of ``order`` reads back."""
     expected = np.zeros(SHAPE, np.uint8)
     for z, row, column in _grid():
         small = half[z, row * 16 : (row + 1) * 16, column * 16 : (column + 1) * 16]
         if (z, row, column) != MISSING:
-            save_tile(tmp_path / "tiles" / f"z{z:04d}" / f"{row + 1}_{column + 1}.png", small)
-            big = zoom(small, 2, order=1)
+            save_tile(folder / "tiles" / f"z{z:04d}" / f"{row + 1}_{column + 1}.png", small)
+            big = zoom(small, 2, order=order)
             expected[
                 z, row * TILE : row * TILE + big.shape[0], column * TILE : column * TILE + big.shape[1]
             ] = big
+    return expected
+
+
+def test_tile_ratio_zooms_each_tile_before_placing_it(tmp_path: Path) -> None:
+    expected = write_half_size_tiles(tmp_path, reference(2)[:, ::2, ::2], order=1)
     volume = open_volume(write_json(tmp_path, tile_ratio=2))
     for box in [Box.of_shape(SHAPE), *random_boxes(20)]:
         np.testing.assert_array_equal(volume.read(box), expected[box.slices()], err_msg=str(box))
@@ -113,15 +118,7 @@ def test_tile_ratio_zooms_each_tile_before_placing_it(tmp_path: Path) -> None:
 
 def test_labels_zoom_nearest_so_no_id_is_blended_and_the_choice_survives_pickling(tmp_path: Path) -> None:
     ids = np.random.default_rng(4).choice(np.array([3, 200], np.uint8), size=(SHAPE[0], 35, 45))
-    expected = np.zeros(SHAPE, np.uint8)
-    for z, row, column in _grid():
-        small = ids[z, row * 16 : (row + 1) * 16, column * 16 : (column + 1) * 16]
-        if (z, row, column) != MISSING:
-            save_tile(tmp_path / "tiles" / f"z{z:04d}" / f"{row + 1}_{column + 1}.png", small)
-            big = zoom(small, 2, order=0)
-            expected[
-                z, row * TILE : row * TILE + big.shape[0], column * TILE : column * TILE + big.shape[1]
-            ] = big
+    expected = write_half_size_tiles(tmp_path, ids, order=0)
     path = write_json(tmp_path, tile_ratio=2)
     labels = open_volume(path, labels=True)
     for volume in (labels, pickle.loads(pickle.dumps(labels))):  # as a Dask task receives it
