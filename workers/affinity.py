@@ -51,10 +51,18 @@ def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
     return shares
 
 
+def usable_cores() -> set[int]:
+    """The cores the calling thread may run on: its affinity (cgroup cpusets, ``--cpu-cores``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
 def check_available(cores: Sequence[int]) -> None:
     """Every core in ``cores`` is one this process may run on (its affinity, cgroup cpusets)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cores)
-    outside = sorted(set(cores) - allowed)
+    if not hasattr(os, "sched_getaffinity"):
+        return  # nothing to check against, and nothing will be pinned
+    outside = sorted(set(cores) - usable_cores())
     if outside:
         raise CoreListError(f"--cpu-cores: core(s) {outside} are not available to this process")
 

@@ -9,7 +9,6 @@ contributors into the block's border chunks and finishes them. No window is comp
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import numpy as np
 
 from volumes.box import Box
 from volumes.volume import Volume
+from workers.affinity import usable_cores
 from workers.errors import BlockError
 from workers.geometry import JobGeometry
 from workers.job import InferenceJob, Normalize, OutputDtype
@@ -58,11 +58,6 @@ def to_output_dtype(values: np.ndarray, dtype: OutputDtype) -> np.ndarray:
     if dtype == "uint8":
         return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
     return values.astype(dtype, copy=False)
-
-
-def io_threads() -> int:
-    """The cores this process may run on (its CPU affinity, which pytc-worker --cpu-cores narrows)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _batches(items: list[Index], size: int) -> Iterator[list[Index]]:
@@ -130,7 +125,8 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
 
     # The model is idle during pass 2: its chunks (reading partial sums, adding, compressing)
     # go on as many threads as this worker has cores, up to 4; numpy and the codecs release the GIL.
-    with ThreadPoolExecutor(min(4, len(chunks), io_threads()) or 1, thread_name_prefix="pytc-pass2") as pool:
+    threads = max(1, min(4, len(chunks), len(usable_cores())))
+    with ThreadPoolExecutor(threads, thread_name_prefix="pytc-pass2") as pool:
         for written, voxels in pool.map(finish_chunk, chunks):
             result.output_bytes += written
             result.voxels_written += voxels

@@ -28,7 +28,8 @@ from volumes.box import Box
 from volumes.padding import read_padded
 from volumes.volume import open_volume
 from workers import readahead
-from workers.engine import BlockContext, BlockResult, io_threads, normalize
+from workers.affinity import usable_cores
+from workers.engine import BlockContext, BlockResult, normalize
 from workers.errors import BlockCancelledError
 from workers.rundir import Index
 
@@ -113,7 +114,7 @@ class Flusher:
         )
         # Units become final one z-row at a time while the model runs; the block's last ones all at
         # once when it ends, while the model waits: those go on two threads where there are cores.
-        self.pool = ThreadPoolExecutor(min(2, io_threads()), thread_name_prefix="pytc-writer")
+        self.pool = ThreadPoolExecutor(min(2, len(usable_cores())), thread_name_prefix="pytc-writer")
         self.pending: list[Future[None]] = []
         self.lock = threading.Lock()
         self.seconds = 0.0
