@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distributed import Client
 
-from service.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _spec_failure
+from service.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _spec_failure, start_up_done
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.model_file_registry import FileModelRegistry
 from service.progress import format_duration
@@ -42,6 +42,7 @@ def train_on(
         return _spec_failure(SpecError(err.field, err.reason))
     except SpecError as err:
         return _spec_failure(err)
+    start_up_done()
     line = None if quiet else TrainingProgressLine(sys.stderr)
     try:
         result = run_training(job, client, on_progress=line, cancel=cancel, register=registry.register)

@@ -5,6 +5,9 @@ parent's main script in the child. With the script importing :mod:`service.cli` 
 worker of ``pytc run``'s embedded cluster paid 0.4 s (and of ``pytc-serve``'s more) to import a
 command it never runs, before it could register; importing it here, inside the call, costs the
 worker nothing.
+
+``pytc`` starts with the garbage collector paused; the command says where its start-up ends and
+the collector runs again (:func:`service.cli.start_up_done`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import gc
 
 
 def pytc() -> int:
+    gc.disable()  # for start-up only: see service.cli.start_up_done
     from service.cli import main
 
     status = main()

@@ -295,31 +295,86 @@ def test_console_script_runs_as_a_process(root: Path) -> None:
     assert proc.stdout.strip().endswith("out.zarr")
 
 
-def _worker_view(dask_worker: Any) -> tuple[int, bool]:
-    """This worker's process and whether it samples its threads' stacks (decided when it starts)."""
-    return os.getpid(), "profile" in dask_worker.periodic_callbacks
+def _worker_view(dask_worker: Any) -> tuple[int, bool, float, float]:
+    """This worker's process, whether it samples its threads' stacks, and how often (ms) it checks
+    its event loop and reads its memory (all decided when it starts)."""
+    callbacks = dask_worker.periodic_callbacks
+    return (
+        os.getpid(),
+        "profile" in callbacks,
+        callbacks["tick"].callback_time,
+        callbacks["memory_monitor"].callback_time,
+    )
+
+
+def _scheduler_tick(dask_scheduler: Any) -> float:
+    return float(dask_scheduler.periodic_callbacks["tick"].callback_time)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_embedded_workers_do_not_sample_stacks_unless_the_user_asks(
+def test_embedded_workers_keep_their_event_loop_quiet_unless_the_user_asks(
     workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No stack sampling, a 1 s loop-health tick (Dask's is 20 ms) and memory read every 0.5 s
+    (Dask: 0.1 s), in the workers and the embedded scheduler (workers.dask_settings)."""
     from service.cli import _dask_client
-    from workers.dask_settings import PROFILE_ENV
+    from workers.dask_settings import PROFILE_ENV, SETTINGS, env_name
 
-    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    for key in SETTINGS:
+        monkeypatch.delenv(env_name(key), raising=False)
     with _dask_client(None, workers) as client:
         views = client.run(_worker_view)
-    assert len(views) == workers and not any(profiled for _, profiled in views.values())
+        scheduler_tick = client.run_on_scheduler(_scheduler_tick)
+    assert len(views) == workers
+    assert {view[1:] for view in views.values()} == {(False, 1000.0, 500.0)}
+    assert scheduler_tick == 1000.0
     # one worker runs on a thread of this process; several are processes of their own
-    assert {pid == os.getpid() for pid, _ in views.values()} == {workers == 1}
-    monkeypatch.setenv(PROFILE_ENV, "True")  # the user's own setting is kept
+    assert {view[0] == os.getpid() for view in views.values()} == {workers == 1}
+    monkeypatch.setenv(PROFILE_ENV, "True")  # the user's own settings are kept
+    monkeypatch.setenv(env_name("distributed.admin.tick.interval"), "20ms")
     import dask
 
     dask.config.refresh()
     try:
         with _dask_client(None, 1) as client:
-            assert all(profiled for _, profiled in client.run(_worker_view).values())
+            assert {view[1:] for view in client.run(_worker_view).values()} == {(True, 20.0, 500.0)}
     finally:
         monkeypatch.delenv(PROFILE_ENV)
+        monkeypatch.delenv(env_name("distributed.admin.tick.interval"))
         dask.config.refresh()
+
+
+def test_the_collector_pytc_pauses_for_start_up_runs_for_the_job_and_after(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``pytc`` program starts with the garbage collector off (service.entry); ``run`` turns it
+    back on once the model is checked, before any block runs, having frozen what start-up made; a
+    failure before the model check and every other command turn it back on too."""
+    import gc
+
+    import service.runner
+
+    during: list[bool] = []
+    real_run = service.runner.run_inference
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        during.append(gc.isenabled())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(service.runner, "run_inference", watched)
+    frozen = gc.get_freeze_count()
+    try:
+        gc.disable()  # as service.entry.pytc starts
+        assert run(root, job_doc(), capsys)[0] == 0
+        assert during == [True] and gc.isenabled() and gc.get_freeze_count() > frozen
+
+        gc.disable()
+        code, err = run(root, job_doc(**{"input.dataset": "nope"}), capsys)
+        assert code == 2 and "nope" in err and gc.isenabled()
+
+        gc.disable()
+        assert main(["synth", str(root / "s.zarr"), "--shape", "8", "32", "32"]) == 0
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()  # this test process's objects go back to the collector

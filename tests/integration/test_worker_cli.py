@@ -66,6 +66,16 @@ def worker_env(dask_worker: Any) -> tuple[str, str, bool]:
     )
 
 
+def loop_settings(dask_worker: Any) -> tuple[bool, float, float]:
+    """Stack sampling on or off, and the loop-health tick and memory reads' periods in ms."""
+    callbacks = dask_worker.periodic_callbacks
+    return (
+        "profile" in callbacks,
+        callbacks["tick"].callback_time,
+        callbacks["memory_monitor"].callback_time,
+    )
+
+
 def thread_affinities(dask_worker: Any) -> list[tuple[int, ...]]:
     """The distinct CPU affinities of this worker process's threads."""
     import contextlib
@@ -133,10 +143,8 @@ def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path
                 shares = sorted([tuple(tuple(a) for a in v) for v in per_worker])
                 half = len(cores) // 2
                 assert shares == [(tuple(cores[:half]),), (tuple(cores[half:]),)], shares
-                # no stack sampling beside the model (workers.dask_settings)
-                assert not any(
-                    client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values()
-                )
+                # no stack sampling beside the model, a quiet event loop (workers.dask_settings)
+                assert set(client.run(loop_settings).values()) == {(False, 1000.0, 500.0)}
 
                 assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3
                 cached = client.submit(load_twice, str(model), resources={"GPU": 1}, pure=False)
