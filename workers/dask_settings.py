@@ -6,7 +6,7 @@ Dask's defaults an embedded ``pytc run`` worker (scheduler and worker on one eve
 GIL for 1.2 s of a 33 s job on 2 cores: every server checks its loop's health every 20 ms, the
 worker reads its memory every 100 ms and samples every thread's stack every 10 ms for the
 dashboard's profile page. The settings below keep what each one is for at a rate a block task
-does not feel (0.5 s of GIL over the same job):
+does not feel (0.2 to 0.5 s of GIL over the same job):
 
 - the stack sampler is off: block tasks are timed by their own figures (``pytc run --report``);
 - the loop-health tick runs every second: Dask warns about a loop blocked for 3 s or more
