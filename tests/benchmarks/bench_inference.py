@@ -187,7 +187,6 @@ def main() -> int:
     # small ones. A shared machine's speed drifts by more than the gap between them over minutes,
     # so each ratio compares neighbours and the table gives the medians.
     series: dict[str, list[tuple[float, dict[str, Any]]]] = {"own": [], "small": []}
-    floors = []
     for repeat in range(args.repeats):
         floor_fast, _ = floor_seconds(fast, data, torch.channels_last_3d)
         tag = "" if repeat == 0 else f"-{repeat}"
@@ -195,7 +194,6 @@ def main() -> int:
         small = run_pytc(
             root, job_document("base.zarr", f"small-out{tag}.zarr", list(args.block)), f"small{tag}"
         )
-        floors.append(floor_fast)
         series["own"].append((floor_fast, own))
         series["small"].append((floor_fast, small))
         print(
@@ -203,7 +201,7 @@ def main() -> int:
             f"with block {tuple(args.block)} {small['wall_s']:.1f} s",
             flush=True,
         )
-    floor_fast = statistics.median(floors)
+    floor_fast = statistics.median(floor for floor, _ in series["own"])
     import zarr
 
     out_bytes = 4 * math.prod(theirs.shape)
