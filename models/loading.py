@@ -1,8 +1,8 @@
-"""Turn a :class:`workers.job.ModelRef` into a ready module on the CPU, with its identity.
+"""Turn a :class:`models.ref.ModelRef` into a ready module on the CPU, with its identity.
 
 Three kinds: a TorchScript file, a ``torch.export`` program, or a built-in architecture with an
 optional checkpoint. ``workers`` imports ``models``, never the reverse, so the reference is typed
-structurally (:class:`ModelSpec`); ``workers.job.ModelRef`` satisfies it. The identity
+structurally (:class:`ModelSpec`); ``models.ref.ModelRef`` satisfies it. The identity
 (``sha256``) is the hash of the file that decides the weights; workers key their done markers on
 it, so a changed file never reuses stale output.
 """
@@ -34,7 +34,7 @@ _HASH_BLOCK_BYTES = 1 << 20
 
 
 class ModelSpec(Protocol):
-    """What :func:`load_model` reads of a ``workers.job.ModelRef``."""
+    """What :func:`load_model` reads of a ``models.ref.ModelRef``."""
 
     @property
     def kind(self) -> str: ...
@@ -61,7 +61,7 @@ class LoadedModel:
     sha256: str
     description: str
     fixed_input_shape: tuple[int, ...] | None = None
-    channels_last: bool = False  # its weights were made channels-last (workers.inference); feed it so
+    channels_last: bool = False  # its weights were made channels-last (workers.inference.predictor); feed it so
 
 
 def file_sha256(path: str | Path) -> str:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from service.auth import require_token
 from service.dask_connection import DaskConnection
-from service.errors import SchedulerUnavailableError, SpecError
+from service.errors import SchedulerUnavailableError
 from service.events import ChangeFeed, job_events
 from service.jobs import JobManager, ManagerConfig, ModelInspector, admit_job, submit_job
 from service.metrics import CONTENT_TYPE, ServiceMetrics
@@ -38,6 +38,7 @@ from service.settings import Settings
 from service.spec import InferenceDocument
 from service.store import JobRecord, JobState, JobStore, ModelRecord, SqliteJobStore
 from service.training_spec import TrainingDocument
+from workers.errors import SpecError
 
 MAX_BODY_BYTES = 1 << 20
 PAGE_TOKEN_PATTERN = "^[0-9a-z]{0,12}$"  # every such token is a valid cursor; empty: the first page

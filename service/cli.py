@@ -28,20 +28,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from service.errors import (
-    ClientError,
-    JobCancelledError,
-    JobFailedError,
-    SchedulerUnavailableError,
-    SpecError,
-)
+from service.errors import ClientError, JobCancelledError, JobFailedError, SchedulerUnavailableError
 from service.model_file_registry import FileModelRegistry, state_dir
 from service.progress import Progress, ProgressBar, format_duration
 from service.spec import load_job_file, parse_job_document
-from service.training_validation import validate_training_against_data
-from service.validation import check_output, validate_against_data, validate_against_model
-from workers.job import InferenceJob
-from workers.training_job import TrainingJob
+from workers.errors import SpecError
+from workers.inference.checks import check_output, validate_against_data, validate_against_model
+from workers.inference.job import InferenceJob
+from workers.training.checks import validate_training_against_data
+from workers.training.job import TrainingJob
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -197,7 +192,7 @@ def _run_on(
 ) -> int:
     from models.errors import ModelError
     from service.runner import run_inference
-    from workers.tasks import inspect_model
+    from workers.inference.tasks import inspect_model
 
     try:
         info = client.submit(
@@ -245,7 +240,7 @@ def _dask_client(scheduler: str | None, n_workers: int) -> Iterator[Client]:
     import dask
     from distributed import Client, LocalCluster
 
-    from workers.dask_settings import worker_settings
+    from workers.runtime.dask_settings import worker_settings
 
     # Set after the import, which configures distributed's loggers: the embedded scheduler logs
     # every connection at INFO, and a CLI user needs only its warnings.

@@ -16,14 +16,15 @@ from pathlib import Path
 from distributed import Client
 
 from service.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _spec_failure, start_up_done
-from service.errors import JobCancelledError, JobFailedError, SpecError
+from service.errors import JobCancelledError, JobFailedError
 from service.model_file_registry import FileModelRegistry
 from service.progress import format_duration
 from service.training_progress import TrainingProgressLine
 from service.training_runner import TrainingResult, run_training
-from service.training_validation import validate_training_against_model
-from workers.training_job import TrainingInputError, TrainingJob
-from workers.training_task import inspect_training
+from workers.errors import SpecError
+from workers.training.checks import validate_training_against_model
+from workers.training.job import TrainingJob
+from workers.training.tasks import inspect_training
 
 
 def train_on(
@@ -38,8 +39,6 @@ def train_on(
     try:
         info = client.submit(inspect_training, job, pure=False, resources={"GPU": 1}).result()
         validate_training_against_model(job, info)
-    except TrainingInputError as err:
-        return _spec_failure(SpecError(err.field, err.reason))
     except SpecError as err:
         return _spec_failure(err)
     start_up_done()

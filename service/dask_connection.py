@@ -18,7 +18,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from service.errors import SchedulerUnavailableError
 from service.runner import GPU
-from workers.dask_settings import worker_settings
+from workers.runtime.dask_settings import worker_settings
 
 log = logging.getLogger(__name__)
 

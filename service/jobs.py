@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
+from models.ref import ModelInfo, ModelRef
 from service.dask_connection import DaskConnection
 from service.errors import (
     IdempotencyKeyReusedError,
     JobCancelledError,
     JobFailedError,
     SchedulerUnavailableError,
-    SpecError,
 )
 from service.events import ChangeFeed, ProgressWriter
 from service.metrics import ServiceMetrics
@@ -39,10 +39,11 @@ from service.runner import run_inference
 from service.spec import ModelResolver, parse_job_document, resolve_path
 from service.store import ErrorInfo, JobRecord, JobStore, NewJob
 from service.training_jobs import admit_training, run_training_job, training_output_key
-from service.validation import check_output, validate_against_data, validate_against_model
-from workers.job import InferenceJob, ModelInfo, ModelRef
-from workers.tasks import inspect_model
-from workers.training_job import TrainingJob
+from workers.errors import SpecError
+from workers.inference.checks import check_output, validate_against_data, validate_against_model
+from workers.inference.job import InferenceJob
+from workers.inference.tasks import inspect_model
+from workers.training.job import TrainingJob
 
 log = logging.getLogger(__name__)
 

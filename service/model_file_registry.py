@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from models.ref import ModelRef
 from service.errors import ModelNotRegisteredError
 from service.spec import _frozen_config
-from workers.job import ModelRef
 
 REGISTRY_FILE = "models.json"
 

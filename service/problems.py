@@ -29,12 +29,11 @@ from service.errors import (
     JobFinishedError,
     JobNotFoundError,
     ModelNotRegisteredError,
-    OutputExistsError,
     OutputInUseError,
     PathOutsideRootsError,
     SchedulerUnavailableError,
-    SpecError,
 )
+from workers.errors import OutputExistsError, SpecError
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,19 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
+from models.ref import ModelInfo
 from service.errors import JobCancelledError, JobFailedError
 from service.progress import Progress
-from service.validation import check_output
 from volumes.blocks import BlockPlan
 from volumes.output import create_output
 from volumes.volume import open_volume
 from workers.errors import BlockCancelledError
-from workers.geometry import JobGeometry, build_geometry
-from workers.job import OUTPUT_ATTRS_KEY, InferenceJob, ModelInfo
-from workers.readahead import task_key
-from workers.rundir import Index, RunDir
-from workers.tasks import BlockTask, inspect_model, run_block
+from workers.inference.checks import check_output
+from workers.inference.geometry import JobGeometry, build_geometry
+from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+from workers.inference.readahead import task_key
+from workers.inference.rundir import Index, RunDir
+from workers.inference.tasks import BlockTask, inspect_model, run_block
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def run_inference(
 
     def submit(phase: int, block: Index) -> Future:
         task = BlockTask(job, layout_key, block, phase, info.out_channels)  # type: ignore[arg-type]
-        key = task_key(layout_key, phase, block)  # workers.readahead reads these keys
+        key = task_key(layout_key, phase, block)  # workers.inference.readahead reads these keys
         return client.submit(
             run_block,
             task,

@@ -1,4 +1,4 @@
-"""Job documents at the edge: YAML/JSON -> pydantic models -> the frozen ``workers.job`` dataclasses.
+"""Job documents at the edge: YAML/JSON -> pydantic models -> the frozen ``workers.inference.job`` dataclasses.
 
 Pydantic checks shapes and closed choices (unknown fields are named, with a suggestion); the rules
 that tie fields together, and the data-root confinement of every path, are checked while building
@@ -18,16 +18,17 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from service.errors import PathOutsideRootsError, SpecError
+from models.ref import ModelRef
+from service.errors import PathOutsideRootsError
 from volumes.box import Box
-from workers.job import (
+from workers.errors import SpecError
+from workers.inference.job import (
     Activation,
     Blending,
     ComputeSpec,
     Device,
     InferenceJob,
     InputSpec,
-    ModelRef,
     Normalize,
     OutputDtype,
     OutputFormat,
@@ -37,7 +38,7 @@ from workers.job import (
     Reduce,
     WindowSpec,
 )
-from workers.training_job import TrainingJob
+from workers.training.job import TrainingJob
 
 # Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
 ModelResolver = Callable[[str], ModelRef]

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
+from models.ref import ModelRef
 from service.errors import (
     IdempotencyKeyReusedError,
     JobFinishedError,
@@ -31,7 +32,6 @@ from service.errors import (
     ModelNotRegisteredError,
     OutputInUseError,
 )
-from workers.job import ModelRef
 
 Json = dict[str, Any]
 ErrorInfo = dict[str, str]  # {"title": ..., "detail": ...}

@@ -2,7 +2,7 @@
 
 Admission makes the checks ``pytc run`` makes, before anything is written: the data
 (:func:`service.training_validation.validate_training_against_data`), then a pre-flight on a Dask
-worker (:func:`workers.training_task.inspect_training`: the model builds, fits the image and the
+worker (:func:`workers.training.tasks.inspect_training`: the model builds, fits the image and the
 targets, and its starting weights load; the service itself never imports torch). Each failure is a
 :class:`SpecError` naming the field (422).
 
@@ -29,15 +29,16 @@ from typing import Any
 
 from distributed import Client
 
-from service.errors import SchedulerUnavailableError, SpecError
+from models.ref import ModelRef
+from service.errors import SchedulerUnavailableError
 from service.events import ChangeFeed
 from service.spec import _frozen_config
 from service.store import JobStore
 from service.training_runner import Register, TrainingProgress, run_training
-from service.training_validation import validate_training_against_data, validate_training_against_model
-from workers.job import ModelRef
-from workers.training_job import TrainingInputError, TrainingJob, TrainingModelInfo
-from workers.training_task import inspect_training
+from workers.errors import SpecError
+from workers.training.checks import validate_training_against_data, validate_training_against_model
+from workers.training.job import TrainingJob, TrainingModelInfo
+from workers.training.tasks import inspect_training
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _preflight(job: TrainingJob, client: Client, timeout_s: float) -> TrainingMo
             f"no Dask worker checked the training job's model within {timeout_s:.0f} s; "
             "are workers connected?"
         ) from None
-    except TrainingInputError as err:
+    except SpecError as err:
         raise SpecError(err.field, err.reason) from err
     return info
 

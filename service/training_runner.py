@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 from distributed import Client, Future, wait
 
-from service.errors import JobCancelledError, JobFailedError, SpecError
-from workers.training_dir import TrainingDir
-from workers.training_job import TrainingJob, TrainingOutcome
-from workers.training_task import run_training_task
+from service.errors import JobCancelledError, JobFailedError
+from workers.errors import SpecError
+from workers.training.checkpoint_dir import TrainingDir
+from workers.training.job import TrainingJob, TrainingOutcome
+from workers.training.tasks import run_training_task
 
 log = logging.getLogger(__name__)
 

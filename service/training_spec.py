@@ -1,4 +1,4 @@
-"""The ``kind: training`` document: pydantic at the edge, then :class:`workers.training_job.TrainingJob`.
+"""The ``kind: training`` document: pydantic at the edge, then :class:`workers.training.job.TrainingJob`.
 
 Beyond the contract's fields (all kept), a document may say how to schedule the learning rate,
 clip gradients, sample and augment, validate, and how many checkpoints to keep; every default
@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from models.training_config import HeadSpec, LossWeights, OptimizerSpec, ScheduleSpec, default_loss
-from service.errors import SpecError
 from service.spec import (
     Finite,
     NonNegInt,
@@ -37,8 +36,9 @@ from service.spec import (
 )
 from volumes.augment import AugmentSpec
 from volumes.box import Box
-from workers.job import Device, Normalize, Precision
-from workers.training_job import (
+from workers.errors import SpecError
+from workers.inference.job import Device, Normalize, Precision
+from workers.training.job import (
     CheckpointSpec,
     SamplingSpec,
     SolverSpec,

@@ -10,23 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from models.ref import ModelRef
 from volumes.blending import blend_weights
 from volumes.box import Box
 from volumes.output import create_output
 from volumes.volume import open_volume
-from workers.engine import BlockContext, run_pass2
-from workers.geometry import build_geometry
-from workers.job import (
-    ComputeSpec,
-    InferenceJob,
-    InputSpec,
-    ModelRef,
-    Normalize,
-    OutputSpec,
-    WindowSpec,
-)
-from workers.pipeline import run_pass1
-from workers.rundir import RunDir
+from workers.inference.engine import BlockContext, run_pass2
+from workers.inference.geometry import build_geometry
+from workers.inference.job import ComputeSpec, InferenceJob, InputSpec, Normalize, OutputSpec, WindowSpec
+from workers.inference.pipeline import run_pass1
+from workers.inference.rundir import RunDir
 
 Predict = Callable[[np.ndarray], np.ndarray]
 NP_PAD = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}

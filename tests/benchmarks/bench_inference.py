@@ -3,7 +3,7 @@
 Reports, in one run and on one machine:
 - floor: the demo model's forward over exactly the global grid's windows, batched, no IO: once
   eager with glibc's default allocator (a user's own loop), once as our workers run it
-  (channels-last, allocator set for big buffers: workers.inference, workers.allocator), the strict
+  (channels-last, allocator set for big buffers: workers.inference.predictor, workers.runtime.allocator), the strict
   floor the goal is judged against;
 - ours: ``pytc run`` end to end (a fresh process, its embedded Dask cluster, zarr in and out),
   with the job as a user writes it (no ``compute.block_shape``: the block ``pytc run`` picks) and
@@ -39,11 +39,11 @@ import torch
 import yaml
 
 from models.loading import load_model
+from models.ref import ModelRef
 from service.demo import DEMO_CHECKPOINT, DEMO_CONFIG
 from volumes.synth import generate_em_volume, write_synth
 from volumes.windows import WindowGrid, stride_from_overlap
-from workers.allocator import tune_allocator
-from workers.job import ModelRef
+from workers.runtime.allocator import tune_allocator
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +178,8 @@ def main() -> int:
     # As a user's own loop and MONAI run it: eager layout, glibc's default allocator.
     floor, n_grid = floor_seconds(model, data)
     monai, theirs = monai_seconds(model, data)
-    # As our workers run it: channels-last (workers.inference) and the allocator set for big
-    # buffers (workers.allocator). The strict floor: the model's own forward, nothing else.
+    # As our workers run it: channels-last (workers.inference.predictor) and the allocator set for big
+    # buffers (workers.runtime.allocator). The strict floor: the model's own forward, nothing else.
     tune_allocator()
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     monai_fast, _ = monai_seconds(fast, data)

@@ -6,7 +6,7 @@ Both sides train the same ``unet3d`` (same init, config, batch, patch, loss, Ada
 
 - plain: batches cut from the volume held in memory, made before timing, as tensors; the loop is
   zero_grad, forward, BCE + Dice, backward, step, schedule step;
-- ours: the training task's body (:func:`workers.training_session.train`) in this process: crops
+- ours: the training task's body (:func:`workers.training.session.train`) in this process: crops
   read from zarr, augmented, targets made, by the prefetch threads; progress and a final checkpoint
   written. The Dask hop (one task for the whole run) adds seconds once, not per iteration.
 
@@ -40,10 +40,10 @@ from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
 from models.unet3d import build_unet3d
 from service.spec import parse_job_document
 from volumes.synth import generate_em_volume, write_synth
-from workers.allocator import tune_allocator
-from workers.training_job import TrainingJob
-from workers.training_session import train
-from workers.training_setup import batch_maker
+from workers.runtime.allocator import tune_allocator
+from workers.training.job import TrainingJob
+from workers.training.session import train
+from workers.training.setup import batch_maker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SHAPE = (32, 128, 128)
@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Our task sets the allocator for big buffers (workers.allocator) in its process, which is this
+    # Our task sets the allocator for big buffers (workers.runtime.allocator) in its process, which is this
     # one: set it before the first plain loop too, so every run of both compares like with like.
     tune_allocator()
     root = Path(tempfile.mkdtemp(prefix="bench-training-"))

@@ -53,7 +53,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "workers.cli",
+                "workers.runtime.cli",
                 "--scheduler",
                 self.address,
                 "--cpu-workers",

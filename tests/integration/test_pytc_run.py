@@ -20,8 +20,8 @@ from service.cli import main
 from tests.helpers import reference_blend
 from volumes.box import Box
 from volumes.volume import open_volume
-from workers.inference import WindowPredictor
-from workers.job import WindowSpec
+from workers.inference.job import WindowSpec
+from workers.inference.predictor import WindowPredictor
 
 PATCH, STRIDE = (5, 17, 17), (2, 8, 8)
 
@@ -316,9 +316,9 @@ def test_embedded_workers_keep_their_event_loop_quiet_unless_the_user_asks(
     workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No stack sampling, a 1 s loop-health tick (Dask's is 20 ms) and memory read every 0.5 s
-    (Dask: 0.1 s), in the workers and the embedded scheduler (workers.dask_settings)."""
+    (Dask: 0.1 s), in the workers and the embedded scheduler (workers.runtime.dask_settings)."""
     from service.cli import _dask_client
-    from workers.dask_settings import PROFILE_ENV, SETTINGS, env_name
+    from workers.runtime.dask_settings import PROFILE_ENV, SETTINGS, env_name
 
     for key in SETTINGS:
         monkeypatch.delenv(env_name(key), raising=False)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 import zarr
 
+from models.ref import ModelRef
 from service.cli import main
 from service.client import PytcClient
 from service.errors import ClientError
@@ -35,7 +36,6 @@ from tests.integration.service_fixtures import (
     tree,
     wait_for_state,
 )
-from workers.job import ModelRef
 
 # Submitting validates the model on a worker; on a loaded machine that takes seconds.
 _post = functools.partial(httpx.post, timeout=120)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.integration.cluster_fixtures import BIN, free_port, stop, wait_until
-from workers.cli import check_health
-from workers.plugin import PLUGIN_NAME
+from workers.runtime.cli import check_health
+from workers.runtime.state import PLUGIN_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tasks below live in this test module: scheduler and workers must be able to import it.
@@ -48,7 +48,16 @@ def pytc_worker(
 ) -> subprocess.Popen[bytes]:
     with open(tmp / "pytc-worker.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "--scheduler", address, "--host", "127.0.0.1", *flags],
+            [
+                sys.executable,
+                "-m",
+                "workers.runtime.cli",
+                "--scheduler",
+                address,
+                "--host",
+                "127.0.0.1",
+                *flags,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**ENV, **(env or {})},
@@ -90,11 +99,11 @@ def thread_affinities(dask_worker: Any) -> list[tuple[int, ...]]:
 
 def load_twice(model: str) -> tuple[bool, bool, int, bool | None]:
     """On a worker: the second load is the cached object, and the cache is the plugin's; loading
-    a model set glibc's allocator for big buffers (workers.allocator)."""
+    a model set glibc's allocator for big buffers (workers.runtime.allocator)."""
+    from models.ref import ModelRef
     from workers import allocator
-    from workers.job import ModelRef
-    from workers.model_cache import cached_model, model_cache
-    from workers.plugin import worker_plugin
+    from workers.inference.model_cache import cached_model, model_cache
+    from workers.runtime.state import worker_plugin
 
     ref = ModelRef(kind="torchscript", path=model)
     first = cached_model(ref, (3, 8, 8))
@@ -143,7 +152,7 @@ def test_cpu_node_serves_gpu_tasks_with_the_cache_and_drains_on_sigterm(tmp_path
                 shares = sorted([tuple(tuple(a) for a in v) for v in per_worker])
                 half = len(cores) // 2
                 assert shares == [(tuple(cores[:half]),), (tuple(cores[half:]),)], shares
-                # no stack sampling beside the model, a quiet event loop (workers.dask_settings)
+                # no stack sampling beside the model, a quiet event loop (workers.runtime.dask_settings)
                 assert set(client.run(loop_settings).values()) == {(False, 1000.0, 500.0)}
 
                 assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3

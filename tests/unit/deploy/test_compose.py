@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.cli import build_parser
+from workers.runtime.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 DASK_PORTS = re.compile(r"\b87(86|87)\b")

@@ -15,8 +15,8 @@ from torch import nn
 from models.checkpoint import save_checkpoint
 from models.errors import ArchitectureMismatchError, CheckpointError, ModelConfigError, ModelNotFoundError
 from models.loading import file_sha256, load_model
+from models.ref import ModelRef
 from models.unet3d import UNet3D
-from workers.job import ModelRef
 
 SMALL_CONFIG = (("filters", (4, 6, 8)), ("isotropy", (False, False, True)), ("out_channels", 2))
 

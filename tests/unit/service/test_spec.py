@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from service.errors import PathOutsideRootsError, SpecError
+from models.ref import ModelRef
+from service.errors import PathOutsideRootsError
 from service.spec import load_job_file, parse_job_document, stride_from_overlap
 from volumes.box import Box
-from workers.job import InferenceJob, ModelRef, Normalize
-from workers.training_job import TrainingJob
+from workers.errors import SpecError
+from workers.inference.job import InferenceJob, Normalize
+from workers.training.job import TrainingJob
 
 CONTRACT_JOB = """
 kind: inference

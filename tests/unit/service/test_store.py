@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models.ref import ModelRef
 from service.errors import (
     IdempotencyKeyReusedError,
     JobFinishedError,
@@ -16,7 +17,6 @@ from service.errors import (
     OutputInUseError,
 )
 from service.store import JobStore, MemoryJobStore, NewJob, SqliteJobStore
-from workers.job import ModelRef
 
 SPEC = {"kind": "inference", "input": {"path": "em.zarr"}, "window": {"patch_size": [1, 2, 3]}}
 

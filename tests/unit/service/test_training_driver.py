@@ -14,7 +14,7 @@ from service.spec import parse_job_document
 from service.training_progress import TrainingProgressLine, format_training_progress
 from service.training_runner import TrainingProgress, progress_from_record
 from tests.training_helpers import training_doc
-from workers.training_dir import TrainingDir
+from workers.training.checkpoint_dir import TrainingDir
 
 
 def test_training_dir_lists_records_and_prunes_only_its_own(tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from service.errors import PathOutsideRootsError, SpecError
+from service.errors import PathOutsideRootsError
 from service.spec import load_job_file, parse_job_document
-from service.training_validation import validate_training_against_data
 from tests.training_helpers import training_doc, write_data
 from volumes.box import Box
-from workers.training_job import TrainingJob
+from workers.errors import SpecError
+from workers.training.checks import validate_training_against_data
+from workers.training.job import TrainingJob
 
 CONTRACT_TRAINING = """
 kind: training

@@ -1,0 +1,136 @@
+"""Checks of a parsed job against what it names: the input volume, the model, an existing output.
+
+They run before anything is written, so an invalid job leaves no trace. Each raises a
+:class:`~service.errors.SpecError` naming the field to change; none of them modifies data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from models.ref import ModelInfo
+from volumes.box import Box
+from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
+from volumes.volume import Volume, open_volume
+from workers.errors import OutputExistsError, SpecError
+from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+
+log = logging.getLogger(__name__)
+
+OutputState = Literal["absent", "resume"]
+
+
+def validate_against_data(job: InferenceJob) -> None:
+    """The input exists, is a 3D (z, y, x) or 4D (c, z, y, x) numeric array, and holds the ROI."""
+    volume = _open_input(job)
+    field = "input.dataset" if job.input.dataset else "input.path"
+    if volume.ndim not in (3, 4):
+        raise SpecError(
+            field, f"expected a 3D (z, y, x) or 4D (c, z, y, x) array, got shape {list(volume.shape)}"
+        )
+    if volume.dtype.kind not in "biuf":
+        raise SpecError(field, f"expected a numeric array, got dtype {volume.dtype}")
+    spatial = tuple(volume.shape[-3:])
+    roi = job.input.roi
+    if roi is not None and not Box.of_shape(spatial).contains(roi):
+        raise SpecError(
+            "input.roi",
+            f"box offset {list(roi.offset)} shape {list(roi.shape)} (end {list(roi.end)}) reaches "
+            f"outside the volume of shape {list(spatial)} (z, y, x)",
+        )
+
+
+def validate_against_model(job: InferenceJob, info: ModelInfo) -> None:
+    """The input's channels match the model's, and the heads split exactly the model's outputs."""
+    volume = _open_input(job)
+    channels = volume.shape[0] if volume.ndim == 4 else 1
+    if channels != info.in_channels:
+        raise SpecError(
+            "model",
+            f"the model takes {info.in_channels} input channel(s), the input has {channels} "
+            f"(shape {list(volume.shape)})",
+        )
+    heads = job.output.heads or (info.out_channels,)
+    if job.output.heads and sum(heads) != info.out_channels:
+        raise SpecError(
+            "output.heads",
+            f"heads {list(heads)} add up to {sum(heads)} channel(s), the model gives {info.out_channels}",
+        )
+    for index, (size, target) in enumerate(zip(heads, job.output.targets, strict=False)):
+        if target == "affinity" and size != 3:
+            raise SpecError(
+                "output.targets",
+                f"head {index} is an affinity head with {size} channel(s); affinities are 3 (z, y, x)",
+            )
+    for index, (size, activation) in enumerate(zip(heads, job.output.activations, strict=True)):
+        if activation == "softmax" and size == 1:
+            log.warning(
+                "output.activation[%d]: softmax over a 1-channel head is always 1.0; "
+                "sigmoid is probably meant",
+                index,
+            )
+
+
+def check_output(job: InferenceJob, model_sha256: str) -> OutputState:
+    """What to do with the output dataset: create it (``absent``) or continue it (``resume``).
+
+    An existing output made by this same job (same layout key, same ROI shape) is resumed. Any
+    other existing output is an :class:`OutputExistsError` unless ``overwrite`` is set, in which
+    case it counts as absent and the runner replaces it. Nothing is modified here.
+    """
+    path, dataset = job.output.path, job.output.dataset
+    try:
+        existing = open_volume(path, dataset)
+    except VolumeNotFoundError:
+        return "absent"
+    except VolumeFormatError as err:
+        if job.output.overwrite:
+            return "absent"
+        raise OutputExistsError(
+            "output.path",
+            f"{path} exists and is not a volume this job can resume ({err}); "
+            "set overwrite: true to replace it, or choose another output.path",
+        ) from err
+    if _made_by(job, existing, model_sha256):
+        return "resume"
+    if job.output.overwrite:
+        return "absent"
+    raise OutputExistsError(
+        "output.path",
+        f"{path} (dataset {dataset!r}) exists and was not made by this job; set overwrite: true "
+        "to replace it, or choose another output.path or output.dataset",
+    )
+
+
+def _made_by(job: InferenceJob, existing: Volume, model_sha256: str) -> bool:
+    record = existing.attrs.get(OUTPUT_ATTRS_KEY)
+    if not isinstance(record, dict) or record.get("layout_key") != job.layout_key(model_sha256):
+        return False
+    # The layout key holds the ROI, not the input's shape: a whole-volume job over an input that
+    # has since changed size must not resume into an output of the old size.
+    return existing.ndim == 4 and tuple(existing.shape[1:]) == _roi_shape(job)
+
+
+def _roi_shape(job: InferenceJob) -> tuple[int, ...]:
+    if job.input.roi is not None:
+        return job.input.roi.shape
+    return tuple(_open_input(job).shape[-3:])
+
+
+def _open_input(job: InferenceJob) -> Volume:
+    path, dataset = job.input.path, job.input.dataset
+    try:
+        return open_volume(path, dataset)
+    except VolumeNotFoundError as err:
+        if not Path(path).exists():
+            raise SpecError("input.path", f"{path} does not exist") from err
+        if dataset is None:
+            raise SpecError("input.dataset", f"{path} is a container, not an array; name one: {err}") from err
+        raise SpecError("input.dataset", str(err)) from err
+    except VolumeFormatError as err:
+        raise SpecError("input.path", f"not a readable volume: {err}") from err
+    except (VolumeError, OSError) as err:
+        field = "input.dataset" if dataset else "input.path"
+        raise SpecError(field, f"cannot open {path} (dataset {dataset!r}): {err}") from err

@@ -1,0 +1,136 @@
+"""The two passes of one output block (see docs/design.md and ``volumes.blocks``).
+
+Pass 1 reads the block's input once (its windows' hull plus padding outside the volume), runs its
+own windows, accumulates ``sum(p * w)`` in float32 over its extent, finishes its interior chunks
+and hands every other chunk's partial sums to scratch. Pass 2 adds the partial sums of all
+contributors into the block's border chunks and finishes them. No window is computed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+
+from volumes.box import Box
+from volumes.volume import Volume
+from workers.errors import BlockError
+from workers.inference.geometry import JobGeometry
+from workers.inference.job import InferenceJob, Normalize, OutputDtype
+from workers.inference.rundir import Index, RunDir
+from workers.runtime.affinity import usable_cores
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BlockResult:
+    """What a block task returns: small, for progress and the benchmark."""
+
+    block: Index
+    phase: int
+    windows: int = 0
+    voxels_written: int = 0
+    scratch_bytes: int = 0
+    output_bytes: int = 0
+    read_ahead: bool = False  # its input was read while the previous block computed
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def normalize(raw: np.ndarray, spec: Normalize) -> np.ndarray:
+    """Per dataset, never per block: integer input / dtype max, then the fixed mean/std."""
+    data = raw.astype(np.float32)
+    if spec.mode == "auto" and np.issubdtype(raw.dtype, np.integer):
+        data /= np.float32(np.iinfo(raw.dtype).max)
+    if spec.mean is not None or spec.std is not None:
+        data = (data - np.float32(spec.mean or 0.0)) / np.float32(spec.std or 1.0)
+    return data
+
+
+def to_output_dtype(values: np.ndarray, dtype: OutputDtype) -> np.ndarray:
+    if dtype == "uint8":
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return values.astype(dtype, copy=False)
+
+
+def _batches(items: list[Index], size: int) -> Iterator[list[Index]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+@dataclass
+class BlockContext:
+    """Everything a block pass needs; built by the task from the job."""
+
+    job: InferenceJob
+    geometry: JobGeometry
+    run_dir: RunDir
+    output: Volume
+    out_channels: int
+
+    def write_output(self, box: Box, values: np.ndarray) -> int:
+        data = to_output_dtype(values, self.job.output.dtype)
+        self.output.write(Box((0, *box.offset), (self.out_channels, *box.shape)), data)
+        return int(data.nbytes)
+
+    def finish(self, box: Box, num: np.ndarray) -> int:
+        """Divide by the weight sum and write: ``box`` is chunk-aligned, owned by this block."""
+        return self.write_output(box, num / self.geometry.weight_sum(box))
+
+
+def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
+    """Sum of every contributor's partial sums inside one chunk; a missing one is an error, never a hole."""
+    plan = ctx.geometry.plan
+    box = plan.chunk_box(chunk)
+    num = np.zeros((ctx.out_channels, *box.shape), dtype=np.float32)
+    for source in plan.contributors(chunk):
+        part = plan.extent(source).intersect(box)
+        try:
+            spill = ctx.run_dir.read_scratch(chunk, source)
+        except FileNotFoundError as exc:
+            raise BlockError(
+                f"chunk {chunk}: partial sums of block {source} are missing from "
+                f"{ctx.run_dir.scratch_path(chunk, source)}"
+            ) from exc
+        if spill.shape[1:] != part.shape:
+            raise BlockError(
+                f"chunk {chunk}: partial sums of block {source} have shape {spill.shape[1:]}, "
+                f"expected {part.shape}"
+            )
+        num[(slice(None), *part.relative_to(box).slices())] += spill
+    return num
+
+
+def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
+    plan = ctx.geometry.plan
+    result = BlockResult(block, 2)
+    if ctx.run_dir.is_done(2, block):
+        # A rerun of a finished pass 2 (its worker died before reporting): the scratch it consumed
+        # is gone, and its chunks are written; running again would only fail.
+        return result
+    t0 = time.perf_counter()
+    chunks = plan.border_chunks(block)
+
+    def finish_chunk(chunk: Index) -> tuple[int, int]:
+        box = plan.chunk_box(chunk)
+        return ctx.finish(box, gather_chunk(ctx, chunk)), box.size
+
+    # The model is idle during pass 2: its chunks (reading partial sums, adding, compressing)
+    # go on as many threads as this worker has cores, up to 4; numpy and the codecs release the GIL.
+    threads = max(1, min(4, len(chunks), len(usable_cores())))
+    with ThreadPoolExecutor(threads, thread_name_prefix="pytc-pass2") as pool:
+        for written, voxels in pool.map(finish_chunk, chunks):
+            result.output_bytes += written
+            result.voxels_written += voxels
+    result.seconds["total"] = time.perf_counter() - t0
+    ctx.run_dir.mark_done(2, block, {"chunks": len(chunks)})
+    ctx.run_dir.drop_scratch(chunks)
+    return result

@@ -1,0 +1,74 @@
+"""The geometry of one job, derived from the job alone and cached per process by its layout key."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from volumes.blending import blend_weights
+from volumes.blocks import BlockPlan, plan_blocks
+from volumes.box import Box
+from volumes.volume import open_volume
+from volumes.windows import WindowGrid
+from workers.inference.job import InferenceJob
+
+_CACHE: dict[str, JobGeometry] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class JobGeometry:
+    """ROI in volume coordinates, the window grid and block plan in output coordinates."""
+
+    roi: Box  # spatial, in input volume coordinates
+    input_shape: tuple[int, ...]  # full input array shape, (z,y,x) or (c,z,y,x)
+    plan: BlockPlan
+    blending: str
+
+    @property
+    def grid(self) -> WindowGrid:
+        return self.plan.grid
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        return blend_weights(self.grid.patch, self.blending)  # type: ignore[arg-type]
+
+    def weight_sum(self, box: Box) -> np.ndarray:
+        """``sum(w)`` over every window of the global grid, inside ``box`` (output coordinates).
+
+        Geometry alone: whichever block finishes a voxel computes it, no exchange is needed."""
+        den = np.zeros(box.shape, dtype=np.float32)
+        for index in self.grid.indices(self.grid.ranges_touching(box)):
+            window = self.grid.box(index)
+            part = window.intersect(box)
+            den[part.relative_to(box).slices()] += self.weights[part.relative_to(window).slices()]
+        return den
+
+
+def roi_of(job: InferenceJob, input_shape: tuple[int, ...]) -> Box:
+    spatial = input_shape[-3:]
+    return job.input.roi if job.input.roi is not None else Box.of_shape(spatial)
+
+
+def build_geometry(job: InferenceJob, input_shape: tuple[int, ...]) -> JobGeometry:
+    roi = roi_of(job, input_shape)
+    w = job.window
+    grid = WindowGrid.over_roi(roi.shape, w.patch_size, w.stride, w.pad_size)
+    plan = plan_blocks(roi.shape, job.output.chunks, job.compute.block_shape, grid)
+    return JobGeometry(roi, tuple(input_shape), plan, w.blending)
+
+
+def job_geometry(job: InferenceJob, layout_key: str) -> JobGeometry:
+    """The job's geometry, opening the input for its shape once per process."""
+    with _LOCK:
+        cached = _CACHE.get(layout_key)
+    if cached is not None:
+        return cached
+    shape = open_volume(job.input.path, job.input.dataset).shape
+    geometry = build_geometry(job, tuple(shape))
+    with _LOCK:
+        _CACHE[layout_key] = geometry
+    return geometry

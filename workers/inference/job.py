@@ -1,0 +1,112 @@
+"""The inference job as the engine sees it: frozen, typed, already validated at the edge.
+
+``service.spec`` parses YAML/JSON into these (pydantic at the edge, dataclasses inside). Everything
+here is small and picklable: it is what a Dask task carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from models.ref import ModelRef
+from volumes.box import Box
+
+Blending = Literal["gaussian", "bump", "constant"]
+PadMode = Literal["reflect", "replicate", "constant"]
+Reduce = Literal["mean", "min", "max"]
+Activation = Literal["sigmoid", "softmax", "tanh", "none"]
+OutputFormat = Literal["zarr3", "zarr2", "n5"]
+OutputDtype = Literal["float32", "float16", "uint8"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """``auto``: integer input divided by its dtype's max, float as is; then optional (x - mean) / std."""
+
+    mode: Literal["auto", "none"] = "auto"
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    path: str  # absolute, already resolved inside the data roots
+    dataset: str | None = None
+    roi: Box | None = None  # spatial (z, y, x); None = whole volume
+    normalize: Normalize = field(default_factory=Normalize)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    patch_size: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    blending: Blending = "gaussian"
+    pad_size: tuple[int, int, int] = (0, 0, 0)
+    pad_mode: PadMode = "reflect"
+    batch_size: int = 4
+    tta_variants: Literal[1, 4, 8, 16] = 1
+    tta_reduce: Reduce = "mean"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: str  # absolute, already resolved inside the data roots
+    dataset: str = "pred"
+    format: OutputFormat = "zarr3"
+    dtype: OutputDtype = "float32"
+    heads: tuple[int, ...] = ()  # channels per head; () = one head with all channels
+    activations: tuple[Activation, ...] = ("none",)
+    chunks: tuple[int, int, int] = (32, 256, 256)
+    overwrite: bool = False
+    # what each head predicts, where TTA must know it: "affinity" heads (z, y, x nearest-neighbour
+    # affinities) move and shift channels under flips and transposes; () = nothing special
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    block_shape: tuple[int, int, int] | None = None  # None = the planner's choice
+    device: Device = "auto"
+    precision: Precision = "float32"
+
+
+@dataclass(frozen=True)
+class InferenceJob:
+    input: InputSpec
+    model: ModelRef
+    window: WindowSpec
+    output: OutputSpec
+    compute: ComputeSpec = field(default_factory=ComputeSpec)
+    document: str = "{}"  # the submitted job document as canonical JSON, recorded in the output's attrs
+
+    def layout_key(self, model_sha256: str) -> str:
+        """Hash of everything that decides the output's values and block layout.
+
+        Done markers and scratch live under this key, so a changed spec never reuses stale ones.
+        ``overwrite`` and ``device`` do not change the result and are left out.
+        """
+        payload = {
+            "input": asdict(self.input),
+            "model_sha256": model_sha256,
+            "model": asdict(self.model),
+            "window": asdict(self.window),
+            "output": {
+                k: v
+                for k, v in asdict(self.output).items()
+                if k != "overwrite" and not (k == "targets" and not v)  # keys of older jobs stay
+            },
+            "block_shape": self.compute.block_shape,
+            "precision": self.compute.precision,
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# Key of the output array's attributes under which the engine records its identity:
+# {"layout_key": str, "complete": bool, "job": dict, "model_sha256": str, "version": str}
+OUTPUT_ATTRS_KEY = "pytc"

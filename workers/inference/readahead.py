@@ -1,0 +1,88 @@
+"""Reading the next block's input while the current block computes (one block ahead, per worker).
+
+A block task reads its input in z-slabs on a background thread
+(:class:`workers.inference.pipeline.SlabReader`)
+and writes finished chunks behind the forward passes, but its first slab used to be read with the
+model idle. Once the current block's own input is all read, :func:`start_next` looks at the block
+tasks queued on this worker (Dask's worker state: a task waiting for the ``GPU`` resource sits in
+``constrained``, one ready to run in ``ready``), and if the next one is pass 1 of the same job it
+starts that block's reader. The next task takes it over (:func:`take`) instead of starting its own,
+so its first batch finds its input read. At most one block is read ahead, so a worker's memory
+grows by one block's input at most; a read-ahead nobody takes is dropped. It is an optimisation
+only: anything unexpected (no worker, another job next, a Dask version whose state looks
+different) means no read-ahead, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from volumes.box import Box
+from workers.inference.rundir import Index
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_pending: tuple[tuple[str, Index, Box], Any] | None = None  # ((layout_key, block, read_box), reader)
+STATS = {"started": 0, "taken": 0, "dropped": 0}
+
+
+def task_key(layout_key: str, phase: int, block: Index) -> str:
+    """The Dask key of a block task (service.runner submits with it)."""
+    return f"pytc-{layout_key}-p{phase}-{'_'.join(map(str, block))}"
+
+
+def next_queued_block(layout_key: str) -> Index | None:
+    """The pass-1 block of this job that this worker runs next, if that is what its queue holds."""
+    try:
+        from distributed import get_worker
+
+        state = get_worker().state
+        queued = [*state.constrained.peekn(2), *state.ready.peekn(2)]
+    except Exception:  # not on a worker, or a worker state of another shape
+        return None
+    prefix = f"pytc-{layout_key}-p1-"
+    for task in sorted(queued, key=lambda t: t.priority or ()):
+        key = str(task.key)
+        if key.startswith(prefix):
+            try:
+                return tuple(int(i) for i in key[len(prefix) :].split("_"))
+            except ValueError:
+                return None
+        return None  # the next task is something else: leave the IO to it
+    return None
+
+
+def start_next(layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] | None]) -> None:
+    """Start reading the next queued block of this job, unless one is read ahead already."""
+    global _pending
+    block = next_queued_block(layout_key)
+    if block is None:
+        return
+    with _lock:
+        if _pending is not None:
+            return
+        made = make_reader(block)
+        if made is None:
+            return
+        read_box, reader = made
+        _pending = ((layout_key, block, read_box), reader)
+        STATS["started"] += 1
+    log.debug("reading block %s ahead", block)
+
+
+def take(layout_key: str, block: Index, read_box: Box) -> Any | None:
+    """The reader started ahead for exactly this block's input, or None (a stale one is dropped)."""
+    global _pending
+    with _lock:
+        if _pending is None:
+            return None
+        (key, reader), _pending = _pending, None
+        if key == (layout_key, block, read_box):
+            STATS["taken"] += 1
+            return reader
+        STATS["dropped"] += 1
+        return None

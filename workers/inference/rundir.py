@@ -1,0 +1,107 @@
+"""Durable per-job records on shared storage: done markers and the scratch of the block exchange.
+
+Layout, under ``<output.path>/.pytc-run/<dataset>/<layout_key>/``::
+
+    done/p1_<z>_<y>_<x>.json    pass 1 of a block finished (its interior chunks and spills written)
+    done/p2_<z>_<y>_<x>.json    the block is finished: every chunk of its write box is written
+    scratch/c<z>_<y>_<x>/from_<z>_<y>_<x>.npy   partial sums of one block inside one chunk
+
+A marker is written only after what it vouches for is on disk, by an atomic rename, so a reader
+never sees a marker for a half-written block. The key is the job's layout hash, so markers of
+another spec are never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.runtime.cancel import CancelFlag
+
+Index = tuple[int, ...]
+
+RUN_FOLDER = ".pytc-run"
+
+
+def _name(index: Index) -> str:
+    return "_".join(str(i) for i in index)
+
+
+def _parse(name: str) -> Index:
+    return tuple(int(p) for p in name.split("_"))
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Replace ``path`` with what ``write(handle)`` writes: a reader sees the old file or the new one,
+    never half of one. The one atomic-write mechanism of ``workers`` (markers, scratch, training)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users of a shared volume
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RunDir(CancelFlag):
+    root: Path
+
+    @classmethod
+    def for_output(cls, output_path: str, dataset: str, layout_key: str) -> RunDir:
+        return cls(Path(output_path) / RUN_FOLDER / dataset.strip("/").replace("/", "__") / layout_key)
+
+    @staticmethod
+    def all_for_dataset(output_path: str, dataset: str) -> Path:
+        return Path(output_path) / RUN_FOLDER / dataset.strip("/").replace("/", "__")
+
+    def marker(self, phase: int, block: Index) -> Path:
+        return self.root / "done" / f"p{phase}_{_name(block)}.json"
+
+    def is_done(self, phase: int, block: Index) -> bool:
+        return self.marker(phase, block).exists()
+
+    def mark_done(self, phase: int, block: Index, record: dict[str, Any]) -> None:
+        data = json.dumps(record, sort_keys=True).encode()
+        atomic_write(self.marker(phase, block), lambda h: h.write(data))
+
+    def done_blocks(self, phase: int) -> set[Index]:
+        folder = self.root / "done"
+        if not folder.is_dir():
+            return set()
+        prefix = f"p{phase}_"
+        return {_parse(p.stem[len(prefix) :]) for p in folder.glob(f"{prefix}*.json")}
+
+    def scratch_path(self, chunk: Index, source: Index) -> Path:
+        return self.root / "scratch" / f"c{_name(chunk)}" / f"from_{_name(source)}.npy"
+
+    def write_scratch(self, chunk: Index, source: Index, data: np.ndarray) -> int:
+        atomic_write(self.scratch_path(chunk, source), lambda h: np.save(h, data, allow_pickle=False))
+        return int(data.nbytes)
+
+    def read_scratch(self, chunk: Index, source: Index) -> np.ndarray:
+        return np.load(self.scratch_path(chunk, source), allow_pickle=False)
+
+    def drop_scratch(self, chunks: Iterable[Index]) -> None:
+        for chunk in chunks:
+            shutil.rmtree(self.root / "scratch" / f"c{_name(chunk)}", ignore_errors=True)
+
+    @property
+    def cancel_flag(self) -> Path:
+        return self.root / "CANCELLED"
+
+    def drop_all_scratch(self) -> None:
+        shutil.rmtree(self.root / "scratch", ignore_errors=True)

@@ -1,0 +1,118 @@
+"""Checks of a parsed training job against the data it names, before anything runs or is written.
+
+Image and label (and valid mask) exist and have the same spatial shape, the label holds integer
+ids, the ROI lies inside, the patch fits in the sampled region, a validation volume is sound and
+the starting checkpoints exist. Each failure is a :class:`~service.errors.SpecError` naming the
+field. Whether the model fits its targets and its starting weights is checked on a worker
+(:func:`workers.training.tasks.inspect_training`), the only place with torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from volumes.box import Box
+from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
+from volumes.volume import Volume, open_volume
+from workers.errors import SpecError
+from workers.training.job import TrainingJob, TrainingModelInfo, VolumeRef
+
+
+def validate_training_against_data(job: TrainingJob) -> None:
+    """Every data check of a training job (see the module docstring)."""
+    image = _open(job.data.image, "data.image")
+    spatial = _spatial_image(image, "data.image")
+    label = _open(job.data.label, "data.label")
+    _check_label(label, spatial, "data.label", "data.image")
+    if job.data.valid_mask is not None:
+        mask = _open(job.data.valid_mask, "data.valid_mask")
+        _check_same_shape(mask, spatial, "data.valid_mask", "data.image")
+    region = _check_roi(job.data.roi, spatial, "data.roi")
+    _check_patch(
+        job.sampling.patch_size, region, "sampling.patch_size", "data.roi" if job.data.roi else "data"
+    )
+    config = job.model.config_dict()
+    channels = image.shape[0] if image.ndim == 4 else 1
+    for key in ("in_channels", "in_channel"):
+        if key in config and config[key] != channels:
+            raise SpecError(
+                f"model.config.{key}",
+                f"{config[key]!r} input channel(s), the image has {channels} (shape {list(image.shape)})",
+            )
+    if job.validation is not None:
+        v = job.validation
+        v_spatial = _spatial_image(_open(v.image, "validation.image"), "validation.image")
+        _check_label(_open(v.label, "validation.label"), v_spatial, "validation.label", "validation.image")
+        v_region = _check_roi(v.roi, v_spatial, "validation.roi")
+        _check_patch(job.sampling.patch_size, v_region, "sampling.patch_size", "validation")
+    for field, path in (
+        ("checkpoint.resume_from", job.checkpoint.resume_from),
+        ("model.init", job.model.init),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise SpecError(field, f"no checkpoint file at {path}")
+
+
+def validate_training_against_model(job: TrainingJob, info: TrainingModelInfo) -> None:
+    """The worker's pre-flight answer agrees with the job (it raises itself when it does not)."""
+    if info.out_channels != job.out_channels:
+        raise SpecError(
+            "model.config.out_channels",
+            f"the model gives {info.out_channels} channel(s), the targets need {job.out_channels}",
+        )
+
+
+def _open(ref: VolumeRef, field: str) -> Volume:
+    try:
+        return open_volume(ref.path, ref.dataset)
+    except VolumeNotFoundError as err:
+        raise SpecError(field, f"not found: {err}") from None
+    except (VolumeFormatError, VolumeError, OSError) as err:
+        raise SpecError(field, f"cannot be opened as a volume: {err}") from None
+
+
+def _spatial_image(volume: Volume, field: str) -> tuple[int, int, int]:
+    if volume.ndim not in (3, 4):
+        raise SpecError(
+            field, f"expected a 3D (z, y, x) or 4D (c, z, y, x) array, got shape {list(volume.shape)}"
+        )
+    if volume.dtype.kind not in "biuf":
+        raise SpecError(field, f"expected a numeric array, got dtype {volume.dtype}")
+    z, y, x = (int(s) for s in volume.shape[-3:])
+    return z, y, x
+
+
+def _check_label(label: Volume, spatial: tuple[int, int, int], field: str, image_field: str) -> None:
+    if label.dtype.kind not in "biu":
+        raise SpecError(field, f"expected integer ids (instance or class), got dtype {label.dtype}")
+    _check_same_shape(label, spatial, field, image_field)
+
+
+def _check_same_shape(volume: Volume, spatial: tuple[int, int, int], field: str, image_field: str) -> None:
+    if tuple(volume.shape) != spatial:
+        raise SpecError(
+            field,
+            f"shape {list(volume.shape)} differs from the spatial shape of {image_field} {list(spatial)} "
+            "(z, y, x); they must be equal",
+        )
+
+
+def _check_roi(roi: Box | None, spatial: tuple[int, int, int], field: str) -> tuple[int, ...]:
+    if roi is None:
+        return spatial
+    if not Box.of_shape(spatial).contains(roi):
+        raise SpecError(
+            field,
+            f"box offset {list(roi.offset)} shape {list(roi.shape)} (end {list(roi.end)}) reaches outside "
+            f"the volume of shape {list(spatial)} (z, y, x)",
+        )
+    return roi.shape
+
+
+def _check_patch(patch: tuple[int, int, int], region: tuple[int, ...], field: str, where: str) -> None:
+    if any(p > r for p, r in zip(patch, region, strict=True)):
+        raise SpecError(
+            field,
+            f"{list(patch)} is larger than the region sampled from {where}, {list(region)} (z, y, x), "
+            "on some axis",
+        )
