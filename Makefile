@@ -31,9 +31,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_inference.py
 
-# Re-trains the shipped demo checkpoint (models/weights/demo_unet3d.pth.tar) reproducibly on CPU.
+# Re-trains the shipped demo checkpoint (models/weights/demo_unet3d.pth.tar) reproducibly on CPU:
+# a kind: training job through pytc run, scored by the inference engine.
 demo-model: $(STAMP)
-	$(BIN)/python -m models.demo_training --out models/weights/demo_unet3d.pth.tar
+	$(BIN)/python -m service.demo.model --out models/weights/demo_unet3d.pth.tar
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

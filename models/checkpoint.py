@@ -7,9 +7,7 @@ arbitrary objects (``weights_only=True``), so a checkpoint from a stranger canno
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from models import checkpoint_keys as keys
 from models.errors import ArchitectureMismatchError, CheckpointError, ModelNotFoundError
+from volumes.files import atomic_write
 
 CHECKPOINT_SCHEMA_VERSION = 1
-# mkstemp makes owner-only files; a checkpoint is shared output (other users, the service's workers).
-CHECKPOINT_FILE_MODE = 0o644
 
 # Prefixes that wrappers put in front of every key: DataParallel/DDP, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -44,43 +42,15 @@ def unwrap_module(module: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: StrPath, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically: temp file in the same folder, fsync,
-    ``os.replace``. A reader sees the old file or the new one, never half of one.
+    """Write ``payload`` with ``torch.save`` atomically and durably (:func:`volumes.files.atomic_write`):
+    a reader sees the old file or the new one, never half of one, and the file is shared (0644).
 
     Any ``nn.Module`` value is replaced by its unwrapped module's ``state_dict`` (no ``module.``
     prefix), and ``schema_version`` is added unless present.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = {k: unwrap_module(v).state_dict() if isinstance(v, nn.Module) else v for k, v in payload.items()}
-    data.setdefault("schema_version", CHECKPOINT_SCHEMA_VERSION)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-            handle.flush()
-            os.fchmod(handle.fileno(), CHECKPOINT_FILE_MODE)
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, hence best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    data.setdefault(keys.SCHEMA_VERSION, CHECKPOINT_SCHEMA_VERSION)
+    atomic_write(path, lambda handle: torch.save(data, handle), durable=True)
 
 
 def load_checkpoint(path: StrPath) -> dict[str, Any]:
@@ -111,8 +81,8 @@ def extract_state_dict(ckpt: Mapping[str, Any], path: StrPath | None = None) -> 
     checkpoint itself when it is a bare state dict. A wrapper prefix (``module.``, ``_orig_mod.``)
     carried by every key is stripped."""
     where = f"checkpoint {path}" if path is not None else "checkpoint"
-    bare = "state_dict" not in ckpt
-    state = ckpt if bare else ckpt["state_dict"]
+    bare = keys.STATE_DICT not in ckpt
+    state = ckpt if bare else ckpt[keys.STATE_DICT]
     bad = _non_tensor_keys(state)
     if not state or bad is None or (bare and bad):
         raise CheckpointError(f"{where} has no state_dict (keys: {sorted(map(str, ckpt))[:10]})")

@@ -61,7 +61,9 @@ class LoadedModel:
     sha256: str
     description: str
     fixed_input_shape: tuple[int, ...] | None = None
-    channels_last: bool = False  # its weights were made channels-last (workers.inference.predictor); feed it so
+    channels_last: bool = (
+        False  # its weights were made channels-last (workers.inference.predictor); feed it so
+    )
 
 
 def file_sha256(path: str | Path) -> str:

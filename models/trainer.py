@@ -21,6 +21,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from models import checkpoint_keys as keys
 from models.checkpoint import extract_state_dict, load_weights, unwrap_module
 from models.errors import CheckpointError, ModelError
 from models.losses import heads_loss
@@ -118,12 +119,12 @@ class Trainer:
         """PyTC's keys (``state_dict``, ``optimizer``, ``lr_scheduler``, ``iteration``) and ours
         (``grad_scaler``, ``rng``); plain tensors and containers, so ``weights_only`` loads them."""
         return {
-            "state_dict": unwrap_module(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.scheduler.state_dict(),
-            "iteration": self.iteration,
-            "grad_scaler": self.scaler.state_dict(),
-            "rng": capture_rng_states(),
+            keys.STATE_DICT: unwrap_module(self.model).state_dict(),
+            keys.OPTIMIZER: self.optimizer.state_dict(),
+            keys.LR_SCHEDULER: self.scheduler.state_dict(),
+            keys.ITERATION: self.iteration,
+            keys.GRAD_SCALER: self.scaler.state_dict(),
+            keys.RNG: capture_rng_states(),
         }
 
     def restore(self, ckpt: Mapping[str, Any], path: str | None = None) -> None:
@@ -136,23 +137,23 @@ class Trainer:
         load_weights(unwrap_module(self.model), extract_state_dict(ckpt, path), path)
         iteration = _iteration(ckpt, where)
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(ckpt[keys.OPTIMIZER])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise CheckpointError(
                 f"{where}: its optimizer state does not fit a {self.config.optimizer.kind} optimizer "
                 f"over this model ({type(err).__name__}: {err}); resume with restart: true for "
                 "weights only"
             ) from err
-        exact = "rng" in ckpt
+        exact = keys.RNG in ckpt
         if exact:
-            self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+            self.scheduler.load_state_dict(ckpt[keys.LR_SCHEDULER])
         else:
             self._derive_schedule(iteration)
             logger.warning("%s has no RNG or sampler state (PyTC's own?): the resume is not exact", where)
-        if ckpt.get("grad_scaler"):
-            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        if ckpt.get(keys.GRAD_SCALER):
+            self.scaler.load_state_dict(ckpt[keys.GRAD_SCALER])
         if exact:
-            restore_rng_states(ckpt["rng"])
+            restore_rng_states(ckpt[keys.RNG])
         self.iteration = iteration
 
     def restore_weights(self, ckpt: Mapping[str, Any], path: str | None = None) -> None:
@@ -176,7 +177,7 @@ class Trainer:
 
 
 def _iteration(ckpt: Mapping[str, Any], where: str) -> int:
-    value = ckpt.get("iteration")
+    value = ckpt.get(keys.ITERATION)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise CheckpointError(f"{where} has no valid 'iteration' (found {value!r})")
     return value

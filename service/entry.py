@@ -27,6 +27,6 @@ def pytc() -> int:
 
 
 def pytc_serve() -> int:
-    from service.serve import main
+    from service.http.serve import main
 
     return main()

@@ -46,6 +46,10 @@ class ModelNotRegisteredError(ServiceError, LookupError):
     """No model registered under this name (HTTP 404; 422 when a job names it)."""
 
 
+class ModelRegistryFormatError(ServiceError, ValueError):
+    """A stored registry entry (``models.json``, the ``models`` table) is not what this project writes."""
+
+
 class ConflictError(ServiceError):
     """The request contradicts the service's state (HTTP 409); the message says with what."""
 

@@ -1,57 +1,151 @@
-"""A small progress display for ``pytc run``: blocks done, throughput, time left.
+"""A job's progress: one value, from the job's run to the store, the event stream, the metrics, the
+``pytc`` status line and the client.
 
-On a terminal the line is redrawn in place (``\\r``) at most a few times a second; in a log file or
-a pipe a new line is written every ``interval_s`` seconds, and always for the first and last
-report, so CI logs stay short but show that the job moves.
+Every job kind reports :class:`Progress`: how much of its work is done, in its own unit (blocks,
+iterations, ...), plus figures of its own in ``details`` (voxels, loss, learning rate, the phase
+it is in). :meth:`Progress.to_json` is the contract's progress object (``done``, ``total``,
+``unit``, ``fraction``, ``rate``, ``eta_seconds``, ``elapsed_seconds`` and the details);
+:meth:`Progress.from_json` reads it back (the client, ``pytc wait``).
+
+A rate counts this run only: work an earlier run finished (a resume) is not throughput.
+:class:`Throughput` fills the rate in for kinds that do not measure their own. :class:`ProgressLine`
+shows the value as one line: redrawn in place on a terminal, or appended to a log every
+``interval_s`` seconds (and for the first and last report, and whenever the phase changes), so
+logs stay short but show the job move.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, TextIO
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+_CORE_KEYS = frozenset({"done", "total", "unit", "fraction", "rate", "eta_seconds", "elapsed_seconds"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
-    """An inference job's progress: from :func:`service.runner.run_inference`, or read back from the
-    service's progress object by ``pytc wait``."""
+    """How far one job is: ``done`` of ``total`` units of work."""
 
     done: int
     total: int
     unit: str
-    voxels_done: int
-    voxels_total: int
-    elapsed_s: float
-
-
-class ProgressReport(Protocol):
-    """What is read of a :class:`Progress` (typed structurally: any object with these will do)."""
+    elapsed_s: float = 0.0  # since this run started
+    rate: float | None = None  # units per second in this run; None until it can be told
+    details: Mapping[str, Any] = field(default_factory=dict)  # the kind's own figures, JSON values
 
     @property
-    def done(self) -> int: ...
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
+
     @property
-    def total(self) -> int: ...
+    def eta_seconds(self) -> float | None:
+        if not self.rate or self.rate <= 0:
+            return None
+        return max(0, self.total - self.done) / self.rate
+
     @property
-    def unit(self) -> str: ...
-    @property
-    def voxels_done(self) -> int: ...
-    @property
-    def voxels_total(self) -> int: ...
-    @property
-    def elapsed_s(self) -> float: ...
+    def phase(self) -> str | None:
+        """What the job is doing, when its kind says (``training``, ``saving``, ...)."""
+        phase = self.details.get("phase")
+        return str(phase) if phase is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        core = {
+            "done": self.done,
+            "total": self.total,
+            "unit": self.unit,
+            "fraction": self.fraction,
+            "rate": self.rate,
+            "eta_seconds": self.eta_seconds,
+            "elapsed_seconds": self.elapsed_s,
+        }
+        return {**{k: v for k, v in self.details.items() if k not in _CORE_KEYS}, **core}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Progress:
+        rate = record.get("rate")
+        return cls(
+            done=int(record.get("done") or 0),
+            total=int(record.get("total") or 0),
+            unit=str(record.get("unit") or "units"),
+            elapsed_s=float(record.get("elapsed_seconds") or 0.0),
+            rate=float(rate) if rate is not None else None,
+            details={k: v for k, v in record.items() if k not in _CORE_KEYS},
+        )
 
 
-class StatusLine:
-    """One status line, redrawn in place on a terminal or appended to a log, at most every ``interval_s``.
+class Throughput:
+    """Fills in the rate of reports that have none, from the first report this run made."""
 
-    Subclasses are callable as ``on_progress``: when :meth:`_due` says so, they format the report
-    and :meth:`_draw` it. Call :meth:`close` when the job ends to finish the line.
+    def __init__(self) -> None:
+        self._first: Progress | None = None
+
+    def __call__(self, report: Progress) -> Progress:
+        if self._first is None:
+            self._first = report
+        if report.rate is not None:
+            return report
+        seconds = report.elapsed_s - self._first.elapsed_s
+        done = report.done - self._first.done
+        return replace(report, rate=done / seconds if seconds > 0 and done > 0 else None)
+
+
+def format_progress(report: Progress) -> str:
+    """``blocks 12/48 (25.0%)  0.85 blocks/s  ETA 1m05s``, then the kind's figures, e.g.
+    ``iteration 120/400 (30.0%)  2.10 iterations/s  ETA 2m13s  loss 0.3121  lr 1.00e-03``."""
+    text = f"{report.unit} {report.done}/{report.total} ({100.0 * report.fraction:.1f}%)"
+    eta = report.eta_seconds
+    if report.rate:
+        text += f"  {_number(report.rate)} {report.unit}/s"
+    if eta is not None and report.done < report.total:
+        text += f"  ETA {format_duration(eta)}"
+    elif not report.rate:
+        text += f"  elapsed {format_duration(report.elapsed_s)}"
+    details = report.details
+    if isinstance(details.get("loss"), int | float):
+        text += f"  loss {details['loss']:.4f}"
+    if isinstance(details.get("lr"), int | float):
+        text += f"  lr {details['lr']:.2e}"
+    validation = details.get("validation")
+    if isinstance(validation, list) and validation and isinstance(validation[-1], Mapping):
+        last = validation[-1]
+        text += f"  val dice {float(last.get('dice', 0.0)):.3f} @{last.get('iteration')}"
+    if isinstance(details.get("attempt"), int) and details["attempt"] > 1:
+        text += f"  (attempt {details['attempt']})"
+    if report.phase is not None and report.phase not in ("running", "training", "finished"):
+        text += f"  [{report.phase}]"
+    return text
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``2h05m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _number(value: float) -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.2f} {prefix}"
+    return f"{value:.2f}"
+
+
+class ProgressLine:
+    """One status line, callable with each :class:`Progress`; call :meth:`close` when the job ends.
+
+    On a terminal the line is redrawn in place at most every ``tty_interval_s``; in a log or a pipe
+    a new line is written at most every ``interval_s``, and always for the first report, the last
+    (``done == total``) and a change of phase.
     """
 
-    tty_interval_s = 0.1  # how often a terminal line is redrawn at most
+    tty_interval_s = 0.1
 
     def __init__(
         self,
@@ -65,21 +159,24 @@ class StatusLine:
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval_s = self.tty_interval_s if self.tty else interval_s
         self.clock = clock
+        self.throughput = Throughput()
         self._last_draw: float | None = None
         self._last_text = ""
+        self._phase: str | None = None
         self._open_line = False
 
-    def _due(self, *, force: bool = False) -> bool:
-        """Whether to draw now (``interval_s`` has passed, or ``force``); if so, counts as drawn."""
+    def __call__(self, report: Progress) -> None:
+        report = self.throughput(report)
+        force = report.done >= report.total or report.phase != self._phase
+        self._phase = report.phase
         now = self.clock()
-        due = self._last_draw is None or now - self._last_draw >= self.interval_s
-        if not (due or force):
-            return False
+        if not force and self._last_draw is not None and now - self._last_draw < self.interval_s:
+            return
         self._last_draw = now
-        return True
+        self._draw(format_progress(report))
 
     def close(self) -> None:
-        """End the redrawn line so that later output starts on a fresh one."""
+        """End a redrawn line so that later output starts on a fresh one."""
         if self._open_line:
             self.stream.write("\n")
             self.stream.flush()
@@ -96,49 +193,3 @@ class StatusLine:
             self.stream.write(text + "\n")
         self._last_text = text
         self.stream.flush()
-
-
-class ProgressBar(StatusLine):
-    """The inference job's line: callable as ``on_progress``; call :meth:`close` when the job ends."""
-
-    _baseline: tuple[float, int] | None = None  # (elapsed_s, voxels_done) at the first report
-
-    def __call__(self, report: ProgressReport) -> None:
-        if self._baseline is None:
-            # Rates count this run only: blocks done by an earlier run (resume) are not throughput.
-            self._baseline = (report.elapsed_s, report.voxels_done)
-        if self._due(force=report.done >= report.total):
-            self._draw(format_progress(report, self._baseline))
-
-
-def format_progress(report: ProgressReport, baseline: tuple[float, int] = (0.0, 0)) -> str:
-    """``blocks 12/48 (25.0%)  3.20 Mvox/s  ETA 1m05s``; rate and ETA from work done since ``baseline``."""
-    total = max(report.total, 1)
-    percent = 100.0 * report.done / total
-    text = f"{report.unit} {report.done}/{report.total} ({percent:.1f}%)"
-    seconds = report.elapsed_s - baseline[0]
-    voxels = report.voxels_done - baseline[1]
-    if seconds > 0 and voxels > 0:
-        rate = voxels / seconds
-        left = max(0, report.voxels_total - report.voxels_done) / rate
-        text += f"  {_si(rate)}vox/s  ETA {format_duration(left)}"
-    else:
-        text += f"  elapsed {format_duration(report.elapsed_s)}"
-    return text
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m07s``, ``2h05m``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def _si(value: float) -> str:
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:.2f} {prefix}"
-    return f"{value:.0f} "

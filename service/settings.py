@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     model_check_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # How often a running job's progress is written to the store (and so seen by readers).
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    # A lab's own job kinds, ``module:attribute`` each (service.kinds), beside the built-in ones.
+    job_kinds: Annotated[list[str], NoDecode] = Field(default_factory=list)
     access_log: bool = False
     log_level: str = "info"
 
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
     def _colon_separated(cls, value: Any) -> Any:
         return _split(value, ":")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "job_kinds", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")

@@ -1,25 +1,23 @@
-"""Shared test helpers: an independent in-memory reference of sliding-window blending, and a
-sequential in-process driver of the engine's two passes (no Dask)."""
+"""Shared test helpers: an independent in-memory reference of sliding-window blending, and the
+engine's serial runner with a numpy function for the model (no Dask)."""
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from models.ref import ModelRef
+from models.ref import ModelInfo, ModelRef
 from volumes.blending import blend_weights
 from volumes.box import Box
-from volumes.output import create_output
-from volumes.volume import open_volume
-from workers.inference.engine import BlockContext, run_pass2
-from workers.inference.geometry import build_geometry
+from volumes.open import open_volume
 from workers.inference.job import ComputeSpec, InferenceJob, InputSpec, Normalize, OutputSpec, WindowSpec
-from workers.inference.pipeline import run_pass1
-from workers.inference.rundir import RunDir
+from workers.inference.run import run_serially
 
 Predict = Callable[[np.ndarray], np.ndarray]
 NP_PAD = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}
@@ -105,34 +103,15 @@ def make_job(
 def run_sequential(
     job: InferenceJob, predict: Predict, out_channels: int
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Both passes of every block in this process; returns the output and counters."""
-    shape = open_volume(job.input.path, job.input.dataset).shape
-    geometry = build_geometry(job, tuple(shape))
-    output = create_output(
-        job.output.path,
-        job.output.dataset,
-        job.output.format,
-        (out_channels, *geometry.roi.shape),
-        job.output.dtype,
-        job.output.chunks,
-        None,
-        {},
-        overwrite=True,
-    )
-    run_dir = RunDir.for_output(job.output.path, job.output.dataset, "test")
-    ctx = BlockContext(job, geometry, run_dir, output, out_channels)
-    counts = {"windows": 0, "scratch_bytes": 0, "pass2": 0}
-    for block in geometry.plan.blocks():
-        r = run_pass1(ctx, block, predict)
-        counts["windows"] += r.windows
-        counts["scratch_bytes"] += r.scratch_bytes
-    for block in geometry.plan.blocks():
-        if not run_dir.is_done(2, block):
-            run_pass2(ctx, block)
-            counts["pass2"] += 1
-    missing = [b for b in geometry.plan.blocks() if not run_dir.is_done(2, b)]
-    assert not missing, missing
-    result = open_volume(job.output.path, job.output.dataset).read(
-        Box.of_shape((out_channels, *geometry.roi.shape))
-    )
-    return result, counts
+    """The engine's serial runner over ``job`` with ``predict`` for the model (the output is
+    replaced); returns the output and counters."""
+    job = replace(job, output=replace(job.output, overwrite=True))
+    info = ModelInfo(1, out_channels, "test-" + uuid.uuid4().hex)
+    summary = run_serially(job, info, predict=predict)
+    counts = {
+        "windows": summary.windows,
+        "scratch_bytes": summary.scratch_bytes,
+        "pass2": summary.tasks_run["pass2"],
+    }
+    shape = (out_channels, *open_volume(job.output.path, job.output.dataset).shape[1:])
+    return open_volume(job.output.path, job.output.dataset).read(Box.of_shape(shape)), counts

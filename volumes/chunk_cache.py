@@ -12,55 +12,17 @@ is read twice, never torn).
 from __future__ import annotations
 
 import itertools
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
+from volumes.blocks import Index
 from volumes.box import Box
 from volumes.errors import GeometryError
+from volumes.lru import LRU
 from volumes.volume import Volume
-
-Index = tuple[int, ...]
-
-
-class ArrayLRU:
-    """Arrays by key (None for "known absent"), least recently used dropped first, bounded by bytes
-    and optionally by count. Thread-safe: a key two threads miss at once is loaded by both and kept
-    once, never torn, and nobody loads while holding the lock."""
-
-    def __init__(self, max_bytes: int, max_entries: int | None = None) -> None:
-        self.max_bytes, self.max_entries = max_bytes, max_entries
-        self._entries: OrderedDict[Any, np.ndarray | None] = OrderedDict()
-        self.nbytes = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Any) -> tuple[bool, np.ndarray | None]:
-        with self._lock:
-            if key not in self._entries:
-                return False, None
-            self._entries.move_to_end(key)
-            return True, self._entries[key]
-
-    def put(self, key: Any, value: np.ndarray | None) -> None:
-        """Keep ``value`` unless it alone exceeds ``max_bytes`` or ``key`` is there already."""
-        size = 0 if value is None else value.nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            self._entries[key] = value
-            self.nbytes += size
-            limit = self.max_entries
-            while self.nbytes > self.max_bytes or (limit is not None and len(self._entries) > limit):
-                _, dropped = self._entries.popitem(last=False)
-                self.nbytes -= 0 if dropped is None else dropped.nbytes
 
 
 class ChunkCachedVolume:
@@ -69,7 +31,7 @@ class ChunkCachedVolume:
     def __init__(self, volume: Volume, max_bytes: int) -> None:
         self.volume = volume
         self.max_bytes = max_bytes
-        self.cache = ArrayLRU(max_bytes)
+        self.cache: LRU[np.ndarray] = LRU(max_size=max_bytes, size_of=attrgetter("nbytes"))
         self.hits = self.misses = 0  # counted without a lock: figures, not control
 
     # --- the Volume protocol, delegated ------------------------------------------------------------
@@ -142,8 +104,8 @@ class ChunkCachedVolume:
         return Box(offset, shape)
 
     def _chunk(self, index: Index, chunk_box: Box) -> np.ndarray:
-        found, data = self.cache.get(index)
-        if found and data is not None:
+        data = self.cache.get(index)
+        if data is not None:
             self.hits += 1
             return data
         self.misses += 1

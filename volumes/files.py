@@ -70,6 +70,15 @@ def read_json(path: str | os.PathLike[str]) -> Any | None:
         raise VolumeFormatError(f"{source} is not valid JSON: {err}") from err
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when there is no such file. Anything but an object (a list,
+    a number) is a :class:`VolumeFormatError` naming the path, as is a file that is not JSON."""
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise VolumeFormatError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
 def sync_folder(folder: str | os.PathLike[str]) -> None:
     """fsync a folder, so that renames inside it are durable; best effort where a platform or file
     system cannot."""

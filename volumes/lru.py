@@ -62,10 +62,12 @@ class LRU(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> list[V]:
         """Store ``value`` under ``key``; returns the values evicted to make room, least recently used
-        first. A value larger than ``max_size`` on its own is not kept (it is returned as evicted)."""
+        first. A value larger than ``max_size`` on its own is not kept (it is returned as evicted, and
+        so is a value it would have replaced)."""
         size = self.size_of(value) if self.size_of is not None else 0
         if self.max_size is not None and size > self.max_size:
-            return [value]
+            stale = self.pop(key)  # an older value under the same key would now be wrong
+            return [value] if stale is None else [stale, value]
         evicted: list[V] = []
         with self._lock:
             if key in self._entries:

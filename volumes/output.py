@@ -2,10 +2,8 @@
 
 All channels share a chunk (a block writes all its channels at once), chunks are zstd-compressed,
 never-written chunks read as 0, dimensions are named, and the voxel size travels as OME-Zarr
-``multiscales`` on the parent group (zarr) or ``resolution``/``pixelResolution`` (N5).
-
-zarr v2 groups get OME-Zarr 0.4 (``multiscales`` in ``.zattrs``); zarr v3 groups get OME-Zarr 0.5
-(the same ``multiscales`` under ``ome``), because 0.4 is defined for zarr v2 only.
+``multiscales`` on the parent group (zarr: 0.4 on v2, 0.5 on v3, written by :mod:`volumes.ome`) or
+``resolution``/``pixelResolution`` (N5).
 
 N5 metadata is written here as JSON rather than through tensorstore: outputs are created by the
 planner, in a process that may fork later, and tensorstore aborts in a forked child once the parent
@@ -27,17 +25,13 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import ZstdCodec
 
+from volumes.backends.n5 import N5_RESERVED
+from volumes.detect import clean_dataset, list_datasets, node_kind
 from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundError
-from volumes.volume import (
-    N5_RESERVED,
-    Volume,
-    clean_dataset,
-    list_datasets,
-    node_kind,
-    open_volume,
-    read_json,
-    write_json_atomic,
-)
+from volumes.files import read_json_object, write_json_atomic
+from volumes.ome import multiscale_entry, put_multiscale
+from volumes.open import open_volume
+from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
 AXES = ("c", "z", "y", "x")
@@ -96,7 +90,7 @@ def delete_dataset(path: str | os.PathLike[str], dataset: str) -> None:
     parent, _, base = node.relative_to(root).as_posix().rpartition("/")
     group_kind = node_kind(root / parent)
     if kind[0] != "n5" and group_kind == (kind[0], "group"):
-        _put_multiscales(_open_group(root, parent, kind[0]), base, None)
+        put_multiscale(_open_group(root, parent, kind[0]), base, None)
 
 
 def _check_geometry(shape: Sequence[int], chunks: Sequence[int], voxel_size: Sequence[float] | None) -> None:
@@ -145,43 +139,14 @@ def _create_zarr(
         dims = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
         group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims)
     parent, _, base = name.rpartition("/")
-    _put_multiscales(_open_group(root, parent, format), base, multiscales_entry(base, voxel_size))
-
-
-def multiscales_entry(name: str, voxel_size: Sequence[float] | None) -> dict[str, Any]:
-    """One OME-Zarr multiscale of one scale: channel axis plus z, y, x in nm (scale 1 if unknown)."""
-    unit = {"unit": "nanometer"} if voxel_size is not None else {}
-    scale = [1.0, *(float(v) for v in voxel_size or (1.0, 1.0, 1.0))]
-    axes = [{"name": "c", "type": "channel"}, *({"name": a, "type": "space", **unit} for a in AXES[1:])]
-    transforms = [{"type": "scale", "scale": scale}]
-    return {"name": name, "axes": axes, "datasets": [{"path": name, "coordinateTransformations": transforms}]}
+    entry = multiscale_entry(base, voxel_size, channel_axis=True)
+    put_multiscale(_open_group(root, parent, format), base, entry)
 
 
 def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
     return zarr.open_group(
         str(root), path=parent or None, mode="r+", zarr_format=3 if format == "zarr3" else 2
     )
-
-
-def _put_multiscales(group: zarr.Group, base: str, entry: dict[str, Any] | None) -> None:
-    """Replace (or drop, for None) the multiscale that lists ``base`` in ``group``; keep the others."""
-    attrs: dict[str, Any] = dict(group.attrs.asdict())
-    v3 = group.metadata.zarr_format == 3
-    key = "ome" if v3 else "multiscales"
-    ome: dict[str, Any] = dict(attrs.get("ome") or {}) if v3 else {}
-    current: list[dict[str, Any]] = ome.pop("multiscales", []) if v3 else attrs.get("multiscales", [])
-    kept = [m for m in current if base not in (d.get("path") for d in m.get("datasets", []))]
-    if entry is not None:
-        kept.append(entry if v3 else {"version": "0.4", **entry})
-    new: Any = kept or None
-    if v3 and kept:
-        new = {**ome, "version": "0.5", "multiscales": kept}
-    elif v3:  # keep whatever else the "ome" key holds
-        new = ome if set(ome) - {"version"} else None
-    if new is not None:
-        group.update_attributes({key: new})
-    elif key in attrs:
-        del group.attrs[key]
 
 
 def _create_n5(
@@ -200,7 +165,7 @@ def _create_n5(
     if reserved:
         raise VolumeFormatError(f"attributes {reserved} for {root} dataset {name!r} are N5 metadata")
     root.mkdir(parents=True, exist_ok=True)
-    root_meta = read_json(root / "attributes.json") or {}
+    root_meta = read_json_object(root / "attributes.json") or {}
     if "n5" not in root_meta:
         write_json_atomic(root / "attributes.json", {**root_meta, "n5": N5_VERSION})
     meta: dict[str, Any] = {

@@ -58,3 +58,7 @@ def _rebuild_spec_error(
 
 class OutputExistsError(SpecError, FileExistsError):
     """The output exists, was not made by this same job, and ``overwrite`` is false (HTTP 409)."""
+
+
+class IncompleteRunError(WorkerError, RuntimeError):
+    """A run ended without every block recorded done: the output stays marked incomplete."""

@@ -3,8 +3,8 @@
 Reports, in one run and on one machine:
 - floor: the demo model's forward over exactly the global grid's windows, batched, no IO: once
   eager with glibc's default allocator (a user's own loop), once as our workers run it
-  (channels-last, allocator set for big buffers: workers.inference.predictor, workers.runtime.allocator), the strict
-  floor the goal is judged against;
+  (channels-last, allocator set for big buffers: workers.inference.predictor,
+  workers.runtime.allocator), the strict floor the goal is judged against;
 - ours: ``pytc run`` end to end (a fresh process, its embedded Dask cluster, zarr in and out),
   with the job as a user writes it (no ``compute.block_shape``: the block ``pytc run`` picks) and
   with small blocks (``--block``, 8 blocks of the volume: every chunk but the volume's corners

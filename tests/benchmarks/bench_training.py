@@ -38,10 +38,9 @@ from models.optim import build_optimizer, build_scheduler
 from models.trainer import seed_everything
 from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
 from models.unet3d import build_unet3d
-from service.spec import parse_job_document
+from service.documents.training import parse_training
 from volumes.synth import generate_em_volume, write_synth
 from workers.runtime.allocator import tune_allocator
-from workers.training.job import TrainingJob
 from workers.training.session import train
 from workers.training.setup import batch_maker
 
@@ -113,8 +112,7 @@ def plain_loop(args: argparse.Namespace, image: np.ndarray, label: np.ndarray) -
 
 
 def ours(args: argparse.Namespace, root: Path, run: str) -> tuple[float, float]:
-    job = parse_job_document(job_document(args, run), [root])
-    assert isinstance(job, TrainingJob)
+    job = parse_training(job_document(args, run), [root])
     outcome = train(job)
     if outcome.status != "finished":
         raise SystemExit(f"training failed: {outcome.error}")
@@ -122,8 +120,7 @@ def ours(args: argparse.Namespace, root: Path, run: str) -> tuple[float, float]:
 
 
 def batch_cost_ms(args: argparse.Namespace, root: Path, elastic: float) -> float:
-    job = parse_job_document(job_document(args, "cost", elastic), [root])
-    assert isinstance(job, TrainingJob)
+    job = parse_training(job_document(args, "cost", elastic), [root])
     maker = batch_maker(job, margin=0)
     started = time.perf_counter()
     for i in range(10):

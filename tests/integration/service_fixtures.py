@@ -23,7 +23,7 @@ import torch
 import zarr
 
 from volumes.box import Box
-from volumes.volume import open_volume
+from volumes.open import open_volume
 
 PATCH, STRIDE = [5, 17, 17], [2, 8, 8]
 
@@ -107,7 +107,7 @@ class Service:
     def start(self, wait: bool = True) -> Service:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.serve", "--port", str(self.port)],
+                [sys.executable, "-m", "service.http.serve", "--port", str(self.port)],
                 env=self.env,
                 cwd=self.root,
                 stdout=log,

@@ -23,7 +23,7 @@ from tests.integration.cluster_fixtures import (
     write_job,
 )
 from volumes.box import Box
-from volumes.volume import open_volume
+from volumes.open import open_volume
 
 N_BLOCKS = 4 * 3 * 3
 

@@ -19,7 +19,7 @@ import zarr
 from service.cli import main
 from tests.helpers import reference_blend
 from volumes.box import Box
-from volumes.volume import open_volume
+from volumes.open import open_volume
 from workers.inference.job import WindowSpec
 from workers.inference.predictor import WindowPredictor
 
@@ -317,14 +317,14 @@ def test_embedded_workers_keep_their_event_loop_quiet_unless_the_user_asks(
 ) -> None:
     """No stack sampling, a 1 s loop-health tick (Dask's is 20 ms) and memory read every 0.5 s
     (Dask: 0.1 s), in the workers and the embedded scheduler (workers.runtime.dask_settings)."""
-    from service.cli import _dask_client
+    from service.cli.run import LazyCluster
     from workers.runtime.dask_settings import PROFILE_ENV, SETTINGS, env_name
 
     for key in SETTINGS:
         monkeypatch.delenv(env_name(key), raising=False)
-    with _dask_client(None, workers) as client:
-        views = client.run(_worker_view)
-        scheduler_tick = client.run_on_scheduler(_scheduler_tick)
+    with LazyCluster(None, workers) as cluster:
+        views = cluster.client().run(_worker_view)
+        scheduler_tick = cluster.client().run_on_scheduler(_scheduler_tick)
     assert len(views) == workers
     assert {view[1:] for view in views.values()} == {(False, 1000.0, 500.0)}
     assert scheduler_tick == 1000.0
@@ -336,8 +336,8 @@ def test_embedded_workers_keep_their_event_loop_quiet_unless_the_user_asks(
 
     dask.config.refresh()
     try:
-        with _dask_client(None, 1) as client:
-            assert {view[1:] for view in client.run(_worker_view).values()} == {(True, 20.0, 500.0)}
+        with LazyCluster(None, 1) as cluster:
+            assert {view[1:] for view in cluster.client().run(_worker_view).values()} == {(True, 20.0, 500.0)}
     finally:
         monkeypatch.delenv(PROFILE_ENV)
         monkeypatch.delenv(env_name("distributed.admin.tick.interval"))
@@ -352,16 +352,16 @@ def test_the_collector_pytc_pauses_for_start_up_runs_for_the_job_and_after(
     failure before the model check and every other command turn it back on too."""
     import gc
 
-    import service.runner
+    from service.kinds.inference import InferenceKind
 
     during: list[bool] = []
-    real_run = service.runner.run_inference
+    real_run = InferenceKind.run
 
     def watched(*args: Any, **kwargs: Any) -> Any:
         during.append(gc.isenabled())
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(service.runner, "run_inference", watched)
+    monkeypatch.setattr(InferenceKind, "run", watched)
     frozen = gc.get_freeze_count()
     try:
         gc.disable()  # as service.entry.pytc starts

@@ -22,7 +22,7 @@ from models.ref import ModelRef
 from service.cli import main
 from service.client import PytcClient
 from service.errors import ClientError
-from service.store import SqliteJobStore
+from service.store.sqlite import SqliteModelRegistry
 from tests.integration.service_fixtures import (
     Service,
     assert_problem,
@@ -278,11 +278,11 @@ def test_cancel_over_rest_a_running_and_a_queued_job(world: World) -> None:
 
 
 def test_registered_models_are_listed_and_named_by_jobs(world: World) -> None:
-    store = SqliteJobStore(world.service.state_dir / "jobs.sqlite3")  # a second process, same WAL database
+    registry = SqliteModelRegistry(world.service.state_dir / "jobs.sqlite3")  # another process, one WAL file
     sha = hashlib.sha256((world.root / "net.pt").read_bytes()).hexdigest()
-    store.register_model("tiny", ModelRef("torchscript", path=str(world.root / "net.pt")), sha)
-    store.register_model("escaped", ModelRef("torchscript", path=str(world.outside / "net.pt")))
-    store.close()
+    registry.register("tiny", ModelRef("torchscript", path=str(world.root / "net.pt")), sha)
+    registry.register("escaped", ModelRef("torchscript", path=str(world.outside / "net.pt")), None)
+    registry.close()
     models = {m["name"]: m for m in world.http.get("/v1/models").json()["models"]}
     assert models["tiny"]["sha256"] == sha and models["tiny"]["kind"] == "torchscript"
     assert world.http.get("/v1/models/tiny").json()["path"] == str(world.root / "net.pt")

@@ -15,11 +15,13 @@ import pytest
 import tensorstore as ts
 import zarr
 
+from volumes.backends.memory import ArrayVolume
 from volumes.box import Box
 from volumes.errors import GeometryError, VolumeExistsError, VolumeFormatError, VolumeNotFoundError
+from volumes.open import open_volume
 from volumes.output import OutputFormat, create_output, delete_dataset
 from volumes.padding import read_padded
-from volumes.volume import ArrayVolume, Volume, open_volume
+from volumes.volume import Volume
 
 SHAPE = (2, 6, 8, 10)  # (c, z, y, x)
 CHUNKS = (3, 4, 5)

@@ -12,7 +12,7 @@ import zarr
 from PIL import Image
 
 from tests.integration.test_pytc_run import TinyNet, job_doc, read_output, run
-from volumes.volume import open_volume
+from volumes.open import open_volume
 
 TILE = 16
 MISSING = (5, 1, 2)  # (z, row, column): its file is left out and reads as 0

@@ -1,5 +1,6 @@
 """``pytc-worker`` against a real ``dask scheduler`` on 127.0.0.1: GPU slots on a CPU-only node, the
-model-cache plugin, the health file, and the drain on SIGTERM. Every process is stopped by its pid."""
+per-worker state plugin (its model cache), the health file, and the drain on SIGTERM. Every process
+is stopped by its pid."""
 
 from __future__ import annotations
 
@@ -101,9 +102,9 @@ def load_twice(model: str) -> tuple[bool, bool, int, bool | None]:
     """On a worker: the second load is the cached object, and the cache is the plugin's; loading
     a model set glibc's allocator for big buffers (workers.runtime.allocator)."""
     from models.ref import ModelRef
-    from workers import allocator
-    from workers.inference.model_cache import cached_model, model_cache
-    from workers.runtime.state import worker_plugin
+    from workers.inference.model_cache import cached_model
+    from workers.runtime import allocator
+    from workers.runtime.state import worker_plugin, worker_state
 
     ref = ModelRef(kind="torchscript", path=model)
     first = cached_model(ref, (3, 8, 8))
@@ -111,8 +112,8 @@ def load_twice(model: str) -> tuple[bool, bool, int, bool | None]:
     plugin = worker_plugin()
     return (
         first is again,
-        plugin is model_cache(),
-        len(plugin.cache) if plugin else 0,
+        plugin is worker_state(),
+        len(plugin.models) if plugin else 0,
         allocator._state.get("tuned"),
     )
 

@@ -1,7 +1,14 @@
-"""Checks of a parsed job against what it names: the input volume, the model, an existing output.
+"""Checks of an inference job against what it names: the input volume, the model, an existing output.
 
-They run before anything is written, so an invalid job leaves no trace. Each raises a
-:class:`~service.errors.SpecError` naming the field to change; none of them modifies data.
+They run before anything is written, so an invalid job leaves no trace, and each raises a
+:class:`~workers.errors.SpecError` naming the field to change; none of them modifies data. They
+take the volume already opened, so one phase (admitting a job, starting its run) opens the input
+once::
+
+    source = open_input(job)
+    check_input(job, source)
+    check_model(job, info, source)                       # info: the model's channels, from a worker
+    output_state(job, info.sha256, roi_shape(job, source))   # absent | resume, else OutputExistsError
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from typing import Literal
 from models.ref import ModelInfo
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
-from volumes.volume import Volume, open_volume
+from volumes.open import open_volume
+from volumes.volume import Volume
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 
@@ -22,17 +30,34 @@ log = logging.getLogger(__name__)
 OutputState = Literal["absent", "resume"]
 
 
-def validate_against_data(job: InferenceJob) -> None:
-    """The input exists, is a 3D (z, y, x) or 4D (c, z, y, x) numeric array, and holds the ROI."""
-    volume = _open_input(job)
+def open_input(job: InferenceJob) -> Volume:
+    """The job's input volume, or a SpecError naming ``input.path`` or ``input.dataset``."""
+    path, dataset = job.input.path, job.input.dataset
+    try:
+        return open_volume(path, dataset)
+    except VolumeNotFoundError as err:
+        if not Path(path).exists():
+            raise SpecError("input.path", f"{path} does not exist") from err
+        if dataset is None:
+            raise SpecError("input.dataset", f"{path} is a container, not an array; name one: {err}") from err
+        raise SpecError("input.dataset", str(err)) from err
+    except VolumeFormatError as err:
+        raise SpecError("input.path", f"not a readable volume: {err}") from err
+    except (VolumeError, OSError) as err:
+        field = "input.dataset" if dataset else "input.path"
+        raise SpecError(field, f"cannot open {path} (dataset {dataset!r}): {err}") from err
+
+
+def check_input(job: InferenceJob, source: Volume) -> None:
+    """The input is a 3D (z, y, x) or 4D (c, z, y, x) numeric array, and holds the ROI."""
     field = "input.dataset" if job.input.dataset else "input.path"
-    if volume.ndim not in (3, 4):
+    if source.ndim not in (3, 4):
         raise SpecError(
-            field, f"expected a 3D (z, y, x) or 4D (c, z, y, x) array, got shape {list(volume.shape)}"
+            field, f"expected a 3D (z, y, x) or 4D (c, z, y, x) array, got shape {list(source.shape)}"
         )
-    if volume.dtype.kind not in "biuf":
-        raise SpecError(field, f"expected a numeric array, got dtype {volume.dtype}")
-    spatial = tuple(volume.shape[-3:])
+    if source.dtype.kind not in "biuf":
+        raise SpecError(field, f"expected a numeric array, got dtype {source.dtype}")
+    spatial = tuple(source.shape[-3:])
     roi = job.input.roi
     if roi is not None and not Box.of_shape(spatial).contains(roi):
         raise SpecError(
@@ -42,15 +67,14 @@ def validate_against_data(job: InferenceJob) -> None:
         )
 
 
-def validate_against_model(job: InferenceJob, info: ModelInfo) -> None:
+def check_model(job: InferenceJob, info: ModelInfo, source: Volume) -> None:
     """The input's channels match the model's, and the heads split exactly the model's outputs."""
-    volume = _open_input(job)
-    channels = volume.shape[0] if volume.ndim == 4 else 1
+    channels = source.shape[0] if source.ndim == 4 else 1
     if channels != info.in_channels:
         raise SpecError(
             "model",
             f"the model takes {info.in_channels} input channel(s), the input has {channels} "
-            f"(shape {list(volume.shape)})",
+            f"(shape {list(source.shape)})",
         )
     heads = job.output.heads or (info.out_channels,)
     if job.output.heads and sum(heads) != info.out_channels:
@@ -73,12 +97,17 @@ def validate_against_model(job: InferenceJob, info: ModelInfo) -> None:
             )
 
 
-def check_output(job: InferenceJob, model_sha256: str) -> OutputState:
+def roi_shape(job: InferenceJob, source: Volume) -> tuple[int, ...]:
+    """The output's spatial shape: the ROI's, or the whole input's."""
+    return job.input.roi.shape if job.input.roi is not None else tuple(source.shape[-3:])
+
+
+def output_state(job: InferenceJob, model_sha256: str, spatial_shape: tuple[int, ...]) -> OutputState:
     """What to do with the output dataset: create it (``absent``) or continue it (``resume``).
 
     An existing output made by this same job (same layout key, same ROI shape) is resumed. Any
     other existing output is an :class:`OutputExistsError` unless ``overwrite`` is set, in which
-    case it counts as absent and the runner replaces it. Nothing is modified here.
+    case it counts as absent and the run replaces it. Nothing is modified here.
     """
     path, dataset = job.output.path, job.output.dataset
     try:
@@ -93,7 +122,7 @@ def check_output(job: InferenceJob, model_sha256: str) -> OutputState:
             f"{path} exists and is not a volume this job can resume ({err}); "
             "set overwrite: true to replace it, or choose another output.path",
         ) from err
-    if _made_by(job, existing, model_sha256):
+    if made_by(job, existing, model_sha256, spatial_shape):
         return "resume"
     if job.output.overwrite:
         return "absent"
@@ -104,33 +133,11 @@ def check_output(job: InferenceJob, model_sha256: str) -> OutputState:
     )
 
 
-def _made_by(job: InferenceJob, existing: Volume, model_sha256: str) -> bool:
+def made_by(job: InferenceJob, existing: Volume, model_sha256: str, spatial_shape: tuple[int, ...]) -> bool:
+    """Whether ``existing`` is this job's output. The layout key holds the ROI, not the input's
+    shape: a whole-volume job over an input that has since changed size must not resume into an
+    output of the old size."""
     record = existing.attrs.get(OUTPUT_ATTRS_KEY)
     if not isinstance(record, dict) or record.get("layout_key") != job.layout_key(model_sha256):
         return False
-    # The layout key holds the ROI, not the input's shape: a whole-volume job over an input that
-    # has since changed size must not resume into an output of the old size.
-    return existing.ndim == 4 and tuple(existing.shape[1:]) == _roi_shape(job)
-
-
-def _roi_shape(job: InferenceJob) -> tuple[int, ...]:
-    if job.input.roi is not None:
-        return job.input.roi.shape
-    return tuple(_open_input(job).shape[-3:])
-
-
-def _open_input(job: InferenceJob) -> Volume:
-    path, dataset = job.input.path, job.input.dataset
-    try:
-        return open_volume(path, dataset)
-    except VolumeNotFoundError as err:
-        if not Path(path).exists():
-            raise SpecError("input.path", f"{path} does not exist") from err
-        if dataset is None:
-            raise SpecError("input.dataset", f"{path} is a container, not an array; name one: {err}") from err
-        raise SpecError("input.dataset", str(err)) from err
-    except VolumeFormatError as err:
-        raise SpecError("input.path", f"not a readable volume: {err}") from err
-    except (VolumeError, OSError) as err:
-        field = "input.dataset" if dataset else "input.path"
-        raise SpecError(field, f"cannot open {path} (dataset {dataset!r}): {err}") from err
+    return existing.ndim == 4 and tuple(existing.shape[1:]) == tuple(spatial_shape)

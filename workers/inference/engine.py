@@ -17,12 +17,13 @@ from itertools import islice
 
 import numpy as np
 
+from volumes.blocks import Index
 from volumes.box import Box
 from volumes.volume import Volume
 from workers.errors import BlockError
 from workers.inference.geometry import JobGeometry
 from workers.inference.job import InferenceJob, Normalize, OutputDtype
-from workers.inference.rundir import Index, RunDir
+from workers.inference.rundir import RunDir
 from workers.runtime.affinity import usable_cores
 
 log = logging.getLogger(__name__)

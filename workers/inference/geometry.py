@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -11,12 +10,10 @@ import numpy as np
 from volumes.blending import blend_weights
 from volumes.blocks import BlockPlan, plan_blocks
 from volumes.box import Box
-from volumes.volume import open_volume
+from volumes.open import open_volume
 from volumes.windows import WindowGrid
 from workers.inference.job import InferenceJob
-
-_CACHE: dict[str, JobGeometry] = {}
-_LOCK = threading.Lock()
+from workers.runtime.state import worker_state
 
 
 @dataclass(frozen=True)
@@ -62,13 +59,10 @@ def build_geometry(job: InferenceJob, input_shape: tuple[int, ...]) -> JobGeomet
 
 
 def job_geometry(job: InferenceJob, layout_key: str) -> JobGeometry:
-    """The job's geometry, opening the input for its shape once per process."""
-    with _LOCK:
-        cached = _CACHE.get(layout_key)
-    if cached is not None:
-        return cached
-    shape = open_volume(job.input.path, job.input.dataset).shape
-    geometry = build_geometry(job, tuple(shape))
-    with _LOCK:
-        _CACHE[layout_key] = geometry
-    return geometry
+    """The job's geometry, opening the input for its shape once per worker and job layout."""
+    geometries = worker_state().geometries
+    cached: JobGeometry | None = geometries.get(layout_key)
+    if cached is None:
+        cached = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
+        geometries.put(layout_key, cached)
+    return cached

@@ -1,7 +1,7 @@
 """The inference job as the engine sees it: frozen, typed, already validated at the edge.
 
-``service.spec`` parses YAML/JSON into these (pydantic at the edge, dataclasses inside). Everything
-here is small and picklable: it is what a Dask task carries.
+``service.documents.inference`` parses YAML/JSON into these (pydantic at the edge, dataclasses
+inside). Everything here is small and picklable: it is what a Dask task carries.
 """
 
 from __future__ import annotations

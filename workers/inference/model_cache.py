@@ -1,9 +1,9 @@
 """Models loaded once per worker, keyed by what they are: the model file's sha256 and the device.
 
-Inside a Dask worker the cache lives in the worker's ``ModelCachePlugin`` (``pytc-worker`` installs
-it; :mod:`workers.runtime.state`); elsewhere (tests, an embedded cluster without it) in a process-level
-cache of the same size. A file is hashed again only when its path, size or mtime changes, so a
-block pays one ``stat`` for the key, and a model file replaced in place is loaded afresh.
+The cache is the worker's (:func:`workers.runtime.state.worker_state`: the worker's plugin, or this
+process's state outside a worker that has one). A file is hashed again only when its path, size or
+mtime changes, so a block pays one ``stat`` for the key, and a model file replaced in place is
+loaded afresh.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from models.loading import LoadedModel, file_sha256, load_model
 from models.ref import ModelRef
 from workers.inference.job import InferenceJob
 from workers.inference.predictor import WindowPredictor, prefers_channels_last
+from workers.runtime.affinity import torch_threads
 from workers.runtime.allocator import tune_allocator
-from workers.runtime.state import DEFAULT_MAX_MODELS, LRUCache, ModelCachePlugin, worker_plugin
+from workers.runtime.state import worker_state
 
 log = logging.getLogger(__name__)
-
-_FALLBACK = ModelCachePlugin(capacity=DEFAULT_MAX_MODELS)
-_HASHES: LRUCache[str] = LRUCache(256)  # (path, mtime_ns, size) -> sha256
 
 
 def file_identity(path: str) -> str:
@@ -36,7 +34,8 @@ def file_identity(path: str) -> str:
         stat = os.stat(path)
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"model file {path} does not exist") from exc
-    sha, _ = _HASHES.get_or_load((path, stat.st_mtime_ns, stat.st_size), lambda: file_sha256(path))
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    sha, _ = worker_state().file_hashes.get_or_load(key, lambda: file_sha256(path))
     return sha
 
 
@@ -55,16 +54,9 @@ def model_identity(ref: ModelRef, content_sha256: str | None = None) -> str:
     )
 
 
-def model_cache() -> ModelCachePlugin:
-    """This worker's plugin, or the process-level fallback outside a worker that has one."""
-    return worker_plugin() or _FALLBACK
-
-
 def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = "cpu") -> LoadedModel:
     """The model ``ref`` names on ``device``, loaded at most once per worker while it stays cached."""
-    from workers.runtime.affinity import torch_threads
-
-    cache = model_cache().cache
+    cache = worker_state().models
     key: Any = (model_identity(ref), device)
 
     def load() -> LoadedModel:

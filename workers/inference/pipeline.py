@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from volumes.blocks import Index
 from volumes.box import Box
+from volumes.open import open_volume
 from volumes.padding import read_padded
-from volumes.volume import open_volume
 from workers.errors import BlockCancelledError
 from workers.inference import readahead
 from workers.inference.engine import BlockContext, BlockResult, normalize
-from workers.inference.rundir import Index
 from workers.runtime.affinity import usable_cores
 
 log = logging.getLogger(__name__)

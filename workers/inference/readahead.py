@@ -16,22 +16,18 @@ different) means no read-ahead, never an error.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from volumes.blocks import Index
 from volumes.box import Box
-from workers.inference.rundir import Index
+from workers.runtime.state import worker_state
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_pending: tuple[tuple[str, Index, Box], Any] | None = None  # ((layout_key, block, read_box), reader)
-STATS = {"started": 0, "taken": 0, "dropped": 0}
-
 
 def task_key(layout_key: str, phase: int, block: Index) -> str:
-    """The Dask key of a block task (service.runner submits with it)."""
+    """The Dask key of a block task (the inference kind submits with it)."""
     return f"pytc-{layout_key}-p{phase}-{'_'.join(map(str, block))}"
 
 
@@ -58,31 +54,31 @@ def next_queued_block(layout_key: str) -> Index | None:
 
 def start_next(layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] | None]) -> None:
     """Start reading the next queued block of this job, unless one is read ahead already."""
-    global _pending
     block = next_queued_block(layout_key)
     if block is None:
         return
-    with _lock:
-        if _pending is not None:
+    slot = worker_state().readahead  # ((layout_key, block, read_box), reader) or None
+    with slot.lock:
+        if slot.pending is not None:
             return
         made = make_reader(block)
         if made is None:
             return
         read_box, reader = made
-        _pending = ((layout_key, block, read_box), reader)
-        STATS["started"] += 1
+        slot.pending = ((layout_key, block, read_box), reader)
+        slot.counts["started"] += 1
     log.debug("reading block %s ahead", block)
 
 
 def take(layout_key: str, block: Index, read_box: Box) -> Any | None:
     """The reader started ahead for exactly this block's input, or None (a stale one is dropped)."""
-    global _pending
-    with _lock:
-        if _pending is None:
+    slot = worker_state().readahead
+    with slot.lock:
+        if slot.pending is None:
             return None
-        (key, reader), _pending = _pending, None
+        (key, reader), slot.pending = slot.pending, None
         if key == (layout_key, block, read_box):
-            STATS["taken"] += 1
+            slot.counts["taken"] += 1
             return reader
-        STATS["dropped"] += 1
+        slot.counts["dropped"] += 1
         return None

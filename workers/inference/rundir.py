@@ -14,9 +14,7 @@ another spec are never reused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from volumes.blocks import Index
+from volumes.files import atomic_write
 from workers.runtime.cancel import CancelFlag
-
-Index = tuple[int, ...]
 
 RUN_FOLDER = ".pytc-run"
 
@@ -37,23 +35,6 @@ def _name(index: Index) -> str:
 
 def _parse(name: str) -> Index:
     return tuple(int(p) for p in name.split("_"))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Replace ``path`` with what ``write(handle)`` writes: a reader sees the old file or the new one,
-    never half of one. The one atomic-write mechanism of ``workers`` (markers, scratch, training)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users of a shared volume
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

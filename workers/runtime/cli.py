@@ -3,7 +3,7 @@
 Each worker is a Dask ``Nanny`` (a crashed worker process is restarted) with one compute thread,
 advertising ``GPU=1`` so the same GPU-tagged block tasks run on GPU and CPU-only nodes alike, and
 on a GPU node pinned to its GPU through ``CUDA_VISIBLE_DEVICES``. Every worker carries the
-``pytc-model-cache`` plugin (:mod:`workers.runtime.state`).
+``pytc-worker-state`` plugin (:mod:`workers.runtime.state`: its models, geometries, outputs).
 
 SIGTERM or SIGINT drains: the workers stop taking tasks, the blocks they are running finish and
 report (for at most ``--drain-timeout`` seconds), results still held are handed to other workers,
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workers.resources import ONE_ACCELERATOR
 from workers.runtime.affinity import ENV as AFFINITY_ENV
 from workers.runtime.affinity import CoreListError, check_available, parse_cores, split_cores
 
@@ -251,9 +252,10 @@ def write_health(path: Path, nannies: Sequence[Nanny]) -> None:
     """Record, atomically, whether every worker process is up (read by ``--check-health``)."""
     workers = {str(n.name): _healthy(n) for n in nannies}
     record = {"time": time.time(), "pid": os.getpid(), "healthy": all(workers.values()), "workers": workers}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    # Here, not at the top: --check-health runs often and needs none of the data plane's imports.
+    from volumes.files import write_json_atomic
+
+    write_json_atomic(path, record)
 
 
 def check_health(path: Path, max_age_s: float = 3 * HEALTH_INTERVAL_S) -> int:
@@ -273,7 +275,7 @@ def check_health(path: Path, max_age_s: float = 3 * HEALTH_INTERVAL_S) -> int:
 def _nanny(args: argparse.Namespace, spec: WorkerSpec, memory_limit: str | float) -> Nanny:
     from distributed import Nanny
 
-    from workers.runtime.state import ModelCachePlugin
+    from workers.runtime.state import WorkerState
 
     # Nanny passes unknown keywords on to Worker (pickled, into the spawned process), and
     # Worker(plugins=...) installs them before it registers with the scheduler: the cache is there
@@ -282,13 +284,13 @@ def _nanny(args: argparse.Namespace, spec: WorkerSpec, memory_limit: str | float
     return Nanny(
         args.scheduler,
         nthreads=1,
-        resources={"GPU": 1},
+        resources=ONE_ACCELERATOR,
         name=spec.name,
         env=spec.env,
         memory_limit=memory_limit,
         local_directory=args.local_directory,
         host=args.host,
-        plugins=(ModelCachePlugin(capacity=args.max_models),),
+        plugins=(WorkerState(max_models=args.max_models),),
     )
 
 

@@ -13,31 +13,31 @@ driver (``pytc run``, the service) polls it. No torch here: the control plane re
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.inference.rundir import atomic_write
+from volumes.errors import VolumeFormatError
+from volumes.files import read_json, write_json_atomic
 from workers.runtime.cancel import CancelFlag
 
 RUN_FOLDER = ".pytc-train"
 CHECKPOINT_NAME = "checkpoint_{:05d}.pth.tar"
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pth\.tar$")
 
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Replace ``path`` with ``value`` as JSON: a reader sees the old record or the new one."""
-    data = json.dumps(value, sort_keys=True, default=str).encode("utf-8")
-    atomic_write(path, lambda handle: handle.write(data))
+logger = logging.getLogger(__name__)
 
 
-def read_json(path: Path) -> Any | None:
+def _read_record(path: Path) -> Any | None:
+    """The JSON in ``path``; None when it is missing or cannot be read (logged): these records are
+    progress and bookkeeping, and a broken one must not stop the run that reads it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json(path)
+    except VolumeFormatError as err:
+        logger.warning("%s; treating it as absent", err)  # err names the file
         return None
 
 
@@ -67,7 +67,7 @@ class TrainingDir(CancelFlag):
         return self.run / "checkpoints.json"
 
     def own_iterations(self) -> list[int]:
-        record = read_json(self.index_path)
+        record = _read_record(self.index_path)
         return sorted(int(i) for i in record) if isinstance(record, list) else []
 
     def record_checkpoint(self, iteration: int) -> None:
@@ -96,7 +96,7 @@ class TrainingDir(CancelFlag):
         write_json_atomic(self.progress_path, {**record, "job_key": self.job_key, "updated_at": time.time()})
 
     def read_progress(self) -> dict[str, Any] | None:
-        record = read_json(self.progress_path)
+        record = _read_record(self.progress_path)
         return record if isinstance(record, dict) else None
 
     # --- cancel ---------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
-from volumes.volume import Volume, open_volume
+from volumes.open import open_volume
+from volumes.volume import Volume
 from workers.errors import SpecError
 from workers.training.job import TrainingJob, TrainingModelInfo, VolumeRef
 

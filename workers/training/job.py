@@ -1,7 +1,7 @@
 """The training job as the engine sees it: frozen, typed, already validated at the edge.
 
-``service.spec`` parses the contract's ``kind: training`` document into these; a Dask task carries
-them (small and picklable). No torch here: the control plane imports this module.
+``service.documents.training`` parses the contract's ``kind: training`` document into these; a Dask
+task carries them (small and picklable). No torch here: the control plane imports this module.
 """
 
 from __future__ import annotations

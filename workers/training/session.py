@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from models import checkpoint_keys as keys
 from models.checkpoint import save_checkpoint
 from models.devices import pick_device
 from models.errors import ModelError
@@ -240,20 +241,20 @@ class _Session:
         payload = self.trainer.training_state()
         payload.update(
             {
-                "sampler": {
+                keys.SAMPLER: {
                     "kind": "indexed",
                     "version": SAMPLER_STATE_VERSION,
                     "seed": job.solver.seed,
                     "next_batch": self.trainer.iteration,
                     "misses_in_a_row": self.budget.in_a_row,
                 },
-                "architecture": job.model.architecture,
-                "config": job.model.config_dict(),
-                "heads": [h.to_json() for h in job.heads],
-                "job_key": self.tdir.job_key,
-                "job": json.loads(job.document),
-                "metrics": {"loss": self.meter.last_loss, "validation": [asdict(s) for s in self.scores]},
-                "training": {
+                keys.ARCHITECTURE: job.model.architecture,
+                keys.CONFIG: job.model.config_dict(),
+                keys.HEADS: [h.to_json() for h in job.heads],
+                keys.JOB_KEY: self.tdir.job_key,
+                keys.JOB: json.loads(job.document),
+                keys.METRICS: {"loss": self.meter.last_loss, "validation": [asdict(s) for s in self.scores]},
+                keys.TRAINING: {
                     "normalize": asdict(job.data.normalize),
                     "patch_size": list(job.sampling.patch_size),
                     "torch_version": str(torch.__version__),

@@ -23,14 +23,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from models import checkpoint_keys as keys
 from models.checkpoint import load_checkpoint
 from models.errors import CheckpointError, ModelError
 from models.trainer import Trainer, TrainerConfig, seed_everything
 from models.unet3d import ARCHITECTURES
 from volumes.chunk_cache import cached
 from volumes.errors import VolumeError
+from volumes.open import open_volume
 from volumes.sampling import CropSampler, SamplingRules
-from volumes.volume import Volume, open_volume
+from volumes.volume import Volume
 from workers.errors import SpecError
 from workers.training.checkpoint_dir import TrainingDir
 from workers.training.data import BatchMaker
@@ -134,7 +136,7 @@ def find_own_checkpoint(tdir: TrainingDir) -> tuple[Path, dict[str, Any]] | None
         except CheckpointError as err:  # e.g. cut short by a full disk; an older one may do
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
             continue
-        if ckpt.get("job_key") == tdir.job_key:
+        if ckpt.get(keys.JOB_KEY) == tdir.job_key:
             return path, ckpt
     return None
 
@@ -147,7 +149,7 @@ def restore_start(job: TrainingJob, trainer: Trainer, tdir: TrainingDir) -> Star
         with about("checkpoint.dir"):
             trainer.restore(ckpt, str(path))
         return Start(
-            "own", str(path), trainer.iteration, ckpt.get("sampler") or {}, ckpt.get("metrics") or {}
+            "own", str(path), trainer.iteration, ckpt.get(keys.SAMPLER) or {}, ckpt.get(keys.METRICS) or {}
         )
     source = job.checkpoint.resume_from
     if source is not None:
@@ -157,7 +159,7 @@ def restore_start(job: TrainingJob, trainer: Trainer, tdir: TrainingDir) -> Star
                 trainer.restore_weights(ckpt, source)
                 return Start("restart", source, 0, {}, {})
             trainer.restore(ckpt, source)
-        return Start("resume_from", source, trainer.iteration, ckpt.get("sampler") or {}, {})
+        return Start("resume_from", source, trainer.iteration, ckpt.get(keys.SAMPLER) or {}, {})
     if job.model.init is not None:
         with about("model.init"):
             trainer.restore_weights(load_checkpoint(job.model.init), job.model.init)

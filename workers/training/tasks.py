@@ -1,8 +1,8 @@
 """Dask entry points of training: one task runs a whole training job on one worker.
 
-Submitted with ``resources={"GPU": 1}``. Like :mod:`workers.inference.tasks`, this module imports no torch at
-import time, so the control plane can name these functions in ``client.submit``; the work is in
-:mod:`workers.training.session`.
+Submitted with one accelerator slot (:mod:`workers.resources`). Like :mod:`workers.inference.tasks`,
+this module imports no torch at import time, so the control plane can name these functions in
+``client.submit``; the work is in :mod:`workers.training.session`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,6 @@ import yaml
 import zarr
 
 from service.cli import data_roots, main
-from service.progress import ProgressBar, format_duration, format_progress
 
 
 def write_job(job_file: Path, **output: object) -> Path:
@@ -41,7 +38,7 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a spec error must not start a cluster")
 
-    monkeypatch.setattr("service.cli._dask_client", refuse)
+    monkeypatch.setattr("service.cli.run.LazyCluster.client", refuse)
     monkeypatch.delenv("PYTC_SCHEDULER", raising=False)
 
 
@@ -108,55 +105,3 @@ def test_synth_writes_a_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     assert capsys.readouterr().out.strip() == str(out)
     assert zarr.open_array(str(out / "raw"), mode="r").shape == (8, 32, 32)
-
-
-# --- progress ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    done: int
-    total: int
-    voxels_done: int
-    voxels_total: int
-    elapsed_s: float
-    unit: str = "blocks"
-
-
-def test_format_progress_rate_and_eta() -> None:
-    text = format_progress(Report(12, 48, 2_000_000, 8_000_000, 10.0))
-    assert text == "blocks 12/48 (25.0%)  200.00 kvox/s  ETA 30s"
-    assert format_progress(Report(0, 48, 0, 8, 0.0)) == "blocks 0/48 (0.0%)  elapsed 0s"
-
-
-def test_rate_excludes_resumed_work() -> None:
-    text = format_progress(Report(30, 40, 3_000_000, 4_000_000, 12.0), baseline=(2.0, 2_000_000))
-    assert "100.00 kvox/s" in text and "ETA 10s" in text
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59, "59s"), (187, "3m07s"), (7500, "2h05m")])
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
-
-
-def test_progress_lines_in_a_log_are_throttled() -> None:
-    stream, now = io.StringIO(), [0.0]
-    bar = ProgressBar(stream, interval_s=5.0, tty=False, clock=lambda: now[0])
-    for step in range(10):
-        now[0] = float(step)
-        bar(Report(step, 10, step, 10, float(step)))
-    now[0] = 10.0
-    bar(Report(10, 10, 10, 10, 10.0))
-    bar.close()
-    lines = stream.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == ["0/10", "5/10", "10/10"]
-
-
-def test_progress_on_a_terminal_redraws_one_line() -> None:
-    stream = io.StringIO()
-    bar = ProgressBar(stream, tty=True, clock=iter(range(100)).__next__)
-    bar(Report(1, 2, 1, 2, 1.0))
-    bar(Report(2, 2, 2, 2, 2.0))
-    bar.close()
-    assert stream.getvalue().count("\r") == 2 and stream.getvalue().endswith("\n")
-    assert "\n" not in stream.getvalue()[:-1]

@@ -1,5 +1,5 @@
-"""The control plane's side of training, without Dask: checkpoint-folder records, the file registry,
-progress reports and their display."""
+"""The control plane's side of training, without Dask: checkpoint-folder records, the task's progress
+record as the one progress value and its line, and a name resolved from the file registry."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from models.ref import ModelRef
 from service.errors import ModelNotRegisteredError
-from service.model_file_registry import FileModelRegistry, state_dir
-from service.spec import parse_job_document
-from service.training_progress import TrainingProgressLine, format_training_progress
-from service.training_runner import TrainingProgress, progress_from_record
+from service.kinds import parse_job
+from service.kinds.base import ParseEnv, model_resolver
+from service.kinds.training import progress_of
+from service.progress import Progress, ProgressLine, format_progress
+from service.store.model_file import FileModelRegistry
 from tests.training_helpers import training_doc
 from workers.training.checkpoint_dir import TrainingDir
 
@@ -35,7 +37,7 @@ def test_progress_and_cancel_records(tmp_path: Path) -> None:
     tdir = TrainingDir(tmp_path, "key")
     assert tdir.read_progress() is None and not tdir.is_cancelled()
     tdir.write_progress({"iteration": 3, "total": 10, "loss": 0.5, "lr": 1e-3, "iterations_per_second": 2.0})
-    report = progress_from_record(tdir.read_progress() or {})
+    report = progress_of(tdir.read_progress() or {})
     assert (report.done, report.total, report.eta_seconds) == (3, 10, 3.5)
     assert report.to_json()["fraction"] == pytest.approx(0.3) and report.to_json()["unit"] == "iterations"
     tdir.request_cancel()
@@ -45,42 +47,45 @@ def test_progress_and_cancel_records(tmp_path: Path) -> None:
 
 
 def test_progress_line() -> None:
-    report = TrainingProgress(
-        done=120, total=400, state="validating", loss=0.31214, lr=1e-3, iterations_per_second=5.2, attempt=2,
-        validation=[{"iteration": 100, "dice": 0.91234, "iou": 0.8}],
-    )  # fmt: skip
-    text = format_training_progress(report)
-    for part in ("iteration 120/400 (30.0%)", "loss 0.3121", "lr 1.00e-03", "5.20 it/s", "ETA 54s",
+    record = {
+        "state": "validating", "iteration": 120, "total": 400, "loss": 0.31214, "lr": 1e-3,
+        "iterations_per_second": 5.2, "attempts": [{}, {}],
+        "validation": [{"iteration": 100, "dice": 0.91234, "iou": 0.8}],
+    }  # fmt: skip
+    text = format_progress(progress_of(record))
+    for part in ("iterations 120/400 (30.0%)", "5.20 iterations/s", "ETA 54s", "loss 0.3121", "lr 1.00e-03",
                  "val dice 0.912 @100", "(attempt 2)", "[validating]"):  # fmt: skip
         assert part in text, part
     stream = io.StringIO()
     clock = iter([0.0, 1.0, 1.5, 10.0])
-    line = TrainingProgressLine(stream, interval_s=5.0, tty=False, clock=lambda: next(clock))
-    line(TrainingProgress(done=1, total=4, state="training"))
-    line(TrainingProgress(done=2, total=4, state="training"))  # too soon: skipped
-    line(TrainingProgress(done=2, total=4, state="saving"))  # a new state: shown
-    line(TrainingProgress(done=4, total=4, state="saving"))
+    line = ProgressLine(stream, interval_s=5.0, tty=False, clock=lambda: next(clock))
+
+    def at(done: int, phase: str) -> Progress:
+        return Progress(done, 4, "iterations", details={"phase": phase})
+
+    line(at(1, "training"))
+    line(at(2, "training"))  # too soon: skipped
+    line(at(2, "saving"))  # a new phase: shown
+    line(at(4, "saving"))  # the last report: shown
     assert stream.getvalue().count("\n") == 3
 
 
-def test_file_registry(tmp_path: Path) -> None:
+def test_pytc_run_resolves_a_name_from_the_file_registry(tmp_path: Path) -> None:
     registry = FileModelRegistry(tmp_path / ".pytc")
     with pytest.raises(ModelNotRegisteredError):
-        registry.resolve("mito")
-    registry.register(
-        "mito", str(tmp_path / "c.pth.tar"), "unet3d", {"filters": [2, 4], "out_channels": 1}, "ab"
-    )
-    ref = registry.resolve("mito")
+        registry.get("mito")
+    config = (("filters", (2, 4)), ("out_channels", 1))
+    checkpoint = str(tmp_path / "c.pth")
+    trained = ModelRef("architecture", architecture="unet3d", config=config, checkpoint=checkpoint)
+    ref = registry.register("mito", trained, "ab").ref
     assert ref.kind == "architecture" and ref.architecture == "unet3d" and ref.name == "mito"
-    assert ref.checkpoint == str(tmp_path / "c.pth.tar") and ref.config_dict()["filters"] == [2, 4]
-    assert registry.entries()["mito"]["sha256"] == "ab"
-    assert state_dir({"PYTC_STATE_DIR": "/x"}) == Path("/x") and state_dir({}) == Path(".pytc")
     doc = {
         "input": {"path": "em.zarr"},
         "model": {"name": "mito"},
         "window": {"patch_size": [5, 17, 17]},
         "output": {"path": "out.zarr"},
     }
-    job = parse_job_document(doc, [tmp_path], resolve_model=registry.resolve)
-    assert job.model == ref  # type: ignore[union-attr]
-    assert parse_job_document(training_doc(), [tmp_path]).kind == "training"  # type: ignore[union-attr]
+    env = ParseEnv((tmp_path.resolve(),), model_resolver(registry, [tmp_path]))
+    kind, job = parse_job(doc, env)
+    assert kind.name == "inference" and job.model == ref
+    assert parse_job(training_doc(), env)[0].name == "training"

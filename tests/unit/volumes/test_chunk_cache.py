@@ -11,7 +11,7 @@ import zarr
 from volumes.box import Box
 from volumes.chunk_cache import ChunkCachedVolume, cached
 from volumes.errors import VolumeError
-from volumes.volume import open_volume
+from volumes.open import open_volume
 
 
 @pytest.mark.parametrize("shape", [(19, 45, 41), (2, 13, 30, 17)])
@@ -30,7 +30,7 @@ def test_cached_reads_equal_direct_reads(tmp_path: Path, shape: tuple[int, ...])
         assert got.dtype == data.dtype and got.flags.c_contiguous
         np.testing.assert_array_equal(got, data[box.slices()])
     assert view.hits > 0 and view.misses > 0
-    assert view.cache.nbytes <= view.max_bytes
+    assert view.cache.size <= view.max_bytes
     assert view.shape == volume.shape and view.chunks == volume.chunks
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from volumes.backends.memory import ArrayVolume
 from volumes.box import Box
 from volumes.errors import GeometryError
 from volumes.padding import PadMode, read_padded
-from volumes.volume import ArrayVolume
 
 NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}
 

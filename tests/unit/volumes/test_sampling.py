@@ -14,10 +14,10 @@ from volumes.augment import (
     apply_intensity,
     plan_augment,
 )
+from volumes.backends.memory import ArrayVolume
 from volumes.box import Box
 from volumes.errors import GeometryError
 from volumes.sampling import CropSampler, SamplingRules
-from volumes.volume import ArrayVolume
 
 
 class CountingVolume(ArrayVolume):

@@ -111,7 +111,8 @@ def test_write_synth_round_trip(tmp_path: Path, synth: SynthVolume, fmt: str) ->
         assert array.attrs["resolution"] == [30.0, 8.0, 8.0]
         np.testing.assert_array_equal(array[...], getattr(synth, name))
     assert group.attrs["resolution"] == [30.0, 8.0, 8.0]
-    multiscales = cast(list[dict[str, Any]], group.attrs["multiscales"])
+    ome = cast(dict[str, Any], group.attrs["ome"]) if fmt == "zarr3" else group.attrs.asdict()
+    multiscales = cast(list[dict[str, Any]], ome["multiscales"])  # OME-Zarr 0.5 on v3, 0.4 on v2
     scales = {
         m["datasets"][0]["path"]: m["datasets"][0]["coordinateTransformations"][0]["scale"]
         for m in multiscales

@@ -11,12 +11,24 @@ import pytest
 import zarr
 
 from models.ref import ModelInfo
-from service.spec import parse_job_document
+from service.documents.inference import parse_inference
 from workers.errors import OutputExistsError, SpecError
-from workers.inference.checks import check_output, validate_against_data, validate_against_model
+from workers.inference.checks import check_input, check_model, open_input, output_state, roi_shape
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 
 SHA = "0" * 64
+
+
+def validate_against_data(job: InferenceJob) -> None:
+    check_input(job, open_input(job))
+
+
+def validate_against_model(job: InferenceJob, info: ModelInfo) -> None:
+    check_model(job, info, open_input(job))
+
+
+def check_output(job: InferenceJob, sha256: str) -> str:
+    return output_state(job, sha256, roi_shape(job, open_input(job)))
 
 
 def make_array(path: Path, shape: tuple[int, ...], dataset: str | None = "raw", dtype: str = "uint8") -> None:
@@ -37,7 +49,7 @@ def job_for(root: Path, **sections: dict[str, Any]) -> InferenceJob:
     }
     for name, values in sections.items():
         doc[name] = {**doc[name], **values}
-    return parse_job_document(doc, [root])
+    return parse_inference(doc, [root])
 
 
 @pytest.fixture
@@ -139,7 +151,7 @@ def test_two_channel_input(root: Path) -> None:
 
 def test_softmax_on_one_channel_warns(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     job = job_for(root, output={"heads": [1, 1], "activation": ["softmax", "sigmoid"]})
-    with caplog.at_level(logging.WARNING, logger="service.validation"):
+    with caplog.at_level(logging.WARNING, logger="workers.inference.checks"):
         validate_against_model(job, ModelInfo(1, 2, SHA))
     assert "softmax" in caplog.text and "output.activation[0]" in caplog.text
 

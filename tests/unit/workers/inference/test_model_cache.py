@@ -1,4 +1,4 @@
-"""The model cache: LRU of loaded models keyed by the model file's sha256 and the device."""
+"""The model cache: loaded models in the worker's state, keyed by the model file's sha256 and the device."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-import workers.inference.model_cache as model_cache
 
+import workers.inference.model_cache as model_cache
+import workers.runtime.state as worker_state
 from models.ref import ModelRef
-from workers.runtime.state import PLUGIN_NAME, LRUCache, ModelCachePlugin
+from workers.runtime.state import PLUGIN_NAME, WorkerState
 
 PATCH = (3, 8, 8)
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> ModelCachePlugin:
-    plugin = ModelCachePlugin(capacity=2)
-    monkeypatch.setattr(model_cache, "_FALLBACK", plugin)
-    monkeypatch.setattr(model_cache, "_HASHES", LRUCache(8))
-    return plugin
+def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> WorkerState:
+    state = WorkerState(max_models=2)
+    monkeypatch.setattr(worker_state, "_PROCESS_STATE", state)
+    return state
 
 
 def save_net(path: Path, out_channels: int) -> ModelRef:
@@ -29,33 +29,23 @@ def save_net(path: Path, out_channels: int) -> ModelRef:
     return ModelRef(kind="torchscript", path=str(path))
 
 
-def test_lru_keeps_the_most_recently_used() -> None:
-    cache: LRUCache[str] = LRUCache(2)
-    assert cache.put("a", "A") == [] and cache.put("b", "B") == []
-    assert cache.get("a") == "A"  # a is now the most recent
-    assert cache.put("c", "C") == ["B"]
-    assert cache.keys() == ["a", "c"]
-    value, evicted = cache.get_or_load("d", lambda: "D")
-    assert (value, evicted) == ("D", ["A"])
-    assert cache.get_or_load("d", lambda: pytest.fail("loaded twice")) == ("D", [])
-
-
-def test_the_plugin_travels_pickled_without_its_models() -> None:
-    plugin = ModelCachePlugin(capacity=3)
-    plugin.put("key", object())
+def test_the_plugin_travels_pickled_without_what_it_holds() -> None:
+    plugin = WorkerState(max_models=3)
+    plugin.models.put("key", object())
+    plugin.geometries.put("layout", object())
     copy = pickle.loads(pickle.dumps(plugin))
-    assert copy.name == PLUGIN_NAME and copy.capacity == 3
-    assert len(copy.cache) == 0 and copy.cache.max_entries == 3
+    assert copy.name == PLUGIN_NAME and copy.max_models == 3
+    assert len(copy.models) == 0 and copy.models.max_entries == 3 and len(copy.geometries) == 0
 
 
 def test_a_model_is_loaded_once_and_kept_by_the_fallback_cache(
-    tmp_path: Path, fresh_cache: ModelCachePlugin
+    tmp_path: Path, fresh_cache: WorkerState
 ) -> None:
     ref = save_net(tmp_path / "net.pt", 2)
     first = model_cache.cached_model(ref, PATCH)
     assert model_cache.cached_model(ref, PATCH) is first
-    assert first.out_channels == 2 and len(fresh_cache.cache) == 1
-    assert model_cache.model_cache() is fresh_cache  # outside a Dask worker
+    assert first.out_channels == 2 and len(fresh_cache.models) == 1
+    assert worker_state.worker_state() is fresh_cache  # outside a Dask worker
 
 
 def test_a_model_file_replaced_in_place_is_loaded_again(tmp_path: Path) -> None:
@@ -90,10 +80,10 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tmp_path: Path, monkeypatch
     assert calls == [ref.path]
 
 
-def test_at_most_capacity_models_stay_loaded(tmp_path: Path, fresh_cache: ModelCachePlugin) -> None:
+def test_at_most_capacity_models_stay_loaded(tmp_path: Path, fresh_cache: WorkerState) -> None:
     refs = [save_net(tmp_path / f"net{i}.pt", i + 1) for i in range(3)]
     loaded = [model_cache.cached_model(ref, PATCH) for ref in refs]
-    assert len(fresh_cache.cache) == 2
+    assert len(fresh_cache.models) == 2
     assert model_cache.cached_model(refs[2], PATCH) is loaded[2]
     assert model_cache.cached_model(refs[0], PATCH) is not loaded[0]  # evicted, loaded afresh
 

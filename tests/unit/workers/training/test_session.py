@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.training_config import HeadSpec
-from service.spec import parse_job_document
+from service.documents.training import parse_training
 from tests.training_helpers import same_weights, training_doc, write_data
 from volumes.sampling import SamplingError
 from workers.training.checkpoint_dir import TrainingDir
@@ -31,9 +31,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def job(root: Path, **changes: Any) -> TrainingJob:
-    parsed = parse_job_document(training_doc(**changes), [root])
-    assert isinstance(parsed, TrainingJob)
-    return parsed
+    return parse_training(training_doc(**changes), [root])
 
 
 def test_checkpoints_have_pytc_and_our_keys_and_are_pruned(root: Path) -> None:
@@ -170,8 +168,8 @@ def test_restart_and_init_start_at_zero_with_the_weights(root: Path) -> None:
 
 
 def test_validation_tiles_score_each_voxel_once() -> None:
+    from volumes.backends.memory import ArrayVolume
     from volumes.box import Box
-    from volumes.volume import ArrayVolume
     from workers.inference.job import Normalize
     from workers.training.evaluation import evaluate, tile_starts
 

@@ -1,0 +1,174 @@
+"""``pytc run JOB.yaml``: one job of any kind, to its end, without a server.
+
+The job goes through its kind (:mod:`service.kinds`) as it would in the service: parsed (exit 2
+names the field), admitted (the data here, the model on a worker; nothing written), run with a
+progress line and Ctrl-C as the cancel, summarised. The Dask cluster starts only when a check first
+needs a worker, so a job whose data is wrong fails at once; it is ``--scheduler`` /
+``PYTC_SCHEDULER``, or an embedded cluster (one worker on a thread of this process, or
+``--workers N`` processes on loopback). Without a service, ``register_as`` and
+``model: {name: ...}`` use the file registry ``$PYTC_STATE_DIR/models.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    positive_int,
+    spec_failure,
+)
+from service.documents.loading import load_job_file
+from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
+from service.kinds import parse_job
+from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, model_resolver
+from service.progress import ProgressLine
+from service.store.model_file import FileModelRegistry, state_dir
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+
+def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="run one job to completion, without a server")
+    run.add_argument("job", type=Path, metavar="JOB.yaml")
+    run.add_argument(
+        "--scheduler",
+        help="address of a Dask scheduler, e.g. tcp://HOST:8786 (default: $PYTC_SCHEDULER, "
+        "else an embedded local cluster)",
+    )
+    run.add_argument(
+        "--workers", type=positive_int, default=1, help="workers of the embedded cluster (default 1)"
+    )
+    run.add_argument(
+        "--data-root", action="append", type=Path, metavar="DIR",
+        help="folder every path of the job must lie in; repeatable (default: $PYTC_DATA_ROOTS, else the "
+        "current directory); relative job paths resolve against the first",
+    )  # fmt: skip
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument("--report", type=Path, metavar="FILE", help="write the job's result (figures) as JSON")
+    run.set_defaults(command=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Parse, admit, run, summarise (see the module docstring)."""
+    from service.cli import start_up_done
+
+    try:
+        return _run(args)
+    finally:
+        start_up_done()  # on every path out, whatever happened before the checks ended
+
+
+def _run(args: argparse.Namespace) -> int:
+    from service.cli import data_roots, start_up_done
+
+    registry = FileModelRegistry(state_dir(os.environ))
+    roots = tuple(Path(root).resolve() for root in data_roots(args.data_root, os.environ))
+    try:
+        kind, job = parse_job(load_job_file(args.job), ParseEnv(roots, model_resolver(registry, roots)))
+    except SpecError as err:
+        return spec_failure(err)
+    cluster = LazyCluster(args.scheduler or os.environ.get("PYTC_SCHEDULER") or None, args.workers)
+    cancel = threading.Event()
+    line = None if args.quiet else ProgressLine(sys.stderr)
+    try:
+        with cluster:
+            checked = kind.admit(job, AdmitEnv(on_worker=cluster.call))
+            start_up_done()
+            env = RunEnv(
+                cluster.client(),
+                report=line or (lambda progress: None),
+                cancel=cancel,
+                models=registry,
+                notice=lambda text: print(text, file=sys.stderr) if not args.quiet else None,
+            )
+            result = kind.run(job, env, checked)
+    except KeyboardInterrupt:
+        cancel.set()
+        _close(line)
+        print("interrupted: what is done is kept; run the same job again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except JobCancelledError as err:
+        _close(line)
+        print(f"cancelled: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SpecError as err:
+        _close(line)
+        return spec_failure(err)
+    except (JobFailedError, SchedulerUnavailableError) as err:
+        _close(line)
+        print(
+            f"error: the job failed: {err}" if isinstance(err, JobFailedError) else f"error: {err}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    _close(line)
+    summary = kind.summary(result)
+    if not args.quiet:
+        print("\n".join(summary.lines), file=sys.stderr)
+    if args.report is not None:
+        figures = {**result, "peak_rss_bytes": peak_rss_bytes()}
+        args.report.write_text(json.dumps(figures, indent=2, sort_keys=True, default=str))
+    if summary.output is not None:
+        print(summary.output)
+    return EXIT_OK
+
+
+def _close(line: ProgressLine | None) -> None:
+    if line is not None:
+        line.close()
+
+
+class LazyCluster:
+    """The Dask client of ``pytc run``, connected (or its embedded cluster started) on first use."""
+
+    def __init__(self, scheduler: str | None, n_workers: int) -> None:
+        self.scheduler, self.n_workers = scheduler, n_workers
+        self._client: Client | None = None
+        self._cluster: Any = None
+
+    def __enter__(self) -> LazyCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def client(self) -> Client:
+        if self._client is None:
+            from service.cluster import connect, embedded_cluster
+
+            if self.scheduler:
+                self._client = connect(self.scheduler)
+            else:
+                self._cluster = embedded_cluster(self.n_workers, in_process=self.n_workers == 1)
+                self._client = connect(self._cluster)
+        return self._client
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on a worker: a check that loads a model or reads data where they live."""
+        return self.client().submit(fn, *args, pure=False).result()
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (its embedded worker, when it has one, runs in it), from
+    the kernel's high-water mark; None where /proc is missing. Unlike ``ru_maxrss``, which keeps the
+    peak of whatever forked the process before it exec'd, ``VmHWM`` counts only this program."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None

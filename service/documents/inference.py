@@ -1,0 +1,326 @@
+"""The inference document: YAML/JSON -> :class:`InferenceDocument` -> the frozen
+``workers.inference.job`` dataclasses.
+
+Pydantic checks shapes and closed choices (:func:`~service.documents.sections.validate`); the rules
+that tie fields together (stride against patch, activations against heads, blocks against chunks,
+the output against the input) and the data-root confinement of every path are checked while
+building the :class:`~workers.inference.job.InferenceJob`. Every problem is a
+:class:`~workers.errors.SpecError` naming the dotted field. Nothing here reads data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from models.ref import ModelRef
+from service.documents.loading import canonical_json
+from service.documents.sections import (
+    Fraction,
+    NonNegTriple,
+    NormalizeField,
+    NormalizeSection,
+    PosInt,
+    PosTriple,
+    RoiSection,
+    Section,
+    StrictBool,
+    Text,
+    box_of,
+    frozen_config,
+    located,
+    normalize_of,
+    require_kind,
+    resolve_path,
+    resolved_roots,
+    triple,
+    validate,
+)
+from workers.errors import SpecError
+from workers.inference.job import (
+    Activation,
+    Blending,
+    ComputeSpec,
+    Device,
+    InferenceJob,
+    InputSpec,
+    OutputDtype,
+    OutputFormat,
+    OutputSpec,
+    PadMode,
+    Precision,
+    Reduce,
+    WindowSpec,
+)
+
+# Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
+ModelResolver = Callable[[str], ModelRef]
+
+MODEL_FORMS = ("torchscript", "exported", "name", "architecture")
+AXES = ("z", "y", "x")
+DEFAULT_OVERLAP = 0.5
+OutputTarget = Literal["binary", "boundary", "affinity", "semantic", "none"]
+FractionTriple = Annotated[list[Fraction], Field(min_length=3, max_length=3)]
+Activations = Annotated[list[Activation], Field(min_length=1)]
+OutputTargets = Annotated[list[OutputTarget], Field(min_length=1)]
+
+
+class InputSection(Section):
+    """The volume to predict: a container (zarr, N5, HDF5 or a tile set) and the array in it."""
+
+    path: Text
+    dataset: Text | None = None
+    roi: RoiSection | None = None
+    normalize: NormalizeField = NormalizeSection()
+
+
+class ModelSection(Section):
+    """The network: exactly one of `torchscript`, `exported`, `name` (a registered model) or
+    `architecture` (with its `config` and, optionally, a `checkpoint`)."""
+
+    torchscript: Text | None = None
+    exported: Text | None = None
+    name: Text | None = None
+    architecture: Text | None = None
+    config: dict[str, Any] | None = None
+    checkpoint: Text | None = None
+
+
+class TtaSection(Section):
+    """Test-time augmentation: how many flipped (4) or also transposed (8, 16) variants, and how
+    their predictions are combined."""
+
+    variants: Literal[1, 4, 8, 16] = 1
+    reduce: Reduce = "mean"
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 would otherwise pass
+            raise ValueError(f"expected 1, 4, 8 or 16, got {value!r}")
+        return value
+
+
+class WindowSection(Section):
+    """The sliding window: patch size, step (`stride`, or `overlap` as one fraction or one per
+    axis), how overlapping patches are blended, padding, batch size and test-time augmentation."""
+
+    patch_size: PosTriple
+    stride: PosTriple | None = None
+    overlap: FractionTriple | None = None
+    blending: Blending = "gaussian"
+    pad_size: NonNegTriple = [0, 0, 0]
+    pad_mode: PadMode = "reflect"
+    batch_size: PosInt = 4
+    tta: TtaSection | None = None
+
+    @field_validator("overlap", mode="before", json_schema_input_type=Fraction | FractionTriple | None)
+    @classmethod
+    def _one_overlap_for_all_axes(cls, value: Any) -> Any:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return [value] * 3 if is_number else value
+
+
+class OutputSection(Section):
+    """Where the prediction goes and how it is stored; `heads` split its channels, each head with
+    its `activation` (a single name for a single head)."""
+
+    path: Text
+    dataset: Text = "pred"
+    format: OutputFormat = "zarr3"
+    dtype: OutputDtype = "float32"
+    heads: Annotated[list[PosInt], Field(min_length=1)] | None = None
+    activation: Activations | None = None
+    chunks: PosTriple = [32, 256, 256]
+    overwrite: StrictBool = False
+    targets: OutputTargets | None = None
+
+    @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
+    @classmethod
+    def _one_activation_is_one_head(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("targets", mode="before", json_schema_input_type=OutputTarget | OutputTargets | None)
+    @classmethod
+    def _one_target_is_one_head(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ComputeSection(Section):
+    """How the work is cut and run: the output box per task, the device and the precision."""
+
+    block_shape: PosTriple | None = None
+    device: Device = "auto"
+    precision: Precision = "float32"
+
+
+class InferenceDocument(Section):
+    """An inference job: predict a volume with a model, window by window, into a chunked array.
+    `kind` may be left out."""
+
+    kind: Literal["inference"] = "inference"
+    input: InputSection
+    model: ModelSection
+    window: WindowSection
+    output: OutputSection
+    compute: ComputeSection | None = None
+
+
+def parse_inference(
+    doc: object, data_roots: Sequence[str | Path], *, resolve_model: ModelResolver | None = None
+) -> InferenceJob:
+    """Validate an inference document (``kind: inference`` or no ``kind``) and build the job.
+
+    Relative paths resolve against the first data root; every path must resolve, symlinks followed,
+    inside one of ``data_roots``. ``resolve_model`` turns ``model.name`` into a reference (the
+    service's registry); without it a named model is an error.
+    """
+    roots = resolved_roots(data_roots)
+    document = require_kind(doc, "inference")
+    parsed = validate(InferenceDocument, document)
+    window = _window(parsed.window)
+    output = _output(parsed.output, roots)
+    compute = _compute(parsed.compute or ComputeSection(), output.chunks)
+    job_input = _input(parsed.input, roots)
+    _check_no_overlap(job_input, output)
+    model = _model(parsed.model, roots, resolve_model)
+    return InferenceJob(job_input, model, window, output, compute, document=canonical_json(document))
+
+
+def stride_from_overlap(patch: int, overlap: float) -> int:
+    """PyTC's rule: ``stride = int(patch * (1 - overlap))``, at least 1."""
+    return max(1, int(patch * (1.0 - overlap)))
+
+
+def _input(section: InputSection, roots: Sequence[Path]) -> InputSpec:
+    path, dataset = located(section.path, section.dataset, roots, "input")
+    return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize))
+
+
+def _model(section: ModelSection, roots: Sequence[Path], resolve_model: ModelResolver | None) -> ModelRef:
+    forms = [form for form in MODEL_FORMS if getattr(section, form) is not None]
+    if len(forms) != 1:
+        got = "none" if not forms else " and ".join(forms)
+        raise SpecError("model", f"name exactly one of {', '.join(MODEL_FORMS)}; got {got}")
+    form = forms[0]
+    for extra in ("config", "checkpoint"):
+        if form != "architecture" and getattr(section, extra) is not None:
+            raise SpecError(f"model.{extra}", f"goes only with model.architecture, not model.{form}")
+    if form == "name":
+        return _named_model(str(section.name), resolve_model)
+    if form == "architecture":
+        checkpoint = section.checkpoint
+        return ModelRef(
+            "architecture",
+            architecture=section.architecture,
+            config=frozen_config(section.config or {}),
+            checkpoint=str(resolve_path(checkpoint, roots, "model.checkpoint")) if checkpoint else None,
+        )
+    raw = str(getattr(section, form))
+    return ModelRef(
+        "torchscript" if form == "torchscript" else "exported",
+        path=str(resolve_path(raw, roots, f"model.{form}")),
+    )
+
+
+def _named_model(name: str, resolve_model: ModelResolver | None) -> ModelRef:
+    if resolve_model is None:
+        raise SpecError("model.name", "no model registry in this mode; name a model file or an architecture")
+    try:
+        return resolve_model(name)
+    except LookupError:
+        raise SpecError("model.name", f"no registered model named {name!r}") from None
+
+
+def _window(section: WindowSection) -> WindowSpec:
+    patch = triple(section.patch_size)
+    if section.stride is not None and section.overlap is not None:
+        raise SpecError("window.overlap", "give window.stride or window.overlap, not both")
+    if section.stride is not None:
+        stride = triple(section.stride)
+        if any(s > p for s, p in zip(stride, patch, strict=True)):
+            raise SpecError(
+                "window.stride",
+                f"stride {list(stride)} exceeds patch_size {list(patch)} on some axis; "
+                "voxels between windows would get no prediction",
+            )
+    else:
+        overlap = section.overlap or [DEFAULT_OVERLAP] * 3
+        stride = triple(stride_from_overlap(p, o) for p, o in zip(patch, overlap, strict=True))
+    tta = section.tta or TtaSection()
+    if tta.variants in (8, 16) and patch[1] != patch[2]:
+        raise SpecError(
+            "window.tta.variants",
+            f"transpose TTA needs a square yx patch, got patch_size {list(patch)} "
+            f"with {tta.variants} variants (use 1 or 4, or make y == x)",
+        )
+    return WindowSpec(
+        patch_size=patch,
+        stride=stride,
+        blending=section.blending,
+        pad_size=triple(section.pad_size),
+        pad_mode=section.pad_mode,
+        batch_size=section.batch_size,
+        tta_variants=tta.variants,
+        tta_reduce=tta.reduce,
+    )
+
+
+def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
+    heads = tuple(section.heads or ())
+    default: list[Activation] = ["none"] * max(1, len(heads))
+    activations = tuple(section.activation or default)
+    n_heads = max(1, len(heads))
+    if len(activations) != n_heads:
+        raise SpecError(
+            "output.activation",
+            f"{len(activations)} activation(s) {list(activations)} for {n_heads} head(s) "
+            f"{list(heads) or '(one head with all channels)'}; give one activation per head",
+        )
+    targets = tuple(section.targets or ())
+    if targets and len(targets) != n_heads:
+        raise SpecError(
+            "output.targets",
+            f"{len(targets)} target(s) {list(targets)} for {n_heads} head(s); give one per head",
+        )
+    path, dataset = located(section.path, section.dataset, roots, "output")
+    if any(root.is_relative_to(Path(path)) for root in roots):
+        raise SpecError("output.path", f"{path} is a data root (or holds one); name a container inside it")
+    return OutputSpec(
+        path=path,
+        dataset=str(dataset),
+        format=section.format,
+        dtype=section.dtype,
+        heads=heads,
+        activations=activations,
+        chunks=triple(section.chunks),
+        overwrite=section.overwrite,
+        targets=targets,
+    )
+
+
+def _compute(section: ComputeSection, chunks: tuple[int, int, int]) -> ComputeSpec:
+    block = triple(section.block_shape) if section.block_shape is not None else None
+    if block is not None:
+        for axis, b, c in zip(AXES, block, chunks, strict=True):
+            if b % c:
+                raise SpecError(
+                    "compute.block_shape",
+                    f"{list(block)} is not a multiple of output.chunks {list(chunks)} "
+                    f"(axis {axis}: {b} % {c} != 0)",
+                )
+    return ComputeSpec(block_shape=block, device=section.device, precision=section.precision)
+
+
+def _check_no_overlap(job_input: InputSpec, output: OutputSpec) -> None:
+    """The output array must be neither the input array nor inside or around it (overwrite would eat it)."""
+    source = Path(job_input.path) / (job_input.dataset or "")
+    target = Path(output.path) / output.dataset
+    if source.is_relative_to(target) or target.is_relative_to(source):
+        raise SpecError(
+            "output.dataset",
+            f"the output {target} overlaps the input {source}; write to another dataset or container",
+        )

@@ -1,0 +1,188 @@
+"""The job manager: runs queued jobs on Dask from background threads, and records how they end.
+
+``max_concurrent_jobs`` threads each take the oldest queued job from the store, find its kind
+(:mod:`service.kinds`) and run it; progress goes to the store (throttled) and to the metrics. A
+cancel sets the job's event, which the kind's run sees between tasks. On start every job left queued
+or running by an earlier process (a crash, ``kill -9``) is queued again; it resumes from what it
+finished (an inference job from its done blocks, a training job from its newest checkpoint). On a
+clean shutdown running jobs are stopped and queued again, not cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from models.errors import ModelError
+from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError
+from service.http.events import ChangeFeed, ProgressWriter
+from service.http.metrics import ServiceMetrics
+from service.jobs.connection import DaskConnection
+from service.kinds import job_kind
+from service.kinds.base import ParseEnv, RunEnv, model_resolver
+from service.store.jobs import ErrorInfo, JobRecord, JobStore
+from service.store.models import ModelRegistry
+from workers.errors import SpecError, WorkerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerConfig:
+    data_roots: tuple[Path, ...]
+    max_concurrent_jobs: int = 2
+    progress_interval_s: float = 0.5
+
+
+class JobManager:
+    """Background threads that run queued jobs; also the only writer of job ends."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        models: ModelRegistry,
+        connection: DaskConnection,
+        config: ManagerConfig,
+        feed: ChangeFeed,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.store, self.models, self.connection, self.config = store, models, connection, config
+        self.feed, self.metrics = feed, metrics
+        self.parse_env = ParseEnv(
+            tuple(Path(r).resolve() for r in config.data_roots), model_resolver(models, config.data_roots)
+        )
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.store.recover()
+        if requeued:
+            log.info("picked up %d job(s) left queued or running: %s", len(requeued), ", ".join(requeued))
+        for i in range(self.config.max_concurrent_jobs):
+            thread = threading.Thread(target=self._loop, name=f"pytc-job-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        threading.Thread(target=self._watch_block_durations, name="pytc-task-stream", daemon=True).start()
+
+    def stop(self, timeout_s: float = 90.0) -> None:
+        """Stop running jobs at their next task boundary and queue them again for the next start."""
+        self._stopping.set()
+        with self._lock:
+            for event in self._cancels.values():
+                event.set()
+        self.wake()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Queued: cancelled at once. Running: the runner stops at its next task boundary."""
+        record = self.store.request_cancel(job_id)
+        if record.state == "running":
+            self._cancel_event(job_id).set()
+        self.feed.bump(job_id)
+        if record.finished:
+            self.metrics.job_finished(record.state)
+        return record
+
+    def _cancel_event(self, job_id: str) -> threading.Event:
+        with self._lock:
+            return self._cancels.setdefault(job_id, threading.Event())
+
+    def _watch_block_durations(self, every_s: float = 2.0) -> None:
+        """Block durations for the metrics, from the scheduler's task stream (the runner reports
+        counts, not timings)."""
+        since: float | None = None
+        counted: set[str] = set()
+        while not self._stopping.wait(every_s):
+            if not self.connection.ready:
+                continue
+            try:
+                records = self.connection.client().get_task_stream(start=since or time.time())
+            except (OSError, SchedulerUnavailableError) as err:
+                log.debug("task stream unavailable: %s", err)
+                continue
+            if since is not None and records:
+                counted = {k for k in counted if k in {str(r["key"]) for r in records}}
+            since = self.metrics.observe_task_stream(records, counted) or since or time.time()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self.connection.wait_ready(1.0):
+                continue
+            record = self.store.claim_next()
+            if record is None:
+                with self._wake:
+                    self._wake.wait(0.5)
+                continue
+            try:
+                self._run(record)
+            finally:
+                with self._lock:
+                    self._cancels.pop(record.id, None)
+
+    def _run(self, record: JobRecord) -> None:
+        self.feed.bump(record.id)
+        cancel = self._cancel_event(record.id)
+        if record.cancel_requested or self._stopping.is_set():
+            cancel.set()
+        log.info("job %s: running %s (attempt %d)", record.id, record.kind, record.attempts)
+        try:
+            kind = job_kind(record.kind)
+            job = kind.parse(record.spec, self.parse_env)
+            env = RunEnv(
+                self.connection.client(),
+                report=ProgressWriter(
+                    record.id, self.store, self.feed, self.metrics, self.config.progress_interval_s
+                ),
+                cancel=cancel,
+                models=self.models,
+                notice=lambda text: log.info("job %s: %s", record.id, text),
+            )
+            result = kind.run(job, env)
+        except JobCancelledError as err:
+            self._stopped(record.id, str(err))
+        except (SpecError, ModelError) as err:
+            self._finish(record.id, "failed", {"title": "invalid job", "detail": str(err)})
+        except (JobFailedError, WorkerError) as err:
+            self._finish(record.id, "failed", {"title": "job failed", "detail": str(err)})
+        except Exception as err:  # a job's failure must not end the manager thread
+            self._crashed(record.id, err)
+        else:
+            self._finish(record.id, "succeeded", result=result)
+
+    def _stopped(self, job_id: str, detail: str) -> None:
+        if self._stopping.is_set() and not self.store.get_job(job_id).cancel_requested:
+            log.info("job %s: stopped by the shutdown; queued again", job_id)
+            self.store.requeue_job(job_id)
+            self.feed.bump(job_id)
+            return
+        self._finish(job_id, "cancelled", {"title": "cancelled", "detail": detail})
+
+    def _crashed(self, job_id: str, err: Exception) -> None:
+        if not self.connection.ready or self._stopping.is_set():
+            log.warning("job %s: interrupted (%r) while Dask is unavailable; queued again", job_id, err)
+            self.store.requeue_job(job_id)
+            self.feed.bump(job_id)
+            return
+        log.error("job %s failed", job_id, exc_info=err)
+        self._finish(job_id, "failed", {"title": "job failed", "detail": f"{type(err).__name__}: {err}"})
+
+    def _finish(
+        self, job_id: str, state: Any, error: ErrorInfo | None = None, result: dict[str, Any] | None = None
+    ) -> None:
+        self.store.finish_job(job_id, state, error, result)
+        self.metrics.job_finished(state)
+        self.feed.bump(job_id)
+        log.info("job %s: %s%s", job_id, state, f" ({error['detail']})" if error else "")

@@ -1,0 +1,292 @@
+"""The service's durable store: jobs and registered models in one SQLite file, ``jobs.sqlite3``.
+
+Both open the file through :class:`Database`: WAL mode, ``synchronous=FULL`` (a job or a model
+acknowledged to a client survives a crash of the service, and of the machine), one connection and
+one lock each. The ``models`` table is the one the job store kept models in before the registry
+had a protocol of its own, unchanged, so a database written then opens and lists its models.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from models.ref import ModelRef
+from service.errors import JobFinishedError, JobNotFoundError, ModelNotRegisteredError, OutputInUseError
+from service.store.jobs import (
+    CANCELLED,
+    CANCELLED_BEFORE_START,
+    JOB_STATES,
+    TERMINAL_STATES,
+    ErrorInfo,
+    JobRecord,
+    JobState,
+    Json,
+    NewJob,
+    confirm_replay,
+    utc_now,
+)
+from service.store.models import ModelRecord, new_record, ref_from_json, ref_to_json
+
+JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    progress TEXT,
+    error TEXT,
+    result TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    output_key TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_sha256 TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output_key, state);
+"""
+MODELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    ref TEXT NOT NULL,
+    sha256 TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+_JSON_COLUMNS = ("spec", "progress", "error", "result")
+_TIME_COLUMNS = ("created_at", "started_at", "finished_at")
+
+
+class Database:
+    """One connection to a WAL database with ``schema`` applied, behind one lock: every statement is
+    short, and the service's handlers call it from worker threads."""
+
+    def __init__(self, path: str | Path, schema: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self.lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(schema)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the database's write lock at once (``BEGIN IMMEDIATE``), so
+        what it reads stays true until it commits."""
+        with self.lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        with self.lock:
+            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    def all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self.lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    values = dict(row)
+    for name in _JSON_COLUMNS:
+        values[name] = None if values[name] is None else json.loads(values[name])
+    for name in _TIME_COLUMNS:
+        values[name] = None if values[name] is None else datetime.fromisoformat(values[name])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return JobRecord(**values)
+
+
+class SqliteJobStore:
+    """The :class:`service.store.jobs.JobStore` of the service: the ``jobs`` table."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = Database(path, JOBS_SCHEMA)
+
+    def create_job(self, new: NewJob) -> tuple[JobRecord, bool]:
+        with self._db.write() as db:
+            if new.idempotency_key is not None:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return confirm_replay(_job_from_row(row), new.idempotency_key, new.request_sha256), False
+            if new.output_key is not None:
+                _check_output_free(db, new.output_key)
+            row = db.execute(
+                "INSERT INTO jobs (id, kind, state, spec, created_at, output_key, idempotency_key,"
+                " request_sha256) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+                (new.id, new.kind, _dump(new.spec), _time(utc_now()), new.output_key, new.idempotency_key,
+                 new.request_sha256),
+            ).fetchone()  # fmt: skip
+        return _job_from_row(row), True
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._db.one("SELECT * FROM jobs WHERE id = ?", job_id)
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return _job_from_row(row)
+
+    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
+        row = self._db.one("SELECT * FROM jobs WHERE idempotency_key = ?", key)
+        return None if row is None else _job_from_row(row)
+
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 50, before: int | None = None
+    ) -> list[JobRecord]:
+        args: tuple[Any, ...] = (before if before is not None else 1 << 62, state, state, limit)
+        sql = "SELECT * FROM jobs WHERE seq < ? AND (? IS NULL OR state = ?) ORDER BY seq DESC LIMIT ?"
+        return [_job_from_row(row) for row in self._db.all(sql, *args)]
+
+    def claim_next(self) -> JobRecord | None:
+        with self._db.write() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?),"
+                " attempts = attempts + 1"
+                " WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1) RETURNING *",
+                (_time(utc_now()),),
+            ).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def update_progress(self, job_id: str, progress: Json) -> None:
+        with self._db.write() as db:
+            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (_dump(progress), job_id))
+
+    def finish_job(
+        self, job_id: str, state: JobState, error: ErrorInfo | None = None, result: Json | None = None
+    ) -> JobRecord:
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"a job finishes succeeded, failed or cancelled, not {state!r}")
+        with self._db.write() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ? WHERE id = ?",
+                (state, _time(utc_now()), _dump(error), _dump(result), job_id),
+            )
+        return self.get_job(job_id)
+
+    def requeue_job(self, job_id: str) -> None:
+        with self._db.write() as db:
+            db.execute("UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'", (job_id,))
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        with self._db.write() as db:
+            job = self.get_job(job_id)
+            if job.finished:
+                raise JobFinishedError(f"job {job_id} already ended {job.state}")
+            if job.state == "queued":
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, error = ?"
+                    " WHERE id = ?",
+                    (_time(utc_now()), _dump(CANCELLED_BEFORE_START), job_id),
+                )
+            else:
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return self.get_job(job_id)
+
+    def recover(self) -> list[str]:
+        with self._db.write() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ?"
+                " WHERE state IN ('queued', 'running') AND cancel_requested = 1",
+                (_time(utc_now()), _dump(CANCELLED)),
+            )
+            db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+            rows = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq").fetchall()
+        return [row["id"] for row in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        rows = self._db.all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        counts: dict[JobState, int] = dict.fromkeys(JOB_STATES, 0)
+        counts.update({row["state"]: row["n"] for row in rows})
+        return counts
+
+    def ping(self) -> None:
+        self._db.one("SELECT 1")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _check_output_free(db: sqlite3.Connection, output_key: str) -> None:
+    row = db.execute(
+        "SELECT id FROM jobs WHERE output_key = ? AND state IN ('queued', 'running') LIMIT 1", (output_key,)
+    ).fetchone()
+    if row is not None:
+        raise OutputInUseError(f"job {row['id']} (queued or running) already writes {output_key}")
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+class SqliteModelRegistry:
+    """The :class:`service.store.models.ModelRegistry` of the service: the ``models`` table of its
+    database file (``jobs.sqlite3``, beside the jobs).
+
+    It opens its own connection rather than sharing the job store's: WAL lets the two (and any other
+    process, such as an operator's script registering a model) read while one writes, and writes
+    wait for each other (30 s busy timeout). Models change rarely, so sharing the job store's lock
+    would gain nothing, while a connection of its own lets the registry open, close and be tested
+    without a job store.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = Database(path, MODELS_SCHEMA)
+
+    def register(self, name: str, ref: ModelRef, sha256: str | None) -> ModelRecord:
+        record = new_record(name, ref, sha256)
+        with self._db.write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO models (name, ref, sha256, created_at) VALUES (?, ?, ?, ?)",
+                (name, json.dumps(ref_to_json(ref), sort_keys=True), sha256, _time(record.created_at)),
+            )
+        return record
+
+    def get(self, name: str) -> ModelRecord:
+        row = self._db.one("SELECT * FROM models WHERE name = ?", name)
+        if row is None:
+            raise ModelNotRegisteredError(f"no registered model named {name!r}")
+        return self._record(row)
+
+    def list(self) -> list[ModelRecord]:
+        return [self._record(row) for row in self._db.all("SELECT * FROM models ORDER BY name")]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _record(self, row: sqlite3.Row) -> ModelRecord:
+        name = row["name"]
+        ref = ref_from_json(json.loads(row["ref"]), name, f"the models table of {self._db.path}")
+        return ModelRecord(name, ref, row["sha256"], datetime.fromisoformat(row["created_at"]))

@@ -1,0 +1,142 @@
+"""The engine's run object: the two-pass protocol, resume, lost partial sums, the final check, and
+one opening of each volume per phase. Driven by the serial runner that ships with the package."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import volumes.open
+import workers.inference.checks
+import workers.inference.run
+from models.ref import ModelInfo
+from tests.helpers import make_job
+from volumes.box import Box
+from volumes.open import open_volume
+from workers.errors import IncompleteRunError, OutputExistsError
+from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob, WindowSpec
+from workers.inference.run import InferenceRun, run_serially
+from workers.inference.tasks import run_block
+
+SHAPE = (16, 24, 24)
+INFO = ModelInfo(1, 1, "sha-of-the-test-model")
+
+
+def doubled(batch: np.ndarray) -> np.ndarray:
+    return batch * 2.0
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> InferenceJob:
+    data = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
+    zarr.open_group(tmp_path / "in.zarr", mode="w").create_array("raw", data=data, chunks=(8, 8, 8))
+    window = WindowSpec((5, 7, 7), (3, 4, 4), "gaussian", batch_size=4)
+    return make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=(8, 8, 8))
+
+
+def output_of(job: InferenceJob) -> np.ndarray:
+    volume = open_volume(job.output.path, job.output.dataset)
+    return volume.read(Box.of_shape(volume.shape))
+
+
+def test_a_serial_run_completes_and_marks_the_output(job: InferenceJob) -> None:
+    summary = run_serially(job, INFO, predict=doubled)
+    plan_blocks = 2 * 3 * 3
+    assert summary.blocks_total == plan_blocks and summary.blocks_skipped == 0 and not summary.resumed
+    assert summary.tasks_run["pass1"] == plan_blocks and summary.tasks_run["pass2"] > 0
+    record = open_volume(job.output.path, job.output.dataset).attrs[OUTPUT_ATTRS_KEY]
+    assert record["complete"] is True and record["model_sha256"] == INFO.sha256
+    assert not list((Path(job.output.path) / ".pytc-run").rglob("*.npy"))  # scratch dropped
+
+
+def test_running_the_same_job_again_resumes_with_nothing_to_do(job: InferenceJob) -> None:
+    run_serially(job, INFO, predict=doubled)
+    first = output_of(job)
+    again = run_serially(job, INFO, predict=lambda b: b * 0.0)  # would change every voxel if it ran
+    assert again.resumed and again.blocks_skipped == again.blocks_total
+    assert again.tasks_run == {"pass1": 0, "pass2": 0}
+    np.testing.assert_array_equal(output_of(job), first)
+
+
+def test_an_output_of_another_job_is_refused_before_anything_is_written(job: InferenceJob) -> None:
+    run_serially(job, INFO, predict=doubled)
+    files = sorted(p for p in Path(job.output.path).rglob("*"))
+    other = replace(job, window=replace(job.window, stride=(2, 4, 4)))
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        InferenceRun.start(other, INFO)
+    assert sorted(p for p in Path(job.output.path).rglob("*")) == files
+    rerun = run_serially(replace(other, output=replace(other.output, overwrite=True)), INFO, predict=doubled)
+    assert rerun.blocks_skipped == 0 and not rerun.resumed
+
+
+def test_lost_partial_sums_are_recomputed_never_a_hole(job: InferenceJob) -> None:
+    clean = replace(job, output=replace(job.output, path=job.output.path + ".clean"))
+    run_serially(clean, INFO, predict=doubled)
+    # Pass 1 of every block, then lose every partial sum (scratch cleaned by hand) and start again.
+    run = InferenceRun.start(job, INFO)
+    while (task := run.next_task()) is not None and task.phase == 1:
+        run.finished(task, run_block(task, predict=doubled))
+    spilled = list((Path(job.output.path) / ".pytc-run").rglob("*.npy"))
+    assert spilled
+    for path in spilled:
+        path.unlink()
+    summary = run_serially(job, INFO, predict=doubled)
+    assert summary.tasks_run["pass1"] > 0
+    np.testing.assert_array_equal(output_of(job), output_of(clean))
+
+
+def test_success_is_never_reported_over_a_hole(job: InferenceJob) -> None:
+    run = InferenceRun.start(job, INFO)
+    while (task := run.next_task()) is not None:
+        run.finished(task, run_block(task, predict=doubled))
+    run.run_dir.marker(2, (1, 2, 2)).unlink()  # a block whose final marker vanished
+    with pytest.raises(IncompleteRunError, match="not recorded done"):
+        run.complete()
+    assert open_volume(job.output.path, job.output.dataset).attrs[OUTPUT_ATTRS_KEY]["complete"] is False
+
+
+def test_the_run_pumps_tasks_in_a_safe_order(job: InferenceJob) -> None:
+    """Whatever order a driver finishes tasks in, no pass 2 is handed out before its contributors'
+    pass 1, and every block ends done exactly once."""
+    run = InferenceRun.start(job, INFO)
+    plan = run.plan
+    in_flight, pass1_done, pass2 = [], set(), []
+    rng = np.random.default_rng(0)
+    while True:
+        while len(in_flight) < 5 and (task := run.next_task()) is not None:
+            if task.phase == 2:
+                assert plan.pass2_dependencies(task.block) <= pass1_done
+                pass2.append(task.block)
+            in_flight.append(task)
+        if not in_flight:
+            break
+        task = in_flight.pop(int(rng.integers(len(in_flight))))
+        run.finished(task, run_block(task, predict=doubled))
+        if task.phase == 1:
+            pass1_done.add(task.block)
+    assert run.finished_all() and run.blocks_done == plan.n_blocks
+    assert len(pass2) == len(set(pass2))
+    run.complete()
+
+
+def test_starting_a_run_opens_the_input_once_and_checks_the_output_once(
+    job: InferenceJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[tuple[str, str | None]] = []
+    real = volumes.open.open_volume
+
+    def counting(path, dataset=None, mode="r", **kw):  # type: ignore[no-untyped-def]
+        opened.append((str(path), dataset))
+        return real(path, dataset, mode, **kw)
+
+    for module in (workers.inference.checks, workers.inference.run):
+        monkeypatch.setattr(module, "open_volume", counting)
+    InferenceRun.start(job, INFO)
+    assert opened.count((job.input.path, job.input.dataset)) == 1
+    assert (
+        opened.count((job.output.path, job.output.dataset)) == 1
+    )  # the output check; creating it is not a read

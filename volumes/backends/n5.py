@@ -1,0 +1,89 @@
+"""N5 datasets: metadata from ``attributes.json``, voxels through tensorstore's n5 driver.
+
+N5 keeps its axes reversed on disk (x first); that is undone here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from volumes.backends.base import StoredVolume
+from volumes.errors import VolumeFormatError
+from volumes.files import read_json_object, write_json_atomic
+from volumes.volume import Format, VoxelSize
+from volumes.voxel_size import nm_per, spatial
+
+# The keys of an N5 array's attributes.json that are its format, not user attributes.
+N5_RESERVED = frozenset({"dimensions", "blockSize", "dataType", "compression", "n5"})
+
+
+class N5Volume(StoredVolume):
+    """An N5 dataset, in our (z, y, x) / (c, z, y, x) order."""
+
+    format: Format = "n5"
+
+    def _load_meta(self) -> None:
+        meta = self._meta()
+        try:
+            self.shape = tuple(int(d) for d in reversed(meta["dimensions"]))
+            self.chunks = tuple(int(b) for b in reversed(meta["blockSize"]))
+            self.dtype = np.dtype(meta["dataType"])
+        except (KeyError, TypeError) as err:
+            raise VolumeFormatError(f"{self.node}/attributes.json is not N5 array metadata") from err
+
+    def _meta(self) -> dict[str, Any]:
+        return read_json_object(self.node / "attributes.json") or {}
+
+    def _open(self) -> Any:
+        import tensorstore as ts  # only here: a parent that used tensorstore cannot fork safely
+
+        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": self.path}, "path": self.dataset or ""}
+        store = ts.open(spec, read=True, write=self.mode == "r+").result()
+        return store.T  # N5 order (x, y, z[, c]) -> ours (z, y, x) / (c, z, y, x)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: v for k, v in self._meta().items() if k not in N5_RESERVED}
+
+    @property
+    def voxel_size(self) -> VoxelSize | None:
+        """From ``resolution`` or ``pixelResolution`` (here, else on the parent group), times
+        ``downsamplingFactors``, as N5 Viewer and BigDataViewer write them (in N5 axis order)."""
+        own = self._meta()
+        res = n5_resolution(own)
+        if res is None and self.dataset:
+            res = n5_resolution(read_json_object(self.node.parent / "attributes.json") or {})
+        factors = own.get("downsamplingFactors")
+        if res is not None and isinstance(factors, list) and len(factors) == len(res):
+            res = [r * float(f) for r, f in zip(res, factors, strict=True)]
+        return spatial(res[::-1] if res is not None else None)
+
+    def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self._handle()[slices].read().result())
+
+    def _write(self, slices: tuple[slice, ...], data: np.ndarray) -> None:
+        self._handle()[slices].write(data).result()
+
+    def _set_attrs(self, attrs: dict[str, Any]) -> None:
+        reserved = sorted(N5_RESERVED & attrs.keys())
+        if reserved:
+            raise VolumeFormatError(f"attributes {reserved} of {self._where()} are N5 metadata, not ours")
+        write_json_atomic(self.node / "attributes.json", {**self._meta(), **attrs})
+
+
+def n5_resolution(attrs: Mapping[str, Any]) -> list[float] | None:
+    """``resolution`` (with tensorstore's ``units``) or ``pixelResolution`` (N5 Viewer's list or
+    {dimensions, unit}), in nm and N5 order."""
+    res, units = attrs.get("resolution"), attrs.get("units")
+    if isinstance(res, list) and isinstance(units, list) and len(units) == len(res):
+        return [float(r) * nm_per(u) for r, u in zip(res, units, strict=True)]
+    if isinstance(res, list):
+        return [float(r) for r in res]
+    pixel = attrs.get("pixelResolution")
+    if isinstance(pixel, dict) and isinstance(pixel.get("dimensions"), list):
+        factor = nm_per(pixel.get("unit", "nm"))
+        return [float(r) * factor for r in pixel["dimensions"]]
+    return [float(r) for r in pixel] if isinstance(pixel, list) else None

@@ -1,0 +1,155 @@
+"""OME-Zarr ``multiscales``: the one place this project reads and writes them.
+
+The OME-NGFF specification puts them in a different place for each zarr format:
+
+- OME-Zarr 0.4, on zarr v2: a list ``multiscales`` at the top of the group's attributes
+  (``.zattrs``), each entry carrying ``"version": "0.4"``;
+- OME-Zarr 0.5, on zarr v3: the same list under the group attribute ``ome``, whose
+  ``"version": "0.5"`` covers every entry (entries carry no version of their own).
+
+Writers (:func:`volumes.output.create_output`, :func:`volumes.output.delete_dataset`,
+:func:`volumes.synth.write_synth`) go through :func:`put_multiscale`, which writes the place the
+group's format calls for and keeps the group's other entries. Readers are lenient: an entry found in
+the other place (0.4 written on a zarr v3 group, as older tools and this project once did) still
+gives a voxel size.
+
+Group attributes are read from the metadata file itself, not through zarr: a voxel size is asked for
+on every open, and a JSON read is cheaper than opening a group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from volumes.files import read_json_object
+from volumes.volume import Format, VoxelSize
+from volumes.voxel_size import nm_per, spatial
+
+OME_ZARR_V2 = "0.4"  # the OME-Zarr version defined on zarr v2
+OME_ZARR_V3 = "0.5"  # the OME-Zarr version defined on zarr v3
+SPATIAL_AXES = ("z", "y", "x")
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def multiscale_entry(
+    path: str, voxel_size_nm: Sequence[float] | None, *, channel_axis: bool = False
+) -> dict[str, Any]:
+    """One multiscale of one scale: the array ``path`` (relative to its group), spatial axes z, y, x
+    in nm (scale 1 and no unit when the voxel size is unknown), after a channel axis if asked.
+
+    Versionless: :func:`put_multiscale` records the version where the group's format wants it.
+    """
+    unit = {"unit": "nanometer"} if voxel_size_nm is not None else {}
+    axes: list[dict[str, Any]] = [{"name": a, "type": "space", **unit} for a in SPATIAL_AXES]
+    scale = [float(v) for v in voxel_size_nm or (1.0, 1.0, 1.0)]
+    if channel_axis:
+        axes, scale = [{"name": "c", "type": "channel"}, *axes], [1.0, *scale]
+    transforms = [{"type": "scale", "scale": scale}]
+    return {"name": path, "axes": axes, "datasets": [{"path": path, "coordinateTransformations": transforms}]}
+
+
+def put_multiscale(group: zarr.Group, path: str, entry: Mapping[str, Any] | None) -> None:
+    """Replace (or drop, for None) the multiscale that lists dataset ``path`` in ``group``.
+
+    The new entry goes where the group's zarr format puts OME-Zarr (0.5 under ``ome`` on v3, 0.4 at
+    the top on v2); entries of other datasets are kept, in either place, and so is whatever else
+    ``ome`` holds. An entry for ``path`` in the other place is dropped too: it described the same
+    array. A ``multiscales`` that is not a list is no OME-Zarr, and is replaced.
+    """
+    attrs: dict[str, Any] = dict(group.attrs.asdict())
+    ome: dict[str, Any] = dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else {}
+    top = _without(attrs.get("multiscales"), path)
+    nested = _without(ome.get("multiscales"), path)
+    if entry is not None and group.metadata.zarr_format == 3:
+        nested.append(dict(entry))
+        ome["version"] = OME_ZARR_V3
+    elif entry is not None:
+        top.append({"version": OME_ZARR_V2, **entry})
+    if nested:
+        ome["multiscales"] = nested
+    else:
+        ome.pop("multiscales", None)
+    _update(group, attrs, {"multiscales": top or None, "ome": ome if set(ome) - {"version"} else None})
+
+
+def _without(entries: Any, path: str) -> list[Any]:
+    """``entries`` (a list, else none) but those that list dataset ``path``."""
+    return [m for m in entries if path not in _paths(m)] if isinstance(entries, list) else []
+
+
+def _paths(entry: Any) -> list[Any]:
+    datasets = entry.get("datasets") if isinstance(entry, dict) else None
+    return [d.get("path") for d in datasets if isinstance(d, dict)] if isinstance(datasets, list) else []
+
+
+def _update(group: zarr.Group, attrs: Mapping[str, Any], changes: Mapping[str, Any | None]) -> None:
+    """Set the ``changes`` that differ from ``attrs``; a None value deletes its key."""
+    put = {k: v for k, v in changes.items() if v is not None and v != attrs.get(k)}
+    if put:
+        group.update_attributes(put)
+    for key in (k for k, v in changes.items() if v is None and k in attrs):
+        del group.attrs[key]
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def stored_multiscales(attrs: Mapping[str, Any], fmt: Format) -> list[dict[str, Any]]:
+    """The multiscales entries in a group's ``attrs``: the place ``fmt`` calls for first, then the
+    other one."""
+    ome = attrs.get("ome")
+    nested, top = (ome.get("multiscales") if isinstance(ome, dict) else None), attrs.get("multiscales")
+    places = (nested, top) if fmt == "zarr3" else (top, nested)
+    return [m for place in places if isinstance(place, list) for m in place if isinstance(m, dict)]
+
+
+def read_voxel_size(array_dir: Path, fmt: Format) -> VoxelSize | None:
+    """The scale of ``array_dir`` (nm) in the multiscales of the nearest zarr group that lists it."""
+    for parent in array_dir.parents:
+        attrs = _group_attrs(parent, fmt)
+        if attrs is None:
+            return None
+        scale = dataset_scale(attrs, fmt, array_dir.relative_to(parent).as_posix())
+        if scale is not None:
+            return scale
+    return None
+
+
+def dataset_scale(attrs: Mapping[str, Any], fmt: Format, rel_path: str) -> VoxelSize | None:
+    """Spatial scale (nm) of the dataset ``rel_path`` in a group's multiscales; None if unlisted."""
+    for ms in stored_multiscales(attrs, fmt):
+        for ds in ms.get("datasets") or []:
+            if not isinstance(ds, dict) or ds.get("path") != rel_path:
+                continue
+            scale = np.asarray(_scale_of(ds) or [1.0], float) * np.asarray(_scale_of(ms) or [1.0], float)
+            axes = ms.get("axes") or []
+            if axes and all(isinstance(a, dict) for a in axes) and len(axes) == len(scale):
+                keep = [i for i, a in enumerate(axes) if a.get("type", "space") == "space"]
+                scale = scale[keep] * np.asarray([nm_per(axes[i].get("unit")) for i in keep])
+            return spatial(scale.tolist())
+    return None
+
+
+def _group_attrs(directory: Path, fmt: Format) -> dict[str, Any] | None:
+    """The attributes of the zarr group at ``directory``, or None when it is not one."""
+    if fmt == "zarr3":
+        meta = read_json_object(directory / "zarr.json")
+        if meta is None or meta.get("node_type") != "group":
+            return None
+        attrs = meta.get("attributes")
+        return attrs if isinstance(attrs, dict) else {}
+    return (read_json_object(directory / ".zattrs") or {}) if (directory / ".zgroup").is_file() else None
+
+
+def _scale_of(node: Mapping[str, Any]) -> list[float] | None:
+    for transform in node.get("coordinateTransformations") or []:
+        if isinstance(transform, dict) and transform.get("type") == "scale":
+            return [float(s) for s in transform["scale"]]
+    return None

@@ -1,0 +1,56 @@
+"""Opening a volume: :func:`open_volume` tells the format from the store itself and picks its backend.
+
+The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's signature, never
+from the name alone; only a TileDataset, a plain JSON file, is known by its ``.json`` suffix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from volumes.backends.hdf5 import open_hdf5
+from volumes.backends.n5 import N5Volume
+from volumes.backends.tiles import open_tiles
+from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
+from volumes.detect import clean_dataset, list_datasets, node_kind
+from volumes.errors import VolumeFormatError, VolumeNotFoundError
+from volumes.volume import Format, Mode, Volume
+
+# The backends of the stores that are directories, by the format their metadata files name.
+_DIRECTORY_BACKENDS: dict[Format, Callable[[str, str | None, Mode], Volume]] = {
+    "zarr2": Zarr2Volume,
+    "zarr3": ZarrVolume,
+    "n5": N5Volume,
+}
+
+
+def open_volume(
+    path: str | os.PathLike[str], dataset: str | None = None, mode: Mode = "r", *, labels: bool = False
+) -> Volume:
+    """Open the array ``dataset`` inside the container at ``path`` (or ``path`` itself when None).
+
+    ``labels``: the volume holds ids or masks, so whatever it resamples on read (a TileDataset's
+    ``tile_ratio``) is nearest-neighbour, never interpolated.
+
+    Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
+    VolumeFormatError for a store that is neither zarr v2/v3, N5, HDF5 nor a TileDataset ``.json``.
+    """
+    root, name = Path(path), clean_dataset(dataset)
+    if not root.exists():
+        raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
+    if root.is_file() and root.suffix.lower() == ".json":
+        return open_tiles(root, name, mode, labels=labels)
+    if root.is_file():
+        return open_hdf5(root, name, mode)
+    node = root / name if name else root
+    kind = node_kind(node) if node.is_dir() else None
+    if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
+        return _DIRECTORY_BACKENDS[kind[0]](str(root), name, mode)
+    datasets = list_datasets(root)
+    if node_kind(root) is None and not datasets:
+        raise VolumeFormatError(
+            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json there"
+        )
+    raise VolumeNotFoundError(f"no dataset {name!r} in {root}; datasets there: {datasets}")

@@ -1,0 +1,298 @@
+"""One inference job's run: the engine's two-pass protocol, whatever runs its tasks.
+
+The engine owns the protocol; a driver only moves tasks. :class:`InferenceRun` opens the input
+once, checks the output once and creates it (or finds it ready to resume), finds the blocks a
+previous run finished, and from then on hands out block tasks in an order that is always safe::
+
+    run = InferenceRun.start(job, info)         # nothing runs yet; an OutputExistsError writes nothing
+    while not run.finished_all():
+        task = run.next_task()     # pass 1 in block order; pass 2 once its chunks' contributors are done
+        ... run it anywhere: run_block(task) on a Dask worker, or in this process ...
+        run.finished(task, result)
+    run.complete()                              # every block's final marker on disk, or IncompleteRunError
+
+:func:`run_serially` is that loop in this process, for tests and debugging; the control plane's
+driver submits the same tasks to Dask and keeps several in flight. Success is never reported over
+a hole: a block is done only when its pass-2 marker is on disk (written after its chunks), pass-1
+partial sums found missing at start are recomputed, and the output is marked complete only after
+every marker was checked.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from models.ref import ModelInfo
+from volumes.blocks import BlockPlan, Index
+from volumes.open import open_volume
+from volumes.output import create_output
+from volumes.volume import Volume
+from workers.errors import IncompleteRunError
+from workers.inference.checks import OutputState, check_input, open_input, output_state, roi_shape
+from workers.inference.engine import BlockResult
+from workers.inference.geometry import JobGeometry, build_geometry
+from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+from workers.inference.rundir import RunDir
+from workers.inference.tasks import BlockTask, run_block
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def software_version() -> str:
+    try:
+        return version("pytc-service")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+@dataclass
+class RunSummary:
+    """What a run did: the job's ``result``, and the figures the benchmarks read."""
+
+    output_path: str
+    dataset: str
+    layout_key: str
+    blocks_total: int
+    blocks_skipped: int  # already done before this run (resume)
+    resumed: bool = False  # the output existed, made by this same job
+    tasks_run: dict[str, int] = field(default_factory=lambda: {"pass1": 0, "pass2": 0})
+    windows: int = 0
+    scratch_bytes: int = 0
+    output_bytes: int = 0
+    blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
+    seconds: float = 0.0
+    task_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def add(self, result: BlockResult) -> None:
+        self.tasks_run[f"pass{result.phase}"] += 1
+        self.windows += result.windows
+        self.scratch_bytes += result.scratch_bytes
+        self.output_bytes += result.output_bytes
+        self.blocks_read_ahead += int(result.read_ahead)
+        for name, seconds in result.seconds.items():
+            self.task_seconds[name] = self.task_seconds.get(name, 0.0) + seconds
+
+
+class InferenceRun:
+    """The two-pass protocol of one job over its blocks (see the module docstring)."""
+
+    def __init__(self, job: InferenceJob, info: ModelInfo, geometry: JobGeometry, run_dir: RunDir) -> None:
+        self.job, self.info, self.geometry, self.run_dir = job, info, geometry, run_dir
+        self.layout_key = run_dir.root.name
+        self.plan: BlockPlan = geometry.plan
+        self._schedule = _Schedule(self.plan, run_dir)
+        self.started = time.perf_counter()
+        self._voxels_done = sum(self.plan.write_box(b).size for b in self._schedule.p2_done)
+        self.summary = RunSummary(
+            job.output.path,
+            job.output.dataset,
+            self.layout_key,
+            self.plan.n_blocks,
+            len(self._schedule.p2_done),
+        )
+
+    @classmethod
+    def start(
+        cls,
+        job: InferenceJob,
+        info: ModelInfo,
+        *,
+        source: Volume | None = None,
+        checked: OutputState | None = None,
+    ) -> InferenceRun:
+        """Open the input (once; or take ``source``, already opened and checked), check the output
+        (or take ``checked``, the answer of a check made a moment ago in this process), create it or
+        find it ready to resume, and look at what an earlier run finished."""
+        if source is None:
+            source = open_input(job)
+            check_input(job, source)
+        layout_key = job.layout_key(info.sha256)
+        geometry = build_geometry(job, tuple(source.shape))
+        run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
+        state = checked or output_state(job, info.sha256, roi_shape(job, source))
+        if state == "absent":
+            _create(job, info, layout_key, geometry, source.voxel_size)
+        run_dir.clear_cancel()  # running the job again after a cancel resumes it
+        run = cls(job, info, geometry, run_dir)
+        run.summary.resumed = state == "resume"
+        return run
+
+    # --- what the driver asks -------------------------------------------------------------------
+
+    @property
+    def blocks_done(self) -> int:
+        return len(self._schedule.p2_done)
+
+    @property
+    def voxels_done(self) -> int:
+        return self._voxels_done
+
+    @property
+    def voxels_total(self) -> int:
+        return int(np.prod(self.geometry.roi.shape))
+
+    def next_task(self) -> BlockTask | None:
+        """A task that may run now, or None (nothing is ready until a task in flight finishes)."""
+        step = self._schedule.next_step()
+        if step is None:
+            return None
+        phase, block = step
+        return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels)  # type: ignore[arg-type]
+
+    def finished(self, task: BlockTask, result: BlockResult) -> None:
+        """``task`` ran to its end with ``result``."""
+        before = self.blocks_done
+        self._schedule.finished(task.phase, task.block)
+        if self.blocks_done > before:
+            self._voxels_done += self.plan.write_box(task.block).size
+        self.summary.add(result)
+
+    def finished_all(self) -> bool:
+        return self._schedule.idle()
+
+    def request_cancel(self) -> None:
+        """Make tasks already running stop at their next batch (a flag file every worker sees)."""
+        self.run_dir.request_cancel()
+
+    def complete(self) -> RunSummary:
+        """Success only over a whole output: every block's final marker must be on disk."""
+        missing = [b for b in self.plan.blocks() if not self.run_dir.is_done(2, b)]
+        if missing:
+            raise IncompleteRunError(
+                f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
+                "the output stays marked incomplete"
+            )
+        self.run_dir.drop_all_scratch()
+        volume = open_volume(self.job.output.path, self.job.output.dataset, mode="r+")
+        record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
+        volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, "complete": True}})
+        self.summary.seconds = time.perf_counter() - self.started
+        return self.summary
+
+
+def _create(
+    job: InferenceJob,
+    info: ModelInfo,
+    layout_key: str,
+    geometry: JobGeometry,
+    voxel_size: tuple[float, float, float] | None,
+) -> None:
+    """Create the output (once, before any block), dropping the run folders of what it replaces."""
+    shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
+    attrs = {
+        OUTPUT_ATTRS_KEY: {
+            "layout_key": layout_key,
+            "complete": False,
+            "job": json.loads(job.document),
+            "model_sha256": info.sha256,
+            "version": software_version(),
+        }
+    }
+    create_output(
+        job.output.path,
+        job.output.dataset,
+        job.output.format,
+        (info.out_channels, *geometry.roi.shape),
+        job.output.dtype,
+        job.output.chunks,
+        voxel_size,
+        attrs,
+        overwrite=job.output.overwrite,
+    )
+
+
+class _Schedule:
+    """Which task comes next: pass 1 in block order, pass 2 once its contributors' pass 1 is done."""
+
+    def __init__(self, plan: BlockPlan, run_dir: RunDir) -> None:
+        self.plan = plan
+        self.p1_done = run_dir.done_blocks(1)
+        self.p2_done = run_dir.done_blocks(2)
+        self.p1_done -= self._lost_spills(run_dir)
+        self.pass1 = collections.deque(b for b in plan.blocks() if b not in self.p1_done)
+        self.waiting = {b: plan.pass2_dependencies(b) for b in plan.blocks() if b not in self.p2_done}
+        self.ready: collections.deque[Index] = collections.deque()
+        self.in_flight = 0
+        self._release()
+
+    def _lost_spills(self, run_dir: RunDir) -> set[Index]:
+        """Blocks whose pass 1 is recorded but whose partial sums for an unfinished chunk are gone
+        (scratch cleaned by hand, a marker removed): their pass 1 runs again rather than leave a hole."""
+        lost: set[Index] = set()
+        for block in self.plan.blocks():
+            if block in self.p2_done:
+                continue
+            for chunk in self.plan.border_chunks(block):
+                for source in self.plan.contributors(chunk):
+                    if source in self.p1_done and not run_dir.scratch_path(chunk, source).exists():
+                        lost.add(source)
+        if lost:
+            log.warning("recomputing pass 1 of %d blocks whose partial sums are missing", len(lost))
+            for block in lost:
+                run_dir.marker(1, block).unlink(missing_ok=True)
+        return lost
+
+    def _release(self) -> None:
+        for block, deps in list(self.waiting.items()):
+            if block in self.p2_done:
+                del self.waiting[block]
+            elif block in self.p1_done and deps <= self.p1_done:
+                self.ready.append(block)
+                del self.waiting[block]
+
+    def finished(self, phase: int, block: Index) -> None:
+        self.in_flight -= 1
+        if phase == 1:
+            self.p1_done.add(block)
+            if not self.plan.border_chunks(block):
+                self.p2_done.add(block)
+        else:
+            self.p2_done.add(block)
+        self._release()
+
+    def next_step(self) -> tuple[int, Index] | None:
+        if self.ready:
+            self.in_flight += 1
+            return 2, self.ready.popleft()
+        if self.pass1:
+            self.in_flight += 1
+            return 1, self.pass1.popleft()
+        return None
+
+    def idle(self) -> bool:
+        return not self.ready and not self.pass1 and self.in_flight == 0
+
+
+def run_serially(
+    job: InferenceJob,
+    info: ModelInfo,
+    *,
+    predict: Predict | None = None,
+    on_task: Callable[[InferenceRun], None] | None = None,
+) -> RunSummary:
+    """The whole run in this process, one task after the other (tests, debugging, no Dask).
+
+    ``predict`` replaces the model (a function of a batch of windows, for tests); ``on_task`` is
+    called after every task, with the run.
+    """
+    run = InferenceRun.start(job, info)
+    while (task := run.next_task()) is not None:
+        run.finished(task, run_block(task, predict=predict))
+        if on_task is not None:
+            on_task(run)
+    return run.complete()
