@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.documents.loading import check_bounds
 from service.documents.sections import kind_of as kind_name
 from service.errors import SpecError
 from service.kinds.base import JobKind, ParseEnv, Summary, Target
@@ -95,7 +96,9 @@ def kind_of(doc: object) -> JobKind[Any]:
 
 
 def parse_job(doc: Mapping[str, Any], env: ParseEnv) -> tuple[JobKind[Any], Any]:
-    """The document's kind and its parsed job."""
+    """The document's kind and its parsed job; a document too deep or too large to be a job is a
+    SpecError before anything is built from it."""
+    check_bounds(doc)
     kind = kind_of(doc)
     return kind, kind.parse(doc, env)
 
