@@ -1,6 +1,6 @@
 """Durable per-job records on shared storage: done markers and the scratch of the block exchange.
 
-Layout, under ``<output.path>/.pytc-run/<dataset>/<layout_key>/``::
+Layout, under ``<output.path>/.pytc-run/<dataset, percent-encoded>/<layout_key>/``::
 
     done/p1_<z>_<y>_<x>.json    pass 1 of a block finished (its interior chunks and spills written)
     done/p2_<z>_<y>_<x>.json    the block is finished: every chunk of its write box is written
@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -43,11 +44,14 @@ class RunDir(CancelFlag):
 
     @classmethod
     def for_output(cls, output_path: str, dataset: str, layout_key: str) -> RunDir:
-        return cls(Path(output_path) / RUN_FOLDER / dataset.strip("/").replace("/", "__") / layout_key)
+        return cls(RunDir.all_for_dataset(output_path, dataset) / layout_key)
 
     @staticmethod
     def all_for_dataset(output_path: str, dataset: str) -> Path:
-        return Path(output_path) / RUN_FOLDER / dataset.strip("/").replace("/", "__")
+        """The run folders of one output dataset. Its name is the dataset's, percent-encoded: one
+        folder level whatever the dataset's depth, and one name per dataset (``a/b`` is ``a%2Fb``,
+        ``a__b`` stays ``a__b``), so two outputs of one container never share partial sums."""
+        return Path(output_path) / RUN_FOLDER / quote(dataset.strip("/"), safe="")
 
     def marker(self, phase: int, block: Index) -> Path:
         return self.root / "done" / f"p{phase}_{_name(block)}.json"

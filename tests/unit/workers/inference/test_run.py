@@ -20,6 +20,7 @@ from volumes.open import open_volume
 from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob, WindowSpec
 from workers.inference.run import InferenceRun, run_serially
+from workers.inference.rundir import RunDir
 from workers.inference.tasks import run_block
 
 SHAPE = (16, 24, 24)
@@ -140,3 +141,27 @@ def test_starting_a_run_opens_the_input_once_and_checks_the_output_once(
     assert (
         opened.count((job.output.path, job.output.dataset)) == 1
     )  # the output check; creating it is not a read
+
+
+def test_two_outputs_of_one_container_never_share_a_run_folder(job: InferenceJob) -> None:
+    """``a/b`` and ``a__b`` once mapped to one run folder: the second job's start deleted the first
+    one's partial sums, and the first failed."""
+    first = replace(job, output=replace(job.output, dataset="a/b"))
+    second = replace(job, output=replace(job.output, dataset="a__b"))
+    assert RunDir.all_for_dataset(first.output.path, "a/b") != RunDir.all_for_dataset(
+        second.output.path, "a__b"
+    )
+    run = InferenceRun.start(first, INFO)
+    while (task := run.next_task()) is not None:  # pass 1 of every block; pass 2 left for later
+        if task.phase == 1:
+            run.finished(task, run_block(task, predict=doubled))
+    spilled = sorted(run.run_dir.root.rglob("*.npy"))
+    assert spilled
+    run_serially(second, INFO, predict=doubled)  # creates and finishes its own output meanwhile
+    assert sorted(run.run_dir.root.rglob("*.npy")) == spilled
+    finished = run_serially(first, INFO, predict=doubled)
+    assert finished.resumed and finished.tasks_run["pass1"] == 0
+    np.testing.assert_array_equal(
+        open_volume(first.output.path, "a/b").read(Box.of_shape((1, *SHAPE))),
+        open_volume(second.output.path, "a__b").read(Box.of_shape((1, *SHAPE))),
+    )
