@@ -316,11 +316,21 @@ def _compute(section: ComputeSection, chunks: tuple[int, int, int]) -> ComputeSp
 
 
 def _check_no_overlap(job_input: InputSpec, output: OutputSpec) -> None:
-    """The output array must be neither the input array nor inside or around it (overwrite would eat it)."""
-    source = Path(job_input.path) / (job_input.dataset or "")
-    target = Path(output.path) / output.dataset
+    """The output array must be neither the input array nor inside or around it (overwrite would eat
+    it). Both are compared as they resolve, every symlink on the way followed: an output dataset
+    whose group is a link into the input's container is the input."""
+    source = _resolved(Path(job_input.path) / (job_input.dataset or ""))
+    target = _resolved(Path(output.path) / output.dataset)
     if source.is_relative_to(target) or target.is_relative_to(source):
         raise SpecError(
             "output.dataset",
-            f"the output {target} overlaps the input {source}; write to another dataset or container",
+            f"the output {Path(output.path) / output.dataset} (resolves to {target}) overlaps the input "
+            f"{source}; write to another dataset or container",
         )
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):  # a symlink loop: resolve_path has refused it already
+        return path

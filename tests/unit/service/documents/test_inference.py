@@ -431,3 +431,16 @@ def test_output_beside_the_input_in_one_container(root: Path) -> None:
     doc = changed(minimal(), "input", path="em.zarr", dataset="raw")
     job = parse(changed(doc, "output", path="em.zarr", dataset="pred"), root)
     assert job.output.path == job.input.path
+
+
+def test_an_output_group_linked_into_the_input_is_the_input(root: Path) -> None:
+    """``out/c.zarr/g3`` a symlink to the input's container: ``g3/raw`` *is* the input array, and with
+    ``overwrite: true`` the job would replace it by a prediction of zeros."""
+    (root / "em.zarr" / "raw").mkdir(parents=True)
+    (root / "out" / "c.zarr").mkdir(parents=True)
+    (root / "out" / "c.zarr" / "g3").symlink_to(root / "em.zarr")
+    doc = changed(minimal(), "input", path="em.zarr", dataset="raw")
+    doc = changed(doc, "output", path="out/c.zarr", dataset="g3/raw", overwrite=True)
+    err = spec_error(doc, root)
+    assert err.field == "output.dataset" and "overlaps the input" in err.reason
+    assert str(root / "em.zarr" / "raw") in err.reason
