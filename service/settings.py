@@ -51,10 +51,20 @@ class Settings(BaseSettings):
     def _colon_separated(cls, value: Any) -> Any:
         return _split(value, ":")
 
-    @field_validator("api_tokens", "job_kinds", mode="before")
+    @field_validator("job_kinds", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        """``,``-separated tokens. A list that names no token (``","``, ``" , "``) is refused: it would
+        leave the API open while whoever set it believes it is guarded. Empty means unset."""
+        tokens = _split(value, ",")
+        if isinstance(value, str) and value.strip() and not tokens:
+            raise ValueError(f"{value!r} holds no token; leave PYTC_API_TOKENS unset for an open API")
+        return tokens
 
     @field_validator("scheduler", mode="before")
     @classmethod

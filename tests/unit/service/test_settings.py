@@ -1,0 +1,38 @@
+"""The service's settings from ``PYTC_*`` variables: lists split as the contract says, and a token
+list that names no token refused (it would leave the API open while it looks guarded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PYTC_API_TOKENS", "PYTC_DATA_ROOTS", "PYTC_JOB_KINDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(("value", "tokens"), [("a,b", ["a", "b"]), (" a , ", ["a"]), ("", [])])
+def test_tokens_are_comma_separated(monkeypatch: pytest.MonkeyPatch, value: str, tokens: list[str]) -> None:
+    monkeypatch.setenv("PYTC_API_TOKENS", value)
+    assert Settings().api_tokens == tokens
+
+
+@pytest.mark.parametrize("value", [",", " , ", ",,,"])
+def test_a_token_list_without_a_token_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PYTC_API_TOKENS", value)
+    with pytest.raises(ValidationError, match="holds no token"):
+        Settings()
+
+
+def test_roots_and_kinds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTC_DATA_ROOTS", "/a::/b")
+    monkeypatch.setenv("PYTC_JOB_KINDS", "lab.kinds:SEG, lab.kinds:QC")
+    settings = Settings()
+    assert settings.data_roots == [Path("/a"), Path("/b")]
+    assert settings.job_kinds == ["lab.kinds:SEG", "lab.kinds:QC"]
