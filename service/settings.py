@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     model_check_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # How often a running job's progress is written to the store (and so seen by readers).
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    # Web pages of other origins allowed to call the API from a browser (CORS); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A lab's own job kinds, ``module:attribute`` each (service.kinds), beside the built-in ones.
     job_kinds: Annotated[list[str], NoDecode] = Field(default_factory=list)
     access_log: bool = False
@@ -51,7 +53,7 @@ class Settings(BaseSettings):
     def _colon_separated(cls, value: Any) -> Any:
         return _split(value, ":")
 
-    @field_validator("job_kinds", mode="before")
+    @field_validator("job_kinds", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")
