@@ -29,16 +29,19 @@ RUN if ! command -v ${PYTHON} >/dev/null; then \
     && ${PYTHON} -m venv /opt/pytc
 ENV PATH=/opt/pytc/bin:$PATH
 
-# torch first, from the index that matches the hardware, pinned to the range the project supports;
-# the package's own install then finds it satisfied and does not fetch another build.
-RUN pip install --index-url ${TORCH_INDEX} "torch>=2.10,<=2.14.1"
+# Every runtime dependency at the version the tests passed with: constraints.txt (`make lock`).
+# torch first, from the index that matches the hardware, at the version constraints.txt names (the
+# index decides the build, +cpu or +cu128); the package's own install then finds it satisfied and
+# does not fetch another build, and puts torch's own dependencies at their locked versions.
 WORKDIR /src
+COPY constraints.txt ./
+RUN pip install --index-url ${TORCH_INDEX} "$(grep -E '^torch==' constraints.txt)"
 COPY pyproject.toml README.md ./
 COPY volumes ./volumes
 COPY models ./models
 COPY workers ./workers
 COPY service ./service
-RUN pip install . && rm -rf /src
+RUN pip install -c constraints.txt . && rm -rf /src
 
 # Unprivileged. /data is where the compose file mounts the shared data; HOME is writable for any
 # uid so that `user:` can match the owner of a bind-mounted data folder.

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench demo-model clean
+.PHONY: venv test lint demo bench demo-model lock clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 2; }
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check volumes models workers service tests
-	$(BIN)/ruff check volumes models workers service tests
+	$(BIN)/ruff format --check volumes models workers service tests deploy
+	$(BIN)/ruff check volumes models workers service tests deploy
 	$(BIN)/mypy volumes models workers service
 
 test: $(STAMP) lint
@@ -35,6 +35,11 @@ bench: $(STAMP)
 # a kind: training job through pytc run, scored by the inference engine.
 demo-model: $(STAMP)
 	$(BIN)/python -m service.demo.model --out models/weights/demo_unet3d.pth.tar
+
+# constraints.txt: the runtime dependencies, direct or not, at the versions installed in .venv (the
+# ones the tests passed with); the Docker image installs with it. Run after `make test` passes.
+lock: $(STAMP)
+	$(BIN)/python deploy/lock.py constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,11 +3,18 @@
 A checkpoint is ``{"state_dict", "optimizer", "lr_scheduler", "iteration", ...}`` (PyTC's keys;
 ``iteration`` = iterations completed) plus our ``schema_version``. Loading never unpickles
 arbitrary objects (``weights_only=True``), so a checkpoint from a stranger cannot run code.
+
+When torch refuses a file, its message advises loading it again with the safety off. A service
+must never pass that on: :func:`load_failure` says instead what is wrong with the file and the safe
+way out (save the weights alone again), and keeps only the part of torch's text that names the
+problem.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,14 @@ CHECKPOINT_SCHEMA_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # How many differing layers an error message lists before summarising the rest.
 _MAX_LISTED = 25
+# What to do with a file that holds more than weights; never "load it with the safety off".
+RESAVE_ADVICE = (
+    'save the weights alone where the model was trained: torch.save({"state_dict": model.state_dict()}, path)'
+)
+# torch's words for a pickle asking for a class or function the weights-only unpickler refuses.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNREADABLE_OPCODE = re.compile(r"Unsupported operand (\d+)")
+_ZIP_FAILURE = re.compile(r"failed reading zip archive: ([^.]+)")
 
 StrPath = str | os.PathLike[str]
 
@@ -65,15 +80,60 @@ def load_checkpoint(path: StrPath) -> dict[str, Any]:
         raise ModelNotFoundError(f"checkpoint {source} does not exist")
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} is not a file")
+    if source.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {source} is empty (0 bytes): copy or save it again")
     try:
-        data = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+            warnings.simplefilter("ignore")
+            data = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load's failure modes are an open set; the cause is chained
-        raise CheckpointError(
-            f"checkpoint {source} cannot be loaded with weights_only=True: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(load_failure(f"checkpoint {source}", exc)) from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {source} holds a {type(data).__name__}, expected a dict")
     return data
+
+
+def load_failure(what: str, exc: BaseException) -> str:
+    """Why ``what`` (``checkpoint PATH``, ``torchscript model PATH``) could not be loaded, from
+    torch's exception, in words that never advise turning ``weights_only`` off.
+
+    A refused global (a class or function the file's pickle asks for: a whole module saved with
+    ``torch.save(model)``, a custom object, or code) is named, with the safe remedy; a pickle or zip
+    archive torch cannot read is a damaged file; anything else keeps the first line of torch's
+    message only if it says nothing about ``weights_only``."""
+    text = str(exc)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused is not None and _cut_short(refused.group(1)):
+        return f"{what} is truncated (its data ends partway through): copy or save it again"
+    if refused is not None:
+        return (
+            f"{what} holds Python objects, not only tensors and plain containers (it asks for "
+            f"{refused.group(1)}), so loading it could run code and it is refused unread; " + RESAVE_ADVICE
+        )
+    if (opcode := _UNREADABLE_OPCODE.search(text)) is not None:
+        return (
+            f"{what} is not a file torch wrote, or it is damaged (its pickle data has an "
+            f"unreadable opcode {opcode.group(1)}): copy or save it again"
+        )
+    if (zip_failure := _ZIP_FAILURE.search(text)) is not None:
+        return (
+            f"{what} is not a file torch wrote, or it is truncated or damaged (its zip archive "
+            f"cannot be read: {zip_failure.group(1).strip()}): copy or save it again"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    cause = type(exc).__name__ + (f": {first_line}" if first_line else "")
+    if "weights_only" in cause:
+        cause = type(exc).__name__
+    return f"{what} cannot be loaded ({cause}): copy or save it again"
+
+
+def _cut_short(name: str) -> bool:
+    """Whether a refused global is the beginning of one torch allows: a file that ends mid-name."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # a private helper; without it, the name is reported as it came
+        return False
+    return any(allowed != name and allowed.startswith(name) for allowed in _get_allowed_globals())
 
 
 def extract_state_dict(ckpt: Mapping[str, Any], path: StrPath | None = None) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from models.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from models.checkpoint import extract_state_dict, load_checkpoint, load_failure, load_weights
 from models.errors import CheckpointError, ModelConfigError, ModelNotFoundError
 from models.unet3d import ARCHITECTURES
 
@@ -127,9 +127,7 @@ def _load_torchscript(path: str, probe_shape: tuple[int, int, int] | None) -> Lo
             warnings.filterwarnings("ignore", message=r".*torch\.jit", category=DeprecationWarning)
             module = torch.jit.load(str(source), map_location="cpu")
     except Exception as exc:  # jit.load raises RuntimeError or worse on junk; the cause is chained
-        raise CheckpointError(
-            f"torchscript model {source} cannot be loaded: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(load_failure(f"torchscript model {source}", exc)) from exc
     module.eval()
     in_channels, out_channels = _probe_channels(module, source, probe_shape, None)
     return LoadedModel(module, in_channels, out_channels, sha, f"torchscript {source}")
@@ -138,12 +136,17 @@ def _load_torchscript(path: str, probe_shape: tuple[int, int, int] | None) -> Lo
 def _load_exported(path: str, probe_shape: tuple[int, int, int] | None) -> LoadedModel:
     source = _existing_file(path, "exported model")
     sha = file_sha256(source)
+    # torch.export logs a file it cannot read as a WARNING with a traceback on stderr; the error
+    # below says it in one line (its cause chained), so that log is kept down to errors meanwhile.
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)
     try:
         program = torch.export.load(str(source))
     except Exception as exc:  # same as above: an open set of failures, chained
-        raise CheckpointError(
-            f"exported model {source} cannot be loaded: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(load_failure(f"exported model {source}", exc)) from exc
+    finally:
+        export_log.setLevel(level)
     graph_module = program.module()
     fixed = _static_input_shape(graph_module)
     module = ExportedModule(graph_module)

@@ -30,9 +30,13 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the control plane needs to know of a model, found by loading it on a worker."""
+    """What the control plane needs to know of a model, found by loading it on a worker, and of
+    the device the job would run on there: what it is, and each precision it does not run
+    natively with the reason (``workers.runtime.precision``; empty where nobody looked)."""
 
     in_channels: int
     out_channels: int
     sha256: str
     description: str = ""
+    device: str = ""
+    unsupported_precisions: tuple[tuple[str, str], ...] = ()

@@ -4,8 +4,10 @@ a named scheduler.
 Every embedded worker is one of ours: it advertises the accelerator slot ``pytc-worker`` advertises
 (so block tasks run there too), keeps its Dask event loop quiet beside the model
 (:mod:`workers.runtime.dask_settings`), carries the per-worker state plugin
-(:mod:`workers.runtime.state`), and listens on loopback only: the scheduler's and workers' ports
-and the dashboard are never exposed beyond this machine.
+(:mod:`workers.runtime.state`) unless it is a thread of this process, logs a failed task's
+traceback at DEBUG only (:mod:`workers.runtime.task_logs`: the job reports the failure), and
+listens on loopback only: the scheduler's and workers' ports and the dashboard are never exposed
+beyond this machine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from service.errors import SchedulerUnavailableError
 from workers.resources import ONE_ACCELERATOR
 from workers.runtime.dask_settings import worker_settings
 from workers.runtime.state import WorkerState
+from workers.runtime.task_logs import DemoteTaskFailures, demote_task_failures
 
 
 def embedded_cluster(
@@ -31,6 +34,8 @@ def embedded_cluster(
     # After distributed's import configured its loggers: the embedded scheduler logs every
     # connection at INFO, and a user needs only its warnings.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    if in_process:
+        demote_task_failures()  # the worker logs in this process; its workers' plugin does it there
     where: dict[str, Any] = {"processes": False} if in_process else {"processes": True, "host": "127.0.0.1"}
     with dask.config.set(worker_settings()):  # nannies hand these to their worker processes
         return LocalCluster(
@@ -44,13 +49,20 @@ def embedded_cluster(
 
 
 def connect(cluster: LocalCluster | str, *, timeout: str = "30s") -> Client:
-    """A client of an embedded ``cluster`` (its workers get the state plugin), or of the scheduler
-    at an address (``tcp://HOST:8786``; ``pytc-worker`` gave its workers the plugin)."""
+    """A client of an embedded ``cluster`` (worker processes get the state plugin), or of the
+    scheduler at an address (``tcp://HOST:8786``; ``pytc-worker`` gave its workers the plugin).
+
+    A worker that is a thread of this process (``pytc run``'s one) gets no state plugin, and so
+    keeps its models in this process's state (:func:`workers.runtime.state.worker_state` falls
+    back to it): ``pytc run`` checks the model in this process before it starts the cluster, and
+    the blocks then find the model that check loaded instead of loading it a second time."""
     if isinstance(cluster, str):
         try:
             return Client(cluster, timeout=timeout)
         except OSError as err:  # refused, unresolvable or timed out
             raise SchedulerUnavailableError(f"cannot connect to the Dask scheduler {cluster}: {err}") from err
     client = Client(cluster)
-    client.register_plugin(WorkerState())
+    if getattr(cluster, "processes", True):
+        client.register_plugin(WorkerState())
+        client.register_plugin(DemoteTaskFailures())
     return client

@@ -66,6 +66,11 @@ class JobFinishedError(ConflictError):
     """The job already ended (succeeded, failed or cancelled), so it cannot be cancelled."""
 
 
+class JobDatabaseError(ServiceError, RuntimeError):
+    """The job database (``jobs.sqlite3``) cannot be used by this version: written by a newer
+    pytc-service, or not a database at all; the message names the file and the versions."""
+
+
 class AuthenticationError(ServiceError, PermissionError):
     """A ``/v1`` call without a valid bearer token while ``PYTC_API_TOKENS`` is set (HTTP 401)."""
 

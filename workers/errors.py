@@ -12,6 +12,7 @@ worker's exception to the client).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -54,6 +55,26 @@ def _rebuild_spec_error(
     cls: type[SpecError], field: str, reason: str, errors: tuple[tuple[str, str], ...]
 ) -> SpecError:
     return cls(field, reason, errors=errors)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A check on a worker found that the job cannot run as written: returned, not raised.
+
+    Dask logs every exception a task raises (``Compute Failed`` with a traceback) in the worker's
+    log, which is the service's log or ``pytc run``'s terminal for an embedded cluster; a job the
+    user can fix deserves one clean line naming the field instead. So the checks that run on a
+    worker return this, and their caller raises :meth:`error`."""
+
+    errors: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, err: SpecError) -> Refusal:
+        return cls(err.errors)
+
+    def error(self) -> SpecError:
+        field, reason = self.errors[0]
+        return SpecError(field, reason, errors=self.errors)
 
 
 class OutputExistsError(SpecError, FileExistsError):

@@ -21,8 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from service.cli.common import EXIT_OK, EXIT_SPEC, positive_int
+from service.cli.help import PYTC_EPILOG
+from workers.version import add_version_flag
 
 __all__ = ["build_parser", "data_roots", "main", "start_up_done"]
+
+SYNTH_SHAPE = (64, 512, 512)
+SYNTH_VOXEL_SIZE_NM = (30.0, 8.0, 8.0)
+SYNTH_CHUNKS = (32, 256, 256)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli.run import add_run_command
 
     parser = argparse.ArgumentParser(
-        prog="pytc", description="Exact chunked 3D inference and training over zarr/N5 volumes, on Dask."
+        prog="pytc",
+        description="Exact chunked 3D inference and training over zarr/N5 volumes, on Dask.",
+        epilog=PYTC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_flag(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_run_command(commands)
     _add_synth_command(commands)
@@ -91,20 +101,36 @@ def start_up_done() -> None:
 
 def _add_synth_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     synth = commands.add_parser(
-        "synth", help="write a synthetic EM-like volume with ground truth (raw, mito, cells)"
+        "synth",
+        help="write a synthetic EM-like volume with ground truth (raw, mito, cells)",
+        description="Write a synthetic EM-like volume into one zarr group: raw (uint8) and its ground "
+        "truth, mito (0/1) and cells (instance ids, 0 on membranes). Prints OUT.zarr.",
     )
-    synth.add_argument("out", type=Path, metavar="OUT.zarr")
-    synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 512, 512], metavar=("Z", "Y", "X"))
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("out", type=Path, metavar="OUT.zarr", help="the zarr group to write")
     synth.add_argument(
-        "--voxel-size", type=float, nargs=3, default=[30.0, 8.0, 8.0], metavar=("Z", "Y", "X"), help="in nm"
+        "--shape", type=positive_int, nargs=3, default=list(SYNTH_SHAPE), metavar=("Z", "Y", "X"),
+        help=f"in voxels (default: {_spaced(SYNTH_SHAPE)})",
+    )  # fmt: skip
+    synth.add_argument("--seed", type=int, default=0, help="the same seed makes the same volume (default: 0)")
+    synth.add_argument(
+        "--voxel-size", type=float, nargs=3, default=list(SYNTH_VOXEL_SIZE_NM), metavar=("Z", "Y", "X"),
+        help=f"in nm, recorded in the arrays' metadata (default: {_spaced(SYNTH_VOXEL_SIZE_NM)})",
+    )  # fmt: skip
+    synth.add_argument(
+        "--chunks", type=positive_int, nargs=3, default=list(SYNTH_CHUNKS), metavar=("Z", "Y", "X"),
+        help=f"chunk shape of every array (default: {_spaced(SYNTH_CHUNKS)})",
+    )  # fmt: skip
+    synth.add_argument(
+        "--format", choices=["zarr3", "zarr2"], default="zarr3", help="zarr format version (default: zarr3)"
     )
     synth.add_argument(
-        "--chunks", type=positive_int, nargs=3, default=[32, 256, 256], metavar=("Z", "Y", "X")
+        "--overwrite", action="store_true", help="replace OUT.zarr if it exists (default: refuse, exit 2)"
     )
-    synth.add_argument("--format", choices=["zarr3", "zarr2"], default="zarr3")
-    synth.add_argument("--overwrite", action="store_true", help="replace OUT.zarr if it exists")
     synth.set_defaults(command=synth_command)
+
+
+def _spaced(values: Sequence[object]) -> str:
+    return " ".join(str(v) for v in values)
 
 
 def synth_command(args: argparse.Namespace) -> int:

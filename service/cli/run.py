@@ -1,12 +1,15 @@
 """``pytc run JOB.yaml``: one job of any kind, to its end, without a server.
 
 The job goes through its kind (:mod:`service.kinds`) as it would in the service: parsed (exit 2
-names the field), admitted (the data here, the model on a worker; nothing written), run with a
-progress line and Ctrl-C as the cancel, summarised. The Dask cluster starts only when a check first
-needs a worker, so a job whose data is wrong fails at once; it is ``--scheduler`` /
+names the field), admitted (the data here, the model where it will run; nothing written), run with a
+progress line and Ctrl-C as the cancel, summarised. The Dask cluster is ``--scheduler`` /
 ``PYTC_SCHEDULER``, or an embedded cluster (one worker on a thread of this process, or
-``--workers N`` processes on loopback). Without a service, ``register_as`` and
-``model: {name: ...}`` use the file registry ``$PYTC_STATE_DIR/models.json``.
+``--workers N`` processes on loopback). It starts only when the job runs, or when a check first
+needs a worker of another process: with the one embedded worker, the checks run in this process
+before any cluster exists (that worker would run them in this process anyway, and the model they
+load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
+Without a service, ``register_as`` and ``model: {name: ...}`` use the file registry
+``$PYTC_STATE_DIR/models.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from service.cli.common import (
     positive_int,
     spec_failure,
 )
+from service.cli.help import RUN_DESCRIPTION, RUN_EPILOG
 from service.documents.loading import load_job_file
 from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
 from service.kinds import parse_job
@@ -38,8 +42,14 @@ if TYPE_CHECKING:
 
 
 def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = commands.add_parser("run", help="run one job to completion, without a server")
-    run.add_argument("job", type=Path, metavar="JOB.yaml")
+    run = commands.add_parser(
+        "run",
+        help="run one job to completion, without a server",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("job", type=Path, metavar="JOB.yaml", help="the job document (YAML or JSON)")
     run.add_argument(
         "--scheduler",
         help="address of a Dask scheduler, e.g. tcp://HOST:8786 (default: $PYTC_SCHEDULER, "
@@ -152,12 +162,24 @@ class LazyCluster:
             if self.scheduler:
                 self._client = connect(self.scheduler)
             else:
-                self._cluster = embedded_cluster(self.n_workers, in_process=self.n_workers == 1)
+                self._cluster = embedded_cluster(self.n_workers, in_process=self.in_process)
                 self._client = connect(self._cluster)
         return self._client
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the one worker is a thread of this process (no scheduler, one worker)."""
+        return not self.scheduler and self.n_workers == 1
+
     def call(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` on a worker: a check that loads a model or reads data where they live."""
+        """``fn(*args)`` where the job's blocks will run: a check that loads a model or reads data.
+
+        With the embedded worker on a thread of this process, that is here and now, with no
+        cluster started: the worker keeps its models in this process's state too (it has no state
+        plugin, :func:`service.cluster.connect`), so the model loaded here is the one its blocks
+        use. Elsewhere (``--workers N``, a scheduler) it is a task on a worker."""
+        if self.in_process:
+            return fn(*args)
         return self.client().submit(fn, *args, pure=False).result()
 
 

@@ -149,12 +149,20 @@ class OutputSection(Section):
         return [value] if isinstance(value, str) else value
 
 
+PRECISION_HELP = (
+    "float32 (the default), bfloat16 or float16: the network runs under autocast in this type; "
+    "blending and accumulation stay float32. A reduced precision is refused (naming the device) "
+    "where the device does not run it natively: on a CPU bfloat16 needs AVX512-BF16 or AMX and "
+    "float16 AVX512-FP16 or AMX-FP16; on a GPU bfloat16 needs compute capability 8.0 (Ampere)."
+)
+
+
 class ComputeSection(Section):
     """How the work is cut and run: the output box per task, the device and the precision."""
 
     block_shape: PosTriple | None = None
     device: Device = "auto"
-    precision: Precision = "float32"
+    precision: Precision = Field(default="float32", description=PRECISION_HELP)
 
 
 class InferenceDocument(Section):

@@ -14,7 +14,6 @@ type it accepts (``json_schema_input_type``), and a section's docstring is writt
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -132,8 +131,8 @@ def _reason(error: ErrorDetails, root: type[BaseModel]) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         known = _fields_at(root, error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.7)
-        hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(known)}"
+        close = closest_name(str(error["loc"][-1]), known)
+        hint = f"did you mean {close!r}?" if close else f"expected one of: {', '.join(known)}"
         return f"unknown field; {hint}" if known else "unknown field"
     if kind == "missing":
         return "required"
@@ -143,6 +142,38 @@ def _reason(error: ErrorDetails, root: type[BaseModel]) -> str:
     if kind == "value_error" or isinstance(value, Mapping | list):
         return message
     return f"{message}, got {value!r}"
+
+
+def closest_name(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` is a typo of, or None: at most one slip (a letter missing, extra,
+    wrong, or two letters swapped) per four letters of the longer name, and fewer slips than the
+    shorter one has letters, case aside; the nearest wins.
+
+    So ``formt`` is ``format`` and ``pach_size`` is ``patch_size``, while ``shards`` is not ``heads``
+    (three slips in six letters): a name that merely shares letters with a field is not suggested.
+    """
+    typed = name.lower()
+    best: tuple[int, str] | None = None
+    for candidate in known:
+        slips = _slips(typed, candidate.lower())
+        longer, shorter = max(len(typed), len(candidate)), min(len(typed), len(candidate))
+        if slips <= max(1, longer // 4) and slips < shorter and (best is None or slips < best[0]):
+            best = (slips, candidate)
+    return best[1] if best is not None else None
+
+
+def _slips(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``, a swap of neighbours counting one (optimal string alignment)."""
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        above, before, row = before, row, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            row[j] = min(before[j] + 1, row[j - 1] + 1, before[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], above[j - 2] + 1)
+    return row[-1]
 
 
 def _fields_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from models.training_config import HeadSpec, LossWeights, OptimizerSpec, ScheduleSpec, default_loss
+from service.documents.inference import PRECISION_HELP
 from service.documents.loading import canonical_json
 from service.documents.sections import (
     Finite,
@@ -216,7 +217,7 @@ class TrainingComputeSection(Section):
     """The device, the precision and the CPU threads of the training task."""
 
     device: Device = "auto"
-    precision: Precision = "float32"
+    precision: Precision = Field(default="float32", description=PRECISION_HELP)
     threads: PosInt | None = None
 
 

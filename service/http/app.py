@@ -18,9 +18,12 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from service.documents.schema import document_schemas
+from service.http.origins import BrowserGuard
 from service.http.problems import add_problem_schema, install_problem_handlers
 from service.http.routes import probe_routes, v1_routes
 from service.http.state import open_state
@@ -28,7 +31,7 @@ from service.kinds import documents, register_kinds
 from service.settings import Settings
 from service.store.jobs import JobStore
 from service.store.models import ModelRegistry
-from workers.inference.run import software_version
+from workers.version import package_version
 
 
 def create_app(
@@ -51,9 +54,13 @@ def create_app(
             state.store.close()
             state.models.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc with their scripts served by the app itself (fastapi-offline), not
+    # from a CDN: a lab cluster without internet access still gets readable API docs.
+    app = FastAPIOffline(
+        docs_url="/docs",
+        redoc_url="/redoc",
         title="pytc-service",
-        version=software_version(),
+        version=package_version(),
         description=(
             "Exact out-of-core inference and training of PyTorch Connectomics models over zarr, N5 "
             "and HDF5 volumes, run on Dask. Submit a job document (`POST /v1/jobs`), follow it "
@@ -63,6 +70,15 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    # Starlette runs the middleware added last first: CORS answers preflights before the guard.
+    app.add_middleware(BrowserGuard, allowed_origins=settings.cors_origins)
+    if settings.cors_origins:  # CORS stays off unless a lab names the pages that may call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
     app.include_router(v1_routes(settings.api_tokens))
     app.include_router(probe_routes())
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]

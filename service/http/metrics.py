@@ -72,18 +72,22 @@ class ServiceMetrics:
         self._lock = threading.Lock()
         self.work_done: dict[str, int] = {}  # by unit
         self.voxels_processed = 0
+        self.blocks_done = 0
         self.jobs_finished: dict[str, int] = {}
         self.block_seconds: dict[str, Histogram] = {}
 
     def add_progress(self, previous: Progress, current: Progress) -> None:
-        """The work a run did between two of its reports, in its unit (blocks, iterations, ...);
-        output voxels too where the job reports them."""
+        """The work a run did between two of its reports, in its unit (steps, iterations, ...);
+        output voxels and blocks too where the job reports them."""
         done = max(0, current.done - previous.done)
         voxels = current.details.get("voxels_done", 0) - previous.details.get("voxels_done", 0)
+        blocks = current.details.get("blocks_done", 0) - previous.details.get("blocks_done", 0)
         with self._lock:
             self.work_done[current.unit] = self.work_done.get(current.unit, 0) + done
             if isinstance(voxels, int) and voxels > 0:
                 self.voxels_processed += voxels
+            if isinstance(blocks, int) and blocks > 0:
+                self.blocks_done += blocks
 
     def observe_block(self, phase: str, seconds: float) -> None:
         with self._lock:
@@ -114,7 +118,7 @@ class ServiceMetrics:
         with self._lock:
             finished = sorted(self.jobs_finished.items())
             work, voxels = sorted(self.work_done.items()), self.voxels_processed
-            blocks = self.work_done.get("blocks", 0)
+            blocks = self.blocks_done
             durations = [
                 line
                 for phase, hist in sorted(self.block_seconds.items())

@@ -48,7 +48,7 @@ class FieldProblem(BaseModel):
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details; ``errors`` lists every invalid field of a job or request."""
+    """RFC 9457 problem details; `errors` lists every invalid field of a job or request."""
 
     type: str = "about:blank"
     title: str

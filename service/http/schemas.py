@@ -21,8 +21,9 @@ MAX_BODY_BYTES = 1 << 20
 
 
 class ProgressOut(BaseModel):
-    """How far the job is, in its kind's unit of work (``blocks``, ``iterations``, ...). A kind may
-    add figures of its own (an inference job ``voxels_done``, a training job ``loss`` and ``lr``)."""
+    """How far the job is, in its kind's unit of work (`steps` of an inference job, `iterations` of a
+    training job). A kind may add figures of its own (an inference job `voxels_done`, a training job
+    `loss` and `lr`)."""
 
     model_config = ConfigDict(extra="allow")
 

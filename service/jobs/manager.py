@@ -1,7 +1,8 @@
 """The job manager: runs queued jobs on Dask from background threads, and records how they end.
 
 ``max_concurrent_jobs`` threads each take the oldest queued job from the store, find its kind
-(:mod:`service.kinds`) and run it; progress goes to the store (throttled) and to the metrics. A
+(:mod:`service.kinds`) and run it; progress goes to the store (throttled), to the metrics and to the
+log (a line per running job at least every 30 s, :class:`~service.http.events.ProgressWriter`). A
 cancel sets the job's event, which the kind's run sees between tasks. On start every job left queued
 or running by an earlier process (a crash, ``kill -9``) is queued again; it resumes from what it
 finished (an inference job from its done blocks, a training job from its newest checkpoint). On a
@@ -24,11 +25,14 @@ from service.http.metrics import ServiceMetrics
 from service.jobs.connection import DaskConnection
 from service.kinds import job_kind
 from service.kinds.base import ParseEnv, RunEnv, model_resolver
+from service.progress import LOG_HEARTBEAT_S
 from service.store.jobs import ErrorInfo, JobRecord, JobStore
 from service.store.models import ModelRegistry
 from workers.errors import SpecError, WorkerError
 
 log = logging.getLogger(__name__)
+
+TICK_S = 1.0  # running jobs' progress writers are ticked this often, for their log lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,7 @@ class JobManager:
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._writers: dict[str, ProgressWriter] = {}  # of the running jobs
 
     def start(self) -> None:
         requeued = self.store.recover()
@@ -70,6 +75,7 @@ class JobManager:
             thread.start()
             self._threads.append(thread)
         threading.Thread(target=self._watch_block_durations, name="pytc-task-stream", daemon=True).start()
+        threading.Thread(target=self._tick_writers, name="pytc-progress-log", daemon=True).start()
 
     def stop(self, timeout_s: float = 90.0) -> None:
         """Stop running jobs at their next task boundary and queue them again for the next start."""
@@ -117,6 +123,14 @@ class JobManager:
                 counted = {k for k in counted if k in {str(r["key"]) for r in records}}
             since = self.metrics.observe_task_stream(records, counted) or since or time.time()
 
+    def _tick_writers(self) -> None:
+        """Running jobs' progress reaches the log even while their kind reports nothing."""
+        while not self._stopping.wait(TICK_S):
+            with self._lock:
+                writers = list(self._writers.values())
+            for writer in writers:
+                writer.tick()
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             if not self.connection.wait_ready(1.0):
@@ -131,6 +145,7 @@ class JobManager:
             finally:
                 with self._lock:
                     self._cancels.pop(record.id, None)
+                    self._writers.pop(record.id, None)
 
     def _run(self, record: JobRecord) -> None:
         self.feed.bump(record.id)
@@ -141,11 +156,19 @@ class JobManager:
         try:
             kind = job_kind(record.kind)
             job = kind.parse(record.spec, self.parse_env)
+            writer = ProgressWriter(
+                record.id,
+                self.store,
+                self.feed,
+                self.metrics,
+                self.config.progress_interval_s,
+                log_every_s=LOG_HEARTBEAT_S - TICK_S,  # ticked every TICK_S: a line every 30 s at most apart
+            )
+            with self._lock:
+                self._writers[record.id] = writer
             env = RunEnv(
                 self.connection.client(),
-                report=ProgressWriter(
-                    record.id, self.store, self.feed, self.metrics, self.config.progress_interval_s
-                ),
+                report=writer,
                 cancel=cancel,
                 models=self.models,
                 notice=lambda text: log.info("job %s: %s", record.id, text),

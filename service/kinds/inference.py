@@ -3,15 +3,23 @@
 The engine owns the run (:class:`workers.inference.run.InferenceRun`: output creation, the order of
 the two passes, lost partial sums, the final check and the completion mark). This kind only checks
 the job, and pumps the run's tasks through Dask: a few in flight per worker, pass 2 ahead of pass 1,
-each task reported back to the run when it ends. Progress counts finished blocks.
+each task reported back to the run when it ends.
+
+Progress is counted in steps as they happen (:mod:`workers.inference.steps`: a window computed, a
+pass-2 chunk finished). Running block tasks send their counts as Dask worker events on the job's
+topic (:func:`workers.inference.tasks.progress_topic`); the driver folds them into the run, which
+counts each (block, pass) once however often Dask runs it, and reports at most every
+:data:`REPORT_MIN_S`, at once when a task ends, and every :data:`HEARTBEAT_S` even when nothing
+moved, so that a log shows the job alive.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,17 +27,21 @@ from distributed import Client, Future, wait
 
 from models.errors import ModelError
 from models.ref import ModelInfo, ModelRef
+from models.torch_files import torch_file_problem
 from service.documents.inference import InferenceDocument, parse_inference
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target, WorkerCall
 from service.progress import Progress, format_duration
+from volumes.blocks import Index
 from volumes.lru import LRU
 from volumes.volume import Volume
-from workers.errors import BlockCancelledError, IncompleteRunError
+from workers.errors import BlockCancelledError, IncompleteRunError, Refusal
 from workers.inference.checks import (
     OutputState,
     check_input,
     check_model,
+    check_precision,
+    model_field,
     open_input,
     output_state,
     roi_shape,
@@ -37,13 +49,16 @@ from workers.inference.checks import (
 from workers.inference.job import InferenceJob
 from workers.inference.readahead import task_key
 from workers.inference.run import InferenceRun
-from workers.inference.tasks import BlockTask, inspect_model, run_block
+from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
 from workers.resources import ONE_ACCELERATOR
 
 log = logging.getLogger(__name__)
 
 CANCEL_WAIT_S = 60.0  # how long a cancel waits for running blocks to stop at their next batch
 PASS2_PRIORITY = 10  # pass-2 tasks run before queued pass-1 tasks: they free scratch
+WAKE_S = 0.2  # the driver looks at its tasks, its events and the cancel this often
+REPORT_MIN_S = 0.2  # progress that moved is reported at most this often (a task's end at once)
+HEARTBEAT_S = 5.0  # and progress that did not move this often, with the time gone on
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,8 @@ class InferenceKind:
     document = InferenceDocument
 
     def __init__(self) -> None:
-        # Model checks by (reference, patch size, the files' size and mtime): submitting many jobs
-        # with one model asks a worker once.
+        # Model checks by (reference, patch size, device, the files' size and mtime): submitting
+        # many jobs with one model asks a worker once.
         self._models: LRU[ModelInfo] = LRU(256)
 
     def parse(self, doc: Mapping[str, Any], env: ParseEnv) -> InferenceJob:
@@ -77,20 +92,32 @@ class InferenceKind:
         check_input(job, source)
         info = self.model_info(job, env.on_worker)
         check_model(job, info, source)
+        check_precision(job, info)
         return Checked(info, output_state(job, info.sha256, roi_shape(job, source)), source)
 
     def model_info(self, job: InferenceJob, on_worker: WorkerCall) -> ModelInfo:
-        ref, patch = job.model, job.window.patch_size
+        """The model as it loads where the job will run, and what the job's device there runs
+        natively. The files are looked at here first (they exist, and may be files torch wrote);
+        what the worker finds wrong comes back as a :class:`Refusal` (so no log holds a traceback
+        for it) and is raised here."""
+        ref, patch, device = job.model, job.window.patch_size, job.compute.device
         for path in (ref.path, ref.checkpoint):
             if path is not None and not os.path.isfile(path):
-                raise SpecError(_model_field(ref), f"{path} does not exist or is not a file")
-        key = (ref, patch, _files_signature(ref))
+                raise SpecError(model_field(ref), f"{path} does not exist or is not a file")
+            if path is not None and (problem := torch_file_problem(path)) is not None:
+                raise SpecError(model_field(ref), f"{path} {problem}")  # no worker needed to see it
+        key = (ref, patch, device, _files_signature(ref))
         info = self._models.get(key)
         if info is None:
             try:
-                info = on_worker(inspect_model, ref, patch)
-            except (ModelError, OSError) as err:  # a model file the worker cannot load or read
-                raise SpecError(_model_field(ref), str(err)) from err
+                answer = on_worker(inspect_model, ref, patch, device)
+            except ModelError as err:  # a worker of an older version raises it instead
+                raise SpecError(model_field(ref, err), str(err)) from err
+            # An OSError here is the connection's (no worker answered: SchedulerUnavailableError,
+            # a 503), never the model's: the worker returns those as a Refusal.
+            if isinstance(answer, Refusal):
+                raise answer.error()
+            info = answer
             self._models.put(key, info)
         return info
 
@@ -122,17 +149,21 @@ INFERENCE = InferenceKind()
 
 
 class _Driver:
-    """Keeps a few of the run's tasks in flight on Dask until none is left."""
+    """Keeps a few of the run's tasks in flight on Dask until none is left, and reports progress."""
 
-    def __init__(self, run: InferenceRun, env: RunEnv) -> None:
+    def __init__(self, run: InferenceRun, env: RunEnv, clock: Callable[[], float] = time.monotonic) -> None:
         self.run, self.env = run, env
         self.client: Client = env.client
         workers = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         self.limit = max(4, 2 * workers + 2)
         self.in_flight: dict[Future, BlockTask] = {}
         self.key_prefix = f"pytc-{run.layout_key}-"
+        self.topic = progress_topic(run.layout_key)
+        self.inbox = StepInbox()
+        self.pace = ReportPace(clock)
 
     def drive(self) -> None:
+        self.client.subscribe_topic(self.topic, self.inbox)
         self.report()
         try:
             while True:
@@ -140,21 +171,25 @@ class _Driver:
                     self.in_flight[self.submit(task)] = task
                 if not self.in_flight:
                     return
-                done = _wait_some(list(self.in_flight))
+                done = _wait_some(list(self.in_flight), WAKE_S)
                 if self.env.cancel.is_set():
                     self.stop()
                     raise JobCancelledError(
                         f"job cancelled with {self.run.blocks_done}/{self.run.plan.n_blocks} blocks done"
                     )
+                moved = self.inbox.fold_into(self.run)
                 for future in done:
                     task = self.in_flight.pop(future)
                     self.run.finished(task, self.result(future, task))
-                if done:
+                if self.pace.due(moved=moved, ended=bool(done)):
                     self.report()
         except KeyboardInterrupt:
             self.stop()
             raise
         finally:
+            self.inbox.close()
+            if self.client.status not in ("closing", "closed"):  # a closed one has no subscription left
+                self.client.unsubscribe_topic(self.topic)
             if self.in_flight:
                 self.client.cancel(list(self.in_flight))
 
@@ -180,16 +215,7 @@ class _Driver:
         )
 
     def report(self) -> None:
-        run = self.run
-        self.env.report(
-            Progress(
-                run.blocks_done,
-                run.plan.n_blocks,
-                "blocks",
-                time.perf_counter() - run.started,
-                details={"voxels_done": run.voxels_done, "voxels_total": run.voxels_total},
-            )
-        )
+        self.env.report(run_progress(self.run))
 
     def stop(self) -> None:
         """Drop queued blocks, make running ones stop at their next batch, wait until none runs."""
@@ -205,7 +231,77 @@ class _Driver:
         log.warning("block tasks still ran %.0f s after the cancel", CANCEL_WAIT_S)
 
 
-def _wait_some(futures: list[Future], timeout_s: float = 0.5) -> set[Future]:
+def run_progress(run: InferenceRun) -> Progress:
+    """The run's figures as the one progress value: steps, with windows, chunks, blocks and voxels."""
+    counts = run.counts()
+    parts = {
+        "windows": [counts.windows_done, counts.windows_total],
+        "chunks": [counts.chunks_done, counts.chunks_total],
+        "blocks": [counts.blocks_done, counts.blocks_total],
+    }
+    flat = {f"{name}_done": done for name, (done, _) in parts.items()}
+    flat |= {f"{name}_total": total for name, (_, total) in parts.items()}
+    details = {**flat, "voxels_done": counts.voxels_done, "voxels_total": counts.voxels_total, "parts": parts}
+    return Progress(counts.done, counts.total, "steps", time.perf_counter() - run.started, details=details)
+
+
+class StepInbox:
+    """The job's progress events as they arrive (on the Dask client's event loop), until the driver
+    folds them into the run (on its own thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[tuple[int, Index, int]] = []
+        self._open = True
+
+    def __call__(self, event: tuple[float, Any]) -> None:
+        """A Dask event ``(time, {"block": [...], "phase": 1 | 2, "done": n})``."""
+        try:
+            msg = event[1]
+            step = (int(msg["phase"]), tuple(int(i) for i in msg["block"]), int(msg["done"]))
+        except (IndexError, KeyError, TypeError, ValueError):
+            log.debug("a progress event of another shape: %r", event)
+            return
+        with self._lock:
+            if self._open:
+                self._events.append(step)
+
+    def fold_into(self, run: InferenceRun) -> bool:
+        """Hand what arrived to the run; True when its count moved."""
+        with self._lock:
+            events, self._events = self._events, []
+        moved = False
+        for phase, block, done in events:
+            moved = run.steps_reported(phase, block, done) or moved
+        return moved
+
+    def close(self) -> None:
+        """Events still arriving after the run are dropped."""
+        with self._lock:
+            self._open = False
+            self._events.clear()
+
+
+class ReportPace:
+    """When the driver reports: at once when a task ended; when the count moved, at most every
+    :data:`REPORT_MIN_S`; and every :data:`HEARTBEAT_S` anyway."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last = clock()
+        self._pending = False  # moved since the last report
+
+    def due(self, *, moved: bool = False, ended: bool = False) -> bool:
+        self._pending = self._pending or moved
+        now = self.clock()
+        since = now - self._last
+        if ended or (self._pending and since >= REPORT_MIN_S) or since >= HEARTBEAT_S:
+            self._last, self._pending = now, False
+            return True
+        return False
+
+
+def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
     """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly)."""
     try:
         return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
@@ -215,12 +311,6 @@ def _wait_some(futures: list[Future], timeout_s: float = 0.5) -> set[Future]:
 
 def _on_a_worker(client: Client, fn: Any, *args: Any) -> Any:
     return client.submit(fn, *args, pure=False, resources=ONE_ACCELERATOR).result()
-
-
-def _model_field(ref: ModelRef) -> str:
-    if ref.name is not None:
-        return "model.name"
-    return {"torchscript": "model.torchscript", "exported": "model.exported"}.get(ref.kind, "model")
 
 
 def _files_signature(ref: ModelRef) -> tuple[tuple[int, int] | None, ...]:

@@ -31,6 +31,7 @@ from service.documents.training import TrainingDocument, parse_training
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
 from service.progress import Progress, format_duration
+from workers.errors import Refusal
 from workers.resources import ONE_ACCELERATOR
 from workers.training.checkpoint_dir import TrainingDir
 from workers.training.checks import validate_training_against_data, validate_training_against_model
@@ -73,11 +74,14 @@ class TrainingKind:
         return Target(job.checkpoint.dir, "checkpoints")
 
     def admit(self, job: TrainingJob, env: AdmitEnv) -> TrainingModelInfo:
-        """The data here; the model, its targets and starting weights on a worker."""
+        """The data here; the precision, the model, its targets and starting weights on a worker
+        (which returns what it refuses rather than raising it: :class:`Refusal`)."""
         validate_training_against_data(job)
-        info: TrainingModelInfo = env.on_worker(inspect_training, job)
-        validate_training_against_model(job, info)
-        return info
+        answer: TrainingModelInfo | Refusal = env.on_worker(inspect_training, job)
+        if isinstance(answer, Refusal):
+            raise answer.error()
+        validate_training_against_model(job, answer)
+        return answer
 
     def run(self, job: TrainingJob, env: RunEnv, checked: Any = None) -> dict[str, Any]:
         """Train to the job's last iteration, from its newest checkpoint if any."""

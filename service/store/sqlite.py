@@ -2,8 +2,10 @@
 
 Both open the file through :class:`Database`: WAL mode, ``synchronous=FULL`` (a job or a model
 acknowledged to a client survives a crash of the service, and of the machine), one connection and
-one lock each. The ``models`` table is the one the job store kept models in before the registry
-had a protocol of its own, unchanged, so a database written then opens and lists its models.
+one lock each. The file carries one schema version (SQLite's ``user_version``); opening it applies
+the :data:`MIGRATIONS` it has not had, in one transaction, and refuses a file from a newer version.
+The ``models`` table is the one the job store kept models in before the registry had a protocol of
+its own, unchanged, so a database written then opens and lists its models.
 """
 
 from __future__ import annotations
@@ -11,14 +13,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from models.ref import ModelRef
-from service.errors import JobFinishedError, JobNotFoundError, ModelNotRegisteredError, OutputInUseError
+from service.errors import (
+    JobDatabaseError,
+    JobFinishedError,
+    JobNotFoundError,
+    ModelNotRegisteredError,
+    OutputInUseError,
+)
 from service.store.jobs import (
     CANCELLED,
     CANCELLED_BEFORE_START,
@@ -34,53 +42,56 @@ from service.store.jobs import (
 )
 from service.store.models import ModelRecord, new_record, ref_from_json, ref_to_json
 
-JOBS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    progress TEXT,
-    error TEXT,
-    result TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    output_key TEXT,
-    idempotency_key TEXT UNIQUE,
-    request_sha256 TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output_key, state);
-"""
-MODELS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT PRIMARY KEY,
-    ref TEXT NOT NULL,
-    sha256 TEXT,
-    created_at TEXT NOT NULL
-);
-"""
+# The file's schema, one version for the whole file (the job store and the model registry open it
+# each with a connection of its own), kept in SQLite's ``user_version``. Step N of MIGRATIONS takes a
+# file from version N - 1 to N; version 0 is a new file, or one written before the file had a
+# version (it has both tables already: hence IF NOT EXISTS in step 1). Append steps, never edit
+# one that has shipped: a file already past it would never see the change.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: jobs, and the registered models
+        """CREATE TABLE IF NOT EXISTS jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            progress TEXT,
+            error TEXT,
+            result TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            output_key TEXT,
+            idempotency_key TEXT UNIQUE,
+            request_sha256 TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_output ON jobs (output_key, state)",
+        """CREATE TABLE IF NOT EXISTS models (
+            name TEXT PRIMARY KEY,
+            ref TEXT NOT NULL,
+            sha256 TEXT,
+            created_at TEXT NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 _JSON_COLUMNS = ("spec", "progress", "error", "result")
 _TIME_COLUMNS = ("created_at", "started_at", "finished_at")
 
 
 class Database:
-    """One connection to a WAL database with ``schema`` applied, behind one lock: every statement is
-    short, and the service's handlers call it from worker threads."""
+    """One connection to the WAL database at ``path``, brought to :data:`SCHEMA_VERSION` on open,
+    behind one lock: every statement is short, and the service's handlers call it from worker
+    threads. A file this version cannot use (a newer schema, not a database) is a
+    :class:`JobDatabaseError` naming it, and is left as it was."""
 
-    def __init__(self, path: str | Path, schema: str) -> None:
+    def __init__(self, path: str | Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.row_factory = sqlite3.Row
         self.lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(schema)
+        self._db = _connect(self.path, migrations)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -109,6 +120,64 @@ class Database:
             self._db.close()
 
 
+def _connect(path: Path, migrations: Sequence[Sequence[str]]) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    except (OSError, sqlite3.Error) as err:
+        raise JobDatabaseError(f"cannot open the job database {path}: {err}") from err
+    db.row_factory = sqlite3.Row
+    try:
+        _refuse_newer(path, _user_version(db), len(migrations))  # before anything is written
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        migrate(db, path, migrations)
+    except sqlite3.Error as err:  # not a database, unreadable, a step that failed
+        db.close()
+        raise JobDatabaseError(f"cannot open the job database {path}: {err}") from err
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
+    """Apply the steps ``db`` (the file at ``path``) has not had yet, in order, in one write
+    transaction: a failing step leaves the file as it was, and of two processes opening an old file
+    at once one migrates and the other finds it done. Returns the version the file had."""
+    found = _user_version(db)
+    if found == len(migrations):
+        return found
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = _user_version(db)  # again, under the write lock
+        _refuse_newer(path, found, len(migrations))
+        for version in range(found + 1, len(migrations) + 1):
+            for statement in migrations[version - 1]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version:d}")  # a pragma takes no parameters
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return found
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(path: Path, found: int, known: int) -> None:
+    if found > known:
+        from workers.version import version_line
+
+        raise JobDatabaseError(
+            f"the job database {path} has schema version {found}, written by a newer pytc-service; "
+            f"this one ({version_line()}) knows versions up to {known}: upgrade pytc-service, or "
+            "point PYTC_STATE_DIR (--state-dir) at another folder"
+        )
+
+
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -134,7 +203,7 @@ class SqliteJobStore:
     """The :class:`service.store.jobs.JobStore` of the service: the ``jobs`` table."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = Database(path, JOBS_SCHEMA)
+        self._db = Database(path)
 
     def create_job(self, new: NewJob) -> tuple[JobRecord, bool]:
         with self._db.write() as db:
@@ -263,7 +332,7 @@ class SqliteModelRegistry:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self._db = Database(path, MODELS_SCHEMA)
+        self._db = Database(path)
 
     def register(self, name: str, ref: ModelRef, sha256: str | None) -> ModelRecord:
         record = new_record(name, ref, sha256)

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ import zarr
 
 from service.cli import main
 from tests.helpers import reference_blend
+from volumes.blocks import plan_blocks
 from volumes.box import Box
 from volumes.open import open_volume
+from volumes.windows import WindowGrid
 from workers.inference.job import WindowSpec
 from workers.inference.predictor import WindowPredictor
 
@@ -146,6 +150,24 @@ def test_rerun_resumes_and_recomputes_only_missing_blocks(
     n_blocks = 4 * 3 * 3
     assert f"({n_blocks - 9} already done)" in err
     np.testing.assert_allclose(read_output(root / "out.zarr"), clean, rtol=1e-6, atol=1e-7)
+
+
+def test_another_batch_size_resumes_the_same_output(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch size says how many windows share a forward pass, not what a window computes: a
+    rerun with another one resumes the output instead of refusing it as another job's."""
+    assert run(root, job_doc())[0] == 0
+    clean = read_output(root / "out.zarr")
+    (run_dir,) = (root / "out.zarr" / ".pytc-run" / "pred").iterdir()
+    for marker in [m for m in (run_dir / "done").glob("p*.json") if m.stem.split("_")[1] == "1"]:
+        marker.unlink()  # the second z-row of blocks is left to do
+    volume = open_volume(root / "out.zarr", "pred", mode="r+")
+    volume.write(Box((0, 4, 0, 0), (2, 4, 40, 44)), np.zeros((2, 4, 40, 44), np.float32))
+    (root / "job.yaml").write_text(yaml.safe_dump(job_doc(**{"window.batch_size": 3})))
+    assert main(["run", str(root / "job.yaml"), "--data-root", str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and f"({4 * 3 * 3 - 9} already done)" in err
+    np.testing.assert_allclose(read_output(root / "out.zarr"), clean, rtol=1e-6, atol=1e-7)
+    assert [d.name for d in run_dir.parent.iterdir()] == [run_dir.name]  # the same run, not another
 
 
 def test_n5_in_and_out_opened_with_tensorstore(root: Path) -> None:
@@ -378,3 +400,60 @@ def test_the_collector_pytc_pauses_for_start_up_runs_for_the_job_and_after(
     finally:
         gc.enable()
         gc.unfreeze()  # this test process's objects go back to the collector
+
+
+class _SlowPredictor:
+    """The job's predictor, each batch taking a while (a bigger model on a slower device)."""
+
+    def __init__(self, real: Any, seconds: float) -> None:
+        self.real, self.seconds = real, seconds
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return self.real.predict(batch)
+
+
+@pytest.mark.slow  # about 5 s: its model takes 0.1 s a batch, so that progress is seen moving
+def test_progress_moves_in_steps_while_blocks_run(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real Dask: windows counted as batches end inside running tasks (worker events), pass-2
+    chunks after them, one line per report in a log, the last one the exact total of steps."""
+    import workers.inference.model_cache as model_cache
+    from service.progress import ProgressLine
+
+    real = model_cache.cached_predictor
+    monkeypatch.setattr(model_cache, "cached_predictor", lambda job: _SlowPredictor(real(job), 0.1))
+    monkeypatch.setattr(ProgressLine, "log_interval_s", 0.0)  # a line for every report
+    block_shape = (8, 32, 32)
+    (root / "job.yaml").write_text(yaml.safe_dump(job_doc(**{"compute.block_shape": list(block_shape)})))
+    assert main(["run", str(root / "job.yaml"), "--data-root", str(root)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("steps ")]
+
+    grid = WindowGrid.over_roi((14, 40, 44), PATCH, STRIDE, (0, 0, 0))
+    plan = plan_blocks((14, 40, 44), (4, 16, 16), block_shape, grid)
+    windows, chunks = plan.grid.count, sum(len(plan.border_chunks(b)) for b in plan.blocks())
+    assert plan.n_blocks == 8 and chunks > 0
+    total = windows + chunks
+    figures = [_figures(line) for line in lines]
+    assert lines[-1].startswith(f"steps {total}/{total} (100.0%)")
+    assert figures[-1] == {"steps": (total, total), "windows": (windows, windows), "chunks": (chunks, chunks),
+                           "blocks": (8, 8)}  # fmt: skip
+    assert figures[0]["steps"] == (0, total)
+    assert [f["steps"][0] for f in figures] == sorted(f["steps"][0] for f in figures)
+    # Before any task ended, its windows were counted as they were computed: fewer than any block has.
+    smallest = min(n for n in (len(list(plan.windows(b))) for b in plan.blocks()) if n > 0)
+    assert any(0 < f["windows"][0] < smallest for f in figures), lines
+    assert any(0 < f["chunks"][0] < chunks for f in figures), lines  # pass 2 counted as it went
+    middle = lines[len(lines) // 2]
+    assert "steps/s" in middle and "ETA" in middle  # a rate and time left from the first batches
+
+
+def _figures(line: str) -> dict[str, tuple[int, int]]:
+    """``{"steps": (12, 40), "windows": (8, 30), ...}`` from a progress line."""
+    words = line.split()
+    return {
+        name: (int(value.split("/")[0]), int(value.split("/")[1]))
+        for name, value in pairwise(words)
+        if "/" in value and value.replace("/", "").isdigit()
+    }

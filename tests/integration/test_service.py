@@ -97,7 +97,17 @@ def test_submit_watch_the_events_and_get_what_pytc_run_makes(world: World, tmp_p
     assert events[0].event == "state" and events[-1].event == "state"
     final = events[-1].data
     assert final["state"] == "succeeded", final
-    assert final["progress"]["done"] == final["progress"]["total"] == 27
+    progress = final["progress"]
+    assert progress["unit"] == "steps" and progress["done"] == progress["total"] > 27
+    assert progress["total"] == progress["windows_total"] + progress["chunks_total"]
+    assert progress["blocks_done"] == progress["blocks_total"] == 27
+    assert progress["voxels_done"] == progress["voxels_total"] == 12 * 40 * 40
+    assert progress["parts"] == {
+        "windows": [progress["windows_total"]] * 2,
+        "chunks": [progress["chunks_total"]] * 2,
+        "blocks": [27, 27],
+    }
+    assert world.http.get(f"/v1/jobs/{job['id']}").json()["progress"] == progress  # stored, as streamed
     assert final["progress"]["fraction"] == 1.0 and final["links"]["dashboard"].startswith(
         "http://127.0.0.1:"
     )
@@ -199,6 +209,22 @@ def test_errors_of_routes_methods_and_parameters_are_problems(world: World) -> N
     assert_problem(world.http.post("/v1/jobs", content=b"{" + b" " * (2 << 20) + b"}"), 413)
 
 
+def test_what_a_page_of_another_origin_can_make_a_browser_send_is_refused(world: World) -> None:
+    """Without tokens any page could have a visitor's browser post a job or a cancel (a form post
+    or text/plain needs no CORS preflight): refused, and nothing is created."""
+    before = world.http.get("/v1/jobs").json()["jobs"]
+    page = {"Origin": "https://elsewhere.example"}
+    assert_problem(world.http.post("/v1/jobs", content=dumps(job_doc("x.zarr")), headers={
+        **page, "Content-Type": "application/json"}), 403)  # fmt: skip
+    for media in ("text/plain", "application/x-www-form-urlencoded"):
+        refused = world.http.post(
+            "/v1/jobs", content=dumps(job_doc("x.zarr")), headers={"Content-Type": media}
+        )
+        assert "application/json" in assert_problem(refused, 415)["detail"]
+    assert_problem(world.http.post("/v1/jobs/unknown/cancel", headers=page), 403)
+    assert world.http.get("/v1/jobs").json()["jobs"] == before
+
+
 ESCAPES = [
     ("input.path", "../outside/em.zarr"),
     ("input.path", "{outside}/em.zarr"),
@@ -271,7 +297,8 @@ def test_cancel_over_rest_a_running_and_a_queued_job(world: World) -> None:
     assert running.status_code == 202
     final = wait_for_state(world.url, big["id"], FINAL, AUTH)
     assert final["state"] == "cancelled" and final["error"]["title"] == "cancelled"
-    assert final["progress"]["done"] < final["progress"]["total"] == 144
+    assert final["progress"]["done"] < final["progress"]["total"]
+    assert final["progress"]["blocks_done"] < final["progress"]["blocks_total"] == 144
     again = assert_problem(world.http.post(f"/v1/jobs/{big['id']}/cancel"), 409)
     assert again["type"].endswith("job-finished")
     assert not (world.root / "waiting.zarr").exists()

@@ -1,6 +1,6 @@
 """``pytc-worker`` against a real ``dask scheduler`` on 127.0.0.1: GPU slots on a CPU-only node, the
-per-worker state plugin (its model cache), the health file, and the drain on SIGTERM. Every process
-is stopped by its pid."""
+per-worker state plugin (its model cache), the health file, the drain on SIGTERM, and two
+pytc-workers on one host. Every process is stopped by its pid."""
 
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ def scheduler(tmp: Path) -> Iterator[str]:
 
 
 def pytc_worker(
-    tmp: Path, address: str, *flags: str, env: dict[str, str] | None = None
+    tmp: Path, address: str, *flags: str, env: dict[str, str] | None = None, log_name: str = "pytc-worker.log"
 ) -> subprocess.Popen[bytes]:
-    with open(tmp / "pytc-worker.log", "ab") as log:
+    with open(tmp / log_name, "ab") as log:
         return subprocess.Popen(
             [
                 sys.executable,
@@ -222,3 +222,35 @@ def test_an_unreachable_scheduler_fails_the_start(tmp_path: Path) -> None:
         stop(proc)
     log = (tmp_path / "pytc-worker.log").read_text()
     assert f"could not start against {address}" in log
+
+
+@pytest.mark.slow
+def test_two_pytc_workers_on_one_host_take_their_own_names(tmp_path: Path) -> None:
+    """By default each pytc-worker names its workers after this host and its own pid; a --name that
+    another pytc-worker already uses stops the start with a message that says to change it."""
+    from distributed import Client
+
+    host = os.uname().nodename
+    with scheduler(tmp_path) as address:
+        first = pytc_worker(tmp_path, address, "--gpus", "none", log_name="first.log")
+        second = pytc_worker(tmp_path, address, "--gpus", "none", log_name="second.log")
+        try:
+            with Client(address, timeout="30s") as client:
+                client.wait_for_workers(2, timeout=90)
+                names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+                assert names == sorted([f"{host}-{first.pid}-cpu0", f"{host}-{second.pid}-cpu0"])
+                # a third one told to use the first one's prefix cannot start, and says why
+                clash = pytc_worker(
+                    tmp_path, address, "--gpus", "none", "--name", f"{host}-{first.pid}", log_name="clash.log"
+                )
+                try:
+                    assert clash.wait(timeout=90) == 1
+                finally:
+                    stop(clash)
+                log = (tmp_path / "clash.log").read_text()
+                assert f"a worker named {host}-{first.pid}-cpu0 is connected there already" in log
+                assert "another prefix with --name" in log
+                assert len(client.scheduler_info()["workers"]) == 2  # the first two serve on
+        finally:
+            stop(second)
+            stop(first)

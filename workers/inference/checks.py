@@ -8,6 +8,7 @@ once::
     source = open_input(job)
     check_input(job, source)
     check_model(job, info, source)                       # info: the model's channels, from a worker
+    check_precision(job, info)                           # and what the job's device runs natively
     output_state(job, info.sha256, roi_shape(job, source))   # absent | resume, else OutputExistsError
 """
 
@@ -17,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from models.ref import ModelInfo
+from models.errors import ModelConfigError
+from models.ref import ModelInfo, ModelRef
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.open import open_volume
@@ -95,6 +97,25 @@ def check_model(job: InferenceJob, info: ModelInfo, source: Volume) -> None:
                 "sigmoid is probably meant",
                 index,
             )
+
+
+def check_precision(job: InferenceJob, info: ModelInfo) -> None:
+    """``compute.precision`` runs natively on the device the worker found for the job (else it
+    would be emulated, several times slower than float32: :mod:`workers.runtime.precision`)."""
+    reason = dict(info.unsupported_precisions).get(job.compute.precision)
+    if reason is not None:
+        raise SpecError("compute.precision", reason)
+
+
+def model_field(ref: ModelRef, error: Exception | None = None) -> str:
+    """The field of the job document a problem with the model ``ref`` is about: ``model.name``
+    for a registered model, the file's field for the other forms, and for an architecture
+    ``model.config`` (``error`` a :class:`ModelConfigError`) or else its ``model.checkpoint``."""
+    if ref.name is not None:
+        return "model.name"
+    if ref.kind != "architecture":
+        return f"model.{ref.kind}"
+    return "model.config" if isinstance(error, ModelConfigError) else "model.checkpoint"
 
 
 def roi_shape(job: InferenceJob, source: Volume) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from workers.errors import BlockError
 from workers.inference.geometry import JobGeometry
 from workers.inference.job import InferenceJob, Normalize, OutputDtype
 from workers.inference.rundir import RunDir
+from workers.inference.steps import StepHook, no_steps
 from workers.runtime.affinity import usable_cores
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,16 @@ def _batches(items: list[Index], size: int) -> Iterator[list[Index]]:
 
 @dataclass
 class BlockContext:
-    """Everything a block pass needs; built by the task from the job."""
+    """Everything a block pass needs; built by the task from the job. ``progress`` hears the steps
+    the pass has finished as it goes (:mod:`workers.inference.steps`): windows after every batch in
+    pass 1, chunks one by one in pass 2; whoever runs the task decides where that goes."""
 
     job: InferenceJob
     geometry: JobGeometry
     run_dir: RunDir
     output: Volume
     out_channels: int
+    progress: StepHook = no_steps
 
     def write_output(self, box: Box, values: np.ndarray) -> int:
         data = to_output_dtype(values, self.job.output.dtype)
@@ -128,9 +132,10 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
     # go on as many threads as this worker has cores, up to 4; numpy and the codecs release the GIL.
     threads = max(1, min(4, len(chunks), len(usable_cores())))
     with ThreadPoolExecutor(threads, thread_name_prefix="pytc-pass2") as pool:
-        for written, voxels in pool.map(finish_chunk, chunks):
+        for finished, (written, voxels) in enumerate(pool.map(finish_chunk, chunks), start=1):
             result.output_bytes += written
             result.voxels_written += voxels
+            ctx.progress(finished)
     result.seconds["total"] = time.perf_counter() - t0
     ctx.run_dir.mark_done(2, block, {"chunks": len(chunks)})
     ctx.run_dir.drop_scratch(chunks)

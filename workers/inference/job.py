@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from models.ref import ModelRef
@@ -87,14 +87,24 @@ class InferenceJob:
     def layout_key(self, model_sha256: str) -> str:
         """Hash of everything that decides the output's values and block layout.
 
-        Done markers and scratch live under this key, so a changed spec never reuses stale ones.
-        ``overwrite`` and ``device`` do not change the result and are left out.
+        Done markers and scratch live under this key, so a changed spec never reuses stale ones, and
+        an output resumes only under the key it was made with. What changes no value is left out, so
+        that a rerun with it changed resumes: ``overwrite``, ``device``, the window's ``batch_size``
+        (each window is computed alone, however many share a forward pass), the registry name the
+        model was found by (the sha256 of its file is in the key), and the TTA reduction of one variant.
+        Those that were once in the key are pinned to one value rather than dropped, so that the
+        keys of outputs written before stay as they were (the batch size at its default, 4).
         """
+        window = replace(
+            self.window,
+            batch_size=_KEY_BATCH_SIZE,
+            tta_reduce=self.window.tta_reduce if self.window.tta_variants > 1 else "mean",
+        )
         payload = {
             "input": asdict(self.input),
             "model_sha256": model_sha256,
-            "model": asdict(self.model),
-            "window": asdict(self.window),
+            "model": asdict(replace(self.model, name=None)),
+            "window": asdict(window),
             "output": {
                 k: v
                 for k, v in asdict(self.output).items()
@@ -106,6 +116,9 @@ class InferenceJob:
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
+
+# The batch size every layout key is computed with (WindowSpec's default; see layout_key).
+_KEY_BATCH_SIZE = 4
 
 # Key of the output array's attributes under which the engine records its identity:
 # {"layout_key": str, "complete": bool, "job": dict, "model_sha256": str, "version": str}

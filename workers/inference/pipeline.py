@@ -218,6 +218,7 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                         pred[(slice(None), *inside)] * weights[inside]
                     )
                 result.windows += len(batch)
+                ctx.progress(result.windows)
                 if not looked_ahead and not reader.thread.is_alive():
                     looked_ahead = True  # this block's input is in: read the next one's meanwhile
                     readahead.start_next(layout_key, lambda b: _reader_for(ctx, b))

@@ -11,6 +11,9 @@ previous run finished, and from then on hands out block tasks in an order that i
         run.finished(task, result)
     run.complete()                              # every block's final marker on disk, or IncompleteRunError
 
+Progress is counted in steps (:mod:`workers.inference.steps`): ``run.steps_reported(...)`` takes
+what a running task says, :meth:`InferenceRun.counts` tells the figures at any moment.
+
 :func:`run_serially` is that loop in this process, for tests and debugging; the control plane's
 driver submits the same tasks to Dask and keeps several in flight. Success is never reported over
 a hole: a block is done only when its pass-2 marker is on disk (written after its chunks), pass-1
@@ -27,7 +30,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -43,18 +45,13 @@ from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.rundir import RunDir
+from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
+from workers.version import package_version
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-def software_version() -> str:
-    try:
-        return version("pytc-service")
-    except PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
 
 
 @dataclass
@@ -98,6 +95,12 @@ class InferenceRun:
         self._schedule = _Schedule(self.plan, run_dir)
         self.started = time.perf_counter()
         self._voxels_done = sum(self.plan.write_box(b).size for b in self._schedule.p2_done)
+        self._steps = BlockSteps(self.plan)
+        self._tally = StepTally(self._steps, self._is_finished)
+        for block in self._schedule.p1_done | self._schedule.p2_done:
+            self._tally.finished(1, block)
+        for block in self._schedule.p2_done:
+            self._tally.finished(2, block)
         self.summary = RunSummary(
             job.output.path,
             job.output.dataset,
@@ -146,6 +149,24 @@ class InferenceRun:
     def voxels_total(self) -> int:
         return int(np.prod(self.geometry.roi.shape))
 
+    def counts(self) -> StepCounts:
+        """The run's figures now: steps finished (and reported by running tasks), blocks, voxels."""
+        return StepCounts(
+            self._tally.windows_done,
+            self._steps.windows_total,
+            self._tally.chunks_done,
+            self._steps.chunks_total,
+            self.blocks_done,
+            self.plan.n_blocks,
+            self.voxels_done,
+            self.voxels_total,
+        )
+
+    def steps_reported(self, phase: int, block: Index, done: int) -> bool:
+        """A running task of (``phase``, ``block``) has finished ``done`` steps; True when that
+        moved the count. Repeated, late or retried reports never count twice."""
+        return self._tally.report(phase, block, done)
+
     def next_task(self) -> BlockTask | None:
         """A task that may run now, or None (nothing is ready until a task in flight finishes)."""
         step = self._schedule.next_step()
@@ -157,10 +178,18 @@ class InferenceRun:
     def finished(self, task: BlockTask, result: BlockResult) -> None:
         """``task`` ran to its end with ``result``."""
         before = self.blocks_done
+        counted = self._is_finished(task.phase, task.block)
         self._schedule.finished(task.phase, task.block)
+        if not counted:
+            self._tally.finished(task.phase, task.block)
         if self.blocks_done > before:
             self._voxels_done += self.plan.write_box(task.block).size
         self.summary.add(result)
+
+    def _is_finished(self, phase: int, block: Index) -> bool:
+        """Whether (``phase``, ``block``) is recorded done (a block done counts its pass 1 done too)."""
+        done = self._schedule.p2_done
+        return block in done or (phase == 1 and block in self._schedule.p1_done)
 
     def finished_all(self) -> bool:
         return self._schedule.idle()
@@ -200,7 +229,7 @@ def _create(
             "complete": False,
             "job": json.loads(job.document),
             "model_sha256": info.sha256,
-            "version": software_version(),
+            "version": package_version(),
         }
     }
     create_output(
@@ -284,15 +313,30 @@ def run_serially(
     *,
     predict: Predict | None = None,
     on_task: Callable[[InferenceRun], None] | None = None,
+    on_progress: Callable[[StepCounts], None] | None = None,
 ) -> RunSummary:
     """The whole run in this process, one task after the other (tests, debugging, no Dask).
 
     ``predict`` replaces the model (a function of a batch of windows, for tests); ``on_task`` is
-    called after every task, with the run.
+    called after every task, with the run; ``on_progress`` with the run's figures after every batch
+    of pass 1, every chunk of pass 2 and every task's end.
     """
     run = InferenceRun.start(job, info)
     while (task := run.next_task()) is not None:
-        run.finished(task, run_block(task, predict=predict))
+        hook = None
+        if on_progress is not None:
+            hook = _serial_hook(run, task, on_progress)
+        run.finished(task, run_block(task, predict=predict, progress=hook))
         if on_task is not None:
             on_task(run)
+        if on_progress is not None:
+            on_progress(run.counts())
     return run.complete()
+
+
+def _serial_hook(run: InferenceRun, task: BlockTask, on_progress: Callable[[StepCounts], None]) -> StepHook:
+    def hook(done: int) -> None:
+        run.steps_reported(task.phase, task.block, done)
+        on_progress(run.counts())
+
+    return hook

@@ -2,26 +2,42 @@
 
 This module imports no torch at import time, so the control plane (``service``) can name these
 functions in ``client.submit`` without pulling torch into its own process.
+
+Progress leaves a running block task as Dask worker events: on the topic
+:func:`progress_topic` of the job's layout, ``{"block": [z, y, x], "phase": 1 | 2, "done": n}``
+(``n`` the steps this pass has finished, :mod:`workers.inference.steps`), at most every
+:data:`EVENT_INTERVAL_S`; the driver subscribes to the topic. The counts only grow, so an event
+dropped by the throttle or arriving late loses nothing that the task's end does not set right.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from models.errors import ModelError
 from models.ref import ModelInfo, ModelRef
 from volumes.blocks import Index
 from volumes.open import open_volume
 from volumes.volume import Volume
+from workers.errors import Refusal, SpecError
+from workers.inference.checks import model_field
 from workers.inference.engine import BlockContext, BlockResult, run_pass2
 from workers.inference.geometry import job_geometry
 from workers.inference.job import InferenceJob
 from workers.inference.pipeline import run_pass1
 from workers.inference.rundir import RunDir
+from workers.inference.steps import StepHook
 from workers.runtime.state import worker_state
+
+log = logging.getLogger(__name__)
+
+EVENT_INTERVAL_S = 0.1  # a block task's progress events, at most this often
 
 
 @dataclass(frozen=True)
@@ -35,12 +51,26 @@ class BlockTask:
     out_channels: int
 
 
-def inspect_model(ref: ModelRef, patch_size: tuple[int, int, int]) -> ModelInfo:
-    """Load the model where it will run and report its channels and identity."""
-    from workers.inference.model_cache import cached_model
+def inspect_model(
+    ref: ModelRef, patch_size: tuple[int, int, int], device: str = "auto"
+) -> ModelInfo | Refusal:
+    """Load the model where it will run and report its channels and identity, and which precisions
+    the device a job asking for ``device`` would use here does not run natively.
 
-    loaded = cached_model(ref, patch_size)
-    return ModelInfo(loaded.in_channels, loaded.out_channels, loaded.sha256, loaded.description)
+    A model that cannot be loaded comes back as a :class:`~workers.errors.Refusal` naming the
+    field, not raised: Dask would log a raised error with its traceback (see ``Refusal``)."""
+    from workers.inference.model_cache import cached_model
+    from workers.runtime.precision import unsupported_precisions
+
+    try:
+        loaded = cached_model(ref, patch_size)
+    except (ModelError, OSError) as err:  # a model file that cannot be read or used
+        log.debug("model check of %s failed", ref, exc_info=True)
+        return Refusal.of(SpecError(model_field(ref, err), str(err)))
+    where, unsupported = unsupported_precisions(device)
+    return ModelInfo(
+        loaded.in_channels, loaded.out_channels, loaded.sha256, loaded.description, where, unsupported
+    )
 
 
 def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
@@ -54,10 +84,47 @@ def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
     return volume
 
 
-def run_block(task: BlockTask, *, predict: Callable[[np.ndarray], np.ndarray] | None = None) -> BlockResult:
+def progress_topic(layout_key: str) -> str:
+    """The Dask event topic a job's block tasks report their steps on."""
+    return f"pytc-progress-{layout_key}"
+
+
+def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> StepHook | None:
+    """A hook sending ``task``'s steps as events of the Dask worker running it; None outside one."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not inside a Dask worker
+        return None
+    topic, block, phase = progress_topic(task.layout_key), list(task.block), task.phase
+    last_sent = -float("inf")
+
+    def send(done: int) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if now - last_sent < interval_s:
+            return
+        last_sent = now
+        try:
+            worker.log_event(topic, {"block": block, "phase": phase, "done": int(done)})
+        except Exception as err:  # progress is news, never a reason for a block to fail
+            log.debug("block %s: progress event not sent: %r", task.block, err)
+
+    return send
+
+
+def run_block(
+    task: BlockTask,
+    *,
+    predict: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: StepHook | None = None,
+) -> BlockResult:
     """One pass of one block. Safe to run twice: it writes only its own chunks and scratch files.
 
-    ``predict`` replaces the job's model (tests, :func:`workers.inference.run.run_serially`)."""
+    ``predict`` replaces the job's model (tests, :func:`workers.inference.run.run_serially`);
+    ``progress`` hears the pass's steps as they finish (default: Dask worker events on a worker,
+    nobody elsewhere)."""
     job = task.job
     ctx = BlockContext(
         job=job,
@@ -66,6 +133,9 @@ def run_block(task: BlockTask, *, predict: Callable[[np.ndarray], np.ndarray] | 
         output=_output_volume(job, task.layout_key),
         out_channels=task.out_channels,
     )
+    hook = progress if progress is not None else worker_events(task)
+    if hook is not None:
+        ctx.progress = hook
     if task.phase == 2:
         return run_pass2(ctx, task.block)
     if predict is None:

@@ -11,6 +11,11 @@ the workers leave the scheduler and the process exits 0. A block cut off by the 
 second signal, is handed back to the scheduler and computed again elsewhere; that is harmless,
 since a block writes only its own chunks and records itself done last.
 
+Worker names are ``<prefix>-gpu<index>`` (``-mig-<uuid start>`` for a MIG slice) or
+``<prefix>-cpu<i>``; the default prefix is the host name and this process's id, so that two
+pytc-workers on one host (one per GPU subset, say) never take each other's names. A start that
+fails on a name the scheduler already has says so, and that ``--name`` chooses another.
+
 The parent process imports neither torch nor the models: GPUs are counted with ``nvidia-smi -L``.
 """
 
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from workers.resources import ONE_ACCELERATOR
 from workers.runtime.affinity import ENV as AFFINITY_ENV
 from workers.runtime.affinity import CoreListError, check_available, parse_cores, split_cores
+from workers.version import add_version_flag
 
 if TYPE_CHECKING:
     from distributed import Nanny
@@ -47,6 +53,7 @@ HEALTH_INTERVAL_S = 10.0
 _NO_GPU = {"", "-1", "none", "NoDevFiles"}
 _GPU_LINE = re.compile(r"^GPU (\d+):")
 _MIG_LINE = re.compile(r"^\s+MIG\b.*\(UUID: (MIG-[^)\s]+)\)")
+_NAME_TAKEN = re.compile(r"name taken, ([^'\"\s]+)")
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,8 @@ def plan_workers(
     Torch gets ``cores // workers`` intra-op threads each (``PYTC_TORCH_THREADS``, read by
     ``workers.runtime.affinity.torch_threads``) unless ``torch_threads`` says otherwise. With ``cpu_cores``
     each worker is pinned to its own share of them (``workers.runtime.affinity``) and its torch threads
-    default to the share's size. GPU workers are named after their GPU index (``node-gpu2``), or by
-    position when the ids are UUIDs (MIG slices).
+    default to the share's size. Workers are named ``<name>-<device>`` (:func:`device_labels`), or
+    ``<name>-cpu<i>``.
     """
     count = len(gpus) or cpu_workers
     shares: list[list[int] | None] = [None] * count
@@ -132,13 +139,34 @@ def plan_workers(
         return values
 
     if gpus:
-        # Dask needs unique worker names: GPU indices where they are, positions otherwise.
-        by_index = all(g.isdigit() for g in gpus) and len(set(gpus)) == len(gpus)
-        return [
-            WorkerSpec(f"{name}-gpu{gpu if by_index else i}", env(gpu, shares[i]))
-            for i, gpu in enumerate(gpus)
-        ]
+        labels = device_labels(gpus)
+        return [WorkerSpec(f"{name}-{labels[i]}", env(gpu, shares[i])) for i, gpu in enumerate(gpus)]
     return [WorkerSpec(f"{name}-cpu{i}", env("", shares[i])) for i in range(cpu_workers)]
+
+
+def device_labels(gpus: Sequence[str]) -> list[str]:
+    """What names each GPU worker, unique among ``gpus``: ``gpu2`` for GPU index 2; for a UUID (a
+    MIG slice, a GPU named by its UUID) its kind and first 8 hex digits, ``mig-aaaaaaaa``, or all of
+    it where those are not unique. A device listed twice gets its position added (``gpu0-0``,
+    ``gpu0-1``). Labels name the device rather than its position in the list, so two pytc-workers
+    given disjoint devices of one host never share a name."""
+    for width in (12, None):
+        labels = [_device_label(device, width) for device in gpus]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{label}-{i}" for i, label in enumerate(labels)]
+
+
+def _device_label(device: str, width: int | None) -> str:
+    if device.isdigit():
+        return f"gpu{device}"
+    text = re.sub(r"[^0-9a-z]+", "-", device.lower()).strip("-")
+    return text[:width] if width else text
+
+
+def default_name() -> str:
+    """The default worker name prefix: this host and this process, ``node7-12345``."""
+    return f"{os.uname().nodename}-{os.getpid()}"
 
 
 def memory_limit_per_worker(requested: str | None, workers: int) -> str | float:
@@ -325,7 +353,16 @@ async def serve(args: argparse.Namespace, specs: Sequence[WorkerSpec]) -> int:
         try:
             starting.result()
         except (OSError, TimeoutError, RuntimeError) as exc:  # Server.start wraps the cause in RuntimeError
-            log.error("workers could not start against %s: %r", args.scheduler, exc.__cause__ or exc)
+            if taken := name_taken(exc):
+                log.error(
+                    "workers could not start against %s: a worker named %s is connected there already "
+                    "(another pytc-worker with the same --name?); give this one's workers another "
+                    "prefix with --name",
+                    args.scheduler,
+                    taken,
+                )
+            else:
+                log.error("workers could not start against %s: %r", args.scheduler, exc.__cause__ or exc)
             return EXIT_FAILED
         log.info("%d workers on %s: %s", len(nannies), args.scheduler, ", ".join(s.name for s in specs))
         ended = asyncio.ensure_future(asyncio.gather(*(n.finished() for n in nannies)))
@@ -348,6 +385,20 @@ async def serve(args: argparse.Namespace, specs: Sequence[WorkerSpec]) -> int:
             health.unlink(missing_ok=True)
 
 
+def name_taken(exc: BaseException) -> str | None:
+    """The worker name the scheduler refused as taken, where that is why a start failed: Dask says it
+    only deep in the chain of causes (``ValueError("Unexpected response from register: {...'name
+    taken, node-cpu0'...}")`` under two ``RuntimeError("... failed to start.")``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if found := _NAME_TAKEN.search(str(current)):
+            return found.group(1)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -355,27 +406,66 @@ def _positive_int(text: str) -> int:
     return value
 
 
+DESCRIPTION = """\
+Start the Dask workers of this node and keep them until SIGTERM or Ctrl-C: one worker per visible
+GPU, pinned to it, or --cpu-workers CPU workers where there is none. Each worker runs one block at
+a time and keeps its models loaded between blocks. On SIGTERM the workers take no new block, finish
+the ones they run (at most --drain-timeout seconds) and leave the scheduler."""
+
+EPILOG = """\
+examples:
+  pytc-worker --scheduler tcp://10.0.0.5:8786                 every GPU nvidia-smi -L lists
+  pytc-worker --scheduler tcp://10.0.0.5:8786 --gpus 0,2      these two GPUs
+  pytc-worker --scheduler tcp://10.0.0.5:8786 --cpu-workers 2 --cpu-cores 0-15
+                                                              no GPU: two workers, 8 cores each
+
+worker names: PREFIX-gpu0, PREFIX-gpu2, ... (PREFIX-mig-xxxxxxxx for a MIG slice) or PREFIX-cpu0, ...;
+  PREFIX is --name, by default the host name and this process's id, so that several pytc-workers
+  on one host (one per GPU subset, say) never collide. A name the scheduler already has stops the
+  start (exit 1) with a message saying so: choose another --name.
+
+exit codes:
+  0  stopped by SIGTERM or Ctrl-C after draining (or --check-health: healthy)
+  1  the workers could not start, or all stopped on their own (or --check-health: unhealthy)
+  2  invalid command line
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pytc-worker", description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pytc-worker",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_version_flag(parser)
     add = parser.add_argument
-    add("--scheduler", default=os.environ.get("PYTC_SCHEDULER"), help="tcp://HOST:8786 ($PYTC_SCHEDULER)")
-    add("--gpus", default=None, help="comma-separated GPU ids, e.g. 0,2; 'none' for CPU workers "
-        "(default: $CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi -L lists)")  # fmt: skip
-    add("--cpu-workers", type=_positive_int, default=1, help="workers on a node without GPUs (default 1)")
-    add("--cpu-cores", default=None, help="pin the workers to these cores, an equal share each, "
-        "e.g. 0-15 or 0,2,4 (default: not pinned)")  # fmt: skip
-    add("--memory-limit", default=None, help="per worker, e.g. 16GB (default: the node's memory / workers)")
-    add("--name", default=os.uname().nodename, help="worker name prefix (default: the host name)")
-    add("--local-directory", default=None, help="worker scratch space (Dask's local_directory)")
-    add("--nthreads-torch", type=_positive_int, default=os.environ.get("PYTC_TORCH_THREADS"),
-        help="torch threads per worker (default: $PYTC_TORCH_THREADS, else cores / workers)")  # fmt: skip
-    add("--host", default=None, help="address to listen on (default: the interface facing the scheduler)")
-    add("--drain-timeout", type=float, default=120.0, help="seconds running blocks get to finish on "
-        "SIGTERM before they are handed back (default 120)")  # fmt: skip
-    add("--max-models", type=_positive_int, default=4, help="models each worker keeps loaded (default 4)")
-    add("--health-file", default=None, help="keep this file up to date for --check-health")
-    add("--check-health", metavar="HEALTH_FILE", default=None, help="exit 0 if the pytc-worker "
-        "writing HEALTH_FILE is up with all its workers, else 1 (a container healthcheck)")  # fmt: skip
+    env = os.environ.get
+    # fmt: off
+    add("--scheduler", default=env("PYTC_SCHEDULER"), metavar="ADDRESS",
+        help="the Dask scheduler, tcp://HOST:8786 (default: $PYTC_SCHEDULER)")
+    add("--gpus", metavar="IDS", help="comma-separated GPU ids, e.g. 0,2; 'none' for CPU workers "
+        "(default: $CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi -L lists)")
+    add("--cpu-workers", type=_positive_int, default=1, metavar="N",
+        help="workers on a node without GPUs (default: 1)")
+    add("--cpu-cores", metavar="CORES",
+        help="pin the workers to these cores, an equal share each, e.g. 0-15 or 0,2,4 (default: not pinned)")
+    add("--memory-limit", metavar="BYTES",
+        help="per worker, e.g. 16GB (default: the node's memory / workers)")
+    add("--name", metavar="PREFIX",
+        help="worker name prefix (default: HOST-PID, the host name and this process's id)")
+    add("--local-directory", metavar="DIR", help="worker scratch space (Dask's local_directory)")
+    add("--nthreads-torch", type=_positive_int, default=env("PYTC_TORCH_THREADS"), metavar="N",
+        help="torch threads per worker (default: $PYTC_TORCH_THREADS, else cores / workers)")
+    add("--host", help="address to listen on (default: the interface facing the scheduler)")
+    add("--drain-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="seconds running blocks get to finish on SIGTERM before they are handed back (default: 120)")
+    add("--max-models", type=_positive_int, default=4, metavar="N",
+        help="models each worker keeps loaded (default: 4)")
+    add("--health-file", metavar="FILE", help="keep this file up to date for --check-health")
+    add("--check-health", metavar="HEALTH_FILE", help="exit 0 if the pytc-worker writing HEALTH_FILE "
+        "is up with all its workers, else 1 (a container healthcheck)")
+    # fmt: on
     return parser
 
 
@@ -396,7 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus = visible_gpus(os.environ, args.gpus)
     try:
         cpu_cores = parse_cores(args.cpu_cores) if args.cpu_cores is not None else None
-        specs = plan_workers(args.name, gpus, args.cpu_workers, CPU_COUNT, args.nthreads_torch, cpu_cores)
+        specs = plan_workers(
+            args.name or default_name(), gpus, args.cpu_workers, CPU_COUNT, args.nthreads_torch, cpu_cores
+        )
     except CoreListError as err:
         print(f"pytc-worker: error: {err}", file=sys.stderr)
         return EXIT_USAGE

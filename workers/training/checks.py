@@ -2,15 +2,19 @@
 
 Image and label (and valid mask) exist and have the same spatial shape, the label holds integer
 ids, the ROI lies inside, the patch fits in the sampled region, a validation volume is sound and
-the starting checkpoints exist. Each failure is a :class:`~service.errors.SpecError` naming the
-field. Whether the model fits its targets and its starting weights is checked on a worker
-(:func:`workers.training.tasks.inspect_training`), the only place with torch.
+the starting checkpoints exist and may be files torch wrote (from their bytes: not empty, not cut
+short). Each failure is a :class:`~service.errors.SpecError` naming the field. Whether the model
+fits its targets and its starting weights is checked on a worker
+(:func:`workers.training.tasks.inspect_training`), the only place with torch; so is whether the
+worker's device runs ``compute.precision`` natively (:func:`check_precision`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from models.torch_files import torch_file_problem
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.open import open_volume
@@ -51,7 +55,9 @@ def validate_training_against_data(job: TrainingJob) -> None:
         ("model.init", job.model.init),
     ):
         if path is not None and not Path(path).is_file():
-            raise SpecError(field, f"no checkpoint file at {path}")
+            raise SpecError(field, f"{path} does not exist or is not a file")
+        if path is not None and (problem := torch_file_problem(path)) is not None:
+            raise SpecError(field, f"{path} {problem}")
 
 
 def validate_training_against_model(job: TrainingJob, info: TrainingModelInfo) -> None:
@@ -61,6 +67,14 @@ def validate_training_against_model(job: TrainingJob, info: TrainingModelInfo) -
             "model.config.out_channels",
             f"the model gives {info.out_channels} channel(s), the targets need {job.out_channels}",
         )
+
+
+def check_precision(job: TrainingJob, unsupported: Mapping[str, str]) -> None:
+    """``compute.precision`` runs natively on the worker's device: ``unsupported`` maps each
+    precision it does not to the reason (:func:`workers.runtime.precision.unsupported_precisions`)."""
+    reason = unsupported.get(job.compute.precision)
+    if reason is not None:
+        raise SpecError("compute.precision", reason)
 
 
 def _open(ref: VolumeRef, field: str) -> Volume:

@@ -7,15 +7,35 @@ this module imports no torch at import time, so the control plane can name these
 
 from __future__ import annotations
 
+import logging
+
+from models.errors import ModelError
+from volumes.errors import VolumeError
+from workers.errors import Refusal, SpecError
+from workers.training.checks import check_precision
 from workers.training.job import TrainingJob, TrainingModelInfo, TrainingOutcome
 
+log = logging.getLogger(__name__)
 
-def inspect_training(job: TrainingJob) -> TrainingModelInfo:
-    """Pre-flight on a worker: the model builds, fits the image and the targets, and the starting
-    weights load into it. Raises :class:`workers.errors.SpecError` naming the field."""
+
+def inspect_training(job: TrainingJob) -> TrainingModelInfo | Refusal:
+    """Pre-flight on a worker: its device runs ``compute.precision`` natively, the model builds,
+    fits the image and the targets, and the starting weights load into it.
+
+    A job that fails one of these comes back as a :class:`~workers.errors.Refusal` naming the
+    field, not raised: Dask would log a raised error with its traceback (see ``Refusal``)."""
+    from workers.runtime.precision import unsupported_precisions
     from workers.training.session import inspect
 
-    return inspect(job)
+    try:
+        check_precision(job, dict(unsupported_precisions(job.compute.device)[1]))
+        return inspect(job)
+    except SpecError as err:
+        log.debug("training pre-flight refused the job", exc_info=True)
+        return Refusal.of(err)
+    except (ModelError, VolumeError) as err:  # not named by a check: the model or the data at large
+        log.debug("training pre-flight refused the job", exc_info=True)
+        return Refusal.of(SpecError("model" if isinstance(err, ModelError) else "data", str(err)))
 
 
 def run_training_task(job: TrainingJob) -> TrainingOutcome:

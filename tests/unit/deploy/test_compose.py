@@ -1,5 +1,6 @@
 """The deployment files, checked without a Docker engine: structure, exposure, and agreement with
-the code they start (console scripts, worker flags, the torch pin)."""
+the code they start (console scripts, worker flags). The lock the image installs with:
+``test_constraints.py``."""
 
 from __future__ import annotations
 
@@ -111,12 +112,6 @@ def test_dockerfile_defaults_to_cpu_and_takes_a_cuda_base(dockerfile: str) -> No
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M)
     assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cpu$", dockerfile, re.M)
     assert re.search(r"--index-url \$\{TORCH_INDEX\}", dockerfile)
-
-
-def test_dockerfile_pins_torch_as_the_package_does(dockerfile: str) -> None:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (torch_pin,) = [d for d in deps if re.match(r"torch\b", d)]
-    assert f'"{torch_pin}"' in dockerfile
 
 
 def test_dockerfile_runs_unprivileged_and_serves_the_api(dockerfile: str) -> None:

@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,3 +188,85 @@ def test_mismatch_error_survives_pickling() -> None:
     error = ArchitectureMismatchError("msg", missing=["a"], unexpected=["b"], mismatched=["c"])
     clone = pickle.loads(pickle.dumps(error))
     assert (str(clone), clone.missing, clone.unexpected, clone.mismatched) == ("msg", ("a",), ("b",), ("c",))
+
+
+class _Custom:
+    """A class of the test's own: a checkpoint holding one would run code when unpickled."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+def _failing_files(folder: Path) -> dict[str, Path]:
+    """Every way we can make a checkpoint fail to load, one file each."""
+    good = folder / "good.pth"
+    save_checkpoint(good, {"state_dict": _small()})
+    legacy = folder / "legacy.pth"
+    torch.save({"state_dict": _small().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    contents: dict[str, bytes] = {
+        "junk": b"\x00not a checkpoint" * 10,
+        "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty": b"",
+        "truncated_zip": good.read_bytes()[:2000],
+        "truncated_legacy": legacy.read_bytes()[: legacy.stat().st_size // 2],
+        "plain_pickle": pickle.dumps({"state_dict": {}}, protocol=4),
+    }
+    files = {name: folder / f"{name}.pth" for name in contents}
+    for name, data in contents.items():
+        files[name].write_bytes(data)
+    files["custom_class"] = folder / "custom_class.pth"
+    torch.save({"state_dict": _Custom()}, files["custom_class"])
+    files["code"] = folder / "code.pth"
+    torch.save({"state_dict": {}, "x": _Marker(folder / "pwned")}, files["code"])
+    files["whole_module"] = folder / "whole_module.pth"
+    torch.save(_small(), files["whole_module"])
+    return files
+
+
+def test_no_failure_invites_loading_with_the_safety_off(tmp_path: Path) -> None:
+    """Whatever is wrong with the file, the message names it and never repeats torch's advice to
+    load it with ``weights_only=False`` (nor to allowlist its classes)."""
+    for name, path in _failing_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert str(path) in message, (name, message)
+        for unsafe in (
+            "weights_only=False",
+            "weights_only` set to `False",
+            "add_safe_globals",
+            "safe_globals",
+        ):
+            assert unsafe not in message, (name, message)
+        assert "\n" not in message and "\x1b" not in message, (name, message)  # one plain line
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "names"),
+    [("custom_class", "_Custom"), ("code", "io.open"), ("whole_module", "UNet3D")],
+)
+def test_a_file_holding_objects_names_the_global_and_the_safe_way_out(
+    tmp_path: Path, name: str, names: str
+) -> None:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_failing_files(tmp_path)[name])
+    message = str(info.value)
+    assert names in message and "could run code" in message, message
+    assert 'torch.save({"state_dict": model.state_dict()}, path)' in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("junk", "is not a file torch wrote"),
+        ("random", "is not a file torch wrote"),
+        ("empty", "is empty"),
+        ("truncated_zip", "truncated"),
+        ("truncated_legacy", "truncated"),
+    ],
+)
+def test_a_damaged_file_is_called_damaged(tmp_path: Path, name: str, says: str) -> None:
+    with pytest.raises(CheckpointError, match=says) as info:
+        load_checkpoint(_failing_files(tmp_path)[name])
+    assert "copy or save it again" in str(info.value)

@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from service.progress import Progress, ProgressLine, Throughput, format_duration, format_progress
+from service.progress import (
+    LOG_HEARTBEAT_S,
+    Progress,
+    ProgressLine,
+    Throughput,
+    format_duration,
+    format_progress,
+)
 
 
 def test_the_contract_json_round_trips_with_the_kinds_figures() -> None:
@@ -46,7 +53,7 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
 
-def test_lines_in_a_log_are_throttled_but_the_first_and_last_are_kept() -> None:
+def test_lines_in_a_log_are_throttled_but_the_first_the_first_move_and_the_last_are_kept() -> None:
     stream, now = io.StringIO(), [0.0]
     line = ProgressLine(stream, interval_s=5.0, tty=False, clock=lambda: now[0])
     for step in range(10):
@@ -55,7 +62,8 @@ def test_lines_in_a_log_are_throttled_but_the_first_and_last_are_kept() -> None:
     now[0] = 10.0
     line(Progress(10, 10, "blocks", 10.0))
     line.close()
-    assert [text.split()[1] for text in stream.getvalue().splitlines()] == ["0/10", "5/10", "10/10"]
+    # the first report, the first that moved (with a rate), then every 5 s, and the last
+    assert [text.split()[1] for text in stream.getvalue().splitlines()] == ["0/10", "1/10", "6/10", "10/10"]
 
 
 def test_on_a_terminal_one_line_is_redrawn() -> None:
@@ -66,3 +74,35 @@ def test_on_a_terminal_one_line_is_redrawn() -> None:
     line.close()
     assert stream.getvalue().count("\r") == 2 and stream.getvalue().endswith("\n")
     assert "\n" not in stream.getvalue()[:-1]
+
+
+def test_a_kinds_parts_show_in_the_line_whatever_their_names() -> None:
+    parts = {"windows": [120, 400], "chunks": [0, 30], "tiles": [3, 9], "bad": "x", "short": [1]}
+    text = format_progress(Progress(120, 430, "steps", 10.0, 12.0, {"parts": parts}))
+    assert text == "steps 120/430 (27.9%)  12.00 steps/s  ETA 26s  windows 120/400  chunks 0/30  tiles 3/9"
+    assert (
+        Progress.from_json(Progress(1, 2, "steps", details={"parts": parts}).to_json()).details["parts"]
+        == parts
+    )
+
+
+def test_a_log_hears_from_a_job_that_stands_still_at_least_every_30_s() -> None:
+    """Reports that do not move (a long batch: the driver's heartbeat) still reach a log, and the
+    very same line is written again at the latest after ``heartbeat_s``."""
+    stream, now = io.StringIO(), [0.0]
+    line = ProgressLine(stream, interval_s=5.0, tty=False, clock=lambda: now[0])
+    stuck = Progress(3, 10, "steps", 1.0, rate=0.5)  # the same text every time
+    written = []
+    for second in range(100):
+        now[0] = float(second)
+        before = stream.getvalue().count("\n")
+        line(stuck)
+        if stream.getvalue().count("\n") > before:
+            written.append(second)
+    assert written == [0, LOG_HEARTBEAT_S, 2 * LOG_HEARTBEAT_S, 3 * LOG_HEARTBEAT_S]
+    tty = io.StringIO()
+    redrawn = ProgressLine(tty, tty=True, clock=lambda: now[0])
+    for second in range(100):
+        now[0] = float(second)
+        redrawn(stuck)
+    assert tty.getvalue().count("\r") == 1  # a terminal still shows it: never redrawn the same

@@ -57,17 +57,18 @@ def test_progress_line() -> None:
                  "val dice 0.912 @100", "(attempt 2)", "[validating]"):  # fmt: skip
         assert part in text, part
     stream = io.StringIO()
-    clock = iter([0.0, 1.0, 1.5, 10.0])
+    clock = iter([0.0, 1.0, 1.5, 2.0, 10.0])
     line = ProgressLine(stream, interval_s=5.0, tty=False, clock=lambda: next(clock))
 
     def at(done: int, phase: str) -> Progress:
-        return Progress(done, 4, "iterations", details={"phase": phase})
+        return Progress(done, 5, "iterations", details={"phase": phase})
 
     line(at(1, "training"))
-    line(at(2, "training"))  # too soon: skipped
-    line(at(2, "saving"))  # a new phase: shown
-    line(at(4, "saving"))  # the last report: shown
-    assert stream.getvalue().count("\n") == 3
+    line(at(2, "training"))  # the first that moved in this run: shown
+    line(at(3, "training"))  # too soon: skipped
+    line(at(3, "saving"))  # a new phase: shown
+    line(at(5, "saving"))  # the last report: shown
+    assert [text.split()[1] for text in stream.getvalue().splitlines()] == ["1/5", "2/5", "3/5", "5/5"]
 
 
 def test_pytc_run_resolves_a_name_from_the_file_registry(tmp_path: Path) -> None:

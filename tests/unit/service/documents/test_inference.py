@@ -187,6 +187,23 @@ def test_unknown_top_level_field_suggests_the_right_one(root: Path) -> None:
     assert str(err).startswith(f"{err.field}: ")
 
 
+@pytest.mark.parametrize(
+    ("section", "typed", "hint"),
+    [
+        ("output", "formt", "did you mean 'format'?"),
+        ("output", "chunk", "did you mean 'chunks'?"),
+        ("output", "Format", "did you mean 'format'?"),
+        ("window", "pach_size", "did you mean 'patch_size'?"),
+        ("window", "batchsize", "did you mean 'batch_size'?"),
+        # shares letters with `heads` but is no typo of it: the known fields instead
+        ("output", "shards", "expected one of: activation, chunks, dataset, dtype, format, heads, "),
+    ],
+)
+def test_a_suggestion_is_a_typo_a_person_would_see(root: Path, section: str, typed: str, hint: str) -> None:
+    err = spec_error(changed(minimal(), section, **{typed: 1}), root)
+    assert dict(err.errors)[f"{section}.{typed}"].startswith(f"unknown field; {hint}")
+
+
 def test_both_stride_and_overlap(root: Path) -> None:
     err = spec_error(changed(minimal(), "window", stride=[8, 64, 64], overlap=0.5), root)
     assert err.field == "window.overlap" and "not both" in err.reason

@@ -12,6 +12,7 @@ from service.documents.sections import (
     NormalizeSection,
     PosTriple,
     Section,
+    closest_name,
     dataset_name,
     frozen_config,
     require_kind,
@@ -46,6 +47,26 @@ def test_unknown_field_without_a_close_name_lists_the_known_ones() -> None:
     with pytest.raises(SpecError) as caught:
         validate(Outer, {"inner": {"size": [1, 1, 1]}, "zzz": 1})
     assert dict(caught.value.errors)["zzz"] == "unknown field; expected one of: inner, items, normalize"
+
+
+@pytest.mark.parametrize(
+    ("typed", "known", "suggested"),
+    [
+        ("formt", ["format", "heads"], "format"),  # a letter missing
+        ("chunk", ["chunks", "heads"], "chunks"),
+        ("fromat", ["format"], "format"),  # two letters swapped
+        ("Dtype", ["dtype"], "dtype"),  # case aside
+        ("pach_size", ["pad_size", "patch_size"], "patch_size"),  # the nearest wins
+        ("blok_shpae", ["block_shape"], "block_shape"),  # two slips in ten letters
+        ("shards", ["heads", "chunks"], None),  # three slips in six letters: not a typo
+        ("hed", ["heads"], None),
+        ("x", ["y", "z"], None),
+    ],
+)
+def test_closest_name_is_a_typo_not_a_resemblance(
+    typed: str, known: list[str], suggested: str | None
+) -> None:
+    assert closest_name(typed, known) == suggested
 
 
 def test_sections_are_frozen() -> None:

@@ -168,7 +168,7 @@ def test_valid_job_passes(data_root: Path) -> None:
         ({"data.roi": {"offset": [5, 0, 0], "shape": [12, 48, 48]}}, "data.roi", "outside"),
         ({"data.image.dataset": "nope"}, "data.image", "not found"),
         ({"model.config.in_channels": 2}, "model.config.in_channels", "image has 1"),
-        ({"checkpoint.resume_from": "runs/none.pth.tar"}, "checkpoint.resume_from", "no checkpoint"),
+        ({"checkpoint.resume_from": "runs/none.pth.tar"}, "checkpoint.resume_from", "does not exist"),
         (
             {
                 "validation": {

@@ -4,6 +4,7 @@ one opening of each volume per phase. Driven by the serial runner that ships wit
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob, WindowSpec
 from workers.inference.run import InferenceRun, run_serially
 from workers.inference.rundir import RunDir
+from workers.inference.steps import StepCounts
 from workers.inference.tasks import run_block
 
 SHAPE = (16, 24, 24)
@@ -165,3 +167,49 @@ def test_two_outputs_of_one_container_never_share_a_run_folder(job: InferenceJob
         open_volume(first.output.path, "a/b").read(Box.of_shape((1, *SHAPE))),
         open_volume(second.output.path, "a__b").read(Box.of_shape((1, *SHAPE))),
     )
+
+
+def test_the_engine_reports_every_batch_and_every_pass2_chunk(job: InferenceJob) -> None:
+    """Through the block context's hook, as a driver hears it: counts that never go back, a report
+    after every batch before the next one runs, every pass-2 chunk counted, the exact totals at the end."""
+    seen: list[object] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        seen.append("batch")
+        return doubled(batch)
+
+    run_serially(job, INFO, predict=predict, on_progress=seen.append)
+    reports = [r for r in seen if isinstance(r, StepCounts)]
+    batches = seen.count("batch")
+    assert batches > 0 and all(
+        isinstance(after, StepCounts) for before, after in pairwise(seen) if before == "batch"
+    ), "a batch ran with no report after it"
+    assert all(a.done <= b.done for a, b in pairwise(reports))
+    assert all(
+        a.windows_done <= b.windows_done and a.chunks_done <= b.chunks_done for a, b in pairwise(reports)
+    )
+    chunk_moves = [b.chunks_done - a.chunks_done for a, b in pairwise(reports)]
+    last = reports[-1]
+    assert last.chunks_total > 0 and chunk_moves.count(1) == last.chunks_total  # one chunk at a time
+    plan = InferenceRun.start(job, INFO).plan
+    assert last.windows_done == last.windows_total == plan.grid.count
+    assert last.chunks_done == last.chunks_total == sum(len(plan.border_chunks(b)) for b in plan.blocks())
+    assert last.blocks_done == last.blocks_total == plan.n_blocks
+    assert last.voxels_done == last.voxels_total == int(np.prod(SHAPE))
+
+
+def test_a_resumed_run_counts_what_was_done_before(job: InferenceJob) -> None:
+    run = InferenceRun.start(job, INFO)
+    first = []
+    for _ in range(3):  # three pass-1 tasks, then the process dies
+        task = run.next_task()
+        assert task is not None and task.phase == 1
+        run.finished(task, run_block(task, predict=doubled))
+        first.append(task.block)
+    resumed = InferenceRun.start(job, INFO).counts()
+    plan = run.plan
+    assert resumed.windows_done == sum(len(list(plan.windows(b))) for b in first) > 0
+    assert resumed.chunks_done == 0 < resumed.chunks_total  # no pass 2 ran
+    counts: list[StepCounts] = []
+    run_serially(job, INFO, predict=doubled, on_progress=counts.append)
+    assert counts[0].windows_done > resumed.windows_done and counts[-1].done == counts[-1].total

@@ -13,8 +13,11 @@ import pytest
 
 from workers.runtime.cli import (
     check_health,
+    default_name,
+    device_labels,
     main,
     memory_limit_per_worker,
+    name_taken,
     parse_nvidia_smi,
     plan_workers,
     visible_gpus,
@@ -69,8 +72,8 @@ def test_a_gpu_in_mig_mode_serves_one_worker_per_mig_slice() -> None:
         "1",
     ]
     specs = plan_workers("node", parse_nvidia_smi(SMI_MIG), cpu_workers=1, cores=8, torch_threads=2)
-    # worker names must be unique: by position when some ids are UUIDs
-    assert [s.name for s in specs] == ["node-gpu0", "node-gpu1", "node-gpu2"]
+    # named after the device, so that a second pytc-worker serving the other slice takes other names
+    assert [s.name for s in specs] == ["node-mig-aaaaaaaa", "node-mig-ffffffff", "node-gpu1"]
     assert specs[0].env == {
         "CUDA_VISIBLE_DEVICES": "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
         "PYTC_TORCH_THREADS": "2",
@@ -170,3 +173,64 @@ def test_cores_this_process_may_not_use_are_refused() -> None:
         check_available([0, 100000])
     with pytest.raises(CoreListError, match="not available"):
         plan_workers("node", [], cpu_workers=1, cores=2, torch_threads=None, cpu_cores=[100000])
+
+
+def test_device_labels_name_the_device_and_stay_unique() -> None:
+    assert device_labels(["2", "0"]) == ["gpu2", "gpu0"]
+    assert device_labels(["GPU-66666666-7777-8888-9999-000000000000"]) == ["gpu-66666666"]
+    # old-style MIG ids share their first characters: then the whole id
+    assert device_labels(["MIG-GPU-1234abcd/1/0", "MIG-GPU-1234abcd/2/0"]) == [
+        "mig-gpu-1234abcd-1-0",
+        "mig-gpu-1234abcd-2-0",
+    ]
+    assert device_labels(["0", "0"]) == ["gpu0-0", "gpu0-1"]  # two workers on one GPU
+
+
+def test_the_default_name_prefix_is_the_host_and_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_name() == f"{os.uname().nodename}-{os.getpid()}"
+    captured: dict[str, Any] = {}
+
+    class Planned(Exception):
+        """Stops main once the workers are planned, before it changes Dask's settings or starts any."""
+
+    def plan(name: str, *args: Any, **kwargs: Any) -> list[Any]:
+        captured["name"] = name
+        raise Planned
+
+    monkeypatch.setattr("workers.runtime.cli.plan_workers", plan)
+    with pytest.raises(Planned):
+        main(["--scheduler", "tcp://127.0.0.1:1", "--gpus", "none"])
+    assert captured["name"] == default_name()
+    with pytest.raises(Planned):
+        main(["--scheduler", "tcp://127.0.0.1:1", "--gpus", "none", "--name", "mine"])
+    assert captured["name"] == "mine"
+
+
+def test_a_name_taken_is_found_deep_in_the_causes() -> None:
+    reply = {"status": "error", "message": "name taken, node-cpu0", "time": 1.0}
+    try:
+        try:
+            try:
+                raise ValueError(f"Unexpected response from register: {reply!r}")
+            except ValueError as cause:
+                raise RuntimeError("Worker failed to start.") from cause
+        except RuntimeError as cause:
+            raise RuntimeError("Nanny failed to start.") from cause
+    except RuntimeError as err:
+        assert name_taken(err) == "node-cpu0"
+    assert name_taken(RuntimeError("Worker failed to start.")) is None
+
+
+def test_help_is_plain_text_with_the_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":mod:" not in out  # no reStructuredText
+    assert "exit codes:" in out and "--name" in out and "(default: HOST-PID" in out
+    assert "(default: 120)" in out and "(default: 4)" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.version import package_version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"pytc-service {package_version()}\n"
