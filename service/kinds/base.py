@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from service.progress import Progress
+from workers.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -81,16 +82,22 @@ class Summary:
 
 @dataclass(frozen=True)
 class ParseEnv:
-    """What parsing a document needs: the data roots (resolved), and the model registry for
-    ``model: {name: ...}`` (None: naming a model is an error)."""
+    """What parsing a document needs: the data roots (resolved), the model registry for
+    ``model: {name: ...}`` (None: naming a model is an error), and the admission bounds
+    (:mod:`workers.limits`) that sizes are checked against from the document alone."""
 
     roots: tuple[Path, ...]
     resolve_model: ModelResolver | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
 class AdmitEnv:
+    """What admission needs: a call on a worker, and the bounds (checked again against the input's
+    shape and the model's channels)."""
+
     on_worker: WorkerCall
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass
