@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
                 cancel=cancel,
                 models=registry,
                 notice=lambda text: print(text, file=sys.stderr) if not args.quiet else None,
+                limits=limits,
             )
             result = kind.run(job, env, checked)
     except KeyboardInterrupt:

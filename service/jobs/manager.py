@@ -176,6 +176,7 @@ class JobManager:
                 cancel=cancel,
                 models=self.models,
                 notice=lambda text: log.info("job %s: %s", record.id, text),
+                limits=self.parse_env.limits,
             )
             result = kind.run(job, env)
         except JobCancelledError as err:

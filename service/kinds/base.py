@@ -109,6 +109,7 @@ class RunEnv:
     notice: Callable[[str], None] = lambda text: None  # a line for the person watching (stderr, the log)
     priority: int = 0
     retries: int = 2
+    limits: Limits = DEFAULT_LIMITS  # a run that was not just admitted checks its input against them
 
 
 class JobKind(Protocol[J]):

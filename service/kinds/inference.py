@@ -128,7 +128,7 @@ class InferenceKind:
     def run(self, job: InferenceJob, env: RunEnv, checked: Checked | None = None) -> dict[str, Any]:
         if checked is None:
             info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, fn, *args))
-            run = InferenceRun.start(job, info)
+            run = InferenceRun.start(job, info, limits=env.limits)
         else:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
         if run.summary.resumed:

@@ -23,6 +23,8 @@ from service.errors import SpecError
 from service.kinds import parse_job
 from service.kinds.base import AdmitEnv, ParseEnv
 from service.kinds.inference import InferenceKind
+from service.store.jobs import NewJob
+from service.store.sqlite import SqliteJobStore
 from tests.integration.service_fixtures import (
     Service,
     assert_problem,
@@ -30,6 +32,7 @@ from tests.integration.service_fixtures import (
     job_doc,
     make_data,
     running_service,
+    wait_for_state,
 )
 from workers.limits import Limits
 
@@ -239,3 +242,28 @@ def test_pytc_run_refuses_with_exit_2_and_honours_the_settings(
     monkeypatch.setenv("PYTC_WORKER_MEMORY_BYTES", "lots")
     code, err = run(doc_on())
     assert code == 2 and "PYTC_WORKER_MEMORY_BYTES" in err and "Traceback" not in err
+
+
+def test_poison_jobs_recorded_before_the_bounds_fail_when_picked_up(tmp_path: Path) -> None:
+    """An older service accepted them; after a restart each is picked up again, and now fails
+    naming the field instead of growing the service without end."""
+    root, state = tmp_path / "root", tmp_path / "state"
+    make_world(root)
+    state.mkdir()
+    store = SqliteJobStore(state / "jobs.sqlite3")
+    poison = {
+        "pad": doc_on(window__pad_size=[10**11, 0, 0]),
+        "claims": doc_on("huge.zarr"),  # its zarr.json claims 10^12 per axis
+    }
+    for name, doc in poison.items():
+        store.create_job(NewJob(name, "inference", doc, output_key=f"{name}::pred"))
+    with running_service(root, state, PYTC_API_TOKENS=TOKEN) as service:
+        jobs = {
+            name: wait_for_state(service.url, name, ("failed", "succeeded"), AUTH, 120) for name in poison
+        }
+        rss = psutil.Process(service.service_pid()).memory_info().rss
+    assert jobs["pad"]["state"] == "failed" and "window.pad_size" in jobs["pad"]["error"]["detail"]
+    assert (
+        jobs["claims"]["state"] == "failed" and "PYTC_MAX_INPUT_VOXELS" in jobs["claims"]["error"]["detail"]
+    )
+    assert rss < 400 << 20
