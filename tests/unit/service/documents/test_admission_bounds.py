@@ -4,6 +4,7 @@ refusal is a SpecError naming the field (``pytc run`` exits 2, the service answe
 from __future__ import annotations
 
 import copy
+import json
 import os
 import resource
 from pathlib import Path
@@ -13,9 +14,9 @@ import pytest
 
 from service.errors import SpecError
 from service.kinds import parse_job
-from service.kinds.base import ParseEnv
+from service.kinds.base import AdmitEnv, ParseEnv
 from service.settings import LimitSettings, Settings
-from tests.training_helpers import training_doc
+from tests.training_helpers import training_doc, write_data
 from workers.limits import GIB, Limits, limits_from_env
 
 DOC: dict[str, Any] = {
@@ -149,3 +150,15 @@ def test_training_sizes_are_bounded_naming_the_field(
 ) -> None:
     parse_job(training_doc(), ParseEnv((tmp_path,)))
     assert refused(training_doc(**changes), tmp_path).field == field
+
+
+def test_a_training_image_claiming_10_to_the_12_per_axis_is_refused_before_any_worker(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    meta_file = tmp_path / "em.zarr" / "raw" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "shape": [10**12] * 3}))
+    kind, job = parse_job(training_doc(), ParseEnv((tmp_path,)))
+    with pytest.raises(SpecError) as caught:
+        kind.admit(job, AdmitEnv(lambda fn, *args: pytest.fail("a worker was asked"), Limits()))
+    assert caught.value.field == "data.image" and "PYTC_MAX_INPUT_VOXELS" in caught.value.reason
+    assert "[1000000000000, 1000000000000, 1000000000000]" in caught.value.reason
