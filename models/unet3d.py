@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import ModelConfigError
+from models.sizes import UNET3D_CONFIG_KEYS
 
 Triple = int | tuple[int, int, int]
 
@@ -248,22 +249,6 @@ def _check_args(
         raise ModelConfigError(f"unet3d: norm_mode 'gn' (8 groups) needs filters divisible by 8: {filters}")
 
 
-# The contract's names first, PyTC's spellings as aliases.
-_CONFIG_KEYS: dict[str, str] = {
-    "in_channels": "in_channel",
-    "in_channel": "in_channel",
-    "out_channels": "out_channel",
-    "out_channel": "out_channel",
-    "filters": "filters",
-    "is_isotropic": "is_isotropic",
-    "isotropy": "isotropy",
-    "pad_mode": "pad_mode",
-    "act_mode": "act_mode",
-    "norm_mode": "norm_mode",
-    "block_type": "block_type",
-}
-
-
 def build_unet3d(config: Mapping[str, Any]) -> UNet3D:
     """Build a :class:`UNet3D` from a job's ``model.config`` (contract or PyTC key names).
 
@@ -271,9 +256,9 @@ def build_unet3d(config: Mapping[str, Any]) -> UNet3D:
     """
     kwargs: dict[str, Any] = {}
     for key, value in config.items():
-        target = _CONFIG_KEYS.get(key)
+        target = UNET3D_CONFIG_KEYS.get(key)
         if target is None:
-            raise ModelConfigError(f"unet3d: unknown config key {key!r}; known: {sorted(_CONFIG_KEYS)}")
+            raise ModelConfigError(f"unet3d: unknown config key {key!r}; known: {sorted(UNET3D_CONFIG_KEYS)}")
         if target in kwargs and kwargs[target] != value:
             raise ModelConfigError(f"unet3d: config key {key!r} contradicts its alias ({kwargs[target]!r})")
         kwargs[target] = _checked_value(key, target, value)

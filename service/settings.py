@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers import limits as bounds
+
 
 def _split(value: Any, separator: str) -> Any:
     if isinstance(value, str):
@@ -20,7 +22,34 @@ def _split(value: Any, separator: str) -> Any:
     return value
 
 
-class Settings(BaseSettings):
+class LimitSettings(BaseSettings):
+    """The admission bounds (:mod:`workers.limits`), read by ``pytc-serve`` and ``pytc run`` alike:
+    what a job may ask of a worker, checked before anything is allocated."""
+
+    model_config = SettingsConfigDict(env_prefix="PYTC_", extra="ignore", frozen=True)
+
+    # The memory of the smallest worker; one block task (or training batch) may take half of it.
+    worker_memory_bytes: Annotated[int, Field(gt=0)] = bounds.DEFAULT_WORKER_MEMORY_BYTES
+    # The voxels an input's metadata may claim (its spatial shape times its channels).
+    max_input_voxels: Annotated[int, Field(gt=0)] = bounds.DEFAULT_MAX_INPUT_VOXELS
+    # Windows, output chunks or blocks along one axis of a job's region.
+    max_axis_count: Annotated[int, Field(gt=0)] = bounds.DEFAULT_MAX_AXIS_COUNT
+    # One output chunk, all channels, in float32.
+    max_chunk_bytes: Annotated[int, Field(gt=0)] = bounds.DEFAULT_MAX_CHUNK_BYTES
+    # Weights of a network built from ``model.architecture`` and ``model.config``.
+    max_model_parameters: Annotated[int, Field(gt=0)] = bounds.DEFAULT_MAX_MODEL_PARAMETERS
+
+    def limits(self) -> bounds.Limits:
+        return bounds.Limits(
+            worker_memory_bytes=self.worker_memory_bytes,
+            max_input_voxels=self.max_input_voxels,
+            max_axis_count=self.max_axis_count,
+            max_chunk_bytes=self.max_chunk_bytes,
+            max_model_parameters=self.max_model_parameters,
+        )
+
+
+class Settings(LimitSettings):
     """Everything ``pytc-serve`` can be told; defaults follow the contract."""
 
     model_config = SettingsConfigDict(env_prefix="PYTC_", extra="ignore", frozen=True)

@@ -29,6 +29,8 @@ from volumes.windows import WindowGrid
 
 Index = tuple[int, ...]
 
+DEFAULT_BLOCK_VOXELS = 64 * 512 * 512  # the most voxels of a block the planner picks
+
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -213,7 +215,7 @@ def plan_blocks(
     chunks: Sequence[int],
     block_shape: Sequence[int] | None,
     grid: WindowGrid,
-    target_voxels: int = 64 * 512 * 512,
+    target_voxels: int = DEFAULT_BLOCK_VOXELS,
 ) -> BlockPlan:
     """The block decomposition; without a ``block_shape``, the planner picks a multiple of the chunks
     of at most ``target_voxels``, and at least about two windows per axis where the ROI allows, so
@@ -228,13 +230,21 @@ def default_block_shape(
 ) -> tuple[int, ...]:
     shape = [c * max(1, _ceil_div(2 * p, c)) for c, p in zip(chunks, patch, strict=True)]
     shape = [min(s, c * _ceil_div(n, c)) for s, c, n in zip(shape, chunks, roi_shape, strict=True)]
-    grew = True
-    while grew:
-        grew = False
+    grown = list(range(len(shape)))
+    while len(grown) > 1:
+        grown = []
         for axis in sorted(range(len(shape)), key=lambda a: shape[a]):
             bigger = shape[axis] + chunks[axis]
             limit = chunks[axis] * _ceil_div(roi_shape[axis], chunks[axis])
             if bigger <= limit and math.prod(shape) // shape[axis] * bigger <= target_voxels:
                 shape[axis] = bigger
-                grew = True
+                grown.append(axis)
+    if grown:
+        # An axis that could not grow never can again (the others only grow), so when one axis
+        # alone grew it takes all its remaining chunks at once: the loop would add them one pass
+        # at a time, a million passes for a thin region in chunks of one voxel.
+        (axis,) = grown
+        limit = chunks[axis] * _ceil_div(roi_shape[axis], chunks[axis])
+        most = min(limit, target_voxels // (math.prod(shape) // shape[axis]))
+        shape[axis] += max(0, (most - shape[axis]) // chunks[axis]) * chunks[axis]
     return tuple(shape)

@@ -36,6 +36,7 @@ from service.kinds import parse_job
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, model_resolver
 from service.progress import ProgressLine
 from service.store.model_file import FileModelRegistry, state_dir
+from workers.limits import limits_from_env
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -84,7 +85,9 @@ def _run(args: argparse.Namespace) -> int:
     registry = FileModelRegistry(state_dir(os.environ))
     roots = tuple(Path(root).resolve() for root in data_roots(args.data_root, os.environ))
     try:
-        kind, job = parse_job(load_job_file(args.job), ParseEnv(roots, model_resolver(registry, roots)))
+        limits = limits_from_env(os.environ)
+        parse_env = ParseEnv(roots, model_resolver(registry, roots), limits)
+        kind, job = parse_job(load_job_file(args.job), parse_env)
     except SpecError as err:
         return spec_failure(err)
     cluster = LazyCluster(args.scheduler or os.environ.get("PYTC_SCHEDULER") or None, args.workers)
@@ -92,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     line = None if args.quiet else ProgressLine(sys.stderr)
     try:
         with cluster:
-            checked = kind.admit(job, AdmitEnv(on_worker=cluster.call))
+            checked = kind.admit(job, AdmitEnv(cluster.call, limits))
             start_up_done()
             env = RunEnv(
                 cluster.client(),
@@ -100,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
                 cancel=cancel,
                 models=registry,
                 notice=lambda text: print(text, file=sys.stderr) if not args.quiet else None,
+                limits=limits,
             )
             result = kind.run(job, env, checked)
     except KeyboardInterrupt:

@@ -17,8 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from models.ref import ModelRef
+from models.sizes import architecture_parameters
 from service.documents.loading import canonical_json
 from service.documents.sections import (
+    MAX_NAME_BYTES,
     Fraction,
     NonNegTriple,
     NormalizeField,
@@ -54,6 +56,15 @@ from workers.inference.job import (
     Precision,
     Reduce,
     WindowSpec,
+)
+from workers.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_chunk_bytes,
+    check_model_parameters,
+    check_pad,
+    check_task_memory,
+    task_memory,
 )
 
 # Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
@@ -178,13 +189,18 @@ class InferenceDocument(Section):
 
 
 def parse_inference(
-    doc: object, data_roots: Sequence[str | Path], *, resolve_model: ModelResolver | None = None
+    doc: object,
+    data_roots: Sequence[str | Path],
+    *,
+    resolve_model: ModelResolver | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> InferenceJob:
     """Validate an inference document (``kind: inference`` or no ``kind``) and build the job.
 
     Relative paths resolve against the first data root; every path must resolve, symlinks followed,
     inside one of ``data_roots``. ``resolve_model`` turns ``model.name`` into a reference (the
-    service's registry); without it a named model is an error.
+    service's registry); without it a named model is an error. Sizes are bounded by ``limits``
+    (:mod:`workers.limits`) with one channel in and out: what no model could run is refused here.
     """
     roots = resolved_roots(data_roots)
     document = require_kind(doc, "inference")
@@ -194,8 +210,24 @@ def parse_inference(
     compute = _compute(parsed.compute or ComputeSection(), output.chunks)
     job_input = _input(parsed.input, roots)
     _check_no_overlap(job_input, output)
+    _check_sizes(window, output, compute, limits)
     model = _model(parsed.model, roots, resolve_model)
+    if model.kind == "architecture":
+        parameters = architecture_parameters(model.architecture, model.config_dict())
+        check_model_parameters(parameters, limits, "model.name" if model.name else "model.config")
     return InferenceJob(job_input, model, window, output, compute, document=canonical_json(document))
+
+
+def _check_sizes(window: WindowSpec, output: OutputSpec, compute: ComputeSpec, limits: Limits) -> None:
+    """Bounds from the document alone, before anything is allocated: the pad, the chunks, and a
+    block task's memory with its smallest block (the chunks) when the planner will choose it."""
+    check_pad(window.pad_size, window.patch_size)
+    check_chunk_bytes(output.chunks, limits)
+    block = compute.block_shape or output.chunks
+    memory = task_memory(window.patch_size, block, window.batch_size)
+    check_task_memory(
+        memory, limits, block_field="compute.block_shape" if compute.block_shape else "output.chunks"
+    )
 
 
 def stride_from_overlap(patch: int, overlap: float) -> int:
@@ -237,6 +269,8 @@ def _model(section: ModelSection, roots: Sequence[Path], resolve_model: ModelRes
 def _named_model(name: str, resolve_model: ModelResolver | None) -> ModelRef:
     if resolve_model is None:
         raise SpecError("model.name", "no model registry in this mode; name a model file or an architecture")
+    if len(name) > MAX_NAME_BYTES:
+        raise SpecError("model.name", f"a model name is at most {MAX_NAME_BYTES} characters, got {len(name)}")
     try:
         return resolve_model(name)
     except LookupError:

@@ -35,6 +35,11 @@ Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Text = Annotated[str, Field(strict=True, min_length=1)]
 StrictBool = Annotated[bool, Field(strict=True)]
 
+# What a file system takes (Linux's PATH_MAX and NAME_MAX): longer ones fail with ENAMETOOLONG
+# wherever they are first used, so they are refused while parsing, naming the field.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
 # A document without ``kind`` is an inference job, as it was before there were other kinds.
 DEFAULT_KIND = "inference"
 _M = TypeVar("_M", bound=BaseModel)
@@ -215,6 +220,7 @@ def resolve_path(raw: str, roots: Sequence[Path], field: str) -> Path:
     """
     if "\x00" in raw:
         raise PathOutsideRootsError(field, f"path {raw!r} contains a NUL byte")
+    check_path_length(raw, field)
     candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
@@ -227,13 +233,32 @@ def resolve_path(raw: str, roots: Sequence[Path], field: str) -> Path:
         raise PathOutsideRootsError(
             field, f"path {raw!r} resolves to {resolved}, outside the data roots ({shown})"
         )
+    check_path_length(str(resolved), field)
     return resolved
+
+
+def check_path_length(path: str, field: str, what: str = "path") -> None:
+    """At most :data:`MAX_PATH_BYTES` in all and :data:`MAX_NAME_BYTES` per component (UTF-8)."""
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        raise SpecError(field, f"the {what} is {size} bytes long ({_shown(path)}); at most {MAX_PATH_BYTES}")
+    for part in path.split("/"):
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise SpecError(
+                field, f"a name in the {what} is {size} bytes long ({_shown(part)}); at most {MAX_NAME_BYTES}"
+            )
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}...{text[-12:]!r}"
 
 
 def dataset_name(raw: str, field: str) -> str:
     """A dataset inside a container: ``/``-separated names, never ``..``; slashes normalised."""
     if "\x00" in raw:
         raise PathOutsideRootsError(field, f"dataset {raw!r} contains a NUL byte")
+    check_path_length(raw, field, "dataset")
     parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathOutsideRootsError(field, f"dataset {raw!r} may not contain '..'")

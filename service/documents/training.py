@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from models.sizes import architecture_parameters
 from models.training_config import HeadSpec, LossWeights, OptimizerSpec, ScheduleSpec, default_loss
 from service.documents.inference import PRECISION_HELP
 from service.documents.loading import canonical_json
@@ -43,6 +44,7 @@ from service.documents.sections import (
 from volumes.augment import AugmentSpec
 from workers.errors import SpecError
 from workers.inference.job import Device, Precision
+from workers.limits import DEFAULT_LIMITS, Limits, check_model_parameters, check_training_memory
 from workers.training.job import (
     CheckpointSpec,
     SamplingSpec,
@@ -252,14 +254,20 @@ class TrainingDocument(Section):
         return value
 
 
-def parse_training(doc: object, data_roots: Sequence[str | Path]) -> TrainingJob:
-    """Validate a ``kind: training`` document and build the job; paths as for inference."""
+def parse_training(
+    doc: object, data_roots: Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS
+) -> TrainingJob:
+    """Validate a ``kind: training`` document and build the job; paths as for inference. The
+    network's size (from its config) and a batch's memory (one channel in, the heads' out) are
+    bounded by ``limits`` (:mod:`workers.limits`)."""
     roots = resolved_roots(data_roots)
     document = require_kind(doc, "training")
     parsed = validate(TrainingDocument, document)
     heads = tuple(_head(t, i) for i, t in enumerate(parsed.targets))
     model = _model(parsed.model, roots)
     _check_out_channels(model, heads)
+    check_model_parameters(architecture_parameters(model.architecture, model.config_dict()), limits)
+    check_training_memory(triple(parsed.sampling.patch_size), parsed.solver.batch_size, 1, 1, limits)
     checkpoint = _checkpoint(parsed.checkpoint, roots)
     if model.init is not None and checkpoint.resume_from is not None:
         raise SpecError(

@@ -34,7 +34,9 @@ class ServiceState:
     metrics: ServiceMetrics
 
     def submit(self, doc: Mapping[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
-        admit_env = AdmitEnv(worker_call(self.connection, self.settings.model_check_timeout_s))
+        admit_env = AdmitEnv(
+            worker_call(self.connection, self.settings.model_check_timeout_s), self.manager.parse_env.limits
+        )
         record, created = submit_job(
             doc, idempotency_key, store=self.store, parse_env=self.manager.parse_env, admit_env=admit_env
         )
@@ -82,7 +84,10 @@ def open_state(
     )
     feed, metrics = ChangeFeed(), ServiceMetrics()
     config = ManagerConfig(
-        tuple(settings.data_roots), settings.max_concurrent_jobs, settings.progress_interval_s
+        tuple(settings.data_roots),
+        settings.max_concurrent_jobs,
+        settings.progress_interval_s,
+        settings.limits(),
     )
     manager = JobManager(store, models, connection, config, feed, metrics)
     return ServiceState(settings, store, models, connection, manager, feed, metrics)

@@ -29,6 +29,7 @@ from service.progress import LOG_HEARTBEAT_S
 from service.store.jobs import ErrorInfo, JobRecord, JobStore
 from service.store.models import ModelRegistry
 from workers.errors import SpecError, WorkerError
+from workers.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ManagerConfig:
     data_roots: tuple[Path, ...]
     max_concurrent_jobs: int = 2
     progress_interval_s: float = 0.5
+    limits: Limits = DEFAULT_LIMITS
 
 
 class JobManager:
@@ -57,7 +59,9 @@ class JobManager:
         self.store, self.models, self.connection, self.config = store, models, connection, config
         self.feed, self.metrics = feed, metrics
         self.parse_env = ParseEnv(
-            tuple(Path(r).resolve() for r in config.data_roots), model_resolver(models, config.data_roots)
+            tuple(Path(r).resolve() for r in config.data_roots),
+            model_resolver(models, config.data_roots),
+            config.limits,
         )
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -172,6 +176,7 @@ class JobManager:
                 cancel=cancel,
                 models=self.models,
                 notice=lambda text: log.info("job %s: %s", record.id, text),
+                limits=self.parse_env.limits,
             )
             result = kind.run(job, env)
         except JobCancelledError as err:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from service.progress import Progress
+from workers.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -81,16 +82,22 @@ class Summary:
 
 @dataclass(frozen=True)
 class ParseEnv:
-    """What parsing a document needs: the data roots (resolved), and the model registry for
-    ``model: {name: ...}`` (None: naming a model is an error)."""
+    """What parsing a document needs: the data roots (resolved), the model registry for
+    ``model: {name: ...}`` (None: naming a model is an error), and the admission bounds
+    (:mod:`workers.limits`) that sizes are checked against from the document alone."""
 
     roots: tuple[Path, ...]
     resolve_model: ModelResolver | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
 class AdmitEnv:
+    """What admission needs: a call on a worker, and the bounds (checked again against the input's
+    shape and the model's channels)."""
+
     on_worker: WorkerCall
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -102,6 +109,7 @@ class RunEnv:
     notice: Callable[[str], None] = lambda text: None  # a line for the person watching (stderr, the log)
     priority: int = 0
     retries: int = 2
+    limits: Limits = DEFAULT_LIMITS  # a run that was not just admitted checks its input against them
 
 
 class JobKind(Protocol[J]):

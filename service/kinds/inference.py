@@ -41,6 +41,7 @@ from workers.inference.checks import (
     check_input,
     check_model,
     check_precision,
+    check_task,
     model_field,
     open_input,
     output_state,
@@ -80,18 +81,21 @@ class InferenceKind:
         self._models: LRU[ModelInfo] = LRU(256)
 
     def parse(self, doc: Mapping[str, Any], env: ParseEnv) -> InferenceJob:
-        return parse_inference(doc, env.roots, resolve_model=env.resolve_model)
+        return parse_inference(doc, env.roots, resolve_model=env.resolve_model, limits=env.limits)
 
     def target(self, job: InferenceJob) -> Target:
         return Target(job.output.path, job.output.dataset)
 
     def admit(self, job: InferenceJob, env: AdmitEnv) -> Checked:
-        """The input holds the ROI, the model loads on a worker and fits the input and the heads,
-        and the output is absent or this job's own (else OutputExistsError, unless overwrite)."""
+        """The input holds the ROI and its claimed shape is within bounds, the model loads on a
+        worker and fits the input and the heads, a block task with the model's channels fits a
+        worker's memory, and the output is absent or this job's own (else OutputExistsError, unless
+        overwrite). The bounds are arithmetic on sizes: nothing lists the job's windows or blocks."""
         source = open_input(job)
-        check_input(job, source)
+        check_input(job, source, env.limits)
         info = self.model_info(job, env.on_worker)
         check_model(job, info, source)
+        check_task(job, info, roi_shape(job, source), env.limits)
         check_precision(job, info)
         return Checked(info, output_state(job, info.sha256, roi_shape(job, source)), source)
 
@@ -124,7 +128,7 @@ class InferenceKind:
     def run(self, job: InferenceJob, env: RunEnv, checked: Checked | None = None) -> dict[str, Any]:
         if checked is None:
             info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, fn, *args))
-            run = InferenceRun.start(job, info)
+            run = InferenceRun.start(job, info, limits=env.limits)
         else:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
         if run.summary.resumed:

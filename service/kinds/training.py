@@ -32,6 +32,7 @@ from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
 from service.progress import Progress, format_duration
 from workers.errors import Refusal
+from workers.limits import check_training_memory
 from workers.resources import ONE_ACCELERATOR
 from workers.training.checkpoint_dir import TrainingDir
 from workers.training.checks import validate_training_against_data, validate_training_against_model
@@ -68,7 +69,7 @@ class TrainingKind:
     document = TrainingDocument
 
     def parse(self, doc: Mapping[str, Any], env: ParseEnv) -> TrainingJob:
-        return parse_training(doc, env.roots)
+        return parse_training(doc, env.roots, limits=env.limits)
 
     def target(self, job: TrainingJob) -> Target:
         return Target(job.checkpoint.dir, "checkpoints")
@@ -76,11 +77,15 @@ class TrainingKind:
     def admit(self, job: TrainingJob, env: AdmitEnv) -> TrainingModelInfo:
         """The data here; the precision, the model, its targets and starting weights on a worker
         (which returns what it refuses rather than raising it: :class:`Refusal`)."""
-        validate_training_against_data(job)
+        validate_training_against_data(job, env.limits)
         answer: TrainingModelInfo | Refusal = env.on_worker(inspect_training, job)
         if isinstance(answer, Refusal):
             raise answer.error()
         validate_training_against_model(job, answer)
+        s = job.sampling
+        check_training_memory(
+            s.patch_size, job.solver.batch_size, answer.in_channels, answer.out_channels, env.limits
+        )
         return answer
 
     def run(self, job: TrainingJob, env: RunEnv, checked: Any = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from volumes.backends.base import StoredVolume
+from volumes.backends.meta import check_array_meta
 from volumes.errors import VolumeFormatError
 from volumes.files import read_json_object, write_json_atomic
 from volumes.volume import Format, VoxelSize
@@ -31,8 +32,9 @@ class N5Volume(StoredVolume):
             self.shape = tuple(int(d) for d in reversed(meta["dimensions"]))
             self.chunks = tuple(int(b) for b in reversed(meta["blockSize"]))
             self.dtype = np.dtype(meta["dataType"])
-        except (KeyError, TypeError) as err:
-            raise VolumeFormatError(f"{self.node}/attributes.json is not N5 array metadata") from err
+        except (KeyError, TypeError, ValueError) as err:
+            raise VolumeFormatError(f"{self.node}/attributes.json is not N5 array metadata: {err}") from err
+        check_array_meta(f"{self.node}/attributes.json", self.shape, self.chunks, self.dtype)
 
     def _meta(self) -> dict[str, Any]:
         return read_json_object(self.node / "attributes.json") or {}

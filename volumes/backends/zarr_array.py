@@ -8,6 +8,8 @@ import numpy as np
 import zarr
 
 from volumes.backends.base import StoredVolume
+from volumes.backends.meta import METADATA_ERRORS, check_array_meta
+from volumes.errors import VolumeFormatError
 from volumes.ome import read_voxel_size
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import spatial
@@ -23,10 +25,15 @@ class ZarrVolume(StoredVolume):
         return zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
 
     def _load_meta(self) -> None:
-        array = self._handle()
-        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
-        # A shard is the smallest unit that one writer must own, so it is our "chunk".
-        self.chunks = tuple(array.shards or array.chunks)
+        where = str(self.node / ("zarr.json" if self.format == "zarr3" else ".zarray"))
+        try:
+            array = self._handle()
+            self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+            # A shard is the smallest unit that one writer must own, so it is our "chunk".
+            self.chunks = tuple(array.shards or array.chunks)
+        except METADATA_ERRORS as err:
+            raise VolumeFormatError(f"{where} is not array metadata zarr can read: {err}") from None
+        check_array_meta(where, self.shape, self.chunks, self.dtype)
 
     @property
     def attrs(self) -> dict[str, Any]:

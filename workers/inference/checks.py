@@ -20,12 +20,22 @@ from typing import Literal
 
 from models.errors import ModelConfigError
 from models.ref import ModelInfo, ModelRef
+from volumes.blocks import DEFAULT_BLOCK_VOXELS, default_block_shape
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.open import open_volume
 from volumes.volume import Volume
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+from workers.limits import (
+    Limits,
+    check_axis_counts,
+    check_block_counts,
+    check_chunk_bytes,
+    check_input_shape,
+    check_task_memory,
+    task_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +60,10 @@ def open_input(job: InferenceJob) -> Volume:
         raise SpecError(field, f"cannot open {path} (dataset {dataset!r}): {err}") from err
 
 
-def check_input(job: InferenceJob, source: Volume) -> None:
-    """The input is a 3D (z, y, x) or 4D (c, z, y, x) numeric array, and holds the ROI."""
+def check_input(job: InferenceJob, source: Volume, limits: Limits | None = None) -> None:
+    """The input is a 3D (z, y, x) or 4D (c, z, y, x) numeric array, and holds the ROI. With
+    ``limits`` (admission; a run does not check again what was admitted), its claimed shape and the
+    windows, chunks and blocks along each axis of the ROI are within them."""
     field = "input.dataset" if job.input.dataset else "input.path"
     if source.ndim not in (3, 4):
         raise SpecError(
@@ -59,6 +71,13 @@ def check_input(job: InferenceJob, source: Volume) -> None:
         )
     if source.dtype.kind not in "biuf":
         raise SpecError(field, f"expected a numeric array, got dtype {source.dtype}")
+    if limits is not None:
+        where = (
+            job.input.path
+            if job.input.dataset is None
+            else f"{job.input.path} (dataset {job.input.dataset!r})"
+        )
+        check_input_shape(source.shape, limits, field, where)
     spatial = tuple(source.shape[-3:])
     roi = job.input.roi
     if roi is not None and not Box.of_shape(spatial).contains(roi):
@@ -67,6 +86,34 @@ def check_input(job: InferenceJob, source: Volume) -> None:
             f"box offset {list(roi.offset)} shape {list(roi.shape)} (end {list(roi.end)}) reaches "
             f"outside the volume of shape {list(spatial)} (z, y, x)",
         )
+    if limits is not None:
+        region = roi.shape if roi is not None else spatial
+        w = job.window
+        check_axis_counts(region, w.patch_size, w.stride, w.pad_size, job.output.chunks, limits)
+        check_block_counts(region, block_shape(job, region), limits, _block_field(job))
+
+
+def block_shape(job: InferenceJob, region: tuple[int, ...]) -> tuple[int, ...]:
+    """The job's block: ``compute.block_shape``, or the planner's choice for this region."""
+    if job.compute.block_shape is not None:
+        return job.compute.block_shape
+    return default_block_shape(region, job.output.chunks, job.window.patch_size, DEFAULT_BLOCK_VOXELS)
+
+
+def check_task(job: InferenceJob, info: ModelInfo, region: tuple[int, ...], limits: Limits) -> None:
+    """A block task with the model's channels fits a worker's memory, and so does an output chunk."""
+    check_chunk_bytes(job.output.chunks, limits, info.out_channels)
+    block = block_shape(job, region)
+    memory = task_memory(
+        job.window.patch_size, block, job.window.batch_size, info.in_channels, info.out_channels
+    )
+    channels = f"{info.in_channels} channel(s) in, {info.out_channels} out"
+    check_task_memory(memory, limits, block_field=_block_field(job), channels=channels)
+
+
+def _block_field(job: InferenceJob) -> str:
+    """The field that sets the block: its own, or the chunks the planner builds it from."""
+    return "compute.block_shape" if job.compute.block_shape is not None else "output.chunks"
 
 
 def check_model(job: InferenceJob, info: ModelInfo, source: Volume) -> None:

@@ -47,6 +47,7 @@ from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.rundir import RunDir
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
+from workers.limits import Limits
 from workers.version import package_version
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,16 @@ class InferenceRun:
         *,
         source: Volume | None = None,
         checked: OutputState | None = None,
+        limits: Limits | None = None,
     ) -> InferenceRun:
         """Open the input (once; or take ``source``, already opened and checked), check the output
         (or take ``checked``, the answer of a check made a moment ago in this process), create it or
-        find it ready to resume, and look at what an earlier run finished."""
+        find it ready to resume, and look at what an earlier run finished. With ``limits``, the
+        input's shape is bounded again before its geometry is built (a job recorded long ago, or an
+        input whose metadata changed since its admission)."""
         if source is None:
             source = open_input(job)
-            check_input(job, source)
+            check_input(job, source, limits)
         layout_key = job.layout_key(info.sha256)
         geometry = build_geometry(job, tuple(source.shape))
         run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)

@@ -20,13 +20,17 @@ from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.open import open_volume
 from volumes.volume import Volume
 from workers.errors import SpecError
+from workers.limits import Limits, check_input_shape
 from workers.training.job import TrainingJob, TrainingModelInfo, VolumeRef
 
 
-def validate_training_against_data(job: TrainingJob) -> None:
-    """Every data check of a training job (see the module docstring)."""
+def validate_training_against_data(job: TrainingJob, limits: Limits | None = None) -> None:
+    """Every data check of a training job (see the module docstring); with ``limits``, the
+    image's claimed shape is within them too."""
     image = _open(job.data.image, "data.image")
     spatial = _spatial_image(image, "data.image")
+    if limits is not None:
+        check_input_shape(image.shape, limits, "data.image", job.data.image.path)
     label = _open(job.data.label, "data.label")
     _check_label(label, spatial, "data.label", "data.image")
     if job.data.valid_mask is not None:
