@@ -8,6 +8,8 @@ import numpy as np
 import zarr
 
 from volumes.backends.base import StoredVolume
+from volumes.backends.zarr_codecs import bound_decoding
+from volumes.errors import OversizedChunkError
 from volumes.ome import read_voxel_size
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import spatial
@@ -20,7 +22,10 @@ class ZarrVolume(StoredVolume):
 
     def _open(self) -> Any:
         zarr_format: Literal[2, 3] = 3 if self.format == "zarr3" else 2
-        return zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
+        array = zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
+        if self.mode == "r":  # an input: someone else's chunks (outputs are ours)
+            bound_decoding(array)
+        return array
 
     def _load_meta(self) -> None:
         array = self._handle()
@@ -38,7 +43,10 @@ class ZarrVolume(StoredVolume):
         return read_voxel_size(self.node, self.format) or spatial(self.attrs.get("resolution"))
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._handle()[slices])
+        try:
+            return np.asarray(self._handle()[slices])
+        except OversizedChunkError as err:
+            raise err.located(where=self._where()) from None
 
     def _write(self, slices: tuple[slice, ...], data: np.ndarray) -> None:
         self._handle()[slices] = data
