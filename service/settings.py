@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     local_worker_niceness: Annotated[int, Field(ge=0, le=19)] = 10
     # How long a submission may wait for a worker to load the model before answering 503.
     model_check_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # Model checks (probes) at once, and how long one may load and run its model on a worker.
+    model_probes: Annotated[int, Field(ge=1)] = 1
+    model_probe_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     # How often a running job's progress is written to the store (and so seen by readers).
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
     # Web pages of other origins allowed to call the API from a browser (CORS); none by default.

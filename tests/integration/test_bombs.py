@@ -1,19 +1,23 @@
 """Hostile files end a job as one clean line: an input chunk that decodes past its size fails the
-job naming the array and the chunk (``pytc run`` exits 1, no traceback), and a model archive that
-expands past its bound is refused before torch reads it (exit 2)."""
+job naming the array and the chunk (``pytc run`` exits 1, no traceback), a model archive that
+expands past its bound is refused before torch reads it (exit 2), and a model too slow to check is
+a 422 from the service, whose worker then runs the next job."""
 
 from __future__ import annotations
 
+import time
 import warnings
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
+from tests.integration.service_fixtures import assert_problem, dumps, running_service, wait_for_state
 from tests.integration.test_clean_errors import one_clean_line, pytc_run
 from tests.unit.volumes.bombs import zstd_rle_frame
 
@@ -76,3 +80,38 @@ def test_a_model_zip_bomb_is_refused_before_any_worker_loads_it(root: Path) -> N
     line = one_clean_line(pytc_run(root, doc), 2, "error: model.torchscript: ")
     assert "bomb.pt is a zip archive of" in line and "more than 100 times its size" in line, line
     assert not (root / "out_model_bomb.zarr").exists()
+
+
+class Slow(torch.nn.Module):
+    """Runs for minutes on any input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(1000000000):
+            x = x + 1.0
+        return x
+
+
+def test_a_model_probe_past_its_deadline_is_a_422_and_frees_the_worker(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The service's only worker thread is not held: the probe is killed at its deadline, and the
+    next job is checked and runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Slow()).save(str(root / "slow.pt"))
+    env = {"PYTC_MODEL_PROBE_TIMEOUT_S": "8", "PYTC_MODEL_CHECK_TIMEOUT_S": "60"}
+    with running_service(root, tmp_path_factory.mktemp("state"), **env) as service:
+        slow = {**_doc("good", "out_slow.zarr"), "model": {"torchscript": "slow.pt"}}
+        start = time.monotonic()
+        response = httpx.post(f"{service.url}/v1/jobs", content=dumps(slow), timeout=120)
+        body = assert_problem(response, 422)
+        assert time.monotonic() - start < 8 + 60, time.monotonic() - start
+        assert "took more than 8 s (PYTC_MODEL_PROBE_TIMEOUT_S)" in body["detail"], body
+        response = httpx.post(
+            f"{service.url}/v1/jobs", content=dumps(_doc("good", "out_after.zarr")), timeout=120
+        )
+        assert response.status_code == 202, response.text
+        assert (
+            wait_for_state(service.url, response.json()["id"], ("succeeded", "failed"))["state"]
+            == "succeeded"
+        )
