@@ -129,7 +129,10 @@ def _stream(make: Callable[[], Any], data: memoryview, limit: int, what: str, *,
     out, rest = bytearray(), data
     while len(rest):
         stream = make()
-        out += stream.decompress(rest, limit + 1 - len(out))
+        try:
+            out += stream.decompress(rest, limit + 1 - len(out))
+        except (zlib.error, OSError, EOFError) as err:  # lzma and bz2 raise OSError (LZMAError)
+            raise ValueError(f"{what} data is damaged: {err}") from None
         if len(out) > limit:
             raise OversizedChunkError(limit, f"is {what} data that goes on decoding past {limit:,} bytes")
         if not stream.eof:

@@ -83,6 +83,8 @@ def test_a_truncated_stream_is_an_error_not_a_short_chunk() -> None:
     with pytest.raises(ValueError, match="ends before its stream does") as caught:
         decode_bounded(numcodecs.Zlib(), encoded[: len(encoded) // 2], NOMINAL)
     assert not isinstance(caught.value, OversizedChunkError)
+    with pytest.raises(ValueError, match="zlib data is damaged"):
+        decode_bounded(numcodecs.Zlib(), b"not zlib at all", NOMINAL)
 
 
 def test_concatenated_gzip_members_decode_like_numcodecs() -> None:

@@ -210,3 +210,31 @@ def test_a_real_size_zstd_bomb_fails_fast_in_bounded_memory(tmp_path: Path, decl
     assert "REFUSED" in proc.stdout and "chunk 'raw/c/0/0/0'" in proc.stdout, proc.stdout
     growth_kib = int(proc.stdout.split("GROWTH_KIB")[1])
     assert growth_kib < 64 * 1024, proc.stdout
+
+
+def _hdf5(path: Path, **filters: object) -> np.ndarray:
+    import h5py
+
+    data = np.arange(np.prod(SHAPE), dtype="uint16").reshape(SHAPE)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=data, chunks=CHUNKS, **filters)  # type: ignore[arg-type]
+        f.create_dataset("sparse", shape=SHAPE, chunks=CHUNKS, dtype="uint16", compression="gzip")
+    return data
+
+
+def test_hdf5_deflate_bomb_chunk_is_refused_naming_it(tmp_path: Path) -> None:
+    import h5py
+
+    good, bomb, big = (tmp_path / f"{name}.h5" for name in ("good", "bomb", "big"))
+    for path in (good, bomb, big):
+        data = _hdf5(path, compression="gzip", shuffle=True, fletcher32=True)
+    with h5py.File(bomb, "r+") as f:  # h5py alone reads this as zeros, silently, taking 100x the chunk
+        f["raw"].id.write_direct_chunk((0, 0, 0), stream_of_zeros("zlib", 100 * NOMINAL) + bytes(4), 0)
+    with h5py.File(big, "r+") as f:  # a stored chunk far larger than any compression of it
+        f["raw"].id.write_direct_chunk((0, 0, 0), bytes(8 * NOMINAL), 0)
+    # shuffled, checksummed and never-written chunks read as h5py reads them
+    assert (open_volume(good, "raw").read(Box.of_shape(SHAPE)) == data).all()
+    assert (open_volume(good, "sparse").read(Box.of_shape(SHAPE)) == 0).all()
+    _refused(bomb, "raw", "0/0/0", "is zlib data that goes on decoding past")
+    assert (open_volume(bomb, "raw").read(OTHER) == data[OTHER.slices()]).all()
+    _refused(big, "raw", "0/0/0", f"stores {8 * NOMINAL:,} bytes")
