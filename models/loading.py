@@ -22,6 +22,7 @@ from torch import nn
 
 from models.checkpoint import extract_state_dict, load_checkpoint, load_failure, load_weights
 from models.errors import CheckpointError, ModelConfigError, ModelNotFoundError
+from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
 from models.unet3d import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ def _load_architecture(ref: ModelSpec) -> LoadedModel:
     identity = _config_sha256(name, config)
     # Build with a seed drawn from the config, leaving the caller's RNG untouched: a model without
     # a checkpoint then has the same random weights everywhere, so its identity hash is honest.
+    _check_weights_size(build, config, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(identity[:15], 16))
         module = build(config)
@@ -265,6 +267,26 @@ def _load_architecture(ref: ModelSpec) -> LoadedModel:
     module.eval()
     in_channels, out_channels = _declared_channels(module, ref)
     return LoadedModel(module, in_channels, out_channels, sha, description)
+
+
+def _check_weights_size(build: Any, config: dict[str, Any], name: str) -> None:
+    """The weights ``config`` builds, counted on torch's meta device (no memory, milliseconds),
+    at most ``PYTC_MAX_MODEL_BYTES``: a config of thousands of filters is refused before its
+    gigabytes are allocated and initialised. A build the meta device cannot run is left to the
+    real one, which says what is wrong."""
+    try:
+        with torch.device("meta"):
+            meta = build(config)
+    except Exception:  # any failure of a foreign builder; the real build below reports it
+        return
+    size = sum(p.numel() * p.element_size() for p in meta.parameters())
+    limit = max_model_bytes()
+    if size > limit:
+        count = sum(p.numel() for p in meta.parameters())
+        raise ModelConfigError(
+            f"architecture {name!r} with this config has {count:,} parameters ({size:,} bytes), more "
+            f"than the {limit:,} bytes a model may take ({MAX_MODEL_BYTES_VARIABLE})"
+        )
 
 
 def _declared_channels(module: nn.Module, ref: ModelSpec) -> tuple[int, int]:

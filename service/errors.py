@@ -27,6 +27,10 @@ class SchedulerUnavailableError(ServiceError, ConnectionError):
     """The Dask scheduler named by ``--scheduler`` / ``PYTC_SCHEDULER`` cannot be reached."""
 
 
+class ProbesBusyError(SchedulerUnavailableError):
+    """Every model-check slot of the service is taken (``PYTC_MODEL_PROBES``): 503 with Retry-After."""
+
+
 class JobFailedError(ServiceError, RuntimeError):
     """The job ran but did not finish: a block failed after its retries, or the output is incomplete."""
 

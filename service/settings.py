@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers import limits as bounds
+from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
 
 
 def _split(value: Any, separator: str) -> Any:
@@ -68,6 +69,12 @@ class Settings(LimitSettings):
     local_worker_niceness: Annotated[int, Field(ge=0, le=19)] = 10
     # How long a submission may wait for a worker to load the model before answering 503.
     model_check_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # Model checks (probes) at once, and how long one may load and run its model on a worker.
+    model_probes: Annotated[int, Field(ge=1)] = 1
+    model_probe_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # The most a model file may declare (models.torch_files reads it where files are looked at);
+    # here so that a value that is not a size stops the service at start, not each submission.
+    max_model_bytes: str | None = None
     # How often a running job's progress is written to the store (and so seen by readers).
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
     # Web pages of other origins allowed to call the API from a browser (CORS); none by default.
@@ -96,6 +103,13 @@ class Settings(LimitSettings):
         if isinstance(value, str) and value.strip() and not tokens:
             raise ValueError(f"{value!r} holds no token; leave PYTC_API_TOKENS unset for an open API")
         return tokens
+
+    @field_validator("max_model_bytes")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            max_model_bytes({MAX_MODEL_BYTES_VARIABLE: value})  # ValueError naming the variable
+        return value
 
     @field_validator("scheduler", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from service.http.metrics import ServiceMetrics
 from service.http.schemas import ErrorOut, JobLinks, JobOut, ProgressOut
 from service.jobs.connection import DaskConnection
 from service.jobs.manager import JobManager, ManagerConfig
-from service.jobs.submission import submit_job, worker_call
+from service.jobs.submission import ProbeGate, submit_job, worker_call
 from service.kinds import job_kind
 from service.kinds.base import AdmitEnv, Target
 from service.settings import Settings
@@ -32,11 +32,14 @@ class ServiceState:
     manager: JobManager
     feed: ChangeFeed
     metrics: ServiceMetrics
+    probe_gate: ProbeGate | None = None
 
     def submit(self, doc: Mapping[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
-        admit_env = AdmitEnv(
-            worker_call(self.connection, self.settings.model_check_timeout_s), self.manager.parse_env.limits
+        settings = self.settings
+        on_worker = worker_call(
+            self.connection, settings.model_check_timeout_s, self.probe_gate, settings.model_probe_timeout_s
         )
+        admit_env = AdmitEnv(on_worker, self.manager.parse_env.limits)
         record, created = submit_job(
             doc, idempotency_key, store=self.store, parse_env=self.manager.parse_env, admit_env=admit_env
         )
@@ -90,7 +93,8 @@ def open_state(
         settings.limits(),
     )
     manager = JobManager(store, models, connection, config, feed, metrics)
-    return ServiceState(settings, store, models, connection, manager, feed, metrics)
+    gate = ProbeGate(settings.model_probes, settings.model_probe_timeout_s)
+    return ServiceState(settings, store, models, connection, manager, feed, metrics, gate)
 
 
 def _summary(record: JobRecord) -> list[str] | None:

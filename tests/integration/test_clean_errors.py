@@ -223,8 +223,10 @@ def test_the_service_answers_422_naming_the_field_and_logs_no_traceback(
         assert [e["loc"] for e in body["errors"]] == [field], body
         assert says in body["detail"] and not any(text in body["detail"] for text in NEVER), body
     # a block that fails: the job says so; the log holds no traceback of it either
-    response = httpx.post(
-        f"{url}/v1/jobs", content=dumps(inference_doc("f.zarr", model={"torchscript": "fails.pt"}))
+    response = httpx.post(  # its model is checked in a child process of the worker: seconds
+        f"{url}/v1/jobs",
+        content=dumps(inference_doc("f.zarr", model={"torchscript": "fails.pt"})),
+        timeout=120,
     )
     assert response.status_code == 202, response.text
     job = wait_for_state(url, response.json()["id"], ("succeeded", "failed", "cancelled"))

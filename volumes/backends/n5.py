@@ -5,6 +5,9 @@ N5 keeps its axes reversed on disk (x first); that is undone here and nowhere el
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,13 +15,16 @@ import numpy as np
 
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import check_array_meta
-from volumes.errors import VolumeFormatError
+from volumes.errors import OversizedChunkError, VolumeFormatError
 from volumes.files import read_json_object, write_json_atomic
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import nm_per, spatial
 
 # The keys of an N5 array's attributes.json that are its format, not user attributes.
 N5_RESERVED = frozenset({"dimensions", "blockSize", "dataType", "compression", "n5"})
+# How tensorstore words a block that holds more than it may (see N5Volume._oversized).
+_N5_OVERSIZED = re.compile(r"(End of data expected)|exceeds blockSize")
+_N5_FILE = re.compile(r'file "([^"]+)"')
 
 
 class N5Volume(StoredVolume):
@@ -64,7 +70,34 @@ class N5Volume(StoredVolume):
         return spatial(res[::-1] if res is not None else None)
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._handle()[slices].read().result())
+        try:
+            return np.asarray(self._handle()[slices].read().result())
+        except ValueError as err:
+            oversized = self._oversized(err)
+            if oversized is None:
+                raise
+            raise oversized from None
+
+    def _oversized(self, err: ValueError) -> OversizedChunkError | None:
+        """tensorstore's refusal of a block longer than its header says, as our error, or None.
+
+        tensorstore decodes an N5 block by reading exactly the elements its header declares (at
+        most ``blockSize``) from a decompressing stream, so a bomb costs no more than one block; it
+        refuses the block with "End of data expected" (more data follows) or "exceeds blockSize".
+        """
+        text = str(err)
+        found = _N5_OVERSIZED.search(text)
+        if found is None:
+            return None
+        chunk = _N5_FILE.search(text)
+        name = os.path.relpath(chunk.group(1), self.node) if chunk else None
+        limit = math.prod(self.chunks) * self.dtype.itemsize
+        what = (
+            "decodes past the elements its header declares"
+            if found.group(1)
+            else "declares a block over blockSize"
+        )
+        return OversizedChunkError(limit, what, self._where(), name)
 
     def _write(self, slices: tuple[slice, ...], data: np.ndarray) -> None:
         self._handle()[slices].write(data).result()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -153,7 +153,7 @@ class TileVolume(BaseVolume):
         path = self._confined(pattern, name)
         image = self._cache.get(str(path))
         if image is None:  # decoded without the lock: reader threads decode tiles side by side
-            raw = _decode(path)
+            raw = _decode(path, lambda height, width: self._check_fits(path, (height, width), limit))
             image = _ABSENT if raw is None else self._prepare(raw, path, limit)
             self._cache.put(str(path), image)
         return None if image is _ABSENT else image
@@ -178,21 +178,27 @@ class TileVolume(BaseVolume):
             raise VolumeFormatError(
                 f"tile {path} holds {raw.dtype}, which {self.path}'s dtype {self.dtype} cannot"
             )
+        self._check_fits(path, (raw.shape[0], raw.shape[1]), limit)
         tile = raw.astype(np.uint8) if raw.dtype == bool else raw
         if self.tile_ratio != 1:
             from scipy.ndimage import zoom
 
             # PyTC's resize_order: linear for images, nearest for labels (no blended ids)
             tile = zoom(tile, self.tile_ratio, order=0 if self.labels else 1)
-        if tile.shape[0] > limit[0] or tile.shape[1] > limit[1]:
-            zoomed = f" after tile_ratio {self.tile_ratio}" if self.tile_ratio != 1 else ""
-            raise VolumeFormatError(
-                f"tile {path} is {tile.shape[0]}x{tile.shape[1]}{zoomed}, larger than its place of "
-                f"{limit[0]}x{limit[1]} in {self.path}"
-            )
         tile = tile.astype(self.dtype)
         tile.setflags(write=False)
         return tile
+
+    def _check_fits(self, path: Path, size: tuple[int, int], limit: tuple[int, int]) -> None:
+        """A tile of ``size`` (from its file's header, before decoding it: a small PNG may declare
+        gigapixels) fits its place once zoomed by ``tile_ratio`` (scipy's rounding)."""
+        zoomed = tuple(round(n * self.tile_ratio) for n in size)
+        if zoomed[0] > limit[0] or zoomed[1] > limit[1]:
+            ratio = f" after tile_ratio {self.tile_ratio}" if self.tile_ratio != 1 else ""
+            raise VolumeFormatError(
+                f"tile {path} is {zoomed[0]}x{zoomed[1]}{ratio}, larger than its place of "
+                f"{limit[0]}x{limit[1]} in {self.path}"
+            )
 
 
 def tile_cache(max_entries: int = MAX_CACHED_TILES, max_bytes: int = MAX_CACHED_BYTES) -> LRU[np.ndarray]:
@@ -220,14 +226,20 @@ def _paste(plane: np.ndarray, origin: tuple[int, int], tile: np.ndarray, at: tup
         ]
 
 
-def _decode(path: Path) -> np.ndarray | None:
-    """The pixels of a tile file (``.npy`` or anything Pillow reads); None when it does not exist."""
+def _decode(path: Path, fits: Callable[[int, int], None]) -> np.ndarray | None:
+    """The pixels of a tile file (``.npy`` or anything Pillow reads); None when it does not exist.
+    ``fits(height, width)`` is called with the size its header declares before any pixel is read."""
     from PIL import Image
 
     try:
         if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
+            mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+            if mapped.ndim != 2:
+                return mapped  # refused by the caller, unread
+            fits(mapped.shape[0], mapped.shape[1])
+            return np.array(mapped)
         with Image.open(path) as image:
+            fits(image.height, image.width)
             return np.asarray(image)
     except FileNotFoundError:
         return None

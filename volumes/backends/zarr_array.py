@@ -9,7 +9,8 @@ import zarr
 
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import METADATA_ERRORS, check_array_meta
-from volumes.errors import VolumeFormatError
+from volumes.backends.zarr_codecs import bound_decoding
+from volumes.errors import OversizedChunkError, VolumeFormatError
 from volumes.ome import read_voxel_size
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import spatial
@@ -22,7 +23,10 @@ class ZarrVolume(StoredVolume):
 
     def _open(self) -> Any:
         zarr_format: Literal[2, 3] = 3 if self.format == "zarr3" else 2
-        return zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
+        array = zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
+        if self.mode == "r":  # an input: someone else's chunks (outputs are ours)
+            bound_decoding(array)
+        return array
 
     def _load_meta(self) -> None:
         where = str(self.node / ("zarr.json" if self.format == "zarr3" else ".zarray"))
@@ -45,7 +49,10 @@ class ZarrVolume(StoredVolume):
         return read_voxel_size(self.node, self.format) or spatial(self.attrs.get("resolution"))
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
-        return np.asarray(self._handle()[slices])
+        try:
+            return np.asarray(self._handle()[slices])
+        except OversizedChunkError as err:
+            raise err.located(where=self._where()) from None
 
     def _write(self, slices: tuple[slice, ...], data: np.ndarray) -> None:
         self._handle()[slices] = data

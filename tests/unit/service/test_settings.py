@@ -36,3 +36,13 @@ def test_roots_and_kinds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     settings = Settings()
     assert settings.data_roots == [Path("/a"), Path("/b")]
     assert settings.job_kinds == ["lab.kinds:SEG", "lab.kinds:QC"]
+
+
+def test_a_max_model_size_that_is_not_a_size_stops_the_service_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTC_MAX_MODEL_BYTES", "512MiB")
+    assert Settings().max_model_bytes == "512MiB"
+    monkeypatch.setenv("PYTC_MAX_MODEL_BYTES", "lots")
+    with pytest.raises(ValidationError, match="PYTC_MAX_MODEL_BYTES='lots' is not a size"):
+        Settings()

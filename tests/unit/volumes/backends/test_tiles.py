@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -290,9 +291,9 @@ def test_a_missing_tile_is_looked_for_once_and_reads_zero(
     looked_for: list[Path] = []
     decode = tiles._decode
 
-    def counted(path: Path) -> np.ndarray | None:
+    def counted(path: Path, *rest: Any) -> np.ndarray | None:
         looked_for.append(path)
-        return decode(path)
+        return decode(path, *rest)
 
     monkeypatch.setattr(tiles, "_decode", counted)
     z, row, column = MISSING
@@ -300,3 +301,20 @@ def test_a_missing_tile_is_looked_for_once_and_reads_zero(
     for _ in range(3):
         assert not volume.read(box).any()
     assert [p.name for p in looked_for] == [f"{row + TILE_ST[0]}_{column + TILE_ST[1]}.png"]
+
+
+def test_a_tile_declaring_more_pixels_than_its_place_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A PNG whose header declares 9000x9000 (81 megapixels, under Pillow's own bomb warning) over a
+    few bytes of pixel data: refused from its header, never decoded (decoding would fail here)."""
+    write_tiles(tmp_path, reference(), ".png")
+    tile = tmp_path / "tiles" / "z0001" / "1_1.png"
+    data = bytearray(tile.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = (9000).to_bytes(4, "big") * 2  # width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    tile.write_bytes(bytes(data))
+    volume = open_volume(write_json(tmp_path))
+    with pytest.raises(
+        VolumeFormatError, match=r"z0001/1_1\.png is 9000x9000, larger than its place of 32x32"
+    ):
+        volume.read(Box((1, 0, 0), (1, 1, 1)))

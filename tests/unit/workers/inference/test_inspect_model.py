@@ -70,3 +70,16 @@ def test_what_cannot_load_comes_back_as_a_refusal_naming_the_field(
             # the traceback is in the debug log, and nothing above it
             assert [r.levelno for r in caplog.records if r.exc_info] == [logging.DEBUG], ref
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING], ref
+
+
+def test_a_config_whose_weights_exceed_the_model_bound_is_refused_before_building(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted on the meta device, nothing allocated: filters [64, 128] hold 633,154 parameters (2.4 MiB)."""
+    monkeypatch.setenv("PYTC_MAX_MODEL_BYTES", "1MiB")
+    answer = inspect_model(_architecture(filters=(64, 128)), PATCH, "cpu")
+    assert isinstance(answer, Refusal)
+    field, reason = answer.errors[0]
+    assert field == "model.config" and "parameters" in reason and "PYTC_MAX_MODEL_BYTES" in reason, answer
+    monkeypatch.setenv("PYTC_MAX_MODEL_BYTES", "64MiB")
+    assert isinstance(inspect_model(_architecture(filters=(64, 128)), PATCH, "cpu"), ModelInfo)
