@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workers import limits as bounds
 from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
+from workers import limits as bounds
 
 
 def _split(value: Any, separator: str) -> Any:

@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
 from workers.errors import SpecError
 
 GIB = 1 << 30
@@ -66,7 +67,12 @@ def limits_from_env(environ: Mapping[str, str]) -> Limits:
     """The limits from ``PYTC_WORKER_MEMORY_BYTES``, ``PYTC_MAX_INPUT_VOXELS`` and so on (each
     field's name, upper case), as ``service.settings.LimitSettings`` reads them for ``pytc-serve``;
     here without pydantic-settings, which ``pytc run`` would otherwise import only for this. A value
-    that is not a positive integer is a SpecError naming the variable."""
+    that is not a positive integer is a SpecError naming the variable. ``PYTC_MAX_MODEL_BYTES``,
+    which every process reads where it looks at a model file, is checked here too."""
+    try:
+        max_model_bytes(environ)
+    except ValueError as err:
+        raise SpecError(MAX_MODEL_BYTES_VARIABLE, str(err)) from None
     values: dict[str, int] = {}
     for name in (f.name for f in fields(Limits)):
         variable = f"PYTC_{name.upper()}"

@@ -242,6 +242,10 @@ def test_pytc_run_refuses_with_exit_2_and_honours_the_settings(
     monkeypatch.setenv("PYTC_WORKER_MEMORY_BYTES", "lots")
     code, err = run(doc_on())
     assert code == 2 and "PYTC_WORKER_MEMORY_BYTES" in err and "Traceback" not in err
+    monkeypatch.delenv("PYTC_WORKER_MEMORY_BYTES")
+    monkeypatch.setenv("PYTC_MAX_MODEL_BYTES", "big")
+    code, err = run(doc_on())
+    assert code == 2 and "PYTC_MAX_MODEL_BYTES" in err and "Traceback" not in err
 
 
 def test_poison_jobs_recorded_before_the_bounds_fail_when_picked_up(tmp_path: Path) -> None:

@@ -125,3 +125,7 @@ def test_the_limits_from_the_environment_name_a_bad_variable() -> None:
         with pytest.raises(SpecError) as caught:
             limits_from_env({"PYTC_WORKER_MEMORY_BYTES": bad})
         assert caught.value.field == "PYTC_WORKER_MEMORY_BYTES" and repr(bad) in caught.value.reason
+    assert limits_from_env({"PYTC_MAX_MODEL_BYTES": "512MiB"}) == Limits()  # read where files are
+    with pytest.raises(SpecError) as caught:
+        limits_from_env({"PYTC_MAX_MODEL_BYTES": "big"})
+    assert caught.value.field == "PYTC_MAX_MODEL_BYTES" and "'big'" in caught.value.reason
