@@ -28,7 +28,7 @@ from volumes.blocks import Index
 from volumes.box import Box
 from volumes.open import open_volume
 from volumes.padding import read_padded
-from workers.errors import BlockCancelledError
+from workers.errors import BlockCancelledError, BlockError
 from workers.inference import readahead
 from workers.inference.engine import BlockContext, BlockResult, normalize
 from workers.runtime.affinity import usable_cores
@@ -36,6 +36,8 @@ from workers.runtime.affinity import usable_cores
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
+
+READER_POLL_S = 1.0  # a model thread waiting for its input looks at the reader thread this often
 
 
 class SlabReader:
@@ -50,14 +52,20 @@ class SlabReader:
         self.ready = [threading.Event() for _ in self.ends]
         self.error: BaseException | None = None
         self.seconds = 0.0
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pytc-reader", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
+        # Everything the thread does is inside the try, opening the input included (a renamed
+        # input, an NFS hiccup, a permission change): whatever ends it early reaches the model's
+        # thread, which would otherwise wait for its rows for ever.
         begin = 0
         try:
+            volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
             for index, end in enumerate(self.ends):
+                if self.stopped.is_set():  # the block ended early: no one reads the rest
+                    raise BlockError(f"reading the input of {self.read_box} stopped: the block ended")
                 if end > begin:
                     t0 = time.perf_counter()
                     box = Box(
@@ -78,9 +86,21 @@ class SlabReader:
                 event.set()
 
     def wait_row(self, row: int) -> None:
-        self.ready[row].wait()
+        """Until the rows up to ``row`` are read; the reader's error if it failed. A reader that
+        ended without either (it cannot, but a wait must never outlive its thread) is an error too."""
+        while not self.ready[row].wait(READER_POLL_S):
+            if not self.thread.is_alive() and not self.ready[row].is_set():
+                raise BlockError(
+                    f"the reader of {self.ctx.job.input.path} ended before row {row} of "
+                    f"{self.read_box} was read"
+                )
         if self.error is not None:
             raise self.error
+
+    def stop(self) -> None:
+        """Stop reading at the next slab and wait for the thread (the block ended early)."""
+        self.stopped.set()
+        self.thread.join()
 
 
 @dataclass(order=True)
@@ -231,7 +251,10 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
             t3 = time.perf_counter()
             flusher.close(complete)
             waited += time.perf_counter() - t3
-            reader.thread.join()
+            if complete:
+                reader.thread.join()
+            else:
+                reader.stop()
         result.seconds.update(forward=forward, read=reader.seconds, write=flusher.seconds, waited=waited)
     result.seconds["total"] = time.perf_counter() - t0
     record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
