@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ from workers.inference.checks import (
     roi_shape,
 )
 from workers.inference.job import InferenceJob
-from workers.inference.readahead import task_key
+from workers.inference.readahead import task_key, task_prefix
 from workers.inference.run import InferenceRun
 from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
 from workers.resources import ONE_ACCELERATOR
@@ -157,8 +158,8 @@ class _Driver:
         workers = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         self.limit = max(4, 2 * workers + 2)
         self.in_flight: dict[Future, BlockTask] = {}
-        self.key_prefix = f"pytc-{run.layout_key}-"
-        self.topic = progress_topic(run.layout_key)
+        self.key_prefix = task_prefix(run.layout_key, run.attempt)
+        self.topic = progress_topic(run.layout_key, run.attempt)
         self.inbox = StepInbox()
         self.pace = ReportPace(clock)
 
@@ -197,7 +198,8 @@ class _Driver:
         return self.client.submit(
             run_block,
             task,
-            key=task_key(task.layout_key, task.phase, task.block),  # workers.inference.readahead reads it
+            # workers.inference.readahead reads it; the attempt keeps it apart from earlier runs
+            key=task_key(task.layout_key, task.phase, task.block, task.attempt),
             retries=self.env.retries,
             pure=False,
             priority=self.env.priority + (PASS2_PRIORITY if task.phase == 2 else 0),
@@ -205,9 +207,14 @@ class _Driver:
         )
 
     def result(self, future: Future, task: BlockTask) -> Any:
-        if future.status == "finished":
-            return future.result()
-        error = future.exception()
+        try:
+            if future.status == "finished":
+                return future.result()
+            if future.status == "cancelled":  # not by this job (its cancel is seen before)
+                raise JobFailedError(f"block {task.block} (pass {task.phase}): Dask cancelled its task")
+            error = future.exception()
+        finally:
+            future.release()  # the scheduler forgets the task now, whoever still holds this object
         if isinstance(error, BlockCancelledError):
             raise JobCancelledError(f"job cancelled while block {task.block} ran")
         raise JobFailedError(
@@ -302,11 +309,14 @@ class ReportPace:
 
 
 def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
-    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly)."""
+    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly). One
+    that Dask cancelled is among them (``wait`` raises for it): :meth:`_Driver.result` says so."""
     try:
         return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
     except TimeoutError:
         return set()
+    except CancelledError:
+        return {f for f in futures if f.status != "pending"}
 
 
 def _on_a_worker(client: Client, fn: Any, *args: Any) -> Any:

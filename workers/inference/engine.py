@@ -80,6 +80,7 @@ class BlockContext:
     output: Volume
     out_channels: int
     progress: StepHook = no_steps
+    attempt: str = ""  # the run's token (workers.inference.readahead.task_prefix)
 
     def write_output(self, box: Box, values: np.ndarray) -> int:
         data = to_output_dtype(values, self.job.output.dtype)

@@ -207,7 +207,7 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
     if not extent.is_empty():
         windows, rows, row_ends = _windows_by_row(ctx, block)
         layout_key = ctx.run_dir.root.name
-        ahead = readahead.take(layout_key, block, read_box)  # started by the previous block's task
+        ahead = readahead.take(layout_key, block, read_box, ctx.attempt)  # the previous task started it
         reader = ahead if ahead is not None else SlabReader(ctx, read_box, row_ends)
         result.read_ahead = ahead is not None
         looked_ahead = False
@@ -241,7 +241,7 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                 ctx.progress(result.windows)
                 if not looked_ahead and not reader.thread.is_alive():
                     looked_ahead = True  # this block's input is in: read the next one's meanwhile
-                    readahead.start_next(layout_key, lambda b: _reader_for(ctx, b))
+                    readahead.start_next(layout_key, lambda b: _reader_for(ctx, b), ctx.attempt)
                 following = first + len(batch)
                 flusher.flush_until(
                     grid.box(windows[following]).offset[0] if following < len(windows) else 1 << 62

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -91,6 +92,9 @@ class InferenceRun:
     def __init__(self, job: InferenceJob, info: ModelInfo, geometry: JobGeometry, run_dir: RunDir) -> None:
         self.job, self.info, self.geometry, self.run_dir = job, info, geometry, run_dir
         self.layout_key = run_dir.root.name
+        # This run's token: its Dask keys, progress topic and the workers' caches are named by it,
+        # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
+        self.attempt = secrets.token_hex(4)
         self.plan: BlockPlan = geometry.plan
         self._schedule = _Schedule(self.plan, run_dir)
         self.started = time.perf_counter()
@@ -173,7 +177,7 @@ class InferenceRun:
         if step is None:
             return None
         phase, block = step
-        return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels)  # type: ignore[arg-type]
+        return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels, self.attempt)  # type: ignore[arg-type]
 
     def finished(self, task: BlockTask, result: BlockResult) -> None:
         """``task`` ran to its end with ``result``."""

@@ -49,6 +49,7 @@ class BlockTask:
     block: Index
     phase: Literal[1, 2]
     out_channels: int
+    attempt: str = ""  # the run's token: what this run's keys, topic and worker caches are named by
 
 
 def inspect_model(
@@ -73,10 +74,11 @@ def inspect_model(
     )
 
 
-def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
-    """The output opened once per worker and job layout (an overwritten output gets a new key)."""
+def _output_volume(job: InferenceJob, layout_key: str, attempt: str) -> Volume:
+    """The output opened once per worker and run: a run after a failure (the output repaired,
+    replaced, overwritten) opens it afresh."""
     outputs = worker_state().outputs
-    key = (job.output.path, job.output.dataset, layout_key)
+    key = (job.output.path, job.output.dataset, layout_key, attempt)
     volume: Volume | None = outputs.get(key)
     if volume is None:
         volume = open_volume(job.output.path, job.output.dataset, mode="r+")
@@ -84,9 +86,10 @@ def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
     return volume
 
 
-def progress_topic(layout_key: str) -> str:
-    """The Dask event topic a job's block tasks report their steps on."""
-    return f"pytc-progress-{layout_key}"
+def progress_topic(layout_key: str, attempt: str = "") -> str:
+    """The Dask event topic a run's block tasks report their steps on (late events of an earlier
+    run of the job never reach the next one)."""
+    return f"pytc-progress-{layout_key}-{attempt}" if attempt else f"pytc-progress-{layout_key}"
 
 
 def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> StepHook | None:
@@ -97,7 +100,7 @@ def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> Step
         worker = get_worker()
     except ValueError:  # not inside a Dask worker
         return None
-    topic, block, phase = progress_topic(task.layout_key), list(task.block), task.phase
+    topic, block, phase = progress_topic(task.layout_key, task.attempt), list(task.block), task.phase
     last_sent = -float("inf")
 
     def send(done: int) -> None:
@@ -128,10 +131,11 @@ def run_block(
     job = task.job
     ctx = BlockContext(
         job=job,
-        geometry=job_geometry(job, task.layout_key),
+        geometry=job_geometry(job, task.layout_key, task.attempt),
         run_dir=RunDir.for_output(job.output.path, job.output.dataset, task.layout_key),
-        output=_output_volume(job, task.layout_key),
+        output=_output_volume(job, task.layout_key, task.attempt),
         out_channels=task.out_channels,
+        attempt=task.attempt,
     )
     hook = progress if progress is not None else worker_events(task)
     if hook is not None:
