@@ -195,7 +195,15 @@ def parse_inference(
     job_input = _input(parsed.input, roots)
     _check_no_overlap(job_input, output)
     model = _model(parsed.model, roots, resolve_model)
-    return InferenceJob(job_input, model, window, output, compute, document=canonical_json(document))
+    return InferenceJob(
+        job_input,
+        model,
+        window,
+        output,
+        compute,
+        document=canonical_json(document),
+        data_roots=tuple(str(root) for root in roots),
+    )
 
 
 def stride_from_overlap(patch: int, overlap: float) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import shutil
 import threading
 import time
@@ -27,6 +28,7 @@ from tests.integration.service_fixtures import (
     make_data,
     read_output,
     running_service,
+    tree,
     wait_for_state,
 )
 from volumes.open import open_volume
@@ -39,6 +41,7 @@ BIG = (16, 96, 96)  # 144 blocks of 4x16x16: long enough for something to happen
 class World:
     service: Service
     root: Path
+    outside: Path  # a folder beside the data root, with a volume of the same shape as big/
     http: httpx.Client
 
     def submit(self, doc: dict[str, Any]) -> str:
@@ -56,13 +59,15 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = make_data(tmp_path_factory.mktemp("unlucky") / "root")
+    base = tmp_path_factory.mktemp("unlucky")
+    root, outside = make_data(base / "root"), base / "outside"
     make_data(root / "big", shape=BIG)
+    make_data(outside, shape=BIG)
     with (
-        running_service(root, root.parent / "state") as service,
+        running_service(root, base / "state") as service,
         httpx.Client(base_url=service.url, timeout=120) as http,
     ):
-        yield World(service, root, http)
+        yield World(service, root, outside, http)
 
 
 def done_blocks(output: Path) -> int:
@@ -94,6 +99,41 @@ def test_an_input_gone_mid_run_fails_the_job_naming_it_and_the_next_job_runs(wor
     assert open_volume(world.root / "gone.zarr", "pred").attrs["pytc"]["complete"] is False
     after = world.run(job_doc("after-gone.zarr"))  # the same workers serve the next job
     assert after["state"] == "succeeded", after
+
+
+def test_an_input_swapped_for_a_symlink_out_of_the_roots_mid_run_is_not_read(world: World) -> None:
+    source = world.root / "swapped" / "em.zarr"
+    shutil.copytree(world.root / "big" / "em.zarr", source)
+    job_id = world.submit(job_doc("swapped.zarr", input__path="swapped/em.zarr"))
+    wait_for_blocks(world.root / "swapped.zarr", 2)
+    (source / "raw").rename(source / "raw.real")
+    (source / "raw").symlink_to(world.outside / "em.zarr" / "raw", target_is_directory=True)
+    final = world.wait(job_id, timeout_s=120)
+    assert final["state"] == "failed", final  # it read the other volume into a complete output
+    assert f"{source / 'raw'} now resolves to" in final["error"]["detail"], final["error"]
+    assert "outside the data roots" in final["error"]["detail"]
+    assert open_volume(world.root / "swapped.zarr", "pred").attrs["pytc"]["complete"] is False
+
+
+def test_an_output_swapped_for_a_symlink_out_of_the_roots_mid_run_is_not_written(world: World) -> None:
+    output = world.root / "stolen.zarr"
+    job_id = world.submit(job_doc("stolen.zarr", input__path="big/em.zarr"))
+    wait_for_blocks(output, 2)
+    # the whole output moved out of the roots in one rename, a symlink to it in its place
+    (output / "pred").rename(world.outside / "stolen")
+    (output / "pred").symlink_to(world.outside / "stolen", target_is_directory=True)
+    before = tree(world.outside / "stolen")
+    final = world.wait(job_id, timeout_s=120)
+    assert final["state"] == "failed", final
+    assert f"{output / 'pred'} now resolves to" in final["error"]["detail"], final["error"]
+    written = {p for p, stat in tree(world.outside / "stolen").items() if before.get(p) != stat}
+    # each chunk's write looks first: at most the writes already under way at the swap may land
+    # (a block's two writer threads, or pass 2's four); in practice none does
+    assert len(written) <= 4, f"chunks written outside the roots: {sorted(written)}"
+    assert (
+        json.loads((world.outside / "stolen" / "zarr.json").read_text())["attributes"]["pytc"]["complete"]
+        is False
+    )
 
 
 def test_a_job_failed_on_a_corrupt_chunk_runs_again_once_it_is_repaired(world: World) -> None:

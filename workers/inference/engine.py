@@ -83,6 +83,7 @@ class BlockContext:
     attempt: str = ""  # the run's token (workers.inference.readahead.task_prefix)
 
     def write_output(self, box: Box, values: np.ndarray) -> int:
+        self.job.output_node()  # still inside the data roots before every chunk (workers.confine)
         data = to_output_dtype(values, self.job.output.dtype)
         self.output.write(Box((0, *box.offset), (self.out_channels, *box.shape)), data)
         return int(data.nbytes)

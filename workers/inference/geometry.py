@@ -64,6 +64,7 @@ def job_geometry(job: InferenceJob, layout_key: str, attempt: str = "") -> JobGe
     geometries = worker_state().geometries
     cached: JobGeometry | None = geometries.get((layout_key, attempt))
     if cached is None:
+        job.input_node()  # still inside the data roots (workers.confine)
         cached = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
         geometries.put((layout_key, attempt), cached)
     return cached

@@ -62,6 +62,7 @@ class SlabReader:
         # thread, which would otherwise wait for its rows for ever.
         begin = 0
         try:
+            self.ctx.job.input_node()  # still inside the data roots (workers.confine)
             volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
             for index, end in enumerate(self.ends):
                 if self.stopped.is_set():  # the block ended early: no one reads the rest

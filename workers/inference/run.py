@@ -40,6 +40,7 @@ from volumes.blocks import BlockPlan, Index
 from volumes.open import open_volume
 from volumes.output import create_output
 from volumes.volume import Volume
+from workers.confine import confined
 from workers.errors import IncompleteRunError
 from workers.inference.checks import OutputState, check_input, open_input, output_state, roi_shape
 from workers.inference.engine import BlockResult
@@ -210,6 +211,8 @@ class InferenceRun:
                 f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
                 "the output stays marked incomplete"
             )
+        self.job.output_node()  # the output marked complete is the one inside the roots
+        confined(self.run_dir.root, self.job.data_roots)
         self.run_dir.drop_all_scratch()
         volume = open_volume(self.job.output.path, self.job.output.dataset, mode="r+")
         record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))

@@ -25,6 +25,7 @@ from models.ref import ModelInfo, ModelRef
 from volumes.blocks import Index
 from volumes.open import open_volume
 from volumes.volume import Volume
+from workers.confine import confined
 from workers.errors import Refusal, SpecError
 from workers.inference.checks import model_field
 from workers.inference.engine import BlockContext, BlockResult, run_pass2
@@ -129,10 +130,13 @@ def run_block(
     ``progress`` hears the pass's steps as they finish (default: Dask worker events on a worker,
     nobody elsewhere)."""
     job = task.job
+    run_dir = RunDir.for_output(job.output.path, job.output.dataset, task.layout_key)
+    job.output_node()  # the output and the run folder still inside the data roots (workers.confine)
+    confined(run_dir.root, job.data_roots)
     ctx = BlockContext(
         job=job,
         geometry=job_geometry(job, task.layout_key, task.attempt),
-        run_dir=RunDir.for_output(job.output.path, job.output.dataset, task.layout_key),
+        run_dir=run_dir,
         output=_output_volume(job, task.layout_key, task.attempt),
         out_channels=task.out_channels,
         attempt=task.attempt,
