@@ -5,8 +5,9 @@ Admission resolves every path a job names, symlinks followed, inside the data ro
 while the job runs: without a second look the job would read another volume into an output marked
 complete, or write its chunks outside the roots. So the engine looks again each time it opens a
 path on a worker (the input for each block's reader, the output and the run folder for each block
-task, the output again before each chunk it writes and before it is marked complete): the path is
-resolved, every symlink followed, and must still lie inside one of the job's roots.
+task, every chunk file, spill and marker before it is written, the output before it is marked
+complete): the path is resolved, every symlink followed, and must still lie inside one of the
+job's roots.
 
 What this cannot see is a swap inside the instant between the look and the open (the files are
 opened by path by the storage libraries); a swap between blocks, or between chunks, is caught.
@@ -14,10 +15,13 @@ opened by path by the storage libraries); a swap between blocks, or between chun
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from volumes.box import Box
+from volumes.volume import Volume
 from workers.errors import PathEscapeError
 
 
@@ -42,3 +46,36 @@ def confined(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
 def node(path: str, dataset: str | None) -> Path:
     """The directory (or file) of an array: its container joined with its dataset."""
     return Path(path, dataset or "")
+
+
+class ChunkFiles:
+    """Where a stored output keeps the chunks of a box: the files a write goes to, so that each is
+    confined before it is written (a chunk folder swapped for a symlink out of the roots is refused).
+
+    zarr v2 and v3 name chunks by their metadata's key encoding (``c/0/1/2/3``, ``0.1.2.3``); N5 by
+    the block's grid position in its own, reversed, axis order (``3/2/1/0``)."""
+
+    def __init__(self, node: Path, chunks: tuple[int, ...], encode: Callable[[tuple[int, ...]], str]) -> None:
+        self.node, self.chunks, self.encode = node, chunks, encode
+
+    @classmethod
+    def of(cls, volume: Volume) -> ChunkFiles | None:
+        """The chunk files of ``volume`` when its format is one we write, else None."""
+        where = node(volume.path, volume.dataset)
+        if volume.format in ("zarr3", "zarr2"):
+            import zarr
+
+            array = zarr.open_array(volume.path, path=volume.dataset or "", mode="r")
+            return cls(where, tuple(volume.chunks), array.metadata.encode_chunk_key)
+        if volume.format == "n5":
+            return cls(where, tuple(volume.chunks), lambda index: "/".join(map(str, reversed(index))))
+        return None
+
+    def paths(self, box: Box) -> Iterator[Path]:
+        """The files holding the chunks that ``box`` (all axes, channels first) touches."""
+        ranges = [
+            range(start // size, -(-end // size))
+            for start, end, size in zip(box.offset, box.end, self.chunks, strict=True)
+        ]
+        for index in itertools.product(*ranges):
+            yield self.node / self.encode(tuple(index))

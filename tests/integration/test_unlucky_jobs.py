@@ -136,6 +136,20 @@ def test_an_output_swapped_for_a_symlink_out_of_the_roots_mid_run_is_not_written
     )
 
 
+def test_a_chunk_folder_planted_as_a_symlink_out_of_the_roots_is_not_written(world: World) -> None:
+    output = world.root / "planted.zarr"
+    job_id = world.submit(job_doc("planted.zarr", input__path="big/em.zarr"))
+    wait_for_blocks(output, 2)
+    planted = world.outside / "planted"
+    planted.mkdir()
+    (output / "pred" / "c" / "0" / "3").symlink_to(planted, target_is_directory=True)  # the last z-row
+    final = world.wait(job_id, timeout_s=120)
+    assert final["state"] == "failed", final
+    assert f"{output / 'pred' / 'c' / '0' / '3'}/" in final["error"]["detail"], final["error"]
+    assert not any(planted.iterdir()), "chunks were written outside the roots"
+    assert open_volume(output, "pred").attrs["pytc"]["complete"] is False
+
+
 def test_a_job_failed_on_a_corrupt_chunk_runs_again_once_it_is_repaired(world: World) -> None:
     shutil.copytree(world.root / "em.zarr", world.root / "corrupt" / "em.zarr")
     chunk = a_chunk_of(world.root / "corrupt" / "em.zarr" / "raw")

@@ -28,6 +28,7 @@ from volumes.blocks import Index
 from volumes.box import Box
 from volumes.open import open_volume
 from volumes.padding import read_padded
+from workers.confine import confined
 from workers.errors import BlockCancelledError, BlockError
 from workers.inference import readahead
 from workers.inference.engine import BlockContext, BlockResult, normalize
@@ -162,6 +163,7 @@ class Flusher:
         if unit.kind == "out":
             output, voxels = self.ctx.finish(unit.box, values), unit.box.size
         else:
+            confined(self.ctx.run_dir.scratch_path(unit.chunk, self.block), self.ctx.job.data_roots)
             scratch = self.ctx.run_dir.write_scratch(unit.chunk, self.block, np.ascontiguousarray(values))
         with self.lock:  # two writer threads
             self.result.output_bytes += output
@@ -259,8 +261,8 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
         result.seconds.update(forward=forward, read=reader.seconds, write=flusher.seconds, waited=waited)
     result.seconds["total"] = time.perf_counter() - t0
     record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
-    ctx.run_dir.mark_done(1, block, record)
+    ctx.mark_done(1, block, record)
     if not plan.border_chunks(block):
-        ctx.run_dir.mark_done(2, block, record)
+        ctx.mark_done(2, block, record)
     log.info("block %s pass 1: %d windows in %.2fs", block, result.windows, result.seconds["total"])
     return result

@@ -25,7 +25,7 @@ from models.ref import ModelInfo, ModelRef
 from volumes.blocks import Index
 from volumes.open import open_volume
 from volumes.volume import Volume
-from workers.confine import confined
+from workers.confine import ChunkFiles, confined
 from workers.errors import Refusal, SpecError
 from workers.inference.checks import model_field
 from workers.inference.engine import BlockContext, BlockResult, run_pass2
@@ -141,6 +141,8 @@ def run_block(
         out_channels=task.out_channels,
         attempt=task.attempt,
     )
+    if job.data_roots:
+        ctx.chunk_files = ChunkFiles.of(ctx.output)
     hook = progress if progress is not None else worker_events(task)
     if hook is not None:
         ctx.progress = hook

@@ -11,7 +11,9 @@ import zarr
 
 from models.ref import ModelInfo
 from tests.helpers import make_job
-from workers.confine import confined
+from volumes.box import Box
+from volumes.output import create_output
+from workers.confine import ChunkFiles, confined
 from workers.errors import PathEscapeError
 from workers.inference.job import WindowSpec
 from workers.inference.run import InferenceRun, run_serially
@@ -51,3 +53,15 @@ def test_an_input_swapped_for_a_symlink_between_blocks_fails_the_run_unfinished(
     with pytest.raises(PathEscapeError, match=f"{raw} now resolves to"):
         run_serially(job, ModelInfo(1, 1, "sha"), predict=lambda b: b * 2.0, on_task=swap)
     assert zarr.open_array(root / "out.zarr" / "pred").attrs["pytc"]["complete"] is False
+
+
+@pytest.mark.parametrize("fmt", ["zarr3", "zarr2", "n5"])
+def test_the_chunk_files_named_are_those_a_write_creates(tmp_path: Path, fmt: str) -> None:
+    volume = create_output(tmp_path / "out", "a/pred", fmt, (2, 8, 12, 12), "float32", (4, 4, 8))  # type: ignore[arg-type]
+    box = Box((0, 4, 0, 8), (2, 4, 8, 4))  # chunks (0, 1, 0, 1) and (0, 1, 1, 1)
+    volume.write(box, np.ones(box.shape, np.float32))
+    files = ChunkFiles.of(volume)
+    assert files is not None
+    named = set(files.paths(box))
+    written = {p for p in (tmp_path / "out" / "a" / "pred").rglob("*") if p.is_file()}
+    assert len(named) == 2 and named <= written, (named, written)
