@@ -277,6 +277,7 @@ def parse_training(doc: object, data_roots: Sequence[str | Path]) -> TrainingJob
         compute=TrainingCompute(compute.device, compute.precision, compute.threads),
         register_as=parsed.register_as,
         document=canonical_json(document),
+        data_roots=tuple(str(root) for root in roots),
     )
 
 
