@@ -124,7 +124,7 @@ class InferenceKind:
 
     def run(self, job: InferenceJob, env: RunEnv, checked: Checked | None = None) -> dict[str, Any]:
         if checked is None:
-            info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, fn, *args))
+            info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, env.cancel, fn, *args))
             run = InferenceRun.start(job, info)
         else:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
@@ -319,8 +319,20 @@ def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
         return {f for f in futures if f.status != "pending"}
 
 
-def _on_a_worker(client: Client, fn: Any, *args: Any) -> Any:
-    return client.submit(fn, *args, pure=False, resources=ONE_ACCELERATOR).result()
+def _on_a_worker(client: Client, cancel: threading.Event, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a worker; a cancel while it waits for one (none free, none connected) is seen."""
+    future = client.submit(fn, *args, pure=False, resources=ONE_ACCELERATOR)
+    try:
+        while True:
+            try:
+                return future.result(timeout=WAKE_S)
+            except TimeoutError:
+                if cancel.is_set():
+                    raise JobCancelledError(
+                        "job cancelled while it waited for a worker to check its model"
+                    ) from None
+    finally:
+        future.release()
 
 
 def _files_signature(ref: ModelRef) -> tuple[tuple[int, int] | None, ...]:

@@ -263,3 +263,32 @@ def test_a_cancelled_run_leaves_nothing_the_next_run_of_the_job_gets_back(driver
     np.testing.assert_array_equal(
         read_output(driver.root / "resumed.zarr"), read_output(driver.root / "whole.zarr")
     )
+
+
+def test_a_job_waiting_for_a_worker_sees_its_cancel(tmp_path: Path) -> None:
+    """No worker connected: the run's model check waits for one, and a cancel ends the wait."""
+    from distributed import Client, LocalCluster
+
+    root = make_data(tmp_path)
+    job = INFERENCE.parse(job_doc(str(tmp_path / "out.zarr")), ParseEnv((root,)))
+    cancel = threading.Event()
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        caught: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                INFERENCE.run(job, RunEnv(client, cancel=cancel))
+            except BaseException as err:
+                caught.append(err)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        cancel.set()
+        thread.join(15)
+        assert not thread.is_alive(), "the cancel was not seen while the job waited for a worker"
+    assert len(caught) == 1 and isinstance(caught[0], JobCancelledError), caught
+    assert "waited for a worker" in str(caught[0])
