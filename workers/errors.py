@@ -28,6 +28,11 @@ class BlockCancelledError(WorkerError):
     """The job was cancelled while this block ran; nothing was recorded done for it."""
 
 
+class PathEscapeError(WorkerError, PermissionError):
+    """A path of a running job now resolves outside the data roots (a symlink swapped in after the
+    job was admitted); nothing is read or written through it."""
+
+
 class SpecError(WorkerError, ValueError):
     """A job document (or what it names) that cannot be run as written."""
 

@@ -215,7 +215,15 @@ def parse_inference(
     if model.kind == "architecture":
         parameters = architecture_parameters(model.architecture, model.config_dict())
         check_model_parameters(parameters, limits, "model.name" if model.name else "model.config")
-    return InferenceJob(job_input, model, window, output, compute, document=canonical_json(document))
+    return InferenceJob(
+        job_input,
+        model,
+        window,
+        output,
+        compute,
+        document=canonical_json(document),
+        data_roots=tuple(str(root) for root in roots),
+    )
 
 
 def _check_sizes(window: WindowSpec, output: OutputSpec, compute: ComputeSpec, limits: Limits) -> None:

@@ -285,6 +285,7 @@ def parse_training(
         compute=TrainingCompute(compute.device, compute.precision, compute.threads),
         register_as=parsed.register_as,
         document=canonical_json(document),
+        data_roots=tuple(str(root) for root in roots),
     )
 
 

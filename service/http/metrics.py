@@ -19,8 +19,9 @@ from service.progress import Progress
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Block durations span a tiny test block (tens of ms) to a large GPU block (minutes).
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-# The runner names block tasks ``pytc-<layout key>-p<pass>-<z>_<y>_<x>``.
-_BLOCK_KEY = re.compile(r"^pytc-[0-9a-f]+-p(\d)-")
+# The runner names block tasks ``pytc-<layout key>-<attempt>-p<pass>-<z>_<y>_<x>``
+# (workers.inference.readahead.task_key; keys without the attempt are of older versions).
+_BLOCK_KEY = re.compile(r"^pytc-[0-9a-f]+-(?:[0-9a-f]+-)?p(\d)-")
 
 
 def _number(value: float) -> str:

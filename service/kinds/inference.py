@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ from workers.inference.checks import (
     roi_shape,
 )
 from workers.inference.job import InferenceJob
-from workers.inference.readahead import task_key
+from workers.inference.readahead import task_key, task_prefix
 from workers.inference.run import InferenceRun
 from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
 from workers.resources import ONE_ACCELERATOR
@@ -127,7 +128,7 @@ class InferenceKind:
 
     def run(self, job: InferenceJob, env: RunEnv, checked: Checked | None = None) -> dict[str, Any]:
         if checked is None:
-            info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, fn, *args))
+            info = self.model_info(job, lambda fn, *args: _on_a_worker(env.client, env.cancel, fn, *args))
             run = InferenceRun.start(job, info, limits=env.limits)
         else:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
@@ -161,8 +162,8 @@ class _Driver:
         workers = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         self.limit = max(4, 2 * workers + 2)
         self.in_flight: dict[Future, BlockTask] = {}
-        self.key_prefix = f"pytc-{run.layout_key}-"
-        self.topic = progress_topic(run.layout_key)
+        self.key_prefix = task_prefix(run.layout_key, run.attempt)
+        self.topic = progress_topic(run.layout_key, run.attempt)
         self.inbox = StepInbox()
         self.pace = ReportPace(clock)
 
@@ -201,7 +202,8 @@ class _Driver:
         return self.client.submit(
             run_block,
             task,
-            key=task_key(task.layout_key, task.phase, task.block),  # workers.inference.readahead reads it
+            # workers.inference.readahead reads it; the attempt keeps it apart from earlier runs
+            key=task_key(task.layout_key, task.phase, task.block, task.attempt),
             retries=self.env.retries,
             pure=False,
             priority=self.env.priority + (PASS2_PRIORITY if task.phase == 2 else 0),
@@ -209,9 +211,14 @@ class _Driver:
         )
 
     def result(self, future: Future, task: BlockTask) -> Any:
-        if future.status == "finished":
-            return future.result()
-        error = future.exception()
+        try:
+            if future.status == "finished":
+                return future.result()
+            if future.status == "cancelled":  # not by this job (its cancel is seen before)
+                raise JobFailedError(f"block {task.block} (pass {task.phase}): Dask cancelled its task")
+            error = future.exception()
+        finally:
+            future.release()  # the scheduler forgets the task now, whoever still holds this object
         if isinstance(error, BlockCancelledError):
             raise JobCancelledError(f"job cancelled while block {task.block} ran")
         raise JobFailedError(
@@ -306,15 +313,30 @@ class ReportPace:
 
 
 def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
-    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly)."""
+    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly). One
+    that Dask cancelled is among them (``wait`` raises for it): :meth:`_Driver.result` says so."""
     try:
         return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
     except TimeoutError:
         return set()
+    except CancelledError:
+        return {f for f in futures if f.status != "pending"}
 
 
-def _on_a_worker(client: Client, fn: Any, *args: Any) -> Any:
-    return client.submit(fn, *args, pure=False, resources=ONE_ACCELERATOR).result()
+def _on_a_worker(client: Client, cancel: threading.Event, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a worker; a cancel while it waits for one (none free, none connected) is seen."""
+    future = client.submit(fn, *args, pure=False, resources=ONE_ACCELERATOR)
+    try:
+        while True:
+            try:
+                return future.result(timeout=WAKE_S)
+            except TimeoutError:
+                if cancel.is_set():
+                    raise JobCancelledError(
+                        "job cancelled while it waited for a worker to check its model"
+                    ) from None
+    finally:
+        future.release()
 
 
 def _files_signature(ref: ModelRef) -> tuple[tuple[int, int] | None, ...]:

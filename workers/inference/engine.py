@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
 from volumes.blocks import Index
 from volumes.box import Box
 from volumes.volume import Volume
+from workers.confine import ChunkFiles, confined
 from workers.errors import BlockError
 from workers.inference.geometry import JobGeometry
 from workers.inference.job import InferenceJob, Normalize, OutputDtype
@@ -80,11 +82,28 @@ class BlockContext:
     output: Volume
     out_channels: int
     progress: StepHook = no_steps
+    attempt: str = ""  # the run's token (workers.inference.readahead.task_prefix)
+    chunk_files: ChunkFiles | None = None  # where the output keeps its chunks, to confine each write
 
     def write_output(self, box: Box, values: np.ndarray) -> int:
         data = to_output_dtype(values, self.job.output.dtype)
-        self.output.write(Box((0, *box.offset), (self.out_channels, *box.shape)), data)
+        full = Box((0, *box.offset), (self.out_channels, *box.shape))
+        self._confine(full)
+        self.output.write(full, data)
         return int(data.nbytes)
+
+    def mark_done(self, phase: int, block: Index, record: Mapping[str, Any]) -> None:
+        """The block's marker, written only inside the data roots."""
+        confined(self.run_dir.marker(phase, block), self.job.data_roots)
+        self.run_dir.mark_done(phase, block, dict(record))
+
+    def _confine(self, box: Box) -> None:
+        """The output, and every chunk file the write of ``box`` goes to, still inside the data
+        roots (:mod:`workers.confine`): a folder swapped for a symlink is refused, never followed."""
+        self.job.output_node()
+        if self.chunk_files is not None and self.job.data_roots:
+            for path in self.chunk_files.paths(box):
+                confined(path, self.job.data_roots)
 
     def finish(self, box: Box, num: np.ndarray) -> int:
         """Divide by the weight sum and write: ``box`` is chunk-aligned, owned by this block."""
@@ -137,6 +156,6 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
             result.voxels_written += voxels
             ctx.progress(finished)
     result.seconds["total"] = time.perf_counter() - t0
-    ctx.run_dir.mark_done(2, block, {"chunks": len(chunks)})
+    ctx.mark_done(2, block, {"chunks": len(chunks)})
     ctx.run_dir.drop_scratch(chunks)
     return result

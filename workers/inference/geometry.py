@@ -58,11 +58,13 @@ def build_geometry(job: InferenceJob, input_shape: tuple[int, ...]) -> JobGeomet
     return JobGeometry(roi, tuple(input_shape), plan, w.blending)
 
 
-def job_geometry(job: InferenceJob, layout_key: str) -> JobGeometry:
-    """The job's geometry, opening the input for its shape once per worker and job layout."""
+def job_geometry(job: InferenceJob, layout_key: str, attempt: str = "") -> JobGeometry:
+    """The job's geometry, opening the input for its shape once per worker and run (a run after a
+    failure looks at the input again)."""
     geometries = worker_state().geometries
-    cached: JobGeometry | None = geometries.get(layout_key)
+    cached: JobGeometry | None = geometries.get((layout_key, attempt))
     if cached is None:
+        job.input_node()  # still inside the data roots (workers.confine)
         cached = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
-        geometries.put(layout_key, cached)
+        geometries.put((layout_key, attempt), cached)
     return cached

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from models.ref import ModelRef
 from volumes.box import Box
+from workers.confine import confined, node
 
 Blending = Literal["gaussian", "bump", "constant"]
 PadMode = Literal["reflect", "replicate", "constant"]
@@ -83,6 +85,17 @@ class InferenceJob:
     output: OutputSpec
     compute: ComputeSpec = field(default_factory=ComputeSpec)
     document: str = "{}"  # the submitted job document as canonical JSON, recorded in the output's attrs
+    # The data roots (resolved) its paths were confined to at admission; the engine confines them
+    # again whenever it opens them (workers.confine). () = not confined (tests, debugging).
+    data_roots: tuple[str, ...] = ()
+
+    def input_node(self) -> Path:
+        """The input array's directory (or file), checked to lie inside the data roots now."""
+        return confined(node(self.input.path, self.input.dataset), self.data_roots)
+
+    def output_node(self) -> Path:
+        """The output array's directory, checked to lie inside the data roots now."""
+        return confined(node(self.output.path, self.output.dataset), self.data_roots)
 
     def layout_key(self, model_sha256: str) -> str:
         """Hash of everything that decides the output's values and block layout.

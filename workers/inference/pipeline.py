@@ -28,7 +28,8 @@ from volumes.blocks import Index
 from volumes.box import Box
 from volumes.open import open_volume
 from volumes.padding import read_padded
-from workers.errors import BlockCancelledError
+from workers.confine import confined
+from workers.errors import BlockCancelledError, BlockError
 from workers.inference import readahead
 from workers.inference.engine import BlockContext, BlockResult, normalize
 from workers.runtime.affinity import usable_cores
@@ -36,6 +37,8 @@ from workers.runtime.affinity import usable_cores
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
+
+READER_POLL_S = 1.0  # a model thread waiting for its input looks at the reader thread this often
 
 
 class SlabReader:
@@ -50,14 +53,21 @@ class SlabReader:
         self.ready = [threading.Event() for _ in self.ends]
         self.error: BaseException | None = None
         self.seconds = 0.0
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pytc-reader", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
+        # Everything the thread does is inside the try, opening the input included (a renamed
+        # input, an NFS hiccup, a permission change): whatever ends it early reaches the model's
+        # thread, which would otherwise wait for its rows for ever.
         begin = 0
         try:
+            self.ctx.job.input_node()  # still inside the data roots (workers.confine)
+            volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
             for index, end in enumerate(self.ends):
+                if self.stopped.is_set():  # the block ended early: no one reads the rest
+                    raise BlockError(f"reading the input of {self.read_box} stopped: the block ended")
                 if end > begin:
                     t0 = time.perf_counter()
                     box = Box(
@@ -78,9 +88,21 @@ class SlabReader:
                 event.set()
 
     def wait_row(self, row: int) -> None:
-        self.ready[row].wait()
+        """Until the rows up to ``row`` are read; the reader's error if it failed. A reader that
+        ended without either (it cannot, but a wait must never outlive its thread) is an error too."""
+        while not self.ready[row].wait(READER_POLL_S):
+            if not self.thread.is_alive() and not self.ready[row].is_set():
+                raise BlockError(
+                    f"the reader of {self.ctx.job.input.path} ended before row {row} of "
+                    f"{self.read_box} was read"
+                )
         if self.error is not None:
             raise self.error
+
+    def stop(self) -> None:
+        """Stop reading at the next slab and wait for the thread (the block ended early)."""
+        self.stopped.set()
+        self.thread.join()
 
 
 @dataclass(order=True)
@@ -141,6 +163,7 @@ class Flusher:
         if unit.kind == "out":
             output, voxels = self.ctx.finish(unit.box, values), unit.box.size
         else:
+            confined(self.ctx.run_dir.scratch_path(unit.chunk, self.block), self.ctx.job.data_roots)
             scratch = self.ctx.run_dir.write_scratch(unit.chunk, self.block, np.ascontiguousarray(values))
         with self.lock:  # two writer threads
             self.result.output_bytes += output
@@ -187,7 +210,7 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
     if not extent.is_empty():
         windows, rows, row_ends = _windows_by_row(ctx, block)
         layout_key = ctx.run_dir.root.name
-        ahead = readahead.take(layout_key, block, read_box)  # started by the previous block's task
+        ahead = readahead.take(layout_key, block, read_box, ctx.attempt)  # the previous task started it
         reader = ahead if ahead is not None else SlabReader(ctx, read_box, row_ends)
         result.read_ahead = ahead is not None
         looked_ahead = False
@@ -221,7 +244,7 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                 ctx.progress(result.windows)
                 if not looked_ahead and not reader.thread.is_alive():
                     looked_ahead = True  # this block's input is in: read the next one's meanwhile
-                    readahead.start_next(layout_key, lambda b: _reader_for(ctx, b))
+                    readahead.start_next(layout_key, lambda b: _reader_for(ctx, b), ctx.attempt)
                 following = first + len(batch)
                 flusher.flush_until(
                     grid.box(windows[following]).offset[0] if following < len(windows) else 1 << 62
@@ -231,12 +254,15 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
             t3 = time.perf_counter()
             flusher.close(complete)
             waited += time.perf_counter() - t3
-            reader.thread.join()
+            if complete:
+                reader.thread.join()
+            else:
+                reader.stop()
         result.seconds.update(forward=forward, read=reader.seconds, write=flusher.seconds, waited=waited)
     result.seconds["total"] = time.perf_counter() - t0
     record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
-    ctx.run_dir.mark_done(1, block, record)
+    ctx.mark_done(1, block, record)
     if not plan.border_chunks(block):
-        ctx.run_dir.mark_done(2, block, record)
+        ctx.mark_done(2, block, record)
     log.info("block %s pass 1: %d windows in %.2fs", block, result.windows, result.seconds["total"])
     return result

@@ -26,12 +26,22 @@ from workers.runtime.state import worker_state
 log = logging.getLogger(__name__)
 
 
-def task_key(layout_key: str, phase: int, block: Index) -> str:
+def task_prefix(layout_key: str, attempt: str) -> str:
+    """What the Dask keys of one run of a job begin with: ``pytc-<layout key>-<attempt>-``.
+
+    The attempt (a token each run draws, :class:`workers.inference.run.InferenceRun`) keeps the
+    keys of a job run again apart from those of its earlier runs: Dask hands back the result of a
+    key it still holds, so a job resubmitted after a failure or a cancel would otherwise get the
+    old error back at once without running."""
+    return f"pytc-{layout_key}-{attempt}-" if attempt else f"pytc-{layout_key}-"
+
+
+def task_key(layout_key: str, phase: int, block: Index, attempt: str = "") -> str:
     """The Dask key of a block task (the inference kind submits with it)."""
-    return f"pytc-{layout_key}-p{phase}-{'_'.join(map(str, block))}"
+    return f"{task_prefix(layout_key, attempt)}p{phase}-{'_'.join(map(str, block))}"
 
 
-def next_queued_block(layout_key: str) -> Index | None:
+def next_queued_block(layout_key: str, attempt: str = "") -> Index | None:
     """The pass-1 block of this job that this worker runs next, if that is what its queue holds."""
     try:
         from distributed import get_worker
@@ -40,7 +50,7 @@ def next_queued_block(layout_key: str) -> Index | None:
         queued = [*state.constrained.peekn(2), *state.ready.peekn(2)]
     except Exception:  # not on a worker, or a worker state of another shape
         return None
-    prefix = f"pytc-{layout_key}-p1-"
+    prefix = f"{task_prefix(layout_key, attempt)}p1-"
     for task in sorted(queued, key=lambda t: t.priority or ()):
         key = str(task.key)
         if key.startswith(prefix):
@@ -52,12 +62,14 @@ def next_queued_block(layout_key: str) -> Index | None:
     return None
 
 
-def start_next(layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] | None]) -> None:
-    """Start reading the next queued block of this job, unless one is read ahead already."""
-    block = next_queued_block(layout_key)
+def start_next(
+    layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] | None], attempt: str = ""
+) -> None:
+    """Start reading the next queued block of this run, unless one is read ahead already."""
+    block = next_queued_block(layout_key, attempt)
     if block is None:
         return
-    slot = worker_state().readahead  # ((layout_key, block, read_box), reader) or None
+    slot = worker_state().readahead  # ((layout_key, attempt, block, read_box), reader) or None
     with slot.lock:
         if slot.pending is not None:
             return
@@ -65,19 +77,20 @@ def start_next(layout_key: str, make_reader: Callable[[Index], tuple[Box, Any] |
         if made is None:
             return
         read_box, reader = made
-        slot.pending = ((layout_key, block, read_box), reader)
+        slot.pending = ((layout_key, attempt, block, read_box), reader)
         slot.counts["started"] += 1
     log.debug("reading block %s ahead", block)
 
 
-def take(layout_key: str, block: Index, read_box: Box) -> Any | None:
-    """The reader started ahead for exactly this block's input, or None (a stale one is dropped)."""
+def take(layout_key: str, block: Index, read_box: Box, attempt: str = "") -> Any | None:
+    """The reader started ahead for exactly this block's input in this run, or None (a stale one,
+    of another job or of an earlier run of this one that may have failed, is dropped)."""
     slot = worker_state().readahead
     with slot.lock:
         if slot.pending is None:
             return None
         (key, reader), slot.pending = slot.pending, None
-        if key == (layout_key, block, read_box):
+        if key == (layout_key, attempt, block, read_box):
             slot.counts["taken"] += 1
             return reader
         slot.counts["dropped"] += 1

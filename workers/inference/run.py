@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from volumes.blocks import BlockPlan, Index
 from volumes.open import open_volume
 from volumes.output import create_output
 from volumes.volume import Volume
+from workers.confine import confined
 from workers.errors import IncompleteRunError
 from workers.inference.checks import OutputState, check_input, open_input, output_state, roi_shape
 from workers.inference.engine import BlockResult
@@ -92,6 +94,9 @@ class InferenceRun:
     def __init__(self, job: InferenceJob, info: ModelInfo, geometry: JobGeometry, run_dir: RunDir) -> None:
         self.job, self.info, self.geometry, self.run_dir = job, info, geometry, run_dir
         self.layout_key = run_dir.root.name
+        # This run's token: its Dask keys, progress topic and the workers' caches are named by it,
+        # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
+        self.attempt = secrets.token_hex(4)
         self.plan: BlockPlan = geometry.plan
         self._schedule = _Schedule(self.plan, run_dir)
         self.started = time.perf_counter()
@@ -177,7 +182,7 @@ class InferenceRun:
         if step is None:
             return None
         phase, block = step
-        return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels)  # type: ignore[arg-type]
+        return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels, self.attempt)  # type: ignore[arg-type]
 
     def finished(self, task: BlockTask, result: BlockResult) -> None:
         """``task`` ran to its end with ``result``."""
@@ -210,6 +215,8 @@ class InferenceRun:
                 f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
                 "the output stays marked incomplete"
             )
+        self.job.output_node()  # the output marked complete is the one inside the roots
+        confined(self.run_dir.root, self.job.data_roots)
         self.run_dir.drop_all_scratch()
         volume = open_volume(self.job.output.path, self.job.output.dataset, mode="r+")
         record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))

@@ -25,6 +25,7 @@ from models.ref import ModelInfo, ModelRef
 from volumes.blocks import Index
 from volumes.open import open_volume
 from volumes.volume import Volume
+from workers.confine import ChunkFiles, confined
 from workers.errors import Refusal, SpecError
 from workers.inference.checks import model_field
 from workers.inference.engine import BlockContext, BlockResult, run_pass2
@@ -49,6 +50,7 @@ class BlockTask:
     block: Index
     phase: Literal[1, 2]
     out_channels: int
+    attempt: str = ""  # the run's token: what this run's keys, topic and worker caches are named by
 
 
 def inspect_model(
@@ -73,10 +75,11 @@ def inspect_model(
     )
 
 
-def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
-    """The output opened once per worker and job layout (an overwritten output gets a new key)."""
+def _output_volume(job: InferenceJob, layout_key: str, attempt: str) -> Volume:
+    """The output opened once per worker and run: a run after a failure (the output repaired,
+    replaced, overwritten) opens it afresh."""
     outputs = worker_state().outputs
-    key = (job.output.path, job.output.dataset, layout_key)
+    key = (job.output.path, job.output.dataset, layout_key, attempt)
     volume: Volume | None = outputs.get(key)
     if volume is None:
         volume = open_volume(job.output.path, job.output.dataset, mode="r+")
@@ -84,9 +87,10 @@ def _output_volume(job: InferenceJob, layout_key: str) -> Volume:
     return volume
 
 
-def progress_topic(layout_key: str) -> str:
-    """The Dask event topic a job's block tasks report their steps on."""
-    return f"pytc-progress-{layout_key}"
+def progress_topic(layout_key: str, attempt: str = "") -> str:
+    """The Dask event topic a run's block tasks report their steps on (late events of an earlier
+    run of the job never reach the next one)."""
+    return f"pytc-progress-{layout_key}-{attempt}" if attempt else f"pytc-progress-{layout_key}"
 
 
 def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> StepHook | None:
@@ -97,7 +101,7 @@ def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> Step
         worker = get_worker()
     except ValueError:  # not inside a Dask worker
         return None
-    topic, block, phase = progress_topic(task.layout_key), list(task.block), task.phase
+    topic, block, phase = progress_topic(task.layout_key, task.attempt), list(task.block), task.phase
     last_sent = -float("inf")
 
     def send(done: int) -> None:
@@ -126,13 +130,19 @@ def run_block(
     ``progress`` hears the pass's steps as they finish (default: Dask worker events on a worker,
     nobody elsewhere)."""
     job = task.job
+    run_dir = RunDir.for_output(job.output.path, job.output.dataset, task.layout_key)
+    job.output_node()  # the output and the run folder still inside the data roots (workers.confine)
+    confined(run_dir.root, job.data_roots)
     ctx = BlockContext(
         job=job,
-        geometry=job_geometry(job, task.layout_key),
-        run_dir=RunDir.for_output(job.output.path, job.output.dataset, task.layout_key),
-        output=_output_volume(job, task.layout_key),
+        geometry=job_geometry(job, task.layout_key, task.attempt),
+        run_dir=run_dir,
+        output=_output_volume(job, task.layout_key, task.attempt),
         out_channels=task.out_channels,
+        attempt=task.attempt,
     )
+    if job.data_roots:
+        ctx.chunk_files = ChunkFiles.of(ctx.output)
     hook = progress if progress is not None else worker_events(task)
     if hook is not None:
         ctx.progress = hook

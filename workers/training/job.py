@@ -109,6 +109,9 @@ class TrainingJob:
     compute: TrainingCompute = field(default_factory=TrainingCompute)
     register_as: str | None = None
     document: str = "{}"  # the submitted document as canonical JSON
+    # The data roots (resolved) its paths were confined to at admission; the task confines the data
+    # it opens and the checkpoints and records it writes again (workers.confine). () = not confined.
+    data_roots: tuple[str, ...] = ()
     kind: Literal["training"] = "training"
 
     def job_key(self) -> str:

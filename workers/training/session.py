@@ -26,6 +26,7 @@ from models.loading import file_sha256
 from models.targets import target_margin
 from volumes.box import Box
 from volumes.errors import VolumeError
+from workers.confine import confined
 from workers.errors import SpecError
 from workers.runtime.affinity import torch_threads
 from workers.runtime.allocator import tune_allocator
@@ -204,8 +205,8 @@ class _Session:
             return
         self._progress("validating")
         image, label = (
-            open_ref(spec.image, "validation.image"),
-            open_ref(spec.label, "validation.label", labels=True),
+            open_ref(spec.image, "validation.image", roots=self.job.data_roots),
+            open_ref(spec.label, "validation.label", labels=True, roots=self.job.data_roots),
         )
         roi = spec.roi or Box.of_shape(tuple(image.shape[-3:]))
         score = evaluate(
@@ -229,6 +230,8 @@ class _Session:
             return self.saved[1]
         self._progress("saving")
         path = self.tdir.checkpoint_path(iteration)
+        confined(path, self.job.data_roots)  # the folder was not swapped for a symlink out of the roots
+        confined(self.tdir.index_path, self.job.data_roots)
         save_checkpoint(path, self._payload())
         self.tdir.record_checkpoint(iteration)
         self.saved = (iteration, str(path))
@@ -274,6 +277,7 @@ class _Session:
             "validation": [asdict(s) for s in self.scores],
             "last_checkpoint": self.saved[1] if self.saved else None,
         }
+        confined(self.tdir.progress_path, self.job.data_roots)
         self.tdir.write_progress(record)
 
     def _outcome(self, status: Literal["finished", "cancelled"], checkpoint: str) -> TrainingOutcome:

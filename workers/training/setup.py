@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from volumes.errors import VolumeError
 from volumes.open import open_volume
 from volumes.sampling import CropSampler, SamplingRules
 from volumes.volume import Volume
+from workers.confine import confined, node
 from workers.errors import SpecError
 from workers.training.checkpoint_dir import TrainingDir
 from workers.training.data import BatchMaker
@@ -83,8 +84,10 @@ def build_model(job: TrainingJob) -> nn.Module:
     return model
 
 
-def open_ref(ref: VolumeRef, field: str, *, labels: bool = False) -> Volume:
+def open_ref(ref: VolumeRef, field: str, *, labels: bool = False, roots: Sequence[str] = ()) -> Volume:
+    """The volume ``ref`` names, still inside the data ``roots`` when it is opened (workers.confine)."""
     with about(field):
+        confined(node(ref.path, ref.dataset), roots)
         return open_volume(ref.path, ref.dataset, labels=labels)
 
 
@@ -181,10 +184,13 @@ def check_start_weights(job: TrainingJob, trainer: Trainer) -> None:
 def batch_maker(job: TrainingJob, margin: int) -> BatchMaker:
     data, sampling = job.data, job.sampling
     share = sampling.chunk_cache_bytes // (3 if data.valid_mask else 2)
-    image = cached(open_ref(data.image, "data.image"), share)
-    label = cached(open_ref(data.label, "data.label", labels=True), share)
+    roots = job.data_roots
+    image = cached(open_ref(data.image, "data.image", roots=roots), share)
+    label = cached(open_ref(data.label, "data.label", labels=True, roots=roots), share)
     mask = (
-        cached(open_ref(data.valid_mask, "data.valid_mask", labels=True), share) if data.valid_mask else None
+        cached(open_ref(data.valid_mask, "data.valid_mask", labels=True, roots=roots), share)
+        if data.valid_mask
+        else None
     )
     rules = SamplingRules(
         patch_size=sampling.patch_size,

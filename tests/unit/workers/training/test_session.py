@@ -17,6 +17,7 @@ from models.training_config import HeadSpec
 from service.documents.training import parse_training
 from tests.training_helpers import same_weights, training_doc, write_data
 from volumes.sampling import SamplingError
+from workers.errors import PathEscapeError
 from workers.training.checkpoint_dir import TrainingDir
 from workers.training.data import Batch, ForegroundBudget, Prefetcher
 from workers.training.job import TrainingJob
@@ -214,3 +215,21 @@ def test_models_built_on_threads_at_once_get_their_own_seeded_weights(root: Path
     for i, state in results.items():
         assert all(torch.equal(state[k], expected[i % 2][k]) for k in state), i
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_checkpoint_folder_or_data_swapped_for_a_symlink_out_of_the_roots_is_refused(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Admitted inside the roots, then swapped: the task confines what it opens and writes again."""
+    outside = tmp_path_factory.mktemp("outside")
+    j = job(root)
+    (root / "runs").mkdir()
+    (root / "runs" / "a").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(PathEscapeError, match=f"{root / 'runs' / 'a'}/.* now resolves to {outside}"):
+        train(j)
+    assert not any(outside.rglob("*")), "written outside the data roots"
+    (root / "runs" / "a").unlink()
+    (root / "em.zarr" / "raw").rename(outside / "raw")
+    (root / "em.zarr" / "raw").symlink_to(outside / "raw", target_is_directory=True)
+    with pytest.raises(PathEscapeError, match=f"{root / 'em.zarr' / 'raw'} now resolves to"):
+        train(j)

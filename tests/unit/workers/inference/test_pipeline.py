@@ -1,0 +1,60 @@
+"""The threads of a pass-1 block: whatever ends the reader early reaches the block's task."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from models.ref import ModelInfo
+from tests.helpers import make_job
+from volumes.errors import VolumeNotFoundError
+from workers.inference.job import InferenceJob, WindowSpec
+from workers.inference.run import InferenceRun, run_serially
+
+INFO = ModelInfo(1, 1, "sha-of-the-test-model")
+
+
+def doubled(batch: np.ndarray) -> np.ndarray:
+    return batch * 2.0
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> InferenceJob:
+    data = np.random.default_rng(1).random((16, 24, 24), dtype=np.float32)
+    zarr.open_group(tmp_path / "in.zarr", mode="w").create_array("raw", data=data, chunks=(8, 8, 8))
+    window = WindowSpec((5, 7, 7), (3, 4, 4), "gaussian", batch_size=4)
+    return make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=(8, 8, 8))
+
+
+def run_in_a_thread(job: InferenceJob, on_task, timeout_s: float = 60.0) -> BaseException | None:  # type: ignore[no-untyped-def]
+    """The serial run's error, or None; a run still going after ``timeout_s`` is a hang."""
+    caught: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run_serially(job, INFO, predict=doubled, on_task=on_task)
+        except BaseException as err:
+            caught.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), "the block waits for a reader that is gone"
+    return caught[0] if caught else None
+
+
+def test_an_input_gone_between_blocks_fails_the_next_block_naming_it(job: InferenceJob) -> None:
+    source = Path(job.input.path)
+
+    def rename_after_the_first_block(run: InferenceRun) -> None:
+        if source.exists():
+            source.rename(source.with_name("moved.zarr"))
+
+    error = run_in_a_thread(job, rename_after_the_first_block)
+    assert isinstance(error, VolumeNotFoundError) and str(source) in str(error)
+    source.with_name("moved.zarr").rename(source)
+    assert run_in_a_thread(job, None) is None  # the same job again, the input back: it finishes
