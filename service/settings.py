@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".pytc")
     scheduler: str | None = None
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Tokens that see and act on every tenant's jobs (service.http.auth); also valid for /v1.
+    admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     max_concurrent_jobs: Annotated[int, Field(ge=1)] = 2
@@ -58,15 +60,20 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "admin_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
         """``,``-separated tokens. A list that names no token (``","``, ``" , "``) is refused: it would
         leave the API open while whoever set it believes it is guarded. Empty means unset."""
         tokens = _split(value, ",")
         if isinstance(value, str) and value.strip() and not tokens:
-            raise ValueError(f"{value!r} holds no token; leave PYTC_API_TOKENS unset for an open API")
+            raise ValueError(f"{value!r} holds no token; leave it unset for no tokens of this kind")
         return tokens
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether /v1 needs a token: any token, of either kind, is configured."""
+        return bool(self.api_tokens or self.admin_tokens)
 
     @field_validator("scheduler", mode="before")
     @classmethod

@@ -33,7 +33,9 @@ given wins. Also read from the environment:
   PYTC_DATA_ROOTS    `:`-separated folders every path of a job must resolve inside
                      (default: the current directory)
   PYTC_API_TOKENS    `,`-separated bearer tokens; when set, every /v1 call needs
-                     `Authorization: Bearer <token>` (default: unset, an open API)
+                     `Authorization: Bearer <token>`, and each token sees its own jobs only
+                     (default: unset, an open API)
+  PYTC_ADMIN_TOKENS  `,`-separated tokens that see and cancel every job (default: none)
   PYTC_MAX_CONCURRENT_JOBS, PYTC_LOCAL_WORKERS   jobs run at once (default 2); workers of the
                      embedded cluster (default 1)
 

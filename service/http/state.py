@@ -33,10 +33,17 @@ class ServiceState:
     feed: ChangeFeed
     metrics: ServiceMetrics
 
-    def submit(self, doc: Mapping[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    def submit(
+        self, doc: Mapping[str, Any], idempotency_key: str | None, owner: str | None = None
+    ) -> tuple[JobRecord, bool]:
         admit_env = AdmitEnv(worker_call(self.connection, self.settings.model_check_timeout_s))
         record, created = submit_job(
-            doc, idempotency_key, store=self.store, parse_env=self.manager.parse_env, admit_env=admit_env
+            doc,
+            idempotency_key,
+            store=self.store,
+            parse_env=self.manager.parse_env,
+            admit_env=admit_env,
+            owner=owner,
         )
         if created:
             self.feed.bump(record.id)

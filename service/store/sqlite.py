@@ -42,6 +42,10 @@ from service.store.jobs import (
 )
 from service.store.models import ModelRecord, new_record, ref_from_json, ref_to_json
 
+_V1_JOB_COLUMNS = (
+    "seq, id, kind, state, spec, created_at, started_at, finished_at, progress, error, result,"
+    " cancel_requested, attempts, output_key, idempotency_key, request_sha256"
+)
 # The file's schema, one version for the whole file (the job store and the model registry open it
 # each with a connection of its own), kept in SQLite's ``user_version``. Step N of MIGRATIONS takes a
 # file from version N - 1 to N; version 0 is a new file, or one written before the file had a
@@ -76,8 +80,46 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at TEXT NOT NULL
         )""",
     ),
+    (  # 2: jobs have an owner (a token's identity; NULL: no tokens, or recorded before owners), and
+        # idempotency keys are unique per owner. SQLite cannot drop the column's UNIQUE: the table
+        # is copied into one without it (seq kept, so page tokens and AUTOINCREMENT go on).
+        """CREATE TABLE jobs_v2 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            progress TEXT,
+            error TEXT,
+            result TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            output_key TEXT,
+            idempotency_key TEXT,
+            request_sha256 TEXT,
+            owner TEXT
+        )""",
+        f"INSERT INTO jobs_v2 ({_V1_JOB_COLUMNS}, owner) SELECT {_V1_JOB_COLUMNS}, NULL FROM jobs",
+        # AUTOINCREMENT's high-water mark goes along: a seq once given is never given again.
+        "DELETE FROM sqlite_sequence WHERE name = 'jobs_v2'",
+        "INSERT INTO sqlite_sequence (name, seq)"
+        " SELECT 'jobs_v2', seq FROM sqlite_sequence WHERE name = 'jobs'",
+        "DROP TABLE jobs",
+        "ALTER TABLE jobs_v2 RENAME TO jobs",
+        "CREATE INDEX jobs_by_state ON jobs (state, seq)",
+        "CREATE INDEX jobs_by_output ON jobs (output_key, state)",
+        "CREATE INDEX jobs_by_owner ON jobs (owner, seq)",
+        # NULL owners compare equal here (COALESCE): an open service's keys stay unique among its jobs.
+        """CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (COALESCE(owner, ''), idempotency_key)
+            WHERE idempotency_key IS NOT NULL""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# As the unique index reads it (so it is used): NULL owners match each other (an open service's keys).
+_BY_KEY = "SELECT * FROM jobs WHERE COALESCE(owner, '') = COALESCE(?, '') AND idempotency_key = ?"
 _JSON_COLUMNS = ("spec", "progress", "error", "result")
 _TIME_COLUMNS = ("created_at", "started_at", "finished_at")
 
@@ -208,18 +250,16 @@ class SqliteJobStore:
     def create_job(self, new: NewJob) -> tuple[JobRecord, bool]:
         with self._db.write() as db:
             if new.idempotency_key is not None:
-                row = db.execute(
-                    "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
-                ).fetchone()
+                row = db.execute(_BY_KEY, (new.owner, new.idempotency_key)).fetchone()
                 if row is not None:
                     return confirm_replay(_job_from_row(row), new.idempotency_key, new.request_sha256), False
             if new.output_key is not None:
                 _check_output_free(db, new.output_key)
             row = db.execute(
                 "INSERT INTO jobs (id, kind, state, spec, created_at, output_key, idempotency_key,"
-                " request_sha256) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+                " request_sha256, owner) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *",
                 (new.id, new.kind, _dump(new.spec), _time(utc_now()), new.output_key, new.idempotency_key,
-                 new.request_sha256),
+                 new.request_sha256, new.owner),
             ).fetchone()  # fmt: skip
         return _job_from_row(row), True
 
@@ -229,16 +269,23 @@ class SqliteJobStore:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return _job_from_row(row)
 
-    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
-        row = self._db.one("SELECT * FROM jobs WHERE idempotency_key = ?", key)
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> JobRecord | None:
+        row = self._db.one(_BY_KEY, owner, key)
         return None if row is None else _job_from_row(row)
 
     def list_jobs(
-        self, state: JobState | None = None, limit: int = 50, before: int | None = None
+        self,
+        state: JobState | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]:
-        args: tuple[Any, ...] = (before if before is not None else 1 << 62, state, state, limit)
-        sql = "SELECT * FROM jobs WHERE seq < ? AND (? IS NULL OR state = ?) ORDER BY seq DESC LIMIT ?"
-        return [_job_from_row(row) for row in self._db.all(sql, *args)]
+        cursor = before if before is not None else 1 << 62
+        sql = (
+            "SELECT * FROM jobs WHERE seq < ? AND (? IS NULL OR state = ?) AND (? IS NULL OR owner = ?)"
+            " ORDER BY seq DESC LIMIT ?"
+        )
+        return [_job_from_row(row) for row in self._db.all(sql, cursor, state, state, owner, owner, limit)]
 
     def claim_next(self) -> JobRecord | None:
         with self._db.write() as db:

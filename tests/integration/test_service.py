@@ -42,6 +42,8 @@ _post = functools.partial(httpx.post, timeout=120)
 
 TOKEN = "right-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OTHER = {"Authorization": "Bearer other-token"}
+ADMIN = "admin-token"
 FINAL = ("succeeded", "failed", "cancelled")
 BIN = Path(sys.executable).parent
 
@@ -81,7 +83,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     (root / "link_out").symlink_to(outside, target_is_directory=True)
     (root / "loop_a").symlink_to(root / "loop_b")
     (root / "loop_b").symlink_to(root / "loop_a")
-    env = {"PYTC_API_TOKENS": f"other-token,{TOKEN}", "PYTC_MAX_CONCURRENT_JOBS": "1"}
+    env = {
+        "PYTC_API_TOKENS": f"other-token,{TOKEN}",
+        "PYTC_ADMIN_TOKENS": ADMIN,
+        "PYTC_MAX_CONCURRENT_JOBS": "1",
+    }
     with (
         running_service(root, base / "state", **env) as service,
         httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http,
@@ -270,6 +276,38 @@ def test_tokens_none_wrong_and_right(world: World) -> None:
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer other-token"}).status_code == 200
     for probe in ("/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{url}{probe}").status_code == 200, probe
+
+
+def test_a_token_sees_and_cancels_its_own_jobs_only_and_an_admin_sees_all(world: World) -> None:
+    mine = world.submit(job_doc("tenant-a.zarr"), **{"Idempotency-Key": "shared-key"})
+    theirs = _post(
+        f"{world.url}/v1/jobs",
+        content=dumps(job_doc("tenant-b.zarr")),
+        headers={**OTHER, "Content-Type": "application/json", "Idempotency-Key": "shared-key"},
+    )
+    assert mine.status_code == theirs.status_code == 202, theirs.text
+    a_id, b_id = mine.json()["id"], theirs.json()["id"]
+    assert a_id != b_id and "idempotent-replayed" not in theirs.headers  # keys are per token
+
+    with httpx.Client(base_url=world.url, headers=OTHER, timeout=60) as other:
+        unknown = assert_problem(other.get("/v1/jobs/0123456789abcdef0123456789abcdef"), 404)
+        hidden = assert_problem(other.get(f"/v1/jobs/{a_id}"), 404)
+        assert hidden["detail"] == unknown["detail"].replace("0123456789abcdef0123456789abcdef", a_id)
+        assert_problem(other.post(f"/v1/jobs/{a_id}/cancel"), 404)
+        assert_problem(other.get(f"/v1/jobs/{a_id}/events"), 404)
+        listed = [j["id"] for j in other.get("/v1/jobs", params={"limit": 500}).json()["jobs"]]
+        assert b_id in listed and a_id not in listed
+        assert other.get(f"/v1/jobs/{b_id}").status_code == 200
+    assert_problem(world.http.get(f"/v1/jobs/{b_id}"), 404)
+    assert b_id not in [j["id"] for j in world.http.get("/v1/jobs", params={"limit": 500}).json()["jobs"]]
+
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    everything = httpx.get(f"{world.url}/v1/jobs", params={"limit": 500}, headers=admin).json()["jobs"]
+    assert {a_id, b_id} <= {j["id"] for j in everything}
+    for job_id in (a_id, b_id):
+        final = wait_for_state(world.url, job_id, FINAL, admin)
+        assert final["state"] == "succeeded", final
+    assert wait_for_state(world.url, a_id, FINAL, AUTH)["state"] == "succeeded"  # untouched by B
 
 
 def test_idempotency_same_key_same_body_and_other_body(world: World) -> None:
