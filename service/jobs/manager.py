@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
-from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError
+from service.errors import JobCancelledError, JobDatabaseError, JobFailedError, SchedulerUnavailableError
 from service.http.events import ChangeFeed, ProgressWriter
 from service.http.metrics import ServiceMetrics
 from service.jobs.connection import DaskConnection
@@ -33,6 +33,7 @@ from workers.errors import SpecError, WorkerError
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # running jobs' progress writers are ticked this often, for their log lines
+DATABASE_RETRY_S = 5.0  # a manager thread whose job database failed tries again after this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,19 +134,26 @@ class JobManager:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            if not self.connection.wait_ready(1.0):
-                continue
-            record = self.store.claim_next()
-            if record is None:
-                with self._wake:
-                    self._wake.wait(0.5)
-                continue
             try:
-                self._run(record)
-            finally:
-                with self._lock:
-                    self._cancels.pop(record.id, None)
-                    self._writers.pop(record.id, None)
+                self._next()
+            except JobDatabaseError as err:  # /readyz says so; the thread lives on for when it is mended
+                log.error("job manager: %s; trying again in %.0f s", err, DATABASE_RETRY_S)
+                self._stopping.wait(DATABASE_RETRY_S)
+
+    def _next(self) -> None:
+        if not self.connection.wait_ready(1.0):
+            return
+        record = self.store.claim_next()
+        if record is None:
+            with self._wake:
+                self._wake.wait(0.5)
+            return
+        try:
+            self._run(record)
+        finally:
+            with self._lock:
+                self._cancels.pop(record.id, None)
+                self._writers.pop(record.id, None)
 
     def _run(self, record: JobRecord) -> None:
         self.feed.bump(record.id)
