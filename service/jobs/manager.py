@@ -12,9 +12,11 @@ clean shutdown running jobs are stopped and queued again, not cancelled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,7 @@ class JobManager:
         if record.cancel_requested or self._stopping.is_set():
             cancel.set()
         log.info("job %s: running %s (attempt %d)", record.id, record.kind, record.attempts)
+        discard: Callable[[], None] | None = None
         try:
             kind = job_kind(record.kind)
             job = kind.parse(record.spec, self.parse_env)
@@ -181,15 +184,17 @@ class JobManager:
                 models=self.models,
                 notice=lambda text: log.info("job %s: %s", record.id, text),
             )
+            if callable(getattr(kind, "discard", None)):
+                discard = functools.partial(kind.discard, job, env)  # type: ignore[attr-defined]
             result = kind.run(job, env)
         except JobCancelledError as err:
             self._stopped(record.id, str(err))
         except (SpecError, ModelError) as err:
-            self._finish(record.id, "failed", {"title": "invalid job", "detail": str(err)})
+            self._failed(record.id, {"title": "invalid job", "detail": str(err)}, discard)
         except (JobFailedError, WorkerError) as err:
-            self._finish(record.id, "failed", {"title": "job failed", "detail": str(err)})
+            self._failed(record.id, {"title": "job failed", "detail": str(err)}, discard)
         except Exception as err:  # a job's failure must not end the manager thread
-            self._crashed(record.id, err)
+            self._crashed(record.id, err, discard)
         else:
             self._finish(record.id, "succeeded", result=result)
 
@@ -201,14 +206,24 @@ class JobManager:
             return
         self._finish(job_id, "cancelled", {"title": "cancelled", "detail": detail})
 
-    def _crashed(self, job_id: str, err: Exception) -> None:
+    def _crashed(self, job_id: str, err: Exception, discard: Callable[[], None] | None = None) -> None:
         if not self.connection.ready or self._stopping.is_set():
             log.warning("job %s: interrupted (%r) while Dask is unavailable; queued again", job_id, err)
             self.store.requeue_job(job_id)
             self.feed.bump(job_id)
             return
         log.error("job %s failed", job_id, exc_info=err)
-        self._finish(job_id, "failed", {"title": "job failed", "detail": f"{type(err).__name__}: {err}"})
+        self._failed(job_id, {"title": "job failed", "detail": f"{type(err).__name__}: {err}"}, discard)
+
+    def _failed(self, job_id: str, error: ErrorInfo, discard: Callable[[], None] | None) -> None:
+        """The job failed for good (a rerun is a new submission): its kind drops what only a resume
+        would use, while the job still holds its target, then the failure is recorded."""
+        if discard is not None:
+            try:
+                discard()
+            except OSError as err:  # what is left is the next run's to clean; the failure stands
+                log.warning("job %s: could not drop what it left: %s", job_id, err)
+        self._finish(job_id, "failed", error)
 
     def _finish(
         self, job_id: str, state: Any, error: ErrorInfo | None = None, result: dict[str, Any] | None = None

@@ -49,6 +49,7 @@ from workers.inference.checks import (
 from workers.inference.job import InferenceJob
 from workers.inference.readahead import task_key
 from workers.inference.run import InferenceRun
+from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
 from workers.resources import ONE_ACCELERATOR
 
@@ -134,6 +135,20 @@ class InferenceKind:
             return run.complete().to_json()
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err
+
+    def discard(self, job: InferenceJob, env: RunEnv) -> None:
+        """The job failed for good: drop its partial sums (compressed float32, up to the size of the
+        output). Its done markers stay, so a rerun recomputes only the pass 1 whose sums it needs.
+        Blocks of the failed run still on a worker (Dask does not stop a running task) are made to
+        stop at their next batch and waited for first, so that none writes sums after the drop; the
+        next run clears the flag."""
+        folders = [
+            f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()
+        ]
+        for folder in folders:
+            RunDir(folder).request_cancel()
+        _wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
+        drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
         line = (
@@ -307,6 +322,23 @@ def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
         return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
     except TimeoutError:
         return set()
+
+
+def _wait_for_tasks(client: Client, prefixes: tuple[str, ...], timeout_s: float) -> None:
+    """Until no task whose key starts with one of ``prefixes`` runs on a worker, ``timeout_s`` at
+    most; a client that lost its scheduler has nothing to wait for."""
+    deadline = time.monotonic() + timeout_s
+    while prefixes and time.monotonic() < deadline:
+        try:
+            processing = client.processing().values()
+        except (OSError, RuntimeError) as err:
+            log.debug("cannot see the running tasks: %s", err)
+            return
+        if not any(str(k).startswith(prefixes) for keys in processing for k in keys):
+            return
+        time.sleep(0.2)
+    if prefixes and time.monotonic() >= deadline:
+        log.warning("block tasks of a failed job still ran %.0f s after it failed", timeout_s)
 
 
 def _on_a_worker(client: Client, fn: Any, *args: Any) -> Any:

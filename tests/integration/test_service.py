@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -308,6 +309,17 @@ def test_a_token_sees_and_cancels_its_own_jobs_only_and_an_admin_sees_all(world:
         final = wait_for_state(world.url, job_id, FINAL, admin)
         assert final["state"] == "succeeded", final
     assert wait_for_state(world.url, a_id, FINAL, AUTH)["state"] == "succeeded"  # untouched by B
+
+
+def test_a_job_that_fails_for_good_leaves_its_markers_and_no_partial_sums(world: World) -> None:
+    shutil.copytree(world.root / "em.zarr", world.root / "corrupt.zarr")
+    (world.root / "corrupt.zarr" / "raw" / "c" / "2" / "2" / "2").write_bytes(b"not zstd" * 64)
+    final = world.run(job_doc("failed.zarr", input__path="corrupt.zarr"))
+    assert final["state"] == "failed" and final["error"]["title"] == "job failed", final
+    run = world.root / "failed.zarr" / ".pytc-run"
+    pass1, pass2 = list(run.rglob("done/p1_*")), list(run.rglob("done/p2_*"))
+    assert len(pass1) > len(pass2)  # blocks whose partial sums waited for a pass 2 that never came
+    assert not list(run.rglob("from_*")), "the failed job's scratch is left"
 
 
 def test_idempotency_same_key_same_body_and_other_body(world: World) -> None:
