@@ -26,6 +26,7 @@ from service.errors import (
     AuthenticationError,
     ConflictError,
     IdempotencyKeyReusedError,
+    JobActiveError,
     JobDatabaseError,
     JobFinishedError,
     JobNotFoundError,
@@ -103,6 +104,7 @@ _CONFLICTS: dict[type[Exception], tuple[str, str]] = {
     IdempotencyKeyReusedError: ("idempotency-key-reused", "The idempotency key was used with another body"),
     OutputInUseError: ("output-in-use", "Another job writes this output"),
     JobFinishedError: ("job-finished", "The job already ended"),
+    JobActiveError: ("job-active", "The job is queued or running"),
 }
 
 

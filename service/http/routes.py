@@ -118,6 +118,16 @@ def v1_routes(auth: TokenAuth) -> APIRouter:
     def cancel_job(record: Annotated[JobRecord, Depends(_existing_job)], state: State) -> JobOut:
         return state.render(state.manager.cancel(record.id))
 
+    @router.delete(
+        "/jobs/{job_id}",
+        status_code=204,
+        responses=problem_responses(404, 409),
+        summary="Forget a finished job; what it wrote stays (409 while it is queued or running)",
+    )
+    def delete_job(record: Annotated[JobRecord, Depends(_existing_job)], state: State) -> Response:
+        state.manager.delete(record.id)
+        return Response(status_code=204)
+
     @router.get(
         "/jobs/{job_id}/events",
         response_class=EventSourceResponse,

@@ -28,7 +28,7 @@ from service.jobs.connection import DaskConnection
 from service.kinds import job_kind
 from service.kinds.base import ParseEnv, RunEnv, model_resolver
 from service.progress import LOG_HEARTBEAT_S
-from service.store.jobs import ErrorInfo, JobRecord, JobStore
+from service.store.jobs import ACTIVE_STATES, ErrorInfo, JobRecord, JobStore, refuse_active
 from service.store.models import ModelRegistry
 from workers.errors import SpecError, WorkerError
 
@@ -104,6 +104,32 @@ class JobManager:
         if record.finished:
             self.metrics.job_finished(record.state)
         return record
+
+    def delete(self, job_id: str) -> JobRecord:
+        """Forget a finished job (409 while it is queued or running). What it wrote stays; what only a
+        resume of it would have used (its kind's ``discard``: an inference job's scratch) is dropped
+        when it failed or was cancelled, unless a newer job writes the same target now."""
+        record = self.store.get_job(job_id)
+        refuse_active(record)
+        if record.state in ("failed", "cancelled") and not self._target_in_use(record):
+            self._discard_for(record)
+        deleted = self.store.delete_job(job_id)
+        self.feed.bump(job_id)
+        log.info("job %s: deleted", job_id)
+        return deleted
+
+    def _target_in_use(self, record: JobRecord) -> bool:
+        active = [j for state in ACTIVE_STATES for j in self.store.list_jobs(state, limit=1 << 30)]
+        return record.output_key is not None and any(j.output_key == record.output_key for j in active)
+
+    def _discard_for(self, record: JobRecord) -> None:
+        try:
+            kind = job_kind(record.kind)
+            job = kind.parse(record.spec, self.parse_env)
+            if callable(discard := getattr(kind, "discard", None)):
+                discard(job, None)  # it ended: none of its tasks is left to wait for
+        except (SpecError, ModelError, OSError) as err:  # a kind or model gone since: nothing to drop
+            log.warning("job %s: could not drop what it left: %s", record.id, err)
 
     def _cancel_event(self, job_id: str) -> threading.Event:
         with self._lock:

@@ -136,18 +136,19 @@ class InferenceKind:
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err
 
-    def discard(self, job: InferenceJob, env: RunEnv) -> None:
+    def discard(self, job: InferenceJob, env: RunEnv | None) -> None:
         """The job failed for good: drop its partial sums (compressed float32, up to the size of the
         output). Its done markers stay, so a rerun recomputes only the pass 1 whose sums it needs.
         Blocks of the failed run still on a worker (Dask does not stop a running task) are made to
         stop at their next batch and waited for first, so that none writes sums after the drop; the
-        next run clears the flag."""
+        next run clears the flag. ``env`` None: the job ended long ago (it is being deleted)."""
         folders = [
             f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()
         ]
         for folder in folders:
             RunDir(folder).request_cancel()
-        _wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
+        if env is not None:
+            _wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
         drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
-from service.errors import IdempotencyKeyReusedError
+from service.errors import IdempotencyKeyReusedError, JobActiveError
 
 Json = dict[str, Any]
 ErrorInfo = dict[str, str]  # {"title": ..., "detail": ...}
@@ -84,6 +84,12 @@ class JobRecord:
         return self.state in TERMINAL_STATES
 
 
+def refuse_active(job: JobRecord) -> None:
+    """Deleting a queued or running job is refused: it would go on writing with no record of it."""
+    if not job.finished:
+        raise JobActiveError(f"job {job.id} is {job.state}; cancel it, then delete it")
+
+
 def confirm_replay(existing: JobRecord, idempotency_key: str, request_sha256: str | None) -> JobRecord:
     """``existing`` (the job made with ``idempotency_key``) when this request is the one that made it.
 
@@ -131,6 +137,11 @@ class JobStore(Protocol):
         self, job_id: str, state: JobState, error: ErrorInfo | None = None, result: Json | None = None
     ) -> JobRecord: ...
     def requeue_job(self, job_id: str) -> None: ...
+    def delete_job(self, job_id: str) -> JobRecord:
+        """Forget a finished job (its record; what it wrote stays); the record as it was.
+        JobNotFoundError, or JobActiveError while it is queued or running."""
+        ...
+
     def request_cancel(self, job_id: str) -> JobRecord:
         """A queued job ends ``cancelled`` at once; a running one is flagged. JobFinishedError if over."""
         ...

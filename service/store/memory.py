@@ -24,6 +24,7 @@ from service.store.jobs import (
     Json,
     NewJob,
     confirm_replay,
+    refuse_active,
     utc_now,
 )
 from service.store.models import ModelRecord, new_record
@@ -113,6 +114,13 @@ class MemoryJobStore:
         with self._lock:
             if self.get_job(job_id).state == "running":
                 self._update(job_id, state="queued")
+
+    def delete_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            job = self.get_job(job_id)
+            refuse_active(job)
+            del self._jobs[job_id]
+            return job
 
     def request_cancel(self, job_id: str) -> JobRecord:
         with self._lock:

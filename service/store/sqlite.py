@@ -40,6 +40,7 @@ from service.store.jobs import (
     Json,
     NewJob,
     confirm_replay,
+    refuse_active,
     utc_now,
 )
 from service.store.models import ModelRecord, new_record, ref_from_json, ref_to_json
@@ -388,6 +389,13 @@ class SqliteJobStore:
     def requeue_job(self, job_id: str) -> None:
         with self._db.write() as db:
             db.execute("UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'", (job_id,))
+
+    def delete_job(self, job_id: str) -> JobRecord:
+        with self._db.write() as db:
+            job = self.get_job(job_id)
+            refuse_active(job)
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return job
 
     def request_cancel(self, job_id: str) -> JobRecord:
         with self._db.write() as db:

@@ -322,6 +322,25 @@ def test_a_job_that_fails_for_good_leaves_its_markers_and_no_partial_sums(world:
     assert not list(run.rglob("from_*")), "the failed job's scratch is left"
 
 
+def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(world: World) -> None:
+    big = world.submit(job_doc("deleted.zarr", input__path="big/em.zarr")).json()
+    run = world.root / "deleted.zarr" / ".pytc-run"
+    deadline = time.monotonic() + 120
+    while not list(run.rglob("from_*")):  # some blocks' partial sums wait for their pass 2
+        assert time.monotonic() < deadline, "no partial sums after 120 s"
+        time.sleep(0.1)
+    assert_problem(world.http.delete(f"/v1/jobs/{big['id']}"), 409)  # running: cancel it first
+    world.http.post(f"/v1/jobs/{big['id']}/cancel")
+    assert wait_for_state(world.url, big["id"], FINAL, AUTH)["state"] == "cancelled"
+    assert list(run.rglob("from_*"))  # a cancelled job resumes: its sums are kept
+    markers = sorted(run.rglob("done/p1_*"))
+    assert_problem(httpx.delete(f"{world.url}/v1/jobs/{big['id']}", headers=OTHER), 404)  # not B's
+    assert world.http.delete(f"/v1/jobs/{big['id']}").status_code == 204
+    assert_problem(world.http.get(f"/v1/jobs/{big['id']}"), 404)
+    assert not list(run.rglob("from_*")) and sorted(run.rglob("done/p1_*")) == markers
+    assert (world.root / "deleted.zarr").is_dir()  # what it wrote stays
+
+
 def test_idempotency_same_key_same_body_and_other_body(world: World) -> None:
     doc = job_doc("idempotent.zarr")
     first = world.submit(doc, **{"Idempotency-Key": "key-1"})

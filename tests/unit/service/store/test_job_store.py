@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import IdempotencyKeyReusedError, JobFinishedError, JobNotFoundError, OutputInUseError
+from service.errors import (
+    IdempotencyKeyReusedError,
+    JobActiveError,
+    JobFinishedError,
+    JobNotFoundError,
+    OutputInUseError,
+)
 from service.store.jobs import JobStore, NewJob, confirm_replay
 from service.store.memory import MemoryJobStore
 from service.store.sqlite import SqliteJobStore
@@ -199,3 +205,21 @@ def test_idempotency_keys_are_scoped_by_owner(store: JobStore) -> None:
     found = {owner: store.find_by_idempotency_key("k", owner) for owner in ("token:a", "token:b", None)}
     assert {o: j.id for o, j in found.items() if j is not None} == {"token:a": "a", "token:b": "b", None: "n"}
     assert store.find_by_idempotency_key("k", "token:c") is None
+
+
+def test_a_finished_job_is_deleted_an_active_one_is_not(store: JobStore) -> None:
+    store.create_job(new("done", idempotency_key="k", request_sha256="h"))
+    store.create_job(new("waiting"))
+    store.claim_next()
+    with pytest.raises(JobActiveError, match="running; cancel it"):
+        store.delete_job("done")
+    with pytest.raises(JobActiveError, match="queued"):
+        store.delete_job("waiting")
+    store.finish_job("done", "failed", error={"title": "job failed", "detail": "x"})
+    gone = store.delete_job("done")
+    assert gone.id == "done" and gone.state == "failed"
+    with pytest.raises(JobNotFoundError):
+        store.get_job("done")
+    with pytest.raises(JobNotFoundError):
+        store.delete_job("done")
+    assert [j.id for j in store.list_jobs()] == ["waiting"] and store.find_by_idempotency_key("k") is None
