@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from service.errors import AuthenticationError, JobNotFoundError
 from service.store.jobs import JobRecord
@@ -115,5 +116,5 @@ def require_token(auth: TokenAuth) -> Callable[..., Awaitable[None]]:
 async def current_caller(request: Request) -> Caller:
     """Who makes this request, for the handlers (the app's :class:`TokenAuth`, ``app.state.auth``)."""
     auth: TokenAuth = request.app.state.auth
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return auth.identify(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    return auth.identify(token if scheme.lower() == "bearer" and token else None)  # as HTTPBearer reads it
