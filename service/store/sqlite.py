@@ -354,11 +354,15 @@ class SqliteJobStore:
         owner: str | None = None,
     ) -> list[JobRecord]:
         cursor = before if before is not None else 1 << 62
+        if owner is None:
+            sql = "SELECT * FROM jobs WHERE seq < ? AND (? IS NULL OR state = ?) ORDER BY seq DESC LIMIT ?"
+            return [_job_from_row(row) for row in self._db.all(sql, cursor, state, state, limit)]
+        # A plain ``owner = ?`` (not inside an OR): a tenant's page walks jobs_by_owner, not every job.
         sql = (
-            "SELECT * FROM jobs WHERE seq < ? AND (? IS NULL OR state = ?) AND (? IS NULL OR owner = ?)"
+            "SELECT * FROM jobs WHERE owner = ? AND seq < ? AND (? IS NULL OR state = ?)"
             " ORDER BY seq DESC LIMIT ?"
         )
-        return [_job_from_row(row) for row in self._db.all(sql, cursor, state, state, owner, owner, limit)]
+        return [_job_from_row(row) for row in self._db.all(sql, owner, cursor, state, state, limit)]
 
     def claim_next(self) -> JobRecord | None:
         with self._db.write() as db:
