@@ -322,7 +322,9 @@ def test_a_job_that_fails_for_good_leaves_its_markers_and_no_partial_sums(world:
     assert not list(run.rglob("from_*")), "the failed job's scratch is left"
 
 
-def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(world: World) -> None:
+def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     big = world.submit(job_doc("deleted.zarr", input__path="big/em.zarr")).json()
     run = world.root / "deleted.zarr" / ".pytc-run"
     deadline = time.monotonic() + 120
@@ -335,8 +337,11 @@ def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(worl
     assert list(run.rglob("from_*"))  # a cancelled job resumes: its sums are kept
     markers = sorted(run.rglob("done/p1_*"))
     assert_problem(httpx.delete(f"{world.url}/v1/jobs/{big['id']}", headers=OTHER), 404)  # not B's
-    assert world.http.delete(f"/v1/jobs/{big['id']}").status_code == 204
+    monkeypatch.setenv("PYTC_TOKEN", TOKEN)
+    assert main(["delete", big["id"], "--url", world.url]) == 0  # DELETE /v1/jobs/{id}: 204
+    assert capsys.readouterr().out.strip() == f"deleted job {big['id']}"
     assert_problem(world.http.get(f"/v1/jobs/{big['id']}"), 404)
+    assert main(["delete", big["id"], "--url", world.url]) == 1 and "404" in capsys.readouterr().err
     assert not list(run.rglob("from_*")) and sorted(run.rglob("done/p1_*")) == markers
     assert (world.root / "deleted.zarr").is_dir()  # what it wrote stays
 
