@@ -215,8 +215,8 @@ class JobManager:
             result = kind.run(job, env)
         except JobCancelledError as err:
             self._stopped(record.id, str(err))
-        except (SpecError, ModelError) as err:
-            self._failed(record.id, {"title": "invalid job", "detail": str(err)}, discard)
+        except (SpecError, ModelError) as err:  # refused as written (the output is another's...): keep all
+            self._finish(record.id, "failed", {"title": "invalid job", "detail": str(err)})
         except (JobFailedError, WorkerError) as err:
             self._failed(record.id, {"title": "job failed", "detail": str(err)}, discard)
         except Exception as err:  # a job's failure must not end the manager thread
