@@ -28,7 +28,7 @@ from service.jobs.connection import DaskConnection
 from service.kinds import job_kind
 from service.kinds.base import ParseEnv, RunEnv, model_resolver
 from service.progress import LOG_HEARTBEAT_S
-from service.store.jobs import ACTIVE_STATES, ErrorInfo, JobRecord, JobStore, refuse_active
+from service.store.jobs import ErrorInfo, JobRecord, JobStore, refuse_active
 from service.store.models import ModelRegistry
 from workers.errors import SpecError, WorkerError
 
@@ -108,19 +108,28 @@ class JobManager:
     def delete(self, job_id: str) -> JobRecord:
         """Forget a finished job (409 while it is queued or running). What it wrote stays; what only a
         resume of it would have used (its kind's ``discard``: an inference job's scratch) is dropped
-        when it failed or was cancelled, unless a newer job writes the same target now."""
+        when it failed or was cancelled, unless a newer job wrote the same target since."""
         record = self.store.get_job(job_id)
         refuse_active(record)
-        if record.state in ("failed", "cancelled") and not self._target_in_use(record):
+        if record.state in ("failed", "cancelled") and not self._newer_job_writes(record):
             self._discard_for(record)
         deleted = self.store.delete_job(job_id)
         self.feed.bump(job_id)
         log.info("job %s: deleted", job_id)
         return deleted
 
-    def _target_in_use(self, record: JobRecord) -> bool:
-        active = [j for state in ACTIVE_STATES for j in self.store.list_jobs(state, limit=1 << 30)]
-        return record.output_key is not None and any(j.output_key == record.output_key for j in active)
+    def _newer_job_writes(self, record: JobRecord) -> bool:
+        """Whether a job submitted after ``record`` writes its target (running, or ended with sums
+        to resume from): what lies there is that job's now. Any active one is newer (one at a time)."""
+        before = None
+        while record.output_key is not None and (page := self.store.list_jobs(limit=500, before=before)):
+            for job in page:
+                if job.seq <= record.seq:
+                    return False
+                if job.output_key == record.output_key:
+                    return True
+            before = page[-1].seq
+        return False
 
     def _discard_for(self, record: JobRecord) -> None:
         try:
