@@ -136,7 +136,8 @@ class JobManager:
             kind = job_kind(record.kind)
             job = kind.parse(record.spec, self.parse_env)
             if callable(discard := getattr(kind, "discard", None)):
-                discard(job, None)  # it ended: none of its tasks is left to wait for
+                # A cancelled job's last block may still be writing on a worker: waited for.
+                discard(job, RunEnv(self.connection.client()) if self.connection.ready else None)
         except (SpecError, ModelError, OSError) as err:  # a kind or model gone since: nothing to drop
             log.warning("job %s: could not drop what it left: %s", record.id, err)
 
@@ -256,8 +257,8 @@ class JobManager:
         if discard is not None:
             try:
                 discard()
-            except OSError as err:  # what is left is the next run's to clean; the failure stands
-                log.warning("job %s: could not drop what it left: %s", job_id, err)
+            except Exception:  # whatever it was, the failure stands; what is left is the next run's to clean
+                log.warning("job %s: could not drop what it left", job_id, exc_info=True)
         self._finish(job_id, "failed", error)
 
     def _finish(

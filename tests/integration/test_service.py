@@ -342,7 +342,8 @@ def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(
     assert capsys.readouterr().out.strip() == f"deleted job {big['id']}"
     assert_problem(world.http.get(f"/v1/jobs/{big['id']}"), 404)
     assert main(["delete", big["id"], "--url", world.url]) == 1 and "404" in capsys.readouterr().err
-    assert not list(run.rglob("from_*")) and sorted(run.rglob("done/p1_*")) == markers
+    assert not list(run.rglob("from_*"))  # none either from a block still finishing when it was cancelled
+    assert set(markers) <= set(run.rglob("done/p1_*"))  # what it finished stays recorded
     assert (world.root / "deleted.zarr").is_dir()  # what it wrote stays
 
 
