@@ -88,6 +88,10 @@ class PytcClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def delete(self, job_id: str) -> None:
+        """Forget a finished job (ClientError 409 while it is queued or running)."""
+        self._send("DELETE", f"/v1/jobs/{job_id}")
+
     def models(self) -> builtins.list[dict[str, Any]]:
         models: builtins.list[dict[str, Any]] = self._json("GET", "/v1/models")["models"]
         return models
@@ -136,14 +140,17 @@ class PytcClient:
         raise ClientError(f"job {job_id} did not end within {timeout_s} s")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(method, path, **kwargs).json()
+        return body
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as err:
             raise ClientError(f"cannot reach the service at {self.url}: {err}") from err
         if response.is_error:
             raise _problem(response)
-        body: dict[str, Any] = response.json()
-        return body
+        return response
 
 
 def _problem(response: httpx.Response) -> ClientError:

@@ -70,6 +70,10 @@ class JobFinishedError(ConflictError):
     """The job already ended (succeeded, failed or cancelled), so it cannot be cancelled."""
 
 
+class JobActiveError(ConflictError):
+    """The job is still queued or running, so it cannot be deleted (cancel it first)."""
+
+
 class JobDatabaseError(ServiceError, RuntimeError):
     """The job database (``jobs.sqlite3``) cannot be used by this version: written by a newer
     pytc-service, or not a database at all; the message names the file and the versions."""

@@ -59,6 +59,8 @@ class Settings(LimitSettings):
     state_dir: Path = Path(".pytc")
     scheduler: str | None = None
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Tokens that see and act on every tenant's jobs (service.http.auth); also valid for /v1.
+    admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     max_concurrent_jobs: Annotated[int, Field(ge=1)] = 2
@@ -94,14 +96,14 @@ class Settings(LimitSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "admin_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
         """``,``-separated tokens. A list that names no token (``","``, ``" , "``) is refused: it would
         leave the API open while whoever set it believes it is guarded. Empty means unset."""
         tokens = _split(value, ",")
         if isinstance(value, str) and value.strip() and not tokens:
-            raise ValueError(f"{value!r} holds no token; leave PYTC_API_TOKENS unset for an open API")
+            raise ValueError(f"{value!r} holds no token; leave it unset for no tokens of this kind")
         return tokens
 
     @field_validator("max_model_bytes")
@@ -110,6 +112,11 @@ class Settings(LimitSettings):
         if value is not None:
             max_model_bytes({MAX_MODEL_BYTES_VARIABLE: value})  # ValueError naming the variable
         return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether /v1 needs a token: any token, of either kind, is configured."""
+        return bool(self.api_tokens or self.admin_tokens)
 
     @field_validator("scheduler", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""The client commands of ``pytc``: ``submit``, ``status``, ``wait``, ``cancel``, ``jobs``, ``models``.
+"""The client commands of ``pytc``: ``submit``, ``status``, ``wait``, ``cancel``, ``delete``, ``jobs``,
+``models``.
 
 They talk to ``pytc-serve`` at ``--url`` / ``PYTC_URL`` with ``PYTC_TOKEN``. ``wait`` and
 ``submit --wait`` follow the job's event stream with the same progress line as ``pytc run`` and
@@ -45,6 +46,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress display")
         sub.add_argument("--json", action="store_true", help="print the job as JSON")
         sub.set_defaults(command=command)
+    delete = commands.add_parser(
+        "delete",
+        parents=[service],
+        help="forget a finished job (what it wrote stays; cancel a running one first)",
+    )
+    delete.add_argument("id", metavar="ID")
+    delete.set_defaults(command=delete_command)
     jobs = commands.add_parser("jobs", parents=[service], help="list jobs, newest first")
     jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--limit", type=positive_int, default=20)
@@ -108,6 +116,16 @@ def cancel_command(args: argparse.Namespace) -> int:
             _print_job(client.cancel(args.id), as_json=args.json)
     except ClientError as err:
         return _client_failure(err)
+    return EXIT_OK
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            client.delete(args.id)
+    except ClientError as err:
+        return _client_failure(err)
+    print(f"deleted job {args.id}")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from service.documents.schema import document_schemas
+from service.http.auth import TokenAuth
 from service.http.origins import BrowserGuard
 from service.http.problems import add_problem_schema, install_problem_handlers
 from service.http.routes import probe_routes, v1_routes
@@ -79,7 +80,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
-    app.include_router(v1_routes(settings.api_tokens))
+    app.state.auth = TokenAuth(settings.api_tokens, settings.admin_tokens)  # who a request is
+    app.include_router(v1_routes(app.state.auth))
     app.include_router(probe_routes())
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app

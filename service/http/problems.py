@@ -2,9 +2,9 @@
 
 Domain code raises its own errors (:mod:`service.errors`); the handlers here map them to statuses:
 an invalid job 422 (with ``errors``: each field location and why), an existing output or a reused
-idempotency key 409, an unknown job 404, a missing token 401, no Dask 503. FastAPI's own request
-validation, unknown routes and methods get the same shape, and anything unexpected a 500 that
-names a log reference and nothing of the internals.
+idempotency key 409, an unknown job 404, a missing token 401, no Dask or a failing job database
+503. FastAPI's own request validation, unknown routes and methods get the same shape, and anything
+unexpected a 500 that names a log reference and nothing of the internals.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from service.errors import (
     AuthenticationError,
     ConflictError,
     IdempotencyKeyReusedError,
+    JobActiveError,
+    JobDatabaseError,
     JobFinishedError,
     JobNotFoundError,
     ModelNotRegisteredError,
@@ -102,6 +104,7 @@ _CONFLICTS: dict[type[Exception], tuple[str, str]] = {
     IdempotencyKeyReusedError: ("idempotency-key-reused", "The idempotency key was used with another body"),
     OutputInUseError: ("output-in-use", "Another job writes this output"),
     JobFinishedError: ("job-finished", "The job already ended"),
+    JobActiveError: ("job-active", "The job is queued or running"),
 }
 
 
@@ -123,6 +126,15 @@ async def _unauthenticated(request: Request, exc: Exception) -> JSONResponse:
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)}
     return problem_response(request, 503, str(exc), kind="dask-unavailable", headers=headers)
+
+
+async def _database_failed(request: Request, exc: Exception) -> JSONResponse:
+    """The job database failed (damaged, a disk error, locked too long): the service's fault, and
+    one an operator can act on, so the answer says which file, not a 500 with a log reference."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return problem_response(
+        request, 503, str(exc), kind="job-database", title="The job database is unavailable", headers=headers
+    )
 
 
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -174,6 +186,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelNotRegisteredError, _not_found)
     app.add_exception_handler(AuthenticationError, _unauthenticated)
     app.add_exception_handler(SchedulerUnavailableError, _unavailable)
+    app.add_exception_handler(JobDatabaseError, _database_failed)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any, cast
 
@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.errors import SchedulerUnavailableError
-from service.http.auth import require_token
+from service.http.auth import Caller, TokenAuth, current_caller, require_token
 from service.http.events import job_events
 from service.http.metrics import CONTENT_TYPE
 from service.http.problems import problem_responses
@@ -51,17 +51,22 @@ def _state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(_state)]
 
 
-def _existing_job(job_id: str, state: State) -> JobRecord:
-    return state.store.get_job(job_id)
+Who = Annotated[Caller, Depends(current_caller)]
 
 
-def v1_routes(tokens: Sequence[str]) -> APIRouter:
+def _existing_job(job_id: str, state: State, caller: Who) -> JobRecord:
+    """The job, if it is the caller's to see; another tenant's job is as unknown as no job."""
+    return caller.check(state.store.get_job(job_id))
+
+
+def v1_routes(auth: TokenAuth) -> APIRouter:
     # Without tokens there is no security requirement at all, and the OpenAPI document says so.
     router = APIRouter(prefix="/v1")
-    if tokens:
+    if auth.enabled:
         router = APIRouter(
-            prefix="/v1", dependencies=[Depends(require_token(tokens))], responses=problem_responses(401)
+            prefix="/v1", dependencies=[Depends(require_token(auth))], responses=problem_responses(401)
         )
+
     schema = {"$ref": "#/components/schemas/JobDocument"}
     body_doc = {"content": {"application/json": {"schema": schema, "example": EXAMPLE_JOB}}}
 
@@ -76,10 +81,11 @@ def v1_routes(tokens: Sequence[str]) -> APIRouter:
         request: Request,
         response: Response,
         state: State,
+        caller: Who,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JobOut:
         doc = parse_document(await _read_body(request))
-        record, created = await run_in_threadpool(state.submit, doc, idempotency_key)
+        record, created = await run_in_threadpool(state.submit, doc, idempotency_key, caller.owner)
         response.headers["Location"] = f"/v1/jobs/{record.id}"
         if not created:
             response.headers["Idempotent-Replayed"] = "true"
@@ -88,12 +94,13 @@ def v1_routes(tokens: Sequence[str]) -> APIRouter:
     @router.get("/jobs", responses=problem_responses(422), summary="A page of jobs, newest first")
     def list_jobs(
         state: State,
+        caller: Who,
         job_state: Annotated[str | None, Query(alias="state", pattern=STATE_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         page_token: Annotated[str | None, Query(pattern=PAGE_TOKEN_PATTERN)] = None,
     ) -> JobPage:
         wanted = cast(JobState, job_state) if job_state else None  # ``state=`` (empty) means any
-        records = state.store.list_jobs(wanted, limit + 1, decode_token(page_token))
+        records = state.store.list_jobs(wanted, limit + 1, decode_token(page_token), caller.owner_filter)
         more = len(records) > limit
         token = encode_token(records[limit - 1].seq) if more else None
         return JobPage(jobs=[state.render(r) for r in records[:limit]], next_page_token=token)
@@ -108,8 +115,18 @@ def v1_routes(tokens: Sequence[str]) -> APIRouter:
         responses=problem_responses(404, 409),
         summary="Cancel a job; a queued one ends at once, a running one at its next task",
     )
-    def cancel_job(job_id: str, state: State) -> JobOut:
-        return state.render(state.manager.cancel(job_id))
+    def cancel_job(record: Annotated[JobRecord, Depends(_existing_job)], state: State) -> JobOut:
+        return state.render(state.manager.cancel(record.id))
+
+    @router.delete(
+        "/jobs/{job_id}",
+        status_code=204,
+        responses=problem_responses(404, 409),
+        summary="Forget a finished job; what it wrote stays (409 while it is queued or running)",
+    )
+    def delete_job(record: Annotated[JobRecord, Depends(_existing_job)], state: State) -> Response:
+        state.manager.delete(record.id)
+        return Response(status_code=204)
 
     @router.get(
         "/jobs/{job_id}/events",

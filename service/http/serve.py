@@ -33,7 +33,9 @@ given wins. Also read from the environment:
   PYTC_DATA_ROOTS    `:`-separated folders every path of a job must resolve inside
                      (default: the current directory)
   PYTC_API_TOKENS    `,`-separated bearer tokens; when set, every /v1 call needs
-                     `Authorization: Bearer <token>` (default: unset, an open API)
+                     `Authorization: Bearer <token>`, and each token sees its own jobs only
+                     (default: unset, an open API)
+  PYTC_ADMIN_TOKENS  `,`-separated tokens that see and cancel every job (default: none)
   PYTC_MAX_CONCURRENT_JOBS, PYTC_LOCAL_WORKERS   jobs run at once (default 2); workers of the
                      embedded cluster (default 1)
 
@@ -43,7 +45,8 @@ survive a restart of the service.
 
 exit codes:
   0  stopped by SIGTERM or Ctrl-C (running jobs are queued again and go on at the next start)
-  2  an invalid setting, or a state folder this version cannot use (the message names it)
+  2  an invalid setting, or a job database this version cannot use or that is damaged
+     (the message names it and says what to do)
 """
 
 
@@ -96,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"got {settings.log_level!r}", file=sys.stderr)  # fmt: skip
         return EXIT_SETTINGS
     try:
-        Database(settings.database_path).close()  # brought to this version's schema, or refused
+        database = Database(settings.database_path)  # brought to this version's schema, or refused
+        try:
+            database.check()  # every page reads back: a damaged file is named now, not by a 500 later
+        finally:
+            database.close()
     except JobDatabaseError as err:
         print(f"pytc-serve: error: {err}", file=sys.stderr)
         return EXIT_SETTINGS

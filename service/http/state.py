@@ -34,14 +34,21 @@ class ServiceState:
     metrics: ServiceMetrics
     probe_gate: ProbeGate | None = None
 
-    def submit(self, doc: Mapping[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    def submit(
+        self, doc: Mapping[str, Any], idempotency_key: str | None, owner: str | None = None
+    ) -> tuple[JobRecord, bool]:
         settings = self.settings
         on_worker = worker_call(
             self.connection, settings.model_check_timeout_s, self.probe_gate, settings.model_probe_timeout_s
         )
         admit_env = AdmitEnv(on_worker, self.manager.parse_env.limits)
         record, created = submit_job(
-            doc, idempotency_key, store=self.store, parse_env=self.manager.parse_env, admit_env=admit_env
+            doc,
+            idempotency_key,
+            store=self.store,
+            parse_env=self.manager.parse_env,
+            admit_env=admit_env,
+            owner=owner,
         )
         if created:
             self.feed.bump(record.id)

@@ -12,21 +12,23 @@ clean shutdown running jobs are stopped and queued again, not cancelled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
-from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError
+from service.errors import JobCancelledError, JobDatabaseError, JobFailedError, SchedulerUnavailableError
 from service.http.events import ChangeFeed, ProgressWriter
 from service.http.metrics import ServiceMetrics
 from service.jobs.connection import DaskConnection
 from service.kinds import job_kind
 from service.kinds.base import ParseEnv, RunEnv, model_resolver
 from service.progress import LOG_HEARTBEAT_S
-from service.store.jobs import ErrorInfo, JobRecord, JobStore
+from service.store.jobs import ErrorInfo, JobRecord, JobStore, refuse_active
 from service.store.models import ModelRegistry
 from workers.errors import SpecError, WorkerError
 from workers.limits import DEFAULT_LIMITS, Limits
@@ -34,6 +36,7 @@ from workers.limits import DEFAULT_LIMITS, Limits
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # running jobs' progress writers are ticked this often, for their log lines
+DATABASE_RETRY_S = 5.0  # a manager thread whose job database failed tries again after this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,42 @@ class JobManager:
             self.metrics.job_finished(record.state)
         return record
 
+    def delete(self, job_id: str) -> JobRecord:
+        """Forget a finished job (409 while it is queued or running). What it wrote stays; what only a
+        resume of it would have used (its kind's ``discard``: an inference job's scratch) is dropped
+        when it failed or was cancelled, unless a newer job wrote the same target since."""
+        record = self.store.get_job(job_id)
+        refuse_active(record)
+        if record.state in ("failed", "cancelled") and not self._newer_job_writes(record):
+            self._discard_for(record)
+        deleted = self.store.delete_job(job_id)
+        self.feed.bump(job_id)
+        log.info("job %s: deleted", job_id)
+        return deleted
+
+    def _newer_job_writes(self, record: JobRecord) -> bool:
+        """Whether a job submitted after ``record`` writes its target (running, or ended with sums
+        to resume from): what lies there is that job's now. Any active one is newer (one at a time)."""
+        before = None
+        while record.output_key is not None and (page := self.store.list_jobs(limit=500, before=before)):
+            for job in page:
+                if job.seq <= record.seq:
+                    return False
+                if job.output_key == record.output_key:
+                    return True
+            before = page[-1].seq
+        return False
+
+    def _discard_for(self, record: JobRecord) -> None:
+        try:
+            kind = job_kind(record.kind)
+            job = kind.parse(record.spec, self.parse_env)
+            if callable(discard := getattr(kind, "discard", None)):
+                # A cancelled job's last block may still be writing on a worker: waited for.
+                discard(job, RunEnv(self.connection.client()) if self.connection.ready else None)
+        except (SpecError, ModelError, OSError) as err:  # a kind or model gone since: nothing to drop
+            log.warning("job %s: could not drop what it left: %s", record.id, err)
+
     def _cancel_event(self, job_id: str) -> threading.Event:
         with self._lock:
             return self._cancels.setdefault(job_id, threading.Event())
@@ -137,19 +176,26 @@ class JobManager:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            if not self.connection.wait_ready(1.0):
-                continue
-            record = self.store.claim_next()
-            if record is None:
-                with self._wake:
-                    self._wake.wait(0.5)
-                continue
             try:
-                self._run(record)
-            finally:
-                with self._lock:
-                    self._cancels.pop(record.id, None)
-                    self._writers.pop(record.id, None)
+                self._next()
+            except JobDatabaseError as err:  # /readyz says so; the thread lives on for when it is mended
+                log.error("job manager: %s; trying again in %.0f s", err, DATABASE_RETRY_S)
+                self._stopping.wait(DATABASE_RETRY_S)
+
+    def _next(self) -> None:
+        if not self.connection.wait_ready(1.0):
+            return
+        record = self.store.claim_next()
+        if record is None:
+            with self._wake:
+                self._wake.wait(0.5)
+            return
+        try:
+            self._run(record)
+        finally:
+            with self._lock:
+                self._cancels.pop(record.id, None)
+                self._writers.pop(record.id, None)
 
     def _run(self, record: JobRecord) -> None:
         self.feed.bump(record.id)
@@ -157,6 +203,7 @@ class JobManager:
         if record.cancel_requested or self._stopping.is_set():
             cancel.set()
         log.info("job %s: running %s (attempt %d)", record.id, record.kind, record.attempts)
+        discard: Callable[[], None] | None = None
         try:
             kind = job_kind(record.kind)
             job = kind.parse(record.spec, self.parse_env)
@@ -178,15 +225,17 @@ class JobManager:
                 notice=lambda text: log.info("job %s: %s", record.id, text),
                 limits=self.parse_env.limits,
             )
+            if callable(getattr(kind, "discard", None)):
+                discard = functools.partial(kind.discard, job, env)  # type: ignore[attr-defined]
             result = kind.run(job, env)
         except JobCancelledError as err:
             self._stopped(record.id, str(err))
-        except (SpecError, ModelError) as err:
+        except (SpecError, ModelError) as err:  # refused as written (the output is another's...): keep all
             self._finish(record.id, "failed", {"title": "invalid job", "detail": str(err)})
         except (JobFailedError, WorkerError) as err:
-            self._finish(record.id, "failed", {"title": "job failed", "detail": str(err)})
+            self._failed(record.id, {"title": "job failed", "detail": str(err)}, discard)
         except Exception as err:  # a job's failure must not end the manager thread
-            self._crashed(record.id, err)
+            self._crashed(record.id, err, discard)
         else:
             self._finish(record.id, "succeeded", result=result)
 
@@ -198,14 +247,24 @@ class JobManager:
             return
         self._finish(job_id, "cancelled", {"title": "cancelled", "detail": detail})
 
-    def _crashed(self, job_id: str, err: Exception) -> None:
+    def _crashed(self, job_id: str, err: Exception, discard: Callable[[], None] | None = None) -> None:
         if not self.connection.ready or self._stopping.is_set():
             log.warning("job %s: interrupted (%r) while Dask is unavailable; queued again", job_id, err)
             self.store.requeue_job(job_id)
             self.feed.bump(job_id)
             return
         log.error("job %s failed", job_id, exc_info=err)
-        self._finish(job_id, "failed", {"title": "job failed", "detail": f"{type(err).__name__}: {err}"})
+        self._failed(job_id, {"title": "job failed", "detail": f"{type(err).__name__}: {err}"}, discard)
+
+    def _failed(self, job_id: str, error: ErrorInfo, discard: Callable[[], None] | None) -> None:
+        """The job failed for good (a rerun is a new submission): its kind drops what only a resume
+        would use, while the job still holds its target, then the failure is recorded."""
+        if discard is not None:
+            try:
+                discard()
+            except Exception:  # whatever it was, the failure stands; what is left is the next run's to clean
+                log.warning("job %s: could not drop what it left", job_id, exc_info=True)
+        self._finish(job_id, "failed", error)
 
     def _finish(
         self, job_id: str, state: Any, error: ErrorInfo | None = None, result: dict[str, Any] | None = None

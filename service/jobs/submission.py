@@ -99,10 +99,12 @@ def submit_job(
     store: JobStore,
     parse_env: ParseEnv,
     admit_env: AdmitEnv,
+    owner: str | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Check and record a job; ``created`` is False for an idempotent replay."""
+    """Check and record a job for ``owner`` (whose idempotency keys are its own); ``created`` is
+    False for an idempotent replay."""
     digest = request_digest(doc)
-    if idempotency_key is not None and (existing := store.find_by_idempotency_key(idempotency_key)):
+    if idempotency_key is not None and (existing := store.find_by_idempotency_key(idempotency_key, owner)):
         return confirm_replay(existing, idempotency_key, digest), False
     kind, job = parse_job(doc, parse_env)
     kind.admit(job, admit_env)
@@ -113,5 +115,6 @@ def submit_job(
         output_key=kind.target(job).key,
         idempotency_key=idempotency_key,
         request_sha256=digest,
+        owner=owner,
     )
     return store.create_job(new)

@@ -12,6 +12,11 @@ it on a Dask client with progress and cancel, and summarises its result::
     result = kind.run(job, run_env, checked)    # JSON, stored as the job's result
     kind.summary(result)                        # what ``pytc run`` prints at the end
 
+A kind may also have ``discard(job, run_env)``, called by the service once a job failed for good
+(and with ``run_env`` None when a failed or cancelled job is deleted) (before it
+is recorded failed, so no other job writes its target yet): it drops what only a resumed run of
+the job would have used, such as the inference engine's scratch. A kind without it leaves all.
+
 ``checked`` is what admission learnt (a model's channels, the output's state), handed to ``run``
 when both happen in one process a moment apart (``pytc run``), so nothing is checked twice; the
 service runs jobs later, after restarts too, and passes None: the run then checks for itself.

@@ -51,8 +51,10 @@ from workers.inference.checks import (
 from workers.inference.job import InferenceJob
 from workers.inference.readahead import task_key, task_prefix
 from workers.inference.run import InferenceRun
+from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
 from workers.resources import ONE_ACCELERATOR
+from workers.runtime.busy import running_keys
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,21 @@ class InferenceKind:
             return run.complete().to_json()
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err
+
+    def discard(self, job: InferenceJob, env: RunEnv | None) -> None:
+        """The job failed for good: drop its partial sums (compressed float32, up to the size of the
+        output). Its done markers stay, so a rerun recomputes only the pass 1 whose sums it needs.
+        Blocks of the failed run still on a worker (Dask does not stop a running task, even a
+        cancelled one) are made to stop at their next batch and waited for first, so that none
+        writes sums after the drop; the next run clears the flag. ``env`` None: no Dask to ask."""
+        folders = [
+            f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()
+        ]
+        for folder in folders:
+            RunDir(folder).request_cancel()
+        if env is not None:
+            _wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
+        drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
         line = (
@@ -321,6 +338,25 @@ def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
         return set()
     except CancelledError:
         return {f for f in futures if f.status != "pending"}
+
+
+def _wait_for_tasks(client: Client, prefixes: tuple[str, ...], timeout_s: float) -> None:
+    """Until no worker runs a task whose key starts with one of ``prefixes`` (cancelled ones too:
+    :mod:`workers.runtime.busy`), ``timeout_s`` at most; a client that lost its scheduler has
+    nothing to wait for."""
+    deadline = time.monotonic() + timeout_s
+    while prefixes:
+        try:
+            running = client.run(running_keys, prefixes)
+        except (OSError, RuntimeError, ValueError) as err:
+            log.debug("cannot see the running tasks: %s", err)
+            return
+        if not any(running.values()):
+            return
+        if time.monotonic() >= deadline:
+            log.warning("block tasks of a failed job still ran %.0f s after it failed", timeout_s)
+            return
+        time.sleep(0.2)
 
 
 def _on_a_worker(client: Client, cancel: threading.Event, fn: Any, *args: Any) -> Any:

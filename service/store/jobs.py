@@ -12,6 +12,13 @@ A job is written once, before the submission is answered, and from then on only 
 
 so after a crash :meth:`JobStore.recover` only has to put ``running`` jobs back in the queue; the
 runner resumes them from their done markers.
+
+Tenancy: a job has an ``owner``, the identity of the token that submitted it (never the token
+itself: :func:`service.http.auth.token_owner`), or None when the service runs without tokens (and
+for jobs recorded before jobs had owners). Idempotency keys are scoped by owner: the same key from
+two owners makes two jobs. Listing takes an owner filter (None: every job, for admins and an open
+service); whether a caller may read or cancel one job is the HTTP layer's
+(:func:`service.http.auth.Caller.may_see`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
-from service.errors import IdempotencyKeyReusedError
+from service.errors import IdempotencyKeyReusedError, JobActiveError
 
 Json = dict[str, Any]
 ErrorInfo = dict[str, str]  # {"title": ..., "detail": ...}
@@ -49,6 +56,7 @@ class NewJob:
     output_key: str | None = None
     idempotency_key: str | None = None
     request_sha256: str | None = None
+    owner: str | None = None  # who submitted it (a token's identity); None: no tokens, anyone's
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,17 @@ class JobRecord:
     output_key: str | None = None
     idempotency_key: str | None = None
     request_sha256: str | None = None
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+def refuse_active(job: JobRecord) -> None:
+    """Deleting a queued or running job is refused: it would go on writing with no record of it."""
+    if not job.finished:
+        raise JobActiveError(f"job {job.id} is {job.state}; cancel it, then delete it")
 
 
 def confirm_replay(existing: JobRecord, idempotency_key: str, request_sha256: str | None) -> JobRecord:
@@ -98,11 +113,19 @@ class JobStore(Protocol):
         ...
 
     def get_job(self, job_id: str) -> JobRecord: ...  # JobNotFoundError
-    def find_by_idempotency_key(self, key: str) -> JobRecord | None: ...
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> JobRecord | None:
+        """The job ``owner`` made with ``key`` (None: the jobs without an owner)."""
+        ...
+
     def list_jobs(
-        self, state: JobState | None = None, limit: int = 50, before: int | None = None
+        self,
+        state: JobState | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]:
-        """Newest first; ``before`` is a ``seq`` cursor (exclusive)."""
+        """Newest first; ``before`` is a ``seq`` cursor (exclusive); ``owner`` keeps that owner's
+        jobs only (None: every job)."""
         ...
 
     def claim_next(self) -> JobRecord | None:
@@ -114,6 +137,11 @@ class JobStore(Protocol):
         self, job_id: str, state: JobState, error: ErrorInfo | None = None, result: Json | None = None
     ) -> JobRecord: ...
     def requeue_job(self, job_id: str) -> None: ...
+    def delete_job(self, job_id: str) -> JobRecord:
+        """Forget a finished job (its record; what it wrote stays); the record as it was.
+        JobNotFoundError, or JobActiveError while it is queued or running."""
+        ...
+
     def request_cancel(self, job_id: str) -> JobRecord:
         """A queued job ends ``cancelled`` at once; a running one is flagged. JobFinishedError if over."""
         ...

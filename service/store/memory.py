@@ -24,6 +24,7 @@ from service.store.jobs import (
     Json,
     NewJob,
     confirm_replay,
+    refuse_active,
     utc_now,
 )
 from service.store.models import ModelRecord, new_record
@@ -39,8 +40,9 @@ class MemoryJobStore:
 
     def create_job(self, new: NewJob) -> tuple[JobRecord, bool]:
         with self._lock:
-            if new.idempotency_key is not None and (old := self.find_by_idempotency_key(new.idempotency_key)):
-                return confirm_replay(old, new.idempotency_key, new.request_sha256), False
+            key = new.idempotency_key
+            if key is not None and (old := self.find_by_idempotency_key(key, new.owner)):
+                return confirm_replay(old, key, new.request_sha256), False
             busy = [j for j in self._jobs.values() if j.output_key == new.output_key and not j.finished]
             if new.output_key is not None and busy:
                 raise OutputInUseError(
@@ -49,7 +51,7 @@ class MemoryJobStore:
             self._seq += 1
             spec = json.loads(json.dumps(new.spec))  # a copy, as the database would give
             job = JobRecord(new.id, self._seq, new.kind, "queued", spec, utc_now(), output_key=new.output_key)
-            job = replace(job, idempotency_key=new.idempotency_key, request_sha256=new.request_sha256)
+            job = replace(job, idempotency_key=key, request_sha256=new.request_sha256, owner=new.owner)
             self._jobs[job.id] = job
             return job, True
 
@@ -59,16 +61,28 @@ class MemoryJobStore:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
             return self._jobs[job_id]
 
-    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> JobRecord | None:
         with self._lock:
-            return next((j for j in self._jobs.values() if j.idempotency_key == key), None)
+            return next(
+                (j for j in self._jobs.values() if (j.idempotency_key, j.owner) == (key, owner)), None
+            )
 
     def list_jobs(
-        self, state: JobState | None = None, limit: int = 50, before: int | None = None
+        self,
+        state: JobState | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]:
         with self._lock:
             jobs = sorted(self._jobs.values(), key=lambda j: -j.seq)
-        jobs = [j for j in jobs if (state is None or j.state == state) and (before is None or j.seq < before)]
+        jobs = [
+            j
+            for j in jobs
+            if (state is None or j.state == state)
+            and (before is None or j.seq < before)
+            and (owner is None or j.owner == owner)
+        ]
         return jobs[:limit]
 
     def _update(self, job_id: str, **changes: Any) -> JobRecord:
@@ -100,6 +114,13 @@ class MemoryJobStore:
         with self._lock:
             if self.get_job(job_id).state == "running":
                 self._update(job_id, state="queued")
+
+    def delete_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            job = self.get_job(job_id)
+            refuse_active(job)
+            del self._jobs[job_id]
+            return job
 
     def request_cancel(self, job_id: str) -> JobRecord:
         with self._lock:

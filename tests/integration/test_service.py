@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ _post = functools.partial(httpx.post, timeout=120)
 
 TOKEN = "right-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OTHER = {"Authorization": "Bearer other-token"}
+ADMIN = "admin-token"
 FINAL = ("succeeded", "failed", "cancelled")
 BIN = Path(sys.executable).parent
 
@@ -81,7 +84,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     (root / "link_out").symlink_to(outside, target_is_directory=True)
     (root / "loop_a").symlink_to(root / "loop_b")
     (root / "loop_b").symlink_to(root / "loop_a")
-    env = {"PYTC_API_TOKENS": f"other-token,{TOKEN}", "PYTC_MAX_CONCURRENT_JOBS": "1"}
+    env = {
+        "PYTC_API_TOKENS": f"other-token,{TOKEN}",
+        "PYTC_ADMIN_TOKENS": ADMIN,
+        "PYTC_MAX_CONCURRENT_JOBS": "1",
+    }
     with (
         running_service(root, base / "state", **env) as service,
         httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http,
@@ -270,6 +277,74 @@ def test_tokens_none_wrong_and_right(world: World) -> None:
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer other-token"}).status_code == 200
     for probe in ("/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{url}{probe}").status_code == 200, probe
+
+
+def test_a_token_sees_and_cancels_its_own_jobs_only_and_an_admin_sees_all(world: World) -> None:
+    mine = world.submit(job_doc("tenant-a.zarr"), **{"Idempotency-Key": "shared-key"})
+    theirs = _post(
+        f"{world.url}/v1/jobs",
+        content=dumps(job_doc("tenant-b.zarr")),
+        headers={**OTHER, "Content-Type": "application/json", "Idempotency-Key": "shared-key"},
+    )
+    assert mine.status_code == theirs.status_code == 202, theirs.text
+    a_id, b_id = mine.json()["id"], theirs.json()["id"]
+    assert a_id != b_id and "idempotent-replayed" not in theirs.headers  # keys are per token
+
+    with httpx.Client(base_url=world.url, headers=OTHER, timeout=60) as other:
+        unknown = assert_problem(other.get("/v1/jobs/0123456789abcdef0123456789abcdef"), 404)
+        hidden = assert_problem(other.get(f"/v1/jobs/{a_id}"), 404)
+        assert hidden["detail"] == unknown["detail"].replace("0123456789abcdef0123456789abcdef", a_id)
+        assert_problem(other.post(f"/v1/jobs/{a_id}/cancel"), 404)
+        assert_problem(other.get(f"/v1/jobs/{a_id}/events"), 404)
+        listed = [j["id"] for j in other.get("/v1/jobs", params={"limit": 500}).json()["jobs"]]
+        assert b_id in listed and a_id not in listed
+        assert other.get(f"/v1/jobs/{b_id}").status_code == 200
+    assert_problem(world.http.get(f"/v1/jobs/{b_id}"), 404)
+    assert b_id not in [j["id"] for j in world.http.get("/v1/jobs", params={"limit": 500}).json()["jobs"]]
+
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    everything = httpx.get(f"{world.url}/v1/jobs", params={"limit": 500}, headers=admin).json()["jobs"]
+    assert {a_id, b_id} <= {j["id"] for j in everything}
+    for job_id in (a_id, b_id):
+        final = wait_for_state(world.url, job_id, FINAL, admin)
+        assert final["state"] == "succeeded", final
+    assert wait_for_state(world.url, a_id, FINAL, AUTH)["state"] == "succeeded"  # untouched by B
+
+
+def test_a_job_that_fails_for_good_leaves_its_markers_and_no_partial_sums(world: World) -> None:
+    shutil.copytree(world.root / "em.zarr", world.root / "corrupt.zarr")
+    (world.root / "corrupt.zarr" / "raw" / "c" / "2" / "2" / "2").write_bytes(b"not zstd" * 64)
+    final = world.run(job_doc("failed.zarr", input__path="corrupt.zarr"))
+    assert final["state"] == "failed" and final["error"]["title"] == "job failed", final
+    run = world.root / "failed.zarr" / ".pytc-run"
+    pass1, pass2 = list(run.rglob("done/p1_*")), list(run.rglob("done/p2_*"))
+    assert len(pass1) > len(pass2)  # blocks whose partial sums waited for a pass 2 that never came
+    assert not list(run.rglob("from_*")), "the failed job's scratch is left"
+
+
+def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = world.submit(job_doc("deleted.zarr", input__path="big/em.zarr")).json()
+    run = world.root / "deleted.zarr" / ".pytc-run"
+    deadline = time.monotonic() + 120
+    while not list(run.rglob("from_*")):  # some blocks' partial sums wait for their pass 2
+        assert time.monotonic() < deadline, "no partial sums after 120 s"
+        time.sleep(0.1)
+    assert_problem(world.http.delete(f"/v1/jobs/{big['id']}"), 409)  # running: cancel it first
+    world.http.post(f"/v1/jobs/{big['id']}/cancel")
+    assert wait_for_state(world.url, big["id"], FINAL, AUTH)["state"] == "cancelled"
+    assert list(run.rglob("from_*"))  # a cancelled job resumes: its sums are kept
+    markers = sorted(run.rglob("done/p1_*"))
+    assert_problem(httpx.delete(f"{world.url}/v1/jobs/{big['id']}", headers=OTHER), 404)  # not B's
+    monkeypatch.setenv("PYTC_TOKEN", TOKEN)
+    assert main(["delete", big["id"], "--url", world.url]) == 0  # DELETE /v1/jobs/{id}: 204
+    assert capsys.readouterr().out.strip() == f"deleted job {big['id']}"
+    assert_problem(world.http.get(f"/v1/jobs/{big['id']}"), 404)
+    assert main(["delete", big["id"], "--url", world.url]) == 1 and "404" in capsys.readouterr().err
+    assert not list(run.rglob("from_*"))  # none either from a block still finishing when it was cancelled
+    assert set(markers) <= set(run.rglob("done/p1_*"))  # what it finished stays recorded
+    assert (world.root / "deleted.zarr").is_dir()  # what it wrote stays
 
 
 def test_idempotency_same_key_same_body_and_other_body(world: World) -> None:

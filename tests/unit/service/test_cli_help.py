@@ -31,7 +31,7 @@ def help_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def test_pytc_help_lists_the_commands_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     text = help_of(capsys)
-    for command in ("run", "synth", "submit", "status", "wait", "cancel", "jobs", "models"):
+    for command in ("run", "synth", "submit", "status", "wait", "cancel", "delete", "jobs", "models"):
         assert f"    {command} " in text
     assert "exit codes:" in text
     for code in ("0", "1", "2", "130"):

@@ -13,7 +13,7 @@ from service.settings import Settings
 
 @pytest.fixture(autouse=True)
 def clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PYTC_API_TOKENS", "PYTC_DATA_ROOTS", "PYTC_JOB_KINDS"):
+    for name in ("PYTC_API_TOKENS", "PYTC_ADMIN_TOKENS", "PYTC_DATA_ROOTS", "PYTC_JOB_KINDS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -23,11 +23,22 @@ def test_tokens_are_comma_separated(monkeypatch: pytest.MonkeyPatch, value: str,
     assert Settings().api_tokens == tokens
 
 
+@pytest.mark.parametrize("variable", ["PYTC_API_TOKENS", "PYTC_ADMIN_TOKENS"])
 @pytest.mark.parametrize("value", [",", " , ", ",,,"])
-def test_a_token_list_without_a_token_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("PYTC_API_TOKENS", value)
+def test_a_token_list_without_a_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match="holds no token"):
         Settings()
+
+
+def test_admin_tokens_alone_turn_authentication_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not Settings().auth_enabled
+    monkeypatch.setenv("PYTC_ADMIN_TOKENS", "root-1, root-2")
+    settings = Settings()
+    assert settings.admin_tokens == ["root-1", "root-2"] and settings.api_tokens == []
+    assert settings.auth_enabled
 
 
 def test_roots_and_kinds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import IdempotencyKeyReusedError, JobFinishedError, JobNotFoundError, OutputInUseError
+from service.errors import (
+    IdempotencyKeyReusedError,
+    JobActiveError,
+    JobFinishedError,
+    JobNotFoundError,
+    OutputInUseError,
+)
 from service.store.jobs import JobStore, NewJob, confirm_replay
 from service.store.memory import MemoryJobStore
 from service.store.sqlite import SqliteJobStore
@@ -168,3 +174,52 @@ def test_sqlite_jobs_survive_reopening(tmp_path: Path) -> None:
     assert job.state == "queued" and job.progress == {"done": 1} and job.idempotency_key == "k"
     second.close()
     first.close()
+
+
+def test_jobs_keep_their_owner_and_a_listing_keeps_one_owners_jobs(store: JobStore) -> None:
+    store.create_job(new("a1", owner="token:a"))
+    store.create_job(new("b1", owner="token:b"))
+    store.create_job(new("open"))  # submitted while the service had no tokens
+    store.create_job(new("a2", owner="token:a"))
+    assert store.get_job("a1").owner == "token:a" and store.get_job("open").owner is None
+    assert [j.id for j in store.list_jobs(owner="token:a")] == ["a2", "a1"]
+    assert [j.id for j in store.list_jobs(owner="token:b")] == ["b1"]
+    assert [j.id for j in store.list_jobs()] == ["a2", "open", "b1", "a1"]  # no filter: every job
+    page = store.list_jobs(owner="token:a", limit=1)
+    assert [j.id for j in store.list_jobs(owner="token:a", before=page[-1].seq)] == ["a1"]
+    assert store.list_jobs(owner="token:nobody") == []
+
+
+def test_idempotency_keys_are_scoped_by_owner(store: JobStore) -> None:
+    a, _ = store.create_job(new("a", idempotency_key="k", request_sha256="h", owner="token:a"))
+    b, created = store.create_job(new("b", idempotency_key="k", request_sha256="other", owner="token:b"))
+    assert created and b.id == "b" and b.owner == "token:b"  # neither a replay nor a 409
+    nobody, created = store.create_job(new("n", idempotency_key="k", request_sha256="h"))
+    assert created and nobody.owner is None
+    again, created = store.create_job(
+        new("a-again", idempotency_key="k", request_sha256="h", owner="token:a")
+    )
+    assert not created and again == a
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.create_job(new("n-again", idempotency_key="k", request_sha256="other"))
+    found = {owner: store.find_by_idempotency_key("k", owner) for owner in ("token:a", "token:b", None)}
+    assert {o: j.id for o, j in found.items() if j is not None} == {"token:a": "a", "token:b": "b", None: "n"}
+    assert store.find_by_idempotency_key("k", "token:c") is None
+
+
+def test_a_finished_job_is_deleted_an_active_one_is_not(store: JobStore) -> None:
+    store.create_job(new("done", idempotency_key="k", request_sha256="h"))
+    store.create_job(new("waiting"))
+    store.claim_next()
+    with pytest.raises(JobActiveError, match="running; cancel it"):
+        store.delete_job("done")
+    with pytest.raises(JobActiveError, match="queued"):
+        store.delete_job("waiting")
+    store.finish_job("done", "failed", error={"title": "job failed", "detail": "x"})
+    gone = store.delete_job("done")
+    assert gone.id == "done" and gone.state == "failed"
+    with pytest.raises(JobNotFoundError):
+        store.get_job("done")
+    with pytest.raises(JobNotFoundError):
+        store.delete_job("done")
+    assert [j.id for j in store.list_jobs()] == ["waiting"] and store.find_by_idempotency_key("k") is None

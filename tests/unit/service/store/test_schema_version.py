@@ -14,7 +14,7 @@ import pytest
 from models.ref import ModelRef
 from service.errors import JobDatabaseError
 from service.store.jobs import NewJob
-from service.store.sqlite import SCHEMA_VERSION, Database, SqliteJobStore, SqliteModelRegistry
+from service.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Database, SqliteJobStore, SqliteModelRegistry
 
 # The schema as the store wrote it before the file had a version (user_version 0), verbatim.
 UNVERSIONED_SCHEMA = """
@@ -178,3 +178,37 @@ def test_two_openers_of_an_old_file_at_once_migrate_it_once(tmp_path: Path) -> N
     for thread in threads:
         thread.join()
     assert failures == [] and user_version(path) == 2 and columns(path, "t") == ["a", "b"]
+
+
+def test_a_version_1_file_gains_owners_and_keeps_its_jobs_keys_and_order(tmp_path: Path) -> None:
+    """Version 1 as its code wrote it (the first migration, then the store's own inserts), opened by
+    this version: the rows are kept with no owner (admins and an open service see them), their seq
+    goes on, and idempotency keys become per owner."""
+    path = tmp_path / "jobs.sqlite3"
+    old = Database(path, MIGRATIONS[:1])
+    with old.write() as db:
+        for i, key in enumerate(["k1", None, "k3"]):
+            db.execute(
+                "INSERT INTO jobs (id, kind, state, spec, created_at, idempotency_key, request_sha256)"
+                " VALUES (?, 'inference', 'succeeded', '{}', ?, ?, 'h')",
+                (f"j{i}", CREATED, key),
+            )
+        db.execute("DELETE FROM jobs WHERE id = 'j2'")  # AUTOINCREMENT: seq 3 is never given again
+    old.close()
+    assert user_version(path) == 1
+
+    store = SqliteJobStore(path)
+    try:
+        assert user_version(path) == SCHEMA_VERSION == 2 and "owner" in columns(path, "jobs")
+        assert [(j.id, j.seq, j.owner) for j in store.list_jobs()] == [("j1", 2, None), ("j0", 1, None)]
+        replay, created = store.create_job(
+            NewJob("x", "inference", {}, idempotency_key="k1", request_sha256="h")
+        )
+        assert not created and replay.id == "j0"  # an ownerless key is still the open service's
+        mine, created = store.create_job(
+            NewJob("a", "inference", {}, idempotency_key="k1", request_sha256="other", owner="token:a")
+        )
+        assert created and mine.seq == 4 and mine.owner == "token:a"
+        assert [j.id for j in store.list_jobs(owner="token:a")] == ["a"]
+    finally:
+        store.close()

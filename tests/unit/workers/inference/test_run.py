@@ -21,7 +21,7 @@ from volumes.open import open_volume
 from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob, WindowSpec
 from workers.inference.run import InferenceRun, run_serially
-from workers.inference.rundir import RunDir
+from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.steps import StepCounts
 from workers.inference.tasks import run_block
 
@@ -53,7 +53,7 @@ def test_a_serial_run_completes_and_marks_the_output(job: InferenceJob) -> None:
     assert summary.tasks_run["pass1"] == plan_blocks and summary.tasks_run["pass2"] > 0
     record = open_volume(job.output.path, job.output.dataset).attrs[OUTPUT_ATTRS_KEY]
     assert record["complete"] is True and record["model_sha256"] == INFO.sha256
-    assert not list((Path(job.output.path) / ".pytc-run").rglob("*.npy"))  # scratch dropped
+    assert not list((Path(job.output.path) / ".pytc-run").rglob("from_*"))  # scratch dropped
 
 
 def test_running_the_same_job_again_resumes_with_nothing_to_do(job: InferenceJob) -> None:
@@ -83,7 +83,7 @@ def test_lost_partial_sums_are_recomputed_never_a_hole(job: InferenceJob) -> Non
     run = InferenceRun.start(job, INFO)
     while (task := run.next_task()) is not None and task.phase == 1:
         run.finished(task, run_block(task, predict=doubled))
-    spilled = list((Path(job.output.path) / ".pytc-run").rglob("*.npy"))
+    spilled = list((Path(job.output.path) / ".pytc-run").rglob("from_*"))
     assert spilled
     for path in spilled:
         path.unlink()
@@ -157,10 +157,10 @@ def test_two_outputs_of_one_container_never_share_a_run_folder(job: InferenceJob
     while (task := run.next_task()) is not None:  # pass 1 of every block; pass 2 left for later
         if task.phase == 1:
             run.finished(task, run_block(task, predict=doubled))
-    spilled = sorted(run.run_dir.root.rglob("*.npy"))
+    spilled = sorted(run.run_dir.root.rglob("from_*"))
     assert spilled
     run_serially(second, INFO, predict=doubled)  # creates and finishes its own output meanwhile
-    assert sorted(run.run_dir.root.rglob("*.npy")) == spilled
+    assert sorted(run.run_dir.root.rglob("from_*")) == spilled
     finished = run_serially(first, INFO, predict=doubled)
     assert finished.resumed and finished.tasks_run["pass1"] == 0
     np.testing.assert_array_equal(
@@ -213,3 +213,22 @@ def test_a_resumed_run_counts_what_was_done_before(job: InferenceJob) -> None:
     counts: list[StepCounts] = []
     run_serially(job, INFO, predict=doubled, on_progress=counts.append)
     assert counts[0].windows_done > resumed.windows_done and counts[-1].done == counts[-1].total
+
+
+def test_a_job_whose_scratch_was_dropped_after_a_failure_runs_again_to_the_same_output(
+    job: InferenceJob,
+) -> None:
+    """What the service does when a job fails for good (drop_dataset_scratch) costs the next run the
+    pass 1 of the blocks whose sums it needs, and nothing of the result."""
+    clean = replace(job, output=replace(job.output, path=job.output.path + ".clean"))
+    run_serially(clean, INFO, predict=doubled)
+    run = InferenceRun.start(job, INFO)
+    failing_at = (1, 1, 1)
+    while (task := run.next_task()) is not None and not (task.phase == 1 and task.block == failing_at):
+        run.finished(task, run_block(task, predict=doubled))
+    assert list((Path(job.output.path) / ".pytc-run").rglob("from_*"))  # sums waiting for pass 2
+    drop_dataset_scratch(job.output.path, job.output.dataset)
+    assert not list((Path(job.output.path) / ".pytc-run").rglob("from_*"))
+    summary = run_serially(job, INFO, predict=doubled)
+    assert summary.resumed and summary.tasks_run["pass1"] > 0
+    np.testing.assert_array_equal(output_of(job), output_of(clean))
