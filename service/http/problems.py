@@ -33,6 +33,7 @@ from service.errors import (
     ModelNotRegisteredError,
     OutputInUseError,
     PathOutsideRootsError,
+    ProbesBusyError,
     SchedulerUnavailableError,
 )
 from workers.errors import OutputExistsError, SpecError
@@ -125,6 +126,11 @@ async def _unauthenticated(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)}
+    if isinstance(exc, ProbesBusyError):  # the workers are there; the service's model checks are all taken
+        title = "Every model check of the service is taken"
+        return problem_response(
+            request, 503, str(exc), kind="model-checks-busy", title=title, headers=headers
+        )
     return problem_response(request, 503, str(exc), kind="dask-unavailable", headers=headers)
 
 

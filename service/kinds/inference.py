@@ -250,13 +250,9 @@ class _Driver:
         self.run.request_cancel()
         self.client.cancel(list(self.in_flight))
         self.in_flight.clear()
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline:
-            processing = self.client.processing().values()
-            if not any(str(k).startswith(self.key_prefix) for keys in processing for k in keys):
-                return
-            time.sleep(0.2)
-        log.warning("block tasks still ran %.0f s after the cancel", CANCEL_WAIT_S)
+        # The workers are asked, not the scheduler: it forgets a cancelled task while its thread
+        # still runs, and the job would be recorded cancelled before its last chunk was written.
+        _wait_for_tasks(self.client, (self.key_prefix,), CANCEL_WAIT_S)
 
 
 def run_progress(run: InferenceRun) -> Progress:
@@ -354,7 +350,7 @@ def _wait_for_tasks(client: Client, prefixes: tuple[str, ...], timeout_s: float)
         if not any(running.values()):
             return
         if time.monotonic() >= deadline:
-            log.warning("block tasks of a failed job still ran %.0f s after it failed", timeout_s)
+            log.warning("block tasks of a stopped job still ran %.0f s later", timeout_s)
             return
         time.sleep(0.2)
 

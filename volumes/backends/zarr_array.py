@@ -23,15 +23,25 @@ class ZarrVolume(StoredVolume):
 
     def _open(self) -> Any:
         zarr_format: Literal[2, 3] = 3 if self.format == "zarr3" else 2
-        array = zarr.open_array(self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
-        if self.mode == "r":  # an input: someone else's chunks (outputs are ours)
-            bound_decoding(array)
+        try:
+            array = zarr.open_array(
+                self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format
+            )
+        except METADATA_ERRORS as err:
+            raise VolumeFormatError(
+                f"{self._meta_file()} is not array metadata zarr can read: {err}"
+            ) from None
+        if self.mode == "r":  # an input: someone else's chunks (outputs are ours); our own bugs here
+            bound_decoding(array)  # stay bugs, not "metadata zarr cannot read"
         return array
 
+    def _meta_file(self) -> str:
+        return str(self.node / ("zarr.json" if self.format == "zarr3" else ".zarray"))
+
     def _load_meta(self) -> None:
-        where = str(self.node / ("zarr.json" if self.format == "zarr3" else ".zarray"))
+        where = self._meta_file()
+        array = self._handle()
         try:
-            array = self._handle()
             self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
             # A shard is the smallest unit that one writer must own, so it is our "chunk".
             self.chunks = tuple(array.shards or array.chunks)

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.abc.codec import BytesBytesCodec, Codec
@@ -48,16 +49,19 @@ SHARD_SLACK_BYTES = 2**16
 def bound_decoding(array: zarr.Array) -> None:
     """Make every chunk ``array`` reads decode to at most its nominal size, or raise
     OversizedChunkError naming the chunk's key (the caller adds the array's name)."""
-    current = array.async_array.codec_pipeline
+    inner = array._async_array  # the field itself: zarr 3.0 has no ``async_array`` property yet
+    current = inner.codec_pipeline
     if isinstance(current, BoundedPipeline) or not isinstance(current, BatchedCodecPipeline):
         return
     pipeline = BoundedPipeline.from_codecs(_bounded(list(current)), batch_size=current.batch_size)
-    object.__setattr__(array.async_array, "codec_pipeline", pipeline)
+    object.__setattr__(inner, "codec_pipeline", pipeline)
 
 
 def nominal_bytes(spec: ArraySpec) -> int:
     """What the chunk ``spec`` describes holds when decoded: shape x itemsize."""
-    return math.prod(spec.shape) * spec.dtype.to_native_dtype().itemsize
+    dtype: Any = spec.dtype  # zarr 3.1's own dtype type, or (zarr 3.0) a numpy dtype
+    native = dtype.to_native_dtype() if hasattr(dtype, "to_native_dtype") else np.dtype(dtype)
+    return math.prod(spec.shape) * native.itemsize
 
 
 def _bounded(codecs: Iterable[Codec], shard: tuple[int, ...] | None = None) -> list[Codec]:
@@ -107,8 +111,7 @@ class BoundedBytesCodec(BytesBytesCodec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
         limit = self._limit(chunk_spec)
-        attribute = _NUMCODEC_ATTRIBUTE.get(type(self.inner), "_codec")
-        numcodec = getattr(self.inner, attribute, None)
+        numcodec = _numcodec(self.inner)
         if numcodec is None:  # a codec we do not know: decoded as it is, measured afterwards
             out = await self.inner._decode_single(chunk_bytes, chunk_spec)
             check_decoded(out.as_numpy_array().nbytes, limit)
@@ -123,6 +126,14 @@ class BoundedBytesCodec(BytesBytesCodec):
             return nominal
         inner = math.prod(-(-s // c) for s, c in zip(spec.shape, self.inner_chunk, strict=True))
         return nominal + nominal // 32 + SHARD_INDEX_BYTES_PER_CHUNK * inner + SHARD_SLACK_BYTES
+
+
+def _numcodec(codec: BytesBytesCodec) -> Any:
+    """The numcodecs codec that decodes ``codec``'s chunks, or None."""
+    found = getattr(codec, _NUMCODEC_ATTRIBUTE.get(type(codec), "_codec"), None)
+    if found is None and isinstance(codec, GzipCodec):  # zarr 3.0 makes a GZip on each call
+        return numcodecs.GZip()  # the level only matters when writing
+    return found
 
 
 class BoundedV2Codec(V2Codec):
