@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
-from service.errors import IdempotencyKeyReusedError, JobActiveError
+from service.errors import IdempotencyKeyReusedError, JobActiveError, OutputInUseError
 
 Json = dict[str, Any]
 ErrorInfo = dict[str, str]  # {"title": ..., "detail": ...}
@@ -88,6 +88,13 @@ def refuse_active(job: JobRecord) -> None:
     """Deleting a queued or running job is refused: it would go on writing with no record of it."""
     if not job.finished:
         raise JobActiveError(f"job {job.id} is {job.state}; cancel it, then delete it")
+
+
+def output_in_use(busy_id: str, busy_owner: str | None, new: NewJob) -> OutputInUseError:
+    """The 409 for ``new`` when the job ``busy_id`` of ``busy_owner`` (queued or running) writes
+    its output; the job is named only to its own owner, so another tenant's ids stay unknown."""
+    who = f"job {busy_id}" if busy_owner == new.owner else "another job"
+    return OutputInUseError(f"{who} (queued or running) already writes {new.output_key}")
 
 
 def confirm_replay(existing: JobRecord, idempotency_key: str, request_sha256: str | None) -> JobRecord:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from models.ref import ModelRef
-from service.errors import JobFinishedError, JobNotFoundError, ModelNotRegisteredError, OutputInUseError
+from service.errors import JobFinishedError, JobNotFoundError, ModelNotRegisteredError
 from service.store.jobs import (
     CANCELLED,
     CANCELLED_BEFORE_START,
@@ -24,6 +24,7 @@ from service.store.jobs import (
     Json,
     NewJob,
     confirm_replay,
+    output_in_use,
     refuse_active,
     utc_now,
 )
@@ -45,9 +46,7 @@ class MemoryJobStore:
                 return confirm_replay(old, key, new.request_sha256), False
             busy = [j for j in self._jobs.values() if j.output_key == new.output_key and not j.finished]
             if new.output_key is not None and busy:
-                raise OutputInUseError(
-                    f"job {busy[0].id} (queued or running) already writes {new.output_key}"
-                )
+                raise output_in_use(busy[0].id, busy[0].owner, new)
             self._seq += 1
             spec = json.loads(json.dumps(new.spec))  # a copy, as the database would give
             job = JobRecord(new.id, self._seq, new.kind, "queued", spec, utc_now(), output_key=new.output_key)

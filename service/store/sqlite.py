@@ -27,7 +27,6 @@ from service.errors import (
     JobFinishedError,
     JobNotFoundError,
     ModelNotRegisteredError,
-    OutputInUseError,
 )
 from service.store.jobs import (
     CANCELLED,
@@ -40,6 +39,7 @@ from service.store.jobs import (
     Json,
     NewJob,
     confirm_replay,
+    output_in_use,
     refuse_active,
     utc_now,
 )
@@ -327,7 +327,7 @@ class SqliteJobStore:
                 if row is not None:
                     return confirm_replay(_job_from_row(row), new.idempotency_key, new.request_sha256), False
             if new.output_key is not None:
-                _check_output_free(db, new.output_key)
+                _check_output_free(db, new)
             row = db.execute(
                 "INSERT INTO jobs (id, kind, state, spec, created_at, output_key, idempotency_key,"
                 " request_sha256, owner) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -442,12 +442,13 @@ class SqliteJobStore:
         self._db.close()
 
 
-def _check_output_free(db: sqlite3.Connection, output_key: str) -> None:
+def _check_output_free(db: sqlite3.Connection, new: NewJob) -> None:
     row = db.execute(
-        "SELECT id FROM jobs WHERE output_key = ? AND state IN ('queued', 'running') LIMIT 1", (output_key,)
+        "SELECT id, owner FROM jobs WHERE output_key = ? AND state IN ('queued', 'running') LIMIT 1",
+        (new.output_key,),
     ).fetchone()
     if row is not None:
-        raise OutputInUseError(f"job {row['id']} (queued or running) already writes {output_key}")
+        raise output_in_use(row["id"], row["owner"], new)
 
 
 # --- models ---------------------------------------------------------------------------------------

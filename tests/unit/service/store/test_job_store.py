@@ -101,6 +101,17 @@ def test_an_output_is_written_by_one_active_job_at_a_time(store: JobStore) -> No
     store.create_job(new("d", output_key="/o::pred"))
 
 
+def test_an_output_in_use_names_the_job_to_its_owner_only(store: JobStore) -> None:
+    """Tenants: the 409 says which job writes the output to the tenant who submitted it, and does
+    not reveal another tenant's job id."""
+    store.create_job(new("mine", output_key="/o::pred", owner="token:a"))
+    with pytest.raises(OutputInUseError, match="job mine "):
+        store.create_job(new("again", output_key="/o::pred", owner="token:a"))
+    with pytest.raises(OutputInUseError) as caught:
+        store.create_job(new("theirs", output_key="/o::pred", owner="token:b"))
+    assert "mine" not in str(caught.value) and "another job" in str(caught.value)
+
+
 def test_cancel_ends_a_queued_job_flags_a_running_one_and_refuses_a_finished_one(store: JobStore) -> None:
     store.create_job(new("run"))
     store.create_job(new("wait"))
