@@ -6,13 +6,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
-import zarr
 
 from models.ref import ModelInfo
-from tests.helpers import make_job
 from volumes.errors import VolumeNotFoundError
-from workers.inference.job import InferenceJob, WindowSpec
+from workers.inference.job import InferenceJob
 from workers.inference.run import InferenceRun, run_serially
 
 INFO = ModelInfo(1, 1, "sha-of-the-test-model")
@@ -20,14 +17,6 @@ INFO = ModelInfo(1, 1, "sha-of-the-test-model")
 
 def doubled(batch: np.ndarray) -> np.ndarray:
     return batch * 2.0
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> InferenceJob:
-    data = np.random.default_rng(1).random((16, 24, 24), dtype=np.float32)
-    zarr.open_group(tmp_path / "in.zarr", mode="w").create_array("raw", data=data, chunks=(8, 8, 8))
-    window = WindowSpec((5, 7, 7), (3, 4, 4), "gaussian", batch_size=4)
-    return make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=(8, 8, 8))
 
 
 def run_in_a_thread(job: InferenceJob, on_task, timeout_s: float = 60.0) -> BaseException | None:  # type: ignore[no-untyped-def]

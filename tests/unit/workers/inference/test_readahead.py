@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import pytest
-import zarr
-
 from models.ref import ModelInfo
-from tests.helpers import make_job
 from volumes.box import Box
 from workers.inference import readahead
-from workers.inference.job import InferenceJob, WindowSpec
+from workers.inference.job import InferenceJob
 from workers.inference.run import InferenceRun
 from workers.runtime.state import worker_state
 
 INFO = ModelInfo(1, 1, "sha-of-the-test-model")
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> InferenceJob:
-    data = np.random.default_rng(1).random((16, 24, 24), dtype=np.float32)
-    zarr.open_group(tmp_path / "in.zarr", mode="w").create_array("raw", data=data, chunks=(8, 8, 8))
-    window = WindowSpec((5, 7, 7), (3, 4, 4), "gaussian", batch_size=4)
-    return make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=(8, 8, 8))
 
 
 def test_each_run_of_a_job_names_its_tasks_apart_from_the_runs_before(job: InferenceJob) -> None:

@@ -9,36 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 import volumes.open
 import workers.inference.checks
 import workers.inference.run
 from models.ref import ModelInfo
-from tests.helpers import make_job
+from tests.unit.workers.inference.conftest import SHAPE
 from volumes.box import Box
 from volumes.open import open_volume
 from workers.errors import IncompleteRunError, OutputExistsError
-from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob, WindowSpec
+from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.run import InferenceRun, run_serially
 from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.steps import StepCounts
 from workers.inference.tasks import run_block
 
-SHAPE = (16, 24, 24)
 INFO = ModelInfo(1, 1, "sha-of-the-test-model")
 
 
 def doubled(batch: np.ndarray) -> np.ndarray:
     return batch * 2.0
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> InferenceJob:
-    data = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
-    zarr.open_group(tmp_path / "in.zarr", mode="w").create_array("raw", data=data, chunks=(8, 8, 8))
-    window = WindowSpec((5, 7, 7), (3, 4, 4), "gaussian", batch_size=4)
-    return make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=(8, 8, 8))
 
 
 def output_of(job: InferenceJob) -> np.ndarray:
