@@ -32,6 +32,7 @@ from models.torch_files import torch_file_problem
 from service.documents.inference import InferenceDocument, parse_inference
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target, WorkerCall
+from service.kinds.stages import drive_pyramid
 from service.progress import Progress, format_duration
 from volumes.blocks import Index
 from volumes.lru import LRU
@@ -138,6 +139,7 @@ class InferenceKind:
             env.notice(f"resuming the existing output {job.output.path} ({job.output.dataset})")
         _Driver(run, env).drive()
         try:
+            drive_pyramid(run.pyramid_stage(), env, lambda: env.report(run_progress(run)))
             return run.complete().to_json()
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err
@@ -263,6 +265,8 @@ def run_progress(run: InferenceRun) -> Progress:
         "chunks": [counts.chunks_done, counts.chunks_total],
         "blocks": [counts.blocks_done, counts.blocks_total],
     }
+    if counts.pyramid_total:
+        parts["pyramid"] = [counts.pyramid_done, counts.pyramid_total]
     flat = {f"{name}_done": done for name, (done, _) in parts.items()}
     flat |= {f"{name}_total": total for name, (_, total) in parts.items()}
     details = {**flat, "voxels_done": counts.voxels_done, "voxels_total": counts.voxels_total, "parts": parts}

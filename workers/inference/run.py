@@ -9,7 +9,9 @@ previous run finished, and from then on hands out block tasks in an order that i
         task = run.next_task()     # pass 1 in block order; pass 2 once its chunks' contributors are done
         ... run it anywhere: run_block(task) on a Dask worker, or in this process ...
         run.finished(task, result)
-    run.complete()                              # every block's final marker on disk, or IncompleteRunError
+    stage = run.pyramid_stage()                 # every block done: the coarser levels (workers.pyramid)
+    while not stage.finished_all(): ... run_pyramid_task(task) ...; stage.finished(task)
+    run.complete()               # every marker (blocks, pyramid), else IncompleteRunError
 
 Progress is counted in steps (:mod:`workers.inference.steps`): ``run.steps_reported(...)`` takes
 what a running task says, :meth:`InferenceRun.counts` tells the figures at any moment.
@@ -18,7 +20,7 @@ what a running task says, :meth:`InferenceRun.counts` tells the figures at any m
 driver submits the same tasks to Dask and keeps several in flight. Success is never reported over
 a hole: a block is done only when its pass-2 marker is on disk (written after its chunks), pass-1
 partial sums found missing at start are recomputed, and the output is marked complete only after
-every marker was checked.
+every marker was checked, the pyramid's too (its levels are filled after level 0 is complete).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from models.ref import ModelInfo
 from volumes.blocks import BlockPlan, Index
 from volumes.open import open_volume
 from volumes.output import create_output
+from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import IncompleteRunError
@@ -50,6 +53,7 @@ from workers.inference.rundir import RunDir
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
 from workers.limits import Limits
+from workers.pyramid import PyramidStage, run_pyramid_task
 from workers.version import package_version
 
 log = logging.getLogger(__name__)
@@ -91,12 +95,24 @@ class RunSummary:
 class InferenceRun:
     """The two-pass protocol of one job over its blocks (see the module docstring)."""
 
-    def __init__(self, job: InferenceJob, info: ModelInfo, geometry: JobGeometry, run_dir: RunDir) -> None:
+    def __init__(
+        self,
+        job: InferenceJob,
+        info: ModelInfo,
+        geometry: JobGeometry,
+        run_dir: RunDir,
+        levels: tuple[Factors, ...] = ((1, 1, 1),),
+    ) -> None:
         self.job, self.info, self.geometry, self.run_dir = job, info, geometry, run_dir
         self.layout_key = run_dir.root.name
         # This run's token: its Dask keys, progress topic and the workers' caches are named by it,
         # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
         self.attempt = secrets.token_hex(4)
+        out = job.output
+        self.pyramid = PyramidStage(
+            out.path, out.dataset, out.format, levels, out.chunks, (info.out_channels, *geometry.roi.shape),
+            "mean", run_dir.root / "pyramid", job.data_roots, f"pytc-{self.layout_key}-{self.attempt}-",
+        )  # fmt: skip
         self.plan: BlockPlan = geometry.plan
         self._schedule = _Schedule(self.plan, run_dir)
         self.started = time.perf_counter()
@@ -137,10 +153,11 @@ class InferenceRun:
         geometry = build_geometry(job, tuple(source.shape))
         run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
         state = checked or output_state(job, info.sha256, roi_shape(job, source))
+        levels = output_levels(job, geometry.roi.shape, source.voxel_size)
         if state == "absent":
-            _create(job, info, layout_key, geometry, source.voxel_size)
+            _create(job, info, layout_key, geometry, source, levels)
         run_dir.clear_cancel()  # running the job again after a cancel resumes it
-        run = cls(job, info, geometry, run_dir)
+        run = cls(job, info, geometry, run_dir, levels)
         run.summary.resumed = state == "resume"
         return run
 
@@ -169,6 +186,8 @@ class InferenceRun:
             self.plan.n_blocks,
             self.voxels_done,
             self.voxels_total,
+            self.pyramid.chunks_done,
+            self.pyramid.chunks_total,
         )
 
     def steps_reported(self, phase: int, block: Index, done: int) -> bool:
@@ -207,14 +226,24 @@ class InferenceRun:
         """Make tasks already running stop at their next batch (a flag file every worker sees)."""
         self.run_dir.request_cancel()
 
-    def complete(self) -> RunSummary:
-        """Success only over a whole output: every block's final marker must be on disk."""
+    def pyramid_stage(self) -> PyramidStage:
+        """The pyramid's tasks, once level 0 is whole (every block's final marker on disk)."""
+        self._check_blocks()
+        return self.pyramid
+
+    def _check_blocks(self) -> None:
         missing = [b for b in self.plan.blocks() if not self.run_dir.is_done(2, b)]
         if missing:
             raise IncompleteRunError(
                 f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
                 "the output stays marked incomplete"
             )
+
+    def complete(self) -> RunSummary:
+        """Success only over a whole output: every block's final marker must be on disk, and every
+        pyramid task's."""
+        self._check_blocks()
+        self.pyramid.check()
         self.job.output_node()  # the output marked complete is the one inside the roots
         confined(self.run_dir.root, self.job.data_roots)
         self.run_dir.drop_all_scratch()
@@ -225,12 +254,34 @@ class InferenceRun:
         return self.summary
 
 
+def output_levels(
+    job: InferenceJob, shape: tuple[int, ...], voxel_size: tuple[float, float, float] | None
+) -> tuple[Factors, ...]:
+    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
+    if not job.output.pyramid:
+        return ((1, 1, 1),)
+    return pyramid_factors(shape, job.output.chunks, voxel_size)
+
+
+def output_translation(job: InferenceJob, source: Volume) -> tuple[float, float, float] | None:
+    """Where the output's voxel 0 lies (nm): the input's own translation plus the ROI's offset times
+    the input's voxel size (voxels where that is unknown); None at the origin of an unplaced input."""
+    base = source.translation
+    offset = job.input.roi.offset if job.input.roi is not None else (0, 0, 0)
+    if base is None and not any(offset):
+        return None
+    voxel = source.voxel_size or (1.0, 1.0, 1.0)
+    z, y, x = ((t or 0.0) + o * v for t, o, v in zip(base or (0.0, 0.0, 0.0), offset, voxel, strict=True))
+    return z, y, x
+
+
 def _create(
     job: InferenceJob,
     info: ModelInfo,
     layout_key: str,
     geometry: JobGeometry,
-    voxel_size: tuple[float, float, float] | None,
+    source: Volume,
+    levels: tuple[Factors, ...],
 ) -> None:
     """Create the output (once, before any block), dropping the run folders of what it replaces."""
     shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
@@ -250,9 +301,11 @@ def _create(
         (info.out_channels, *geometry.roi.shape),
         job.output.dtype,
         job.output.chunks,
-        voxel_size,
+        source.voxel_size,
         attrs,
         overwrite=job.output.overwrite,
+        translation=output_translation(job, source),
+        levels=levels,
     )
 
 
@@ -342,7 +395,25 @@ def run_serially(
             on_task(run)
         if on_progress is not None:
             on_progress(run.counts())
+    pyramid_serially(run, on_task=on_task, on_progress=on_progress)
     return run.complete()
+
+
+def pyramid_serially(
+    run: InferenceRun,
+    *,
+    on_task: Callable[[InferenceRun], None] | None = None,
+    on_progress: Callable[[StepCounts], None] | None = None,
+) -> None:
+    """The pyramid stage of ``run`` (every block done) in this process, task after task."""
+    stage = run.pyramid_stage()
+    while (task := stage.next_task()) is not None:
+        run_pyramid_task(task)
+        stage.finished(task)
+        if on_task is not None:
+            on_task(run)
+        if on_progress is not None:
+            on_progress(run.counts())
 
 
 def _serial_hook(run: InferenceRun, task: BlockTask, on_progress: Callable[[StepCounts], None]) -> StepHook:
