@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ class PyramidStage:
         self._level = 1
         self._queue: collections.deque[PyramidTask] = collections.deque()
         self._in_flight = 0
+        self._started: float | None = None
+        self.seconds = 0.0  # from the first task handed out to the last one finished, this run
         self.chunks_done = sum(self._chunks_of(t) for t in self.all_tasks() if t.marker.exists())
         self._fill()
 
@@ -118,12 +121,15 @@ class PyramidStage:
     def next_task(self) -> PyramidTask | None:
         if not self._queue:
             return None
+        if self._started is None:
+            self._started = time.perf_counter()
         self._in_flight += 1
         return self._queue.popleft()
 
     def finished(self, task: PyramidTask) -> None:
         self._in_flight -= 1
         self.chunks_done += self._chunks_of(task)
+        self.seconds = time.perf_counter() - (self._started or time.perf_counter())
         self._fill()
 
     def finished_all(self) -> bool:

@@ -76,6 +76,8 @@ class RunSummary:
     scratch_bytes: int = 0
     output_bytes: int = 0
     blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
+    levels: int = 1  # the output image's levels: full resolution and its pyramid's
+    pyramid_seconds: float = 0.0  # the pyramid stage's time in this run
     seconds: float = 0.0
     task_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -250,6 +252,8 @@ class InferenceRun:
         volume = open_volume(self.job.output.path, self.job.output.dataset, mode="r+")
         record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
         volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, "complete": True}})
+        self.summary.levels = len(self.pyramid.levels)
+        self.summary.pyramid_seconds = self.pyramid.seconds
         self.summary.seconds = time.perf_counter() - self.started
         return self.summary
 
