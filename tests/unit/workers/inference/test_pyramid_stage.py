@@ -129,10 +129,19 @@ def test_a_label_stage_keeps_ids(tmp_path: Path) -> None:
 
     labels = np.random.default_rng(4).integers(0, 5, (1, 12, 20, 20)).astype(np.uint32)
     levels = pyramid_factors((12, 20, 20), (4, 8, 8), (30, 8, 8))
-    volume = create_output(tmp_path / "seg.zarr", "ids", "zarr2", labels.shape, "uint32", (4, 8, 8), (30, 8, 8), levels=levels)
+    volume = create_output(
+        tmp_path / "seg.zarr", "ids", "zarr2", labels.shape, "uint32", (4, 8, 8), (30, 8, 8), levels=levels
+    )
     volume.write(Box.of_shape(labels.shape), labels)
     stage = PyramidStage(
-        str(tmp_path / "seg.zarr"), "ids", "zarr2", levels, (4, 8, 8), labels.shape, "mode", tmp_path / "markers"
+        str(tmp_path / "seg.zarr"),
+        "ids",
+        "zarr2",
+        levels,
+        (4, 8, 8),
+        labels.shape,
+        "mode",
+        tmp_path / "markers",
     )
     while (task := stage.next_task()) is not None:
         run_pyramid_task(task)
