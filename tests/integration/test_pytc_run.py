@@ -192,7 +192,7 @@ def test_n5_in_and_out_opened_with_tensorstore(root: Path) -> None:
     doc = job_doc(**{"input.path": "em.n5", "output.path": "out.n5", "output.format": "n5"})
     assert run(root, doc)[0] == 0
     out = ts.open(
-        {"driver": "n5", "kvstore": {"driver": "file", "path": str(root / "out.n5" / "pred")}}
+        {"driver": "n5", "kvstore": {"driver": "file", "path": str(root / "out.n5" / "pred" / "s0")}}
     ).result()
     values = out.read().result()
     assert values.shape == (44, 40, 14, 2)  # N5 stores axes reversed
@@ -206,7 +206,7 @@ def test_zarr2_in_zarr3_out_uint8(root: Path) -> None:
     )
     doc = job_doc(**{"input.path": "v2.zarr", "output.dtype": "uint8", "output.format": "zarr3"})
     assert run(root, doc)[0] == 0
-    array = zarr.open_array(root / "out.zarr" / "pred")
+    array = zarr.open_array(root / "out.zarr" / "pred" / "0")  # the image's level 0
     assert array.metadata.zarr_format == 3 and array.dtype == np.uint8
     np.testing.assert_allclose(array[:], np.rint(expected_output(root) * 255), atol=1)
 
