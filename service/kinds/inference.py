@@ -160,8 +160,11 @@ class InferenceKind:
         drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
+        levels = int(result.get("levels") or 1)
+        level0 = result.get("level0") or result.get("dataset")
         line = (
-            f"succeeded: {result.get('output_path')} (dataset {result.get('dataset')!r}), "
+            f"succeeded: {result.get('output_path')} (image {result.get('dataset')!r}, "
+            f"{levels} level{'s' if levels > 1 else ''}, full resolution at {level0!r}), "
             f"{result.get('blocks_total')} blocks ({result.get('blocks_skipped')} already done) "
             f"in {format_duration(float(result.get('seconds') or 0.0))}"
         )

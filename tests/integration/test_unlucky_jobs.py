@@ -131,7 +131,9 @@ def test_an_output_swapped_for_a_symlink_out_of_the_roots_mid_run_is_not_written
     # (a block's two writer threads, or pass 2's four); in practice none does
     assert len(written) <= 4, f"chunks written outside the roots: {sorted(written)}"
     assert (
-        json.loads((world.outside / "stolen" / "0" / "zarr.json").read_text())["attributes"]["pytc"]["complete"]
+        json.loads((world.outside / "stolen" / "0" / "zarr.json").read_text())["attributes"]["pytc"][
+            "complete"
+        ]
         is False
     )
 

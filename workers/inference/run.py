@@ -40,7 +40,7 @@ import numpy as np
 from models.ref import ModelInfo
 from volumes.blocks import BlockPlan, Index
 from volumes.open import open_volume
-from volumes.output import create_output
+from volumes.output import create_output, level_path
 from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
@@ -77,6 +77,7 @@ class RunSummary:
     output_bytes: int = 0
     blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
     levels: int = 1  # the output image's levels: full resolution and its pyramid's
+    level0: str = ""  # the path of level 0 in the container (``pred/0``; N5 ``pred/s0``)
     pyramid_seconds: float = 0.0  # the pyramid stage's time in this run
     seconds: float = 0.0
     task_seconds: dict[str, float] = field(default_factory=dict)
@@ -253,6 +254,7 @@ class InferenceRun:
         record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
         volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, "complete": True}})
         self.summary.levels = len(self.pyramid.levels)
+        self.summary.level0 = level_path(self.job.output.format, self.job.output.dataset, 0)
         self.summary.pyramid_seconds = self.pyramid.seconds
         self.summary.seconds = time.perf_counter() - self.started
         return self.summary
