@@ -184,6 +184,22 @@ def read_translation(array_dir: Path, fmt: Format) -> VoxelSize | None:
     return None
 
 
+def image_levels(group_dir: Path, fmt: Format) -> list[str]:
+    """The paths (inside ``group_dir``) of every level of the image there, finest first, as its
+    multiscales list them (N5: ``s0``, ``s1``, ... that exist); [] when it is no image."""
+    first = image_level0(group_dir, fmt)
+    if first is None:
+        return []
+    if fmt == "n5":
+        count = 0
+        while (group_dir / f"s{count}").is_dir():
+            count += 1
+        return [f"s{i}" for i in range(count)]
+    (ms, *_) = [m for m in stored_multiscales(_group_attrs(group_dir, fmt) or {}, fmt) if m.get("datasets")]
+    paths = [d.get("path") for d in ms["datasets"] if isinstance(d, dict)]
+    return [p.strip("/") for p in paths if isinstance(p, str) and p.strip("/") and ".." not in p.split("/")]
+
+
 def image_level0(group_dir: Path, fmt: Format) -> str | None:
     """The path (inside ``group_dir``) of the first level of the image the zarr group at
     ``group_dir`` is; None when it is no group or holds no multiscales. An N5 group of scale levels

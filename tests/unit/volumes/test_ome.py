@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from tests.unit.volumes.stores import make_zarr
-from volumes.ome import dataset_scale, multiscale_entry, put_multiscale, read_voxel_size
+from volumes.ome import dataset_scale, image_levels, multiscale_entry, put_multiscale, read_voxel_size
 from volumes.open import open_volume
 from volumes.output import create_output, delete_dataset
 from volumes.synth import generate_em_volume, write_synth
@@ -83,6 +83,7 @@ def test_levels_and_translation_of_an_output(fmt: ZarrFormat, tmp_path: Path) ->
         2,
     )
     assert open_volume(root, "pred").translation == (300.0, 80.0, 40.0)
+    assert image_levels(root / "pred", fmt) == ["0", "1", "2"] and image_levels(root, fmt) == []
     assert open_volume(root, "pred/2").voxel_size == (60.0, 32.0, 32.0)
 
 
@@ -226,3 +227,22 @@ def test_unlisted_datasets_and_plain_folders_have_no_ome_voxel_size(tmp_path: Pa
 def test_an_unknown_voxel_size_is_scale_one_without_unit() -> None:
     entry = multiscale_entry("pred", None, channel_axis=True)
     assert scale(entry) == [1.0, 1.0, 1.0, 1.0] and all("unit" not in a for a in entry["axes"])
+
+
+def test_an_n5_output_is_a_group_of_scale_levels(tmp_path: Path) -> None:
+    """N5's convention: levels s0, s1, ... with downsamplingFactors (x, y, z, c), scales on the group."""
+    root = tmp_path / "o.n5"
+    create_output(root, "pred", "n5", SHAPE, "float32", CHUNKS, (30, 8, 8), levels=((1, 1, 1), (1, 2, 2)))
+    group = json.loads((root / "pred" / "attributes.json").read_text())
+    assert group["scales"] == [[1, 1, 1, 1], [2, 2, 1, 1]] and group["multiScale"] is True
+    level = json.loads((root / "pred" / "s1" / "attributes.json").read_text())
+    assert level["downsamplingFactors"] == [2, 2, 1, 1] and level["resolution"] == [16, 16, 30, 1]
+    assert image_levels(root / "pred", "n5") == ["s0", "s1"]
+    assert open_volume(root, "pred").dataset == "pred/s0" and open_volume(root, "pred/s1").shape == (
+        2,
+        4,
+        3,
+        4,
+    )
+    delete_dataset(root, "pred")
+    assert not (root / "pred").exists()
