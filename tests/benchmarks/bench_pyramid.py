@@ -75,8 +75,9 @@ def stage_peak(root: Path, spatial: tuple[int, int, int]) -> tuple[float, int, i
 
 
 def inference_figures(root: Path) -> dict[str, float]:
-    from bench_inference import job_document, make_volume, run_pytc
+    from bench_inference import DEMO_CHECKPOINT, REPO, job_document, make_volume, run_pytc
 
+    (root / DEMO_CHECKPOINT).write_bytes((REPO / "models" / "weights" / DEMO_CHECKPOINT).read_bytes())
     make_volume(root, "em.zarr", (64, 512, 512), seed=0)
     report = run_pytc(root, job_document("em.zarr", "out.zarr", None), "pyramid")
     return {
@@ -103,6 +104,7 @@ def main() -> None:
                 )
             )
             rows.append(("  peak traced memory (MiB)", f"{peak / 2**20:.1f}"))
+            print(*rows[-2:], sep="\n", flush=True)
         if not args.no_inference:
             figures = inference_figures(root)
             rows.append(
