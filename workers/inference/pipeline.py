@@ -139,6 +139,10 @@ class Flusher:
         self.pool = ThreadPoolExecutor(min(2, len(usable_cores())), thread_name_prefix="pytc-writer")
         self.pending: list[Future[None]] = []
         self.lock = threading.Lock()
+        # every part of this block's partial sums goes into one file, published when the block ends
+        self.spill = ctx.run_dir.spill_writer(block)
+        if any(u.kind == "spill" for u in self.units):
+            confined(self.spill.path, ctx.job.data_roots)
         self.seconds = 0.0
 
     def _interior_units(self) -> list[_Unit]:
@@ -163,8 +167,7 @@ class Flusher:
         if unit.kind == "out":
             output, voxels = self.ctx.finish(unit.box, values), unit.box.size
         else:
-            confined(self.ctx.run_dir.scratch_path(unit.chunk, self.block), self.ctx.job.data_roots)
-            scratch = self.ctx.run_dir.write_scratch(unit.chunk, self.block, np.ascontiguousarray(values))
+            scratch = self.spill.add(unit.chunk, values)
         with self.lock:  # two writer threads
             self.result.output_bytes += output
             self.result.voxels_written += voxels
@@ -176,11 +179,17 @@ class Flusher:
         failure is raised. A block that did not complete writes nothing more: no partial sums."""
         if complete:
             self.flush_until(float("inf"))
+        published = False
         try:
             for future in self.pending:
                 future.result()
+            if complete:
+                self.result.scratch_bytes += self.spill.close()  # one fsync for the block
+                published = True
         finally:
             self.pool.shutdown(wait=True)
+            if not published:
+                self.spill.abort()
 
 
 def _windows_by_row(ctx: BlockContext, block: Index) -> tuple[list[Index], list[int], list[int]]:
@@ -260,9 +269,5 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                 reader.stop()
         result.seconds.update(forward=forward, read=reader.seconds, write=flusher.seconds, waited=waited)
     result.seconds["total"] = time.perf_counter() - t0
-    record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
-    ctx.mark_done(1, block, record)
-    if not plan.border_chunks(block):
-        ctx.mark_done(2, block, record)
     log.info("block %s pass 1: %d windows in %.2fs", block, result.windows, result.seconds["total"])
     return result
