@@ -235,7 +235,8 @@ class InferenceRun:
         if len(missing):
             first = self._schedule.block(int(missing[0]))
             raise IncompleteRunError(
-                f"{len(missing)} blocks are not recorded done, first {first}; the output stays marked incomplete"
+                f"{len(missing)} blocks are not recorded done, first {first}; "
+                "the output stays marked incomplete"
             )
         self.ledger.close()
         self.job.output_node()  # the output marked complete is the one inside the roots
