@@ -136,7 +136,10 @@ class InferenceKind:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
         if run.summary.resumed:
             env.notice(f"resuming the existing output {job.output.path} ({job.output.dataset})")
-        _Driver(run, env).drive()
+        try:
+            _Driver(run, env).drive()
+        finally:
+            run.close()  # what it recorded is synced, whatever ended the drive
         try:
             return run.complete().to_json()
         except IncompleteRunError as err:

@@ -12,9 +12,11 @@ any number of them on a shared file system never contend for it.
 
 A record is ``magic << 48 | pass << 40 | block``, the block's linear index in C order. Reading
 skips anything else (a torn or zero-filled tail after a crash of the machine), so the log needs no
-lock and no repair. Appending is one ``write`` per finished task (a killed driver loses nothing it
-wrote); ``fsync`` at most every :data:`SYNC_S` and when the run completes: a record lost to a crash
-of the machine costs that block's recomputation, never a hole (``workers.inference.schedule``).
+lock and no repair. Records are appended at most every :data:`WRITE_S` (a killed driver loses
+what it had not written: those blocks run again) and fsynced at most every :data:`SYNC_S` and when
+the run completes: a record lost to a crash costs that block's recomputation, never a hole
+(``workers.inference.schedule``: a spill file is dropped only after the records that free it are
+written, and one found missing at start has its pass 1 run again).
 A million blocks take 250 KB of snapshot and at most 16 MB of log, read back with numpy in well
 under a second.
 """
@@ -41,6 +43,7 @@ LOG = "done.log"
 MAGIC = 0x5DC3
 SNAP_MAGIC = b"PYTCDONE"
 SYNC_S = 2.0  # the log is fsynced at most this often (and when the run completes)
+WRITE_S = 0.05  # a driver's records are written at most this often (a killed one redoes those)
 _HEADER = struct.Struct("<8sQ")
 
 
@@ -56,7 +59,7 @@ class Ledger:
         self.p1, self.p2 = p1, p2  # 1 where done; the driver indexes them by linear block index
         self._pending: list[int] = []
         self._log: io.FileIO | None = None  # closed with the ledger, or when it is collected
-        self._synced = time.monotonic()
+        self._synced = self._written = time.monotonic()
 
     @classmethod
     def open(cls, root: Path, n_blocks: int) -> Ledger:
@@ -71,10 +74,16 @@ class Ledger:
         (self.p1 if phase == 1 else self.p2)[index] = 1
         self._pending.append(encode(phase, index))
 
-    def flush(self, *, sync: bool = False) -> None:
-        """Append what was recorded since (one write), and fsync when it is time or ``sync``."""
+    def flush(self, *, sync: bool = False, lazy: bool = False) -> bool:
+        """Append what was recorded since (one write), and fsync when it is time or ``sync``;
+        ``lazy``: only when :data:`WRITE_S` went by since the last write (a driver finishing
+        thousands of tasks a second writes a few times a second). True when nothing recorded is
+        left unwritten."""
+        if lazy and time.monotonic() - self._written < WRITE_S and len(self._pending) < 4096:
+            return not self._pending
+        self._written = time.monotonic()
         if self._pending:
-            data = np.asarray(self._pending, dtype="<u8").tobytes()
+            data = struct.pack(f"<{len(self._pending)}Q", *self._pending)
             self._pending.clear()
             handle = self._log_handle()
             written = 0
@@ -83,6 +92,7 @@ class Ledger:
         if self._log is not None and (sync or time.monotonic() - self._synced >= SYNC_S):
             os.fsync(self._log.fileno())
             self._synced = time.monotonic()
+        return True
 
     def snapshot(self) -> None:
         """Write everything to a new snapshot (atomically), then empty the log: a crash in between
@@ -158,6 +168,8 @@ def _read_snapshot(path: Path, n_blocks: int) -> tuple[np.ndarray, np.ndarray] |
 
 
 def linear(index: Index, counts: tuple[int, ...]) -> int:
+    if len(index) == 3:
+        return (index[0] * counts[1] + index[1]) * counts[2] + index[2]
     value = 0
     for i, n in zip(index, counts, strict=True):
         value = value * n + i
@@ -165,6 +177,10 @@ def linear(index: Index, counts: tuple[int, ...]) -> int:
 
 
 def unlinear(value: int, counts: tuple[int, ...]) -> Index:
+    if len(counts) == 3:
+        rest, x = divmod(value, counts[2])
+        z, y = divmod(rest, counts[1])
+        return (z, y, x)
     out = []
     for n in reversed(counts):
         value, i = divmod(value, n)

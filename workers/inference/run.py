@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -48,7 +49,7 @@ from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.ledger import SNAPSHOT, Ledger, linear, read_bits
-from workers.inference.rundir import RunDir
+from workers.inference.rundir import Janitor, RunDir
 from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
@@ -113,6 +114,8 @@ class InferenceRun:
         p1 = np.frombuffer(self.ledger.p1, dtype=np.uint8).reshape(shape).astype(bool)
         p2 = np.frombuffer(self.ledger.p2, dtype=np.uint8).reshape(shape).astype(bool)
         self._blocks_done = int(p2.sum())
+        self._lengths = [[e - b for b, e in map(a.write_range, range(a.n_blocks))] for a in self.plan.axes]
+        self._janitor = Janitor(run_dir.spill_path)
         self._voxels_done = _voxels_of(self.plan, p2)
         self._steps = BlockSteps(self.plan)
         self._tally = StepTally(self._steps, self._is_finished)
@@ -200,18 +203,19 @@ class InferenceRun:
         """``task`` ran to its end with ``result``: recorded (one append to the done record), and
         the spill files no block reads any more are dropped, after the records that free them."""
         index = self._schedule.index(task.block)
-        counted = self._is_finished(task.phase, task.block)
-        was_done = self.ledger.p2[index]
+        p1, p2 = self.ledger.p1, self.ledger.p2
+        was_done = p2[index]
+        counted = was_done or (task.phase == 1 and p1[index])
         self._schedule.finished(task.phase, index)
         if not counted:
             self._tally.finished(task.phase, task.block)
-        if self.ledger.p2[index] and not was_done:
+        if p2[index] and not was_done:
             self._blocks_done += 1
-            self._voxels_done += self.plan.write_box(task.block).size
-        self.ledger.flush()
-        for source in self._schedule.take_dropped():
-            self.run_dir.drop_spill(self._schedule.block(source))
+            self._voxels_done += math.prod(t[k] for t, k in zip(self._lengths, task.block, strict=True))
         self.summary.add(result)
+        if self.ledger.flush(lazy=True):  # the records freeing these files are written
+            for source in self._schedule.take_dropped():  # off this thread: a file system may be slow
+                self._janitor.drop(self._schedule.block(source))
 
     def _is_finished(self, phase: int, block: Index) -> bool:
         """Whether (``phase``, ``block``) is recorded done (a block done counts its pass 1 done too)."""
@@ -238,7 +242,7 @@ class InferenceRun:
                 f"{len(missing)} blocks are not recorded done, first {first}; "
                 "the output stays marked incomplete"
             )
-        self.ledger.close()
+        self.close()
         self.job.output_node()  # the output marked complete is the one inside the roots
         confined(self.run_dir.root, self.job.data_roots)
         self.run_dir.drop_all_scratch()
@@ -251,6 +255,9 @@ class InferenceRun:
     def close(self) -> None:
         """The run ends without completing (failed, cancelled): what it recorded is synced."""
         self.ledger.close()
+        for source in self._schedule.take_dropped():
+            self._janitor.drop(self._schedule.block(source))
+        self._janitor.drain()
 
 
 def _create(

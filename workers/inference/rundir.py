@@ -23,9 +23,12 @@ count as lost, so recomputed.
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -36,6 +39,8 @@ from numcodecs import Blosc
 from volumes.blocks import Index
 from workers.inference.spill import SpillWriter, read_part
 from workers.runtime.cancel import CancelFlag
+
+log = logging.getLogger(__name__)
 
 RUN_FOLDER = ".pytc-run"
 # Measured on the benchmark's partial sums (64x512x512, 8 blocks, the demo model's raw outputs):
@@ -123,3 +128,39 @@ def drop_dataset_scratch(output_path: str, dataset: str) -> None:
     the done markers stay, so a later run redoes only what the partial sums were needed for."""
     for folder in RunDir.all_for_dataset(output_path, dataset).glob("*/scratch"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class Janitor:
+    """Deletes files on a thread of its own, so that a driver never waits for a slow file system
+    (spill files no block reads any more). A file not deleted (a killed driver) is found at the
+    next start and dropped then (``workers.inference.run``)."""
+
+    def __init__(self, path_of: Callable[[Index], Path]) -> None:
+        self.path_of = path_of
+        self._queue: queue.Queue[Index | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def drop(self, block: Index) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pytc-janitor", daemon=True)
+            self._thread.start()
+        self._queue.put(block)
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            path = self.path_of(block)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                log.warning("could not delete %s: %s", path, err)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def drain(self) -> None:
+        """Until every file handed over is deleted; the thread ends."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._queue.join()
+            self._thread.join()
+            self._thread = None

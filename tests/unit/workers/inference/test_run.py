@@ -147,6 +147,7 @@ def test_two_outputs_of_one_container_never_share_a_run_folder(job: InferenceJob
     while (task := run.next_task()) is not None:  # pass 1 of every block; pass 2 left for later
         if task.phase == 1:
             run.finished(task, run_block(task, predict=doubled))
+    run.close()  # the driver stops (its records written)
     spilled = sorted(run.run_dir.root.rglob("*.spill"))
     assert spilled
     run_serially(second, INFO, predict=doubled)  # creates and finishes its own output meanwhile
@@ -196,6 +197,7 @@ def test_a_resumed_run_counts_what_was_done_before(job: InferenceJob) -> None:
         assert task is not None and task.phase == 1
         run.finished(task, run_block(task, predict=doubled))
         first.append(task.block)
+    run.ledger.flush()  # what it had written 50 ms later (workers.inference.ledger.WRITE_S)
     resumed = InferenceRun.start(job, INFO).counts()
     plan = run.plan
     assert resumed.windows_done == sum(len(list(plan.windows(b))) for b in first) > 0
