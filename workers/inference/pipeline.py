@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 Predict = Callable[[np.ndarray], np.ndarray]
 
 READER_POLL_S = 1.0  # a model thread waiting for its input looks at the reader thread this often
+# Rows of windows are read together until a read holds this many voxels: a read has a fixed cost
+# (about 10 ms through zarr-python, whatever its size), so a small block is read in one go, while a
+# big one (64x512x512: slabs of millions of voxels) still streams slab by slab.
+MIN_SLAB_VOXELS = 1 << 20
 
 
 class SlabReader:
@@ -65,9 +69,14 @@ class SlabReader:
         try:
             self.ctx.job.input_node()  # still inside the data roots (workers.confine)
             volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
+            plane = int(np.prod(self.read_box.shape[1:]))
+            waiting: list[int] = []  # rows the next read covers
             for index, end in enumerate(self.ends):
                 if self.stopped.is_set():  # the block ended early: no one reads the rest
                     raise BlockError(f"reading the input of {self.read_box} stopped: the block ended")
+                waiting.append(index)
+                if index + 1 < len(self.ends) and (end - begin) * plane < MIN_SLAB_VOXELS:
+                    continue  # a small block is read in one go: each read has a fixed cost
                 if end > begin:
                     t0 = time.perf_counter()
                     box = Box(
@@ -81,7 +90,9 @@ class SlabReader:
                     self.data[:, begin:end] = slab if slab.ndim == 4 else slab[None]
                     self.seconds += time.perf_counter() - t0
                     begin = end
-                self.ready[index].set()
+                for row in waiting:
+                    self.ready[row].set()
+                waiting.clear()
         except BaseException as exc:  # handed to the model's thread, which raises it
             self.error = exc
             for event in self.ready:
