@@ -16,7 +16,15 @@ Reports per size (each in a fresh process, so that peak memory is its own):
 - files created per block: the done record's files plus every spill file, over the blocks (output
   chunks excluded; a real run writes the same spill files).
 
-Usage: ``python tests/benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--no-results]``
+With ``--cluster N [N ...]``: a real run instead, ``pytc run`` on its embedded Dask cluster (one
+worker), of N tiny blocks (8x32x32, chunks 8x32x32, windows 4x16x16 every 2x8x8: 50% overlap) with
+a 1x1x1 convolution, against the same job run in one process (``run_serially``, the same model
+through the same predictor): the difference, per task, is what Dask, the driver and the task
+payload cost. Both figures are the run's own seconds (the result's ``seconds``: from the run's start
+to its completion mark), so neither counts process or cluster start-up.
+
+Usage: ``python tests/benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--cluster 1024 8192]
+[--no-results]``
 """
 
 from __future__ import annotations
@@ -114,10 +122,10 @@ def one(n: int, folder: Path) -> dict[str, Any]:
             run.ledger.flush()
             peak = peak_rss_mb() - base_rss
             t0 = time.perf_counter()
-            again, _ = build()  # killed here: a new driver starts from the folder
-            resumed = {"resume_s": time.perf_counter() - t0, "done_at_resume": again.blocks_done}
-            resumed["lost_at_resume"] = len(again._schedule.lost)
-            del again
+            run, _ = build()  # killed here: a new driver starts from the folder and goes on
+            resumed = {"resume_s": time.perf_counter() - t0, "done_at_resume": run.blocks_done}
+            resumed["lost_at_resume"] = len(run._schedule.lost)
+            in_flight.clear()  # the tasks the killed driver had handed out: the new one hands them out again
             mark = clock()
     driver_cpu += clock() - mark
     run.close()
@@ -134,15 +142,106 @@ def one(n: int, folder: Path) -> dict[str, Any]:
     }
 
 
+TINY = {1024: (16, 8, 8), 4096: (16, 16, 16), 8192: (32, 16, 16), 16384: (64, 16, 16)}
+
+
+def cluster_one(n: int, folder: Path) -> dict[str, Any]:
+    """``pytc run`` of n tiny blocks on the embedded cluster, and the same job in this process."""
+    import numpy as np
+    import torch
+    import yaml
+    import zarr
+
+    from models.ref import ModelInfo
+    from service.cli import main as pytc_main
+    from service.documents.inference import parse_inference
+    from workers.inference.run import run_serially
+
+    counts = TINY.get(n) or (n // 64, 8, 8)
+    shape = (counts[0] * 8, counts[1] * 32, counts[2] * 32)
+    data = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    zarr.open_group(folder / "em.zarr", mode="w").create_array("raw", data=data, chunks=(8, 32, 32))
+    torch.manual_seed(0)
+    torch.jit.script(torch.nn.Conv3d(1, 1, 1).eval()).save(str(folder / "net.pt"))
+    doc: dict[str, Any] = {
+        "kind": "inference",
+        "input": {"path": str(folder / "em.zarr"), "dataset": "raw"},
+        "model": {"torchscript": str(folder / "net.pt")},
+        "window": {"patch_size": [4, 16, 16], "stride": [2, 8, 8], "batch_size": 16},
+        "output": {"path": str(folder / "dask.zarr"), "dataset": "pred", "chunks": [8, 32, 32]},
+        "compute": {"block_shape": [8, 32, 32], "device": "cpu"},
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(doc))
+    t0 = time.perf_counter()
+    code = pytc_main(
+        [
+            "run",
+            str(folder / "job.yaml"),
+            "--data-root",
+            str(folder),
+            "--quiet",
+            "--report",
+            str(folder / "r.json"),
+        ]
+    )
+    wall = time.perf_counter() - t0
+    assert code == 0, code
+    dask_run = json.loads((folder / "r.json").read_text())
+    serial_doc = {**doc, "output": {**doc["output"], "path": str(folder / "serial.zarr")}}
+    job = parse_inference(serial_doc, (folder,))
+    serial = run_serially(job, ModelInfo(1, 1, dask_run_sha(folder)))
+    tasks = sum(dask_run["tasks_run"].values())
+    return {
+        "blocks": n,
+        "tasks": tasks,
+        "pytc_run_wall_s": wall,
+        "dask_run_s": dask_run["seconds"],
+        "serial_run_s": serial.seconds,
+        "dask_ms_per_task": 1e3 * dask_run["seconds"] / tasks,
+        "serial_ms_per_task": 1e3 * serial.seconds / tasks,
+        "overhead_ms_per_task": 1e3 * (dask_run["seconds"] - serial.seconds) / tasks,
+    }
+
+
+def dask_run_sha(folder: Path) -> str:
+    import zarr
+
+    return str(zarr.open_array(folder / "dask.zarr" / "pred").attrs["pytc"]["model_sha256"])
+
+
+def cluster_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| blocks | tasks | pytc run (run seconds) | same job in one process | per task: Dask "
+        "| per task: one process | overhead per task |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['blocks']:,} | {r['tasks']:,} | {r['dask_run_s']:.1f} s | {r['serial_run_s']:.1f} s "
+            f"| {r['dask_ms_per_task']:.1f} ms | {r['serial_ms_per_task']:.1f} ms "
+            f"| {r['overhead_ms_per_task']:.1f} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--cluster", type=int, nargs="+", help="real runs of this many tiny blocks instead")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cluster-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-results", action="store_true", help="print only, do not append to RESULTS.md")
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory(prefix="pytc-bench-scale-") as tmp:
             print(json.dumps(one(args.one, Path(tmp))))
+        return
+    if args.cluster_one:
+        with tempfile.TemporaryDirectory(prefix="pytc-bench-tiny-") as tmp:
+            print(json.dumps(cluster_one(args.cluster_one, Path(tmp))))
+        return
+    if args.cluster:
+        run_cluster(args.cluster, not args.no_results)
         return
     rows = []
     for n in args.sizes:
@@ -174,6 +273,32 @@ def main() -> None:
                 f"{platform.python_version()}. In-process driver, no-op block runner (creates the "
                 f"spill file a pass 1 publishes); plan of blocks 64x512x512, chunks 32x256x256, "
                 f"patch 17x129x129, stride 8x64x64; {IN_FLIGHT} tasks in flight.\n\n{text}"
+            )
+
+
+def run_cluster(sizes: list[int], record: bool) -> None:
+    rows = []
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--cluster-one", str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    text = cluster_table(rows)
+    print(text)
+    if record:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        command = "python tests/benchmarks/bench_scale.py --cluster " + " ".join(str(s) for s in sizes)
+        with open(ROOT / "tests" / "benchmarks" / "RESULTS.md", "a") as handle:
+            handle.write(
+                f"\n## Tiny blocks through pytc run against one process (issue 17), {stamp}\n\n"
+                f"`{command}` on {platform.node()} ({os.cpu_count()} CPUs, shared with other work), "
+                "embedded cluster of one worker; blocks 8x32x32, windows 4x16x16 every 2x8x8, "
+                f"a 1x1x1 convolution on the CPU. Run seconds exclude process and cluster start-up.\n\n{text}"
             )
 
 

@@ -43,6 +43,7 @@ LOG = "done.log"
 MAGIC = 0x5DC3
 SNAP_MAGIC = b"PYTCDONE"
 SYNC_S = 2.0  # the log is fsynced at most this often (and when the run completes)
+COMPACT_RECORDS = 1 << 20  # a snapshot replaces the log after this many records (or one per block)
 WRITE_S = 0.05  # a driver's records are written at most this often (a killed one redoes those)
 _HEADER = struct.Struct("<8sQ")
 
@@ -60,6 +61,7 @@ class Ledger:
         self._pending: list[int] = []
         self._log: io.FileIO | None = None  # closed with the ledger, or when it is collected
         self._synced = self._written = time.monotonic()
+        self._logged = 0  # records since the last snapshot
 
     @classmethod
     def open(cls, root: Path, n_blocks: int) -> Ledger:
@@ -73,6 +75,7 @@ class Ledger:
         """(``phase``, block ``index``) finished; on disk at the next :meth:`flush`."""
         (self.p1 if phase == 1 else self.p2)[index] = 1
         self._pending.append(encode(phase, index))
+        self._logged += 1
 
     def flush(self, *, sync: bool = False, lazy: bool = False) -> bool:
         """Append what was recorded since (one write), and fsync when it is time or ``sync``;
@@ -89,6 +92,8 @@ class Ledger:
             written = 0
             while written < len(data):
                 written += handle.write(data[written:]) or 0
+            if self._logged >= max(COMPACT_RECORDS, self.n_blocks):
+                self.snapshot()  # the log read at a resume stays within a snapshot's size or so
         if self._log is not None and (sync or time.monotonic() - self._synced >= SYNC_S):
             os.fsync(self._log.fileno())
             self._synced = time.monotonic()
@@ -97,6 +102,7 @@ class Ledger:
     def snapshot(self) -> None:
         """Write everything to a new snapshot (atomically), then empty the log: a crash in between
         leaves records the snapshot already holds, which read the same."""
+        self._logged = 0
         self.flush()
         p1 = np.frombuffer(bytes(self.p1), dtype=np.uint8).astype(bool)
         p2 = np.frombuffer(bytes(self.p2), dtype=np.uint8).astype(bool)
@@ -105,8 +111,9 @@ class Ledger:
         atomic_write(self.root / SNAPSHOT, lambda h: h.write(data), durable=True)
         if self._log is not None:
             self._log.truncate(0)
-        else:
-            (self.root / LOG).unlink(missing_ok=True)
+        elif (self.root / LOG).exists():
+            with open(self.root / LOG, "r+b") as handle:  # emptied, never replaced: one file
+                handle.truncate(0)
 
     def forget(self, phase: int, indices: list[int]) -> None:
         """Un-record (``phase``, blocks) durably (pass-1 partial sums found lost; tests)."""

@@ -24,6 +24,7 @@ less; and a spill file is kept until every block that might read it finished.
 
 from __future__ import annotations
 
+import array
 import collections
 import logging
 from collections.abc import Callable
@@ -144,9 +145,11 @@ class Schedule:
         waiting = neighbour_sum((~p1).reshape(shape), [t.sources for t in self.tables]).reshape(-1)
         self.border = bytearray(border.astype(np.uint8).tobytes())
         self.spills = bytearray(spills.astype(np.uint8).tobytes())
-        self.waiting: list[int] = waiting.tolist()
-        self.readers: list[int] = readers.tolist()
-        self.pass1 = collections.deque(np.flatnonzero(~p1).tolist())
+        # 4 bytes a block each (a list would take 8 and more): a million blocks hold 20 MB in all
+        self.waiting = array.array("i", waiting.astype(np.int32).tobytes())
+        self.readers = array.array("i", readers.astype(np.int32).tobytes())
+        self._pass1 = np.flatnonzero(~p1)  # handed out in this order, from a cursor
+        self._next1 = 0
         self.ready = collections.deque(np.flatnonzero(border & p1 & ~p2 & (waiting == 0)).tolist())
         self.in_flight = 0
         self.dropped: list[int] = []  # spill files no block reads any more, for the run to delete
@@ -174,10 +177,16 @@ class Schedule:
         if self.ready:
             self.in_flight += 1
             return 2, self.ready.popleft()
-        if self.pass1:
+        if self._next1 < len(self._pass1):
             self.in_flight += 1
-            return 1, self.pass1.popleft()
+            self._next1 += 1
+            return 1, int(self._pass1[self._next1 - 1])
         return None
+
+    @property
+    def pass1(self) -> list[int]:
+        """The pass-1 tasks not handed out yet, in order."""
+        return self._pass1[self._next1 :].tolist()
 
     def finished(self, phase: int, index: int) -> None:
         """A task ended; recorded (on disk at the ledger's next flush)."""
@@ -207,7 +216,7 @@ class Schedule:
                     self.dropped.append(s)
 
     def idle(self) -> bool:
-        return not self.ready and not self.pass1 and self.in_flight == 0
+        return not self.ready and self._next1 >= len(self._pass1) and self.in_flight == 0
 
     def take_dropped(self) -> list[int]:
         dropped, self.dropped = self.dropped, []

@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import workers.inference.ledger
 from volumes.blocks import BlockPlan, plan_blocks
 from volumes.windows import WindowGrid
 from workers.inference.ledger import Ledger, read_bits
@@ -137,3 +139,24 @@ def test_spill_files_are_dropped_once_every_reader_finished(tmp_path: Path) -> N
             assert all(c in finished_p2 for c in readers)
             dropped.append(source)
     assert sorted(dropped) == np.flatnonzero(np.frombuffer(schedule.spills, np.uint8)).tolist()
+
+
+def test_the_done_record_compacts_and_reads_past_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers.inference.ledger, "COMPACT_RECORDS", 1)  # one record per block
+    ledger = Ledger.open(tmp_path, 50)
+    for i in range(50):
+        ledger.record(1, i)
+        ledger.flush()
+    for i in range(0, 50, 2):
+        ledger.record(2, i)
+    ledger.flush()  # 75 records: over one per block, so the log was folded into a snapshot
+    assert (tmp_path / "done.log").stat().st_size < 75 * 8
+    with open(tmp_path / "done.log", "ab") as handle:
+        handle.write(bytes(8) + b"\x01\x02\x03")  # a crash of the machine: zeros, half a record
+    p1, p2 = read_bits(tmp_path, 50)
+    assert p1.all() and np.flatnonzero(p2).tolist() == list(range(0, 50, 2))
+    ledger.close()
+    (tmp_path / "done.snap").write_bytes(b"damaged")  # a damaged snapshot: recomputed, never trusted
+    assert not read_bits(tmp_path, 50)[0].any()
