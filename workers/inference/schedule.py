@@ -75,7 +75,7 @@ class AxisTables:
 def neighbour_sum(values: np.ndarray, tables: list[tuple[tuple[int, ...], ...]]) -> np.ndarray:
     """``out[b] = sum(values[s] for s in T_0(b_0) x T_1(b_1) x ...)``, one axis at a time (the
     neighbourhood is a product, so the sum is separable); each axis is a few shifted adds."""
-    out = values.astype(np.int64)
+    out = values.astype(np.int32)  # counts of neighbours: small
     for axis, table in enumerate(tables):
         n = len(table)
         offsets: dict[int, np.ndarray] = {}
