@@ -43,9 +43,14 @@ class UNETR(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        from monai.networks.blocks.dynunet_block import UnetOutBlock
-        from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
-        from monai.networks.nets.vit import ViT
+        try:
+            from monai.networks.blocks.dynunet_block import UnetOutBlock
+            from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+            from monai.networks.nets.vit import ViT
+        except ImportError as exc:
+            raise ModelConfigError(
+                "unetr is built from MONAI's blocks: install the 'transformers' extra (monai, einops)"
+            ) from exc
 
         img = _triple(img_size)
         patch = _triple(patch_size)

@@ -155,7 +155,7 @@ def main() -> None:
         torch.manual_seed(SEED)
         model = build(architecture, kwargs)
         allow_pooling_attention(model)
-        init = model.state_dict()
+        init = {k: v.clone() for k, v in model.state_dict().items()}  # load_state_dict writes in place
         state = perturb(init)
         model.load_state_dict(state)
         model.eval()
