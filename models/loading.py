@@ -22,8 +22,8 @@ from torch import nn
 
 from models.checkpoint import extract_state_dict, load_checkpoint, load_failure, load_weights
 from models.errors import CheckpointError, ModelConfigError, ModelNotFoundError
-from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
 from models.pytc.registry import ARCHITECTURES
+from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelConfigError
-from models.pytc.layers import activation, conv_norm_act, norm
+from models.pytc.layers import activation, conv_norm_act, norm, padding_mode
 from models.pytc.residual import BasicBlock, InvertedResidual, InvertedResidualDilated
 
 
@@ -48,8 +48,10 @@ class ResNet3D(Stages):
     ) -> None:
         super().__init__()
         if block_type not in ("residual", "residual_se"):
-            raise ModelConfigError(f"block_type of the resnet backbone must be residual or residual_se, got {block_type!r}")
-        shared = {"pad_mode": pad_mode, "act_mode": act_mode, "norm_mode": norm_mode}
+            raise ModelConfigError(
+                f"block_type of the resnet backbone must be residual or residual_se, got {block_type!r}"
+            )
+        shared: dict[str, Any] = {"pad_mode": pad_mode, "act_mode": act_mode, "norm_mode": norm_mode}
         kernel, padding = (5, 2) if isotropy[0] else ((1, 5, 5), (0, 2, 2))
         self.layer0 = conv_norm_act(3, in_channel, filters[0], kernel, 1, padding, **shared)
         for i in range(1, 5):
@@ -82,7 +84,9 @@ class RepVGGBlock3D(nn.Module):
         self.act = activation(act_mode)
         kernel, padding = (3, 1) if isotropic else ((1, 3, 3), (0, 1, 1))
         if deploy:
-            self.rbr_reparam = nn.Conv3d(in_planes, planes, kernel, stride, padding, bias=True, padding_mode=pad_mode)  # type: ignore[arg-type]
+            self.rbr_reparam = nn.Conv3d(
+                in_planes, planes, kernel, stride, padding, bias=True, padding_mode=padding_mode(pad_mode)
+            )
             return
         self.rbr_identity = nn.BatchNorm3d(in_planes) if planes == in_planes and stride == 1 else None
         self.rbr_dense = _conv_bn(in_planes, planes, kernel, stride, padding, pad_mode)
@@ -97,9 +101,16 @@ class RepVGGBlock3D(nn.Module):
         return self.act(y)
 
 
-def _conv_bn(in_planes: int, planes: int, kernel: Any, stride: Any, padding: Any, pad_mode: str) -> nn.Sequential:
+def _conv_bn(
+    in_planes: int, planes: int, kernel: Any, stride: Any, padding: Any, pad_mode: str
+) -> nn.Sequential:
     branch = nn.Sequential()
-    branch.add_module("conv", nn.Conv3d(in_planes, planes, kernel, stride, padding, bias=False, padding_mode=pad_mode))  # type: ignore[arg-type]
+    branch.add_module(
+        "conv",
+        nn.Conv3d(
+            in_planes, planes, kernel, stride, padding, bias=False, padding_mode=padding_mode(pad_mode)
+        ),
+    )
     branch.add_module("bn", nn.BatchNorm3d(planes))
     return branch
 
@@ -139,7 +150,12 @@ def repvgg_deploy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     out = dict(state)
     for key in state:
         parts = key.split(".")
-        if len(parts) < 5 or parts[0] != "backbone" or parts[3] != "rbr_dense" or not key.endswith("conv.weight"):
+        if (
+            len(parts) < 5
+            or parts[0] != "backbone"
+            or parts[3] != "rbr_dense"
+            or not key.endswith("conv.weight")
+        ):
             continue
         prefix = ".".join(parts[:3])
         kernel, bias = _fold(out, prefix)
@@ -166,10 +182,14 @@ def _fold(state: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, to
     return kernel, bias
 
 
-def _fused(kernel: torch.Tensor, state: dict[str, torch.Tensor], bn: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _fused(
+    kernel: torch.Tensor, state: dict[str, torch.Tensor], bn: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     std = (state[bn + ".running_var"] + 1e-5).sqrt()
     gamma = state[bn + ".weight"]
-    return kernel * (gamma / std).reshape(-1, 1, 1, 1, 1), state[bn + ".bias"] - state[bn + ".running_mean"] * gamma / std
+    return kernel * (gamma / std).reshape(-1, 1, 1, 1, 1), state[bn + ".bias"] - state[
+        bn + ".running_mean"
+    ] * gamma / std
 
 
 class EfficientNet3D(Stages):
@@ -194,22 +214,32 @@ class EfficientNet3D(Stages):
     ) -> None:
         super().__init__()
         if block_type not in ("inverted_res", "inverted_res_dilated"):
-            raise ModelConfigError(f"block_type of the efficientnet backbone must be inverted_res or inverted_res_dilated, got {block_type!r}")
+            raise ModelConfigError(
+                "block_type of the efficientnet backbone must be inverted_res or inverted_res_dilated, "
+                f"got {block_type!r}"
+            )
         dilated = block_type == "inverted_res_dilated"
         self.conv1: nn.Module
         if dilated:
             self.conv1 = DilatedBlock(in_channel, filters[0] // 4, pad_mode)
         else:
-            self.conv1 = nn.Conv3d(in_channel, filters[0], 3, 1, 1, bias=False, padding_mode=pad_mode)  # type: ignore[arg-type]
+            self.conv1 = nn.Conv3d(
+                in_channel, filters[0], 3, 1, 1, bias=False, padding_mode=padding_mode(pad_mode)
+            )
         self.bn1 = norm(norm_mode, filters[0], momentum=0.01)
         self.relu = activation(act_mode)
         block = InvertedResidualDilated if dilated else InvertedResidual
-        shared = {"attention": attention, "pad_mode": pad_mode, "act_mode": act_mode, "norm_mode": norm_mode}
+        shared: dict[str, Any] = {
+            "attention": attention,
+            "pad_mode": pad_mode,
+            "act_mode": act_mode,
+            "norm_mode": norm_mode,
+        }
         for i in range(5):
             in_ch = filters[max(0, i - 1)]
             layers = [
                 block(in_ch if b == 0 else filters[i], filters[i], ks[i], self.STRIDES[i] if b == 0 else 1,
-                      isotropic=isotropy[i], **shared)  # type: ignore[arg-type]
+                      isotropic=isotropy[i], **shared)
                 for b in range(blocks[i])
             ]  # fmt: skip
             self.add_module(f"layer{i}", nn.Sequential(*layers))
@@ -224,7 +254,10 @@ class DilatedBlock(nn.Module):
     def __init__(self, in_channel: int, planes: int, pad_mode: str) -> None:
         super().__init__()
         self.conv = nn.ModuleList(
-            [nn.Conv3d(in_channel, planes, 3, 1, d, d, bias=False, padding_mode=pad_mode) for d in (1, 2, 4, 8)]  # type: ignore[arg-type]
+            [
+                nn.Conv3d(in_channel, planes, 3, 1, d, d, bias=False, padding_mode=padding_mode(pad_mode))
+                for d in (1, 2, 4, 8)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from models.errors import ModelConfigError
 from models.pytc.backbones import Stages, _stride
-from models.pytc.layers import activation, conv_norm_act
+from models.pytc.layers import activation, conv_norm_act, padding_mode
 from models.pytc.residual import BasicBlock
 
 
@@ -44,7 +44,10 @@ class Attention(nn.Module):
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = fmap.shape
         # 'b (h d) z y x -> b h (z y x) d' for each of q, k, v
-        q, k, v = (t.reshape(b, self.heads, self.dim_head, -1).transpose(-1, -2) for t in self.to_qkv(fmap).chunk(3, 1))
+        q, k, v = (
+            t.reshape(b, self.heads, self.dim_head, -1).transpose(-1, -2)
+            for t in self.to_qkv(fmap).chunk(3, 1)
+        )
         q = q * self.scale
         sim = torch.matmul(q, k.transpose(-1, -2)) + self.pos_emb(q)
         out = torch.matmul(sim.softmax(dim=-1), v)
@@ -53,14 +56,22 @@ class Attention(nn.Module):
 
 class BottleBlock(nn.Module):
     def __init__(
-        self, dim: int, fmap_size: Sequence[int], dim_out: int, downsample: bool, act: nn.Module, pad_mode: str
+        self,
+        dim: int,
+        fmap_size: Sequence[int],
+        dim_out: int,
+        downsample: bool,
+        act: nn.Module,
+        pad_mode: str,
     ) -> None:
         super().__init__()
         self.fmap_size = tuple(fmap_size)
         kernel, stride, padding = (3, 2, 1) if downsample else (1, 1, 0)
         self.shortcut: nn.Module = nn.Identity()
         if dim != dim_out or downsample:
-            conv = nn.Conv3d(dim, dim_out, kernel, stride, padding, bias=False, padding_mode=pad_mode)  # type: ignore[arg-type]
+            conv = nn.Conv3d(
+                dim, dim_out, kernel, stride, padding, bias=False, padding_mode=padding_mode(pad_mode)
+            )
             self.shortcut = nn.Sequential(conv, nn.BatchNorm3d(dim_out), act)
         attn_in, heads, dim_head = dim_out // 2, 4, 32
         self.net = nn.Sequential(
@@ -74,7 +85,7 @@ class BottleBlock(nn.Module):
             nn.Conv3d(heads * dim_head, dim_out, 1, bias=False),
             nn.BatchNorm3d(dim_out),
         )
-        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(cast(nn.BatchNorm3d, self.net[-1]).weight)
         self.activation = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +115,10 @@ class BotNet3D(Stages):
     ) -> None:
         super().__init__()
         if block_type not in ("residual", "residual_se"):
-            raise ModelConfigError(f"block_type of the botnet backbone must be residual or residual_se, got {block_type!r}")
-        shared = {"pad_mode": pad_mode, "act_mode": act_mode, "norm_mode": norm_mode}
+            raise ModelConfigError(
+                f"block_type of the botnet backbone must be residual or residual_se, got {block_type!r}"
+            )
+        shared: dict[str, Any] = {"pad_mode": pad_mode, "act_mode": act_mode, "norm_mode": norm_mode}
         kernel, padding = (5, 2) if isotropy[0] else ((1, 5, 5), (0, 2, 2))
         self.layer0 = conv_norm_act(3, in_channel, filters[0], kernel, 1, padding, **shared)
         for i in range(1, 4):
@@ -118,7 +131,9 @@ class BotNet3D(Stages):
             self.add_module(f"layer{i}", nn.Sequential(*layers))
         size = list(fmap_size)
         for iso in isotropy[1:-1]:
-            size = [math.ceil(f / 2) for f in size] if iso else size[:1] + [math.ceil(f / 2) for f in size[1:]]
+            size = (
+                [math.ceil(f / 2) for f in size] if iso else size[:1] + [math.ceil(f / 2) for f in size[1:]]
+            )
         act = activation(act_mode)  # one module shared by every block, as in PyTC
         self.layer4 = BottleStack(filters[3], size, filters[4], act)
 

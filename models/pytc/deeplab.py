@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import ModelConfigError
-from models.pytc.layers import activation, norm, slicewise
+from models.pytc.layers import activation, norm, padding_mode, slicewise
 
 # name: (bottleneck?, blocks per layer, groups, width per group)
 RESNETS: dict[str, tuple[bool, tuple[int, int, int, int], int, int]] = {
@@ -36,19 +36,24 @@ RESNETS: dict[str, tuple[bool, tuple[int, int, int, int], int, int]] = {
 
 
 def _conv(cin: int, cout: int, kernel: int, pad_mode: str = "zeros", **kwargs: Any) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel, bias=kwargs.pop("bias", False), padding_mode=pad_mode, **kwargs)  # type: ignore[arg-type]
+    return nn.Conv2d(
+        cin, cout, kernel, bias=kwargs.pop("bias", False), padding_mode=padding_mode(pad_mode), **kwargs
+    )
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, groups: int,
-                 base_width: int, dilation: int, pad_mode: str, act_mode: str, norm_mode: str) -> None:  # fmt: skip
+                 base_width: int, dilation: int, pad_mode: str, act_mode: str, norm_mode: str,
+    ) -> None:  # fmt: skip
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = _conv(inplanes, width, 1)
         self.bn1 = norm(norm_mode, width, 2)
-        self.conv2 = _conv(width, width, 3, pad_mode, stride=stride, padding=dilation, groups=groups, dilation=dilation)
+        self.conv2 = _conv(
+            width, width, 3, pad_mode, stride=stride, padding=dilation, groups=groups, dilation=dilation
+        )
         self.bn2 = norm(norm_mode, width, 2)
         self.conv3 = _conv(width, planes * 4, 1)
         self.bn3 = norm(norm_mode, planes * 4, 2)
@@ -67,7 +72,8 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, groups: int,
-                 base_width: int, dilation: int, pad_mode: str, act_mode: str, norm_mode: str) -> None:  # fmt: skip
+                 base_width: int, dilation: int, pad_mode: str, act_mode: str, norm_mode: str,
+    ) -> None:  # fmt: skip
         super().__init__()
         if dilation > 1:
             raise ModelConfigError("deeplab: resnet18/34 (basic blocks) cannot replace strides by dilation")
@@ -123,10 +129,25 @@ class ResNet2D(nn.Module):
                 _conv(self.inplanes, planes * block.expansion, 1, stride=stride),
                 norm(self.shared[2], planes * block.expansion, 2),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous, *self.shared)]
+        layers = [
+            block(
+                self.inplanes,
+                planes,
+                stride,
+                downsample,
+                self.groups,
+                self.base_width,
+                previous,
+                *self.shared,
+            )
+        ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, 1, None, self.groups, self.base_width, self.dilation, *self.shared))
+            layers.append(
+                block(
+                    self.inplanes, planes, 1, None, self.groups, self.base_width, self.dilation, *self.shared
+                )
+            )
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,7 +159,9 @@ class ResNet2D(nn.Module):
         return out
 
 
-def _cna(cin: int, cout: int, kernel: int, pad_mode: str, act_mode: str, norm_mode: str, **kwargs: Any) -> list[nn.Module]:
+def _cna(
+    cin: int, cout: int, kernel: int, pad_mode: str, act_mode: str, norm_mode: str, **kwargs: Any
+) -> list[nn.Module]:
     return [_conv(cin, cout, kernel, pad_mode, **kwargs), norm(norm_mode, cout, 2), activation(act_mode)]
 
 
@@ -147,8 +170,12 @@ class ASPP(nn.Module):
         super().__init__()
         branches: list[nn.Module] = [nn.Sequential(*_cna(cin, out, 1, "zeros", act_mode, norm_mode))]
         for rate in (12, 24, 36):
-            branches.append(nn.Sequential(*_cna(cin, out, 3, pad_mode, act_mode, norm_mode, padding=rate, dilation=rate)))
-        branches.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), *_cna(cin, out, 1, "zeros", act_mode, norm_mode)))
+            branches.append(
+                nn.Sequential(*_cna(cin, out, 3, pad_mode, act_mode, norm_mode, padding=rate, dilation=rate))
+            )
+        branches.append(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), *_cna(cin, out, 1, "zeros", act_mode, norm_mode))
+        )
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(*_cna(5 * out, out, 1, "zeros", act_mode, norm_mode))
 
@@ -163,7 +190,9 @@ class HeadA(nn.Sequential):
     def __init__(self, cin: int, classes: int, pad_mode: str, act_mode: str, norm_mode: str) -> None:
         conv = _conv(256, 256, 3, pad_mode, padding=1)  # built before the ASPP, as in PyTC
         aspp = ASPP(cin, pad_mode, act_mode, norm_mode)
-        super().__init__(aspp, conv, norm(norm_mode, 256, 2), activation(act_mode), _conv(256, classes, 1, bias=True))
+        super().__init__(
+            aspp, conv, norm(norm_mode, 256, 2), activation(act_mode), _conv(256, classes, 1, bias=True)
+        )
 
 
 class HeadB(nn.Module):
@@ -212,7 +241,9 @@ class DeepLabV3(nn.Module):
     ) -> None:
         super().__init__()
         if backbone_type not in RESNETS:
-            raise ModelConfigError(f"{name}: backbone_type must be one of {list(RESNETS)}, got {backbone_type!r}")
+            raise ModelConfigError(
+                f"{name}: backbone_type must be one of {list(RESNETS)}, got {backbone_type!r}"
+            )
         if not RESNETS[backbone_type][0]:
             raise ModelConfigError(f"{name}: PyTC's heads take 2048 channels; {backbone_type!r} gives 512")
         self.name, self.in_channels, self.out_channels = name, in_channel, out_channel
@@ -221,7 +252,8 @@ class DeepLabV3(nn.Module):
         self.aux_classifier: nn.Module | None = None
         if aux_out:
             self.aux_classifier = nn.Sequential(
-                *_cna(1024, 256, 3, pad_mode, act_mode, norm_mode, padding=1), _conv(256, out_channel, 1, bias=True)
+                *_cna(1024, 256, 3, pad_mode, act_mode, norm_mode, padding=1),
+                _conv(256, out_channel, 1, bias=True),
             )
         head = {"deeplabv3a": HeadA, "deeplabv3b": HeadB, "deeplabv3c": HeadC}[name]
         self.classifier = head(2048, out_channel, *shared)

@@ -71,7 +71,16 @@ class FPN3D(nn.Module):
             self.smooth.append(conv_norm_act(3, width, width, kernel, 1, padding, **shared))
         kernel, padding = ((5, 5, 5), (2, 2, 2)) if iso[0] else ((1, 5, 5), (0, 2, 2))
         self.conv_out = conv_norm_act(
-            3, width, out_channel, kernel, 1, padding, bias=True, pad_mode=pad_mode, act_mode="none", norm_mode="none"
+            3,
+            width,
+            out_channel,
+            kernel,
+            1,
+            padding,
+            bias=True,
+            pad_mode=pad_mode,
+            act_mode="none",
+            norm_mode="none",
         )
         initialise(self, init_mode)
 
@@ -103,13 +112,21 @@ def _check(
     if backbone_type not in BACKBONES:
         raise ModelConfigError(f"backbone_type must be one of {list(BACKBONES)}, got {backbone_type!r}")
     if len(filters) != 5 or any(f < 1 for f in filters):
-        raise ModelConfigError(f"fpn_3d needs five positive filters (one per backbone stage), got {list(filters)}")
+        raise ModelConfigError(
+            f"fpn_3d needs five positive filters (one per backbone stage), got {list(filters)}"
+        )
     if len(isotropy) != 5:
         raise ModelConfigError(f"fpn_3d needs five isotropy entries, got {list(isotropy)}")
     needed = 5 if backbone_type == "efficientnet" else 4
     if len(blocks) < needed or any(b < 1 for b in blocks):
-        raise ModelConfigError(f"the {backbone_type} backbone needs {needed} positive block counts, got {list(blocks)}")
+        raise ModelConfigError(
+            f"the {backbone_type} backbone needs {needed} positive block counts, got {list(blocks)}"
+        )
     if backbone_type == "efficientnet" and (len(ks) < 5 or any(k not in (3, 5) for k in ks)):
-        raise ModelConfigError(f"the efficientnet backbone needs five kernel sizes of 3 or 5 (ks), got {list(ks)}")
+        raise ModelConfigError(
+            f"the efficientnet backbone needs five kernel sizes of 3 or 5 (ks), got {list(ks)}"
+        )
     if in_channel < 1 or out_channel < 1:
-        raise ModelConfigError(f"channels must be >= 1, got in_channel={in_channel} out_channel={out_channel}")
+        raise ModelConfigError(
+            f"channels must be >= 1, got in_channel={in_channel} out_channel={out_channel}"
+        )

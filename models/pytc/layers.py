@@ -111,6 +111,13 @@ def norm_act_conv3d(
     return nn.Sequential(norm(norm_mode, in_planes, 3), activation(act_mode), conv)
 
 
+def padding_mode(mode: str) -> PadMode:
+    """``mode`` checked as a conv's ``padding_mode``."""
+    if mode not in PAD_MODES:
+        raise ModelConfigError(f"pad_mode must be one of {list(PAD_MODES)}, got {mode!r}")
+    return cast(PadMode, mode)
+
+
 def _conv(
     dims: int,
     in_planes: int,
@@ -123,8 +130,6 @@ def _conv(
     bias: bool,
     pad_mode: str,
 ) -> nn.Module:
-    if pad_mode not in PAD_MODES:
-        raise ModelConfigError(f"pad_mode must be one of {list(PAD_MODES)}, got {pad_mode!r}")
     kind = nn.Conv3d if dims == 3 else nn.Conv2d
     return kind(
         in_planes,
@@ -135,7 +140,7 @@ def _conv(
         dilation=dilation,
         groups=groups,
         bias=bias,
-        padding_mode=cast(PadMode, pad_mode),
+        padding_mode=padding_mode(pad_mode),
     )
 
 
@@ -164,7 +169,11 @@ class PoolingAttention3D(nn.Module):
     three average-pooled views, each convolved, activated and summed; a 1x1x1 conv then gates x."""
 
     _KERNELS = {
-        "strip": (("z", (3, 1, 1), (None, 1, 1)), ("y", (1, 3, 1), (1, None, 1)), ("x", (1, 1, 3), (1, 1, None))),
+        "strip": (
+            ("z", (3, 1, 1), (None, 1, 1)),
+            ("y", (1, 3, 1), (1, None, 1)),
+            ("x", (1, 1, 3), (1, 1, None)),
+        ),
         "plane": (
             ("zy", (3, 3, 1), (None, None, 1)),
             ("yx", (1, 3, 3), (1, None, None)),
@@ -178,7 +187,7 @@ class PoolingAttention3D(nn.Module):
         reduced = channel // 4
         self._pools: list[tuple[str, tuple[int | None, ...]]] = []
         for name, kernel, pooled in self._KERNELS[kind]:
-            padding = tuple(k // 2 for k in kernel)
+            padding = cast(tuple[int, int, int], tuple(k // 2 for k in kernel))
             self._pools.append((name, pooled))
             self.add_module(f"conv_{name}", nn.Conv3d(channel, reduced, kernel, padding=padding))
         self.relu = activation(act_mode)
@@ -188,7 +197,7 @@ class PoolingAttention3D(nn.Module):
         shape = x.shape
         fusion = torch.zeros((), dtype=x.dtype, device=x.device)
         for name, pooled in self._pools:
-            view = nn.functional.adaptive_avg_pool3d(x, pooled)
+            view = nn.functional.adaptive_avg_pool3d(x, cast(Any, pooled))
             fusion = fusion + self.relu(getattr(self, f"conv_{name}")(view).expand(-1, -1, *shape[2:]))
         return x * self.conv1x1x1(fusion).sigmoid()
 

@@ -21,17 +21,22 @@ from models.errors import ModelConfigError
 
 Builder = Callable[[Mapping[str, Any]], nn.Module]
 
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(_is_int(x) for x in v)
+
+
 # What each key's value must be: a checker, and its description for the error message.
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
-    "ints": (lambda v: isinstance(v, list | tuple) and all(_is_int(x) for x in v), "a list of ints"),
-    "int_or_ints": (lambda v: _is_int(v) or (isinstance(v, list | tuple) and all(_is_int(x) for x in v)), "an int or a list of ints"),
+    "ints": (_ints, "a list of ints"),
+    "int_or_ints": (lambda v: _is_int(v) or _ints(v), "an int or a list of ints"),
     "bool": (lambda v: isinstance(v, bool), "a boolean"),
-    "bools": (lambda v: isinstance(v, list | tuple) and all(isinstance(x, bool) for x in v), "a list of booleans"),
+    "bools": (lambda v: isinstance(v, list | tuple) and all(isinstance(x, bool) for x in v), "booleans"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "opt_str": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-    "opt_ints": (lambda v: v is None or (isinstance(v, list | tuple) and all(_is_int(x) for x in v)), "null or a list of ints"),
+    "opt_ints": (lambda v: v is None or _ints(v), "null or a list of ints"),
     "any": (lambda v: True, "anything"),
 }  # fmt: skip
 
@@ -64,7 +69,9 @@ COMMON_KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_config(name: str, config: Mapping[str, Any], extra: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+def parse_config(
+    name: str, config: Mapping[str, Any], extra: Mapping[str, tuple[str, str]]
+) -> dict[str, Any]:
     """``config`` as keyword arguments: each key known (common or ``extra``), each value of its
     kind, aliases agreeing. Raises :class:`ModelConfigError` naming the key."""
     keys = {**COMMON_KEYS, **extra}
@@ -138,7 +145,9 @@ def _deeplab_builder(name: str) -> Builder:
 
         kwargs = parse_config(name, config, _DEEPLAB_EXTRA)
         if kwargs.get("name", name) != name:
-            raise ModelConfigError(f"{name}: config key 'name' must be {name!r} or absent, got {kwargs['name']!r}")
+            raise ModelConfigError(
+                f"{name}: config key 'name' must be {name!r} or absent, got {kwargs['name']!r}"
+            )
         return DeepLabV3(name, **_select(kwargs, _DEEPLAB_ARGS))
 
     return build
@@ -164,7 +173,8 @@ _UNETR_EXTRA: dict[str, tuple[str, str]] = {
 }
 _UNETR_ARGS = (
     "in_channel", "out_channel", "img_size", "patch_size", "feature_size", "hidden_size", "mlp_dim",
-    "num_heads", "pos_embed", "norm_name", "is_isotropic", "conv_block", "res_block", "dropout_rate", "qkv_bias",
+    "num_heads", "pos_embed", "norm_name", "is_isotropic", "conv_block", "res_block", "dropout_rate",
+    "qkv_bias",
 )  # fmt: skip
 
 

@@ -13,7 +13,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from models.pytc.layers import SELayer, activation, attention_3d, conv_norm_act, norm, norm_act_conv3d
+from models.pytc.layers import (
+    SELayer,
+    activation,
+    attention_3d,
+    conv_norm_act,
+    norm,
+    norm_act_conv3d,
+    padding_mode,
+)
 
 
 def _kernel(dims: int, isotropic: bool, dilation: int) -> tuple[Any, Any]:
@@ -42,7 +50,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         kernel, padding = _kernel(dims, isotropic, dilation)
-        shared = {"dilation": dilation, "pad_mode": pad_mode, "norm_mode": norm_mode}
+        shared: dict[str, Any] = {"dilation": dilation, "pad_mode": pad_mode, "norm_mode": norm_mode}
         conv: nn.Module = nn.Sequential(
             conv_norm_act(dims, in_planes, planes, kernel, stride, padding, act_mode=act_mode, **shared),
             conv_norm_act(dims, planes, planes, kernel, 1, padding, act_mode="none", **shared),
@@ -82,7 +90,12 @@ class BasicBlock3dPA(nn.Module):
     ) -> None:
         super().__init__()
         kernel, padding = _kernel(3, isotropic, dilation)
-        shared = {"dilation": dilation, "pad_mode": pad_mode, "norm_mode": norm_mode, "act_mode": act_mode}
+        shared: dict[str, Any] = {
+            "dilation": dilation,
+            "pad_mode": pad_mode,
+            "norm_mode": norm_mode,
+            "act_mode": act_mode,
+        }
         conv: nn.Module = nn.Sequential(
             norm_act_conv3d(in_planes, planes, kernel, stride, padding, **shared),
             norm_act_conv3d(planes, planes, kernel, 1, padding, **shared),
@@ -90,7 +103,9 @@ class BasicBlock3dPA(nn.Module):
         self.conv = conv
         self.projector: nn.Module = nn.Identity()
         if in_planes != planes or stride != 1 or projection:
-            self.projector = conv_norm_act(3, in_planes, planes, 1, stride, 0, norm_mode=norm_mode, act_mode="none")
+            self.projector = conv_norm_act(
+                3, in_planes, planes, 1, stride, 0, norm_mode=norm_mode, act_mode="none"
+            )
         if se:
             self.conv = nn.Sequential(conv, SELayer(planes, 4, act_mode, 3))
 
@@ -142,7 +157,7 @@ class InvertedResidual(nn.Module):
         self.attention = attention_3d(attention, mid)
         self.projector: nn.Module = nn.Identity()
         if depthwise.stride != (1, 1, 1):
-            pool = nn.AvgPool3d(depthwise.stride, depthwise.stride)
+            pool = nn.AvgPool3d(cast(Any, depthwise.stride), cast(Any, depthwise.stride))
             self.projector = nn.Sequential(pool, _projector(in_ch, out_ch, norm_mode))
         elif in_ch != out_ch:
             self.projector = _projector(in_ch, out_ch, norm_mode)
@@ -181,14 +196,18 @@ class InvertedResidualDilated(nn.Module):
         self.DWConv = nn.ModuleList(
             [_depthwise(mid // 4, kernel_size, stride, d, isotropic, pad_mode) for d in self.DILATIONS]
         )
-        self.layers1_a = nn.Sequential(nn.Conv3d(in_ch, mid, 1, bias=False), norm(norm_mode, mid), activation(act_mode))
+        self.layers1_a = nn.Sequential(
+            nn.Conv3d(in_ch, mid, 1, bias=False), norm(norm_mode, mid), activation(act_mode)
+        )
         self.layers1_b = nn.Sequential(norm(norm_mode, mid), activation(act_mode))
         self.layers2 = nn.Sequential(nn.Conv3d(mid, out_ch, 1, bias=False), norm(norm_mode, out_ch))
         self.attention = attention_3d(attention, mid)
         self.projector: nn.Module = nn.Identity()
         dw_stride = cast(nn.Conv3d, self.DWConv[0]).stride
         if dw_stride != (1, 1, 1):
-            self.projector = nn.Sequential(nn.AvgPool3d(dw_stride, dw_stride), _projector(in_ch, out_ch, norm_mode))
+            self.projector = nn.Sequential(
+                nn.AvgPool3d(cast(Any, dw_stride), cast(Any, dw_stride)), _projector(in_ch, out_ch, norm_mode)
+            )
         elif in_ch != out_ch:
             self.projector = _projector(in_ch, out_ch, norm_mode)
 
@@ -200,18 +219,20 @@ class InvertedResidualDilated(nn.Module):
         return out + self.projector(_grown(x, out))
 
 
-def _depthwise(channels: int, kernel: int, stride: Any, dilation: int, isotropic: bool, pad_mode: str) -> nn.Conv3d:
+def _depthwise(
+    channels: int, kernel: int, stride: Any, dilation: int, isotropic: bool, pad_mode: str
+) -> nn.Conv3d:
     """PyTC's ``dwconvkxkxk`` (isotropic) / ``dwconv1xkxk``."""
     pad = ((kernel - 1) * dilation) // 2
     if isotropic:
         return nn.Conv3d(
             channels, channels, kernel, stride, pad, dilation, groups=channels, bias=False,
-            padding_mode=pad_mode,  # type: ignore[arg-type]
+            padding_mode=padding_mode(pad_mode),
         )  # fmt: skip
     stride = (1, stride, stride) if isinstance(stride, int) else stride
     return nn.Conv3d(
         channels, channels, (1, kernel, kernel), stride, (0, pad, pad), (1, dilation, dilation),
-        groups=channels, bias=False, padding_mode=pad_mode,  # type: ignore[arg-type]
+        groups=channels, bias=False, padding_mode=padding_mode(pad_mode),
     )  # fmt: skip
 
 

@@ -108,7 +108,10 @@ class UNet(nn.Module):
             # PyTC leaves these 1x1 convs at conv_norm_act's default padding of 1: each grows the
             # bottom map by one voxel per side (padded as pad_mode says) before it is resized.
             self.feat_layers = nn.ModuleList(
-                [conv_norm_act(dims, filters[-1], filters[k - 1], 1, 1, 1, **shared) for k in range(1, self.depth)]
+                [
+                    conv_norm_act(dims, filters[-1], filters[k - 1], 1, 1, 1, **shared)
+                    for k in range(1, self.depth)
+                ]
             )
             self.non_local = NonLocalBlock(filters[-1], dims, norm_mode)
 
@@ -166,8 +169,12 @@ def _check(
     if block_type not in allowed:
         raise ModelConfigError(f"block_type must be one of {list(allowed)} in {dims}D, got {block_type!r}")
     if in_channel < 1 or out_channel < 1:
-        raise ModelConfigError(f"channels must be >= 1, got in_channel={in_channel} out_channel={out_channel}")
+        raise ModelConfigError(
+            f"channels must be >= 1, got in_channel={in_channel} out_channel={out_channel}"
+        )
     if not filters or any(f < 1 for f in filters):
         raise ModelConfigError(f"filters must be a non-empty list of positive ints, got {filters}")
     if dims == 3 and not is_isotropic and len(isotropy) != len(filters):
-        raise ModelConfigError(f"isotropy needs one entry per stage ({len(filters)} filters), got {len(isotropy)}")
+        raise ModelConfigError(
+            f"isotropy needs one entry per stage ({len(filters)} filters), got {len(isotropy)}"
+        )

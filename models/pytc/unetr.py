@@ -69,17 +69,33 @@ class UNETR(nn.Module):
         f = feature_size
         shared: dict[str, Any] = {"spatial_dims": 3, "norm_name": norm_name, "res_block": res_block}
         pr = {**shared, "kernel_size": 3, "stride": 1, "conv_block": conv_block}
-        self.encoder1 = UnetrBasicBlock(in_channels=in_channel, out_channels=f, kernel_size=(1, 3, 3), stride=1, **shared)
+        self.encoder1 = UnetrBasicBlock(
+            in_channels=in_channel, out_channels=f, kernel_size=(1, 3, 3), stride=1, **shared
+        )
         self.encoder2 = nn.Sequential(
-            UnetrPrUpBlock(in_channels=hidden_size, out_channels=f * 2, num_layer=1, upsample_kernel_size=up, **pr),
+            UnetrPrUpBlock(
+                in_channels=hidden_size, out_channels=f * 2, num_layer=1, upsample_kernel_size=up, **pr
+            ),
             UnetrPrUpBlock(in_channels=f * 2, out_channels=f * 2, num_layer=0, upsample_kernel_size=2, **pr),
         )
-        self.encoder3 = UnetrPrUpBlock(in_channels=hidden_size, out_channels=f * 4, num_layer=1, upsample_kernel_size=up, **pr)
-        self.encoder4 = UnetrPrUpBlock(in_channels=hidden_size, out_channels=f * 8, num_layer=0, upsample_kernel_size=up, **pr)
-        self.decoder5 = UnetrUpBlock(in_channels=hidden_size, out_channels=f * 8, kernel_size=3, upsample_kernel_size=up, **shared)
-        self.decoder4 = UnetrUpBlock(in_channels=f * 8, out_channels=f * 4, kernel_size=3, upsample_kernel_size=up, **shared)
-        self.decoder3 = UnetrUpBlock(in_channels=f * 4, out_channels=f * 2, kernel_size=3, upsample_kernel_size=2, **shared)
-        self.decoder2 = UnetrUpBlock(in_channels=f * 2, out_channels=f, kernel_size=(1, 3, 3), upsample_kernel_size=2, **shared)
+        self.encoder3 = UnetrPrUpBlock(
+            in_channels=hidden_size, out_channels=f * 4, num_layer=1, upsample_kernel_size=up, **pr
+        )
+        self.encoder4 = UnetrPrUpBlock(
+            in_channels=hidden_size, out_channels=f * 8, num_layer=0, upsample_kernel_size=up, **pr
+        )
+        self.decoder5 = UnetrUpBlock(
+            in_channels=hidden_size, out_channels=f * 8, kernel_size=3, upsample_kernel_size=up, **shared
+        )
+        self.decoder4 = UnetrUpBlock(
+            in_channels=f * 8, out_channels=f * 4, kernel_size=3, upsample_kernel_size=up, **shared
+        )
+        self.decoder3 = UnetrUpBlock(
+            in_channels=f * 4, out_channels=f * 2, kernel_size=3, upsample_kernel_size=2, **shared
+        )
+        self.decoder2 = UnetrUpBlock(
+            in_channels=f * 2, out_channels=f, kernel_size=(1, 3, 3), upsample_kernel_size=2, **shared
+        )
         self.out = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channel)
 
     def _grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +122,13 @@ def _triple(value: Sequence[int] | int) -> tuple[int, int, int]:
 
 
 def _check(
-    img: tuple[int, ...], patch: tuple[int, ...], hidden: int, heads: int, pos_embed: str, dropout: float, iso: bool
+    img: tuple[int, ...],
+    patch: tuple[int, ...],
+    hidden: int,
+    heads: int,
+    pos_embed: str,
+    dropout: float,
+    iso: bool,
 ) -> None:
     if not 0 <= dropout <= 1:
         raise ModelConfigError(f"unetr: dropout_rate must be within [0, 1], got {dropout}")
@@ -116,4 +138,6 @@ def _check(
         raise ModelConfigError(f"unetr: pos_embed must be 'conv' or 'perceptron', got {pos_embed!r}")
     grid = patch if iso else (patch[0] // 4, patch[1], patch[2])
     if any(p < 1 or i % p for i, p in zip(img, grid, strict=True)):
-        raise ModelConfigError(f"unetr: img_size {list(img)} must be a multiple of the ViT patch {list(grid)}")
+        raise ModelConfigError(
+            f"unetr: img_size {list(img)} must be a multiple of the ViT patch {list(grid)}"
+        )

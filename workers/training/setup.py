@@ -26,9 +26,9 @@ from torch import nn
 from models import checkpoint_keys as keys
 from models.checkpoint import load_checkpoint
 from models.errors import CheckpointError, ModelError
-from models.trainer import Trainer, TrainerConfig, seed_everything
 from models.loading import check_weights_size
 from models.pytc.registry import ARCHITECTURES
+from models.trainer import Trainer, TrainerConfig, seed_everything
 from volumes.chunk_cache import cached
 from volumes.errors import VolumeError
 from volumes.open import open_volume

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the table of cases reads best one case a line)
 """Make the golden files of tests/unit/models/test_pytc_architectures.py from PyTC v1 itself.
 
 Not run by the test suite; it needs PyTorch Connectomics v1 on the path. How they were made:
@@ -81,9 +82,8 @@ STORED = {
 
 
 def build(architecture: str, kwargs: dict) -> torch.nn.Module:
-    from connectomics.model.build import MODEL_MAP
-
     from connectomics.model.backbone import resnet
+    from connectomics.model.build import MODEL_MAP
 
     resnet.load_state_dict_from_url = lambda *_a, **_k: {}  # no ImageNet download: random init stays
     _vit_takes_pos_embed()
