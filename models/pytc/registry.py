@@ -184,6 +184,43 @@ def _build_unetr(config: Mapping[str, Any]) -> nn.Module:
     return UNETR(**_select(parse_config("unetr", config, _UNETR_EXTRA), _UNETR_ARGS))
 
 
+_SWIN_EXTRA: dict[str, tuple[str, str]] = {
+    "img_size": ("img_size", "int_or_ints"),
+    "input_size": ("img_size", "int_or_ints"),
+    "depths": ("depths", "ints"),
+    "num_heads": ("num_heads", "ints"),
+    "swin_unetr_num_heads": ("num_heads", "ints"),
+    "feature_size": ("feature_size", "int"),
+    "swin_unetr_feature_size": ("feature_size", "int"),
+    "norm_name": ("norm_name", "any"),
+    "drop_rate": ("drop_rate", "float"),
+    "swin_unetr_dropout_rate": ("drop_rate", "float"),
+    "attn_drop_rate": ("attn_drop_rate", "float"),
+    "dropout_path_rate": ("dropout_path_rate", "float"),
+    "normalize": ("normalize", "bool"),
+    "use_checkpoint": ("use_checkpoint", "bool"),
+    "spatial_dims": ("spatial_dims", "int"),
+    "downsample": ("downsample", "str"),
+    "use_v2": ("use_v2", "bool"),
+}
+_SWIN_ARGS = (
+    "img_size", "in_channel", "out_channel", "depths", "num_heads", "feature_size", "norm_name",
+    "is_isotropic", "isotropy", "drop_rate", "attn_drop_rate", "dropout_path_rate", "normalize",
+    "use_checkpoint", "downsample", "use_v2",
+)  # fmt: skip
+
+
+def _build_swinunetr(config: Mapping[str, Any]) -> nn.Module:
+    from models.pytc.swinunetr import SwinUNETR
+
+    kwargs = parse_config("swinunetr", config, _SWIN_EXTRA)
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ModelConfigError(
+            f"swinunetr: config key 'spatial_dims' must be 3, got {kwargs['spatial_dims']!r}"
+        )
+    return SwinUNETR(**_select(kwargs, _SWIN_ARGS))
+
+
 _UNET2D_DEFAULTS = {"filters": (32, 64, 128, 256, 512), "act_mode": "leaky_relu", "norm_mode": "gn"}
 
 ARCHITECTURES: dict[str, Builder] = {
@@ -194,6 +231,7 @@ ARCHITECTURES: dict[str, Builder] = {
     "unet_plus_2d": _unet_builder("unet_plus_2d", 2, True, _UNET2D_DEFAULTS),
     "fpn_3d": _build_fpn,
     "unetr": _build_unetr,
+    "swinunetr": _build_swinunetr,
     "deeplabv3a": _deeplab_builder("deeplabv3a"),
     "deeplabv3b": _deeplab_builder("deeplabv3b"),
     "deeplabv3c": _deeplab_builder("deeplabv3c"),

@@ -70,6 +70,8 @@ CASES: dict[str, tuple[str, dict, tuple[int, ...]]] = {
     "deeplabv3c_resnext": ("deeplabv3c", {**COMMON, "backbone_type": "resnext50_32x4d", "in_channel": 1, "out_channel": 3, "norm_mode": "gn", "pad_mode": "zeros"}, (1, 1, 32, 32)),
     "unetr": ("unetr", {"in_channel": 1, "out_channel": 2, "img_size": [16, 32, 32], "feature_size": 4, "hidden_size": 24, "mlp_dim": 32, "num_heads": 2, "pos_embed": "perceptron", "norm_name": "instance", "conv_block": True, "res_block": True, "dropout_rate": 0.0, "is_isotropic": False}, (1, 1, 16, 32, 32)),
     "unetr_iso_batch": ("unetr", {"in_channel": 1, "out_channel": 1, "img_size": [32, 32, 32], "feature_size": 4, "hidden_size": 16, "mlp_dim": 16, "num_heads": 4, "pos_embed": "conv", "norm_name": "batch", "conv_block": False, "res_block": False, "is_isotropic": True}, (1, 1, 32, 32, 32)),
+    "swinunetr": ("swinunetr", {"in_channel": 1, "out_channel": 1, "img_size": [8, 64, 64], "feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "norm_name": "instance", "is_isotropic": False, "isotropy": [False, True, True, True], "downsample": "merging", "use_v2": False, "normalize": True, "spatial_dims": 3, "drop_rate": 0.0, "attn_drop_rate": 0.0, "dropout_path_rate": 0.0, "use_checkpoint": False}, (1, 1, 8, 64, 64)),
+    "swinunetr_iso_v2": ("swinunetr", {"in_channel": 2, "out_channel": 1, "img_size": [32, 32, 32], "feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "norm_name": "batch", "is_isotropic": True, "downsample": "mergingv2", "use_v2": True}, (1, 2, 32, 32, 32)),
 }  # fmt: skip
 # Cases whose perturbed state dict is stored (<case>.pt, loaded by the test with weights_only=True).
 # (PyTC's own RepVGG folding needs a shape change at every strided block: distinct filters.)

@@ -27,7 +27,14 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "pytc_arch"
 CASES: dict[str, dict[str, Any]] = json.loads((DATA / "cases.json").read_text())
 KEYS: dict[str, list[list[Any]]] = json.loads((DATA / "keys.json").read_text())
 SEED = 1234
-LARGE = {"deeplabv3a", "deeplabv3b_aux", "deeplabv3c_resnext", "unetr"}  # ResNet-50s, MONAI: seconds each
+LARGE = {
+    "deeplabv3a",
+    "deeplabv3b_aux",
+    "deeplabv3c_resnext",
+    "unetr",
+    "swinunetr",
+    "swinunetr_iso_v2",
+}  # ResNet-50s, MONAI: seconds each
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +156,8 @@ def test_common_pytc_keys_are_accepted_and_ignored_where_pytc_ignores_them() -> 
         ("fpn_3d", {"backbone_type": "vgg"}, "backbone_type"),
         ("deeplabv3a", {"backbone_type": "resnet18"}, "2048"),
         ("unetr", {"img_size": [16, 30, 32]}, "img_size"),
+        ("swinunetr", {"img_size": [32, 64, 64], "feature_size": 16}, "feature_size"),
+        ("swinunetr", {"img_size": [32, 64, 64], "spatial_dims": 2}, "spatial_dims"),
     ],
 )
 def test_bad_configs_are_refused_by_name(architecture: str, config: dict[str, Any], named: str) -> None:
@@ -158,7 +167,7 @@ def test_bad_configs_are_refused_by_name(architecture: str, config: dict[str, An
 
 def test_every_pytc_architecture_is_registered() -> None:
     pytc = {"unet_3d", "unet_2d", "fpn_3d", "unet_plus_3d", "unet_plus_2d", "deeplabv3a", "deeplabv3b",
-            "deeplabv3c", "unetr"}  # fmt: skip
+            "deeplabv3c", "unetr", "swinunetr"}  # fmt: skip
     assert pytc <= set(ARCHITECTURES)
     covered = {case["architecture"] for case in CASES.values()}
     assert pytc <= covered
