@@ -18,9 +18,12 @@ Golden figures, and how they were made (in a scratch folder, never part of the r
 from __future__ import annotations
 
 import math
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.metrics import adapted_rand_error, variation_of_information
@@ -29,6 +32,7 @@ from volumes.backends.memory import ArrayVolume
 from volumes.metrics import TableMerger, evaluate_volumes, merge_tables, score_table, table_of
 from volumes.metrics import reference as ref
 from volumes.metrics.blockwise import LabelError, block_boxes, block_shape_for
+from volumes.open import open_volume
 
 REL = 1e-9
 
@@ -190,3 +194,26 @@ def test_default_blocks_are_whole_chunks_within_the_volume() -> None:
     assert block_shape_for((64, 512, 512), (32, 256, 256)) == (64, 512, 512)
     assert block_shape_for((640, 5120, 5120), (32, 256, 256)) == (32, 256, 2048)
     assert block_shape_for((3, 5, 7), (32, 256, 256)) == (3, 5, 7)
+
+
+@pytest.mark.slow
+def test_memory_is_flat_in_the_volume_size(tmp_path: Path) -> None:
+    """A volume eight times larger, scored with the same blocks, peaks at the same memory (one block
+    of each volume and the table), far below the volume's size."""
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for depth in (16, 16, 128):  # the first run warms zarr's caches and imports
+        shape = (depth, 128, 128)
+        group = zarr.create_group(tmp_path / f"{depth}-{len(peaks)}.zarr")
+        for name in ("gt", "seg"):
+            data = rng.integers(0, 40, shape).astype(np.uint32)
+            group.create_array(name, shape=shape, chunks=(8, 32, 32), dtype="uint32")[...] = data
+        path = tmp_path / f"{depth}-{len(peaks)}.zarr"
+        seg, gt = open_volume(path, "seg"), open_volume(path, "gt")
+        tracemalloc.start()
+        evaluate_volumes(seg, gt, block_shape=(16, 64, 64))
+        peaks[depth] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    volume_bytes = 2 * 128 * 128 * 128 * 4
+    assert peaks[128] < 1.5 * peaks[16] + (2 << 20), peaks  # the merger batches up to 65536 pairs
+    assert peaks[128] < volume_bytes / 2, (peaks, volume_bytes)
