@@ -125,3 +125,30 @@ def test_pytc_evaluate_on_a_scheduler_equals_in_process(
     there = json.loads(capsys.readouterr().out)["scores"]
     assert there == pytest.approx(here, rel=1e-12)
     assert_reference(there, gt, pred)
+
+
+def test_a_cancelled_evaluation_stops_and_says_so(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from service.errors import JobCancelledError
+    from service.kinds import parse_job
+    from service.kinds.base import ParseEnv, RunEnv
+    from service.progress import Progress
+
+    write_pair(tmp_path)
+    kind, parsed = parse_job(
+        job(compute={"block_shape": [1, 16, 20], "blocks_per_task": 1}), ParseEnv((tmp_path,))
+    )
+    seen: list[Progress] = []
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        env = RunEnv(client, report=seen.append)
+        env.report = lambda progress: (
+            seen.append(progress),
+            env.cancel.set() if progress.done >= 3 else None,
+        )
+        with pytest.raises(JobCancelledError, match=r"cancelled after \d+ of 60 blocks"):
+            kind.run(parsed, env)
+    assert 3 <= seen[-1].done < 60 and seen[-1].unit == "blocks"
