@@ -155,7 +155,7 @@ def document_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(job: Any, scheduler: str | None, line: ProgressLine | None) -> Any:
-    from service.kinds.evaluation import _field_of
+    from service.kinds.evaluation import field_of
     from volumes.errors import VolumeError
     from workers.errors import PathEscapeError
     from workers.evaluation.run import evaluate_on_client, evaluate_serially
@@ -178,7 +178,7 @@ def _evaluate(job: Any, scheduler: str | None, line: ProgressLine | None) -> Any
             client.close()
     except (VolumeError, PathEscapeError) as err:
         if isinstance(err, ValueError | PermissionError):  # labels that cannot be scored, a path escaped
-            raise SpecError(_field_of(str(err)), str(err)) from None
+            raise SpecError(field_of(str(err)), str(err)) from None
         raise
 
 

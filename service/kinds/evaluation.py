@@ -79,7 +79,7 @@ class EvaluationKind:
         except BlockCancelledError as err:
             raise JobCancelledError(str(err)) from None
         except (LabelError, VolumeError, PathEscapeError) as err:
-            raise SpecError(_field_of(str(err)), str(err)) from None
+            raise SpecError(field_of(str(err)), str(err)) from None
         return {
             "segmentation": _ref_json(job.segmentation),
             "ground_truth": _ref_json(job.ground_truth),
@@ -152,7 +152,7 @@ def _volume_field(field: str, volume: Volume) -> str:
     return f"{field}.dataset" if volume.dataset else f"{field}.path"
 
 
-def _field_of(message: str) -> str:
+def field_of(message: str) -> str:
     return "ground_truth.path" if message.startswith("ground truth") else "segmentation.path"
 
 

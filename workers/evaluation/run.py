@@ -77,10 +77,12 @@ def evaluate_on_client(
     pending = iter(enumerate(groups))
     merger, done = TableMerger(), 0
 
+    blocks_of: dict[str, int] = {}  # a task's key: how many blocks it counts
+
     def submit(index: int, boxes: tuple[Box, ...]) -> object:
-        return client.submit(
-            table_task, job, boxes, key=f"pytc-eval-{attempt}-{index}", retries=retries, priority=priority
-        )
+        key = f"pytc-eval-{attempt}-{index}"
+        blocks_of[key] = len(boxes)
+        return client.submit(table_task, job, boxes, key=key, retries=retries, priority=priority)
 
     running = as_completed([submit(i, g) for i, g in _take(pending, IN_FLIGHT_PER_THREAD * threads)])
     for future in running:
@@ -89,7 +91,7 @@ def evaluate_on_client(
             raise BlockCancelledError(f"cancelled after {done} of {len(p.boxes)} blocks")
         table = future.result()  # a task's error is raised here, naming its path
         merger.add(table)
-        done += len(groups[int(future.key.rsplit("-", 1)[1])])
+        done += blocks_of.pop(future.key)
         for i, g in _take(pending, 1):
             running.add(submit(i, g))
         if on_progress is not None:
