@@ -70,12 +70,9 @@ def table_of(gt: np.ndarray, pred: np.ndarray) -> ContingencyTable:
         raise ValueError(f"the label arrays differ in shape: {gt.shape} and {pred.shape}")
     g = np.ravel(gt).astype(np.uint64, copy=False)
     p = np.ravel(pred).astype(np.uint64, copy=False)
-    both_background = g.size - int(np.count_nonzero(g | p))
-    if both_background < g.size:
-        keep = (g | p) != 0
-        g, p = g[keep], p[keep]
-    else:
-        g, p = g[:0], p[:0]
+    keep = (g | p) != 0
+    both_background = g.size - int(np.count_nonzero(keep))
+    g, p = (g[keep], p[keep]) if both_background else (g, p)
     table = _count_pairs(g, p)
     if both_background:
         table = ContingencyTable(
