@@ -135,3 +135,9 @@ def test_help_lists_the_metrics_and_the_job(capsys: pytest.CaptureFixture[str]) 
     for word in ("adapted_rand", "voi", "iou", "ap", "SNEMI3D", "MitoEM", "kind: evaluation", "--json"):
         assert word in text
     assert "2    the command line is invalid" in text
+    assert "kind: evaluation" in help_of_run(capsys)
+
+
+def help_of_run(capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["run", "--help"]) == 0
+    return capsys.readouterr().out
