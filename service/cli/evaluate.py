@@ -32,6 +32,7 @@ FLAGS = {
     "ground_truth.dataset": "--gt-dataset",
     "metrics": "--metrics",
     "compute.block_shape": "--block-shape",
+    "roi": "--roi",
     "compute.blocks_per_task": "--blocks-per-task",
 }
 
@@ -84,6 +85,10 @@ def add_evaluate_command(commands: argparse._SubParsersAction[argparse.ArgumentP
     cmd.add_argument(
         "--metrics", default=",".join(METRICS),
         help=f"comma-separated, some of {', '.join(METRICS)} (default: all)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--roi", type=int, nargs=6, metavar=("Z", "Y", "X", "D", "H", "W"),
+        help="score only this region: its corner (z, y, x) and its size (default: the whole volumes)",
     )  # fmt: skip
     cmd.add_argument(
         "--block-shape", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
@@ -145,13 +150,16 @@ def document_of(args: argparse.Namespace) -> dict[str, Any]:
     compute: dict[str, Any] = {"blocks_per_task": args.blocks_per_task}
     if args.block_shape is not None:
         compute["block_shape"] = list(args.block_shape)
-    return {
+    doc: dict[str, Any] = {
         "kind": "evaluation",
         "segmentation": {"path": args.segmentation, "dataset": args.dataset},
         "ground_truth": {"path": args.gt, "dataset": args.gt_dataset},
         "metrics": [m.strip() for m in args.metrics.split(",") if m.strip()],
         "compute": compute,
     }
+    if args.roi is not None:
+        doc["roi"] = {"offset": args.roi[:3], "shape": args.roi[3:]}
+    return doc
 
 
 def _evaluate(job: Any, scheduler: str | None, line: ProgressLine | None) -> Any:
@@ -178,7 +186,7 @@ def _evaluate(job: Any, scheduler: str | None, line: ProgressLine | None) -> Any
             client.close()
     except (VolumeError, PathEscapeError) as err:
         if isinstance(err, ValueError | PermissionError):  # labels that cannot be scored, a path escaped
-            raise SpecError(field_of(str(err)), str(err)) from None
+            raise SpecError(field_of(err), str(err)) from None
         raise
 
 

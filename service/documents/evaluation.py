@@ -6,6 +6,7 @@
     kind: evaluation
     segmentation: {path: seg.zarr, dataset: mito_seg}   # labels: integer ids, 0 = background
     ground_truth: {path: data/em.zarr, dataset: mito}
+    roi: {offset: [0, 0, 0], shape: [64, 512, 512]}      # optional: the voxels to score
     metrics: [adapted_rand, voi, iou, ap]                # default: all four
     compute: {block_shape: [64, 512, 512]}               # default: whole chunks, ~16 Mi voxels
 
@@ -22,8 +23,10 @@ from pydantic import Field
 
 from service.documents.sections import (
     PosTriple,
+    RoiSection,
     Section,
     Text,
+    box_of,
     located,
     require_kind,
     resolved_roots,
@@ -59,11 +62,13 @@ class EvaluationComputeSection(Section):
 class EvaluationDocument(Section):
     """An evaluation job: a segmentation scored against its ground truth out of core (contingency
     tables per block, merged): adapted Rand error (SNEMI3D's, and scikit-image's), VOI split and
-    merge, foreground IoU, MitoEM's instance AP at IoU 0.5 and 0.75 (docs/evaluation.md)."""
+    merge, foreground IoU, MitoEM's instance AP at IoU 0.5 and 0.75 (docs/evaluation.md), over
+    the whole volumes or a region of them (`roi`)."""
 
     kind: Literal["evaluation"]
     segmentation: LabelSection
     ground_truth: LabelSection
+    roi: RoiSection | None = None
     metrics: Annotated[list[Metric], Field(min_length=1)] = list(METRICS)
     compute: EvaluationComputeSection = EvaluationComputeSection()
 
@@ -81,6 +86,7 @@ def parse_evaluation(
         segmentation=_ref(parsed.segmentation, roots, "segmentation"),
         ground_truth=_ref(parsed.ground_truth, roots, "ground_truth"),
         metrics=tuple(m for m in METRICS if m in parsed.metrics),
+        roi=box_of(parsed.roi),
         block_shape=block,
         blocks_per_task=parsed.compute.blocks_per_task,
         data_roots=tuple(str(root) for root in roots),

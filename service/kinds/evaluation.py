@@ -20,8 +20,8 @@ from service.documents.evaluation import EvaluationDocument, check_block_memory,
 from service.errors import JobCancelledError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
 from service.progress import Progress, format_duration
-from volumes.errors import VolumeError
-from volumes.metrics.blockwise import LabelError, block_shape_for, label_shape
+from volumes.errors import GeometryError, VolumeError
+from volumes.metrics.blockwise import LabelError, block_shape_for, label_shape, region_of
 from volumes.volume import Volume
 from workers.errors import BlockCancelledError, PathEscapeError
 from workers.evaluation.job import EvaluationJob, LabelRef
@@ -79,7 +79,7 @@ class EvaluationKind:
         except BlockCancelledError as err:
             raise JobCancelledError(str(err)) from None
         except (LabelError, VolumeError, PathEscapeError) as err:
-            raise SpecError(field_of(str(err)), str(err)) from None
+            raise SpecError(field_of(err), str(err)) from None
         return {
             "segmentation": _ref_json(job.segmentation),
             "ground_truth": _ref_json(job.ground_truth),
@@ -131,7 +131,11 @@ def check_job_volumes(job: EvaluationJob, env: AdmitEnv) -> tuple[Volume, Volume
             f"{job.ground_truth} has shape {shapes[1]}, the segmentation {job.segmentation} {shapes[0]}; "
             "they must cover the same voxels",
         )
-    check_block_memory(job.block_shape or block_shape_for(shapes[0], seg.chunks), env.limits)
+    try:
+        region = region_of(shapes[0], job.roi)
+    except GeometryError as err:
+        raise SpecError("roi", str(err)) from None
+    check_block_memory(job.block_shape or block_shape_for(region.shape, seg.chunks), env.limits)
     return seg, gt
 
 
@@ -152,8 +156,11 @@ def _volume_field(field: str, volume: Volume) -> str:
     return f"{field}.dataset" if volume.dataset else f"{field}.path"
 
 
-def field_of(message: str) -> str:
-    return "ground_truth.path" if message.startswith("ground truth") else "segmentation.path"
+def field_of(err: Exception) -> str:
+    """The field a volume's problem found while running belongs to."""
+    if isinstance(err, GeometryError):
+        return "roi"
+    return "ground_truth.path" if str(err).startswith("ground truth") else "segmentation.path"
 
 
 def _ref_json(ref: LabelRef) -> dict[str, Any]:

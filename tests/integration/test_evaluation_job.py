@@ -108,6 +108,10 @@ def test_an_evaluation_job_over_rest(tmp_path: Path) -> None:
             f"{service.url}/v1/jobs", json=job(ground_truth={"path": "eval.zarr", "dataset": "probs"})
         )
         assert "ground_truth.dataset" in assert_problem(floats, 422)["detail"]
+        region = httpx.post(
+            f"{service.url}/v1/jobs", json=job(roi={"offset": [5, 0, 0], "shape": [6, 48, 40]})
+        )
+        assert assert_problem(region, 422)["detail"].startswith("roi: the region at (5, 0, 0)")
 
 
 def test_pytc_evaluate_on_a_scheduler_equals_in_process(

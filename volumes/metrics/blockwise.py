@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from volumes.box import Box
-from volumes.errors import VolumeError
+from volumes.errors import GeometryError, VolumeError
 from volumes.metrics.scores import METRICS, Metric, Scores, score_table
 from volumes.metrics.table import ContingencyTable, TableMerger, table_of
 from volumes.volume import Volume
@@ -82,12 +82,29 @@ def block_shape_for(
     return tuple(block)
 
 
-def block_boxes(shape: Sequence[int], block_shape: Sequence[int]) -> Iterator[Box]:
-    """The blocks partitioning the volume, in C order."""
-    starts = [range(0, s, b) for s, b in zip(shape, block_shape, strict=True)]
-    for offset in itertools.product(*starts):
-        end = [min(o + b, s) for o, b, s in zip(offset, block_shape, shape, strict=True)]
-        yield Box.from_bounds(offset, end)
+def block_boxes(
+    shape: Sequence[int], block_shape: Sequence[int], offset: Sequence[int] | None = None
+) -> Iterator[Box]:
+    """The blocks partitioning the box of ``shape`` at ``offset`` (default: the origin), in C order."""
+    origin = tuple(offset) if offset is not None else (0,) * len(shape)
+    end = [o + s for o, s in zip(origin, shape, strict=True)]
+    starts = [range(o, e, b) for o, e, b in zip(origin, end, block_shape, strict=True)]
+    for corner in itertools.product(*starts):
+        yield Box.from_bounds(
+            corner, [min(c + b, e) for c, b, e in zip(corner, block_shape, end, strict=True)]
+        )
+
+
+def region_of(shape: Sequence[int], roi: Box | None) -> Box:
+    """The box to score: ``roi`` when it lies inside the volume (GeometryError otherwise), else all."""
+    whole = Box.of_shape(shape)
+    if roi is None:
+        return whole
+    if roi.ndim != 3 or roi.is_empty() or roi.intersect(whole) != roi:
+        raise GeometryError(
+            f"the region at {roi.offset} of shape {roi.shape} is not inside the volume {tuple(shape)}"
+        )
+    return roi
 
 
 def table_of_box(seg: Volume, gt: Volume, box: Box) -> ContingencyTable:
@@ -119,13 +136,15 @@ def evaluate_volumes(
     *,
     metrics: Iterable[Metric] = METRICS,
     block_shape: Sequence[int] | None = None,
+    roi: Box | None = None,
     on_block: Callable[[int, int], None] | None = None,
 ) -> Scores:
-    """Score ``seg`` against ``gt`` block by block in this process. ``on_block(done, total)`` is
-    called after each block."""
+    """Score ``seg`` against ``gt`` (within ``roi``, default everywhere) block by block in this
+    process. ``on_block(done, total)`` is called after each block."""
     shape = check_pair(seg, gt)
-    block = tuple(block_shape) if block_shape is not None else block_shape_for(shape, seg.chunks)
-    boxes = list(block_boxes(shape, block))
+    region = region_of(shape, roi)
+    block = tuple(block_shape) if block_shape is not None else block_shape_for(region.shape, seg.chunks)
+    boxes = list(block_boxes(region.shape, block, region.offset))
     merger = TableMerger()
     for done, box in enumerate(boxes, start=1):
         merger.add(table_of_box(seg, gt, box))

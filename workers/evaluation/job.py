@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from volumes.box import Box
 from volumes.metrics.scores import METRICS, Metric
 
 
@@ -24,6 +25,7 @@ class EvaluationJob:
     segmentation: LabelRef
     ground_truth: LabelRef
     metrics: tuple[Metric, ...] = METRICS
+    roi: Box | None = None  # (z, y, x) voxels to score; None: the whole volume
     block_shape: tuple[int, int, int] | None = None  # None: whole chunks of the segmentation, ~16 Mi voxels
     blocks_per_task: int = 4
     data_roots: tuple[str, ...] = ()  # resolved; checked again whenever a worker opens a path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from volumes.box import Box
-from volumes.metrics.blockwise import block_boxes, block_shape_for, table_of_box
+from volumes.metrics.blockwise import block_boxes, block_shape_for, region_of, table_of_box
 from volumes.metrics.scores import Scores, score_table
 from volumes.metrics.table import TableMerger
 from workers.errors import BlockCancelledError
@@ -38,8 +38,9 @@ class Plan:
 def plan(job: EvaluationJob) -> Plan:
     """The blocks of the job (opening both volumes, which checks them)."""
     seg, _, shape = open_pair(job)
-    block = job.block_shape or block_shape_for(shape, seg.chunks)
-    return Plan(shape, block, tuple(block_boxes(shape, block)))
+    region = region_of(shape, job.roi)
+    block = job.block_shape or block_shape_for(region.shape, seg.chunks)
+    return Plan(shape, block, tuple(block_boxes(region.shape, block, region.offset)))
 
 
 def evaluate_serially(

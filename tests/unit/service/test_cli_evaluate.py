@@ -85,6 +85,21 @@ def test_figures_of_stores_equal_the_in_memory_reference(
             assert again == pytest.approx(scores, rel=1e-12), (block, gt_flags)
 
 
+def test_a_region(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    gt, pred = labels(3)
+    write_stores(tmp_path, gt, pred)
+    flags = ["seg.zarr", "--dataset", "mito_seg", "--gt", "gt.h5", "--gt-dataset", "mito", "--metrics", "voi"]
+    scores = scores_of(
+        capsys, tmp_path, *flags, "--roi", "2", "5", "7", "9", "30", "20", "--block-shape", "4", "7", "9"
+    )
+    crop = (slice(2, 11), slice(5, 35), slice(7, 27))
+    split, merge = ref.variation_of_information(gt[crop], pred[crop])
+    assert scores["voxels"] == 9 * 30 * 20
+    assert scores["voi_split"] == pytest.approx(split, rel=1e-9) and scores["voi_merge"] == pytest.approx(
+        merge, rel=1e-9
+    )
+
+
 def test_the_table_and_a_choice_of_metrics(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     gt, pred = labels(1)
     write_stores(tmp_path, gt, pred)
@@ -109,6 +124,10 @@ def test_the_table_and_a_choice_of_metrics(capsys: pytest.CaptureFixture[str], t
         (["--gt", "gt.zarr", "--gt-dataset", "probs"], "error: --gt-dataset: ground truth"),
         (["--gt", "gt.zarr", "--gt-dataset", "small"], "error: --gt: "),
         (["--gt", "gt.zarr", "--gt-dataset", "mito", "--metrics", "rand"], "error: --metrics: expected"),
+        (
+            ["--gt", "gt.zarr", "--gt-dataset", "mito", "--roi", "0", "0", "30", "12", "40", "7"],
+            "error: --roi: the region",
+        ),
     ],
 )
 def test_bad_flags_are_exit_2_naming_the_flag(

@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from volumes.backends.memory import ArrayVolume
+from volumes.box import Box
+from volumes.errors import GeometryError
 from volumes.metrics import TableMerger, evaluate_volumes, merge_tables, score_table, table_of
 from volumes.metrics import reference as ref
 from volumes.metrics.blockwise import LabelError, block_boxes, block_shape_for
@@ -217,3 +219,24 @@ def test_memory_is_flat_in_the_volume_size(tmp_path: Path) -> None:
     volume_bytes = 2 * 128 * 128 * 128 * 4
     assert peaks[128] < 1.5 * peaks[16] + (2 << 20), peaks  # the merger batches up to 65536 pairs
     assert peaks[128] < volume_bytes / 2, (peaks, volume_bytes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(labelled(), st.data())
+def test_a_region_scores_as_the_cropped_arrays(
+    case: tuple[np.ndarray, np.ndarray, tuple], data: st.DataObject
+) -> None:
+    gt, pred, block = case
+    lo = [data.draw(st.integers(0, s - 1)) for s in gt.shape]
+    size = [data.draw(st.integers(1, s - a)) for s, a in zip(gt.shape, lo, strict=True)]
+    roi = Box(tuple(lo), tuple(size))
+    scores = evaluate_volumes(ArrayVolume(pred), ArrayVolume(gt), block_shape=block, roi=roi)
+    cropped = score_table(table_of(gt[roi.slices()], pred[roi.slices()]))
+    assert scores.voxels == roi.size and scores.figures().keys() == cropped.figures().keys()
+    assert all(close(scores.figures()[k], v) for k, v in cropped.figures().items())
+
+
+def test_a_region_outside_the_volume_is_refused() -> None:
+    gt = np.zeros((4, 5, 6), np.uint8)
+    with pytest.raises(GeometryError, match=r"region at \(2, 0, 0\) of shape \(3, 5, 6\) is not inside"):
+        evaluate_volumes(ArrayVolume(gt), ArrayVolume(gt), roi=Box((2, 0, 0), (3, 5, 6)))
