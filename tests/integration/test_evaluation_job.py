@@ -81,6 +81,17 @@ def test_an_evaluation_job_through_pytc_run(tmp_path: Path, capsys: pytest.Captu
     assert "error: segmentation.dataset: segmentation" in (err := capsys.readouterr().err), err
     assert "float32 values, not labels" in err
 
+    signed = zarr.open_group(tmp_path / "eval.zarr", mode="a").create_array(
+        "signed", shape=SHAPE, chunks=(5, 16, 20), dtype="int32"
+    )
+    signed[9, 47, 39] = -2  # in the last block: only the run reads it
+    (tmp_path / "neg.yaml").write_text(
+        yaml.safe_dump(job(segmentation={"path": "eval.zarr", "dataset": "signed"}))
+    )
+    assert main(["run", str(tmp_path / "neg.yaml"), "--data-root", str(tmp_path), "--quiet"]) == 2
+    assert "error: segmentation.path: segmentation" in (err := capsys.readouterr().err), err
+    assert "negative id (-2) in the box at (5, 32, 20)" in err
+
 
 @pytest.mark.slow
 def test_an_evaluation_job_over_rest(tmp_path: Path) -> None:

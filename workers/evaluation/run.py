@@ -86,17 +86,19 @@ def evaluate_on_client(
         return client.submit(table_task, job, boxes, key=key, retries=retries, priority=priority)
 
     running = as_completed([submit(i, g) for i, g in _take(pending, IN_FLIGHT_PER_THREAD * threads)])
-    for future in running:
-        if stop is not None and stop():
-            client.cancel([*running.futures, future])
-            raise BlockCancelledError(f"cancelled after {done} of {len(p.boxes)} blocks")
-        table = future.result()  # a task's error is raised here, naming its path
-        merger.add(table)
-        done += blocks_of.pop(future.key)
-        for i, g in _take(pending, 1):
-            running.add(submit(i, g))
-        if on_progress is not None:
-            on_progress(done, len(p.boxes))
+    try:
+        for future in running:
+            if stop is not None and stop():
+                raise BlockCancelledError(f"cancelled after {done} of {len(p.boxes)} blocks")
+            merger.add(future.result())  # a task's error is raised here, naming its path
+            done += blocks_of.pop(future.key)
+            for i, g in _take(pending, 1):
+                running.add(submit(i, g))
+            if on_progress is not None:
+                on_progress(done, len(p.boxes))
+    except BaseException:
+        client.cancel(list(running.futures))  # what is still in flight is of no use any more
+        raise
     return score_table(merger.result(), job.metrics)
 
 
