@@ -4,9 +4,10 @@ published scripts' figures.
 
 Golden figures, and how they were made (in a scratch folder, never part of the repository):
 
-- PyTC's ``adapted_rand`` and ``voi`` (``connectomics/utils/evaluate.py`` at v1.0, imported from the
-  mirrored upstream) agree with ours to the last digit on random labels (checked once by hand; the
-  test below pins scikit-image's, which is installed, and the SNEMI3D formula written out).
+- PyTC's ``adapted_rand`` and ``voi`` (``connectomics/utils/evaluate.py`` at v1.0, written out of
+  the mirrored upstream with ``git show`` into a scratch folder and imported there): their figures
+  on seeded draws are pinned in :func:`test_pytc_figures`; scikit-image's, installed, are compared
+  directly, and the SNEMI3D formula is written out by hand in a test of its own.
 - MitoEM's AP: the organisers' ``mAP_3Dvolume`` tool (github.com/ygCoconut/mAP_3Dvolume, HEAD
   d494665, ``seg_iou3d_sorted`` + ``VOL3Deval.accumulate`` with its default area ranges, "all"),
   run on :func:`boxes_volume` below with ``np.float = float``, ``cv2``/``tqdm`` stubbed and the
@@ -240,3 +241,24 @@ def test_a_region_outside_the_volume_is_refused() -> None:
     gt = np.zeros((4, 5, 6), np.uint8)
     with pytest.raises(GeometryError, match=r"region at \(2, 0, 0\) of shape \(3, 5, 6\) is not inside"):
         evaluate_volumes(ArrayVolume(gt), ArrayVolume(gt), roi=Box((2, 0, 0), (3, 5, 6)))
+
+
+def test_pytc_figures() -> None:
+    """Figures of PyTC v1.0's ``adapted_rand(seg, gt, all_stats=True)`` and ``voi(seg, gt)``
+    (``connectomics/utils/evaluate.py``, imported from the mirrored upstream in a scratch folder)
+    on these draws: random labels, and the ground truth's foreground as one object."""
+    rng = np.random.default_rng(0)
+    gt, pred = rng.integers(0, 5, (10, 12, 13)), rng.integers(0, 6, (10, 12, 13))
+    pytc = {
+        "adapted_rand": (0.8196413381836245, 0.253229185151022, 0.1400555590153087),
+        "voi": (2.5728453571654093, 1.9907697391689683),
+    }
+    rng.integers(0, 5, (10, 12, 13)), rng.integers(0, 6, (10, 12, 13))
+    gt2 = rng.integers(0, 5, (10, 12, 13))
+    rng.integers(0, 6, (10, 12, 13))
+    pytc2 = {"adapted_rand": (0.5994580088126087, 0.2504235740985424, 1.0), "voi": (0.0, 1.9987829291020611)}
+    for (g, p), expected in (((gt, pred), pytc), ((gt2, (gt2 > 0).astype(int)), pytc2)):
+        s = score_table(table_of(g, p))
+        rand = (s.adapted_rand_error, s.adapted_rand_precision, s.adapted_rand_recall)
+        assert all(close(a, b) for a, b in zip(rand, expected["adapted_rand"], strict=True))
+        assert close(s.voi_split, expected["voi"][0]) and close(s.voi_merge, expected["voi"][1])
