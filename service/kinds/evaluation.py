@@ -54,7 +54,8 @@ class EvaluationKind:
     def target(self, job: EvaluationJob) -> Target:
         """Nothing is written: the target only keeps one evaluation of a pair active at a time."""
         return Target(
-            job.segmentation.path, f"evaluation of {job.segmentation.dataset} vs {job.ground_truth}"
+            job.segmentation.path,
+            f"evaluation of {job.segmentation.dataset or 'the array'} vs {job.ground_truth}",
         )
 
     def admit(self, job: EvaluationJob, env: AdmitEnv) -> None:
