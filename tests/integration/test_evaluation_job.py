@@ -63,6 +63,7 @@ def assert_reference(scores: dict[str, Any], gt: np.ndarray, pred: np.ndarray) -
     assert scores["voxels"] == gt.size and scores["ap_50"] > 0
 
 
+@pytest.mark.slow
 def test_an_evaluation_job_through_pytc_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gt, pred = write_pair(tmp_path)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job()))
