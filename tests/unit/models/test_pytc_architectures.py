@@ -176,3 +176,42 @@ def test_every_pytc_architecture_is_registered() -> None:
 def test_golden_files_stay_small() -> None:
     assert sum(p.stat().st_size for p in DATA.iterdir()) < 3_000_000
     assert hashlib.sha256((DATA / "cases.json").read_bytes()).hexdigest()  # readable
+
+
+def test_pytc_checkpoint_through_the_loader_folds_repvgg_and_strips_module(
+    tmp_path: Path, outputs: dict[str, np.ndarray]
+) -> None:
+    """A DataParallel training checkpoint of fpn_3d/repvgg, as PyTC saves it, run by a job in
+    deploy mode: load_model strips ``module.``, folds the branches and gives PyTC's output."""
+    from models.loading import load_model
+    from models.ref import ModelRef
+
+    case = CASES["fpn_3d_repvgg"]
+    state = torch.load(DATA / "fpn_3d_repvgg.pt", weights_only=True)
+    checkpoint = tmp_path / "checkpoint_00010.pth.tar"
+    torch.save({"iteration": 10, "state_dict": {f"module.{k}": v for k, v in state.items()}}, checkpoint)
+    config = tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in {**case["config"], "deploy": True}.items()
+    )
+    ref = ModelRef("architecture", architecture="fpn_3d", config=config, checkpoint=str(checkpoint))
+    loaded = load_model(ref)
+    assert (loaded.in_channels, loaded.out_channels) == (1, 3)
+    got = _forward(loaded.module, _input(case))
+    np.testing.assert_allclose(got, outputs["fpn_3d_repvgg/deploy_output"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["unet3d", "unet_3d"])
+def test_the_control_plane_counts_unet_3d_exactly(architecture: str) -> None:
+    from models.sizes import architecture_parameters
+
+    config = {
+        "in_channel": 2,
+        "out_channel": 3,
+        "filters": [8, 16, 24, 32, 40],
+        "pooling": True,
+        "norm_mode": "gn",
+    }
+    with torch.device("meta"):
+        model = ARCHITECTURES[architecture](config)
+    assert architecture_parameters(architecture, config) == sum(p.numel() for p in model.parameters())
+    assert architecture_parameters("fpn_3d", config) is None  # counted on the meta device by the workers
