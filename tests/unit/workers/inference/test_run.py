@@ -224,3 +224,21 @@ def test_a_job_whose_scratch_was_dropped_after_a_failure_runs_again_to_the_same_
     summary = run_serially(job, INFO, predict=doubled)
     assert summary.resumed and summary.tasks_run["pass1"] > 0
     np.testing.assert_array_equal(output_of(job), output_of(clean))
+
+
+def test_a_run_folder_of_an_older_version_is_read_into_the_done_record_once(job: InferenceJob) -> None:
+    """Before the done record, each block and pass left a marker file: a run started over such a
+    folder (a job resumed across an upgrade) takes them as done, and never reads them again."""
+    run_serially(job, INFO, predict=doubled)
+    first = output_of(job)
+    run_dir = next((Path(job.output.path) / ".pytc-run").glob("*/*"))
+    plan = InferenceRun.start(job, INFO).plan
+    for name in ("done.snap", "done.log"):
+        (run_dir / name).unlink(missing_ok=True)
+    (run_dir / "done").mkdir()
+    for block in plan.blocks():
+        for phase in (1, 2):
+            (run_dir / "done" / f"p{phase}_{'_'.join(map(str, block))}.json").write_text("{}")
+    again = run_serially(job, INFO, predict=lambda b: b * 0.0)  # would change every voxel if it ran
+    assert again.blocks_skipped == again.blocks_total and again.tasks_run == {"pass1": 0, "pass2": 0}
+    np.testing.assert_array_equal(output_of(job), first)
