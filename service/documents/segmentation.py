@@ -33,7 +33,9 @@ from workers.limits import DEFAULT_LIMITS, Limits, check_chunk_bytes
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 
 Threshold = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-ScaleTriple = Annotated[list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)]
+ScaleTriple = Annotated[
+    list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)
+]
 DecoderNameField = Literal[
     "binary_connected",
     "bc_connected",
@@ -65,7 +67,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "remove_small_mode": "background",
         "connectivity": 26,
     },
-    "affinity_connected": {"thres": 0.5, "thres_small": 128, "remove_small_mode": "background", "connectivity": 6},
+    "affinity_connected": {
+        "thres": 0.5,
+        "thres_small": 128,
+        "remove_small_mode": "background",
+        "connectivity": 6,
+    },
 }
 
 
@@ -135,7 +142,9 @@ def parse_segmentation(
     out = parsed.output
     out_path, out_dataset = located(out.path, out.dataset, roots, "output")
     if any(root.is_relative_to(Path(out_path)) for root in roots):
-        raise SpecError("output.path", f"{out_path} is a data root (or holds one); name a container inside it")
+        raise SpecError(
+            "output.path", f"{out_path} is a data root (or holds one); name a container inside it"
+        )
     source, target = Path(in_path, in_dataset or "").resolve(), Path(out_path, str(out_dataset)).resolve()
     if source.is_relative_to(target) or target.is_relative_to(source):
         raise SpecError("output.dataset", f"the output {target} overlaps the input {source}")
@@ -145,7 +154,8 @@ def parse_segmentation(
     for axis, b, c in zip(AXES, block or chunks, chunks, strict=True):
         if b % c:
             raise SpecError(
-                "compute.block_shape", f"{list(block or ())} is not a multiple of output.chunks {list(chunks)} (axis {axis})"
+                "compute.block_shape",
+                f"{list(block or ())} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
             )
     output = SegOutput(out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite)
     return SegmentationJob(
@@ -171,10 +181,15 @@ def decoder_of(section: DecoderSection) -> Decoder:
     allowed = DEFAULTS[name]
     for key in given:
         if key not in allowed:
-            raise SpecError(f"decoder.{key}", f"not a parameter of {name}; its parameters: {', '.join(allowed)}")
+            raise SpecError(
+                f"decoder.{key}", f"not a parameter of {name}; its parameters: {', '.join(allowed)}"
+            )
     p: Mapping[str, Any] = {**allowed, **given}
     if p["remove_small_mode"] in SMALL_MODES_NOT_YET:
-        raise SpecError("decoder.remove_small_mode", f"{p['remove_small_mode']!r} is not available yet; use background or none")
+        raise SpecError(
+            "decoder.remove_small_mode",
+            f"{p['remove_small_mode']!r} is not available yet; use background or none",
+        )
     if list(p.get("scale_factors", [1.0, 1.0, 1.0])) != [1.0, 1.0, 1.0]:
         raise SpecError("decoder.scale_factors", "resizing the labels is not available yet; use [1, 1, 1]")
     if name == "affinity_connected" and p["connectivity"] != 6:
@@ -183,13 +198,15 @@ def decoder_of(section: DecoderSection) -> Decoder:
     if name == "bc_connected":
         dilation = triple(p["dilation_struct"])
         if any(s % 2 == 0 for s in dilation):
-            raise SpecError("decoder.dilation_struct", f"odd sizes only (a centred box), got {list(dilation)}")
+            raise SpecError(
+                "decoder.dilation_struct", f"odd sizes only (a centred box), got {list(dilation)}"
+            )
     thresholds = (p["thres1"], p["thres2"]) if name == "bc_connected" else (p["thres"],)
     return Decoder(
-        name,
+        name,  # type: ignore[arg-type]  # the names not decoded yet are refused above
         tuple(float(t) for t in thresholds),
         int(p["thres_small"]),
         p["remove_small_mode"],
-        int(p["connectivity"]),
+        p["connectivity"],
         dilation,
     )

@@ -57,7 +57,9 @@ class SegmentationKind:
 
     def discard(self, job: SegmentationJob, env: RunEnv | None) -> None:
         """The job failed for good: its run folders (local labels, numbers) go; a rerun starts over."""
-        folders = [f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()]
+        folders = [
+            f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()
+        ]
         for folder in folders:
             RunDir(folder).request_cancel()
         if env is not None:
@@ -118,7 +120,13 @@ class _Driver:
     def submit(self, task: Task) -> Future:
         key = f"{self.prefix}s{task.step}-{'_'.join(map(str, task.block))}"
         return self.client.submit(
-            run_step, task.plan, task.step, task.block, key=key, retries=self.env.retries, pure=False,
+            run_step,
+            task.plan,
+            task.step,
+            task.block,
+            key=key,
+            retries=self.env.retries,
+            pure=False,
             priority=self.env.priority,
         )
 
@@ -132,7 +140,9 @@ class _Driver:
             future.release()
         if isinstance(error, BlockCancelledError):
             raise JobCancelledError(f"job cancelled while block {task.block} ran")
-        raise JobFailedError(f"block {task.block} (step {task.step}) failed after {self.env.retries} retries: {error!r}")
+        raise JobFailedError(
+            f"block {task.block} (step {task.step}) failed after {self.env.retries} retries: {error!r}"
+        )
 
     def report(self) -> None:
         parts = self.run.counts()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-
 from scipy import ndimage
 
 from volumes.labels.decoders import Decoder, above, foreground, structure
@@ -50,7 +50,11 @@ class Pieces:
 
 
 def label_block(
-    decoder: Decoder, pred: np.ndarray, core: tuple[int, ...], at_start: tuple[bool, ...], at_end: tuple[bool, ...]
+    decoder: Decoder,
+    pred: np.ndarray,
+    core: tuple[int, ...],
+    at_start: tuple[bool, ...],
+    at_end: tuple[bool, ...],
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Local labels (uint32, raster order) of a block whose prediction ``pred`` covers the block
     (``core``) and, for affinities, one more voxel on each high side that is not the volume's end.
@@ -72,7 +76,7 @@ def components(mask: np.ndarray, connectivity: int) -> np.ndarray:
         return np.ascontiguousarray(labels, dtype=np.uint32)
     try:
         # cc3d scans its first axis fastest: on the transposed view it numbers in C raster order
-        labels = cc3d.connected_components(mask.T, connectivity=connectivity, binary_image=True).T
+        labels = cc3d.connected_components(mask.T, connectivity=connectivity, binary_image=True).T  # type: ignore[call-overload]
     except RuntimeError:  # cc3d 4.1 misjudges its union-find size on some tiny masks
         labels, _ = ndimage.label(mask, structure(connectivity))
     return np.ascontiguousarray(labels, dtype=np.uint32)
@@ -113,11 +117,11 @@ def affinity_labels(
         touched |= edges[a]  # an edge to v - e_a (inside or across the low face)
         touched[tuple(before)] |= joined
         if aff.shape[a + 1] > core[a] and not at_end[a]:  # the edge from the next block's first layer
-            nxt = [slice(0, cz), slice(0, cy), slice(0, cx)]
-            nxt[a] = slice(core[a], core[a] + 1)
+            nxt: list[Any] = [a, slice(0, cz), slice(0, cy), slice(0, cx)]
+            nxt[a + 1] = slice(core[a], core[a] + 1)
             last = [slice(None)] * 3
             last[a] = slice(core[a] - 1, core[a])
-            touched[tuple(last)] |= above(aff[(a, *nxt)], t)
+            touched[tuple(last)] |= above(aff[tuple(nxt)], t)
     colored = np.ascontiguousarray(cc3d.color_connectivity_graph(graph.T, connectivity=6).T)
     colored[~touched] = 0
     return raster_ordered(colored), edges
@@ -147,7 +151,9 @@ def compact(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def pieces(labels: np.ndarray, origin: tuple[int, ...], volume: tuple[int, ...], raster: bool = True) -> Pieces:
+def pieces(
+    labels: np.ndarray, origin: tuple[int, ...], volume: tuple[int, ...], raster: bool = True
+) -> Pieces:
     """The statistics of local labels 1..n. ``raster``: they are numbered in raster order (as
     :func:`label_block` numbers them) and their first voxels are wanted; else ``first`` is 0."""
     n = int(labels.max(initial=0))
@@ -217,7 +223,7 @@ def links(
         if decoder.name == "affinity_connected":
             if sum(map(abs, n)) != 1:
                 continue
-            a = [i for i in range(3) if n[i]][0]
+            a = next(i for i in range(3) if n[i])
             edge = mine[f"edge{a}"]
             b, c = mine[f"lo{a}"][edge], theirs[f"hi{a}"][edge]
         else:

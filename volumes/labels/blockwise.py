@@ -93,7 +93,9 @@ def link_step(
 ) -> list[tuple[Index, np.ndarray, np.ndarray]]:
     """(earlier neighbour, local labels here, local labels there) of touching pieces."""
     mine = faces_of(index)
-    theirs = {tuple(n - i for n, i in zip(nb, index, strict=True)): faces_of(nb) for nb in grid.earlier(index)}
+    theirs = {
+        tuple(n - i for n, i in zip(nb, index, strict=True)): faces_of(nb) for nb in grid.earlier(index)
+    }
     found = links(decoder, mine, theirs)
     return [(tuple(i + d for i, d in zip(index, n, strict=True)), a, b) for n, a, b in found]
 
@@ -108,7 +110,9 @@ class Numbered:
 
 
 def merge_step(
-    grid: Grid, pieces_of: dict[Index, Pieces], links_of: dict[Index, list[tuple[Index, np.ndarray, np.ndarray]]]
+    grid: Grid,
+    pieces_of: dict[Index, Pieces],
+    links_of: dict[Index, list[tuple[Index, np.ndarray, np.ndarray]]],
 ) -> Numbered:
     order = sorted(pieces_of)
     offset: dict[Index, int] = {}
@@ -151,7 +155,9 @@ def dilate_step(
     statistics of its part of each object: (ids, count, first, lo, hi, sums)."""
     assert decoder.dilation is not None
     box, grown = grid.box(index), halo_box(decoder, grid, index)
-    inner = tuple(slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True))
+    inner = tuple(
+        slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
+    )
     core = np.ascontiguousarray(dilate(numbered, decoder.dilation)[inner])
     ids, compact = np.unique(core, return_inverse=True)
     compact = compact.reshape(core.shape).astype(np.uint32)
@@ -167,7 +173,9 @@ def objects_from_parts(k: int, parts: list[tuple[np.ndarray, ...]]) -> Objects:
     """The dilated objects' statistics from the blocks' parts."""
     if not parts:
         empty = np.zeros(0, np.int64)
-        return aggregate(empty, k, empty, empty, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3)))
+        return aggregate(
+            empty, k, empty, empty, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3))
+        )
     cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
     return aggregate(cols[0], k, *cols[1:])
 

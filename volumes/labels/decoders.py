@@ -96,34 +96,3 @@ def dilate(labels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     if all(s == 1 for s in size):
         return labels
     return ndimage.maximum_filter(labels, size=size, mode="nearest")
-
-
-def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
-    """The whole volume decoded at once, PyTC's numbering (gaps where small objects were removed),
-    uint64. What the blockwise run must equal; the benchmark's in-memory reference."""
-    if decoder.name == "affinity_connected":
-        from volumes.labels.blockcc import affinity_labels
-
-        whole = (True, True, True)
-        labels, _ = affinity_labels(pred, decoder, pred.shape[1:], whole, whole)
-        labels = labels.astype(np.uint64)
-    else:
-        from volumes.labels.blockcc import components
-
-        labels = components(foreground(decoder, pred), decoder.connectivity).astype(np.uint64)
-    if decoder.dilation is not None:
-        labels = dilate(labels, decoder.dilation)
-    sizes = np.bincount(labels.ravel())
-    drop = decoder.removes(sizes)
-    drop[0] = False
-    labels[drop[labels]] = 0
-    return labels
-
-
-def sequential(labels: np.ndarray) -> np.ndarray:
-    """``labels`` renumbered 1..N in the order of their numbers (``relabel: sequential``)."""
-    present = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    present[labels.ravel()] = True
-    present[0] = False
-    lut = np.cumsum(present).astype(np.uint64) * present
-    return lut[labels]

@@ -62,7 +62,13 @@ def number(component: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 
 def aggregate(
-    ids: np.ndarray, k: int, count: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.ndarray, sums: np.ndarray
+    ids: np.ndarray,
+    k: int,
+    count: np.ndarray,
+    first: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    sums: np.ndarray,
 ) -> Objects:
     """Statistics of pieces (or of blocks' parts of objects) summed per object ``ids`` (1..k)."""
     rows = ids - 1

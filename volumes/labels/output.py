@@ -54,16 +54,24 @@ def create_labels(
         _create_n5(root, name, tuple(shape), dtype, tuple(chunks), voxel_size, dict(attrs))
     else:
         group = zarr.open_group(str(root), mode="a", zarr_format=3 if format == "zarr3" else 2)
-        common: dict[str, Any] = {"shape": tuple(shape), "dtype": dtype, "chunks": tuple(chunks), "fill_value": 0}
+        common: dict[str, Any] = {
+            "shape": tuple(shape),
+            "dtype": dtype,
+            "chunks": tuple(chunks),
+            "fill_value": 0,
+        }
         if format == "zarr3":
             codec: Any = ZstdCodec(level=ZSTD_LEVEL)
-            group.create_array(name, **common, compressors=codec, dimension_names=AXES, attributes=dict(attrs))
+            group.create_array(
+                name, **common, compressors=codec, dimension_names=AXES, attributes=dict(attrs)
+            )
         else:
             extra = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
             group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=extra)
         parent, _, base = name.rpartition("/")
-        fmt = 3 if format == "zarr3" else 2
-        parent_group = zarr.open_group(str(root), path=parent or None, mode="r+", zarr_format=fmt)
+        parent_group = zarr.open_group(
+            str(root), path=parent or None, mode="r+", zarr_format=3 if format == "zarr3" else 2
+        )
         put_multiscale(parent_group, base, multiscale_entry(base, voxel_size))
         _mark_label_image(parent_group)
     return open_volume(root, name, mode="r+")
@@ -72,7 +80,8 @@ def create_labels(
 def _mark_label_image(group: zarr.Group) -> None:
     attrs = dict(group.attrs.asdict())
     if group.metadata.zarr_format == 3:
-        ome = dict(attrs.get("ome") or {})
+        found = attrs.get("ome")
+        ome: dict[str, Any] = dict(found) if isinstance(found, dict) else {}
         ome["image-label"] = {"source": {}}
         ome.setdefault("version", OME_ZARR_V3)
         group.update_attributes({"ome": ome})
@@ -103,7 +112,11 @@ def _create_n5(
     }
     if voxel_size is not None:
         xyz = [float(v) for v in voxel_size][::-1]
-        meta |= {"resolution": xyz, "units": ["nm", "nm", "nm"], "pixelResolution": {"dimensions": xyz, "unit": "nm"}}
+        meta |= {
+            "resolution": xyz,
+            "units": ["nm", "nm", "nm"],
+            "pixelResolution": {"dimensions": xyz, "unit": "nm"},
+        }
     (root / name).mkdir(parents=True)
     write_json_atomic(root / name / "attributes.json", meta)
 

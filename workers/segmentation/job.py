@@ -59,7 +59,9 @@ class SegmentationJob:
         """The job's block, or the default grown from the chunks (a multiple of them), cut to the
         volume rounded up to whole chunks."""
         chunks = self.output.chunks
-        wanted = self.block_shape or tuple(max(c, d - d % c) for c, d in zip(chunks, DEFAULT_BLOCK, strict=True))
+        wanted = self.block_shape or tuple(
+            max(c, d - d % c) for c, d in zip(chunks, DEFAULT_BLOCK, strict=True)
+        )
         out = [min(w, -(-s // c) * c) for w, s, c in zip(wanted, shape, chunks, strict=True)]
         return (out[0], out[1], out[2])
 
@@ -101,7 +103,8 @@ def check_input(job: SegmentationJob, source: Volume, max_voxels: int | None = N
     field = input_field(job)
     if source.ndim != 4:
         raise SpecError(
-            field, f"expected a prediction (C, Z, Y, X), got a {source.ndim}-D array of shape {list(source.shape)}"
+            field,
+            f"expected a prediction (C, Z, Y, X), got a {source.ndim}-D array of shape {list(source.shape)}",
         )
     if not (source.dtype == np.uint8 or np.issubdtype(source.dtype, np.floating)):
         raise SpecError(field, f"expected a prediction of uint8 (0-255) or float, got {source.dtype}")

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,9 @@ class SegmentationRun:
     def start(cls, job: SegmentationJob, max_voxels: int | None = None) -> SegmentationRun:
         source = open_prediction(job)
         check_input(job, source, max_voxels)
-        plan = Plan(job, tuple(source.shape), job.layout_key(tuple(source.shape), source.dtype), secrets.token_hex(4))
+        plan = Plan(
+            job, tuple(source.shape), job.layout_key(tuple(source.shape), source.dtype), secrets.token_hex(4)
+        )
         complete, resumed = _output_state(plan)
         plan.run_dir.clear_cancel()
         return cls(plan, complete, resumed)
@@ -142,6 +145,8 @@ def output_state(plan: Plan) -> str:
     ``replace`` (another's, with ``overwrite``); another's without ``overwrite`` is an
     OutputExistsError. Nothing is changed here."""
     job = plan.job
+    if not Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
+        return "resume" if plan.run_dir.root.is_dir() else "absent"
     try:
         existing = open_volume(job.output.path, job.output.dataset)
     except VolumeNotFoundError:
@@ -171,10 +176,8 @@ def _output_state(plan: Plan) -> tuple[bool, bool]:
         return state == "complete", state != "absent"
     job = plan.job
     job.output_node()
-    try:
+    if Path(job.output.path, job.output.dataset).exists():
         delete_dataset(job.output.path, job.output.dataset)
-    except (VolumeNotFoundError, VolumeFormatError):
-        pass
     shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
     return False, False
 

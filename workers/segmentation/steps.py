@@ -199,7 +199,9 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
         }
     }
     out = job.output
-    create_labels(out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs)
+    create_labels(
+        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs
+    )
 
 
 def made_by(plan: Plan, attrs: dict[str, Any], shape: tuple[int, ...]) -> bool:
@@ -218,7 +220,8 @@ def _rank(plan: Plan, index: Index) -> None:
 def _dilate(plan: Plan, index: Index) -> None:
     decoder, grid = plan.job.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
-    core, part = dilate_step(decoder, grid, index, ranked[halo_box(decoder, grid, index).slices()])
+    numbered = np.asarray(ranked[halo_box(decoder, grid, index).slices()])
+    core, part = dilate_step(decoder, grid, index, numbered)
     dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
     dilated[grid.box(index).slices()] = core
     names = ("ids", "count", "first", "lo", "hi", "sums")
@@ -242,7 +245,7 @@ def _write(plan: Plan, index: Index) -> None:
     if plan.dilates:
         final = _final(plan)
         dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
-        data = final[dilated[box.slices()]]
+        data = final[np.asarray(dilated[box.slices()])]
     else:
         labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
         data = np.load(plan.file("luts", index, ".npy"))[labels]
@@ -256,7 +259,7 @@ def _final(plan: Plan) -> np.ndarray:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     data = buffer.getvalue()
     atomic_write(path, lambda h: h.write(data))
 
@@ -272,4 +275,12 @@ def _load_packed(path: Path) -> np.ndarray:
     return np.load(io.BytesIO(SCRATCH_CODEC.decode(path.read_bytes())), allow_pickle=False)
 
 
-STEPS = {LABEL: _label, LINK: _link, NUMBER: _number, RANK: _rank, DILATE: _dilate, SIZES: _sizes, WRITE: _write}
+STEPS = {
+    LABEL: _label,
+    LINK: _link,
+    NUMBER: _number,
+    RANK: _rank,
+    DILATE: _dilate,
+    SIZES: _sizes,
+    WRITE: _write,
+}

@@ -16,7 +16,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from volumes.labels.blockwise import decode_blockwise
-from volumes.labels.decoders import Decoder, decode_in_memory, sequential
+from volumes.labels.decoders import Decoder
+from volumes.labels.whole import decode_in_memory, sequential
 
 skimage_measure = pytest.importorskip("skimage.measure")
 skimage_morphology = pytest.importorskip("skimage.morphology")
