@@ -157,6 +157,7 @@ def parse_segmentation(
                 "compute.block_shape",
                 f"{list(block or ())} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
             )
+    _check_block_memory(block or chunks, decoder, limits)
     output = SegOutput(out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite)
     return SegmentationJob(
         SegInput(in_path, in_dataset),
@@ -166,6 +167,26 @@ def parse_segmentation(
         document=canonical_json(document),
         data_roots=tuple(str(r) for r in roots),
     )
+
+
+# What a block task holds per voxel at its peak: the prediction read as float32 at worst (4 bytes a
+# channel), the mask, labels (uint32) and their remapped copy (uint64), a few index arrays.
+BYTES_PER_VOXEL = 32
+
+
+def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) -> None:
+    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
+    grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
+    voxels = grown[0] * grown[1] * grown[2]
+    need = voxels * (4 * decoder.channels + BYTES_PER_VOXEL)
+    field = "compute.block_shape"
+    if voxels >= 2**31:
+        raise SpecError(field, f"a block of {voxels} voxels; at most 2**31 - 1")
+    if need > limits.task_bytes:
+        raise SpecError(
+            field,
+            f"a block task needs about {need / 2**30:.1f} GiB; at most {limits.task_bytes / 2**30:.1f} GiB",
+        )
 
 
 def decoder_of(section: DecoderSection) -> Decoder:
