@@ -181,10 +181,9 @@ def _finish_merge(plan: Plan, objects: Objects, final: np.ndarray) -> None:
 def create_output(plan: Plan, dtype: np.dtype) -> None:
     """The labels array with the job's identity (not yet complete), unless this run made it already."""
     job = plan.job
-    try:
+    existing = None
+    if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
         existing = open_volume(job.output.path, job.output.dataset)
-    except Exception:
-        existing = None
     if existing is not None and made_by(plan, existing.attrs, existing.shape):
         return
     job.output_node()
@@ -245,11 +244,11 @@ def _write(plan: Plan, index: Index) -> None:
     if plan.dilates:
         final = _final(plan)
         dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
-        data = final[np.asarray(dilated[box.slices()])]
+        data = final.astype(out.dtype)[np.asarray(dilated[box.slices()])]
     else:
         labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
-        data = np.load(plan.file("luts", index, ".npy"))[labels]
-    out.write(box, data.astype(out.dtype))
+        data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+    out.write(box, data)
 
 
 def _final(plan: Plan) -> np.ndarray:
