@@ -116,3 +116,16 @@ def test_inputs_that_are_not_predictions(tmp_path: Path, pred: np.ndarray, datas
         SegmentationRun.start(job(tmp_path, "seg.zarr", dataset=dataset))
     assert caught.value.field.startswith("input") and words in str(caught.value)
     assert not (tmp_path / "seg.zarr").exists()
+
+
+def test_a_prediction_without_foreground_gives_an_empty_table(tmp_path: Path) -> None:
+    zarr.open_group(tmp_path / "zero.zarr", mode="w").create_array(
+        "p", data=np.zeros((3, 6, 8, 8), np.float32), chunks=(3, 3, 4, 4)
+    )
+    for decoder in (BC, Decoder("affinity_connected", (0.5,), connectivity=6)):
+        output = SegOutput(str(tmp_path / "zero-seg.zarr"), decoder.name, "zarr2", (3, 4, 4))
+        result = run_serially(
+            SegmentationJob(SegInput(str(tmp_path / "zero.zarr"), "p"), decoder, output, (3, 4, 4))
+        )
+        assert result["objects"] == 0 and result["dtype"] == "uint32"
+        assert Path(result["table"]).read_text().count("\n") == 1  # the header alone

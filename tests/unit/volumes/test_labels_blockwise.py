@@ -160,3 +160,9 @@ def test_object_spanning_many_blocks() -> None:
     pred = _binary(mask)
     d = Decoder("binary_connected", (0.5,), 3, "background", 26)
     assert np.array_equal(decode_blockwise(pred, d, (3, 4, 5), "none"), pytc_decode(pred, d))
+
+
+def test_labels_are_uint32_until_the_numbers_need_uint64() -> None:
+    from volumes.labels.merge import label_dtype
+
+    assert label_dtype(2**32 - 1) == np.uint32 and label_dtype(2**32) == np.uint64
