@@ -49,10 +49,11 @@ DECODERS = {
 CHANNELS = {"binary_connected": 1, "bc_connected": 2, "affinity_connected": 3}
 
 
-def make_prediction(path: Path, shape: tuple[int, int, int]) -> None:
+def make_prediction(path: Path, shape: tuple[int, int, int], names: list[str]) -> None:
     rng = np.random.default_rng(0)
     group = zarr.open_group(path, mode="w")
-    for name, channels in CHANNELS.items():
+    for name in names:
+        channels = CHANNELS[name]
         data = np.empty((channels, *shape), np.uint8)
         for c in range(channels):
             field = ndimage.gaussian_filter(rng.random(shape, dtype=np.float32), (2, 6, 6))
@@ -161,7 +162,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_prediction(root / "pred.zarr", shape)  # type: ignore[arg-type]
+        make_prediction(root / "pred.zarr", shape, args.decoders)  # type: ignore[arg-type]
         for name in args.decoders:
             skimage = in_memory(root, name, "skimage")
             ours = in_memory(root, name, "cc3d")

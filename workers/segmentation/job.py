@@ -20,7 +20,7 @@ from volumes.open import open_volume
 from volumes.output import OutputFormat
 from volumes.volume import Volume
 from workers.confine import confined, node
-from workers.errors import SpecError
+from workers.errors import PathEscapeError, SpecError
 
 Relabel = Literal["sequential", "none"]
 ALGORITHM = "blockwise-cc-1"  # in the layout key: a changed algorithm never resumes an older run
@@ -85,7 +85,10 @@ def input_field(job: SegmentationJob) -> str:
 def open_prediction(job: SegmentationJob) -> Volume:
     """The input, or a SpecError naming ``input.path`` / ``input.dataset``."""
     path, dataset = job.input.path, job.input.dataset
-    confined(node(path, dataset), job.data_roots)
+    try:
+        confined(node(path, dataset), job.data_roots)
+    except PathEscapeError as err:
+        raise SpecError("input.path", str(err)) from err
     try:
         return open_volume(path, dataset)
     except VolumeNotFoundError as err:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from volumes.errors import VolumeFormatError, VolumeNotFoundError
+from volumes.errors import VolumeError, VolumeNotFoundError
 from volumes.labels.merge import Objects, table_rows
 from volumes.labels.output import table_path, write_table
 from volumes.open import open_volume
@@ -151,7 +151,7 @@ def output_state(plan: Plan) -> str:
         existing = open_volume(job.output.path, job.output.dataset)
     except VolumeNotFoundError:
         return "resume" if plan.run_dir.root.is_dir() else "absent"
-    except VolumeFormatError as err:
+    except (VolumeError, OSError) as err:  # a damaged or unreadable output
         if not job.output.overwrite:
             raise OutputExistsError(
                 "output.path", f"{job.output.path} exists and is not a volume this job can resume ({err})"
