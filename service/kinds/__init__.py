@@ -41,6 +41,7 @@ BUILTIN = (
     ("service.kinds.inference", "INFERENCE"),
     ("service.kinds.training", "TRAINING"),
     ("service.kinds.segmentation", "SEGMENTATION"),
+    ("service.kinds.evaluation", "EVALUATION"),
 )
 
 _lock = threading.Lock()
