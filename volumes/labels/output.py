@@ -68,13 +68,21 @@ def create_labels(
         else:
             extra = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
             group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=extra)
-        parent, _, base = name.rpartition("/")
-        parent_group = zarr.open_group(
-            str(root), path=parent or None, mode="r+", zarr_format=3 if format == "zarr3" else 2
-        )
-        put_multiscale(parent_group, base, multiscale_entry(base, voxel_size))
-        _mark_label_image(parent_group)
+        describe(root, name, format, voxel_size)
     return open_volume(root, name, mode="r+")
+
+
+def describe(root: Path, name: str, format: OutputFormat, voxel_size: Sequence[float] | None) -> None:
+    """The parent group's ``multiscales`` entry and ``image-label`` (zarr; N5 has neither). Written
+    again by a run that resumes over labels it created, in case it was killed in between."""
+    if format == "n5":
+        return
+    parent, _, base = name.rpartition("/")
+    parent_group = zarr.open_group(
+        str(root), path=parent or None, mode="r+", zarr_format=3 if format == "zarr3" else 2
+    )
+    put_multiscale(parent_group, base, multiscale_entry(base, voxel_size))
+    _mark_label_image(parent_group)
 
 
 def _mark_label_image(group: zarr.Group) -> None:

@@ -40,7 +40,7 @@ from volumes.labels.blockwise import (
     read_box,
 )
 from volumes.labels.merge import Objects, final_ids, label_dtype
-from volumes.labels.output import create_labels
+from volumes.labels.output import create_labels, describe
 from volumes.open import open_volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
@@ -184,10 +184,12 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
     existing = None
     if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
         existing = open_volume(job.output.path, job.output.dataset)
+    source = open_volume(job.input.path, job.input.dataset)
+    out = job.output
     if existing is not None and made_by(plan, existing.attrs, existing.shape):
+        describe(Path(out.path), out.dataset, out.format, source.voxel_size)
         return
     job.output_node()
-    source = open_volume(job.input.path, job.input.dataset)
     attrs = {
         OUTPUT_ATTRS_KEY: {
             "kind": "segmentation",
@@ -197,7 +199,6 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
             "version": package_version(),
         }
     }
-    out = job.output
     create_labels(
         out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs
     )
