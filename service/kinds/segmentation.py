@@ -25,6 +25,7 @@ from workers.errors import BlockCancelledError, IncompleteRunError
 from workers.inference.rundir import RunDir
 from workers.segmentation.job import SegmentationJob, check_input, open_prediction
 from workers.segmentation.run import SegmentationRun, Task, output_state
+from workers.segmentation.rundir import SegRunDir
 from workers.segmentation.steps import Plan, run_step
 
 
@@ -61,7 +62,7 @@ class SegmentationKind:
             f for f in RunDir.all_for_dataset(job.output.path, job.output.dataset).glob("*") if f.is_dir()
         ]
         for folder in folders:
-            RunDir(folder).request_cancel()
+            SegRunDir(folder).request_cancel()
         if env is not None:
             _wait_for_tasks(env.client, tuple(f"pytc-seg-{f.name}-" for f in folders), CANCEL_WAIT_S)
         for folder in folders:

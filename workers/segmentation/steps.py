@@ -44,8 +44,9 @@ from volumes.labels.output import create_labels, describe
 from volumes.open import open_volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
-from workers.inference.rundir import SCRATCH_CODEC, RunDir
+from workers.inference.rundir import SCRATCH_CODEC
 from workers.segmentation.job import SegmentationJob
+from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
 
 Index = tuple[int, ...]
@@ -74,8 +75,8 @@ class Plan:
         return self.job.decoder.dilation is not None
 
     @property
-    def run_dir(self) -> RunDir:
-        return RunDir.for_output(self.job.output.path, self.job.output.dataset, self.layout_key)
+    def run_dir(self) -> SegRunDir:
+        return SegRunDir.for_output(self.job.output.path, self.job.output.dataset, self.layout_key)
 
     def block_steps(self) -> tuple[int, ...]:
         return (LABEL, LINK, RANK, DILATE, WRITE) if self.dilates else (LABEL, LINK, WRITE)
