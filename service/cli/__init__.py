@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from service.cli.client_commands import add_client_commands
     from service.cli.run import add_run_command
+    from service.cli.view import add_view_command
 
     parser = argparse.ArgumentParser(
         prog="pytc",
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     _add_synth_command(commands)
     add_client_commands(commands)
+    add_view_command(commands)
     return parser
 
 
