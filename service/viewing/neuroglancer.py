@@ -52,7 +52,7 @@ def view_state(layers: Sequence[Layer], store_url: StoreUrl, spec: Mapping[str, 
     voxel = shown[0].base.scale_nm
     centre_of = next((la for la in shown if la.source.name in ("prediction", "labels")), shown[0])
     state: dict[str, Any] = {
-        "dimensions": {axis: [voxel[i] * 1e-9, "m"] for axis, i in (("x", 2), ("y", 1), ("z", 0))},
+        "dimensions": {axis: [voxel[i] / 1e9, "m"] for axis, i in (("x", 2), ("y", 1), ("z", 0))},
         "position": _centre(centre_of, voxel),
         "crossSectionScale": max(
             1.0, max(centre_of.base.shape[-2:]) * centre_of.base.scale_nm[2] / voxel[2] / 512
@@ -95,7 +95,7 @@ def _source(layer: Layer, store_url: str) -> dict[str, Any]:
     base = layer.base
     names: dict[str, list[Any]] = {"c'": [1, ""]} if layer.channels is not None else {}
     for i, axis in enumerate("zyx"):
-        names[axis] = [base.scale_nm[i] * 1e-9, "m"]
+        names[axis] = [base.scale_nm[i] / 1e9, "m"]
     rank = len(names)
     shift = [0.0] * (rank - 3) + [t / s for t, s in zip(base.translation_nm, base.scale_nm, strict=True)]
     matrix = [[1.0 if c == r else 0.0 for c in range(rank)] + [shift[r]] for r in range(rank)]

@@ -5,7 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 const streams = new Map(); // job id -> EventSource, for the jobs shown
-let current = null; // the job page's state: {id, job, view, lossPoints, refreshDue}
+let current = null; // the job page's state: {id, job, view, lossPoints, zChosen, lastRefresh}
+let listed = ""; // the ids the jobs list shows, to redraw it when jobs come or go
+const LIST_REFRESH_MS = 3000;
 
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
@@ -126,6 +128,7 @@ async function showJobs() {
   closeStreams();
   current = null;
   const page = await (await api("/v1/jobs?limit=100")).json();
+  listed = page.jobs.map((job) => `${job.id}:${job.state}`).join(",");
   show("jobs");
   const tbody = $("jobs-table").tBodies[0];
   tbody.replaceChildren();
@@ -293,6 +296,16 @@ function route() {
   });
 }
 
+async function refreshList() {
+  if ($("jobs").hidden) return;
+  const page = await (await api("/v1/jobs?limit=100")).json();
+  const now = page.jobs.map((job) => `${job.id}:${job.state}`).join(",");
+  const followed = page.jobs.every((job) => streams.has(job.id) || !["queued", "running"].includes(job.state));
+  if (now.split(",").map((x) => x.split(":")[0]).join() !== listed.split(",").map((x) => x.split(":")[0]).join() || !followed) {
+    await showJobs();
+  }
+}
+
 async function start() {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
@@ -302,6 +315,7 @@ async function start() {
     refreshPreviews();
   });
   window.addEventListener("hashchange", route);
+  setInterval(() => refreshList().catch(() => {}), LIST_REFRESH_MS);
   const session = await (await fetch("/session", { credentials: "same-origin" })).json();
   $("logout").hidden = !session.auth || !session.logged_in;
   if (session.auth && !session.logged_in) showLogin(); else route();
