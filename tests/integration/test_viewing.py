@@ -76,13 +76,15 @@ def test_pytc_view_prints_the_link_for_a_job_and_for_an_output(service: Service,
     assert by_id.returncode == 0, by_id.stderr
     assert by_id.stdout.startswith(f"{service.url}/viewer/v/pytc/#!") and "prediction (image)" in by_id.stderr
     by_path = subprocess.run(
-        [sys.executable, "-m", "service", "view", str(service.root / "done.zarr"), "--dataset", "pred", "--json"],
+        [sys.executable, "-m", "service", "view", str(service.root / "done.zarr"), "--dataset=pred", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert by_path.returncode == 0, by_path.stderr
     assert [la["name"] for la in json.loads(by_path.stdout)["layers"]] == ["input", "prediction"]
-    outside = subprocess.run([sys.executable, "-m", "service", "view", "/etc", "--dataset", "x"], env=env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    outside = subprocess.run(
+        [sys.executable, "-m", "service", "view", "/etc", "--dataset", "x"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert outside.returncode == 2 and "outside" in outside.stderr
 
 
@@ -158,7 +160,8 @@ def _neuroglancer_layers(driver: Any) -> list[dict[str, Any]] | None:
         const out = v.layerManager.managedLayers.map(m => {
           const s = m.layer ? m.layer.dataSources[0] : undefined;
           const st = s ? s.loadState : undefined;
-          return {name: m.name, loaded: !!(st && st.dataSource), error: st && st.error ? String(st.error) : null};
+          const error = st && st.error ? String(st.error) : null;
+          return {name: m.name, loaded: !!(st && st.dataSource), error};
         });
         return out.length && out.every(l => l.loaded || l.error) ? out : null;
         """

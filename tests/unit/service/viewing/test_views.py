@@ -27,11 +27,10 @@ def make_input(root: Path) -> None:
     group = zarr.open_group(root / "em.zarr", mode="w")
     data = (np.arange(16 * 64 * 64) % 251).astype(np.uint8).reshape(16, 64, 64)
     group.create_array("raw", data=data, chunks=(4, 32, 32))
-    group.attrs["ome"] = {
-        "version": "0.5",
-        "multiscales": [{"axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-                         "datasets": [{"path": "raw", "coordinateTransformations": [{"type": "scale", "scale": list(VOXEL)}]}]}],
-    }  # fmt: skip
+    scale = [{"type": "scale", "scale": list(VOXEL)}]
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    multiscale = {"axes": axes, "datasets": [{"path": "raw", "coordinateTransformations": scale}]}
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
 
 
 def inference_doc(roi: bool = True) -> dict:
@@ -81,10 +80,6 @@ def make_group_output(root: Path) -> None:
         {"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"
     ]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
-
-
-def state_of(view) -> dict:  # noqa: ANN001
-    return view.state
 
 
 def sign(store: Path) -> str:
