@@ -76,7 +76,7 @@ def test_pytc_view_prints_the_link_for_a_job_and_for_an_output(service: Service,
     assert by_id.returncode == 0, by_id.stderr
     assert by_id.stdout.startswith(f"{service.url}/viewer/v/pytc/#!") and "prediction (image)" in by_id.stderr
     by_path = subprocess.run(
-        [sys.executable, "-m", "service", "view", str(service.root / "done.zarr"), "--dataset=pred", "--json"],
+        [sys.executable, "-m", "service", "view", f"{service.root}/done.zarr", "--dataset=pred", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert by_path.returncode == 0, by_path.stderr
