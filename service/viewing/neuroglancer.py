@@ -17,12 +17,14 @@ segmentation layers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from service.viewing.layers import Layer
+from volumes.files import read_json_object
 
 SCHEMES = {"zarr3": "zarr3", "zarr2": "zarr2", "n5": "n5"}
 HEAD_COLORS = ("#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#0080ff")
@@ -99,7 +101,39 @@ def _source(layer: Layer, store_url: str) -> dict[str, Any]:
     rank = len(names)
     shift = [0.0] * (rank - 3) + [t / s for t, s in zip(base.translation_nm, base.scale_nm, strict=True)]
     matrix = [[1.0 if c == r else 0.0 for c in range(rank)] + [shift[r]] for r in range(rank)]
-    return {"url": url, "transform": {"outputDimensions": names, "matrix": matrix}}
+    transform: dict[str, Any] = {"outputDimensions": names, "matrix": matrix}
+    source_names = source_dimension_names(layer, rank)
+    if source_names is not None:
+        # The array's own dimensions are unitless to neuroglancer: given the same scales as the
+        # output ones, the matrix maps voxels to voxels (else a unitless 1 would be 1 m per voxel).
+        transform["inputDimensions"] = dict(zip(source_names, names.values(), strict=True))
+    return {"url": url, "transform": transform}
+
+
+def source_dimension_names(layer: Layer, rank: int) -> list[str] | None:
+    """The names neuroglancer gives an array's dimensions: zarr v3 ``dimension_names``, zarr v2
+    ``_ARRAY_DIMENSIONS``, else ``dim_<i>`` (v3) or ``d<i>`` (v2), repeats numbered as it does; None
+    for other formats (N5), whose transform is left to neuroglancer."""
+    directory = layer.source.store / layer.source.node
+    if layer.format == "zarr3":
+        given, prefix = (read_json_object(directory / "zarr.json") or {}).get("dimension_names"), "dim_"
+    elif layer.format == "zarr2":
+        given, prefix = (read_json_object(directory / ".zattrs") or {}).get("_ARRAY_DIMENSIONS"), "d"
+    else:
+        return None
+    raw = list(given) if isinstance(given, list) and len(given) == rank else [None] * rank
+    used: set[str] = set()
+    names = []
+    for i, name in enumerate(raw):
+        candidates = (
+            (f"{prefix}{n}" for n in itertools.count(i))
+            if not isinstance(name, str)
+            else itertools.chain([name], (f"{name}{n}" for n in itertools.count(1)))
+        )
+        chosen = next(c for c in candidates if c not in used)
+        used.add(chosen)
+        names.append(chosen)
+    return names
 
 
 def _head_layers(layer: Layer, source: dict[str, Any], spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -137,6 +137,7 @@ def test_in_chromium_log_in_watch_a_job_finish_preview_it_and_open_neuroglancer(
         layers = wait_until(lambda: _neuroglancer_layers(driver), 90, "neuroglancer's layers to load")
         assert [la["name"] for la in layers] == ["input", "prediction"]
         assert all(la["loaded"] and not la["error"] for la in layers), layers
+        assert all(la["scales"] == [1e-9, 1e-9, 1e-9] for la in layers), layers  # 1 nm voxels (no metadata)
         screenshot(driver, shots, "5-neuroglancer")
     assert len(list(shots.glob("*.png"))) == 5
 
@@ -161,7 +162,9 @@ def _neuroglancer_layers(driver: Any) -> list[dict[str, Any]] | None:
           const s = m.layer ? m.layer.dataSources[0] : undefined;
           const st = s ? s.loadState : undefined;
           const error = st && st.error ? String(st.error) : null;
-          return {name: m.name, loaded: !!(st && st.dataSource), error};
+          const t = st && st.transform ? st.transform.value : undefined;
+          const scales = t ? [...t.inputSpace.scales].slice(-3) : null;  // z, y, x of the source
+          return {name: m.name, loaded: !!(st && st.dataSource), error, scales};
         });
         return out.length && out.every(l => l.loaded || l.error) ? out : null;
         """

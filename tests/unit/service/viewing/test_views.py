@@ -109,6 +109,13 @@ def test_a_jobs_view_places_input_and_each_head(tmp_path: Path, layout: str) -> 
         assert source["url"] == "zarr3://http://svc/stores/Tout.zarr/pred/"
         assert source["transform"]["outputDimensions"]["c'"] == [1, ""]
         assert source["transform"]["matrix"][1][-1] == 4 and source["transform"]["matrix"][3][-1] == 32
+        # the array's own (unitless) dimensions get the same scales: voxels map to voxels
+        assert list(source["transform"]["inputDimensions"]) == ["c", "z", "y", "x"]
+        assert list(source["transform"]["inputDimensions"].values()) == list(
+            source["transform"]["outputDimensions"].values()
+        )
+        raw = state["layers"][0]["source"]["transform"]["inputDimensions"]
+        assert raw == {"dim_0": [3e-8, "m"], "dim_1": [8e-9, "m"], "dim_2": [8e-9, "m"]}
     else:
         assert source == {"url": "zarr3://http://svc/stores/Tout.zarr/pred/"}  # neuroglancer reads the OME
     url = view.url("http://svc/viewer/v/pytc/")
