@@ -269,7 +269,7 @@ async function showJob(id) {
   $("loss").hidden = true;
   $("view-link").hidden = true;
   renderJob(job);
-  if (job.kind !== "training") await loadView();
+  await loadView();
   if (job.state === "queued" || job.state === "running") {
     follow(id, (data) => {
       if (!current || current.id !== id) return;
@@ -277,7 +277,7 @@ async function showJob(id) {
       renderJob(merged);
       const now = Date.now();
       const ended = ["succeeded", "failed", "cancelled"].includes(merged.state);
-      if (job.kind !== "training" && (ended || now - current.lastRefresh > 2000)) {
+      if (ended || now - current.lastRefresh > 2000) {
         current.lastRefresh = now;
         if (!current.view || !current.view.layers.length || ended) loadView(); else refreshPreviews();
       }
