@@ -186,7 +186,8 @@ function recordLoss(job) {
     const last = current.lossPoints[current.lossPoints.length - 1];
     if (!last || last[0] !== p.done) current.lossPoints.push([p.done, Number(p.loss)]);
   }
-  drawLoss(current.lossPoints, p.validation || [], p.total || 1);
+  const history = Array.isArray(p.loss_history) && p.loss_history.length ? p.loss_history : current.lossPoints;
+  drawLoss(history, p.validation || [], p.total || 1);
 }
 
 function drawLoss(points, validation, total) {
