@@ -128,11 +128,40 @@ def open_layer(source: Source) -> Layer:
     volume = open_volume(source.store, source.node or None)
     voxel = volume.voxel_size or (1.0, 1.0, 1.0)
     offset = _recorded_offset(volume.attrs)
-    channels = volume.shape[0] if volume.ndim == 4 else None
-    level = Level(
-        source.node, tuple(volume.shape), voxel, _zyx([o * v for o, v in zip(offset, voxel, strict=True)])
+    placed = _listed_translation(source, volume.format) or _zyx(
+        [o * v for o, v in zip(offset, voxel, strict=True)]
     )
+    channels = volume.shape[0] if volume.ndim == 4 else None
+    level = Level(source.node, tuple(volume.shape), voxel, placed)
     return Layer(source, volume.format, False, (level,), str(volume.dtype), channels)
+
+
+def _listed_translation(source: Source, fmt: str) -> tuple[float, float, float] | None:
+    """The translation (nm) of the array in the multiscales of the nearest group that lists it
+    (an input placed by its OME metadata); None when none lists it or none is given."""
+    directory = source.store / source.node
+    for parent in directory.parents:
+        if not parent.is_relative_to(source.store) or fmt not in ("zarr2", "zarr3"):
+            return None
+        meta = read_json_object(parent / ("zarr.json" if fmt == "zarr3" else ".zattrs")) or {}
+        attrs = meta.get("attributes", {}) if fmt == "zarr3" else meta
+        for entry in stored_multiscales(attrs if isinstance(attrs, dict) else {}, fmt):  # type: ignore[arg-type]
+            rel = directory.relative_to(parent).as_posix()
+            ds = next(
+                (d for d in entry.get("datasets") or [] if isinstance(d, dict) and d.get("path") == rel), None
+            )
+            if ds is None:
+                continue
+            axes = [a for a in entry.get("axes") or [] if isinstance(a, dict)]
+            space = [i for i, a in enumerate(axes) if a.get("type", "space") == "space"]
+            if len(space) != 3:
+                return None
+            _, shift = _transforms(ds, len(axes))
+            top_scale, top_shift = _transforms(entry, len(axes))
+            units = [nm_per(axes[i].get("unit")) for i in space]
+            places = [(shift[i] * top_scale[i] + top_shift[i]) * u for i, u in zip(space, units, strict=True)]
+            return _zyx(places) if any(places) else None
+    return None
 
 
 def _recorded_offset(attrs: Mapping[str, Any]) -> tuple[int, int, int]:

@@ -136,6 +136,21 @@ def test_labels_and_masks_are_segmentation_layers(tmp_path: Path) -> None:
     assert job_sources("segmentation", seg, [tmp_path])[-1].layer_type == "segmentation"
 
 
+def test_an_input_placed_by_its_ome_translation_is_drawn_there(tmp_path: Path) -> None:
+    make_input(tmp_path)
+    group = zarr.open_group(tmp_path / "em.zarr", mode="a")
+    ome = group.attrs["ome"]
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"].append(
+        {"type": "translation", "translation": [300.0, 80.0, 0.0]}
+    )
+    group.attrs["ome"] = ome
+    view = build_view("inference", inference_doc(), [tmp_path], sign)
+    raw = view.layer("input")
+    assert raw is not None and raw.base.translation_nm == (300.0, 80.0, 0.0)
+    matrix = view.state["layers"][0]["source"]["transform"]["matrix"]
+    assert [row[-1] for row in matrix] == [10.0, 10.0, 0.0]  # in voxels: 300 / 30, 80 / 8
+
+
 def test_paths_outside_the_roots_or_missing_are_left_out(tmp_path: Path) -> None:
     make_input(tmp_path)
     doc = inference_doc()
