@@ -81,6 +81,8 @@ class Layer:
     levels: tuple[Level, ...]
     dtype: str
     channels: int | None
+    # an image group's axes as its multiscales names them: (name, type, unit or None)
+    ome_axes: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def base(self) -> Level:
@@ -206,7 +208,15 @@ def _image_group(source: Source, directory: Path, fmt: str) -> Layer | None:
     if not levels:
         return None
     channels = levels[0].shape[0] if ndim == 4 else None
-    return Layer(source, fmt, True, tuple(levels), dtype, channels)
+    named = tuple(
+        (
+            str(a.get("name", f"d{i}")),
+            str(a.get("type", "space")),
+            a["unit"] if isinstance(a.get("unit"), str) else None,
+        )
+        for i, a in enumerate(axes)
+    )
+    return Layer(source, fmt, True, tuple(levels), dtype, channels, named)
 
 
 def _zyx(values: Sequence[float]) -> tuple[float, float, float]:

@@ -93,7 +93,7 @@ def _centre(layer: Layer, voxel: Sequence[float]) -> list[float]:
 def _source(layer: Layer, store_url: str) -> dict[str, Any]:
     url = f"{SCHEMES[layer.format]}://{store_url}{layer.source.node}".rstrip("/") + "/"
     if layer.image_group:
-        return {"url": url}
+        return _group_source(layer, url)
     base = layer.base
     names: dict[str, list[Any]] = {"c'": [1, ""]} if layer.channels is not None else {}
     for i, axis in enumerate("zyx"):
@@ -108,6 +108,25 @@ def _source(layer: Layer, store_url: str) -> dict[str, Any]:
         # output ones, the matrix maps voxels to voxels (else a unitless 1 would be 1 m per voxel).
         transform["inputDimensions"] = dict(zip(source_names, names.values(), strict=True))
     return {"url": url, "transform": transform}
+
+
+def _group_source(layer: Layer, url: str) -> dict[str, Any]:
+    """An image group's source: neuroglancer reads its multiscales; where its spatial axes have no
+    unit (no voxel size was known) they are taken as nm, as everywhere else in a view (else
+    neuroglancer would take a unitless 1 for a metre against the view's nm)."""
+    if all(unit is not None for _, kind, unit in layer.ome_axes if kind == "space"):
+        return {"url": url}
+    dims: dict[str, list[Any]] = {}
+    for name, kind, _ in layer.ome_axes:
+        if kind == "channel":
+            dims[f"{name}'"] = [1, ""]
+        elif kind == "space":
+            dims[name] = [1e-9, "m"]
+        else:
+            return {"url": url}
+    rank = len(dims)
+    matrix = [[1.0 if c == r else 0.0 for c in range(rank)] + [0.0] for r in range(rank)]
+    return {"url": url, "transform": {"inputDimensions": dims, "outputDimensions": dims, "matrix": matrix}}
 
 
 def source_dimension_names(layer: Layer, rank: int) -> list[str] | None:

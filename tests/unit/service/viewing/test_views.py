@@ -17,8 +17,6 @@ from PIL import Image
 from service.viewing.layers import Source, job_sources, open_layer
 from service.viewing.previews import OutsideError, pick_level, preview_png
 from service.viewing.views import build_view, output_view
-from volumes.box import Box
-from volumes.output import create_output
 
 VOXEL = (30.0, 8.0, 8.0)
 
@@ -51,12 +49,20 @@ def inference_doc(roi: bool = True) -> dict:
 
 
 def make_array_output(root: Path) -> None:
-    doc = inference_doc()
-    attrs = {"pytc": {"job": doc, "complete": True}}
-    volume = create_output(
-        root / "out.zarr", "pred", "zarr3", (3, 8, 32, 32), "float32", (4, 16, 16), VOXEL, attrs
+    """The array layout (before outputs were image groups): out.zarr/pred a (c, z, y, x) array, its
+    OME entry on the container's group, the job (and so the ROI's offset) in its ``pytc`` attributes."""
+    group = zarr.open_group(root / "out.zarr", mode="w")
+    attrs = {"pytc": {"job": inference_doc(), "complete": True}}
+    data = np.full((3, 8, 32, 32), 0.75, np.float32)
+    group.create_array(
+        "pred", data=data, chunks=(3, 4, 16, 16), dimension_names=("c", "z", "y", "x"), attributes=attrs
     )
-    volume.write(Box.of_shape((3, 8, 32, 32)), np.full((3, 8, 32, 32), 0.75, np.float32))
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"
+    ]
+    scale = [{"type": "scale", "scale": [1.0, *VOXEL]}]
+    entry = {"axes": axes, "datasets": [{"path": "pred", "coordinateTransformations": scale}]}
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [entry]}
 
 
 def make_group_output(root: Path) -> None:
@@ -120,6 +126,21 @@ def test_a_jobs_view_places_input_and_each_head(tmp_path: Path, layout: str) -> 
         assert source == {"url": "zarr3://http://svc/stores/Tout.zarr/pred/"}  # neuroglancer reads the OME
     url = view.url("http://svc/viewer/v/pytc/")
     assert json.loads(urllib.parse.unquote(url.split("#!", 1)[1])) == state
+
+
+def test_an_image_group_without_units_is_taken_in_nm(tmp_path: Path) -> None:
+    make_input(tmp_path)
+    make_group_output(tmp_path)
+    group = zarr.open_group(tmp_path / "out.zarr" / "pred", mode="a")
+    ome = group.attrs["ome"]
+    for axis in ome["multiscales"][0]["axes"]:
+        axis.pop("unit", None)
+    group.attrs["ome"] = ome
+    view = build_view("inference", inference_doc(), [tmp_path], sign)
+    transform = view.state["layers"][1]["source"]["transform"]
+    nm = [1e-9, "m"]
+    assert transform["inputDimensions"] == {"c'": [1, ""], "z": nm, "y": nm, "x": nm}
+    assert transform["outputDimensions"] == transform["inputDimensions"]
 
 
 def test_labels_and_masks_are_segmentation_layers(tmp_path: Path) -> None:
