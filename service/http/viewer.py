@@ -31,7 +31,7 @@ from service.documents.sections import resolved_roots
 from service.errors import JobNotFoundError
 from service.http.auth import TokenAuth, require_token
 from service.http.problems import problem_responses
-from service.http.routes import State, _existing_job
+from service.http.routes import _existing_job
 from service.http.signing import STORE_SCOPE, Signer
 from service.http.stores import STORES_PREFIX
 from service.settings import Settings
@@ -149,8 +149,7 @@ def view_routes(auth: TokenAuth, settings: Settings) -> APIRouter:
     )
     def job_preview(
         record: Annotated[JobRecord, Depends(_existing_job)],
-        state: State,
-        layer: str,
+        layer: Annotated[str, Query(max_length=200)],
         z: Annotated[int, Query(ge=0)] = 0,
         channel: Annotated[int, Query(ge=0)] = 0,
     ) -> Response:

@@ -8,6 +8,10 @@ const streams = new Map(); // job id -> EventSource, for the jobs shown
 let current = null; // the job page's state: {id, job, view, lossPoints, zChosen, lastRefresh}
 let listed = ""; // the ids the jobs list shows, to redraw it when jobs come or go
 const LIST_REFRESH_MS = 3000;
+// A browser keeps about 6 connections to one server: the list follows a few jobs' streams and polls
+// the rest, so that the page's own calls never wait behind event streams.
+const MAX_STREAMS = 3;
+const rows = new Map(); // job id -> its row's cells, on the jobs list
 
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
@@ -128,23 +132,26 @@ async function showJobs() {
   closeStreams();
   current = null;
   const page = await (await api("/v1/jobs?limit=100")).json();
-  listed = page.jobs.map((job) => `${job.id}:${job.state}`).join(",");
+  listed = page.jobs.map((job) => job.id).join(",");
   show("jobs");
   const tbody = $("jobs-table").tBodies[0];
   tbody.replaceChildren();
   $("jobs-empty").hidden = page.jobs.length > 0;
+  rows.clear();
   for (const job of page.jobs) {
     const cells = jobRow(tbody, job);
-    if (job.state === "queued" || job.state === "running") {
-      follow(job.id, (data) => {
-        const merged = { ...job, ...data };
-        cells.state.textContent = merged.state;
-        cells.state.className = `state state-${merged.state}`;
-        cells.progress.firstChild.firstChild.style.width = `${Math.round(100 * (merged.progress.fraction || 0))}%`;
-        cells.text.textContent = progressText(merged);
-      });
+    rows.set(job.id, cells);
+    if ((job.state === "queued" || job.state === "running") && streams.size < MAX_STREAMS) {
+      follow(job.id, (data) => updateRow(cells, { ...job, ...data }));
     }
   }
+}
+
+function updateRow(cells, job) {
+  cells.state.textContent = job.state;
+  cells.state.className = `state state-${job.state}`;
+  cells.progress.firstChild.firstChild.style.width = `${Math.round(100 * (job.progress.fraction || 0))}%`;
+  cells.text.textContent = progressText(job);
 }
 
 function renderJob(job) {
@@ -300,10 +307,13 @@ function route() {
 async function refreshList() {
   if ($("jobs").hidden) return;
   const page = await (await api("/v1/jobs?limit=100")).json();
-  const now = page.jobs.map((job) => `${job.id}:${job.state}`).join(",");
-  const followed = page.jobs.every((job) => streams.has(job.id) || !["queued", "running"].includes(job.state));
-  if (now.split(",").map((x) => x.split(":")[0]).join() !== listed.split(",").map((x) => x.split(":")[0]).join() || !followed) {
+  const ids = page.jobs.map((job) => job.id).join(",");
+  if (ids !== listed) {
     await showJobs();
+    return;
+  }
+  for (const job of page.jobs) {
+    if (!streams.has(job.id) && rows.has(job.id)) updateRow(rows.get(job.id), job);
   }
 }
 
