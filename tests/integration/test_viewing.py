@@ -19,6 +19,8 @@ from selenium.webdriver.common.by import By
 from tests.integration.browser import chromium, screenshot, wait_until
 from tests.integration.service_fixtures import Service, job_doc, make_data, running_service, wait_for_state
 
+pytestmark = pytest.mark.slow  # a real service runs two small jobs (about 40 s), and Chromium
+
 TOKEN = "view-test-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
