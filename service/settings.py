@@ -112,6 +112,20 @@ class Settings(LimitSettings):
             raise ValueError(f"{value!r} holds no token; leave it unset for no tokens of this kind")
         return tokens
 
+    @field_validator("view_secret")
+    @classmethod
+    def _a_long_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip().encode()) < 16:
+            raise ValueError("the view secret signs links and sessions: give it at least 16 bytes")
+        return value
+
+    @field_validator("neuroglancer_url")
+    @classmethod
+    def _a_web_page(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is no http(s) URL of a neuroglancer page")
+        return value
+
     @field_validator("max_model_bytes")
     @classmethod
     def _a_size(cls, value: str | None) -> str | None:

@@ -181,3 +181,11 @@ def test_the_secret_comes_from_the_setting_else_a_private_file_kept_across_resta
     assert len(first) >= 32 and load_secret(tmp_path / "state") == first
     mode = stat.S_IMODE((tmp_path / "state" / "view.secret").stat().st_mode)
     assert mode == 0o600
+
+
+def test_viewing_settings_are_checked_when_the_service_starts() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        Settings(view_secret="short")
+    with pytest.raises(ValueError, match="http"):
+        Settings(neuroglancer_url="file:///ng")
+    assert Settings(neuroglancer_url="", view_secret=" ").neuroglancer_url is None
