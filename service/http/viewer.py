@@ -29,18 +29,20 @@ from pydantic import BaseModel, Field
 
 from service.documents.sections import resolved_roots
 from service.errors import JobNotFoundError
-from service.http.auth import TokenAuth, require_token
+from service.http.auth import Caller, TokenAuth, require_token
 from service.http.problems import problem_responses
-from service.http.routes import _existing_job
+from service.http.routes import State, Who, _existing_job
 from service.http.signing import STORE_SCOPE, Signer
 from service.http.stores import STORES_PREFIX
+from service.kinds.base import Target
 from service.settings import Settings
-from service.store.jobs import JobRecord
+from service.store.jobs import JobRecord, JobStore
 from service.viewing.previews import OutsideError, preview_png
 from service.viewing.views import View, build_view, output_view
 
 VIEWER_PATH = "/viewer/v/pytc/"
 KEEPALIVE_S = 20.0
+OWNERSHIP_SCAN = 20_000  # jobs looked at to tell whose output a path is
 
 
 class LayerOut(BaseModel):
@@ -134,12 +136,22 @@ def view_routes(auth: TokenAuth, settings: Settings) -> APIRouter:
         view = build_view(record.kind, record.spec, roots, sign)
         return _out(view, neuroglancer, when)
 
-    @router.get("/view", responses=problem_responses(422), summary="A neuroglancer link to an output")
+    @router.get("/view", responses=problem_responses(404, 422), summary="A neuroglancer link to an output")
     def path_view(
-        request: Request, path: Annotated[str, Query(max_length=4096)], dataset: str | None = None
+        request: Request,
+        state: State,
+        caller: Who,
+        path: Annotated[str, Query(max_length=4096)],
+        dataset: Annotated[str | None, Query(max_length=1024)] = None,
     ) -> ViewOut:
         sign, neuroglancer, when = signed(request)
-        return _out(output_view(path, dataset, roots, sign), neuroglancer, when)
+        view = output_view(path, dataset, roots, sign)
+        stores = {
+            la.source.store for la in view.layers if la.source.name in ("output", "prediction", "labels")
+        }
+        if not all(_may_view(state.store, caller, store) for store in stores):
+            raise JobNotFoundError(f"no output at {path} that this token may view")  # as if absent
+        return _out(view, neuroglancer, when)
 
     @router.get(
         "/jobs/{job_id}/preview",
@@ -164,6 +176,25 @@ def view_routes(auth: TokenAuth, settings: Settings) -> APIRouter:
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return router
+
+
+def _may_view(store: JobStore, caller: Caller, container: Path) -> bool:
+    """Whether ``caller`` may view an output container: an admin (or an open service) always; a
+    tenant when one of its own jobs writes there, or no job of another tenant does (a ``pytc run``
+    output). The newest :data:`OWNERSHIP_SCAN` jobs are looked at."""
+    if caller.sees_all:
+        return True
+    mine = theirs = False
+    before: int | None = None
+    for _ in range(OWNERSHIP_SCAN // 500):
+        records = store.list_jobs(None, 500, before, None)
+        for record in records:
+            if record.output_key and Path(Target.from_key(record.output_key).path) == container:
+                mine, theirs = mine or record.owner == caller.owner, theirs or record.owner != caller.owner
+        if len(records) < 500:
+            break
+        before = records[-1].seq
+    return mine or not theirs
 
 
 def _out(view: View, neuroglancer: str, when: datetime) -> ViewOut:

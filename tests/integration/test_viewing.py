@@ -22,13 +22,14 @@ from tests.integration.service_fixtures import Service, job_doc, make_data, runn
 pytestmark = pytest.mark.slow  # a real service runs two small jobs (about 40 s), and Chromium
 
 TOKEN = "view-test-token-0123456789"
+OTHER = "another-tenants-token-0123"  # a second tenant
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = make_data(tmp_path_factory.mktemp("viewing") / "root", shape=(12, 64, 64))
-    with running_service(root, root.parent / "state", PYTC_API_TOKENS=TOKEN) as svc:
+    with running_service(root, root.parent / "state", PYTC_API_TOKENS=f"{TOKEN},{OTHER}") as svc:
         yield svc
 
 
@@ -88,6 +89,14 @@ def test_pytc_view_prints_the_link_for_a_job_and_for_an_output(service: Service,
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert outside.returncode == 2 and "outside" in outside.stderr
+
+
+def test_another_tenant_gets_no_view_of_a_jobs_output(service: Service, done_job: str) -> None:
+    other = {"Authorization": f"Bearer {OTHER}"}
+    assert httpx.get(f"{service.url}/v1/jobs/{done_job}/view", headers=other).status_code == 404
+    params = {"path": str(service.root / "done.zarr"), "dataset": "pred"}
+    assert httpx.get(f"{service.url}/v1/view", params=params, headers=other, timeout=60).status_code == 404
+    assert httpx.get(f"{service.url}/v1/view", params=params, headers=BEARER, timeout=60).status_code == 200
 
 
 def test_the_page_logs_in_with_a_cookie_and_never_a_url_token(service: Service, done_job: str) -> None:
