@@ -1,6 +1,7 @@
-"""The segmentation run in one process over real stores: every output format with its metadata and
-table, a run stopped part way resumed to the same labels, the output guard, and inputs that are not
-predictions refused naming ``input``."""
+"""The segmentation run in one process over real stores: every output format with its metadata
+(its own OME-Zarr label image with a ``mode`` pyramid) and table, the labels placed where the
+prediction lies, a run stopped part way resumed to the same labels, the output guard, and inputs
+that are not predictions refused naming ``input``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from volumes.labels.decoders import Decoder
 from volumes.labels.output import read_table
 from volumes.labels.whole import decode_in_memory, sequential
 from volumes.open import open_volume
+from volumes.output import create_output, level_path
+from volumes.pyramid import downsample_labels, pyramid_factors
 from workers.errors import OutputExistsError, SpecError
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 from workers.segmentation.run import SegmentationRun, run_serially
@@ -69,12 +72,46 @@ def test_every_format_equals_the_whole_volume_decoder(tmp_path: Path, pred: np.n
         np.testing.assert_allclose(row[8:11], where.mean(axis=0), atol=1e-3)
     attrs = open_volume(j.output.path, "seg").attrs["pytc"]
     assert attrs["complete"] is True and attrs["kind"] == "segmentation"
+    assert_label_image(Path(j.output.path), fmt, labels)
+
+
+def assert_label_image(root: Path, fmt: str, labels: np.ndarray) -> None:
+    """``seg`` is its own image: multiscales and image-label on its group (nothing on the
+    container's), level 1 the mode of level 0 (the chunks (5, 8, 7) give levels down to one chunk;
+    no voxel size: isotropic factors)."""
     if fmt != "n5":
-        group = json.loads(
-            (tmp_path / "seg.zarr" / ("zarr.json" if fmt == "zarr3" else ".zattrs")).read_text()
-        )
-        meta = group["attributes"]["ome"] if fmt == "zarr3" else group
-        assert "image-label" in meta and meta["multiscales"][0]["datasets"][0]["path"] == "seg"
+        name = "zarr.json" if fmt == "zarr3" else ".zattrs"
+        image = json.loads((root / "seg" / name).read_text())
+        meta = image["attributes"]["ome"] if fmt == "zarr3" else image
+        assert "image-label" in meta and [d["path"] for d in meta["multiscales"][0]["datasets"]][:2] == [
+            "0",
+            "1",
+        ]
+        assert [a["name"] for a in meta["multiscales"][0]["axes"]] == ["z", "y", "x"]
+        container = json.loads((root / name).read_text()) if (root / name).is_file() else {}
+        assert "image-label" not in json.dumps(container) and "multiscales" not in json.dumps(container)
+    level1 = open_volume(root, level_path(fmt, "seg", 1))
+    np.testing.assert_array_equal(
+        level1.read(Box((0, 0, 0), level1.shape)),
+        downsample_labels(labels, pyramid_factors(labels.shape, (5, 8, 7), None)[1]),
+    )
+
+
+def test_labels_lie_where_the_prediction_lies(tmp_path: Path, pred: np.ndarray) -> None:
+    """A prediction placed at a translation (an ROI's output) gives labels with the same voxel size
+    and translation; ``pyramid: false`` keeps level 0 alone."""
+    placed = create_output(
+        tmp_path / "placed.zarr", "mito", "zarr3", pred.shape, np.uint8, (5, 12, 14), (30.0, 8.0, 8.0),
+        translation=(120.0, 64.0, 32.0),
+    )  # fmt: skip
+    placed.write(Box((0, 0, 0, 0), pred.shape), pred)
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (5, 8, 7), pyramid=False)
+    j = SegmentationJob(SegInput(str(tmp_path / "placed.zarr"), "mito"), BC, output, (5, 8, 14), "{}")
+    run_serially(j)
+    labels = open_volume(j.output.path, "seg")
+    assert labels.voxel_size == (30.0, 8.0, 8.0) and labels.translation == (120.0, 64.0, 32.0)
+    assert not (tmp_path / "seg.zarr" / "seg" / "1").exists()
+    np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
 
 
 def test_float_predictions_and_relabel_none(tmp_path: Path, pred: np.ndarray) -> None:

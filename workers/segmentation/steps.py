@@ -11,8 +11,10 @@ any moment resumes from the markers: a step is redone unless its marker is on di
     luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels
 
-The labels array itself is created by the last merge (its dtype, uint32 or uint64, is known then);
-the write step fills a block's chunks, the block being a multiple of the chunks.
+The labels image itself is created by the last merge (its dtype, uint32 or uint64, is known then),
+with all its levels (:func:`label_levels`); the write step fills a block's chunks of level 0, the
+block being a multiple of the chunks; the pyramid stage (:mod:`workers.pyramid`, rule ``mode``)
+fills the coarser levels after every block is written.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from volumes.labels.blockwise import (
     read_box,
 )
 from volumes.labels.merge import Objects, final_ids, label_dtype
-from volumes.labels.output import create_labels, describe
 from volumes.open import open_volume
+from volumes.output import create_output as create_image
+from volumes.pyramid import Factors, pyramid_factors
+from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
 from workers.inference.rundir import SCRATCH_CODEC
@@ -180,16 +184,15 @@ def _finish_merge(plan: Plan, objects: Objects, final: np.ndarray) -> None:
 
 
 def create_output(plan: Plan, dtype: np.dtype) -> None:
-    """The labels array with the job's identity (not yet complete), unless this run made it already."""
+    """The labels image with the job's identity (not yet complete), unless this run made it already:
+    placed where the prediction lies (its voxel size and translation), with its pyramid's levels."""
     job = plan.job
     existing = None
     if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
         existing = open_volume(job.output.path, job.output.dataset)
-    source = open_volume(job.input.path, job.input.dataset)
-    out = job.output
     if existing is not None and made_by(plan, existing.attrs, existing.shape):
-        describe(Path(out.path), out.dataset, out.format, source.voxel_size)
         return
+    source = open_volume(job.input.path, job.input.dataset)
     job.output_node()
     attrs = {
         OUTPUT_ATTRS_KEY: {
@@ -200,9 +203,18 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
             "version": package_version(),
         }
     }
-    create_labels(
-        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs
-    )
+    out = job.output
+    create_image(
+        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs,
+        translation=source.translation, levels=label_levels(plan, source), label=True,
+    )  # fmt: skip
+
+
+def label_levels(plan: Plan, source: Volume) -> tuple[Factors, ...]:
+    """The labels image's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
+    if not plan.job.output.pyramid:
+        return ((1, 1, 1),)
+    return pyramid_factors(plan.grid.shape, plan.job.output.chunks, source.voxel_size)
 
 
 def made_by(plan: Plan, attrs: dict[str, Any], shape: tuple[int, ...]) -> bool:
