@@ -20,7 +20,8 @@ from volumes.labels.whole import decode_in_memory, sequential
 from volumes.open import open_volume
 from volumes.output import create_output, level_path
 from volumes.pyramid import downsample_labels, pyramid_factors
-from workers.errors import OutputExistsError, SpecError
+from workers.errors import IncompleteRunError, OutputExistsError, SpecError
+from workers.pyramid import run_pyramid_task
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 from workers.segmentation.run import SegmentationRun, run_serially
 from workers.segmentation.steps import run_step
@@ -133,6 +134,32 @@ def test_a_run_stopped_part_way_resumes_to_the_same_labels(tmp_path: Path, pred:
     assert again["resumed"] and again["steps_skipped"] >= 40
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert run_serially(j)["steps_skipped"] > 0  # complete: nothing to do
+
+
+def test_complete_only_after_the_pyramid_and_a_run_stopped_in_it_resumes(
+    tmp_path: Path, pred: np.ndarray
+) -> None:
+    """Every block written but the pyramid not: the run cannot complete (the output stays marked
+    incomplete); a new run finishes the pyramid's remaining tasks only."""
+    j = job(tmp_path, "seg.zarr")
+    run = SegmentationRun.start(j)
+    while tasks := run.ready():
+        for task in tasks:
+            run_step(task.plan, task.step, task.block)
+            run.finished(task)
+    stage = run.pyramid_stage()
+    first = stage.next_task()
+    assert first is not None and stage.chunks_total > 1
+    run_pyramid_task(first)
+    stage.finished(first)
+    with pytest.raises(IncompleteRunError, match="pyramid"):
+        run.complete()
+    assert open_volume(j.output.path, "seg").attrs["pytc"]["complete"] is False
+    again = run_serially(j)
+    assert again["resumed"] and again["levels"] > 1
+    labels = read(j)
+    np.testing.assert_array_equal(labels, sequential(decode_in_memory(pred, BC)))
+    assert_label_image(tmp_path / "seg.zarr", "zarr3", labels)
 
 
 def test_the_output_guard(tmp_path: Path, pred: np.ndarray) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from volumes.errors import VolumeError, VolumeNotFoundError
 from volumes.labels.merge import Objects, table_rows
 from volumes.labels.output import table_path, write_table
+from volumes.ome import image_levels
 from volumes.open import open_volume
 from volumes.output import delete_dataset
 from volumes.pyramid import Factors, LabelRule
@@ -172,6 +173,8 @@ class SegmentationRun:
             "objects": record.get("objects"),
             "max_id": record.get("max_id"),
             "dtype": str(volume.dtype),
+            "levels": len(image_levels(Path(job.output.path, job.output.dataset), job.output.format)),
+            "pyramid_seconds": self.pyramid.seconds,
             "blocks_total": plan.grid.counts[0] * plan.grid.counts[1] * plan.grid.counts[2],
             "steps_skipped": self.skipped,
             "resumed": self.resumed,
