@@ -24,7 +24,7 @@ from workers.errors import IncompleteRunError, OutputExistsError, SpecError
 from workers.pyramid import run_pyramid_task
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 from workers.segmentation.run import SegmentationRun, run_serially
-from workers.segmentation.steps import run_step
+from workers.segmentation.steps import NUMBER, SIZES, WRITE, run_step
 
 SHAPE = (10, 24, 28)
 BC = Decoder("bc_connected", (0.5, 0.6), 6, "background", 18, (1, 3, 3))
@@ -160,6 +160,25 @@ def test_complete_only_after_the_pyramid_and_a_run_stopped_in_it_resumes(
     labels = read(j)
     np.testing.assert_array_equal(labels, sequential(decode_in_memory(pred, BC)))
     assert_label_image(tmp_path / "seg.zarr", "zarr3", labels)
+
+
+def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred: np.ndarray) -> None:
+    """The merge that creates the image killed after level 0 but before the image's metadata (and
+    its own marker): the next run deletes that half image of its own and makes it whole."""
+    j = job(tmp_path, "seg.zarr")
+    run = SegmentationRun.start(j)
+    while (tasks := run.ready()) and tasks[0].step != WRITE:
+        for task in tasks:
+            run_step(task.plan, task.step, task.block)
+            run.finished(task)
+    meta = tmp_path / "seg.zarr" / "seg" / "zarr.json"
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**record, "attributes": {}}))  # no multiscales: not an image yet
+    merge = SIZES if run.plan.dilates else NUMBER  # the merge that creates the image
+    (run.plan.run_dir.root / "done" / f"p{merge}_0_0_0.json").unlink()
+    run_serially(j)
+    np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
+    assert "image-label" in json.loads(meta.read_text())["attributes"]["ome"]
 
 
 def test_the_output_guard(tmp_path: Path, pred: np.ndarray) -> None:

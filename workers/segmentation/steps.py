@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import zarr
 
 from volumes.box import Box
+from volumes.errors import VolumeNotFoundError
 from volumes.files import atomic_write, read_json, write_json_atomic
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
@@ -44,6 +46,7 @@ from volumes.labels.blockwise import (
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.open import open_volume
 from volumes.output import create_output as create_image
+from volumes.output import level_path
 from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
@@ -187,10 +190,7 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
     """The labels image with the job's identity (not yet complete), unless this run made it already:
     placed where the prediction lies (its voxel size and translation), with its pyramid's levels."""
     job = plan.job
-    existing = None
-    if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
-        existing = open_volume(job.output.path, job.output.dataset)
-    if existing is not None and made_by(plan, existing.attrs, existing.shape):
+    if Path(job.output.path, job.output.dataset).exists() and _own_image(plan):  # else: only the run folder
         return
     source = open_volume(job.input.path, job.input.dataset)
     job.output_node()
@@ -208,6 +208,22 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
         out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs,
         translation=source.translation, levels=label_levels(plan, source), label=True,
     )  # fmt: skip
+
+
+def _own_image(plan: Plan) -> bool:
+    """True when the output is this run's whole image; a half-made one of this run (killed between
+    its level 0 and its metadata) is deleted, to be made again."""
+    out = plan.job.output
+    try:
+        existing = open_volume(out.path, out.dataset)
+    except VolumeNotFoundError:
+        level0 = open_volume(out.path, level_path(out.format, out.dataset, 0))  # else not ours: raises
+        if not made_by(plan, level0.attrs, level0.shape):
+            raise
+        plan.job.output_node()
+        shutil.rmtree(Path(out.path, out.dataset))
+        return False
+    return made_by(plan, existing.attrs, existing.shape)
 
 
 def label_levels(plan: Plan, source: Volume) -> tuple[Factors, ...]:
