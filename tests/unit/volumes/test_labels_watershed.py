@@ -21,7 +21,8 @@ from volumes.labels.output import read_table
 from volumes.labels.whole import decode_in_memory, sequential
 from volumes.open import open_volume
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
-from workers.segmentation.run import run_serially
+from workers.segmentation.run import SegmentationRun, run_serially
+from workers.segmentation.steps import run_step
 
 GOLDEN = Path(__file__).parents[2] / "data" / "pytc_decoders" / "golden.npz"
 
@@ -120,3 +121,33 @@ def test_blockwise_figures_on_synthetic_em() -> None:
         assert found.objects >= 5, name
         assert found.identical >= 0.999 and found.are <= 0.001, (name, found)
         assert found.cut <= (2 if name == "cells_bcd" else 0), (name, found)
+
+
+def test_float_maps_decode_as_their_uint8_twins() -> None:
+    """On float maps thresholds compare as ``> t`` and bcd's distance is taken as it is: the uint8
+    map u and the float map u / 255 (distance 2 u / 255 - 1) give the same labels."""
+    pred, name, kwargs = _golden("bcd1")
+    decoder = _decoder(name, kwargs)
+    as_float = pred.astype(np.float64) / 255
+    as_float[2] = as_float[2] * 2 - 1
+    np.testing.assert_array_equal(decode_in_memory(as_float, decoder), decode_in_memory(pred, decoder))
+
+
+def test_a_run_stopped_part_way_resumes_to_the_same_labels(tmp_path: Path) -> None:
+    pred, name, kwargs = _golden("bc0")
+    zarr.open_group(tmp_path / "pred.zarr", mode="w").create_array("p", data=pred, chunks=(2, 4, 8, 8))
+    decoder = _decoder(name, kwargs, (2, 4, 4))
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (4, 8, 8))
+    job = SegmentationJob(SegInput(str(tmp_path / "pred.zarr"), "p"), decoder, output, (4, 8, 8), "{}")
+    run = SegmentationRun.start(job)
+    for _ in range(4):  # label, link, number, rank: the growth not started
+        for task in run.ready():
+            run_step(task.plan, task.step, task.block)
+            run.finished(task)
+    grow = run.ready()
+    run_step(grow[0].plan, grow[0].step, grow[0].block)  # one block grown, then "killed"
+    result = run_serially(job)
+    assert result["resumed"] and result["steps_skipped"] > 0
+    volume = open_volume(job.output.path, "seg")
+    labels = volume.read(Box((0, 0, 0), volume.shape))
+    np.testing.assert_array_equal(labels, decode_blockwise(pred, decoder, (4, 8, 8), "sequential"))
