@@ -49,6 +49,7 @@ from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.ledger import SNAPSHOT, Ledger, linear, read_bits
+from workers.inference.mask import record_without_tasks, skipped_windows
 from workers.inference.rundir import Janitor, RunDir
 from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
@@ -76,6 +77,8 @@ class RunSummary:
     scratch_bytes: int = 0
     output_bytes: int = 0
     blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
+    windows_masked: int = 0  # windows input.mask left out (never computed)
+    blocks_masked: int = 0  # blocks input.mask left with nothing to compute (no task ran)
     seconds: float = 0.0
     task_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -102,9 +105,14 @@ class InferenceRun:
         # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
         self.attempt = secrets.token_hex(4)
         self.plan: BlockPlan = geometry.plan
+        self.blocks_masked = 0  # blocks recorded done without a task (input.mask)
         self.started = time.perf_counter()
         self.ledger = _open_ledger(run_dir, self.plan)
-        self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan))
+        flags = geometry.mask_blocks  # input.mask: what no task needs to run for
+        if flags is not None:
+            self.blocks_masked = record_without_tasks(self.ledger.p1, self.ledger.p2, flags)
+        no_spill = None if flags is None else ~flags[0].reshape(-1)
+        self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan), no_spill)
         for (
             index
         ) in self._schedule.orphans:  # no block reads them any more (a run killed before it dropped them)
@@ -127,6 +135,8 @@ class InferenceRun:
             self.layout_key,
             self.plan.n_blocks,
             self._blocks_done,
+            windows_masked=skipped_windows(geometry.kept),
+            blocks_masked=self.blocks_masked,
         )
 
     @classmethod
@@ -148,7 +158,7 @@ class InferenceRun:
             source = open_input(job)
             check_input(job, source, limits)
         layout_key = job.layout_key(info.sha256)
-        geometry = build_geometry(job, tuple(source.shape))
+        geometry = build_geometry(job, tuple(source.shape), source)
         run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
         state = checked or output_state(job, info.sha256, roi_shape(job, source))
         if state == "absent":
