@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,10 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from models.ref import ModelInfo, ModelRef  # noqa: E402
-from volumes.box import Box  # noqa: E402
-from volumes.open import open_volume  # noqa: E402
-from workers.inference.job import (  # noqa: E402
+from models.ref import ModelInfo, ModelRef
+from volumes.box import Box
+from volumes.open import open_volume
+from workers.inference.job import (
     ComputeSpec,
     InferenceJob,
     InputSpec,
@@ -43,7 +42,7 @@ from workers.inference.job import (  # noqa: E402
     OutputSpec,
     WindowSpec,
 )
-from workers.inference.run import run_serially  # noqa: E402
+from workers.inference.run import run_serially
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FACTOR = (4, 4, 4)
@@ -141,11 +140,12 @@ def main() -> None:
         with RESULTS.open("a") as handle:
             handle.write(
                 f"\n### Mask-restricted inference (issue 17), {stamp}\n\n"
-                f"`{command.strip()}` on {platform.machine()}, {args.shape[0]}x{args.shape[1]}x{args.shape[2]} "
-                f"uint8, mask 4x coarser per axis covering {covered:.1%} of its voxels (a few blobs), patch "
+                f"`{command.strip()}` on {platform.machine()}, {'x'.join(map(str, args.shape))} uint8, "
+                f"mask 4x coarser per axis covering {covered:.1%} of its voxels (a few blobs), patch "
                 "16x64x64, stride 8x32x32, blocks 32x128x128, chunks 16x64x64, a two-layer 3x3x3 "
                 "convolution (8 features) on one CPU thread, `run_serially` (in process, no Dask); "
-                f"the masked output is nonzero (covered by a kept window) on {covered_out:.1%} of its voxels.\n\n"
+                f"the masked output is nonzero (covered by a kept window) on {covered_out:.1%} "
+                "of its voxels.\n\n"
                 f"{table}\n"
             )
 
