@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.ref import ModelInfo
 from tests.helpers import NP_PAD, make_job, pytc_starts
@@ -22,6 +24,7 @@ from volumes.box import Box
 from volumes.open import open_volume
 from workers.errors import SpecError
 from workers.inference.job import InferenceJob, MaskSpec, WindowSpec
+from workers.inference.mask import keep_from_mask, scale_factors
 from workers.inference.run import InferenceRun
 from workers.inference.tasks import run_block
 
@@ -227,3 +230,33 @@ def test_the_document_parses_a_mask_and_confines_it(tmp_path):  # type: ignore[n
     with pytest.raises(SpecError) as err:
         parse_inference(outside, [root])
     assert err.value.field == "input.mask.path"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(1, 6)] * 3),
+    seed=st.integers(0, 2**16),
+    n_windows=st.tuples(*[st.integers(1, 4)] * 3),
+)
+def test_keep_from_mask_is_any_over_each_box(shape, seed, n_windows):  # type: ignore[no-untyped-def]
+    """The separable prefix-sum answer equals a look at every box (empty boxes included)."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < 0.15
+    bounds = []
+    for n, k in zip(shape, n_windows, strict=True):
+        lo = rng.integers(0, n + 1, k)
+        hi = np.maximum(lo, rng.integers(0, n + 1, k))
+        bounds.append((lo, hi))
+    got = keep_from_mask(mask, bounds)
+    for index in np.ndindex(*n_windows):
+        box = tuple(slice(b[0][i], b[1][i]) for b, i in zip(bounds, index, strict=True))
+        assert got[index] == mask[box].any()
+
+
+def test_scale_factors_from_voxel_sizes():  # type: ignore[no-untyped-def]
+    assert scale_factors([32.0, 32.0, 32.0], [8.0, 8.0, 8.0]) == (4, 4, 4)
+    assert scale_factors([0.3, 0.2, 0.2], [0.1, 0.1, 0.1]) == (3, 2, 2)  # decimals
+    assert scale_factors(None, [8.0, 8.0, 8.0]) == (1, 1, 1)
+    with pytest.raises(SpecError, match="not an integer multiple") as err:
+        scale_factors([12.0, 8.0, 8.0], [8.0, 8.0, 8.0])
+    assert err.value.field == "input.mask"
