@@ -8,6 +8,7 @@ its footprint, and only the kept windows are blended; voxels no kept window cove
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,16 +54,22 @@ def sparse_mask(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def reference(
-    data: np.ndarray, full_mask: np.ndarray, roi: Box, window: WindowSpec
+    data: np.ndarray,
+    full_mask: np.ndarray,
+    roi: Box,
+    window: WindowSpec,
+    predict: Callable[[np.ndarray], np.ndarray] = model,
+    channels: int = 1,
 ) -> tuple[np.ndarray, int, int]:
-    """The blend of the kept windows only (0 where none covers), the kept and the total windows."""
+    """The blend of the kept windows only (0 where none covers; channels first), the kept and the
+    total windows."""
     pad, patch = window.pad_size, window.patch_size
     margin = 32
     padded = np.pad(data, margin, mode=NP_PAD[window.pad_mode])  # type: ignore[call-overload]
     begin = [o - p for o, p in zip(roi.offset, pad, strict=True)]  # the grid's origin, input space
     grown = [n + 2 * p for n, p in zip(roi.shape, pad, strict=True)]
     weights = blend_weights(patch, window.blending)
-    num = np.zeros(grown, np.float64)
+    num = np.zeros((channels, *grown), np.float64)
     den = np.zeros(grown, np.float64)
     kept = total = 0
     axes = [pytc_starts(d, w, s) for d, w, s in zip(grown, patch, window.stride, strict=True)]
@@ -71,7 +78,9 @@ def reference(
             for x in axes[2]:
                 total += 1
                 lo = [max(b + s, 0) for b, s in zip(begin, (z, y, x), strict=True)]
-                hi = [min(b + s + w, d) for b, s, w, d in zip(begin, (z, y, x), patch, SHAPE, strict=True)]
+                hi = [
+                    min(b + s + w, d) for b, s, w, d in zip(begin, (z, y, x), patch, data.shape, strict=True)
+                ]
                 if not full_mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].any():
                     continue
                 kept += 1
@@ -79,13 +88,13 @@ def reference(
                     slice(b + s + margin, b + s + w + margin)
                     for b, s, w in zip(begin, (z, y, x), patch, strict=True)
                 )
-                pred = model(padded[src][None, None].astype(np.float32))[0, 0]
+                pred = predict(padded[src][None, None].astype(np.float32))[0]
                 tgt = tuple(slice(s, s + w) for s, w in zip((z, y, x), patch, strict=True))
-                num[tgt] += pred * weights
+                num[(slice(None), *tgt)] += pred * weights
                 den[tgt] += weights
     out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
     crop = tuple(slice(p, p + n) for p, n in zip(pad, roi.shape, strict=True))
-    return out[crop].astype(np.float32), kept, total
+    return out[(slice(None), *crop)].astype(np.float32), kept, total
 
 
 def run_tasks(
@@ -108,7 +117,7 @@ def run_tasks(
 
 def read_output(job: InferenceJob) -> np.ndarray:
     volume = open_volume(job.output.path, job.output.dataset)
-    return np.asarray(volume.read(Box.of_shape(volume.shape)))[0]
+    return np.asarray(volume.read(Box.of_shape(volume.shape)))
 
 
 def masked_job(
@@ -154,7 +163,7 @@ def test_masked_run_equals_the_kept_windows_alone(tmp_path, factors, roi, pad): 
     plan, geometry = run.plan, run.geometry
     assert geometry.kept is not None and int(geometry.kept.sum()) == kept
     touched = {
-        b for b in plan.blocks() if np.any(expected[plan.write_box(b).slices()] != 0)
+        b for b in plan.blocks() if np.any(expected[(slice(None), *plan.write_box(b).slices())] != 0)
     }  # a kept window reaches it (the model's output is never exactly 0 there)
     ran = {b for _, b in tasks}
     assert ran == touched
