@@ -155,7 +155,10 @@ def test_masked_run_equals_the_kept_windows_alone(tmp_path, factors, roi, pad): 
     assert 0 < kept < total
 
     run, tasks = run_tasks(job)
-    np.testing.assert_allclose(read_output(job), expected, rtol=2e-5, atol=2e-6)
+    out = read_output(job)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-6)
+    # voxels no kept window covers hold the fill value, 0; the others a prediction (never 0 here)
+    assert (out == 0).any() and np.array_equal(out == 0, expected == 0)
     summary = run.summary
     assert summary.windows == kept  # each kept window computed once, no other
     assert summary.windows_masked == total - kept
