@@ -16,6 +16,7 @@ from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
+from volumes.ome import image_level0
 from volumes.volume import Format, Mode, Volume
 
 # The backends of the stores that are directories, by the format their metadata files name.
@@ -30,6 +31,10 @@ def open_volume(
     path: str | os.PathLike[str], dataset: str | None = None, mode: Mode = "r", *, labels: bool = False
 ) -> Volume:
     """Open the array ``dataset`` inside the container at ``path`` (or ``path`` itself when None).
+
+    ``dataset`` may name an image instead (an OME-Zarr group with ``multiscales``, or an N5 group
+    of scale levels ``s0``, ``s1``, ...): its first level, the full resolution, is opened, and the
+    volume's ``dataset`` is that level's path (``pred/0``).
 
     ``labels``: the volume holds ids or masks, so whatever it resamples on read (a TileDataset's
     ``tile_ratio``) is nearest-neighbour, never interpolated.
@@ -46,6 +51,10 @@ def open_volume(
         return open_hdf5(root, name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
+    image = (kind is None or kind[1] == "group") and node.is_dir()
+    if image and (level := image_level0(node, kind[0] if kind else "n5")) is not None:
+        name, node = f"{name}/{level}" if name else level, node / level  # an image: its full resolution
+        kind = node_kind(node) if node.is_dir() else None
     if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
         return _DIRECTORY_BACKENDS[kind[0]](str(root), name, mode)
     datasets = list_datasets(root)

@@ -158,6 +158,8 @@ class OutputSection(Section):
     chunks: PosTriple = [32, 256, 256]
     overwrite: StrictBool = False
     targets: OutputTargets | None = None
+    # the image's coarser levels (OME-Zarr multiscales), written after level 0; false: level 0 alone
+    pyramid: StrictBool = True
 
     @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
     @classmethod
@@ -362,6 +364,7 @@ def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
         chunks=triple(section.chunks),
         overwrite=section.overwrite,
         targets=targets,
+        pyramid=section.pyramid,
     )
 
 

@@ -26,7 +26,7 @@ from volumes.open import open_volume
 from workers.errors import SpecError
 from workers.inference.job import InferenceJob, MaskSpec, WindowSpec
 from workers.inference.mask import keep_from_mask, scale_factors
-from workers.inference.run import InferenceRun
+from workers.inference.run import InferenceRun, pyramid_serially
 from workers.inference.tasks import run_block
 
 SHAPE = (20, 32, 32)
@@ -111,6 +111,7 @@ def run_tasks(
             return run, tasks
         tasks.append((task.phase, task.block))
         run.finished(task, run_block(task, predict=model))
+    pyramid_serially(run)  # the output's coarser levels (an empty stage where it has none)
     run.complete()
     return run, tasks
 
