@@ -49,6 +49,7 @@ from workers.inference.job import (
     Device,
     InferenceJob,
     InputSpec,
+    MaskSpec,
     OutputDtype,
     OutputFormat,
     OutputSpec,
@@ -79,6 +80,14 @@ Activations = Annotated[list[Activation], Field(min_length=1)]
 OutputTargets = Annotated[list[OutputTarget], Field(min_length=1)]
 
 
+class MaskSection(Section):
+    """A mask over the input: a bool or integer array, at the input's scale or coarser by a whole
+    factor per axis (from the voxel sizes); windows over no nonzero voxel are not computed."""
+
+    path: Text
+    dataset: Text | None = None
+
+
 class InputSection(Section):
     """The volume to predict: a container (zarr, N5, HDF5 or a tile set) and the array in it."""
 
@@ -86,6 +95,7 @@ class InputSection(Section):
     dataset: Text | None = None
     roi: RoiSection | None = None
     normalize: NormalizeField = NormalizeSection()
+    mask: MaskSection | None = None
 
 
 class ModelSection(Section):
@@ -247,7 +257,10 @@ def stride_from_overlap(patch: int, overlap: float) -> int:
 
 def _input(section: InputSection, roots: Sequence[Path]) -> InputSpec:
     path, dataset = located(section.path, section.dataset, roots, "input")
-    return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize))
+    mask = None
+    if section.mask is not None:
+        mask = MaskSpec(*located(section.mask.path, section.mask.dataset, roots, "input.mask"))
+    return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize), mask)
 
 
 def _model(section: ModelSection, roots: Sequence[Path], resolve_model: ModelResolver | None) -> ModelRef:

@@ -28,6 +28,7 @@ from volumes.output import level_path
 from volumes.volume import Volume
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+from workers.inference.mask import check_mask
 from workers.limits import (
     Limits,
     check_axis_counts,
@@ -87,6 +88,8 @@ def check_input(job: InferenceJob, source: Volume, limits: Limits | None = None)
             f"box offset {list(roi.offset)} shape {list(roi.shape)} (end {list(roi.end)}) reaches "
             f"outside the volume of shape {list(spatial)} (z, y, x)",
         )
+    if job.input.mask is not None:
+        check_mask(job, source)
     if limits is not None:
         region = roi.shape if roi is not None else spatial
         w = job.window

@@ -36,11 +36,26 @@ class Normalize:
 
 
 @dataclass(frozen=True)
+class MaskSpec:
+    """A mask array over the input (``workers.inference.mask``): nonzero = compute here."""
+
+    path: str  # absolute, already resolved inside the data roots
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
 class InputSpec:
     path: str  # absolute, already resolved inside the data roots
     dataset: str | None = None
     roi: Box | None = None  # spatial (z, y, x); None = whole volume
     normalize: Normalize = field(default_factory=Normalize)
+    mask: MaskSpec | None = None  # None = every window computed
+
+    def mask_node(self, data_roots: tuple[str, ...]) -> Path | None:
+        """The mask array's directory (or file), checked to lie inside the data roots now."""
+        if self.mask is None:
+            return None
+        return confined(node(self.mask.path, self.mask.dataset), data_roots)
 
 
 @dataclass(frozen=True)
@@ -115,7 +130,8 @@ class InferenceJob:
             tta_reduce=self.window.tta_reduce if self.window.tta_variants > 1 else "mean",
         )
         payload = {
-            "input": asdict(self.input),
+            # without a mask, the keys of older jobs stay as they were
+            "input": {k: v for k, v in asdict(self.input).items() if not (k == "mask" and v is None)},
             "model_sha256": model_sha256,
             "model": asdict(replace(self.model, name=None)),
             "window": asdict(window),
