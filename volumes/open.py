@@ -12,9 +12,10 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
+from volumes.backends.precomputed import PrecomputedVolume
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
-from volumes.detect import clean_dataset, list_datasets, node_kind
+from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
 from volumes.volume import Format, Mode, Volume
 
@@ -35,7 +36,8 @@ def open_volume(
     ``tile_ratio``) is nearest-neighbour, never interpolated.
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
-    VolumeFormatError for a store that is neither zarr v2/v3, N5, HDF5 nor a TileDataset ``.json``.
+    VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
+    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
     """
     root, name = Path(path), clean_dataset(dataset)
     if not root.exists():
@@ -44,6 +46,8 @@ def open_volume(
         return open_tiles(root, name, mode, labels=labels)
     if root.is_file():
         return open_hdf5(root, name, mode)
+    if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata
+        return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
     if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
@@ -51,6 +55,7 @@ def open_volume(
     datasets = list_datasets(root)
     if node_kind(root) is None and not datasets:
         raise VolumeFormatError(
-            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json there"
+            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup, N5 attributes.json or "
+            "precomputed info there"
         )
     raise VolumeNotFoundError(f"no dataset {name!r} in {root}; datasets there: {datasets}")
