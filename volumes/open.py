@@ -17,6 +17,7 @@ from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
+from volumes.urls import is_url
 from volumes.volume import Format, Mode, Volume
 
 # The backends of the stores that are directories, by the format their metadata files name.
@@ -39,6 +40,10 @@ def open_volume(
     VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
     with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
     """
+    if is_url(path):  # an object store: s3://bucket/key
+        from volumes.remote import open_url_volume
+
+        return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")

@@ -31,6 +31,8 @@ from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundE
 from volumes.files import read_json_object, write_json_atomic
 from volumes.ome import multiscale_entry, put_multiscale
 from volumes.open import open_volume
+from volumes.remote import create_url_output
+from volumes.urls import is_url
 from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
@@ -63,6 +65,10 @@ def create_output(
     if name is None:
         raise VolumeFormatError(f"an output needs a dataset name inside {root}, got {dataset!r}")
     _check_geometry(shape, chunks, voxel_size)
+    if is_url(path):  # an object store (volumes.remote)
+        return create_url_output(
+            str(path), name, format, tuple(shape), np.dtype(dtype), chunks, voxel_size, attrs or {}, overwrite
+        )
     _check_container(root, format)
     if (root / name).exists():
         if not overwrite:

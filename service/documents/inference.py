@@ -28,6 +28,7 @@ from service.documents.sections import (
     PosInt,
     PosTriple,
     RoiSection,
+    Root,
     Section,
     StrictBool,
     Text,
@@ -41,6 +42,7 @@ from service.documents.sections import (
     triple,
     validate,
 )
+from volumes.urls import is_url, url_under
 from workers.errors import SpecError
 from workers.inference.job import (
     Activation,
@@ -66,6 +68,7 @@ from workers.limits import (
     check_task_memory,
     task_memory,
 )
+from workers.storage import SCRATCH_ENV, scratch_dir
 
 # Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
 ModelResolver = Callable[[str], ModelRef]
@@ -243,12 +246,12 @@ def stride_from_overlap(patch: int, overlap: float) -> int:
     return max(1, int(patch * (1.0 - overlap)))
 
 
-def _input(section: InputSection, roots: Sequence[Path]) -> InputSpec:
+def _input(section: InputSection, roots: Sequence[Root]) -> InputSpec:
     path, dataset = located(section.path, section.dataset, roots, "input")
     return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize))
 
 
-def _model(section: ModelSection, roots: Sequence[Path], resolve_model: ModelResolver | None) -> ModelRef:
+def _model(section: ModelSection, roots: Sequence[Root], resolve_model: ModelResolver | None) -> ModelRef:
     forms = [form for form in MODEL_FORMS if getattr(section, form) is not None]
     if len(forms) != 1:
         got = "none" if not forms else " and ".join(forms)
@@ -319,7 +322,7 @@ def _window(section: WindowSection) -> WindowSpec:
     )
 
 
-def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
+def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
     heads = tuple(section.heads or ())
     default: list[Activation] = ["none"] * max(1, len(heads))
     activations = tuple(section.activation or default)
@@ -337,7 +340,9 @@ def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
             f"{len(targets)} target(s) {list(targets)} for {n_heads} head(s); give one per head",
         )
     path, dataset = located(section.path, section.dataset, roots, "output")
-    if any(root.is_relative_to(Path(path)) for root in roots):
+    if is_url(path):
+        _check_remote_output(path, roots)
+    elif any(isinstance(root, Path) and root.is_relative_to(Path(path)) for root in roots):
         raise SpecError("output.path", f"{path} is a data root (or holds one); name a container inside it")
     return OutputSpec(
         path=path,
@@ -363,6 +368,20 @@ def _compute(section: ComputeSection, chunks: tuple[int, int, int]) -> ComputeSp
                     f"(axis {axis}: {b} % {c} != 0)",
                 )
     return ComputeSpec(block_shape=block, device=section.device, precision=section.precision)
+
+
+def _check_remote_output(url: str, roots: Sequence[Root]) -> None:
+    """An output in an object store: not a root itself, and a run folder on a file system inside a
+    local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+    if any(isinstance(root, str) and url_under(root, url) for root in roots):
+        raise SpecError("output.path", f"{url} is a data root (or holds one); name a container inside it")
+    scratch = scratch_dir()
+    if not any(isinstance(root, Path) and scratch.is_relative_to(root) for root in roots):
+        raise SpecError(
+            "output.path",
+            f"an output in an object store keeps its run folder in {SCRATCH_ENV} ({scratch}), which is "
+            "outside the local data roots; name a folder inside one",
+        )
 
 
 def _check_no_overlap(job_input: InputSpec, output: OutputSpec) -> None:

@@ -35,6 +35,7 @@ from numcodecs import Blosc
 from volumes.blocks import Index
 from volumes.files import atomic_write
 from workers.runtime.cancel import CancelFlag
+from workers.storage import run_base
 
 RUN_FOLDER = ".pytc-run"
 # Measured on the benchmark's partial sums (64x512x512, 8 blocks, the demo model's raw outputs):
@@ -66,7 +67,7 @@ class RunDir(CancelFlag):
         """The run folders of one output dataset. Its name is the dataset's, percent-encoded: one
         folder level whatever the dataset's depth, and one name per dataset (``a/b`` is ``a%2Fb``,
         ``a__b`` stays ``a__b``), so two outputs of one container never share partial sums."""
-        return Path(output_path) / RUN_FOLDER / quote(dataset.strip("/"), safe="")
+        return run_base(output_path) / RUN_FOLDER / quote(dataset.strip("/"), safe="")
 
     def marker(self, phase: int, block: Index) -> Path:
         return self.root / "done" / f"p{phase}_{_name(block)}.json"
