@@ -96,7 +96,9 @@ class Settings(LimitSettings):
     def _colon_separated(cls, value: Any) -> Any:
         from service.documents.sections import split_roots
 
-        return split_roots(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        return [root if root.startswith("s3://") else Path(root.strip()) for root in split_roots(value)]
 
     @field_validator("job_kinds", "cors_origins", mode="before")
     @classmethod

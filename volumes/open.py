@@ -17,7 +17,8 @@ from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
-from volumes.urls import is_url
+from volumes.remote import url_node_kind
+from volumes.urls import is_url, join_url, normalise_url, url_exists
 from volumes.volume import Format, Mode, Volume
 
 # The backends of the stores that are directories, by the format their metadata files name.
@@ -41,8 +42,6 @@ def open_volume(
     with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
     """
     if is_url(path):  # an object store: s3://bucket/key
-        from volumes.remote import open_url_volume
-
         return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
     if not root.exists():
@@ -64,3 +63,18 @@ def open_volume(
             "precomputed info there"
         )
     raise VolumeNotFoundError(f"no dataset {name!r} in {root}; datasets there: {datasets}")
+
+
+def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
+    """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
+    root = normalise_url(url)
+    kind = url_node_kind(join_url(root, dataset))
+    if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
+        return _DIRECTORY_BACKENDS[kind[0]](root, dataset, mode)
+    if not url_exists(root):
+        raise VolumeNotFoundError(f"no volume at {root}: nothing is stored there")
+    if kind is None and url_node_kind(root) is None:
+        raise VolumeFormatError(
+            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json"
+        )
+    raise VolumeNotFoundError(f"no dataset {dataset!r} in {root}")

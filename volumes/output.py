@@ -66,9 +66,10 @@ def create_output(
         raise VolumeFormatError(f"an output needs a dataset name inside {root}, got {dataset!r}")
     _check_geometry(shape, chunks, voxel_size)
     if is_url(path):  # an object store (volumes.remote)
-        return create_url_output(
+        create_url_output(
             str(path), name, format, tuple(shape), np.dtype(dtype), chunks, voxel_size, attrs or {}, overwrite
         )
+        return open_volume(str(path), name, mode="r+")
     _check_container(root, format)
     if (root / name).exists():
         if not overwrite:

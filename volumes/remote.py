@@ -1,10 +1,10 @@
-"""Opening and creating volumes in S3-compatible object stores (``s3://bucket/key``).
+"""Volumes in S3-compatible object stores (``s3://bucket/key``): telling their format, creating outputs.
 
 The format is told from the metadata objects, as for local stores (:mod:`volumes.detect`): zarr v3
-``zarr.json``, zarr v2 ``.zarray``/``.zgroup``, N5 ``attributes.json``. zarr arrays are read and
-written through zarr's FsspecStore (s3fs), N5 arrays read through tensorstore's s3 kvstore. An
-output in an object store is zarr v3 or v2; its multiscales entry is written on the parent group as
-for a local output (:mod:`volumes.output`).
+``zarr.json``, zarr v2 ``.zarray``/``.zgroup``, N5 ``attributes.json``; :func:`volumes.open.open_volume`
+then opens zarr arrays through zarr's FsspecStore (s3fs) and N5 arrays through tensorstore's s3
+kvstore. An output in an object store is zarr v3 or v2, with its multiscales entry on the parent
+group as for a local output (:mod:`volumes.output`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from volumes.detect import NodeKind
-from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundError
+from volumes.errors import VolumeExistsError, VolumeFormatError
 from volumes.ome import dataset_scale, multiscale_entry, put_multiscale
-from volumes.urls import join_url, normalise_url, read_json_url, url_exists, zarr_store
-from volumes.volume import Format, Mode, Volume, VoxelSize
+from volumes.urls import join_url, normalise_url, read_json_url, zarr_store
+from volumes.volume import Format, VoxelSize
 
 AXES = ("c", "z", "y", "x")
 ZSTD_LEVEL = 3
@@ -42,26 +42,6 @@ def url_node_kind(url: str) -> NodeKind | None:
     if meta is not None and "n5" in meta:
         return "n5", "group"
     return None
-
-
-def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
-    """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
-    from volumes.backends.n5 import N5Volume
-    from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
-
-    root = normalise_url(url)
-    kind = url_node_kind(join_url(root, dataset))
-    backends: dict[Format, Any] = {"zarr3": ZarrVolume, "zarr2": Zarr2Volume, "n5": N5Volume}
-    if kind is not None and kind[1] == "array":
-        volume: Volume = backends[kind[0]](root, dataset, mode)
-        return volume
-    if not url_exists(root):
-        raise VolumeNotFoundError(f"no volume at {root}: nothing is stored there")
-    if kind is None and url_node_kind(root) is None:
-        raise VolumeFormatError(
-            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json"
-        )
-    raise VolumeNotFoundError(f"no dataset {dataset!r} in {root}")
 
 
 def url_voxel_size(url: str, dataset: str | None, fmt: Format) -> VoxelSize | None:
@@ -89,8 +69,8 @@ def create_url_output(
     voxel_size: Sequence[float] | None,
     attrs: Mapping[str, Any],
     overwrite: bool,
-) -> Volume:
-    """The (c, z, y, x) output array ``name`` in the zarr container at ``url``, opened for writing."""
+) -> None:
+    """The (c, z, y, x) output array ``name`` in the zarr container at ``url``."""
     if format not in ("zarr3", "zarr2"):
         raise VolumeFormatError(f"an output in an object store is zarr3 or zarr2, not {format}")
     root = normalise_url(url)
@@ -119,4 +99,3 @@ def create_url_output(
     parent, _, base = name.rpartition("/")
     holder = zarr.open_group(zarr_store(root, read_only=False), path=parent or None, mode="r+")
     put_multiscale(holder, base, multiscale_entry(base, voxel_size, channel_axis=True))
-    return open_url_volume(root, name, "r+")
