@@ -54,20 +54,32 @@ def create_output(
     voxel_size: Sequence[float] | None = None,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    shards: Sequence[int] | None = None,
 ) -> Volume:
     """Create the (c, z, y, x) array ``dataset`` in the container at ``path`` and open it for writing.
 
     ``chunks`` are spatial (z, y, x); the stored chunk is (c, *chunks). The container may already
     hold other datasets, which are kept. An existing ``dataset`` raises VolumeExistsError (and is
-    left untouched) unless ``overwrite``, which deletes that array, and only it, first.
+    left untouched) unless ``overwrite``, which deletes that array, and only it, first. ``shards``
+    (zarr v3 only, spatial, each a multiple of ``chunks``) groups the chunks into shard objects.
     """
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
         raise VolumeFormatError(f"an output needs a dataset name inside {root}, got {dataset!r}")
     _check_geometry(shape, chunks, voxel_size)
+    shard = _shard_shape(format, shape, chunks, shards)
     if is_url(path):  # an object store (volumes.remote)
         create_url_output(
-            str(path), name, format, tuple(shape), np.dtype(dtype), chunks, voxel_size, attrs or {}, overwrite
+            str(path),
+            name,
+            format,
+            tuple(shape),
+            np.dtype(dtype),
+            chunks,
+            voxel_size,
+            attrs or {},
+            overwrite,
+            shard,
         )
         return open_volume(str(path), name, mode="r+")
     _check_container(root, format)
@@ -80,7 +92,9 @@ def create_output(
     if format == "n5":
         _create_n5(root, name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, user_attrs)
     else:
-        _create_zarr(root, name, format, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, user_attrs)
+        _create_zarr(
+            root, name, format, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, user_attrs, shard
+        )
     return open_volume(root, name, mode="r+")
 
 
@@ -111,6 +125,21 @@ def _check_geometry(shape: Sequence[int], chunks: Sequence[int], voxel_size: Seq
         raise VolumeFormatError(f"voxel size must be (z, y, x), positive, got {tuple(voxel_size)}")
 
 
+def _shard_shape(
+    format: OutputFormat, shape: Sequence[int], chunks: Sequence[int], shards: Sequence[int] | None
+) -> tuple[int, ...] | None:
+    """The stored (c, z, y, x) shard for spatial ``shards``, checked; None when unsharded."""
+    if shards is None:
+        return None
+    if format != "zarr3":
+        raise VolumeFormatError(f"shards are a zarr v3 feature; {format} output cannot be sharded")
+    if len(shards) != 3 or any(int(s) < 1 or int(s) % int(c) for s, c in zip(shards, chunks, strict=False)):
+        raise VolumeFormatError(
+            f"shards {list(shards)} must be 3 positive multiples of chunks {list(chunks)}"
+        )
+    return (int(shape[0]), *(int(s) for s in shards))
+
+
 def _check_container(root: Path, format: OutputFormat) -> None:
     """``root`` must be absent, an empty directory, or a group of ``format``."""
     if not root.exists():
@@ -135,13 +164,16 @@ def _create_zarr(
     chunks: tuple[int, ...],
     voxel_size: Sequence[float] | None,
     attrs: dict[str, Any],
+    shards: tuple[int, ...] | None = None,
 ) -> None:
     """The array (with intermediate groups) and its entry in the parent group's multiscales."""
     group = zarr.open_group(str(root), mode="a", zarr_format=3 if format == "zarr3" else 2)
     common: dict[str, Any] = {"shape": shape, "dtype": dtype, "chunks": (shape[0], *chunks), "fill_value": 0}
     if format == "zarr3":
         zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
-        group.create_array(name, **common, compressors=zstd, dimension_names=AXES, attributes=attrs)
+        group.create_array(
+            name, **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=attrs
+        )
     else:
         dims = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
         group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims)

@@ -69,6 +69,7 @@ def create_url_output(
     voxel_size: Sequence[float] | None,
     attrs: Mapping[str, Any],
     overwrite: bool,
+    shards: tuple[int, ...] | None = None,
 ) -> None:
     """The (c, z, y, x) output array ``name`` in the zarr container at ``url``."""
     if format not in ("zarr3", "zarr2"):
@@ -92,7 +93,9 @@ def create_url_output(
     }
     if zarr_format == 3:
         zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
-        group.create_array(name, **common, compressors=zstd, dimension_names=AXES, attributes=dict(attrs))
+        group.create_array(
+            name, **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=dict(attrs)
+        )
     else:
         dims = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
         group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims)

@@ -151,6 +151,11 @@ class OutputSection(Section):
     chunks: PosTriple = [32, 256, 256]
     overwrite: StrictBool = False
     targets: OutputTargets | None = None
+    shards: PosTriple | None = Field(
+        default=None,
+        description="zarr3 only: chunks grouped into shards of this shape (z, y, x; each a multiple of "
+        "`chunks`), one object per shard; `compute.block_shape` must then be a multiple of it",
+    )
 
     @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
     @classmethod
@@ -210,7 +215,7 @@ def parse_inference(
     parsed = validate(InferenceDocument, document)
     window = _window(parsed.window)
     output = _output(parsed.output, roots)
-    compute = _compute(parsed.compute or ComputeSection(), output.chunks)
+    compute = _compute(parsed.compute or ComputeSection(), output.write_unit, output.shards is not None)
     job_input = _input(parsed.input, roots)
     _check_no_overlap(job_input, output)
     _check_sizes(window, output, compute, limits)
@@ -233,8 +238,8 @@ def _check_sizes(window: WindowSpec, output: OutputSpec, compute: ComputeSpec, l
     """Bounds from the document alone, before anything is allocated: the pad, the chunks, and a
     block task's memory with its smallest block (the chunks) when the planner will choose it."""
     check_pad(window.pad_size, window.patch_size)
-    check_chunk_bytes(output.chunks, limits)
-    block = compute.block_shape or output.chunks
+    check_chunk_bytes(output.write_unit, limits)
+    block = compute.block_shape or output.write_unit
     memory = task_memory(window.patch_size, block, window.batch_size)
     check_task_memory(
         memory, limits, block_field="compute.block_shape" if compute.block_shape else "output.chunks"
@@ -354,20 +359,38 @@ def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
         chunks=triple(section.chunks),
         overwrite=section.overwrite,
         targets=targets,
+        shards=_shards(section),
     )
 
 
-def _compute(section: ComputeSection, chunks: tuple[int, int, int]) -> ComputeSpec:
+def _compute(section: ComputeSection, chunks: tuple[int, int, int], sharded: bool = False) -> ComputeSpec:
+    """``chunks``: what one block must write whole (the output's shards when ``sharded``)."""
     block = triple(section.block_shape) if section.block_shape is not None else None
     if block is not None:
+        unit = "output.shards" if sharded else "output.chunks"
         for axis, b, c in zip(AXES, block, chunks, strict=True):
             if b % c:
                 raise SpecError(
                     "compute.block_shape",
-                    f"{list(block)} is not a multiple of output.chunks {list(chunks)} "
-                    f"(axis {axis}: {b} % {c} != 0)",
+                    f"{list(block)} is not a multiple of {unit} {list(chunks)} (axis {axis}: {b} % {c} != 0)",
                 )
     return ComputeSpec(block_shape=block, device=section.device, precision=section.precision)
+
+
+def _shards(section: OutputSection) -> tuple[int, int, int] | None:
+    """``output.shards``: zarr v3 only, each a whole number of chunks."""
+    if section.shards is None:
+        return None
+    shards, chunks = triple(section.shards), triple(section.chunks)
+    if section.format != "zarr3":
+        raise SpecError("output.shards", f"shards are a zarr v3 feature; output.format is {section.format}")
+    for axis, s, c in zip(AXES, shards, chunks, strict=True):
+        if s % c:
+            raise SpecError(
+                "output.shards",
+                f"{list(shards)} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
+            )
+    return shards
 
 
 def _check_remote_output(url: str, roots: Sequence[Root]) -> None:

@@ -54,7 +54,7 @@ def build_geometry(job: InferenceJob, input_shape: tuple[int, ...]) -> JobGeomet
     roi = roi_of(job, input_shape)
     w = job.window
     grid = WindowGrid.over_roi(roi.shape, w.patch_size, w.stride, w.pad_size)
-    plan = plan_blocks(roi.shape, job.output.chunks, job.compute.block_shape, grid)
+    plan = plan_blocks(roi.shape, job.output.write_unit, job.compute.block_shape, grid)
     return JobGeometry(roi, tuple(input_shape), plan, w.blending)
 
 

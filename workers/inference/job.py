@@ -68,6 +68,14 @@ class OutputSpec:
     # what each head predicts, where TTA must know it: "affinity" heads (z, y, x nearest-neighbour
     # affinities) move and shift channels under flips and transposes; () = nothing special
     targets: tuple[str, ...] = ()
+    # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
+    # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
+    shards: tuple[int, int, int] | None = None
+
+    @property
+    def write_unit(self) -> tuple[int, int, int]:
+        """What one writer owns whole: the shard when sharded, else the chunk."""
+        return self.shards or self.chunks
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class InferenceJob:
             "output": {
                 k: v
                 for k, v in asdict(self.output).items()
-                if k != "overwrite" and not (k == "targets" and not v)  # keys of older jobs stay
+                if k != "overwrite" and not (k in ("targets", "shards") and not v)  # keys of older jobs stay
             },
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,

@@ -253,6 +253,7 @@ def _create(
         voxel_size,
         attrs,
         overwrite=job.output.overwrite,
+        shards=job.output.shards,
     )
 
 
