@@ -346,7 +346,7 @@ def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
         )
     path, dataset = located(section.path, section.dataset, roots, "output")
     if is_url(path):
-        _check_remote_output(path, roots)
+        _check_remote_output(path, section.format, roots)
     elif any(isinstance(root, Path) and root.is_relative_to(Path(path)) for root in roots):
         raise SpecError("output.path", f"{path} is a data root (or holds one); name a container inside it")
     return OutputSpec(
@@ -393,9 +393,11 @@ def _shards(section: OutputSection) -> tuple[int, int, int] | None:
     return shards
 
 
-def _check_remote_output(url: str, roots: Sequence[Root]) -> None:
-    """An output in an object store: not a root itself, and a run folder on a file system inside a
-    local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+def _check_remote_output(url: str, format: str, roots: Sequence[Root]) -> None:
+    """An output in an object store: zarr, not a root itself, and a run folder on a file system
+    inside a local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+    if format not in ("zarr3", "zarr2"):
+        raise SpecError("output.format", f"an output in an object store is zarr3 or zarr2, not {format}")
     if any(isinstance(root, str) and url_under(root, url) for root in roots):
         raise SpecError("output.path", f"{url} is a data root (or holds one); name a container inside it")
     scratch = scratch_dir()

@@ -192,6 +192,10 @@ def test_stores_outside_the_s3_roots_are_refused_naming_the_field(
         code = main(["run", str(job), "--quiet", "--data-root", str(tmp_path), "--data-root", ROOT_URL])
         err = capsys.readouterr().err
         assert code == 2 and f"{section}.path" in err and why in err, (value, err)
+    job.write_text(yaml.safe_dump({**doc, "output": {**doc["output"], "format": "n5"}}))
+    code = main(["run", str(job), "--quiet", "--data-root", str(tmp_path), "--data-root", ROOT_URL])
+    err = capsys.readouterr().err
+    assert code == 2 and "output.format" in err and "zarr3 or zarr2" in err, err
     monkeypatch.setenv("PYTC_SCRATCH_DIR", "/elsewhere/scratch")  # the run folder must stay inside a root
     job.write_text(yaml.safe_dump(doc))
     code = main(["run", str(job), "--quiet", "--data-root", str(tmp_path), "--data-root", ROOT_URL])
