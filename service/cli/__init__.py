@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli.client_commands import add_client_commands
     from service.cli.evaluate import add_evaluate_command
     from service.cli.run import add_run_command
+    from service.cli.view import add_view_command
 
     parser = argparse.ArgumentParser(
         prog="pytc",
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_command(commands)
     add_evaluate_command(commands)
     add_client_commands(commands)
+    add_view_command(commands)
     return parser
 
 
