@@ -233,6 +233,11 @@ def resolved_roots(data_roots: Sequence[str | Path]) -> list[Root]:
     return [resolved_root(root) for root in data_roots]
 
 
+def local_roots(roots: Sequence[Root]) -> list[Path]:
+    """The local folders among ``roots`` (what serves files; object-store prefixes left out)."""
+    return [root for root in roots if isinstance(root, Path)]
+
+
 def resolve_url(raw: str, roots: Sequence[Root], field: str) -> str:
     """The object-store URL ``raw``, normalised, when it lies under one of the URL ``roots``."""
     check_path_length(raw, field)

@@ -17,7 +17,7 @@ import pytest
 import tensorstore as ts
 import yaml
 
-from tests.integration.cluster_fixtures import free_port, make_data, write_job
+from tests.integration.cluster_fixtures import done_blocks, free_port, make_data, write_job
 from volumes.box import Box
 from volumes.errors import VolumeNotFoundError
 from volumes.open import open_volume
@@ -153,15 +153,15 @@ def test_a_killed_run_over_s3_resumes_to_the_clean_output(
 ) -> None:
     make_data(tmp_path)
     job = _job_over_s3(tmp_path, "killed")
-    run_folder = tmp_path / "scratch" / "s3" / BUCKET / "data" / "killed" / "out.zarr" / ".pytc-run"
+    base = tmp_path / "scratch" / "s3" / BUCKET / "data" / "killed" / "out.zarr"  # holds .pytc-run
     proc = _pytc_run(tmp_path, job, s3_env)
     deadline = time.monotonic() + 300
-    while len(list(run_folder.glob("pred/*/done/p2_*.json"))) < 3 and proc.poll() is None:
+    while done_blocks(base) < 3 and proc.poll() is None:
         assert time.monotonic() < deadline, "no block finished in time"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded cluster, no cleanup at all
     proc.wait()
-    done = len(list(run_folder.glob("pred/*/done/p2_*.json")))
+    done = done_blocks(base)
     assert 0 < done < 36, f"the kill came at {done} finished blocks of 36"
     assert open_volume(f"{ROOT_URL}/killed/out.zarr", "pred").attrs["pytc"].get("complete") is not True
     code, err = _finish(_pytc_run(tmp_path, job, s3_env))
