@@ -54,13 +54,17 @@ def node_kind(directory: Path) -> NodeKind | None:
 
 
 def list_datasets(root: Path, max_depth: int = 4) -> list[str]:
-    """Arrays under the container ``root`` (a few levels deep, at most ``MAX_LISTED``), sorted."""
+    """Arrays and images (OME-Zarr groups, named by the group) under the container ``root`` (a few
+    levels deep, at most ``MAX_LISTED``), sorted."""
+    from volumes.ome import image_level0
+
     found: list[str] = []
     for dirpath, dirnames, _ in os.walk(root):
         here = Path(dirpath)
         depth = len(here.relative_to(root).parts)
         kind = node_kind(here)
-        if kind is not None and kind[1] == "array":
+        image = here != root and image_level0(here, kind[0] if kind else "n5") is not None
+        if (kind is not None and kind[1] == "array") or image:
             found.append(here.relative_to(root).as_posix())
             dirnames.clear()
         elif depth >= max_depth or len(found) >= MAX_LISTED:

@@ -17,7 +17,8 @@ from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
-from volumes.remote import url_node_kind
+from volumes.ome import image_level0
+from volumes.remote import url_image_level0, url_node_kind
 from volumes.urls import is_url, join_url, normalise_url, url_exists
 from volumes.volume import Format, Mode, Volume
 
@@ -33,6 +34,10 @@ def open_volume(
     path: str | os.PathLike[str], dataset: str | None = None, mode: Mode = "r", *, labels: bool = False
 ) -> Volume:
     """Open the array ``dataset`` inside the container at ``path`` (or ``path`` itself when None).
+
+    ``dataset`` may name an image instead (an OME-Zarr group with ``multiscales``, or an N5 group
+    of scale levels ``s0``, ``s1``, ...): its first level, the full resolution, is opened, and the
+    volume's ``dataset`` is that level's path (``pred/0``).
 
     ``labels``: the volume holds ids or masks, so whatever it resamples on read (a TileDataset's
     ``tile_ratio``) is nearest-neighbour, never interpolated.
@@ -54,6 +59,10 @@ def open_volume(
         return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
+    image = (kind is None or kind[1] == "group") and node.is_dir()
+    if image and (level := image_level0(node, kind[0] if kind else "n5")) is not None:
+        name, node = f"{name}/{level}" if name else level, node / level  # an image: its full resolution
+        kind = node_kind(node) if node.is_dir() else None
     if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
         return _DIRECTORY_BACKENDS[kind[0]](str(root), name, mode)
     datasets = list_datasets(root)
@@ -69,6 +78,11 @@ def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
     """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
     root = normalise_url(url)
     kind = url_node_kind(join_url(root, dataset))
+    if kind is not None and kind[1] == "group" and kind[0] != "n5":  # an image: its full resolution
+        level = url_image_level0(join_url(root, dataset), kind[0])
+        if level is not None:
+            dataset = f"{dataset}/{level}" if dataset else level
+            kind = url_node_kind(join_url(root, dataset))
     if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
         return _DIRECTORY_BACKENDS[kind[0]](root, dataset, mode)
     if not url_exists(root):

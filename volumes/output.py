@@ -1,8 +1,20 @@
-"""Creating the inference output: one (c, z, y, x) array, made once before any block writes to it.
+"""Creating an output: one image of (c, z, y, x) levels, made once before any block writes to it.
+
+Layout (``output.path`` = ``out.zarr``, ``output.dataset`` = ``pred``)::
+
+    out.zarr/pred/          the image: a group with its own OME-Zarr ``multiscales`` (one entry)
+    out.zarr/pred/0         level 0, full resolution, (c, z, y, x): what the engine writes
+    out.zarr/pred/1 ...     coarser levels (volumes.pyramid), filled after level 0 is complete
+
+N5 names its levels ``s0``, ``s1``, ... with ``downsamplingFactors`` and the group's ``scales``
+(the N5 viewers' and neuroglancer's convention). ``open_volume(path, "pred")`` opens level 0.
+Each level's ``scale`` and ``translation`` place it where it lies in the input (an ROI's offset
+times the voxel size, plus the input's own translation). Nothing outside the image's group is
+written: the container's other images, and its own attributes, stay as readers saw them.
 
 All channels share a chunk (a block writes all its channels at once), chunks are zstd-compressed,
 never-written chunks read as 0, dimensions are named, and the voxel size travels as OME-Zarr
-``multiscales`` on the parent group (zarr: 0.4 on v2, 0.5 on v3, written by :mod:`volumes.ome`) or
+``multiscales`` on the image group (zarr: 0.4 on v2, 0.5 on v3, written by :mod:`volumes.ome`) or
 ``resolution``/``pixelResolution`` (N5).
 
 N5 metadata is written here as JSON rather than through tensorstore: outputs are created by the
@@ -16,6 +28,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +42,11 @@ from volumes.backends.n5 import N5_RESERVED
 from volumes.detect import clean_dataset, list_datasets, node_kind
 from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundError
 from volumes.files import read_json_object, write_json_atomic
-from volumes.ome import multiscale_entry, put_multiscale
+from volumes.ome import image_entry, image_level0, put_image, put_multiscale
 from volumes.open import open_volume
-from volumes.remote import create_url_output
-from volumes.urls import is_url
+from volumes.pyramid import Factors, level_shape
+from volumes.remote import check_url_output
+from volumes.urls import is_url, normalise_url, zarr_store
 from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
@@ -54,59 +68,70 @@ def create_output(
     voxel_size: Sequence[float] | None = None,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    *,
+    translation: Sequence[float] | None = None,
+    levels: Sequence[Factors] = ((1, 1, 1),),
     shards: Sequence[int] | None = None,
 ) -> Volume:
-    """Create the (c, z, y, x) array ``dataset`` in the container at ``path`` and open it for writing.
+    """Create the image ``dataset`` in the container at ``path`` and open its level 0 for writing.
 
-    ``chunks`` are spatial (z, y, x); the stored chunk is (c, *chunks). The container may already
-    hold other datasets, which are kept. An existing ``dataset`` raises VolumeExistsError (and is
-    left untouched) unless ``overwrite``, which deletes that array, and only it, first. ``shards``
-    (zarr v3 only, spatial, each a multiple of ``chunks``) groups the chunks into shard objects.
+    ``shape`` is level 0's (c, z, y, x); ``chunks`` are spatial (z, y, x), the stored chunk is
+    (c, *chunks) (cut to a coarse level's shape). ``levels`` are the cumulative factors of every
+    level (:func:`volumes.pyramid.pyramid_factors`), ``translation`` where voxel 0 lies (nm, z y x).
+    The container may already hold other datasets, which are kept. An existing ``dataset`` raises
+    VolumeExistsError (and is left untouched) unless ``overwrite``, which deletes it, and only it,
+    first. ``attrs`` go on level 0. ``shards`` (zarr v3, spatial, each a multiple of ``chunks``)
+    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL (zarr only).
     """
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
         raise VolumeFormatError(f"an output needs a dataset name inside {root}, got {dataset!r}")
     _check_geometry(shape, chunks, voxel_size)
+    if not levels or tuple(levels[0]) != (1, 1, 1):
+        raise VolumeFormatError(f"an output's levels start at full resolution (1, 1, 1), got {levels}")
     shard = _shard_shape(format, shape, chunks, shards)
-    if is_url(path):  # an object store (volumes.remote)
-        create_url_output(
-            str(path),
-            name,
-            format,
-            tuple(shape),
-            np.dtype(dtype),
-            chunks,
-            voxel_size,
-            attrs or {},
-            overwrite,
-            shard,
-        )
-        return open_volume(str(path), name, mode="r+")
+    image = _Image(
+        name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard
+    )
+    if is_url(path):  # an object store: zarr through FsspecStore (volumes.remote)
+        url = normalise_url(str(path))
+        check_url_output(url, name, format, overwrite)
+        _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
+        return open_volume(url, name, mode="r+")
     _check_container(root, format)
     if (root / name).exists():
         if not overwrite:
             raise VolumeExistsError(f"output {root} dataset {name!r} exists; set overwrite to replace it")
         logger.info("overwriting output %s dataset %r", root, name)
         delete_dataset(root, name)
-    user_attrs = dict(attrs or {})
     if format == "n5":
-        _create_n5(root, name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, user_attrs)
+        _create_n5(root, image, dict(attrs or {}))
     else:
-        _create_zarr(
-            root, name, format, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, user_attrs, shard
-        )
+        _create_zarr(str(root), format, image, dict(attrs or {}))
     return open_volume(root, name, mode="r+")
 
 
+def level_path(format: str, dataset: str, level: int) -> str:
+    """The path (in the container) of level ``level`` of the output image ``dataset``."""
+    return f"{clean_dataset(dataset)}/{'s' if format == 'n5' else ''}{level}"
+
+
 def delete_dataset(path: str | os.PathLike[str], dataset: str) -> None:
-    """Delete the array ``dataset`` (only it: groups are refused) and its OME-Zarr multiscales entry."""
+    """Delete the output ``dataset``: an image (a group of levels with its multiscales) or an array
+    (with its entry in its parent's multiscales, written by older versions); other groups are
+    refused."""
     root, name = Path(path), clean_dataset(dataset)
     node = root / (name or "")
     kind = node_kind(node) if name and node.is_dir() else None
+    if name is not None and node.is_dir() and image_level0(node, kind[0] if kind else "n5") is not None:
+        shutil.rmtree(node)
+        return
     if kind is None or kind[1] != "array":
         if not node.exists() or name is None:
             raise VolumeNotFoundError(f"no dataset {name!r} in {root}; datasets there: {list_datasets(root)}")
-        raise VolumeFormatError(f"{root} dataset {name!r} is not an array ({kind}); not deleting it")
+        raise VolumeFormatError(
+            f"{root} dataset {name!r} is not an array or an image ({kind}); not deleting it"
+        )
     shutil.rmtree(node)
     parent, _, base = node.relative_to(root).as_posix().rpartition("/")
     group_kind = node_kind(root / parent)
@@ -155,31 +180,46 @@ def _check_container(root: Path, format: OutputFormat) -> None:
     raise VolumeFormatError(f"{root} is {found}; expected a {format} group to hold the output")
 
 
-def _create_zarr(
-    root: Path,
-    name: str,
-    format: OutputFormat,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    chunks: tuple[int, ...],
-    voxel_size: Sequence[float] | None,
-    attrs: dict[str, Any],
-    shards: tuple[int, ...] | None = None,
-) -> None:
-    """The array (with intermediate groups) and its entry in the parent group's multiscales."""
-    group = zarr.open_group(str(root), mode="a", zarr_format=3 if format == "zarr3" else 2)
-    common: dict[str, Any] = {"shape": shape, "dtype": dtype, "chunks": (shape[0], *chunks), "fill_value": 0}
-    if format == "zarr3":
-        zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
-        group.create_array(
-            name, **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=attrs
-        )
-    else:
-        dims = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
-        group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims)
-    parent, _, base = name.rpartition("/")
-    entry = multiscale_entry(base, voxel_size, channel_axis=True)
-    put_multiscale(_open_group(root, parent, format), base, entry)
+@dataclass(frozen=True)
+class _Image:
+    name: str
+    shape: tuple[int, ...]  # level 0, (c, z, y, x)
+    dtype: np.dtype
+    chunks: tuple[int, ...]  # spatial
+    voxel_size: Sequence[float] | None
+    translation: Sequence[float] | None
+    levels: tuple[Factors, ...]
+    shards: tuple[int, ...] | None = None  # level 0's stored shard, (c, z, y, x)
+
+    def level(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Level ``index``'s shape and stored chunk (channels whole, cut to the level's shape)."""
+        shape = level_shape(self.shape, self.levels[index])
+        return shape, (shape[0], *(min(c, s) for c, s in zip(self.chunks, shape[1:], strict=True)))
+
+
+def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:
+    """The image group (with intermediate groups), its levels and its multiscales; ``location`` is
+    the container's path or a zarr store."""
+    container = zarr.open_group(location, mode="a", zarr_format=3 if format == "zarr3" else 2)
+    group = container.create_group(image.name)
+    for index in range(len(image.levels)):
+        shape, chunks = image.level(index)
+        extra = attrs if index == 0 else {}
+        common: dict[str, Any] = {"shape": shape, "dtype": image.dtype, "chunks": chunks, "fill_value": 0}
+        if format == "zarr3":
+            zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
+            shards = image.shards if index == 0 else None
+            group.create_array(
+                str(index), **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=extra
+            )
+        else:
+            dims = {**extra, "_ARRAY_DIMENSIONS": list(AXES)}
+            group.create_array(
+                str(index), **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims
+            )
+    base = image.name.rpartition("/")[2]
+    entry = image_entry(base, image.levels, image.voxel_size, image.translation, channel_axis=True)
+    put_image(group, entry)
 
 
 def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
@@ -188,37 +228,49 @@ def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
     )
 
 
-def _create_n5(
-    root: Path,
-    name: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    chunks: tuple[int, ...],
-    voxel_size: Sequence[float] | None,
-    attrs: dict[str, Any],
-) -> None:
-    """The N5 root's version and the dataset's ``attributes.json``, everything in N5's x-first order."""
-    if dtype.name not in N5_DTYPES:
-        raise VolumeFormatError(f"N5 cannot store dtype {dtype.name}; expected one of {sorted(N5_DTYPES)}")
+def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
+    """The N5 root's version, the image group's ``scales`` and each level's ``attributes.json``
+    (``s0``, ``s1``, ...), everything in N5's x-first order."""
+    if image.dtype.name not in N5_DTYPES:
+        raise VolumeFormatError(
+            f"N5 cannot store dtype {image.dtype.name}; expected one of {sorted(N5_DTYPES)}"
+        )
     reserved = sorted(N5_RESERVED & attrs.keys())
     if reserved:
-        raise VolumeFormatError(f"attributes {reserved} for {root} dataset {name!r} are N5 metadata")
+        raise VolumeFormatError(f"attributes {reserved} for {root} dataset {image.name!r} are N5 metadata")
     root.mkdir(parents=True, exist_ok=True)
     root_meta = read_json_object(root / "attributes.json") or {}
     if "n5" not in root_meta:
         write_json_atomic(root / "attributes.json", {**root_meta, "n5": N5_VERSION})
-    meta: dict[str, Any] = {
-        **attrs,
-        "dimensions": list(shape[::-1]),
-        "blockSize": [*chunks[::-1], shape[0]],
-        "dataType": dtype.name,
-        "compression": {"type": "zstd", "level": ZSTD_LEVEL},
-        "axes": list(AXES[::-1]),
+    scales = [[*(int(f) for f in factors[::-1]), 1] for factors in image.levels]
+    group_meta: dict[str, Any] = {"multiScale": True, "scales": scales, "axes": list(AXES[::-1])}
+    group_meta |= _n5_resolution(image.voxel_size, (1, 1, 1))
+    (root / image.name).mkdir(parents=True)
+    write_json_atomic(root / image.name / "attributes.json", group_meta)
+    for index, factors in enumerate(image.levels):
+        shape, chunks = image.level(index)
+        meta: dict[str, Any] = {
+            **(attrs if index == 0 else {}),
+            "dimensions": list(shape[::-1]),
+            "blockSize": list(chunks[::-1]),
+            "dataType": image.dtype.name,
+            "compression": {"type": "zstd", "level": ZSTD_LEVEL},
+            "axes": list(AXES[::-1]),
+            "downsamplingFactors": scales[index],
+        }
+        meta |= _n5_resolution(image.voxel_size, factors)
+        (root / image.name / f"s{index}").mkdir()
+        write_json_atomic(root / image.name / f"s{index}" / "attributes.json", meta)
+
+
+def _n5_resolution(voxel_size: Sequence[float] | None, factors: Sequence[int]) -> dict[str, Any]:
+    """tensorstore wants one resolution (and unit) per dimension; N5 Viewer reads pixelResolution.
+    Absent means unknown: N5 has no required resolution."""
+    if voxel_size is None:
+        return {}
+    xyz = [float(v) * f for v, f in zip(voxel_size, factors, strict=True)][::-1]
+    return {
+        "resolution": [*xyz, 1.0],
+        "units": ["nm", "nm", "nm", ""],
+        "pixelResolution": {"dimensions": xyz, "unit": "nm"},
     }
-    if voxel_size is not None:  # absent means unknown; N5 has no required resolution
-        # tensorstore wants one resolution (and unit) per dimension; N5 Viewer reads pixelResolution.
-        xyz = [float(v) for v in voxel_size][::-1]
-        meta |= {"resolution": [*xyz, 1.0], "units": ["nm", "nm", "nm", ""]}
-        meta |= {"pixelResolution": {"dimensions": xyz, "unit": "nm"}}
-    (root / name).mkdir(parents=True)
-    write_json_atomic(root / name / "attributes.json", meta)

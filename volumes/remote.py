@@ -9,22 +9,13 @@ group as for a local output (:mod:`volumes.output`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
-
-import numcodecs
-import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from volumes.detect import NodeKind
 from volumes.errors import VolumeExistsError, VolumeFormatError
-from volumes.ome import dataset_scale, multiscale_entry, put_multiscale
-from volumes.urls import join_url, normalise_url, read_json_url, zarr_store
+from volumes.ome import dataset_scale, stored_multiscales
+from volumes.urls import filesystem, join_url, read_json_url, zarr_store
 from volumes.volume import Format, VoxelSize
-
-AXES = ("c", "z", "y", "x")
-ZSTD_LEVEL = 3
 
 
 def url_node_kind(url: str) -> NodeKind | None:
@@ -59,46 +50,36 @@ def url_voxel_size(url: str, dataset: str | None, fmt: Format) -> VoxelSize | No
     return None
 
 
-def create_url_output(
-    url: str,
-    name: str,
-    format: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    chunks: Sequence[int],
-    voxel_size: Sequence[float] | None,
-    attrs: Mapping[str, Any],
-    overwrite: bool,
-    shards: tuple[int, ...] | None = None,
-) -> None:
-    """The (c, z, y, x) output array ``name`` in the zarr container at ``url``."""
+def check_url_output(url: str, name: str, format: str, overwrite: bool) -> None:
+    """Before an output image ``name`` is created in the container at ``url``: zarr only, the
+    container a group of ``format`` (or nothing yet), and no ``name`` there unless ``overwrite``
+    (which deletes it, and only it, first)."""
     if format not in ("zarr3", "zarr2"):
         raise VolumeFormatError(f"an output in an object store is zarr3 or zarr2, not {format}")
-    root = normalise_url(url)
-    zarr_format: Literal[2, 3] = 3 if format == "zarr3" else 2
-    kind = url_node_kind(root)
+    kind = url_node_kind(url)
     if kind is not None and kind != (format, "group"):
         raise VolumeFormatError(
-            f"{root} is a {kind[0]} {kind[1]}; expected a {format} group to hold the output"
+            f"{url} is a {kind[0]} {kind[1]}; expected a {format} group to hold the output"
         )
-    if url_node_kind(join_url(root, name)) is not None and not overwrite:
-        raise VolumeExistsError(f"output {root} dataset {name!r} exists; set overwrite to replace it")
-    group = zarr.open_group(zarr_store(root, read_only=False), mode="a", zarr_format=zarr_format)
-    common: dict[str, Any] = {
-        "shape": shape,
-        "dtype": dtype,
-        "chunks": (shape[0], *chunks),
-        "fill_value": 0,
-        "overwrite": overwrite,
-    }
-    if zarr_format == 3:
-        zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
-        group.create_array(
-            name, **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=dict(attrs)
-        )
+    target = join_url(url, name)
+    if url_node_kind(target) is not None:
+        if not overwrite:
+            raise VolumeExistsError(f"output {url} dataset {name!r} exists; set overwrite to replace it")
+        filesystem().rm(target[len("s3://") :], recursive=True)
+
+
+def url_image_level0(url: str, fmt: Format) -> str | None:
+    """The path (below ``url``) of the first level of the OME-Zarr image group at ``url``; None
+    when it is no image."""
+    if fmt == "zarr3":
+        meta = read_json_url(f"{url}/zarr.json") or {}
+        attrs = meta.get("attributes") if isinstance(meta.get("attributes"), dict) else {}
     else:
-        dims = {**attrs, "_ARRAY_DIMENSIONS": list(AXES)}
-        group.create_array(name, **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims)
-    parent, _, base = name.rpartition("/")
-    holder = zarr.open_group(zarr_store(root, read_only=False), path=parent or None, mode="r+")
-    put_multiscale(holder, base, multiscale_entry(base, voxel_size, channel_axis=True))
+        attrs = read_json_url(f"{url}/.zattrs") or {}
+    for ms in stored_multiscales(attrs or {}, fmt):
+        datasets = ms.get("datasets")
+        first = datasets[0] if isinstance(datasets, list) and datasets else None
+        path = first.get("path") if isinstance(first, dict) else None
+        if isinstance(path, str) and path.strip("/") and ".." not in path.split("/"):
+            return path.strip("/")
+    return None

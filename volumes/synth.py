@@ -29,7 +29,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from volumes.errors import GeometryError, VolumeFormatError
-from volumes.ome import multiscale_entry, put_multiscale
+from volumes.ome import image_entry, put_image
 
 Shape3 = tuple[int, int, int]
 Float3 = tuple[float, float, float]
@@ -97,24 +97,26 @@ def write_synth(
     chunks: Sequence[int] = (32, 256, 256),
     format: Literal["zarr3", "zarr2"] = "zarr3",
 ) -> None:
-    """Write ``raw``, ``mito`` and ``cells`` into one zarr group at ``path`` (replacing it).
+    """Write ``raw``, ``mito`` and ``cells`` into one zarr container at ``path`` (replacing it).
 
-    Each array records its voxel size as ``resolution`` (z, y, x in nm); the group carries an
-    OME-Zarr ``multiscales`` entry per dataset, one scale each (0.5 on zarr v3, 0.4 on zarr v2).
+    Each is its own OME-Zarr image (0.5 on zarr v3, 0.4 on zarr v2), as outputs are: the group
+    ``raw`` with its ``multiscales`` and its one level ``raw/0`` (``open_volume(path, "raw")`` opens
+    it), so that every reader sees all three. Each array also records its voxel size as
+    ``resolution`` (z, y, x in nm), and so does the container.
     """
     if format not in ("zarr3", "zarr2"):
         raise VolumeFormatError(f"synth: format must be 'zarr3' or 'zarr2', got {format!r} (writing {path})")
     zarr_format: Literal[2, 3] = 3 if format == "zarr3" else 2
     resolution = [float(v) for v in synth.voxel_size_nm]
-    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
-    group.attrs.update({"resolution": resolution})
-    for name in _DATASETS:
-        put_multiscale(group, name, multiscale_entry(name, resolution))
+    container = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    container.attrs.update({"resolution": resolution})
     chunk_shape = tuple(min(int(c), s) for c, s in zip(chunks, synth.raw.shape, strict=True))
     for name in _DATASETS:
         data = getattr(synth, name)
-        array = group.create_array(
-            name,
+        image = container.create_group(name)
+        put_image(image, image_entry(name, [(1, 1, 1)], resolution))
+        array = image.create_array(
+            "0",
             shape=data.shape,
             dtype=data.dtype,
             chunks=chunk_shape,

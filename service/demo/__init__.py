@@ -103,8 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code != 0:
         return code
     d, iou = score(root)
-    print(f"\nprediction: {root / 'pred.zarr'} (dataset 'mito', uint8 probabilities, (c, z, y, x))")
-    print(f"ground truth: {root / 'em.zarr'} (dataset 'mito')")
+    print(
+        f"\nprediction: {root / 'pred.zarr' / 'mito'} (an OME-Zarr image with its pyramid; level 0, "
+        "uint8 probabilities (c, z, y, x), at mito/0)"
+    )
+    print(f"ground truth: {root / 'em.zarr' / 'mito'} (an OME-Zarr image; level 0 at mito/0)")
     elapsed = time.perf_counter() - started
     print(f"mitochondria foreground Dice {d:.3f}, IoU {iou:.3f} (threshold 0.5) in {elapsed:.0f}s")
     return 0 if d >= 0.9 else 1

@@ -151,6 +151,8 @@ class OutputSection(Section):
     chunks: PosTriple = [32, 256, 256]
     overwrite: StrictBool = False
     targets: OutputTargets | None = None
+    # the image's coarser levels (OME-Zarr multiscales), written after level 0; false: level 0 alone
+    pyramid: StrictBool = True
     shards: PosTriple | None = Field(
         default=None,
         description="zarr3 only: chunks grouped into shards of this shape (z, y, x; each a multiple of "
@@ -359,6 +361,7 @@ def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
         chunks=triple(section.chunks),
         overwrite=section.overwrite,
         targets=targets,
+        pyramid=section.pyramid,
         shards=_shards(section),
     )
 

@@ -32,6 +32,7 @@ from models.torch_files import torch_file_problem
 from service.documents.inference import InferenceDocument, parse_inference
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target, WorkerCall
+from service.kinds.stages import drive_pyramid
 from service.progress import Progress, format_duration
 from volumes.blocks import Index
 from volumes.lru import LRU
@@ -141,6 +142,7 @@ class InferenceKind:
         finally:
             run.close()  # what it recorded is synced, whatever ended the drive
         try:
+            drive_pyramid(run.pyramid_stage(), env, lambda: env.report(run_progress(run)))
             return run.complete().to_json()
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err
@@ -161,8 +163,11 @@ class InferenceKind:
         drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
+        levels = int(result.get("levels") or 1)
+        level0 = result.get("level0") or result.get("dataset")
         line = (
-            f"succeeded: {result.get('output_path')} (dataset {result.get('dataset')!r}), "
+            f"succeeded: {result.get('output_path')} (image {result.get('dataset')!r}, "
+            f"{levels} level{'s' if levels > 1 else ''}, full resolution at {level0!r}), "
             f"{result.get('blocks_total')} blocks ({result.get('blocks_skipped')} already done) "
             f"in {format_duration(float(result.get('seconds') or 0.0))}"
         )
@@ -276,6 +281,8 @@ def run_progress(run: InferenceRun) -> Progress:
         "chunks": [counts.chunks_done, counts.chunks_total],
         "blocks": [counts.blocks_done, counts.blocks_total],
     }
+    if counts.pyramid_total:
+        parts["pyramid"] = [counts.pyramid_done, counts.pyramid_total]
     flat = {f"{name}_done": done for name, (done, _) in parts.items()}
     flat |= {f"{name}_total": total for name, (_, total) in parts.items()}
     details = {**flat, "voxels_done": counts.voxels_done, "voxels_total": counts.voxels_total, "parts": parts}

@@ -219,7 +219,7 @@ def main() -> int:
     ):
         runs, ours = series[key], medians[key]
         wall = ours["wall_s"]
-        diff = float(np.abs(zarr.open_array(root / output / "pred")[:] - theirs).max())
+        diff = float(np.abs(zarr.open_array(root / output / "pred" / "0")[:] - theirs).max())
         rows += [
             (f"pytc run, {what}: {ours['blocks_total']} block(s)", ""),
             (f"  end to end (s), median of {args.repeats}", f"{wall:.1f}"),

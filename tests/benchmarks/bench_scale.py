@@ -206,7 +206,7 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
 def dask_run_sha(folder: Path) -> str:
     import zarr
 
-    return str(zarr.open_array(folder / "dask.zarr" / "pred").attrs["pytc"]["model_sha256"])
+    return str(zarr.open_array(folder / "dask.zarr" / "pred" / "0").attrs["pytc"]["model_sha256"])
 
 
 def cluster_table(rows: list[dict[str, Any]]) -> str:

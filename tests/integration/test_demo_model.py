@@ -31,7 +31,7 @@ def tiny_argv(work: Path, out: Path, patch: tuple[int, int, int] = PATCH) -> lis
 
 def independent_dice(prediction: Path) -> float:
     """The stored uint8 probabilities (rint(255 p)) at p >= 0.5 against the generator's own truth."""
-    stored = np.asarray(zarr.open_group(str(prediction), mode="r")["mito"])
+    stored = np.asarray(zarr.open_group(str(prediction), mode="r")["mito/0"])  # the image's level 0
     assert stored.shape == (1, *SHAPE) and stored.dtype == np.uint8
     pred = stored[0].astype(np.float64) / 255.0 >= 0.5
     truth = generate_em_volume(SHAPE, seed=2).mito > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from tests.helpers import reference_blend
 from volumes.blocks import plan_blocks
 from volumes.box import Box
 from volumes.open import open_volume
+from volumes.pyramid import level_shape, pyramid_factors
 from volumes.windows import WindowGrid
 from workers.inference.job import WindowSpec
 from workers.inference.ledger import Ledger, linear
@@ -200,7 +202,7 @@ def test_n5_in_and_out_opened_with_tensorstore(root: Path) -> None:
     doc = job_doc(**{"input.path": "em.n5", "output.path": "out.n5", "output.format": "n5"})
     assert run(root, doc)[0] == 0
     out = ts.open(
-        {"driver": "n5", "kvstore": {"driver": "file", "path": str(root / "out.n5" / "pred")}}
+        {"driver": "n5", "kvstore": {"driver": "file", "path": str(root / "out.n5" / "pred" / "s0")}}
     ).result()
     values = out.read().result()
     assert values.shape == (44, 40, 14, 2)  # N5 stores axes reversed
@@ -214,7 +216,7 @@ def test_zarr2_in_zarr3_out_uint8(root: Path) -> None:
     )
     doc = job_doc(**{"input.path": "v2.zarr", "output.dtype": "uint8", "output.format": "zarr3"})
     assert run(root, doc)[0] == 0
-    array = zarr.open_array(root / "out.zarr" / "pred")
+    array = zarr.open_array(root / "out.zarr" / "pred" / "0")  # the image's level 0
     assert array.metadata.zarr_format == 3 and array.dtype == np.uint8
     np.testing.assert_allclose(array[:], np.rint(expected_output(root) * 255), atol=1)
 
@@ -442,11 +444,16 @@ def test_progress_moves_in_steps_while_blocks_run(
     plan = plan_blocks((14, 40, 44), (4, 16, 16), block_shape, grid)
     windows, chunks = plan.grid.count, sum(len(plan.border_chunks(b)) for b in plan.blocks())
     assert plan.n_blocks == 8 and chunks > 0
-    total = windows + chunks
+    levels = [level_shape((14, 40, 44), f) for f in pyramid_factors((14, 40, 44), (4, 16, 16), None)]
+    pyramid = sum(
+        math.prod(-(-s // min(c, s)) for s, c in zip(shape, (4, 16, 16), strict=True)) for shape in levels[1:]
+    )
+    assert len(levels) == 3 and pyramid == 8 + 1  # 7x20x22 in chunks of 4x16x16, then 4x10x11 in one
+    total = windows + chunks + pyramid
     figures = [_figures(line) for line in lines]
     assert lines[-1].startswith(f"steps {total}/{total} (100.0%)")
     assert figures[-1] == {"steps": (total, total), "windows": (windows, windows), "chunks": (chunks, chunks),
-                           "blocks": (8, 8)}  # fmt: skip
+                           "blocks": (8, 8), "pyramid": (pyramid, pyramid)}  # fmt: skip
     assert figures[0]["steps"] == (0, total)
     assert [f["steps"][0] for f in figures] == sorted(f["steps"][0] for f in figures)
     # Before any task ended, its windows were counted as they were computed: fewer than any block has.

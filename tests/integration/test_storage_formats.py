@@ -96,14 +96,14 @@ def test_n5_written_by_us_reads_reversed_in_tensorstore(tmp_path: Path) -> None:
     volume = create_output(tmp_path / "o.n5", "pred", "n5", SHAPE, "uint16", CHUNKS, (40, 4, 4), {})
     volume.write(Box.of_shape(SHAPE), data)
     store = ts.open(
-        {"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "o.n5" / "pred")}}
+        {"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "o.n5" / "pred" / "s0")}}
     ).result()
     assert tuple(store.shape) == SHAPE[::-1] and store.domain.labels == ("x", "y", "z", "c")
     raw = store.read().result()
     np.testing.assert_array_equal(raw, data.transpose(3, 2, 1, 0))
     assert raw[9, 7, 5, 1] == data[1, 5, 7, 9]
     assert [str(u) for u in store.dimension_units] == ["4 nm", "4 nm", "40 nm", "1"]
-    meta = json.loads((tmp_path / "o.n5" / "pred" / "attributes.json").read_text())
+    meta = json.loads((tmp_path / "o.n5" / "pred" / "s0" / "attributes.json").read_text())
     assert meta["blockSize"] == [5, 4, 3, 2] and meta["compression"]["type"] == "zstd"
     assert meta["axes"] == ["x", "y", "z", "c"] and meta["pixelResolution"]["dimensions"] == [4, 4, 40]
     assert json.loads((tmp_path / "o.n5" / "attributes.json").read_text())["n5"].startswith("4.")
@@ -150,14 +150,14 @@ def test_hdf5_reads_with_attrs(tmp_path: Path) -> None:
 
 
 def _zarr_meta(root: Path, fmt: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(array metadata, parent group attributes) as stored on disk."""
+    """(level 0's metadata, the image group's attributes) as stored on disk."""
     if fmt == "zarr3":
-        return json.loads((root / "pred" / "zarr.json").read_text()), json.loads(
-            (root / "zarr.json").read_text()
+        return json.loads((root / "pred" / "0" / "zarr.json").read_text()), json.loads(
+            (root / "pred" / "zarr.json").read_text()
         )["attributes"]
-    array = json.loads((root / "pred" / ".zarray").read_text())
-    array["attributes"] = json.loads((root / "pred" / ".zattrs").read_text())
-    return array, json.loads((root / ".zattrs").read_text())
+    array = json.loads((root / "pred" / "0" / ".zarray").read_text())
+    array["attributes"] = json.loads((root / "pred" / "0" / ".zattrs").read_text())
+    return array, json.loads((root / "pred" / ".zattrs").read_text())
 
 
 @pytest.mark.parametrize("fmt", ["zarr2", "zarr3"])
@@ -187,15 +187,16 @@ def test_zarr_output_metadata(fmt: OutputFormat, tmp_path: Path) -> None:
     nm = "nanometer"
     axes = [(a["name"], a["type"], a.get("unit")) for a in entry["axes"]]
     assert axes == [("c", "channel", None), ("z", "space", nm), ("y", "space", nm), ("x", "space", nm)]
+    origin = {"type": "translation", "translation": [0, 0, 0, 0]}
     assert entry["datasets"] == [
-        {"path": "pred", "coordinateTransformations": [{"type": "scale", "scale": [1, 40, 4, 4]}]}
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 40, 4, 4]}, origin]}
     ]
     assert open_volume(root, "pred").voxel_size == (40.0, 4.0, 4.0)
 
 
 def test_unknown_voxel_size_defaults_to_one(tmp_path: Path) -> None:
     create_output(tmp_path / "o.zarr", "a/pred", "zarr3", SHAPE, "float32", CHUNKS, None, {})
-    entry = json.loads((tmp_path / "o.zarr" / "a" / "zarr.json").read_text())["attributes"]["ome"][
+    entry = json.loads((tmp_path / "o.zarr" / "a" / "pred" / "zarr.json").read_text())["attributes"]["ome"][
         "multiscales"
     ][0]
     assert entry["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0, 1.0]
@@ -230,12 +231,12 @@ def test_delete_dataset_removes_only_that_array(tmp_path: Path) -> None:
     delete_dataset(root, "pred")
     with pytest.raises(VolumeNotFoundError, match=r"\['keep'\]"):
         open_volume(root, "pred")
-    group = json.loads((root / ".zattrs").read_text())
-    assert [m["datasets"][0]["path"] for m in group["multiscales"]] == ["keep"]
+    assert json.loads((root / ".zattrs").read_text()) == {}  # the container's attributes untouched
+    assert open_volume(root, "keep").shape == SHAPE
     with pytest.raises(VolumeNotFoundError):
         delete_dataset(root, "pred")
     zarr.open_group(str(root), mode="a", zarr_format=2).create_group("sub")
-    with pytest.raises(VolumeFormatError, match="not an array"):
+    with pytest.raises(VolumeFormatError, match="not an array or an image"):
         delete_dataset(root, "sub")
 
 

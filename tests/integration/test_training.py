@@ -262,8 +262,8 @@ def test_trained_model_registered_and_used_by_name_reaches_the_demo_dice(
     }
     code, err, _ = pytc_run(tmp_path, infer, "infer", scheduler, capsys)
     assert code == 0, err
-    pred = zarr.open_array(tmp_path / "pred.zarr" / "mito")[0] > 0.5
-    truth = zarr.open_array(tmp_path / "test.zarr" / "mito")[:] > 0
+    pred = zarr.open_array(tmp_path / "pred.zarr" / "mito" / "0")[0] > 0.5
+    truth = zarr.open_array(tmp_path / "test.zarr" / "mito" / "0")[:] > 0
     dice = 2 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
     print(f"foreground Dice {dice:.4f} after {trained['iteration']} iterations in {trained['seconds']:.0f}s")
     assert dice >= 0.9

@@ -132,7 +132,9 @@ def test_an_output_swapped_for_a_symlink_out_of_the_roots_mid_run_is_not_written
     # (a block's two writer threads, or pass 2's four); in practice none does
     assert len(written) <= 4, f"chunks written outside the roots: {sorted(written)}"
     assert (
-        json.loads((world.outside / "stolen" / "zarr.json").read_text())["attributes"]["pytc"]["complete"]
+        json.loads((world.outside / "stolen" / "0" / "zarr.json").read_text())["attributes"]["pytc"][
+            "complete"
+        ]
         is False
     )
 
@@ -143,10 +145,10 @@ def test_a_chunk_folder_planted_as_a_symlink_out_of_the_roots_is_not_written(wor
     wait_for_blocks(output, 2)
     planted = world.outside / "planted"
     planted.mkdir()
-    (output / "pred" / "c" / "0" / "3").symlink_to(planted, target_is_directory=True)  # the last z-row
+    (output / "pred" / "0" / "c" / "0" / "3").symlink_to(planted, target_is_directory=True)  # the last z-row
     final = world.wait(job_id, timeout_s=120)
     assert final["state"] == "failed", final
-    assert f"{output / 'pred' / 'c' / '0' / '3'}/" in final["error"]["detail"], final["error"]
+    assert f"{output / 'pred' / '0' / 'c' / '0' / '3'}/" in final["error"]["detail"], final["error"]
     assert not any(planted.iterdir()), "chunks were written outside the roots"
     assert open_volume(output, "pred").attrs["pytc"]["complete"] is False
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from volumes.box import Box
 from volumes.errors import GeometryError, VolumeReadOnlyError
-from volumes.volume import Format, Mode
+from volumes.volume import Format, Mode, VoxelSize
 
 
 class BaseVolume:
@@ -34,6 +34,11 @@ class BaseVolume:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def translation(self) -> VoxelSize | None:
+        """Where voxel 0 lies (nm, z y x), when the store says; formats without it say None."""
+        return None
 
     def read(self, box: Box) -> np.ndarray:
         """The voxels of ``box`` (all dimensions, inside the array) as a C-order array."""

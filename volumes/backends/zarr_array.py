@@ -11,7 +11,7 @@ from volumes.backends.base import StoredVolume
 from volumes.backends.meta import METADATA_ERRORS, check_array_meta
 from volumes.backends.zarr_codecs import bound_decoding
 from volumes.errors import OversizedChunkError, VolumeFormatError
-from volumes.ome import read_voxel_size
+from volumes.ome import read_translation, read_voxel_size
 from volumes.urls import is_url, join_url, zarr_store
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import spatial
@@ -67,6 +67,11 @@ class ZarrVolume(StoredVolume):
         else:
             found = read_voxel_size(self.node, self.format)
         return found or spatial(self.attrs.get("resolution"))
+
+    @property
+    def translation(self) -> VoxelSize | None:
+        """From the OME-Zarr multiscales of an enclosing group (the dataset's and its multiscale's)."""
+        return None if is_url(self.path) else read_translation(self.node, self.format)
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
         try:

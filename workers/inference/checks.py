@@ -24,6 +24,7 @@ from volumes.blocks import DEFAULT_BLOCK_VOXELS, default_block_shape
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.open import open_volume
+from volumes.output import level_path
 from volumes.volume import Volume
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
@@ -205,6 +206,8 @@ def made_by(job: InferenceJob, existing: Volume, model_sha256: str, spatial_shap
     """Whether ``existing`` is this job's output. The layout key holds the ROI, not the input's
     shape: a whole-volume job over an input that has since changed size must not resume into an
     output of the old size."""
+    if existing.dataset != level_path(job.output.format, job.output.dataset, 0):
+        return False  # an array where the image should be: written before outputs had levels
     record = existing.attrs.get(OUTPUT_ATTRS_KEY)
     if not isinstance(record, dict) or record.get("layout_key") != job.layout_key(model_sha256):
         return False

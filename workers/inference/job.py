@@ -68,6 +68,7 @@ class OutputSpec:
     # what each head predicts, where TTA must know it: "affinity" heads (z, y, x nearest-neighbour
     # affinities) move and shift channels under flips and transposes; () = nothing special
     targets: tuple[str, ...] = ()
+    pyramid: bool = True  # the image's coarser levels, filled after level 0 (workers.pyramid)
     # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
     # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
     shards: tuple[int, int, int] | None = None
@@ -102,7 +103,7 @@ class InferenceJob:
         return confined(node(self.input.path, self.input.dataset), self.data_roots)
 
     def output_node(self) -> Path:
-        """The output array's directory, checked to lie inside the data roots now."""
+        """The output image's directory (its levels inside), checked to lie inside the data roots now."""
         return confined(node(self.output.path, self.output.dataset), self.data_roots)
 
     def layout_key(self, model_sha256: str) -> str:
@@ -129,7 +130,10 @@ class InferenceJob:
             "output": {
                 k: v
                 for k, v in asdict(self.output).items()
-                if k != "overwrite" and not (k in ("targets", "shards") and not v)  # keys of older jobs stay
+                if k != "overwrite"
+                and not (
+                    k in ("targets", "pyramid", "shards") and v in ((), True, None)
+                )  # keys of older jobs stay
             },
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,

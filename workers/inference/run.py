@@ -9,7 +9,9 @@ previous run finished, and from then on hands out block tasks in an order that i
         task = run.next_task()     # pass 1 in block order; pass 2 once its chunks' contributors are done
         ... run it anywhere: run_block(task) on a Dask worker, or in this process ...
         run.finished(task, result)
-    run.complete()                              # every block recorded done on disk, or IncompleteRunError
+    stage = run.pyramid_stage()                 # every block done: the coarser levels (workers.pyramid)
+    while not stage.finished_all(): ... run_pyramid_task(task) ...; stage.finished(task)
+    run.complete()               # every block and pyramid task recorded done, else IncompleteRunError
 
 Progress is counted in steps (:mod:`workers.inference.steps`): ``run.steps_reported(...)`` takes
 what a running task says, :meth:`InferenceRun.counts` tells the figures at any moment.
@@ -19,7 +21,8 @@ driver submits the same tasks to Dask and keeps several in flight. Success is ne
 a hole: a block is recorded done (``workers.inference.ledger``, by this process only) after its
 task returned, so after its chunks were written; pass-1 partial sums found missing at start are
 recomputed; and the output is marked complete only after the record read back from disk holds
-every block. The bookkeeping costs the same few microseconds per task at any job size
+every block, and every pyramid task's marker is on disk (its levels are filled after level 0 is
+complete). The bookkeeping costs the same few microseconds per task at any job size
 (``workers.inference.schedule``).
 """
 
@@ -40,7 +43,8 @@ import numpy as np
 from models.ref import ModelInfo
 from volumes.blocks import BlockPlan, Index
 from volumes.open import open_volume
-from volumes.output import create_output
+from volumes.output import create_output, level_path
+from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import IncompleteRunError
@@ -54,6 +58,7 @@ from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
 from workers.limits import Limits
+from workers.pyramid import PyramidStage, run_pyramid_task
 from workers.version import package_version
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,9 @@ class RunSummary:
     scratch_bytes: int = 0
     output_bytes: int = 0
     blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
+    levels: int = 1  # the output image's levels: full resolution and its pyramid's
+    level0: str = ""  # the path of level 0 in the container (``pred/0``; N5 ``pred/s0``)
+    pyramid_seconds: float = 0.0  # the pyramid stage's time in this run
     seconds: float = 0.0
     task_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -95,12 +103,24 @@ class RunSummary:
 class InferenceRun:
     """The two-pass protocol of one job over its blocks (see the module docstring)."""
 
-    def __init__(self, job: InferenceJob, info: ModelInfo, geometry: JobGeometry, run_dir: RunDir) -> None:
+    def __init__(
+        self,
+        job: InferenceJob,
+        info: ModelInfo,
+        geometry: JobGeometry,
+        run_dir: RunDir,
+        levels: tuple[Factors, ...] = ((1, 1, 1),),
+    ) -> None:
         self.job, self.info, self.geometry, self.run_dir = job, info, geometry, run_dir
         self.layout_key = run_dir.root.name
         # This run's token: its Dask keys, progress topic and the workers' caches are named by it,
         # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
         self.attempt = secrets.token_hex(4)
+        out = job.output
+        self.pyramid = PyramidStage(
+            out.path, out.dataset, out.format, levels, out.chunks, (info.out_channels, *geometry.roi.shape),
+            "mean", run_dir.root / "pyramid", job.data_roots, f"pytc-{self.layout_key}-{self.attempt}-",
+        )  # fmt: skip
         self.plan: BlockPlan = geometry.plan
         self.started = time.perf_counter()
         self.ledger = _open_ledger(run_dir, self.plan)
@@ -151,10 +171,11 @@ class InferenceRun:
         geometry = build_geometry(job, tuple(source.shape))
         run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
         state = checked or output_state(job, info.sha256, roi_shape(job, source))
+        levels = output_levels(job, geometry.roi.shape, source.voxel_size)
         if state == "absent":
-            _create(job, info, layout_key, geometry, source.voxel_size)
+            _create(job, info, layout_key, geometry, source, levels)
         run_dir.clear_cancel()  # running the job again after a cancel resumes it
-        run = cls(job, info, geometry, run_dir)
+        run = cls(job, info, geometry, run_dir, levels)
         run.summary.resumed = state == "resume"
         return run
 
@@ -183,6 +204,8 @@ class InferenceRun:
             self.plan.n_blocks,
             self.voxels_done,
             self.voxels_total,
+            self.pyramid.chunks_done,
+            self.pyramid.chunks_total,
         )
 
     def steps_reported(self, phase: int, block: Index, done: int) -> bool:
@@ -229,10 +252,15 @@ class InferenceRun:
         """Make tasks already running stop at their next batch (a flag file every worker sees)."""
         self.run_dir.request_cancel()
 
-    def complete(self) -> RunSummary:
-        """Success only over a whole output: the done record, synced and read back from disk, must
-        hold every block's pass 2. A block is recorded only after its task returned, which it does
-        after every chunk of its write box was written: a whole record is a whole output."""
+    def pyramid_stage(self) -> PyramidStage:
+        """The pyramid's tasks, once level 0 is whole (every block recorded done on disk)."""
+        self._check_blocks()
+        return self.pyramid
+
+    def _check_blocks(self) -> None:
+        """The done record, synced and read back from disk, must hold every block's pass 2. A block
+        is recorded only after its task returned, which it does after every chunk of its write box
+        was written: a whole record is a whole level 0."""
         self.ledger.flush(sync=True)
         _, p2 = read_bits(self.run_dir.root, self.plan.n_blocks)
         missing = np.flatnonzero(p2 == 0)
@@ -242,6 +270,12 @@ class InferenceRun:
                 f"{len(missing)} blocks are not recorded done, first {first}; "
                 "the output stays marked incomplete"
             )
+
+    def complete(self) -> RunSummary:
+        """Success only over a whole output: every block recorded done (:meth:`_check_blocks`), and
+        every pyramid task's marker on disk."""
+        self._check_blocks()
+        self.pyramid.check()
         self.close()
         self.job.output_node()  # the output marked complete is the one inside the roots
         confined(self.run_dir.root, self.job.data_roots)
@@ -249,6 +283,9 @@ class InferenceRun:
         volume = open_volume(self.job.output.path, self.job.output.dataset, mode="r+")
         record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
         volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, "complete": True}})
+        self.summary.levels = len(self.pyramid.levels)
+        self.summary.level0 = level_path(self.job.output.format, self.job.output.dataset, 0)
+        self.summary.pyramid_seconds = self.pyramid.seconds
         self.summary.seconds = time.perf_counter() - self.started
         return self.summary
 
@@ -260,12 +297,34 @@ class InferenceRun:
         self._janitor.drain()
 
 
+def output_levels(
+    job: InferenceJob, shape: tuple[int, ...], voxel_size: tuple[float, float, float] | None
+) -> tuple[Factors, ...]:
+    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
+    if not job.output.pyramid:
+        return ((1, 1, 1),)
+    return pyramid_factors(shape, job.output.chunks, voxel_size)
+
+
+def output_translation(job: InferenceJob, source: Volume) -> tuple[float, float, float] | None:
+    """Where the output's voxel 0 lies (nm): the input's own translation plus the ROI's offset times
+    the input's voxel size (voxels where that is unknown); None at the origin of an unplaced input."""
+    base = source.translation
+    offset = job.input.roi.offset if job.input.roi is not None else (0, 0, 0)
+    if base is None and not any(offset):
+        return None
+    voxel = source.voxel_size or (1.0, 1.0, 1.0)
+    z, y, x = ((t or 0.0) + o * v for t, o, v in zip(base or (0.0, 0.0, 0.0), offset, voxel, strict=True))
+    return z, y, x
+
+
 def _create(
     job: InferenceJob,
     info: ModelInfo,
     layout_key: str,
     geometry: JobGeometry,
-    voxel_size: tuple[float, float, float] | None,
+    source: Volume,
+    levels: tuple[Factors, ...],
 ) -> None:
     """Create the output (once, before any block), dropping the run folders of what it replaces."""
     shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
@@ -285,9 +344,11 @@ def _create(
         (info.out_channels, *geometry.roi.shape),
         job.output.dtype,
         job.output.chunks,
-        voxel_size,
+        source.voxel_size,
         attrs,
         overwrite=job.output.overwrite,
+        translation=output_translation(job, source),
+        levels=levels,
         shards=job.output.shards,
     )
 
@@ -348,7 +409,25 @@ def run_serially(
             on_task(run)
         if on_progress is not None:
             on_progress(run.counts())
+    pyramid_serially(run, on_task=on_task, on_progress=on_progress)
     return run.complete()
+
+
+def pyramid_serially(
+    run: InferenceRun,
+    *,
+    on_task: Callable[[InferenceRun], None] | None = None,
+    on_progress: Callable[[StepCounts], None] | None = None,
+) -> None:
+    """The pyramid stage of ``run`` (every block done) in this process, task after task."""
+    stage = run.pyramid_stage()
+    while (task := stage.next_task()) is not None:
+        run_pyramid_task(task)
+        stage.finished(task)
+        if on_task is not None:
+            on_task(run)
+        if on_progress is not None:
+            on_progress(run.counts())
 
 
 def _serial_hook(run: InferenceRun, task: BlockTask, on_progress: Callable[[StepCounts], None]) -> StepHook:

@@ -1,7 +1,8 @@
 """An inference run's progress in *steps*, the unit of work as it happens.
 
-One step is one window computed in pass 1 (all its TTA variants together) or one border chunk
-finished in pass 2. A job has ``windows + border chunks`` steps::
+One step is one window computed in pass 1 (all its TTA variants together), one border chunk
+finished in pass 2, or one chunk of a coarser level of the pyramid written (the stage after the
+blocks, :mod:`workers.pyramid`). A job has ``windows + border chunks + pyramid chunks`` steps::
 
     pass 1 of block b: |w|w|w|w|w|w|w|w|     one step per window b owns, counted after every batch
     pass 2 of block b: |c|c|c|                one step per border chunk of b, counted per chunk
@@ -48,14 +49,16 @@ class StepCounts:
     blocks_total: int
     voxels_done: int
     voxels_total: int
+    pyramid_done: int = 0  # chunks of the coarser levels written (workers.pyramid)
+    pyramid_total: int = 0
 
     @property
     def done(self) -> int:
-        return self.windows_done + self.chunks_done
+        return self.windows_done + self.chunks_done + self.pyramid_done
 
     @property
     def total(self) -> int:
-        return self.windows_total + self.chunks_total
+        return self.windows_total + self.chunks_total + self.pyramid_total
 
 
 class BlockSteps:

@@ -104,4 +104,4 @@ def test_synth_writes_a_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str
         main(["synth", str(out), "--shape", "8", "32", "32", "--seed", "3", "--chunks", "8", "16", "16"]) == 0
     )
     assert capsys.readouterr().out.strip() == str(out)
-    assert zarr.open_array(str(out / "raw"), mode="r").shape == (8, 32, 32)
+    assert zarr.open_array(str(out / "raw" / "0"), mode="r").shape == (8, 32, 32)

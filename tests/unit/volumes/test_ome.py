@@ -1,5 +1,5 @@
 """OME-Zarr multiscales: 0.5 under ``ome`` on zarr v3, 0.4 at the top on zarr v2, for every writer;
-read back as the voxel size; other images' entries kept."""
+each image its own group; read back as the voxel size and translation; other images kept."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from tests.unit.volumes.stores import make_zarr
-from volumes.ome import dataset_scale, multiscale_entry, put_multiscale, read_voxel_size
+from volumes.ome import dataset_scale, image_levels, multiscale_entry, put_multiscale, read_voxel_size
 from volumes.open import open_volume
 from volumes.output import create_output, delete_dataset
 from volumes.synth import generate_em_volume, write_synth
@@ -54,21 +54,90 @@ def scale(entry: dict[str, Any]) -> list[float]:
 def test_create_output_writes_the_version_and_place_of_the_format(fmt: ZarrFormat, tmp_path: Path) -> None:
     root = tmp_path / "o.zarr"
     create_output(root, "seg/pred", fmt, SHAPE, "uint8", CHUNKS, (40, 4, 4))
-    (entry,) = stored_entries(root / "seg", fmt)
-    assert paths([entry]) == ["pred"] and scale(entry) == [1.0, 40.0, 4.0, 4.0]
+    (entry,) = stored_entries(root / "seg" / "pred", fmt)
+    assert paths([entry]) == ["0"] and scale(entry) == [1.0, 40.0, 4.0, 4.0]
     assert [a["name"] for a in entry["axes"]] == ["c", "z", "y", "x"]
-    assert open_volume(root, "seg/pred").voxel_size == (40.0, 4.0, 4.0)
+    volume = open_volume(root, "seg/pred")
+    assert volume.dataset == "seg/pred/0" and volume.voxel_size == (40.0, 4.0, 4.0)
+    assert "ome" not in group_attrs(root / "seg", fmt) and "multiscales" not in group_attrs(root / "seg", fmt)
 
 
 @pytest.mark.parametrize("fmt", ["zarr2", "zarr3"])
-def test_write_synth_writes_the_version_and_place_of_the_format(fmt: ZarrFormat, tmp_path: Path) -> None:
+def test_levels_and_translation_of_an_output(fmt: ZarrFormat, tmp_path: Path) -> None:
+    """Every level is listed with its scale, and a translation that puts its voxel centres at the
+    centre of the voxels it summarises, from the image's origin."""
+    root = tmp_path / "o.zarr"
+    levels = ((1, 1, 1), (1, 2, 2), (2, 4, 4))
+    create_output(
+        root, "pred", fmt, SHAPE, "float32", CHUNKS, (30, 8, 8), translation=(300, 80, 40), levels=levels
+    )
+    (entry,) = stored_entries(root / "pred", fmt)
+    assert paths([entry]) == ["0", "1", "2"]
+    transforms = [d["coordinateTransformations"] for d in entry["datasets"]]
+    assert [t[0]["scale"] for t in transforms] == [[1, 30, 8, 8], [1, 30, 16, 16], [1, 60, 32, 32]]
+    assert [t[1]["translation"] for t in transforms] == [[0, 300, 80, 40], [0, 300, 84, 44], [0, 315, 92, 52]]
+    assert open_volume(root, "pred/1").shape == (2, 4, 3, 4) and open_volume(root, "pred/2").shape == (
+        2,
+        2,
+        2,
+        2,
+    )
+    assert open_volume(root, "pred").translation == (300.0, 80.0, 40.0)
+    assert image_levels(root / "pred", fmt) == ["0", "1", "2"] and image_levels(root, fmt) == []
+    assert open_volume(root, "pred/2").voxel_size == (60.0, 32.0, 32.0)
+
+
+@pytest.mark.parametrize("fmt", ["zarr2", "zarr3"])
+def test_write_synth_writes_one_image_per_dataset(fmt: ZarrFormat, tmp_path: Path) -> None:
     synth = generate_em_volume((2, 16, 16), seed=0, voxel_size_nm=(30.0, 8.0, 8.0))
     write_synth(tmp_path / "s.zarr", synth, chunks=(2, 8, 8), format=fmt)
-    entries = stored_entries(tmp_path / "s.zarr", fmt)
-    assert paths(entries) == ["raw", "mito", "cells"]
-    assert all(scale(m) == [30.0, 8.0, 8.0] and len(m["axes"]) == 3 for m in entries)
+    assert "multiscales" not in group_attrs(tmp_path / "s.zarr", fmt)
+    assert "ome" not in group_attrs(tmp_path / "s.zarr", fmt)
     for name in ("raw", "mito", "cells"):
-        assert open_volume(tmp_path / "s.zarr", name).voxel_size == (30.0, 8.0, 8.0)
+        (entry,) = stored_entries(tmp_path / "s.zarr" / name, fmt)
+        assert paths([entry]) == ["0"] and scale(entry) == [30.0, 8.0, 8.0] and len(entry["axes"]) == 3
+        volume = open_volume(tmp_path / "s.zarr", name)
+        assert volume.dataset == f"{name}/0" and volume.voxel_size == (30.0, 8.0, 8.0)
+
+
+@pytest.mark.parametrize("fmt", ["zarr2", "zarr3"])
+def test_an_output_beside_other_images_leaves_the_container_alone(fmt: ZarrFormat, tmp_path: Path) -> None:
+    """A container whose root lists its own 0.4 images (as older tools write): an output added and
+    removed leaves its attributes byte for byte."""
+    root = tmp_path / "c.zarr"
+    make_zarr(root, "em", 3 if fmt == "zarr3" else 2)
+    legacy = [{"version": "0.4", **multiscale_entry("em", (30, 8, 8))}]
+    zarr.open_group(str(root), mode="r+").update_attributes({"multiscales": legacy, "note": 1})
+    before = group_attrs(root, fmt)
+    create_output(root, "pred", fmt, SHAPE, "float32", CHUNKS, (30, 8, 8))
+    assert group_attrs(root, fmt) == before
+    delete_dataset(root, "pred")
+    assert group_attrs(root, fmt) == before and not (root / "pred").exists()
+    assert open_volume(root, "em").voxel_size == (30.0, 8.0, 8.0)
+
+
+def test_translations_written_by_other_tools(tmp_path: Path) -> None:
+    """A dataset's translation in the multiscale's units, then the multiscale's own transforms."""
+    make_zarr(tmp_path / "c.zarr", "img/s0", 3)
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    own = [
+        {"type": "scale", "scale": [0.04, 0.008, 0.008]},
+        {"type": "translation", "translation": [1, 2, 3]},
+    ]
+    ms = {
+        "axes": axes,
+        "datasets": [{"path": "s0", "coordinateTransformations": own}],
+        "coordinateTransformations": [
+            {"type": "scale", "scale": [2, 1, 1]},
+            {"type": "translation", "translation": [0.5, 0, 0]},
+        ],
+    }
+    zarr.open_group(str(tmp_path / "c.zarr"), path="img").update_attributes(
+        {"ome": {"version": "0.5", "multiscales": [ms]}}
+    )
+    volume = open_volume(tmp_path / "c.zarr", "img")
+    assert volume.voxel_size == pytest.approx((80, 8, 8))
+    assert volume.translation == pytest.approx((2500, 2000, 3000))
 
 
 @pytest.mark.parametrize("fmt", ["zarr2", "zarr3"])
@@ -82,11 +151,12 @@ def test_other_images_entries_are_kept_when_one_is_added_or_removed(fmt: ZarrFor
         ome = group.attrs["ome"]
         assert isinstance(ome, dict)
         group.update_attributes({"ome": {**ome, "omero": {"channels": []}}})
+    before = group_attrs(root, fmt)
     create_output(root, "pred", fmt, SHAPE, "uint8", CHUNKS, (40, 4, 4))
-    assert paths(stored_entries(root, fmt)) == ["em/s0", "pred"]
+    assert group_attrs(root, fmt) == before  # the output is an image of its own: the root is left alone
     assert open_volume(root, "em/s0").voxel_size == (30.0, 8.0, 8.0)
     create_output(root, "pred", fmt, SHAPE, "uint8", CHUNKS, (20, 2, 2), overwrite=True)
-    assert paths(stored_entries(root, fmt)) == ["em/s0", "pred"]
+    assert group_attrs(root, fmt) == before
     assert open_volume(root, "pred").voxel_size == (20.0, 2.0, 2.0)
     delete_dataset(root, "pred")
     (kept,) = stored_entries(root, fmt)
@@ -99,8 +169,10 @@ def test_other_images_entries_are_kept_when_one_is_added_or_removed(fmt: ZarrFor
 
 
 def test_the_last_entry_removed_takes_the_ome_key_with_it(tmp_path: Path) -> None:
+    """An output array of the layout before images (its entry on the parent group) is deleted with it."""
     root = tmp_path / "o.zarr"
-    create_output(root, "pred", "zarr3", SHAPE, "uint8", CHUNKS, None)
+    make_zarr(root, "pred", 3)
+    put_multiscale(zarr.open_group(str(root), mode="r+"), "pred", multiscale_entry("pred", None))
     delete_dataset(root, "pred")
     assert "ome" not in group_attrs(root, "zarr3")
 
@@ -155,3 +227,22 @@ def test_unlisted_datasets_and_plain_folders_have_no_ome_voxel_size(tmp_path: Pa
 def test_an_unknown_voxel_size_is_scale_one_without_unit() -> None:
     entry = multiscale_entry("pred", None, channel_axis=True)
     assert scale(entry) == [1.0, 1.0, 1.0, 1.0] and all("unit" not in a for a in entry["axes"])
+
+
+def test_an_n5_output_is_a_group_of_scale_levels(tmp_path: Path) -> None:
+    """N5's convention: levels s0, s1, ... with downsamplingFactors (x, y, z, c), scales on the group."""
+    root = tmp_path / "o.n5"
+    create_output(root, "pred", "n5", SHAPE, "float32", CHUNKS, (30, 8, 8), levels=((1, 1, 1), (1, 2, 2)))
+    group = json.loads((root / "pred" / "attributes.json").read_text())
+    assert group["scales"] == [[1, 1, 1, 1], [2, 2, 1, 1]] and group["multiScale"] is True
+    level = json.loads((root / "pred" / "s1" / "attributes.json").read_text())
+    assert level["downsamplingFactors"] == [2, 2, 1, 1] and level["resolution"] == [16, 16, 30, 1]
+    assert image_levels(root / "pred", "n5") == ["s0", "s1"]
+    assert open_volume(root, "pred").dataset == "pred/s0" and open_volume(root, "pred/s1").shape == (
+        2,
+        4,
+        3,
+        4,
+    )
+    delete_dataset(root, "pred")
+    assert not (root / "pred").exists()

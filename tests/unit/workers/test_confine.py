@@ -52,7 +52,7 @@ def test_an_input_swapped_for_a_symlink_between_blocks_fails_the_run_unfinished(
 
     with pytest.raises(PathEscapeError, match=f"{raw} now resolves to"):
         run_serially(job, ModelInfo(1, 1, "sha"), predict=lambda b: b * 2.0, on_task=swap)
-    assert zarr.open_array(root / "out.zarr" / "pred").attrs["pytc"]["complete"] is False
+    assert zarr.open_array(root / "out.zarr" / "pred" / "0").attrs["pytc"]["complete"] is False
 
 
 @pytest.mark.parametrize("fmt", ["zarr3", "zarr2", "n5"])

@@ -461,3 +461,11 @@ def test_an_output_group_linked_into_the_input_is_the_input(root: Path) -> None:
     err = spec_error(doc, root)
     assert err.field == "output.dataset" and "overlaps the input" in err.reason
     assert str(root / "em.zarr" / "raw") in err.reason
+
+
+def test_output_pyramid_is_on_by_default_and_false_turns_it_off(doc: dict[str, Any], root: Path) -> None:
+    assert parse(doc, root).output.pyramid is True
+    flat = parse(changed(doc, "output", pyramid=False), root)
+    assert flat.output.pyramid is False and flat.layout_key("m") != parse(doc, root).layout_key("m")
+    error = spec_error(changed(doc, "output", pyramid="sometimes"), root)
+    assert error.field == "output.pyramid"

@@ -15,7 +15,7 @@ from service.kinds.inference import HEARTBEAT_S, REPORT_MIN_S, ReportPace, StepI
 from service.progress import format_progress
 from tests.helpers import make_job
 from workers.inference.job import WindowSpec
-from workers.inference.run import InferenceRun
+from workers.inference.run import InferenceRun, pyramid_serially
 from workers.inference.tasks import run_block
 
 INFO = ModelInfo(1, 1, "sha-of-the-test-model")
@@ -60,8 +60,9 @@ def test_a_retried_block_never_pushes_done_past_total(run: InferenceRun) -> None
         for event in events:  # late news
             inbox(event)
         assert not inbox.fold_into(run)
+    pyramid_serially(run)  # the stage after the blocks: its chunks are steps too
     final = run.counts()
-    assert final.done == final.total == steps.total
+    assert final.done == final.total == steps.total and final.pyramid_done == final.pyramid_total > 0
     assert final.windows_done == run.plan.grid.count
     assert final.chunks_done == sum(len(run.plan.border_chunks(b)) for b in run.plan.blocks())
 
@@ -81,7 +82,8 @@ def test_the_service_stores_steps_with_the_parts_and_the_line_shows_them(run: In
     counts = run.counts()
     record = run_progress(run).to_json()
     assert record["unit"] == "steps" and record["done"] == 0
-    assert record["total"] == counts.windows_total + counts.chunks_total
+    assert record["total"] == counts.windows_total + counts.chunks_total + counts.pyramid_total
+    assert record["parts"]["pyramid"] == [0, counts.pyramid_total] and counts.pyramid_total > 0
     assert record["windows_total"] == counts.windows_total and record["chunks_total"] == counts.chunks_total
     assert record["blocks_done"] == 0 and record["blocks_total"] == run.plan.n_blocks
     assert record["voxels_total"] == 16 * 24 * 24

@@ -12,6 +12,7 @@ import zarr
 
 from models.ref import ModelInfo
 from service.documents.inference import parse_inference
+from volumes.output import create_output
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.checks import check_input, check_model, open_input, output_state, roi_shape
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
@@ -162,15 +163,28 @@ def test_softmax_on_one_channel_warns(root: Path, caplog: pytest.LogCaptureFixtu
 def write_output(
     job: InferenceJob, layout_key: str | None, spatial: tuple[int, int, int] = (8, 16, 16)
 ) -> None:
-    group = zarr.open_group(job.output.path, mode="a")
-    array = group.create_array(job.output.dataset, shape=(1, *spatial), dtype="float32", chunks=(1, 4, 8, 8))
-    array[...] = 0.25
-    if layout_key is not None:
-        array.attrs[OUTPUT_ATTRS_KEY] = {"layout_key": layout_key, "complete": False}
+    """An output image (level 0 at ``<dataset>/0``) of this layout key."""
+    attrs = {OUTPUT_ATTRS_KEY: {"layout_key": layout_key, "complete": False}} if layout_key else {}
+    create_output(
+        job.output.path, job.output.dataset, "zarr3", (1, *spatial), "float32", (4, 8, 8), attrs=attrs
+    )
+    zarr.open_array(f"{job.output.path}/{job.output.dataset}/0", mode="r+")[...] = 0.25
 
 
 def output_values(job: InferenceJob) -> np.ndarray:
-    return np.asarray(zarr.open_array(f"{job.output.path}/{job.output.dataset}", mode="r")[...])
+    return np.asarray(zarr.open_array(f"{job.output.path}/{job.output.dataset}/0", mode="r")[...])
+
+
+def test_an_output_of_the_old_layout_is_not_resumed(root: Path) -> None:
+    """An array where the image should be (written before outputs had levels) is never resumed into:
+    its job's key is the same, but its layout is not."""
+    job = job_for(root)
+    group = zarr.open_group(job.output.path, mode="a")
+    array = group.create_array(job.output.dataset, shape=(1, 8, 16, 16), dtype="float32", chunks=(1, 4, 8, 8))
+    array.attrs[OUTPUT_ATTRS_KEY] = {"layout_key": job.layout_key(SHA), "complete": False}
+    with pytest.raises(OutputExistsError):
+        check_output(job, SHA)
+    assert check_output(job_for(root, output={"overwrite": True}), SHA) == "absent"
 
 
 def test_absent_output(root: Path) -> None:

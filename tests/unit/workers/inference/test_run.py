@@ -19,7 +19,7 @@ from volumes.box import Box
 from volumes.open import open_volume
 from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
-from workers.inference.run import InferenceRun, run_serially
+from workers.inference.run import InferenceRun, pyramid_serially, run_serially
 from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.steps import StepCounts
 from workers.inference.tasks import run_block
@@ -113,6 +113,7 @@ def test_the_run_pumps_tasks_in_a_safe_order(job: InferenceJob) -> None:
             pass1_done.add(task.block)
     assert run.finished_all() and run.blocks_done == plan.n_blocks
     assert len(pass2) == len(set(pass2))
+    pyramid_serially(run)
     run.complete()
 
 
