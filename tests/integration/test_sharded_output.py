@@ -21,14 +21,14 @@ def test_sharded_output_equals_the_unsharded_run(root: Path, capsys: pytest.Capt
         **{"output.path": "sharded.zarr", "output.shards": [4, 32, 32], "compute.block_shape": [4, 32, 32]}
     )
     assert run(root, sharded)[0] == 0
-    array = zarr.open_array(root / "sharded.zarr" / "pred")
+    array = zarr.open_array(root / "sharded.zarr" / "pred" / "0")
     assert array.shards == (2, 4, 32, 32) and array.chunks == (2, 4, 16, 16)
     np.testing.assert_array_equal(read_output(root / "sharded.zarr"), read_output(root / "out.zarr"))
     stored = ts.open(
-        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(root / "sharded.zarr" / "pred")}}
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(root / "sharded.zarr" / "pred" / "0")}}
     ).result()
     np.testing.assert_array_equal(stored.read().result(), read_output(root / "out.zarr"))
-    shard_files = [p for p in (root / "sharded.zarr" / "pred" / "c").rglob("*") if p.is_file()]
+    shard_files = [p for p in (root / "sharded.zarr" / "pred" / "0" / "c").rglob("*") if p.is_file()]
     assert len(shard_files) == 4 * 2 * 2  # (14/4 -> 4) x (40/32 -> 2) x (44/32 -> 2), one object per shard
 
 
