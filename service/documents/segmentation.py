@@ -28,12 +28,14 @@ from service.documents.sections import (
     triple,
     validate,
 )
-from volumes.labels.decoders import Decoder
+from volumes.labels.decoders import WATERSHED, Decoder
 from workers.errors import SpecError
 from workers.limits import DEFAULT_LIMITS, Limits, check_chunk_bytes
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 
 Threshold = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+SignedThreshold = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]  # bcd's distance
+NonNegTriple = Annotated[list[NonNegInt], Field(min_length=3, max_length=3)]
 ScaleTriple = Annotated[
     list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)
 ]
@@ -46,7 +48,7 @@ DecoderNameField = Literal[
     "bcd_watershed",
     "affinity_agglomerate",
 ]
-NOT_YET = ("binary_watershed", "bc_watershed", "bcd_watershed", "affinity_agglomerate")
+NOT_YET = ("affinity_agglomerate",)
 SMALL_MODES_NOT_YET = ("neighbor", "background_2d", "neighbor_2d")
 AXES = ("z", "y", "x")
 
@@ -74,7 +76,46 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "remove_small_mode": "background",
         "connectivity": 6,
     },
+    "binary_watershed": {
+        "thres1": 0.98,
+        "thres2": 0.85,
+        "thres_small": 128,
+        "scale_factors": [1.0, 1.0, 1.0],
+        "remove_small_mode": "background",
+        "seed_thres": 32,
+        "connectivity": 26,
+    },
+    "bc_watershed": {
+        "thres1": 0.9,
+        "thres2": 0.8,
+        "thres3": 0.85,
+        "thres_small": 128,
+        "scale_factors": [1.0, 1.0, 1.0],
+        "remove_small_mode": "background",
+        "seed_thres": 32,
+        "connectivity": 26,
+    },
+    "bcd_watershed": {
+        "thres1": 0.9,
+        "thres2": 0.8,
+        "thres3": 0.85,
+        "thres4": 0.5,
+        "thres5": 0.0,
+        "thres_small": 128,
+        "scale_factors": [1.0, 1.0, 1.0],
+        "remove_small_mode": "background",
+        "seed_thres": 32,
+        "connectivity": 26,
+    },
 }
+THRESHOLDS = {
+    "bc_connected": ("thres1", "thres2"),
+    "binary_watershed": ("thres1", "thres2"),
+    "bc_watershed": ("thres1", "thres2", "thres3"),
+    "bcd_watershed": ("thres1", "thres2", "thres3", "thres4", "thres5"),
+}
+# How far past its block the blockwise watershed reads and floods, unless compute.halo says.
+WATERSHED_HALO = (8, 32, 32)
 
 
 class SegInputSection(Section):
@@ -88,13 +129,21 @@ class DecoderSection(Section):
     """The decoder and PyTC's parameters for it (its defaults where left out): `binary_connected`
     (thres, thres_small, scale_factors, remove_small_mode, connectivity), `bc_connected` (thres1,
     thres2, thres_small, scale_factors, dilation_struct, remove_small_mode, connectivity),
-    `affinity_connected` (thres, thres_small, remove_small_mode; 6-connected by construction).
-    Thresholds compare as PyTC does: `> int(255 * t)` on uint8 maps, `> t` on float ones."""
+    `affinity_connected` (thres, thres_small, remove_small_mode; 6-connected by construction),
+    `binary_watershed` (thres1 seeds, thres2 foreground), `bc_watershed` (thres1, thres2 contour of
+    seeds, thres3 foreground), `bcd_watershed` (thres1..thres3, thres4 and thres5 on the signed
+    distance in [-1, 1]), each with thres_small, scale_factors, remove_small_mode, seed_thres and
+    connectivity (of the seeds). Thresholds compare as PyTC does: `> int(255 * t)` on uint8 maps,
+    `> t` on float ones."""
 
     name: DecoderNameField
     thres: Threshold | None = None
     thres1: Threshold | None = None
     thres2: Threshold | None = None
+    thres3: Threshold | None = None
+    thres4: SignedThreshold | None = None
+    thres5: SignedThreshold | None = None
+    seed_thres: NonNegInt | None = None
     thres_small: NonNegInt | None = None
     remove_small_mode: Literal["background", "none", "neighbor", "background_2d", "neighbor_2d"] | None = None
     connectivity: Literal[6, 18, 26] | None = None
@@ -116,9 +165,11 @@ class SegOutputSection(Section):
 
 
 class SegComputeSection(Section):
-    """How the work is cut: the block each task decodes (a multiple of the output's chunks)."""
+    """How the work is cut: the block each task decodes (a multiple of the output's chunks); for the
+    watershed decoders, `halo`: how far past its block a task reads and floods (z, y, x)."""
 
     block_shape: PosTriple | None = None
+    halo: NonNegTriple | None = None
 
 
 class SegmentationDocument(Section):
@@ -138,7 +189,7 @@ def parse_segmentation(
     roots = local_roots(resolved_roots(data_roots))  # segmentation reads and writes local stores only
     document = require_kind(doc, "segmentation")
     parsed = validate(SegmentationDocument, document)
-    decoder = decoder_of(parsed.decoder)
+    decoder = decoder_of(parsed.decoder, parsed.compute.halo if parsed.compute else None)
     in_path, in_dataset = located(parsed.input.path, parsed.input.dataset, roots, "input")
     out = parsed.output
     out_path, out_dataset = located(out.path, out.dataset, roots, "output")
@@ -173,13 +224,15 @@ def parse_segmentation(
 # What a block task holds per voxel at its peak: the prediction read as float32 at worst (4 bytes a
 # channel), the mask, labels (uint32) and their remapped copy (uint64), a few index arrays.
 BYTES_PER_VOXEL = 32
+# The watershed's own copies: the energy (float64), its markers and output (int64, padded), the mask.
+WATERSHED_BYTES = 48
 
 
 def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) -> None:
     """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
     grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
     voxels = grown[0] * grown[1] * grown[2]
-    need = voxels * (4 * decoder.channels + BYTES_PER_VOXEL)
+    need = voxels * (4 * decoder.channels + BYTES_PER_VOXEL + (WATERSHED_BYTES if decoder.watershed else 0))
     field = "compute.block_shape"
     if voxels >= 2**31:
         raise SpecError(field, f"a block of {voxels} voxels; at most 2**31 - 1")
@@ -190,7 +243,7 @@ def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) 
         )
 
 
-def decoder_of(section: DecoderSection) -> Decoder:
+def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> Decoder:
     """The decoder with PyTC's defaults; parameters of other decoders and what is not decoded yet
     are refused, naming ``decoder.<parameter>``."""
     name = section.name
@@ -223,7 +276,9 @@ def decoder_of(section: DecoderSection) -> Decoder:
             raise SpecError(
                 "decoder.dilation_struct", f"odd sizes only (a centred box), got {list(dilation)}"
             )
-    thresholds = (p["thres1"], p["thres2"]) if name == "bc_connected" else (p["thres"],)
+    if halo is not None and name not in WATERSHED:
+        raise SpecError("compute.halo", f"only the watershed decoders take a halo, not {name}")
+    thresholds = tuple(p[k] for k in THRESHOLDS.get(name, ("thres",)))
     return Decoder(
         name,  # type: ignore[arg-type]  # the names not decoded yet are refused above
         tuple(float(t) for t in thresholds),
@@ -231,4 +286,6 @@ def decoder_of(section: DecoderSection) -> Decoder:
         p["remove_small_mode"],
         p["connectivity"],
         dilation,
+        int(p.get("seed_thres", 32)),
+        triple(halo) if halo is not None else WATERSHED_HALO if name in WATERSHED else (0, 0, 0),
     )

@@ -8,6 +8,9 @@ The steps, each a function of what the step before left (the block tasks in
     merge  (once)         pieces -> objects, PyTC's numbers (:mod:`volumes.labels.merge`)
     dilate (each block)   bc_connected only: the numbered labels of the block and a halo, dilated;
                           the statistics of its part of each object
+    grow   (each block)   the watershed decoders instead: the numbered seeds (whole seeds under
+                          ``seed_thres`` dropped) of the block and a halo flooded over the
+                          prediction there, the block's interior kept; its part of each object
     merge  (once)         sizes of whole objects -> the size filter and the written numbers
     write  (each block)   the written numbers
 
@@ -27,6 +30,7 @@ from volumes.box import Box
 from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces
 from volumes.labels.decoders import Decoder, dilate
 from volumes.labels.merge import Objects, aggregate, final_ids, join, number
+from volumes.labels.watershed import grow, kept_seeds
 
 Index = tuple[int, ...]
 
@@ -141,7 +145,7 @@ def _cat(parts: list[np.ndarray], name: str) -> np.ndarray:
 
 
 def halo_box(decoder: Decoder, grid: Grid, index: Index) -> Box:
-    """The block grown by the dilation's reach, cut to the volume."""
+    """The block grown by the dilation's reach (the watershed's margin), cut to the volume."""
     box = grid.box(index)
     begin = [max(0, o - h) for o, h in zip(box.offset, decoder.halo, strict=True)]
     end = [min(s, e + h) for s, e, h in zip(grid.shape, box.end, decoder.halo, strict=True)]
@@ -159,6 +163,24 @@ def dilate_step(
         slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
     )
     core = np.ascontiguousarray(dilate(numbered, decoder.dilation)[inner])
+    return core, block_parts(grid, box, core)
+
+
+def grow_step(
+    decoder: Decoder, grid: Grid, index: Index, seeds: np.ndarray, pred: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The block's watershed labels: the numbered ``seeds`` over :func:`halo_box` flooded over
+    ``pred`` (C, halo box), the block's interior kept; and its part of each object."""
+    box, grown = grid.box(index), halo_box(decoder, grid, index)
+    inner = tuple(
+        slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
+    )
+    core = np.ascontiguousarray(grow(decoder, pred, seeds)[inner]).astype(np.uint64)
+    return core, block_parts(grid, box, core)
+
+
+def block_parts(grid: Grid, box: Box, core: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The statistics of a block's part of each object: (ids, count, first, lo, hi, sums)."""
     ids, compact = np.unique(core, return_inverse=True)
     compact = compact.reshape(core.shape).astype(np.uint32)
     if ids.size and ids[0] == 0:
@@ -166,7 +188,7 @@ def dilate_step(
     else:
         compact += 1  # no background here: ids[0] is object 1 of compact
     part = pieces(compact, box.offset, grid.shape, raster=False)
-    return core, (ids.astype(np.int64), part.count, part.first, part.lo, part.hi, part.sums)
+    return (ids.astype(np.int64), part.count, part.first, part.lo, part.hi, part.sums)
 
 
 def objects_from_parts(k: int, parts: list[tuple[np.ndarray, ...]]) -> Objects:
@@ -193,7 +215,17 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
     for index in grid.indices():
         out[grid.box(index).slices()] = numbered.lut[index][done[index].labels]
     objects = numbered.objects
-    if decoder.dilation is not None:
+    if decoder.watershed:
+        seeds, out, parts = kept_seeds(decoder, objects.count).astype(np.uint64)[out], np.zeros_like(out), []
+        for index in grid.indices():
+            grown = halo_box(decoder, grid, index)
+            core, part = grow_step(
+                decoder, grid, index, seeds[grown.slices()], pred[(slice(None), *grown.slices())]
+            )
+            out[grid.box(index).slices()] = core
+            parts.append(part)
+        objects = objects_from_parts(objects.n, parts)
+    elif decoder.dilation is not None:
         ranked, out, parts = out, np.zeros(grid.shape, dtype=np.uint64), []
         for index in grid.indices():
             core, part = dilate_step(decoder, grid, index, ranked[halo_box(decoder, grid, index).slices()])

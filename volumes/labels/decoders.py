@@ -28,18 +28,36 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-DecoderName = Literal["binary_connected", "bc_connected", "affinity_connected"]
+DecoderName = Literal[
+    "binary_connected",
+    "bc_connected",
+    "affinity_connected",
+    "binary_watershed",
+    "bc_watershed",
+    "bcd_watershed",
+]
 RemoveSmallMode = Literal["background", "none"]
 Connectivity = Literal[6, 18, 26]
-CHANNELS: dict[str, int] = {"binary_connected": 1, "bc_connected": 2, "affinity_connected": 3}
+CHANNELS: dict[str, int] = {
+    "binary_connected": 1,
+    "bc_connected": 2,
+    "affinity_connected": 3,
+    "binary_watershed": 1,
+    "bc_watershed": 2,
+    "bcd_watershed": 3,
+}
+WATERSHED = ("binary_watershed", "bc_watershed", "bcd_watershed")
 
 
 @dataclass(frozen=True)
 class Decoder:
     """One decoder with its parameters (PyTC's names; see the module docstring).
 
-    ``thresholds``: ``(thres,)`` for binary and affinity, ``(thres1, thres2)`` for bc.
-    ``dilation``: bc_connected's ``dilation_struct`` (odd sizes), None for the others."""
+    ``thresholds``: ``(thres,)`` for binary and affinity, ``(thres1, thres2)`` for bc, ``(thres1,
+    ...)`` for the watershed decoders (2, 3 and 5 of them, see :mod:`volumes.labels.watershed`).
+    ``dilation``: bc_connected's ``dilation_struct`` (odd sizes), None for the others.
+    ``seed_thres``: the watershed decoders' size filter on whole seeds; ``margin``: how far past a
+    block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others."""
 
     name: DecoderName
     thresholds: tuple[float, ...]
@@ -47,14 +65,22 @@ class Decoder:
     remove_small_mode: RemoveSmallMode = "background"
     connectivity: Connectivity = 26
     dilation: tuple[int, int, int] | None = None
+    seed_thres: int = 32
+    margin: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def channels(self) -> int:
         return CHANNELS[self.name]
 
     @property
+    def watershed(self) -> bool:
+        return self.name in WATERSHED
+
+    @property
     def halo(self) -> tuple[int, int, int]:
-        """How far the dilation reaches on each side (0 without one)."""
+        """How far the dilation reaches on each side (0 without one), or the watershed's margin."""
+        if self.watershed:
+            return self.margin
         if self.dilation is None:
             return (0, 0, 0)
         z, y, x = (s // 2 for s in self.dilation)
@@ -77,7 +103,12 @@ def below(values: np.ndarray, t: float) -> np.ndarray:
 
 
 def foreground(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
-    """The binary or bc foreground of ``pred`` (C, Z, Y, X), boolean (Z, Y, X)."""
+    """The binary or bc foreground of ``pred`` (C, Z, Y, X), boolean (Z, Y, X); for the watershed
+    decoders, their seed map (the mask whose connected components are the seeds)."""
+    if decoder.watershed:
+        from volumes.labels.watershed import seed_map
+
+        return seed_map(decoder, pred)
     if decoder.name == "binary_connected":
         return above(pred[0], decoder.thresholds[0])
     mask = above(pred[0], decoder.thresholds[0])

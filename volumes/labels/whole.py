@@ -13,6 +13,10 @@ from volumes.labels.decoders import Decoder, dilate, foreground
 def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
     """The whole volume decoded at once, PyTC's numbering (gaps where small objects were removed),
     uint64. What the blockwise run must equal; the benchmark's in-memory reference."""
+    if decoder.watershed:
+        from volumes.labels.watershed import decode_watershed
+
+        return decode_watershed(pred, decoder)
     if decoder.name == "affinity_connected":
         whole = (True, True, True)
         labels, _ = affinity_labels(pred, decoder, pred.shape[1:], whole, whole)

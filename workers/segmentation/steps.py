@@ -9,7 +9,9 @@ any moment resumes from the markers: a step is redone unless its marker is on di
     labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces)
     links/<b>.npz                                           link step
     luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
-    ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels
+    ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
+                                                            watershed decoders: numbered seeds and
+                                                            the grown labels (same files)
 
 The labels array itself is created by the last merge (its dtype, uint32 or uint64, is known then);
 the write step fills a block's chunks, the block being a multiple of the chunks.
@@ -32,6 +34,7 @@ from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
     dilate_step,
+    grow_step,
     halo_box,
     label_step,
     link_step,
@@ -41,6 +44,7 @@ from volumes.labels.blockwise import (
 )
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.labels.output import create_labels, describe
+from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
@@ -72,7 +76,9 @@ class Plan:
 
     @property
     def dilates(self) -> bool:
-        return self.job.decoder.dilation is not None
+        """A second stage over numbered labels with a halo: bc_connected's dilation, or the
+        watershed decoders' growth from their seeds."""
+        return self.job.decoder.dilation is not None or self.job.decoder.watershed
 
     @property
     def run_dir(self) -> SegRunDir:
@@ -147,8 +153,11 @@ def _number(plan: Plan, index: Index) -> None:
     k = numbered.objects.n
     if plan.dilates:
         _mkdir(plan, "luts")
+        kept = np.arange(k + 1)
+        if plan.job.decoder.watershed:  # whole seeds under seed_thres are no seeds
+            kept = kept_seeds(plan.job.decoder, numbered.objects.count)
         for i in blocks:
-            np.save(plan.file("luts", i, ".npy"), numbered.lut[i])
+            np.save(plan.file("luts", i, ".npy"), kept[numbered.lut[i]])
         for name in ("ranked", "dilated"):
             zarr.create_array(
                 str(plan.run_dir.root / f"{name}.zarr"),
@@ -221,8 +230,14 @@ def _rank(plan: Plan, index: Index) -> None:
 def _dilate(plan: Plan, index: Index) -> None:
     decoder, grid = plan.job.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
-    numbered = np.asarray(ranked[halo_box(decoder, grid, index).slices()])
-    core, part = dilate_step(decoder, grid, index, numbered)
+    grown = halo_box(decoder, grid, index)
+    numbered = np.asarray(ranked[grown.slices()])
+    if decoder.watershed:
+        source = open_volume(plan.job.input.path, plan.job.input.dataset)
+        pred = source.read(Box((0, *grown.offset), (decoder.channels, *grown.shape)))
+        core, part = grow_step(decoder, grid, index, numbered, pred)
+    else:
+        core, part = dilate_step(decoder, grid, index, numbered)
     dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
     dilated[grid.box(index).slices()] = core
     names = ("ids", "count", "first", "lo", "hi", "sums")

@@ -40,7 +40,9 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
     [
         ({"thres": 1.5}, "decoder.thres", ""),
         ({"thres1": 0.5}, "decoder.thres1", "not a parameter of binary_connected"),
-        ({"name": "bcd_watershed"}, "decoder.name", "not available yet"),
+        ({"name": "bcd_watershed", "thres": 0.5}, "decoder.thres", "not a parameter of bcd_watershed"),
+        ({"name": "binary_watershed", "thres3": 0.5}, "decoder.thres3", "not a parameter"),
+        ({"name": "bcd_watershed", "thres5": -1.5}, "decoder.thres5", ""),
         ({"name": "affinity_agglomerate"}, "decoder.name", "not available yet"),
         ({"name": "nope"}, "decoder.name", ""),
         ({"remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "not available yet"),
@@ -77,3 +79,13 @@ def test_block_and_paths_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         parse_segmentation(same, [tmp_path])
     assert caught.value.field == "output.dataset"
+
+
+def test_watershed_decoders_take_pytcs_defaults_and_a_halo(tmp_path: Path) -> None:
+    ws = parse_segmentation(doc(name="bc_watershed", thres3=0.5), [tmp_path]).decoder
+    assert (ws.thresholds, ws.seed_thres, ws.margin, ws.channels) == ((0.9, 0.8, 0.5), 32, (8, 32, 32), 2)
+    halo = {**doc(name="binary_watershed"), "compute": {"halo": [2, 3, 4]}}
+    assert parse_segmentation(halo, [tmp_path]).decoder.margin == (2, 3, 4)
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation({**doc(), "compute": {"halo": [2, 3, 4]}}, [tmp_path])
+    assert caught.value.field == "compute.halo"
