@@ -92,7 +92,7 @@ def build_geometry(
     roi = roi_of(job, input_shape)
     w = job.window
     grid = WindowGrid.over_roi(roi.shape, w.patch_size, w.stride, w.pad_size)
-    plan = plan_blocks(roi.shape, job.output.chunks, job.compute.block_shape, grid)
+    plan = plan_blocks(roi.shape, job.output.write_unit, job.compute.block_shape, grid)
     kept = None
     if job.input.mask is not None:
         if source is None:

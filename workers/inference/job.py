@@ -84,6 +84,14 @@ class OutputSpec:
     # affinities) move and shift channels under flips and transposes; () = nothing special
     targets: tuple[str, ...] = ()
     pyramid: bool = True  # the image's coarser levels, filled after level 0 (workers.pyramid)
+    # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
+    # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
+    shards: tuple[int, int, int] | None = None
+
+    @property
+    def write_unit(self) -> tuple[int, int, int]:
+        """What one writer owns whole: the shard when sharded, else the chunk."""
+        return self.shards or self.chunks
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,9 @@ class InferenceJob:
                 k: v
                 for k, v in asdict(self.output).items()
                 if k != "overwrite"
-                and not (k in ("targets", "pyramid") and v in ((), True))  # keys of older jobs stay
+                and not (
+                    k in ("targets", "pyramid", "shards") and v in ((), True, None)
+                )  # keys of older jobs stay
             },
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,

@@ -359,6 +359,7 @@ def _create(
         overwrite=job.output.overwrite,
         translation=output_translation(job, source),
         levels=levels,
+        shards=job.output.shards,
     )
 
 
