@@ -23,6 +23,10 @@ def _split(value: Any, separator: str) -> Any:
     return value
 
 
+def _cwd() -> list[Path | str]:
+    return [Path.cwd()]
+
+
 class LimitSettings(BaseSettings):
     """The admission bounds (:mod:`workers.limits`), read by ``pytc-serve`` and ``pytc run`` alike:
     what a job may ask of a worker, checked before anything is allocated."""
@@ -55,7 +59,8 @@ class Settings(LimitSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYTC_", extra="ignore", frozen=True)
 
-    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path.cwd()], min_length=1)
+    # Local folders and s3://bucket/prefix URLs (kept as text: a Path would fold the URL's //).
+    data_roots: Annotated[list[Path | str], NoDecode] = Field(default_factory=_cwd, min_length=1)
     state_dir: Path = Path(".pytc")
     scheduler: str | None = None
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -95,7 +100,11 @@ class Settings(LimitSettings):
     @field_validator("data_roots", mode="before")
     @classmethod
     def _colon_separated(cls, value: Any) -> Any:
-        return _split(value, ":")
+        from service.documents.sections import split_roots
+
+        if not isinstance(value, str):
+            return value
+        return [root if root.startswith("s3://") else Path(root.strip()) for root in split_roots(value)]
 
     @field_validator("job_kinds", "cors_origins", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 zarr v3 has ``zarr.json`` (``node_type`` array or group), zarr v2 ``.zarray`` or ``.zgroup``, N5 an
 ``attributes.json`` holding array metadata (``dimensions``, ``dataType``) or a group's ``n5`` version.
+A neuroglancer precomputed volume is a folder with an ``info`` file listing its ``scales``.
 HDF5 files and TileDataset JSON are files, not directories; :mod:`volumes.open` tells those apart.
 """
 
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from volumes.backends.precomputed import is_precomputed
 from volumes.files import read_json_object
 from volumes.volume import Format
 
@@ -23,6 +25,15 @@ def clean_dataset(dataset: str | None) -> str | None:
     """``dataset`` without surrounding slashes; None for the container itself."""
     name = (dataset or "").strip("/")
     return name or None
+
+
+def is_precomputed_folder(directory: Path) -> bool:
+    """Whether ``directory`` is a neuroglancer precomputed volume (its ``info`` file lists scales)."""
+    return (
+        directory.is_dir()
+        and (directory / "info").is_file()
+        and is_precomputed(read_json_object(directory / "info"))
+    )
 
 
 def node_kind(directory: Path) -> NodeKind | None:

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
+from volumes.backends.precomputed import PrecomputedVolume
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
-from volumes.detect import clean_dataset, list_datasets, node_kind
+from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeFormatError, VolumeNotFoundError
 from volumes.ome import image_level0
+from volumes.remote import url_image_level0, url_node_kind
+from volumes.urls import is_url, join_url, normalise_url, url_exists
 from volumes.volume import Format, Mode, Volume
 
 # The backends of the stores that are directories, by the format their metadata files name.
@@ -40,8 +43,11 @@ def open_volume(
     ``tile_ratio``) is nearest-neighbour, never interpolated.
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
-    VolumeFormatError for a store that is neither zarr v2/v3, N5, HDF5 nor a TileDataset ``.json``.
+    VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
+    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
     """
+    if is_url(path):  # an object store: s3://bucket/key
+        return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
@@ -49,6 +55,8 @@ def open_volume(
         return open_tiles(root, name, mode, labels=labels)
     if root.is_file():
         return open_hdf5(root, name, mode)
+    if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata
+        return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
     image = (kind is None or kind[1] == "group") and node.is_dir()
@@ -60,6 +68,27 @@ def open_volume(
     datasets = list_datasets(root)
     if node_kind(root) is None and not datasets:
         raise VolumeFormatError(
-            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json there"
+            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup, N5 attributes.json or "
+            "precomputed info there"
         )
     raise VolumeNotFoundError(f"no dataset {name!r} in {root}; datasets there: {datasets}")
+
+
+def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
+    """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
+    root = normalise_url(url)
+    kind = url_node_kind(join_url(root, dataset))
+    if kind is not None and kind[1] == "group" and kind[0] != "n5":  # an image: its full resolution
+        level = url_image_level0(join_url(root, dataset), kind[0])
+        if level is not None:
+            dataset = f"{dataset}/{level}" if dataset else level
+            kind = url_node_kind(join_url(root, dataset))
+    if kind is not None and kind[1] == "array" and kind[0] in _DIRECTORY_BACKENDS:
+        return _DIRECTORY_BACKENDS[kind[0]](root, dataset, mode)
+    if not url_exists(root):
+        raise VolumeNotFoundError(f"no volume at {root}: nothing is stored there")
+    if kind is None and url_node_kind(root) is None:
+        raise VolumeFormatError(
+            f"{root} is not a volume store: no zarr.json, .zarray/.zgroup or N5 attributes.json"
+        )
+    raise VolumeNotFoundError(f"no dataset {dataset!r} in {root}")

@@ -50,6 +50,8 @@ from volumes.files import read_json_object, write_json_atomic
 from volumes.ome import image_entry, image_level0, put_image, put_multiscale
 from volumes.open import open_volume
 from volumes.pyramid import Factors, level_shape
+from volumes.remote import check_url_output
+from volumes.urls import is_url, normalise_url, zarr_store
 from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
@@ -75,6 +77,7 @@ def create_output(
     *,
     translation: Sequence[float] | None = None,
     levels: Sequence[Factors] = ((1, 1, 1),),
+    shards: Sequence[int] | None = None,
     label: bool = False,
 ) -> Volume:
     """Create the image ``dataset`` in the container at ``path`` and open its level 0 for writing.
@@ -85,7 +88,8 @@ def create_output(
     level (:func:`volumes.pyramid.pyramid_factors`), ``translation`` where voxel 0 lies (nm, z y x).
     The container may already hold other datasets, which are kept. An existing ``dataset`` raises
     VolumeExistsError (and is left untouched) unless ``overwrite``, which deletes it, and only it,
-    first. ``attrs`` go on level 0.
+    first. ``attrs`` go on level 0. ``shards`` (zarr v3, spatial, each a multiple of ``chunks``)
+    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL (zarr only).
     """
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
@@ -93,19 +97,26 @@ def create_output(
     _check_geometry(shape, chunks, voxel_size, label)
     if not levels or tuple(levels[0]) != (1, 1, 1):
         raise VolumeFormatError(f"an output's levels start at full resolution (1, 1, 1), got {levels}")
+    shard = _shard_shape(format, shape, chunks, shards)
+    image = _Image(
+        name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard,
+        label,
+    )  # fmt: skip
+    if is_url(path):  # an object store: zarr through FsspecStore (volumes.remote)
+        url = normalise_url(str(path))
+        check_url_output(url, name, format, overwrite)
+        _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
+        return open_volume(url, name, mode="r+")
     _check_container(root, format)
     if (root / name).exists():
         if not overwrite:
             raise VolumeExistsError(f"output {root} dataset {name!r} exists; set overwrite to replace it")
         logger.info("overwriting output %s dataset %r", root, name)
         delete_dataset(root, name)
-    image = _Image(
-        name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), label
-    )
     if format == "n5":
         _create_n5(root, image, dict(attrs or {}))
     else:
-        _create_zarr(root, format, image, dict(attrs or {}))
+        _create_zarr(str(root), format, image, dict(attrs or {}))
     return open_volume(root, name, mode="r+")
 
 
@@ -149,6 +160,21 @@ def _check_geometry(
         raise VolumeFormatError(f"voxel size must be (z, y, x), positive, got {tuple(voxel_size)}")
 
 
+def _shard_shape(
+    format: OutputFormat, shape: Sequence[int], chunks: Sequence[int], shards: Sequence[int] | None
+) -> tuple[int, ...] | None:
+    """The stored (c, z, y, x) shard for spatial ``shards``, checked; None when unsharded."""
+    if shards is None:
+        return None
+    if format != "zarr3":
+        raise VolumeFormatError(f"shards are a zarr v3 feature; {format} output cannot be sharded")
+    if len(shards) != 3 or any(int(s) < 1 or int(s) % int(c) for s, c in zip(shards, chunks, strict=False)):
+        raise VolumeFormatError(
+            f"shards {list(shards)} must be 3 positive multiples of chunks {list(chunks)}"
+        )
+    return (*(int(c) for c in shape[:-3]), *(int(s) for s in shards))
+
+
 def _check_container(root: Path, format: OutputFormat) -> None:
     """``root`` must be absent, an empty directory (hidden entries aside: a job's run folder
     ``.pytc-run`` may be made first), or a group of ``format``."""
@@ -175,6 +201,7 @@ class _Image:
     voxel_size: Sequence[float] | None
     translation: Sequence[float] | None
     levels: tuple[Factors, ...]
+    shards: tuple[int, ...] | None = None  # level 0's stored shard, (c, z, y, x)
     label: bool = False  # (z, y, x) labels, marked image-label; else (c, z, y, x)
 
     @property
@@ -188,9 +215,10 @@ class _Image:
         return shape, (*lead, *(min(c, s) for c, s in zip(self.chunks, shape[-3:], strict=True)))
 
 
-def _create_zarr(root: Path, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:
-    """The image group (with intermediate groups), its levels and its multiscales."""
-    container = zarr.open_group(str(root), mode="a", zarr_format=3 if format == "zarr3" else 2)
+def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:
+    """The image group (with intermediate groups), its levels and its multiscales; ``location`` is
+    the container's path or a zarr store."""
+    container = zarr.open_group(location, mode="a", zarr_format=3 if format == "zarr3" else 2)
     group = container.create_group(image.name)
     for index in range(len(image.levels)):
         shape, chunks = image.level(index)
@@ -198,8 +226,14 @@ def _create_zarr(root: Path, format: OutputFormat, image: _Image, attrs: dict[st
         common: dict[str, Any] = {"shape": shape, "dtype": image.dtype, "chunks": chunks, "fill_value": 0}
         if format == "zarr3":
             zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
+            shards = image.shards if index == 0 else None
             group.create_array(
-                str(index), **common, compressors=zstd, dimension_names=image.axes, attributes=extra
+                str(index),
+                **common,
+                shards=shards,
+                compressors=zstd,
+                dimension_names=image.axes,
+                attributes=extra,
             )
         else:
             dims = {**extra, "_ARRAY_DIMENSIONS": list(image.axes)}

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from volumes.box import Box
+from volumes.urls import is_url, join_url, normalise_url, url_under
 from volumes.volume import Volume
 from workers.errors import PathEscapeError
 
@@ -28,7 +29,11 @@ from workers.errors import PathEscapeError
 def confined(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
     """``path`` resolved (every symlink followed) when it lies inside one of ``roots``, which are
     resolved already; :class:`PathEscapeError` naming the path otherwise. No roots: no confinement
-    (a job built in a test or a debugger)."""
+    (a job built in a test or a debugger). An object store URL is checked against the URL roots
+    (normalised at admission; no symlinks can be swapped in there) and returned as a Path of its
+    text, which nothing opens."""
+    if is_url(path):
+        return _confined_url(str(path), roots)
     if not roots:
         return Path(path)
     try:
@@ -43,9 +48,15 @@ def confined(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
     return resolved
 
 
-def node(path: str, dataset: str | None) -> Path:
-    """The directory (or file) of an array: its container joined with its dataset."""
-    return Path(path, dataset or "")
+def _confined_url(url: str, roots: Sequence[str]) -> Path:
+    if roots and not any(is_url(root) and url_under(normalise_url(url), root) for root in roots):
+        raise PathEscapeError(f"{url} is outside the data roots ({', '.join(roots)})")
+    return Path(url)
+
+
+def node(path: str, dataset: str | None) -> Path | str:
+    """The directory (or file) of an array: its container joined with its dataset (a URL stays one)."""
+    return join_url(path, dataset) if is_url(path) else Path(path, dataset or "")
 
 
 class ChunkFiles:
@@ -61,7 +72,9 @@ class ChunkFiles:
     @classmethod
     def of(cls, volume: Volume) -> ChunkFiles | None:
         """The chunk files of ``volume`` when its format is one we write, else None."""
-        where = node(volume.path, volume.dataset)
+        if is_url(volume.path):
+            return None  # objects in a store: confined as a whole (no symlinks to swap in)
+        where = Path(volume.path, volume.dataset or "")
         if volume.format in ("zarr3", "zarr2"):
             import zarr
 

@@ -21,10 +21,15 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.cli.common import EXIT_OK, EXIT_SPEC, positive_int
 from service.cli.help import PYTC_EPILOG
+from workers.errors import SpecError
 from workers.version import add_version_flag
+
+if TYPE_CHECKING:
+    from service.documents.sections import Root
 
 __all__ = ["build_parser", "data_roots", "main", "start_up_done"]
 
@@ -81,12 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_roots(cli_roots: Sequence[Path] | None, environ: Mapping[str, str]) -> list[Path]:
-    """``--data-root`` values, else ``PYTC_DATA_ROOTS`` (``:``-separated), else the current directory."""
-    if cli_roots:
-        return list(cli_roots)
-    from_env = [Path(part) for part in environ.get("PYTC_DATA_ROOTS", "").split(":") if part]
-    return from_env or [Path.cwd()]
+def data_roots(cli_roots: Sequence[str] | None, environ: Mapping[str, str]) -> list[Root]:
+    """``--data-root`` values, else ``PYTC_DATA_ROOTS`` (``:``-separated; ``s3://bucket/prefix``
+    entries keep their colon), else the current directory; resolved (a SpecError naming
+    ``PYTC_DATA_ROOTS`` for a URL that is not one)."""
+    from service.documents.sections import resolved_root, split_roots
+
+    raw = list(cli_roots or split_roots(environ.get("PYTC_DATA_ROOTS", ""))) or [str(Path.cwd())]
+    try:
+        return [resolved_root(root) for root in raw]
+    except ValueError as err:
+        raise SpecError("PYTC_DATA_ROOTS", str(err)) from None
 
 
 def start_up_done() -> None:

@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from service.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SPEC, positive_int
@@ -103,7 +102,7 @@ def add_evaluate_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         "else in this process)",
     )
     cmd.add_argument(
-        "--data-root", action="append", type=Path, metavar="DIR",
+        "--data-root", action="append", metavar="DIR",
         help="folder both volumes must lie in; repeatable (default: $PYTC_DATA_ROOTS, else the current "
         "directory); relative paths resolve against the first",
     )  # fmt: skip
@@ -118,8 +117,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from service.kinds.evaluation import check_job_volumes
     from workers.limits import limits_from_env
 
-    roots = tuple(Path(root).resolve() for root in data_roots(args.data_root, os.environ))
     try:
+        roots = tuple(data_roots(args.data_root, os.environ))
         limits = limits_from_env(os.environ)
         job = parse_evaluation(document_of(args), roots, limits=limits)
         check_job_volumes(job, AdmitEnv(lambda fn, *a: fn(*a), limits))

@@ -60,7 +60,7 @@ def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--workers", type=positive_int, default=1, help="workers of the embedded cluster (default 1)"
     )
     run.add_argument(
-        "--data-root", action="append", type=Path, metavar="DIR",
+        "--data-root", action="append", metavar="DIR",
         help="folder every path of the job must lie in; repeatable (default: $PYTC_DATA_ROOTS, else the "
         "current directory); relative job paths resolve against the first",
     )  # fmt: skip
@@ -83,8 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     from service.cli import data_roots, start_up_done
 
     registry = FileModelRegistry(state_dir(os.environ))
-    roots = tuple(Path(root).resolve() for root in data_roots(args.data_root, os.environ))
     try:
+        roots = tuple(data_roots(args.data_root, os.environ))
         limits = limits_from_env(os.environ)
         parse_env = ParseEnv(roots, model_resolver(registry, roots), limits)
         kind, job = parse_job(load_job_file(args.job), parse_env)

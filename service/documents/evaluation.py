@@ -24,6 +24,7 @@ from pydantic import Field
 from service.documents.sections import (
     PosTriple,
     RoiSection,
+    Root,
     Section,
     Text,
     box_of,
@@ -107,6 +108,6 @@ def check_block_memory(block: Sequence[int], limits: Limits) -> None:
         )
 
 
-def _ref(section: LabelSection, roots: Sequence[Path], where: str) -> LabelRef:
+def _ref(section: LabelSection, roots: Sequence[Root], where: str) -> LabelRef:
     path, dataset = located(section.path, section.dataset, roots, where)
     return LabelRef(path, dataset)

@@ -28,6 +28,7 @@ from service.documents.sections import (
     PosInt,
     PosTriple,
     RoiSection,
+    Root,
     Section,
     StrictBool,
     Text,
@@ -41,6 +42,7 @@ from service.documents.sections import (
     triple,
     validate,
 )
+from volumes.urls import is_url, url_under
 from workers.errors import SpecError
 from workers.inference.job import (
     Activation,
@@ -49,6 +51,7 @@ from workers.inference.job import (
     Device,
     InferenceJob,
     InputSpec,
+    MaskSpec,
     OutputDtype,
     OutputFormat,
     OutputSpec,
@@ -66,6 +69,7 @@ from workers.limits import (
     check_task_memory,
     task_memory,
 )
+from workers.storage import SCRATCH_ENV, scratch_dir
 
 # Called with ``model.name``; returns the registered model or raises SpecError / LookupError.
 ModelResolver = Callable[[str], ModelRef]
@@ -79,6 +83,14 @@ Activations = Annotated[list[Activation], Field(min_length=1)]
 OutputTargets = Annotated[list[OutputTarget], Field(min_length=1)]
 
 
+class MaskSection(Section):
+    """A mask over the input: a bool or integer array, at the input's scale or coarser by a whole
+    factor per axis (from the voxel sizes); windows over no nonzero voxel are not computed."""
+
+    path: Text
+    dataset: Text | None = None
+
+
 class InputSection(Section):
     """The volume to predict: a container (zarr, N5, HDF5 or a tile set) and the array in it."""
 
@@ -86,6 +98,7 @@ class InputSection(Section):
     dataset: Text | None = None
     roi: RoiSection | None = None
     normalize: NormalizeField = NormalizeSection()
+    mask: MaskSection | None = None
 
 
 class ModelSection(Section):
@@ -150,6 +163,11 @@ class OutputSection(Section):
     targets: OutputTargets | None = None
     # the image's coarser levels (OME-Zarr multiscales), written after level 0; false: level 0 alone
     pyramid: StrictBool = True
+    shards: PosTriple | None = Field(
+        default=None,
+        description="zarr3 only: chunks grouped into shards of this shape (z, y, x; each a multiple of "
+        "`chunks`), one object per shard; `compute.block_shape` must then be a multiple of it",
+    )
 
     @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
     @classmethod
@@ -209,7 +227,7 @@ def parse_inference(
     parsed = validate(InferenceDocument, document)
     window = _window(parsed.window)
     output = _output(parsed.output, roots)
-    compute = _compute(parsed.compute or ComputeSection(), output.chunks)
+    compute = _compute(parsed.compute or ComputeSection(), output.write_unit, output.shards is not None)
     job_input = _input(parsed.input, roots)
     _check_no_overlap(job_input, output)
     _check_sizes(window, output, compute, limits)
@@ -232,8 +250,8 @@ def _check_sizes(window: WindowSpec, output: OutputSpec, compute: ComputeSpec, l
     """Bounds from the document alone, before anything is allocated: the pad, the chunks, and a
     block task's memory with its smallest block (the chunks) when the planner will choose it."""
     check_pad(window.pad_size, window.patch_size)
-    check_chunk_bytes(output.chunks, limits)
-    block = compute.block_shape or output.chunks
+    check_chunk_bytes(output.write_unit, limits)
+    block = compute.block_shape or output.write_unit
     memory = task_memory(window.patch_size, block, window.batch_size)
     check_task_memory(
         memory, limits, block_field="compute.block_shape" if compute.block_shape else "output.chunks"
@@ -245,12 +263,15 @@ def stride_from_overlap(patch: int, overlap: float) -> int:
     return max(1, int(patch * (1.0 - overlap)))
 
 
-def _input(section: InputSection, roots: Sequence[Path]) -> InputSpec:
+def _input(section: InputSection, roots: Sequence[Root]) -> InputSpec:
     path, dataset = located(section.path, section.dataset, roots, "input")
-    return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize))
+    mask = None
+    if section.mask is not None:
+        mask = MaskSpec(*located(section.mask.path, section.mask.dataset, roots, "input.mask"))
+    return InputSpec(path, dataset, box_of(section.roi), normalize_of(section.normalize), mask)
 
 
-def _model(section: ModelSection, roots: Sequence[Path], resolve_model: ModelResolver | None) -> ModelRef:
+def _model(section: ModelSection, roots: Sequence[Root], resolve_model: ModelResolver | None) -> ModelRef:
     forms = [form for form in MODEL_FORMS if getattr(section, form) is not None]
     if len(forms) != 1:
         got = "none" if not forms else " and ".join(forms)
@@ -321,7 +342,7 @@ def _window(section: WindowSection) -> WindowSpec:
     )
 
 
-def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
+def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
     heads = tuple(section.heads or ())
     default: list[Activation] = ["none"] * max(1, len(heads))
     activations = tuple(section.activation or default)
@@ -339,7 +360,9 @@ def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
             f"{len(targets)} target(s) {list(targets)} for {n_heads} head(s); give one per head",
         )
     path, dataset = located(section.path, section.dataset, roots, "output")
-    if any(root.is_relative_to(Path(path)) for root in roots):
+    if is_url(path):
+        _check_remote_output(path, section.format, roots)
+    elif any(isinstance(root, Path) and root.is_relative_to(Path(path)) for root in roots):
         raise SpecError("output.path", f"{path} is a data root (or holds one); name a container inside it")
     return OutputSpec(
         path=path,
@@ -352,20 +375,54 @@ def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
         overwrite=section.overwrite,
         targets=targets,
         pyramid=section.pyramid,
+        shards=_shards(section),
     )
 
 
-def _compute(section: ComputeSection, chunks: tuple[int, int, int]) -> ComputeSpec:
+def _compute(section: ComputeSection, chunks: tuple[int, int, int], sharded: bool = False) -> ComputeSpec:
+    """``chunks``: what one block must write whole (the output's shards when ``sharded``)."""
     block = triple(section.block_shape) if section.block_shape is not None else None
     if block is not None:
+        unit = "output.shards" if sharded else "output.chunks"
         for axis, b, c in zip(AXES, block, chunks, strict=True):
             if b % c:
                 raise SpecError(
                     "compute.block_shape",
-                    f"{list(block)} is not a multiple of output.chunks {list(chunks)} "
-                    f"(axis {axis}: {b} % {c} != 0)",
+                    f"{list(block)} is not a multiple of {unit} {list(chunks)} (axis {axis}: {b} % {c} != 0)",
                 )
     return ComputeSpec(block_shape=block, device=section.device, precision=section.precision)
+
+
+def _shards(section: OutputSection) -> tuple[int, int, int] | None:
+    """``output.shards``: zarr v3 only, each a whole number of chunks."""
+    if section.shards is None:
+        return None
+    shards, chunks = triple(section.shards), triple(section.chunks)
+    if section.format != "zarr3":
+        raise SpecError("output.shards", f"shards are a zarr v3 feature; output.format is {section.format}")
+    for axis, s, c in zip(AXES, shards, chunks, strict=True):
+        if s % c:
+            raise SpecError(
+                "output.shards",
+                f"{list(shards)} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
+            )
+    return shards
+
+
+def _check_remote_output(url: str, format: str, roots: Sequence[Root]) -> None:
+    """An output in an object store: zarr, not a root itself, and a run folder on a file system
+    inside a local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+    if format not in ("zarr3", "zarr2"):
+        raise SpecError("output.format", f"an output in an object store is zarr3 or zarr2, not {format}")
+    if any(isinstance(root, str) and url_under(root, url) for root in roots):
+        raise SpecError("output.path", f"{url} is a data root (or holds one); name a container inside it")
+    scratch = scratch_dir()
+    if not any(isinstance(root, Path) and scratch.is_relative_to(root) for root in roots):
+        raise SpecError(
+            "output.path",
+            f"an output in an object store keeps its run folder in {SCRATCH_ENV} ({scratch}), which is "
+            "outside the local data roots; name a folder inside one",
+        )
 
 
 def _check_no_overlap(job_input: InputSpec, output: OutputSpec) -> None:

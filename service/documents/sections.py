@@ -23,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from service.errors import PathOutsideRootsError
 from volumes.box import Box
+from volumes.urls import is_url, normalise_url, url_under
 from workers.errors import SpecError
 from workers.inference.job import Normalize
 
@@ -205,14 +206,52 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 # --- paths ----------------------------------------------------------------------------------------
 
 
-def resolved_roots(data_roots: Sequence[str | Path]) -> list[Path]:
+Root = Path | str  # a local folder, resolved, or a normalised object-store prefix (s3://bucket/key)
+
+
+def split_roots(text: str) -> list[str]:
+    """``PYTC_DATA_ROOTS``: ``:``-separated folders and ``s3://bucket/prefix`` URLs (whose own colon
+    does not separate)."""
+    roots: list[str] = []
+    for part in text.split(":"):
+        if part.startswith("//") and roots and roots[-1] == "s3":
+            roots[-1] = f"s3:{part}"
+        elif part:
+            roots.append(part)
+    return roots
+
+
+def resolved_root(root: str | Path) -> Root:
+    """A data root made absolute, symlinks followed; a URL normalised (ValueError for a bad one)."""
+    return normalise_url(str(root)) if is_url(root) else Path(root).resolve(strict=False)
+
+
+def resolved_roots(data_roots: Sequence[str | Path]) -> list[Root]:
     """The data roots made absolute, symlinks followed: what :func:`resolve_path` compares against."""
     if not data_roots:
         raise ValueError("at least one data root is needed")
-    return [Path(root).resolve(strict=False) for root in data_roots]
+    return [resolved_root(root) for root in data_roots]
 
 
-def resolve_path(raw: str, roots: Sequence[Path], field: str) -> Path:
+def local_roots(roots: Sequence[Root]) -> list[Path]:
+    """The local folders among ``roots`` (what serves files; object-store prefixes left out)."""
+    return [root for root in roots if isinstance(root, Path)]
+
+
+def resolve_url(raw: str, roots: Sequence[Root], field: str) -> str:
+    """The object-store URL ``raw``, normalised, when it lies under one of the URL ``roots``."""
+    check_path_length(raw, field)
+    try:
+        url = normalise_url(raw)
+    except ValueError as err:
+        raise PathOutsideRootsError(field, str(err)) from None
+    if not any(isinstance(root, str) and url_under(url, root) for root in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise PathOutsideRootsError(field, f"{raw!r} is outside the data roots ({shown})")
+    return url
+
+
+def resolve_path(raw: str, roots: Sequence[Root], field: str) -> Path:
     """``raw`` made absolute (relative to the first root), symlinks followed, and confined to ``roots``.
 
     ``roots`` must already be resolved. The check is per path component (``is_relative_to``), so
@@ -221,9 +260,16 @@ def resolve_path(raw: str, roots: Sequence[Path], field: str) -> Path:
     if "\x00" in raw:
         raise PathOutsideRootsError(field, f"path {raw!r} contains a NUL byte")
     check_path_length(raw, field)
+    if is_url(raw):
+        raise PathOutsideRootsError(field, f"{raw!r}: an object-store URL names volumes only, not this")
     candidate = Path(raw)
     if not candidate.is_absolute():
-        candidate = roots[0] / candidate
+        local = [root for root in roots if isinstance(root, Path)]
+        if not local:
+            raise PathOutsideRootsError(
+                field, f"relative path {raw!r} and no local data root to resolve it in"
+            )
+        candidate = local[0] / candidate
     try:
         resolved = candidate.resolve(strict=False)
     except (OSError, RuntimeError) as err:  # symlink loops
@@ -268,10 +314,13 @@ def dataset_name(raw: str, field: str) -> str:
 
 
 def located(
-    path_raw: str, dataset_raw: str | None, roots: Sequence[Path], where: str
+    path_raw: str, dataset_raw: str | None, roots: Sequence[Root], where: str
 ) -> tuple[str, str | None]:
-    """A container path and the dataset in it, both confined; errors name ``<where>.path`` or
-    ``<where>.dataset``."""
+    """A container path (or object-store URL) and the dataset in it, both confined; errors name
+    ``<where>.path`` or ``<where>.dataset``."""
+    if is_url(path_raw):
+        url = resolve_url(path_raw, roots, f"{where}.path")
+        return url, None if dataset_raw is None else dataset_name(dataset_raw, f"{where}.dataset")
     path = resolve_path(path_raw, roots, f"{where}.path")
     if dataset_raw is None:
         return str(path), None

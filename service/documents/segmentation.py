@@ -21,6 +21,7 @@ from service.documents.sections import (
     Section,
     StrictBool,
     Text,
+    local_roots,
     located,
     require_kind,
     resolved_roots,
@@ -187,7 +188,7 @@ class SegmentationDocument(Section):
 def parse_segmentation(
     doc: object, data_roots: Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS
 ) -> SegmentationJob:
-    roots = resolved_roots(data_roots)
+    roots = local_roots(resolved_roots(data_roots))  # segmentation reads and writes local stores only
     document = require_kind(doc, "segmentation")
     parsed = validate(SegmentationDocument, document)
     decoder = decoder_of(parsed.decoder, parsed.compute.halo if parsed.compute else None)

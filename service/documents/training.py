@@ -28,6 +28,7 @@ from service.documents.sections import (
     PosInt,
     PosTriple,
     RoiSection,
+    Root,
     Section,
     StrictBool,
     Text,
@@ -289,12 +290,12 @@ def parse_training(
     )
 
 
-def _ref(section: VolumeSection, roots: Sequence[Path], where: str) -> VolumeRef:
+def _ref(section: VolumeSection, roots: Sequence[Root], where: str) -> VolumeRef:
     path, dataset = located(section.path, section.dataset, roots, where)
     return VolumeRef(path, dataset)
 
 
-def _data(section: DataSection, roots: Sequence[Path]) -> TrainingData:
+def _data(section: DataSection, roots: Sequence[Root]) -> TrainingData:
     return TrainingData(
         image=_ref(section.image, roots, "data.image"),
         label=_ref(section.label, roots, "data.label"),
@@ -304,7 +305,7 @@ def _data(section: DataSection, roots: Sequence[Path]) -> TrainingData:
     )
 
 
-def _validation(section: ValidationSection, roots: Sequence[Path]) -> ValidationSpec:
+def _validation(section: ValidationSection, roots: Sequence[Root]) -> ValidationSpec:
     return ValidationSpec(
         image=_ref(section.image, roots, "validation.image"),
         label=_ref(section.label, roots, "validation.label"),
@@ -314,7 +315,7 @@ def _validation(section: ValidationSection, roots: Sequence[Path]) -> Validation
     )
 
 
-def _model(section: TrainingModelSection, roots: Sequence[Path]) -> TrainingModelSpec:
+def _model(section: TrainingModelSection, roots: Sequence[Root]) -> TrainingModelSpec:
     init = str(resolve_path(section.init, roots, "model.init")) if section.init else None
     return TrainingModelSpec(section.architecture, frozen_config(section.config or {}), init)
 
@@ -410,7 +411,7 @@ def _sampling(section: SamplingSection) -> SamplingSpec:
     )
 
 
-def _checkpoint(section: CheckpointSection, roots: Sequence[Path]) -> CheckpointSpec:
+def _checkpoint(section: CheckpointSection, roots: Sequence[Root]) -> CheckpointSpec:
     folder = resolve_path(section.dir, roots, "checkpoint.dir")
     resume = (
         str(resolve_path(section.resume_from, roots, "checkpoint.resume_from"))

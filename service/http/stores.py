@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from service.documents.sections import resolved_roots
+from service.documents.sections import local_roots, resolved_roots
 from service.http.signing import STORE_SCOPE, BadSignature, Signer
 from service.settings import Settings
 
@@ -76,7 +76,7 @@ def confined_file(store: str, rel: str, roots: Sequence[Path]) -> Path | None:
 
 def store_routes(settings: Settings) -> APIRouter:
     router = APIRouter(prefix=STORES_PREFIX, tags=["viewing"], include_in_schema=False)
-    roots = resolved_roots(settings.data_roots)
+    roots = local_roots(resolved_roots(settings.data_roots))  # files are served from local roots only
     origins = viewer_origins(settings)
 
     def cors(request: Request, response: Response) -> Response:

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from service.documents.sections import resolved_roots
+from service.documents.sections import local_roots, resolved_roots
 from service.errors import JobNotFoundError
 from service.http.auth import Caller, TokenAuth, require_token
 from service.http.problems import problem_responses
@@ -110,7 +110,7 @@ def viewer_routes() -> APIRouter:
 def view_routes(auth: TokenAuth, settings: Settings) -> APIRouter:
     deps = [Depends(require_token(auth))] if auth.enabled else []
     router = APIRouter(prefix="/v1", dependencies=deps, responses=problem_responses(401) if deps else None)
-    roots = resolved_roots(settings.data_roots)
+    roots = local_roots(resolved_roots(settings.data_roots))  # files are served from local roots only
 
     def signed(request: Request) -> tuple[Any, str, datetime]:
         signer: Signer = request.app.state.signer

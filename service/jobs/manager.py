@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
+from service.documents.sections import resolved_root
 from service.errors import JobCancelledError, JobDatabaseError, JobFailedError, SchedulerUnavailableError
 from service.http.events import ChangeFeed, ProgressWriter
 from service.http.metrics import ServiceMetrics
@@ -41,7 +42,7 @@ DATABASE_RETRY_S = 5.0  # a manager thread whose job database failed tries again
 
 @dataclasses.dataclass(frozen=True)
 class ManagerConfig:
-    data_roots: tuple[Path, ...]
+    data_roots: tuple[Path | str, ...]
     max_concurrent_jobs: int = 2
     progress_interval_s: float = 0.5
     limits: Limits = DEFAULT_LIMITS
@@ -62,7 +63,7 @@ class JobManager:
         self.store, self.models, self.connection, self.config = store, models, connection, config
         self.feed, self.metrics = feed, metrics
         self.parse_env = ParseEnv(
-            tuple(Path(r).resolve() for r in config.data_roots),
+            tuple(resolved_root(r) for r in config.data_roots),
             model_resolver(models, config.data_roots),
             config.limits,
         )

@@ -91,7 +91,7 @@ class ParseEnv:
     ``model: {name: ...}`` (None: naming a model is an error), and the admission bounds
     (:mod:`workers.limits`) that sizes are checked against from the document alone."""
 
-    roots: tuple[Path, ...]
+    roots: tuple[Path | str, ...]  # local folders resolved, object-store prefixes normalised
     resolve_model: ModelResolver | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -131,11 +131,11 @@ class JobKind(Protocol[J]):
     def summary(self, result: Mapping[str, Any]) -> Summary: ...
 
 
-def model_resolver(registry: ModelRegistry, roots: Sequence[Path]) -> ModelResolver:
+def model_resolver(registry: ModelRegistry, roots: Sequence[Path | str]) -> ModelResolver:
     """``model.name`` -> the registered reference, whose files must lie inside the data roots too."""
-    from service.documents.sections import resolve_path
+    from service.documents.sections import resolve_path, resolved_root
 
-    resolved = [Path(root).resolve() for root in roots]
+    resolved = [resolved_root(root) for root in roots]
 
     def resolve(name: str) -> ModelRef:
         ref = registry.get(name).ref  # ModelNotRegisteredError is a LookupError: parsing names the field

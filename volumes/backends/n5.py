@@ -15,8 +15,9 @@ import numpy as np
 
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import check_array_meta
-from volumes.errors import OversizedChunkError, VolumeFormatError
+from volumes.errors import OversizedChunkError, VolumeFormatError, VolumeReadOnlyError
 from volumes.files import read_json_object, write_json_atomic
+from volumes.urls import is_url, join_url, read_json_url, tensorstore_kvstore
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import nm_per, spatial
 
@@ -43,12 +44,17 @@ class N5Volume(StoredVolume):
         check_array_meta(f"{self.node}/attributes.json", self.shape, self.chunks, self.dtype)
 
     def _meta(self) -> dict[str, Any]:
+        if is_url(self.path):
+            return read_json_url(join_url(self.path, self.dataset) + "/attributes.json") or {}
         return read_json_object(self.node / "attributes.json") or {}
 
     def _open(self) -> Any:
         import tensorstore as ts  # only here: a parent that used tensorstore cannot fork safely
 
-        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": self.path}, "path": self.dataset or ""}
+        kvstore = (
+            tensorstore_kvstore(self.path) if is_url(self.path) else {"driver": "file", "path": self.path}
+        )
+        spec = {"driver": "n5", "kvstore": kvstore, "path": self.dataset or ""}
         store = ts.open(spec, read=True, write=self.mode == "r+").result()
         return store.T  # N5 order (x, y, z[, c]) -> ours (z, y, x) / (c, z, y, x)
 
@@ -62,7 +68,7 @@ class N5Volume(StoredVolume):
         ``downsamplingFactors``, as N5 Viewer and BigDataViewer write them (in N5 axis order)."""
         own = self._meta()
         res = n5_resolution(own)
-        if res is None and self.dataset:
+        if res is None and self.dataset and not is_url(self.path):
             res = n5_resolution(read_json_object(self.node.parent / "attributes.json") or {})
         factors = own.get("downsamplingFactors")
         if res is not None and isinstance(factors, list) and len(factors) == len(res):
@@ -103,6 +109,8 @@ class N5Volume(StoredVolume):
         self._handle()[slices].write(data).result()
 
     def _set_attrs(self, attrs: dict[str, Any]) -> None:
+        if is_url(self.path):
+            raise VolumeReadOnlyError(f"{self._where()}: N5 in an object store is read here, not written")
         reserved = sorted(N5_RESERVED & attrs.keys())
         if reserved:
             raise VolumeFormatError(f"attributes {reserved} of {self._where()} are N5 metadata, not ours")

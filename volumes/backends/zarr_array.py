@@ -12,6 +12,7 @@ from volumes.backends.meta import METADATA_ERRORS, check_array_meta
 from volumes.backends.zarr_codecs import bound_decoding
 from volumes.errors import OversizedChunkError, VolumeFormatError
 from volumes.ome import read_translation, read_voxel_size
+from volumes.urls import is_url, join_url, zarr_store
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import spatial
 
@@ -24,9 +25,8 @@ class ZarrVolume(StoredVolume):
     def _open(self) -> Any:
         zarr_format: Literal[2, 3] = 3 if self.format == "zarr3" else 2
         try:
-            array = zarr.open_array(
-                self.path, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format
-            )
+            store = zarr_store(self.path, read_only=self.mode == "r") if is_url(self.path) else self.path
+            array = zarr.open_array(store, path=self.dataset or "", mode=self.mode, zarr_format=zarr_format)
         except METADATA_ERRORS as err:
             raise VolumeFormatError(
                 f"{self._meta_file()} is not array metadata zarr can read: {err}"
@@ -36,6 +36,10 @@ class ZarrVolume(StoredVolume):
         return array
 
     def _meta_file(self) -> str:
+        if is_url(self.path):
+            return join_url(self.path, self.dataset) + (
+                "/zarr.json" if self.format == "zarr3" else "/.zarray"
+            )
         return str(self.node / ("zarr.json" if self.format == "zarr3" else ".zarray"))
 
     def _load_meta(self) -> None:
@@ -56,12 +60,18 @@ class ZarrVolume(StoredVolume):
     @property
     def voxel_size(self) -> VoxelSize | None:
         """From the OME-Zarr multiscales of an enclosing group, else the array's ``resolution``."""
-        return read_voxel_size(self.node, self.format) or spatial(self.attrs.get("resolution"))
+        if is_url(self.path):
+            from volumes.remote import url_voxel_size
+
+            found = url_voxel_size(self.path, self.dataset, self.format)
+        else:
+            found = read_voxel_size(self.node, self.format)
+        return found or spatial(self.attrs.get("resolution"))
 
     @property
     def translation(self) -> VoxelSize | None:
         """From the OME-Zarr multiscales of an enclosing group (the dataset's and its multiscale's)."""
-        return read_translation(self.node, self.format)
+        return None if is_url(self.path) else read_translation(self.node, self.format)
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
         try:

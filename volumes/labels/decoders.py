@@ -106,13 +106,29 @@ def foreground(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
     """The binary or bc foreground of ``pred`` (C, Z, Y, X), boolean (Z, Y, X); for the watershed
     decoders, their seed map (the mask whose connected components are the seeds)."""
     if decoder.watershed:
-        from volumes.labels.watershed import seed_map
-
         return seed_map(decoder, pred)
     if decoder.name == "binary_connected":
         return above(pred[0], decoder.thresholds[0])
     mask = above(pred[0], decoder.thresholds[0])
     mask &= below(pred[1], decoder.thresholds[1])
+    return mask
+
+
+def distance(values: np.ndarray) -> np.ndarray:
+    """The signed distance channel as PyTC reads it: ``d / 255 * 2 - 1`` on uint8 maps."""
+    if values.dtype == np.uint8:
+        return (values / 255.0) * 2.0 - 1.0
+    return values
+
+
+def seed_map(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
+    """Where seeds are (boolean (Z, Y, X)) in ``pred`` (C, Z, Y, X)."""
+    t = decoder.thresholds
+    mask = above(pred[0], t[0])
+    if decoder.name in ("bc_watershed", "bcd_watershed"):
+        mask &= below(pred[1], t[1])
+    if decoder.name == "bcd_watershed":
+        mask &= distance(pred[2]) > t[3]
     return mask
 
 

@@ -24,25 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from volumes.labels.decoders import Decoder, above, below
-
-
-def distance(values: np.ndarray) -> np.ndarray:
-    """The signed distance channel as PyTC reads it: ``d / 255 * 2 - 1`` on uint8 maps."""
-    if values.dtype == np.uint8:
-        return (values / 255.0) * 2.0 - 1.0
-    return values
-
-
-def seed_map(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
-    """Where seeds are (boolean (Z, Y, X)) in ``pred`` (C, Z, Y, X)."""
-    t = decoder.thresholds
-    mask = above(pred[0], t[0])
-    if decoder.name in ("bc_watershed", "bcd_watershed"):
-        mask &= below(pred[1], t[1])
-    if decoder.name == "bcd_watershed":
-        mask &= distance(pred[2]) > t[3]
-    return mask
+from volumes.labels.decoders import Decoder, above, distance, seed_map
 
 
 def grow_mask(decoder: Decoder, pred: np.ndarray) -> np.ndarray:

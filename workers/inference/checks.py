@@ -28,6 +28,7 @@ from volumes.output import level_path
 from volumes.volume import Volume
 from workers.errors import OutputExistsError, SpecError
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
+from workers.inference.mask import check_mask
 from workers.limits import (
     Limits,
     check_axis_counts,
@@ -87,10 +88,12 @@ def check_input(job: InferenceJob, source: Volume, limits: Limits | None = None)
             f"box offset {list(roi.offset)} shape {list(roi.shape)} (end {list(roi.end)}) reaches "
             f"outside the volume of shape {list(spatial)} (z, y, x)",
         )
+    if job.input.mask is not None:
+        check_mask(job, source)
     if limits is not None:
         region = roi.shape if roi is not None else spatial
         w = job.window
-        check_axis_counts(region, w.patch_size, w.stride, w.pad_size, job.output.chunks, limits)
+        check_axis_counts(region, w.patch_size, w.stride, w.pad_size, job.output.write_unit, limits)
         check_block_counts(region, block_shape(job, region), limits, _block_field(job))
 
 
@@ -98,12 +101,12 @@ def block_shape(job: InferenceJob, region: tuple[int, ...]) -> tuple[int, ...]:
     """The job's block: ``compute.block_shape``, or the planner's choice for this region."""
     if job.compute.block_shape is not None:
         return job.compute.block_shape
-    return default_block_shape(region, job.output.chunks, job.window.patch_size, DEFAULT_BLOCK_VOXELS)
+    return default_block_shape(region, job.output.write_unit, job.window.patch_size, DEFAULT_BLOCK_VOXELS)
 
 
 def check_task(job: InferenceJob, info: ModelInfo, region: tuple[int, ...], limits: Limits) -> None:
     """A block task with the model's channels fits a worker's memory, and so does an output chunk."""
-    check_chunk_bytes(job.output.chunks, limits, info.out_channels)
+    check_chunk_bytes(job.output.write_unit, limits, info.out_channels)
     block = block_shape(job, region)
     memory = task_memory(
         job.window.patch_size, block, job.window.batch_size, info.in_channels, info.out_channels

@@ -101,7 +101,7 @@ class BlockContext:
 
     def finish(self, box: Box, num: np.ndarray) -> int:
         """Divide by the weight sum and write: ``box`` is chunk-aligned, owned by this block."""
-        return self.write_output(box, num / self.geometry.weight_sum(box))
+        return self.write_output(box, self.geometry.divide(num, box))
 
 
 def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
@@ -109,7 +109,10 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
     plan = ctx.geometry.plan
     box = plan.chunk_box(chunk)
     num = np.zeros((ctx.out_channels, *box.shape), dtype=np.float32)
+    owns = ctx.geometry.owns_kept
     for source in plan.contributors(chunk):
+        if owns is not None and not owns[source]:
+            continue  # it computed no window (input.mask): no task ran, no partial sums
         part = plan.extent(source).intersect(box)
         try:
             spill = ctx.run_dir.read_spill(source, chunk)

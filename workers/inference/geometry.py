@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -12,8 +12,10 @@ from volumes.blending import blend_weights
 from volumes.blocks import BlockPlan, plan_blocks
 from volumes.box import Box
 from volumes.open import open_volume
+from volumes.volume import Volume
 from volumes.windows import WindowGrid
 from workers.inference.job import InferenceJob
+from workers.inference.mask import block_flags, window_keep
 from workers.runtime.state import worker_state
 
 
@@ -25,6 +27,8 @@ class JobGeometry:
     input_shape: tuple[int, ...]  # full input array shape, (z,y,x) or (c,z,y,x)
     plan: BlockPlan
     blending: str
+    # which windows are computed (bool, shaped grid.counts; workers.inference.mask); None = all
+    kept: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def grid(self) -> WindowGrid:
@@ -34,10 +38,20 @@ class JobGeometry:
     def weights(self) -> np.ndarray:
         return blend_weights(self.grid.patch, self.blending)  # type: ignore[arg-type]
 
+    @cached_property
+    def mask_blocks(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """With a mask, per block: owns a kept window, and a kept window touches its write box."""
+        return None if self.kept is None else block_flags(self.plan, self.kept)
+
+    @property
+    def owns_kept(self) -> np.ndarray | None:
+        return None if self.mask_blocks is None else self.mask_blocks[0]
+
     def weight_sum(self, box: Box) -> np.ndarray:
         """``sum(w)`` over every window of the global grid, inside ``box`` (output coordinates).
 
-        Geometry alone: whichever block finishes a voxel computes it, no exchange is needed."""
+        Geometry alone: whichever block finishes a voxel computes it, no exchange is needed. With a
+        mask, only the kept windows count (a pure function of the window's index and the mask)."""
         den = np.zeros(box.shape, dtype=np.float32)
         # Per axis, each touching window's (destination, source) slices, computed once; the adds
         # run over their product in the grid's C order, as window by window (the same float32 sums).
@@ -48,12 +62,22 @@ class JobGeometry:
             for i in touching:
                 start = self.grid.starts[axis][i]
                 lo, hi = max(start, begin), min(start + w, end)
-                pairs.append((slice(lo - begin, hi - begin), slice(lo - start, hi - start)))
+                pairs.append((i, slice(lo - begin, hi - begin), slice(lo - start, hi - start)))
             per_axis.append(pairs)
-        weights = self.weights
+        weights, kept = self.weights, self.kept
         for combo in itertools.product(*per_axis):
-            den[tuple(d for d, _ in combo)] += weights[tuple(src for _, src in combo)]
+            if kept is not None and not kept[tuple(i for i, _, _ in combo)]:
+                continue
+            den[tuple(d for _, d, _ in combo)] += weights[tuple(src for _, _, src in combo)]
         return den
+
+    def divide(self, num: np.ndarray, box: Box) -> np.ndarray:
+        """``num / den`` over ``box``; with a mask, 0 (the output's fill value) where no kept
+        window covers a voxel."""
+        den = self.weight_sum(box)
+        if self.kept is None:
+            return num / den
+        return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float32), where=den > 0)
 
 
 def roi_of(job: InferenceJob, input_shape: tuple[int, ...]) -> Box:
@@ -61,12 +85,20 @@ def roi_of(job: InferenceJob, input_shape: tuple[int, ...]) -> Box:
     return job.input.roi if job.input.roi is not None else Box.of_shape(spatial)
 
 
-def build_geometry(job: InferenceJob, input_shape: tuple[int, ...]) -> JobGeometry:
+def build_geometry(
+    job: InferenceJob, input_shape: tuple[int, ...], source: Volume | None = None
+) -> JobGeometry:
+    """The job's geometry; with ``input.mask``, ``source`` (the opened input) gives the mask's scale."""
     roi = roi_of(job, input_shape)
     w = job.window
     grid = WindowGrid.over_roi(roi.shape, w.patch_size, w.stride, w.pad_size)
-    plan = plan_blocks(roi.shape, job.output.chunks, job.compute.block_shape, grid)
-    return JobGeometry(roi, tuple(input_shape), plan, w.blending)
+    plan = plan_blocks(roi.shape, job.output.write_unit, job.compute.block_shape, grid)
+    kept = None
+    if job.input.mask is not None:
+        if source is None:
+            source = open_volume(job.input.path, job.input.dataset)
+        kept = window_keep(job, roi, grid, source)
+    return JobGeometry(roi, tuple(input_shape), plan, w.blending, kept)
 
 
 def job_geometry(job: InferenceJob, layout_key: str, attempt: str = "") -> JobGeometry:
@@ -76,6 +108,7 @@ def job_geometry(job: InferenceJob, layout_key: str, attempt: str = "") -> JobGe
     cached: JobGeometry | None = geometries.get((layout_key, attempt))
     if cached is None:
         job.input_node()  # still inside the data roots (workers.confine)
-        cached = build_geometry(job, tuple(open_volume(job.input.path, job.input.dataset).shape))
+        source = open_volume(job.input.path, job.input.dataset)
+        cached = build_geometry(job, tuple(source.shape), source)
         geometries.put((layout_key, attempt), cached)
     return cached

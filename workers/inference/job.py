@@ -36,11 +36,26 @@ class Normalize:
 
 
 @dataclass(frozen=True)
+class MaskSpec:
+    """A mask array over the input (``workers.inference.mask``): nonzero = compute here."""
+
+    path: str  # absolute, already resolved inside the data roots
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
 class InputSpec:
     path: str  # absolute, already resolved inside the data roots
     dataset: str | None = None
     roi: Box | None = None  # spatial (z, y, x); None = whole volume
     normalize: Normalize = field(default_factory=Normalize)
+    mask: MaskSpec | None = None  # None = every window computed
+
+    def mask_node(self, data_roots: tuple[str, ...]) -> Path | None:
+        """The mask array's directory (or file), checked to lie inside the data roots now."""
+        if self.mask is None:
+            return None
+        return confined(node(self.mask.path, self.mask.dataset), data_roots)
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,14 @@ class OutputSpec:
     # affinities) move and shift channels under flips and transposes; () = nothing special
     targets: tuple[str, ...] = ()
     pyramid: bool = True  # the image's coarser levels, filled after level 0 (workers.pyramid)
+    # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
+    # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
+    shards: tuple[int, int, int] | None = None
+
+    @property
+    def write_unit(self) -> tuple[int, int, int]:
+        """What one writer owns whole: the shard when sharded, else the chunk."""
+        return self.shards or self.chunks
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,8 @@ class InferenceJob:
             tta_reduce=self.window.tta_reduce if self.window.tta_variants > 1 else "mean",
         )
         payload = {
-            "input": asdict(self.input),
+            # without a mask, the keys of older jobs stay as they were
+            "input": {k: v for k, v in asdict(self.input).items() if not (k == "mask" and v is None)},
             "model_sha256": model_sha256,
             "model": asdict(replace(self.model, name=None)),
             "window": asdict(window),
@@ -123,7 +147,9 @@ class InferenceJob:
                 k: v
                 for k, v in asdict(self.output).items()
                 if k != "overwrite"
-                and not (k in ("targets", "pyramid") and v in ((), True))  # keys of older jobs stay
+                and not (
+                    k in ("targets", "pyramid", "shards") and v in ((), True, None)
+                )  # keys of older jobs stay
             },
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,

@@ -53,6 +53,7 @@ from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.ledger import SNAPSHOT, Ledger, linear, read_bits
+from workers.inference.mask import record_without_tasks, skipped_windows
 from workers.inference.rundir import Janitor, RunDir
 from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
@@ -81,6 +82,8 @@ class RunSummary:
     scratch_bytes: int = 0
     output_bytes: int = 0
     blocks_read_ahead: int = 0  # pass-1 tasks whose input a worker read during the previous block
+    windows_masked: int = 0  # windows input.mask left out (never computed)
+    blocks_masked: int = 0  # blocks input.mask left with nothing to compute (no task ran)
     levels: int = 1  # the output image's levels: full resolution and its pyramid's
     level0: str = ""  # the path of level 0 in the container (``pred/0``; N5 ``pred/s0``)
     pyramid_seconds: float = 0.0  # the pyramid stage's time in this run
@@ -122,9 +125,14 @@ class InferenceRun:
             "mean", run_dir.root / "pyramid", job.data_roots, f"pytc-{self.layout_key}-{self.attempt}-",
         )  # fmt: skip
         self.plan: BlockPlan = geometry.plan
+        self.blocks_masked = 0  # blocks recorded done without a task (input.mask)
         self.started = time.perf_counter()
         self.ledger = _open_ledger(run_dir, self.plan)
-        self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan))
+        flags = geometry.mask_blocks  # input.mask: what no task needs to run for
+        if flags is not None:
+            self.blocks_masked = record_without_tasks(self.ledger.p1, self.ledger.p2, flags)
+        no_spill = None if flags is None else ~flags[0].reshape(-1)
+        self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan), no_spill)
         for (
             index
         ) in self._schedule.orphans:  # no block reads them any more (a run killed before it dropped them)
@@ -147,6 +155,8 @@ class InferenceRun:
             self.layout_key,
             self.plan.n_blocks,
             self._blocks_done,
+            windows_masked=skipped_windows(geometry.kept),
+            blocks_masked=self.blocks_masked,
         )
 
     @classmethod
@@ -168,7 +178,7 @@ class InferenceRun:
             source = open_input(job)
             check_input(job, source, limits)
         layout_key = job.layout_key(info.sha256)
-        geometry = build_geometry(job, tuple(source.shape))
+        geometry = build_geometry(job, tuple(source.shape), source)
         run_dir = RunDir.for_output(job.output.path, job.output.dataset, layout_key)
         state = checked or output_state(job, info.sha256, roi_shape(job, source))
         levels = output_levels(job, geometry.roi.shape, source.voxel_size)
@@ -349,6 +359,7 @@ def _create(
         overwrite=job.output.overwrite,
         translation=output_translation(job, source),
         levels=levels,
+        shards=job.output.shards,
     )
 
 

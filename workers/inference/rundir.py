@@ -39,6 +39,7 @@ from numcodecs import Blosc
 from volumes.blocks import Index
 from workers.inference.spill import SpillWriter, read_part
 from workers.runtime.cancel import CancelFlag
+from workers.storage import run_base
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class RunDir(CancelFlag):
         """The run folders of one output dataset. Its name is the dataset's, percent-encoded: one
         folder level whatever the dataset's depth, and one name per dataset (``a/b`` is ``a%2Fb``,
         ``a__b`` stays ``a__b``), so two outputs of one container never share partial sums."""
-        return Path(output_path) / RUN_FOLDER / quote(dataset.strip("/"), safe="")
+        return run_base(output_path) / RUN_FOLDER / quote(dataset.strip("/"), safe="")
 
     def legacy_done_blocks(self, phase: int) -> set[Index]:
         """Blocks an older version recorded with one marker file each (read once, at a resume)."""

@@ -104,9 +104,16 @@ def _outer(
 class Schedule:
     """Pass 1 in block order, pass 2 once its sources' pass 1 finished; the done record kept."""
 
-    def __init__(self, plan: BlockPlan, ledger: Ledger, spill_files: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        plan: BlockPlan,
+        ledger: Ledger,
+        spill_files: np.ndarray | None = None,
+        no_spill: np.ndarray | None = None,
+    ) -> None:
         """``spill_files``: which blocks have a spill file on disk (bool, one per block), to find
-        the partial sums a previous run recorded but which are gone."""
+        the partial sums a previous run recorded but which are gone; ``no_spill``: blocks that
+        never write one (their pass 1 computes nothing: ``workers.inference.mask``)."""
         self.plan, self.ledger = plan, ledger
         self.counts = plan.block_counts
         self.tables = [AxisTables.of(a) for a in plan.axes]
@@ -123,6 +130,8 @@ class Schedule:
         border = _outer([t.border for t in self.tables], np.logical_or).reshape(-1)
         empty = _outer([t.empty for t in self.tables], np.logical_or)
         spills = (_outer([t.spills for t in self.tables], np.logical_or) & ~empty).reshape(-1)
+        if no_spill is not None:
+            spills &= ~no_spill
         p1 = np.frombuffer(ledger.p1, dtype=np.uint8).astype(bool)
         p2 = np.frombuffer(ledger.p2, dtype=np.uint8).astype(bool)
         # a block without border chunks is done with its pass 1

@@ -196,7 +196,7 @@ def test_unknown_top_level_field_suggests_the_right_one(root: Path) -> None:
         ("window", "pach_size", "did you mean 'patch_size'?"),
         ("window", "batchsize", "did you mean 'batch_size'?"),
         # shares letters with `heads` but is no typo of it: the known fields instead
-        ("output", "shards", "expected one of: activation, chunks, dataset, dtype, format, heads, "),
+        ("output", "hades", "expected one of: activation, chunks, dataset, dtype, format, heads, "),
     ],
 )
 def test_a_suggestion_is_a_typo_a_person_would_see(root: Path, section: str, typed: str, hint: str) -> None:
