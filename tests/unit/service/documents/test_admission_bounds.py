@@ -154,7 +154,7 @@ def test_training_sizes_are_bounded_naming_the_field(
 
 def test_a_training_image_claiming_10_to_the_12_per_axis_is_refused_before_any_worker(tmp_path: Path) -> None:
     write_data(tmp_path)
-    meta_file = tmp_path / "em.zarr" / "raw" / "zarr.json"
+    meta_file = tmp_path / "em.zarr" / "raw" / "0" / "zarr.json"  # the image raw, its level 0
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "shape": [10**12] * 3}))
     kind, job = parse_job(training_doc(), ParseEnv((tmp_path,)))
