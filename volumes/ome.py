@@ -133,17 +133,23 @@ def image_entry(
     return {"name": name, "axes": axes, "datasets": datasets}
 
 
-def put_image(group: zarr.Group, entry: Mapping[str, Any]) -> None:
+def put_image(group: zarr.Group, entry: Mapping[str, Any], *, label: bool = False) -> None:
     """Make ``group`` the image ``entry`` describes: its ``multiscales`` is this one entry, where the
-    group's zarr format puts OME-Zarr (0.5 under ``ome`` on v3, 0.4 at the top on v2). The group's
-    other attributes are kept; nothing outside the group is touched."""
+    group's zarr format puts OME-Zarr (0.5 under ``ome`` on v3, 0.4 at the top on v2), with
+    ``image-label`` beside it for a ``label`` image (OME-NGFF's labels spec). The group's other
+    attributes are kept; nothing outside the group is touched."""
     attrs: dict[str, Any] = dict(group.attrs.asdict())
     changes: dict[str, Any]
     if group.metadata.zarr_format == 3:
         ome = dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else {}
-        changes = {"ome": {**ome, "version": OME_ZARR_V3, "multiscales": [dict(entry)]}, "multiscales": None}
+        ome |= {"version": OME_ZARR_V3, "multiscales": [dict(entry)]}
+        if label:
+            ome["image-label"] = {"source": {}}
+        changes = {"ome": ome, "multiscales": None}
     else:
         changes = {"multiscales": [{"version": OME_ZARR_V2, **entry}], "ome": None}
+        if label:
+            changes["image-label"] = {"version": OME_ZARR_V2, "source": {}}
     _update(group, attrs, changes)
 
 

@@ -1,4 +1,5 @@
-"""Creating an output: one image of (c, z, y, x) levels, made once before any block writes to it.
+"""Creating an output: one image of (c, z, y, x) levels (or (z, y, x), for labels), made once before any
+block writes to it.
 
 Layout (``output.path`` = ``out.zarr``, ``output.dataset`` = ``pred``)::
 
@@ -11,6 +12,10 @@ N5 names its levels ``s0``, ``s1``, ... with ``downsamplingFactors`` and the gro
 Each level's ``scale`` and ``translation`` place it where it lies in the input (an ROI's offset
 times the voxel size, plus the input's own translation). Nothing outside the image's group is
 written: the container's other images, and its own attributes, stay as readers saw them.
+
+Labels (a segmentation's) are the same image without the channel axis, and their group also says it
+is a label image: ``image-label`` beside ``multiscales`` (under ``ome`` on zarr v3, at the top on v2),
+so viewers colour it as labels.
 
 All channels share a chunk (a block writes all its channels at once), chunks are zstd-compressed,
 never-written chunks read as 0, dimensions are named, and the voxel size travels as OME-Zarr
@@ -51,6 +56,7 @@ from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
 AXES = ("c", "z", "y", "x")
+LABEL_AXES = ("z", "y", "x")
 ZSTD_LEVEL = 3
 N5_VERSION = "4.0.0"
 N5_DTYPES = frozenset(f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64)) | {"float32", "float64"}
@@ -72,11 +78,13 @@ def create_output(
     translation: Sequence[float] | None = None,
     levels: Sequence[Factors] = ((1, 1, 1),),
     shards: Sequence[int] | None = None,
+    label: bool = False,
 ) -> Volume:
     """Create the image ``dataset`` in the container at ``path`` and open its level 0 for writing.
 
-    ``shape`` is level 0's (c, z, y, x); ``chunks`` are spatial (z, y, x), the stored chunk is
-    (c, *chunks) (cut to a coarse level's shape). ``levels`` are the cumulative factors of every
+    ``shape`` is level 0's (c, z, y, x), or (z, y, x) for a ``label`` image (which is also marked
+    ``image-label``); ``chunks`` are spatial (z, y, x), the stored chunk is (c, *chunks) (cut to a
+    coarse level's shape). ``levels`` are the cumulative factors of every
     level (:func:`volumes.pyramid.pyramid_factors`), ``translation`` where voxel 0 lies (nm, z y x).
     The container may already hold other datasets, which are kept. An existing ``dataset`` raises
     VolumeExistsError (and is left untouched) unless ``overwrite``, which deletes it, and only it,
@@ -86,13 +94,14 @@ def create_output(
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
         raise VolumeFormatError(f"an output needs a dataset name inside {root}, got {dataset!r}")
-    _check_geometry(shape, chunks, voxel_size)
+    _check_geometry(shape, chunks, voxel_size, label)
     if not levels or tuple(levels[0]) != (1, 1, 1):
         raise VolumeFormatError(f"an output's levels start at full resolution (1, 1, 1), got {levels}")
     shard = _shard_shape(format, shape, chunks, shards)
     image = _Image(
-        name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard
-    )
+        name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard,
+        label,
+    )  # fmt: skip
     if is_url(path):  # an object store: zarr through FsspecStore (volumes.remote)
         url = normalise_url(str(path))
         check_url_output(url, name, format, overwrite)
@@ -139,11 +148,12 @@ def delete_dataset(path: str | os.PathLike[str], dataset: str) -> None:
         put_multiscale(_open_group(root, parent, kind[0]), base, None)
 
 
-def _check_geometry(shape: Sequence[int], chunks: Sequence[int], voxel_size: Sequence[float] | None) -> None:
-    if len(shape) != 4 or any(int(s) < 1 for s in shape):
-        raise VolumeFormatError(
-            f"output shape must be (c, z, y, x) with positive extents, got {tuple(shape)}"
-        )
+def _check_geometry(
+    shape: Sequence[int], chunks: Sequence[int], voxel_size: Sequence[float] | None, label: bool
+) -> None:
+    if len(shape) != (3 if label else 4) or any(int(s) < 1 for s in shape):
+        axes = "(z, y, x)" if label else "(c, z, y, x)"
+        raise VolumeFormatError(f"output shape must be {axes} with positive extents, got {tuple(shape)}")
     if len(chunks) != 3 or any(int(c) < 1 for c in chunks):
         raise VolumeFormatError(f"output chunks must be spatial (z, y, x) and positive, got {tuple(chunks)}")
     if voxel_size is not None and (len(voxel_size) != 3 or any(v <= 0 for v in voxel_size)):
@@ -162,17 +172,19 @@ def _shard_shape(
         raise VolumeFormatError(
             f"shards {list(shards)} must be 3 positive multiples of chunks {list(chunks)}"
         )
-    return (int(shape[0]), *(int(s) for s in shards))
+    return (*(int(c) for c in shape[:-3]), *(int(s) for s in shards))
 
 
 def _check_container(root: Path, format: OutputFormat) -> None:
-    """``root`` must be absent, an empty directory, or a group of ``format``."""
+    """``root`` must be absent, an empty directory (hidden entries aside: a job's run folder
+    ``.pytc-run`` may be made first), or a group of ``format``."""
     if not root.exists():
         return
     if not root.is_dir():
         raise VolumeFormatError(f"{root} is a file; expected a {format} container directory")
     kind = node_kind(root)
-    if kind == (format, "group") or (kind is None and not any(root.iterdir())):
+    empty = not any(not p.name.startswith(".") for p in root.iterdir())
+    if kind == (format, "group") or (kind is None and empty):
         return
     if kind is None and format == "n5" and list_datasets(root):
         return  # N5 made by tensorstore has no root attributes.json, only its datasets
@@ -183,18 +195,24 @@ def _check_container(root: Path, format: OutputFormat) -> None:
 @dataclass(frozen=True)
 class _Image:
     name: str
-    shape: tuple[int, ...]  # level 0, (c, z, y, x)
+    shape: tuple[int, ...]  # level 0, (c, z, y, x), or (z, y, x) for labels
     dtype: np.dtype
     chunks: tuple[int, ...]  # spatial
     voxel_size: Sequence[float] | None
     translation: Sequence[float] | None
     levels: tuple[Factors, ...]
     shards: tuple[int, ...] | None = None  # level 0's stored shard, (c, z, y, x)
+    label: bool = False  # (z, y, x) labels, marked image-label; else (c, z, y, x)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return LABEL_AXES if self.label else AXES
 
     def level(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Level ``index``'s shape and stored chunk (channels whole, cut to the level's shape)."""
         shape = level_shape(self.shape, self.levels[index])
-        return shape, (shape[0], *(min(c, s) for c, s in zip(self.chunks, shape[1:], strict=True)))
+        lead = shape[:-3]
+        return shape, (*lead, *(min(c, s) for c, s in zip(self.chunks, shape[-3:], strict=True)))
 
 
 def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:
@@ -210,16 +228,22 @@ def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict
             zstd: Any = ZstdCodec(level=ZSTD_LEVEL)
             shards = image.shards if index == 0 else None
             group.create_array(
-                str(index), **common, shards=shards, compressors=zstd, dimension_names=AXES, attributes=extra
+                str(index),
+                **common,
+                shards=shards,
+                compressors=zstd,
+                dimension_names=image.axes,
+                attributes=extra,
             )
         else:
-            dims = {**extra, "_ARRAY_DIMENSIONS": list(AXES)}
+            dims = {**extra, "_ARRAY_DIMENSIONS": list(image.axes)}
             group.create_array(
                 str(index), **common, compressors=numcodecs.Zstd(level=ZSTD_LEVEL), attributes=dims
             )
     base = image.name.rpartition("/")[2]
-    entry = image_entry(base, image.levels, image.voxel_size, image.translation, channel_axis=True)
-    put_image(group, entry)
+    channel_axis = not image.label
+    entry = image_entry(base, image.levels, image.voxel_size, image.translation, channel_axis=channel_axis)
+    put_image(group, entry, label=image.label)
 
 
 def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
@@ -242,9 +266,10 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
     root_meta = read_json_object(root / "attributes.json") or {}
     if "n5" not in root_meta:
         write_json_atomic(root / "attributes.json", {**root_meta, "n5": N5_VERSION})
-    scales = [[*(int(f) for f in factors[::-1]), 1] for factors in image.levels]
-    group_meta: dict[str, Any] = {"multiScale": True, "scales": scales, "axes": list(AXES[::-1])}
-    group_meta |= _n5_resolution(image.voxel_size, (1, 1, 1))
+    lead = [] if image.label else [1]
+    scales = [[*(int(f) for f in factors[::-1]), *lead] for factors in image.levels]
+    group_meta: dict[str, Any] = {"multiScale": True, "scales": scales, "axes": list(image.axes[::-1])}
+    group_meta |= _n5_resolution(image.voxel_size, (1, 1, 1), image.label)
     (root / image.name).mkdir(parents=True)
     write_json_atomic(root / image.name / "attributes.json", group_meta)
     for index, factors in enumerate(image.levels):
@@ -255,22 +280,25 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
             "blockSize": list(chunks[::-1]),
             "dataType": image.dtype.name,
             "compression": {"type": "zstd", "level": ZSTD_LEVEL},
-            "axes": list(AXES[::-1]),
+            "axes": list(image.axes[::-1]),
             "downsamplingFactors": scales[index],
         }
-        meta |= _n5_resolution(image.voxel_size, factors)
+        meta |= _n5_resolution(image.voxel_size, factors, image.label)
         (root / image.name / f"s{index}").mkdir()
         write_json_atomic(root / image.name / f"s{index}" / "attributes.json", meta)
 
 
-def _n5_resolution(voxel_size: Sequence[float] | None, factors: Sequence[int]) -> dict[str, Any]:
+def _n5_resolution(
+    voxel_size: Sequence[float] | None, factors: Sequence[int], label: bool = False
+) -> dict[str, Any]:
     """tensorstore wants one resolution (and unit) per dimension; N5 Viewer reads pixelResolution.
     Absent means unknown: N5 has no required resolution."""
     if voxel_size is None:
         return {}
     xyz = [float(v) * f for v, f in zip(voxel_size, factors, strict=True)][::-1]
+    lead: tuple[list[float], list[str]] = ([], []) if label else ([1.0], [""])
     return {
-        "resolution": [*xyz, 1.0],
-        "units": ["nm", "nm", "nm", ""],
+        "resolution": [*xyz, *lead[0]],
+        "units": ["nm", "nm", "nm", *lead[1]],
         "pixelResolution": {"dimensions": xyz, "unit": "nm"},
     }

@@ -152,8 +152,9 @@ class DecoderSection(Section):
 
 
 class SegOutputSection(Section):
-    """Where the labels go: a (z, y, x) array of uint32 (uint64 when the objects need it), with a
-    table of objects beside it; `relabel: sequential` numbers objects 1..N in raster order of their
+    """Where the labels go: an OME-Zarr label image (its own group, level 0 a (z, y, x) array of
+    uint32, uint64 when the objects need it, then its pyramid; `pyramid: false` keeps level 0 alone),
+    with a table of objects beside it; `relabel: sequential` numbers objects 1..N in raster order of their
     first voxels, `none` keeps PyTC's numbers (gaps where small objects were removed)."""
 
     path: Text
@@ -162,6 +163,7 @@ class SegOutputSection(Section):
     chunks: PosTriple = [32, 256, 256]
     relabel: Literal["sequential", "none"] = "sequential"
     overwrite: StrictBool = False
+    pyramid: StrictBool = True
 
 
 class SegComputeSection(Section):
@@ -210,7 +212,9 @@ def parse_segmentation(
                 f"{list(block or ())} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
             )
     _check_block_memory(block or chunks, decoder, limits)
-    output = SegOutput(out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite)
+    output = SegOutput(
+        out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite, out.pyramid
+    )
     return SegmentationJob(
         SegInput(in_path, in_dataset),
         decoder,

@@ -3,8 +3,9 @@ on the whole volume.
 
 The run (:class:`workers.segmentation.run.SegmentationRun`) owns the order of the steps, what an
 earlier run finished and the final check; this kind checks the job and pumps the run's tasks
-through Dask, a few in flight per worker, stage by stage. Progress is counted in steps (one block's
-step, or a merge), with each stage's count in ``details["parts"]``.
+through Dask, a few in flight per worker, stage by stage, then the label pyramid's
+(:func:`service.kinds.stages.drive_pyramid`). Progress is counted in steps (one block's
+step, or a merge, and a pyramid chunk), with each stage's count in ``details["parts"]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from service.documents.segmentation import SegmentationDocument, parse_segmentat
 from service.errors import JobCancelledError, JobFailedError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
 from service.kinds.inference import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, _wait_for_tasks, _wait_some
+from service.kinds.stages import drive_pyramid
 from service.progress import Progress, format_duration
 from workers.errors import BlockCancelledError, IncompleteRunError
 from workers.inference.rundir import RunDir
@@ -50,8 +52,10 @@ class SegmentationKind:
         run = SegmentationRun.start(job, env.limits.max_input_voxels)
         if run.resumed:
             env.notice(f"resuming the existing output {job.output.path} ({job.output.dataset})")
-        _Driver(run, env).drive()
+        driver = _Driver(run, env)
+        driver.drive()
         try:
+            drive_pyramid(run.pyramid_stage(), env, driver.report)
             return run.complete()
         except IncompleteRunError as err:
             raise JobFailedError(str(err)) from err

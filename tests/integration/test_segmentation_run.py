@@ -1,6 +1,7 @@
-"""The segmentation run in one process over real stores: every output format with its metadata and
-table, a run stopped part way resumed to the same labels, the output guard, and inputs that are not
-predictions refused naming ``input``."""
+"""The segmentation run in one process over real stores: every output format with its metadata
+(its own OME-Zarr label image with a ``mode`` pyramid) and table, the labels placed where the
+prediction lies, a run stopped part way resumed to the same labels, the output guard, and inputs
+that are not predictions refused naming ``input``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from volumes.labels.decoders import Decoder
 from volumes.labels.output import read_table
 from volumes.labels.whole import decode_in_memory, sequential
 from volumes.open import open_volume
-from workers.errors import OutputExistsError, SpecError
+from volumes.output import create_output, level_path
+from volumes.pyramid import downsample_labels, pyramid_factors
+from workers.errors import IncompleteRunError, OutputExistsError, SpecError
+from workers.pyramid import run_pyramid_task
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 from workers.segmentation.run import SegmentationRun, run_serially
-from workers.segmentation.steps import run_step
+from workers.segmentation.steps import NUMBER, SIZES, WRITE, run_step
 
 SHAPE = (10, 24, 28)
 BC = Decoder("bc_connected", (0.5, 0.6), 6, "background", 18, (1, 3, 3))
@@ -69,12 +73,46 @@ def test_every_format_equals_the_whole_volume_decoder(tmp_path: Path, pred: np.n
         np.testing.assert_allclose(row[8:11], where.mean(axis=0), atol=1e-3)
     attrs = open_volume(j.output.path, "seg").attrs["pytc"]
     assert attrs["complete"] is True and attrs["kind"] == "segmentation"
+    assert_label_image(Path(j.output.path), fmt, labels)
+
+
+def assert_label_image(root: Path, fmt: str, labels: np.ndarray) -> None:
+    """``seg`` is its own image: multiscales and image-label on its group (nothing on the
+    container's), level 1 the mode of level 0 (the chunks (5, 8, 7) give levels down to one chunk;
+    no voxel size: isotropic factors)."""
     if fmt != "n5":
-        group = json.loads(
-            (tmp_path / "seg.zarr" / ("zarr.json" if fmt == "zarr3" else ".zattrs")).read_text()
-        )
-        meta = group["attributes"]["ome"] if fmt == "zarr3" else group
-        assert "image-label" in meta and meta["multiscales"][0]["datasets"][0]["path"] == "seg"
+        name = "zarr.json" if fmt == "zarr3" else ".zattrs"
+        image = json.loads((root / "seg" / name).read_text())
+        meta = image["attributes"]["ome"] if fmt == "zarr3" else image
+        assert "image-label" in meta and [d["path"] for d in meta["multiscales"][0]["datasets"]][:2] == [
+            "0",
+            "1",
+        ]
+        assert [a["name"] for a in meta["multiscales"][0]["axes"]] == ["z", "y", "x"]
+        container = json.loads((root / name).read_text()) if (root / name).is_file() else {}
+        assert "image-label" not in json.dumps(container) and "multiscales" not in json.dumps(container)
+    level1 = open_volume(root, level_path(fmt, "seg", 1))
+    np.testing.assert_array_equal(
+        level1.read(Box((0, 0, 0), level1.shape)),
+        downsample_labels(labels, pyramid_factors(labels.shape, (5, 8, 7), None)[1]),
+    )
+
+
+def test_labels_lie_where_the_prediction_lies(tmp_path: Path, pred: np.ndarray) -> None:
+    """A prediction placed at a translation (an ROI's output) gives labels with the same voxel size
+    and translation; ``pyramid: false`` keeps level 0 alone."""
+    placed = create_output(
+        tmp_path / "placed.zarr", "mito", "zarr3", pred.shape, np.uint8, (5, 12, 14), (30.0, 8.0, 8.0),
+        translation=(120.0, 64.0, 32.0),
+    )  # fmt: skip
+    placed.write(Box((0, 0, 0, 0), pred.shape), pred)
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (5, 8, 7), pyramid=False)
+    j = SegmentationJob(SegInput(str(tmp_path / "placed.zarr"), "mito"), BC, output, (5, 8, 14), "{}")
+    run_serially(j)
+    labels = open_volume(j.output.path, "seg")
+    assert labels.voxel_size == (30.0, 8.0, 8.0) and labels.translation == (120.0, 64.0, 32.0)
+    assert not (tmp_path / "seg.zarr" / "seg" / "1").exists()
+    np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
 
 
 def test_float_predictions_and_relabel_none(tmp_path: Path, pred: np.ndarray) -> None:
@@ -96,6 +134,51 @@ def test_a_run_stopped_part_way_resumes_to_the_same_labels(tmp_path: Path, pred:
     assert again["resumed"] and again["steps_skipped"] >= 40
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert run_serially(j)["steps_skipped"] > 0  # complete: nothing to do
+
+
+def test_complete_only_after_the_pyramid_and_a_run_stopped_in_it_resumes(
+    tmp_path: Path, pred: np.ndarray
+) -> None:
+    """Every block written but the pyramid not: the run cannot complete (the output stays marked
+    incomplete); a new run finishes the pyramid's remaining tasks only."""
+    j = job(tmp_path, "seg.zarr")
+    run = SegmentationRun.start(j)
+    while tasks := run.ready():
+        for task in tasks:
+            run_step(task.plan, task.step, task.block)
+            run.finished(task)
+    stage = run.pyramid_stage()
+    first = stage.next_task()
+    assert first is not None and stage.chunks_total > 1
+    run_pyramid_task(first)
+    stage.finished(first)
+    with pytest.raises(IncompleteRunError, match="pyramid"):
+        run.complete()
+    assert open_volume(j.output.path, "seg").attrs["pytc"]["complete"] is False
+    again = run_serially(j)
+    assert again["resumed"] and again["levels"] > 1
+    labels = read(j)
+    np.testing.assert_array_equal(labels, sequential(decode_in_memory(pred, BC)))
+    assert_label_image(tmp_path / "seg.zarr", "zarr3", labels)
+
+
+def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred: np.ndarray) -> None:
+    """The merge that creates the image killed after level 0 but before the image's metadata (and
+    its own marker): the next run deletes that half image of its own and makes it whole."""
+    j = job(tmp_path, "seg.zarr")
+    run = SegmentationRun.start(j)
+    while (tasks := run.ready()) and tasks[0].step != WRITE:
+        for task in tasks:
+            run_step(task.plan, task.step, task.block)
+            run.finished(task)
+    meta = tmp_path / "seg.zarr" / "seg" / "zarr.json"
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**record, "attributes": {}}))  # no multiscales: not an image yet
+    merge = SIZES if run.plan.dilates else NUMBER  # the merge that creates the image
+    (run.plan.run_dir.root / "done" / f"p{merge}_0_0_0.json").unlink()
+    run_serially(j)
+    np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
+    assert "image-label" in json.loads(meta.read_text())["attributes"]["ome"]
 
 
 def test_the_output_guard(tmp_path: Path, pred: np.ndarray) -> None:

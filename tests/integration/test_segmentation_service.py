@@ -4,6 +4,7 @@ an uninterrupted run; and through ``pytc run``."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from volumes.box import Box
 from volumes.labels.decoders import Decoder
 from volumes.labels.whole import decode_in_memory, sequential
 from volumes.open import open_volume
+from volumes.pyramid import downsample_labels
 
 FINAL = ("succeeded", "failed", "cancelled")
 SHAPE = (8, 32, 64)
@@ -96,6 +98,12 @@ def test_segmentation_jobs_through_the_service(tmp_path: Path) -> None:
         assert final["result"]["steps_skipped"] >= 24 and final["result"]["resumed"]
         np.testing.assert_array_equal(labels(root / "killed.zarr"), expected(pred))
         assert (root / "killed.zarr" / "seg.objects.csv").is_file()
+        image = json.loads((root / "killed.zarr" / "seg" / "zarr.json").read_text())["attributes"]["ome"]
+        assert "image-label" in image and len(image["multiscales"][0]["datasets"]) == 4
+        level1 = open_volume(root / "killed.zarr", "seg/1")  # the label pyramid, a stage of the job
+        np.testing.assert_array_equal(
+            level1.read(Box((0, 0, 0), level1.shape)), downsample_labels(expected(pred), (2, 2, 2))
+        )
         assert not markers.exists()  # the run folder goes once the output is complete
 
         # another job's output is a 409; the same job again is its own output, complete

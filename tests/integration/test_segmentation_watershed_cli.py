@@ -44,6 +44,6 @@ def test_pytc_run_binary_watershed(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     decoder = Decoder("binary_watershed", (0.7, 0.45), 8, "background", 26, None, 4, (16, 48, 48))
-    got = zarr.open_array(tmp_path / "seg.zarr" / "seg", mode="r")[:]
+    got = zarr.open_array(tmp_path / "seg.zarr" / "seg" / "0", mode="r")[:]  # level 0 of the label image
     np.testing.assert_array_equal(got, sequential(decode_in_memory(pred, decoder)))
     assert got.max() > 3

@@ -6,8 +6,8 @@
   links between neighbouring blocks' labels across faces, edges and corners;
 - :mod:`~volumes.labels.merge`: the union of linked pieces into objects, the numbering and the size
   filter on whole objects;
-- :mod:`~volumes.labels.output`: the labels array (zarr v3/v2, N5) with OME-Zarr ``image-label``,
-  and the table of objects.
+- :mod:`~volumes.labels.output`: the table of objects (the label image itself is
+  :func:`volumes.output.create_output` with ``label=True``).
 
 No torch, no Dask: the block tasks in ``workers.segmentation`` call these.
 """

@@ -41,6 +41,7 @@ class SegOutput:
     chunks: tuple[int, int, int] = (32, 256, 256)
     relabel: Relabel = "sequential"
     overwrite: bool = False
+    pyramid: bool = True  # the labels image's coarser levels (mode rule), filled after level 0
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class SegmentationJob:
             "algorithm": ALGORITHM,
             "input": [self.input.path, self.input.dataset, list(shape), np.dtype(dtype).str],
             "decoder": asdict(self.decoder),
-            "output": [self.output.format, list(self.output.chunks), self.output.relabel],
+            "output": [self.output.format, list(self.output.chunks), self.output.relabel]
+            + ([] if self.output.pyramid else ["no-pyramid"]),
             "block": list(self.block_for(tuple(shape[1:]))),
         }
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -6,11 +6,11 @@ output: absent, this job's own (resumed; complete already: nothing to do), or an
 barrier (every block's step before any of the next stage)::
 
     label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
-    -> write (blocks) -> complete
+    -> write (blocks) -> pyramid (workers.pyramid, rule ``mode``, level after level) -> complete
 
-``complete`` checks every block's write marker, writes the table of objects, marks the output
-complete and drops the run folder: success is never reported over a hole. ``run_serially`` is the
-loop in one process; ``service.kinds.segmentation`` pumps the same tasks through Dask.
+``complete`` checks every block's write marker and every pyramid task's, writes the table of
+objects, marks the output complete and drops the run folder: success is never reported over a hole.
+``run_serially`` is the loop in one process; ``service.kinds.segmentation`` pumps the same tasks through Dask.
 """
 
 from __future__ import annotations
@@ -28,13 +28,28 @@ import numpy as np
 from volumes.errors import VolumeError, VolumeNotFoundError
 from volumes.labels.merge import Objects, table_rows
 from volumes.labels.output import table_path, write_table
+from volumes.ome import image_levels
 from volumes.open import open_volume
 from volumes.output import delete_dataset
+from volumes.pyramid import Factors, LabelRule
 from workers.confine import confined
 from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.rundir import RunDir
+from workers.pyramid import PyramidStage, run_pyramid_task
 from workers.segmentation.job import SegmentationJob, check_input, open_prediction
-from workers.segmentation.steps import NUMBER, ONCE, OUTPUT_ATTRS_KEY, SIZES, WRITE, Index, Plan, made_by
+from workers.segmentation.steps import (
+    NUMBER,
+    ONCE,
+    OUTPUT_ATTRS_KEY,
+    SIZES,
+    WRITE,
+    Index,
+    Plan,
+    label_levels,
+    made_by,
+)
+
+LABEL_RULE: LabelRule = "mode"  # the label pyramid's rule: each coarse voxel the most frequent id under it
 
 STEP_NAMES = {1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 10: "number", 11: "sizes"}
 
@@ -47,8 +62,17 @@ class Task:
 
 
 class SegmentationRun:
-    def __init__(self, plan: Plan, already_complete: bool, resumed: bool) -> None:
+    def __init__(
+        self, plan: Plan, already_complete: bool, resumed: bool, levels: tuple[Factors, ...] = ((1, 1, 1),)
+    ) -> None:
         self.plan = plan
+        job = plan.job
+        self.pyramid = PyramidStage(
+            job.output.path, job.output.dataset, job.output.format,
+            ((1, 1, 1),) if already_complete else levels, job.output.chunks, plan.grid.shape,
+            LABEL_RULE, plan.run_dir.root / "pyramid", job.data_roots,
+            f"pytc-seg-{plan.layout_key}-{plan.attempt}-",
+        )  # fmt: skip
         self.already_complete = already_complete
         self.resumed = resumed
         self.started = time.perf_counter()
@@ -69,7 +93,7 @@ class SegmentationRun:
         )
         complete, resumed = _output_state(plan)
         plan.run_dir.clear_cancel()
-        return cls(plan, complete, resumed)
+        return cls(plan, complete, resumed, label_levels(plan, source))
 
     def stages(self) -> list[tuple[int, list[Index]]]:
         blocks = list(self.plan.grid.indices())
@@ -94,24 +118,40 @@ class SegmentationRun:
         self.done.add((task.step, task.block))
 
     def counts(self) -> dict[str, list[int]]:
-        return {
+        parts = {
             STEP_NAMES[step]: [sum(1 for b in blocks if (step, b) in self.done), len(blocks)]
             for step, blocks in self.stages()
         }
+        if self.pyramid.chunks_total:
+            parts["pyramid"] = [self.pyramid.chunks_done, self.pyramid.chunks_total]
+        return parts
+
+    def pyramid_stage(self) -> PyramidStage:
+        """The label pyramid's tasks, once every block's write is recorded (level 0 whole)."""
+        self._check_written()
+        return self.pyramid
+
+    def _check_written(self) -> None:
+        if self.already_complete:
+            return
+        plan = self.plan
+        missing = [b for b in plan.grid.indices() if not plan.run_dir.is_done(WRITE, b)]
+        if missing:
+            raise IncompleteRunError(
+                f"{len(missing)} blocks are not recorded written, first {missing[0]}; "
+                "the output stays marked incomplete"
+            )
 
     def request_cancel(self) -> None:
         self.plan.run_dir.request_cancel()
 
     def complete(self) -> dict[str, Any]:
-        """Success only over a whole output: every block's write marker must be on disk."""
+        """Success only over a whole output: every block's write marker and every pyramid task's
+        marker must be on disk."""
         plan, job = self.plan, self.plan.job
+        self._check_written()
+        self.pyramid.check()
         if not self.already_complete:
-            missing = [b for b in plan.grid.indices() if not plan.run_dir.is_done(WRITE, b)]
-            if missing:
-                raise IncompleteRunError(
-                    f"{len(missing)} blocks are not recorded written, first {missing[0]}; "
-                    "the output stays marked incomplete"
-                )
             job.output_node()
             confined(plan.run_dir.root, job.data_roots)
             with np.load(plan.run_dir.root / "objects.npz") as data:
@@ -133,6 +173,8 @@ class SegmentationRun:
             "objects": record.get("objects"),
             "max_id": record.get("max_id"),
             "dtype": str(volume.dtype),
+            "levels": len(image_levels(Path(job.output.path, job.output.dataset), job.output.format)),
+            "pyramid_seconds": self.pyramid.seconds,
             "blocks_total": plan.grid.counts[0] * plan.grid.counts[1] * plan.grid.counts[2],
             "steps_skipped": self.skipped,
             "resumed": self.resumed,
@@ -194,6 +236,10 @@ def run_serially(
         run.finished(task)
         if on_step is not None:
             on_step(run)
+    stage = run.pyramid_stage()
+    while (pyramid_task := stage.next_task()) is not None:
+        run_pyramid_task(pyramid_task)
+        stage.finished(pyramid_task)
     return run.complete()
 
 

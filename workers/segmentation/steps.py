@@ -13,14 +13,17 @@ any moment resumes from the markers: a step is redone unless its marker is on di
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
 
-The labels array itself is created by the last merge (its dtype, uint32 or uint64, is known then);
-the write step fills a block's chunks, the block being a multiple of the chunks.
+The labels image itself is created by the last merge (its dtype, uint32 or uint64, is known then),
+with all its levels (:func:`label_levels`); the write step fills a block's chunks of level 0, the
+block being a multiple of the chunks; the pyramid stage (:mod:`workers.pyramid`, rule ``mode``)
+fills the coarser levels after every block is written.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ import numpy as np
 import zarr
 
 from volumes.box import Box
+from volumes.errors import VolumeNotFoundError
 from volumes.files import atomic_write, read_json, write_json_atomic
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
@@ -43,9 +47,12 @@ from volumes.labels.blockwise import (
     read_box,
 )
 from volumes.labels.merge import Objects, final_ids, label_dtype
-from volumes.labels.output import create_labels, describe
 from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
+from volumes.output import create_output as create_image
+from volumes.output import level_path
+from volumes.pyramid import Factors, pyramid_factors
+from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
 from workers.inference.rundir import SCRATCH_CODEC
@@ -189,16 +196,12 @@ def _finish_merge(plan: Plan, objects: Objects, final: np.ndarray) -> None:
 
 
 def create_output(plan: Plan, dtype: np.dtype) -> None:
-    """The labels array with the job's identity (not yet complete), unless this run made it already."""
+    """The labels image with the job's identity (not yet complete), unless this run made it already:
+    placed where the prediction lies (its voxel size and translation), with its pyramid's levels."""
     job = plan.job
-    existing = None
-    if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
-        existing = open_volume(job.output.path, job.output.dataset)
-    source = open_volume(job.input.path, job.input.dataset)
-    out = job.output
-    if existing is not None and made_by(plan, existing.attrs, existing.shape):
-        describe(Path(out.path), out.dataset, out.format, source.voxel_size)
+    if Path(job.output.path, job.output.dataset).exists() and _own_image(plan):  # else: only the run folder
         return
+    source = open_volume(job.input.path, job.input.dataset)
     job.output_node()
     attrs = {
         OUTPUT_ATTRS_KEY: {
@@ -209,9 +212,34 @@ def create_output(plan: Plan, dtype: np.dtype) -> None:
             "version": package_version(),
         }
     }
-    create_labels(
-        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs
-    )
+    out = job.output
+    create_image(
+        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs,
+        translation=source.translation, levels=label_levels(plan, source), label=True,
+    )  # fmt: skip
+
+
+def _own_image(plan: Plan) -> bool:
+    """True when the output is this run's whole image; a half-made one of this run (killed between
+    its level 0 and its metadata) is deleted, to be made again."""
+    out = plan.job.output
+    try:
+        existing = open_volume(out.path, out.dataset)
+    except VolumeNotFoundError:
+        level0 = open_volume(out.path, level_path(out.format, out.dataset, 0))  # else not ours: raises
+        if not made_by(plan, level0.attrs, level0.shape):
+            raise
+        plan.job.output_node()
+        shutil.rmtree(Path(out.path, out.dataset))
+        return False
+    return made_by(plan, existing.attrs, existing.shape)
+
+
+def label_levels(plan: Plan, source: Volume) -> tuple[Factors, ...]:
+    """The labels image's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
+    if not plan.job.output.pyramid:
+        return ((1, 1, 1),)
+    return pyramid_factors(plan.grid.shape, plan.job.output.chunks, source.voxel_size)
 
 
 def made_by(plan: Plan, attrs: dict[str, Any], shape: tuple[int, ...]) -> bool:

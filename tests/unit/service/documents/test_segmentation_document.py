@@ -89,3 +89,16 @@ def test_watershed_decoders_take_pytcs_defaults_and_a_halo(tmp_path: Path) -> No
     with pytest.raises(SpecError) as caught:
         parse_segmentation({**doc(), "compute": {"halo": [2, 3, 4]}}, [tmp_path])
     assert caught.value.field == "compute.halo"
+
+
+def test_the_label_pyramid_is_on_unless_turned_off(tmp_path: Path) -> None:
+    assert parse_segmentation(doc(), [tmp_path]).output.pyramid is True
+    off = {**doc(), "output": {"path": "seg.zarr", "pyramid": False}}
+    job = parse_segmentation(off, [tmp_path])
+    assert job.output.pyramid is False
+    assert job.layout_key((1, 8, 8, 8), "uint8") != parse_segmentation(doc(), [tmp_path]).layout_key(
+        (1, 8, 8, 8), "uint8"
+    )  # a run never resumes into an image of other levels
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation({**doc(), "output": {"path": "seg.zarr", "pyramid": "no"}}, [tmp_path])
+    assert caught.value.field == "output.pyramid"

@@ -17,6 +17,8 @@ from PIL import Image
 from service.viewing.layers import Source, job_sources, open_layer
 from service.viewing.previews import OutsideError, pick_level, preview_png
 from service.viewing.views import build_view, output_view
+from volumes.box import Box
+from volumes.output import create_output
 
 VOXEL = (30.0, 8.0, 8.0)
 
@@ -155,6 +157,30 @@ def test_labels_and_masks_are_segmentation_layers(tmp_path: Path) -> None:
     seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
            "output": {"path": "em.zarr", "dataset": "mito"}}  # fmt: skip
     assert job_sources("segmentation", seg, [tmp_path])[-1].layer_type == "segmentation"
+
+
+def test_a_segmentation_output_is_a_placed_label_image_with_its_pyramid(tmp_path: Path) -> None:
+    """The label image a segmentation job writes (its own group: multiscales, image-label, levels 0
+    and 1, the prediction's translation) is a segmentation layer at every level, where it lies."""
+    make_input(tmp_path)
+    labels = np.zeros((8, 32, 32), np.uint32)
+    labels[:, :16] = 3
+    image = create_output(
+        tmp_path / "seg.zarr", "mito_seg", "zarr3", labels.shape, np.uint32, (4, 16, 16), VOXEL,
+        translation=(4 * 30.0, 16 * 8.0, 32 * 8.0), levels=((1, 1, 1), (1, 2, 2)), label=True,
+    )  # fmt: skip
+    image.write(Box((0, 0, 0), labels.shape), labels)
+    seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
+           "output": {"path": "seg.zarr", "dataset": "mito_seg"}}  # fmt: skip
+    view = build_view("segmentation", seg, [tmp_path], sign)
+    layer = view.layer("labels")
+    assert layer is not None and len(layer.levels) == 2 and layer.channels is None
+    assert layer.base.scale_nm == VOXEL and layer.base.translation_nm == (4 * 30.0, 16 * 8.0, 32 * 8.0)
+    (state,) = [la for la in view.state["layers"] if la["name"] == "labels"]
+    assert state["type"] == "segmentation"
+    assert state["source"] == {"url": "zarr3://http://svc/stores/Tseg.zarr/mito_seg/"}
+    rgb = np.asarray(Image.open(io.BytesIO(preview_png(layer, 6, view.global_nm))))
+    assert rgb.shape[:2] == (32, 32) and rgb[0].max() > 0 and (rgb[-1] == 0).all()
 
 
 def test_an_input_placed_by_its_ome_translation_is_drawn_there(tmp_path: Path) -> None:
