@@ -54,7 +54,9 @@ from workers.inference.job import (
     OutputSpec,
     PadMode,
     Precision,
+    RawHeads,
     Reduce,
+    Uint8Rounding,
     WindowSpec,
 )
 from workers.limits import (
@@ -115,6 +117,22 @@ class TtaSection(Section):
         return value
 
 
+BLENDING_HELP = (
+    "gaussian (the default: PyTC v1's blend_gaussian, sigma 0.2 on a linspace(-1, 1, n) grid per "
+    "axis plus 1e-4), monai_gaussian (MONAI's importance map, sigma 0.125 * n voxels, floor 1e-3), "
+    "bump (PyTC's) or constant"
+)
+RAW_HEADS_HELP = (
+    "keep (the default) or pytc: as PyTC v1's Trainer.test, each window's prediction is clipped at 0 "
+    "before blending and a TTA minimum starts from 1, a maximum from 0; this changes the values of "
+    "heads without activation only. Configs imported from PyTC set it."
+)
+UINT8_ROUNDING_HELP = (
+    "How dtype uint8 turns clip(x, 0, 1) * 255 into a level: truncate (the default, as PyTC's "
+    "astype(uint8), which PyTC's decoder thresholds > int(255 * t) were tuned on) or round (to the nearest)"
+)
+
+
 class WindowSection(Section):
     """The sliding window: patch size, step (`stride`, or `overlap` as one fraction or one per
     axis), how overlapping patches are blended, padding, batch size and test-time augmentation."""
@@ -122,11 +140,12 @@ class WindowSection(Section):
     patch_size: PosTriple
     stride: PosTriple | None = None
     overlap: FractionTriple | None = None
-    blending: Blending = "gaussian"
+    blending: Blending = Field(default="gaussian", description=BLENDING_HELP)
     pad_size: NonNegTriple = [0, 0, 0]
     pad_mode: PadMode = "reflect"
     batch_size: PosInt = 4
     tta: TtaSection | None = None
+    raw_heads: RawHeads = Field(default="keep", description=RAW_HEADS_HELP)
 
     @field_validator("overlap", mode="before", json_schema_input_type=Fraction | FractionTriple | None)
     @classmethod
@@ -148,6 +167,7 @@ class OutputSection(Section):
     chunks: PosTriple = [32, 256, 256]
     overwrite: StrictBool = False
     targets: OutputTargets | None = None
+    uint8_rounding: Uint8Rounding = Field(default="truncate", description=UINT8_ROUNDING_HELP)
 
     @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
     @classmethod
@@ -316,6 +336,7 @@ def _window(section: WindowSection) -> WindowSpec:
         batch_size=section.batch_size,
         tta_variants=tta.variants,
         tta_reduce=tta.reduce,
+        raw_heads=section.raw_heads,
     )
 
 
@@ -349,6 +370,7 @@ def _output(section: OutputSection, roots: Sequence[Path]) -> OutputSpec:
         chunks=triple(section.chunks),
         overwrite=section.overwrite,
         targets=targets,
+        uint8_rounding=section.uint8_rounding,
     )
 
 
