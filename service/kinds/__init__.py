@@ -37,7 +37,11 @@ __all__ = [
 ]
 
 # The kinds this package ships: module, then the attribute holding the kind.
-BUILTIN = (("service.kinds.inference", "INFERENCE"), ("service.kinds.training", "TRAINING"))
+BUILTIN = (
+    ("service.kinds.inference", "INFERENCE"),
+    ("service.kinds.training", "TRAINING"),
+    ("service.kinds.pytc_config", "PYTC_CONFIG"),
+)
 
 _lock = threading.Lock()
 _kinds: dict[str, JobKind[Any]] = {}
