@@ -111,7 +111,16 @@ class PytcConfigKind:
 
     def admit(self, job: PytcJob, env: AdmitEnv) -> Any:
         with pytc_names(job.conversion.document):
-            return self._inner(job).admit(job.job, env)
+            checked = self._inner(job).admit(job.job, env)
+        source = getattr(checked, "source", None)  # the inference kind's opened input
+        if source is not None and str(source.dtype) != "uint8":
+            raise SpecError(
+                "DATASET.NORMALIZE_RANGE",
+                f"the input is {source.dtype}: PyTC divides inputs by 255 after stretching non-uint8 "
+                "volumes to their own min and max (DATASET.NORMALIZE_RANGE), a whole-volume statistic "
+                "this service does not compute; convert the volume to uint8 as PyTC would, then run again",
+            )
+        return checked
 
     def run(self, job: PytcJob, env: RunEnv, checked: Any = None) -> dict[str, Any]:
         for note in job.conversion.notes:

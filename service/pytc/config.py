@@ -36,15 +36,16 @@ Tree = dict[str, Any]
 
 
 @lru_cache(maxsize=1)
-def _defaults_text() -> str:
-    return (files("service.pytc") / "defaults_v1.yaml").read_text(encoding="utf-8")
+def _defaults() -> Tree:
+    """The tree as read once; never handed out (callers get copies)."""
+    tree = yaml.safe_load((files("service.pytc") / "defaults_v1.yaml").read_text(encoding="utf-8"))
+    assert isinstance(tree, dict)
+    return tree
 
 
 def pytc_defaults() -> Tree:
     """PyTC v1's default configuration tree (a fresh copy)."""
-    tree = yaml.safe_load(_defaults_text())
-    assert isinstance(tree, dict)
-    return tree
+    return copy.deepcopy(_defaults())
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,14 @@ class PytcConfig:
         return node
 
     def is_default(self, dotted: str) -> bool:
-        default: Any = pytc_defaults()
+        default: Any = _defaults()
         for part in dotted.split("."):
             default = default[part]
         return bool(_same(self.get(dotted), default))
 
     def changed(self) -> Iterator[str]:
         """Every dotted key whose value is not PyTC's default."""
-        yield from _changed(self.tree, pytc_defaults(), "")
+        yield from _changed(self.tree, _defaults(), "")
 
 
 def _same(a: Any, b: Any) -> bool:

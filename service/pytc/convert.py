@@ -15,6 +15,7 @@ first dataset (PyTC's choice when none is named) is asked of ``first_dataset``.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,13 @@ from service.pytc.config import PytcConfig, load_pytc_config
 from service.pytc.keys import REFUSED_IN_INFERENCE, REFUSED_IN_TRAINING, REFUSED_UNLESS_DEFAULT, refuse
 from service.pytc.model import model_section, target_heads
 from service.pytc.training import training_document
+from workers.errors import SpecError
 
 # The path of an HDF5 file (as the document names it) -> its first dataset, or None
 FirstDataset = Callable[[str], "str | None"]
 
+# HDF5 and TileDataset JSON as PyTC reads them; zarr and N5 (an array, or a container's array as
+# ``vol.zarr/raw``) beyond PyTC: what the service reads
 READABLE = (".h5", ".hdf5", ".json", ".zarr", ".n5")
 ACTIVATIONS = {"sigmoid": "sigmoid", "softmax": "softmax", "tanh": "tanh", "none": "none"}
 
@@ -180,7 +184,7 @@ def volume_path(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -
         raise refuse(
             dotted, "file lists and globs of 2D images are not read; store the stack as one volume", name
         )
-    if not path.rstrip("/").lower().endswith(READABLE):
+    if not path.rstrip("/").lower().endswith(READABLE) and not re.search(r"\.(zarr|n5)/", path.lower()):
         raise refuse(
             dotted,
             "the service reads HDF5, zarr, N5 and TileDataset .json volumes "
@@ -204,7 +208,7 @@ def _source(cfg: PytcConfig, key: str) -> str:
 
 def _names(value: Any, dotted: str) -> list[str]:
     if value is None:
-        raise refuse(dotted, "is not set: name the volume (it may be given as a trailing KEY VALUE)")
+        raise SpecError(dotted, "is not set: name the volume (a trailing KEY VALUE may give it)")
     if isinstance(value, list):
         return [str(v) for v in value]
     return str(value).split("@")

@@ -103,3 +103,40 @@ def refuse(key: str, reason: str, value: Any = None) -> SpecError:
     """The SpecError of a PyTC key we cannot honour: its dotted name, its value and why."""
     shown = f" (set to {value!r})" if value is not None else ""
     return SpecError(key, f"cannot be honoured{shown}: {reason}")
+
+
+# --inference copies these over DATASET.* and MODEL.* (PyTC's update_inference_cfg); they are read there.
+MERGED_BY_INFERENCE = (
+    "INFERENCE.INPUT_PATH", "INFERENCE.IMAGE_NAME", "INFERENCE.PAD_SIZE", "INFERENCE.IS_ABSOLUTE_PATH",
+    "INFERENCE.DO_CHUNK_TITLE", "INFERENCE.INPUT_SIZE", "INFERENCE.OUTPUT_SIZE",
+)  # fmt: skip
+
+# Training keys our trainer approximates: random augmentation parameters it draws its own way. The
+# augmentations it does not have are named in the conversion's notes when PyTC's config enables them.
+APPROXIMATED_IN_TRAINING: dict[str, str] = {
+    "AUGMENTOR.*.SKIP": "label and mask follow the image through every augmentation, as PyTC's defaults",
+    "AUGMENTOR.*.P": "probabilities are our trainer's, except MISSINGSECTION.P and ELASTIC.P (mapped)",
+    "AUGMENTOR.ELASTIC.SIGMA": "our elastic field's smoothness is its own",
+    "AUGMENTOR.MISSINGSECTION.NUM_SECTION": "our missing-section augmentation drops one section",
+    "AUGMENTOR.RESCALE.*": "not among our augmentations (noted when enabled)",
+    "AUGMENTOR.MISSINGPARTS.*": "as AUGMENTOR.RESCALE",
+    "AUGMENTOR.MISALIGNMENT.*": "as AUGMENTOR.RESCALE",
+    "AUGMENTOR.MOTIONBLUR.*": "as AUGMENTOR.RESCALE",
+    "AUGMENTOR.CUTBLUR.*": "as AUGMENTOR.RESCALE",
+    "AUGMENTOR.CUTNOISE.*": "as AUGMENTOR.RESCALE",
+    "AUGMENTOR.COPYPASTE.*": "refused when enabled",
+    "DATASET.REJECT_SAMPLING.DIVERSITY": "PyTC v1 does not use it",
+    "DATASET.LABEL_BINARY": "binary targets are label > 0: what LABEL_BINARY's // 255 gives 0/255 labels",
+    "DATASET.REDUCE_LABEL": "instance ids are not renumbered first (the targets do not depend on it)",
+    "DATASET.VAL_PAD_SIZE": "validation volumes are refused (DATASET.VAL_IMAGE_NAME)",
+    "MODEL.WEIGHT_OPT": "class-rebalanced BCE weights are not computed (noted when asked for)",
+    "SOLVER.SWA.*": "refused when SOLVER.SWA.ENABLED",
+}
+
+# Checked where the input is opened (admission), not from the config alone.
+CHECKED_AT_ADMISSION: dict[str, str] = {
+    "DATASET.NORMALIZE_RANGE": (
+        "PyTC leaves uint8 volumes as they are (the same here) and stretches others to their own min and "
+        "max, a whole-volume statistic: a non-uint8 input is refused naming this key"
+    ),
+}

@@ -182,21 +182,23 @@ def _schedule(cfg: PytcConfig) -> dict[str, Any]:
 
 
 def _sampling(cfg: PytcConfig, notes: list[str]) -> dict[str, Any]:
-    aug = cfg.get("AUGMENTOR")
-    on = bool(aug["ENABLED"])
+    def aug(key: str) -> Any:
+        return cfg.get(f"AUGMENTOR.{key}")
+
+    on = bool(aug("ENABLED"))
     sampling: dict[str, Any] = {
         "patch_size": [int(v) for v in cfg.get("MODEL.INPUT_SIZE")],
         "valid_ratio": float(cfg.get("DATASET.VALID_RATIO")),
         "augment": {
-            "flip": on and bool(aug["FLIP"]["ENABLED"]),
-            "transpose": on and bool(aug["ROTATE"]["ENABLED"]),
-            "rotate90": on and bool(aug["ROTATE"]["ENABLED"]) and bool(aug["ROTATE"]["ROT90"]),
-            "intensity": 0.1 if on and aug["GRAYSCALE"]["ENABLED"] else 0.0,
-            "missing_section": float(aug["MISSINGSECTION"]["P"])
-            if on and aug["MISSINGSECTION"]["ENABLED"]
+            "flip": on and bool(aug("FLIP.ENABLED")),
+            "transpose": on and bool(aug("ROTATE.ENABLED")),
+            "rotate90": on and bool(aug("ROTATE.ENABLED")) and bool(aug("ROTATE.ROT90")),
+            "intensity": 0.1 if on and aug("GRAYSCALE.ENABLED") else 0.0,
+            "missing_section": float(aug("MISSINGSECTION.P"))
+            if on and aug("MISSINGSECTION.ENABLED")
             else 0.0,
-            "elastic": float(aug["ELASTIC"]["P"]) if on and aug["ELASTIC"]["ENABLED"] else 0.0,
-            "elastic_alpha": float(aug["ELASTIC"]["ALPHA"]),
+            "elastic": float(aug("ELASTIC.P")) if on and aug("ELASTIC.ENABLED") else 0.0,
+            "elastic_alpha": float(aug("ELASTIC.ALPHA")),
         },
     }
     threshold = int(cfg.get("DATASET.REJECT_SAMPLING.SIZE_THRES"))
@@ -210,7 +212,7 @@ def _sampling(cfg: PytcConfig, notes: list[str]) -> dict[str, Any]:
         }
     if on:
         for name in _UNSUPPORTED_AUGMENTATIONS:
-            if aug[name]["ENABLED"]:
+            if aug(f"{name}.ENABLED"):
                 notes.append(
                     f"AUGMENTOR.{name}.ENABLED: PyTC's {name.lower()} augmentation is not among ours; "
                     "not applied"

@@ -32,7 +32,7 @@ def golden() -> dict[str, np.ndarray]:
 
 
 def _root(tmp_path: Path, golden: dict[str, np.ndarray], case: str) -> Path:
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data").mkdir(parents=True)
     with h5py.File(tmp_path / "data" / "im.h5", "w") as f:
         f.create_dataset("main", data=golden["image"])
     prefix = f"{case}/state/"
@@ -102,3 +102,28 @@ def test_a_key_we_cannot_honour_is_exit_2_naming_it(
     assert main(["convert", config, "MODEL.NOT_A_KEY", "1", "--data-root", str(tmp_path)]) == 2
     assert "MODEL.NOT_A_KEY" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_post_a_pytc_config_to_the_service(tmp_path: Path, golden: dict[str, np.ndarray]) -> None:
+    """``POST /v1/jobs`` with the YAML texts: the job runs as the inference it converts to, with
+    PyTC's output; a key that cannot be honoured is a 422 naming it."""
+    import httpx
+
+    from tests.integration.service_fixtures import assert_problem, running_service, wait_for_state
+
+    root = _root(tmp_path / "data-root", golden, CASES[0])
+    text = (GOLDEN / f"{CASES[0]}.yaml").read_text()
+    doc = {"kind": "pytc_config", "base": text, "inference": True, "checkpoint": "checkpoint_00001.pth.tar"}
+    with running_service(root, tmp_path / "state") as service:
+        refused = httpx.post(
+            f"{service.url}/v1/jobs", json={**doc, "overrides": ["INFERENCE.UNPAD", "False"]}
+        )
+        assert "INFERENCE.UNPAD" in assert_problem(refused, 422)["detail"]
+        posted = httpx.post(f"{service.url}/v1/jobs", json=doc, timeout=60)
+        assert posted.status_code == 202, posted.text
+        done = wait_for_state(service.url, posted.json()["id"], ("succeeded", "failed"), timeout_s=240)
+        assert done["state"] == "succeeded", done
+        assert done["kind"] == "pytc_config" and done["result"]["converted_kind"] == "inference"
+    written = open_volume(root / "out" / "result.zarr", "vol0")
+    np.testing.assert_array_equal(written.read(Box.of_shape(written.shape)), golden[f"{CASES[0]}/output"])
