@@ -30,7 +30,7 @@ from service.kinds.base import AdmitEnv, JobKind, ParseEnv, RunEnv, Summary, Tar
 from service.pytc.convert import Conversion, convert_pytc
 from service.pytc.model import COMMON_KEYS
 
-YamlText = Annotated[str, Field(strict=True, min_length=1, max_length=1 << 18)]
+YamlText = Annotated[str, Field(strict=True, min_length=1, max_length=1 << 16)]  # PyTC's are < 5 KB
 Override = Annotated[str, Field(strict=True, max_length=4096)]
 
 

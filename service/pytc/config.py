@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from service.documents.loading import load_yaml_text
 from workers.errors import SpecError
 
 Tree = dict[str, Any]
@@ -107,10 +108,7 @@ def load_pytc_config(
 
 
 def _load_yaml(name: str, text: str) -> Mapping[str, Any]:
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(name, f"invalid YAML: {err}") from None
+    loaded = load_yaml_text(text, name)  # bounded: no alias bombs, no nesting past the job limits
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

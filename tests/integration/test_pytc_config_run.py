@@ -127,3 +127,21 @@ def test_post_a_pytc_config_to_the_service(tmp_path: Path, golden: dict[str, np.
         assert done["kind"] == "pytc_config" and done["result"]["converted_kind"] == "inference"
     written = open_volume(root / "out" / "result.zarr", "vol0")
     np.testing.assert_array_equal(written.read(Box.of_shape(written.shape)), golden[f"{CASES[0]}/output"])
+
+
+def test_admission_names_pytc_keys(
+    tmp_path: Path, golden: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An architecture the registry does not build is refused at admission naming
+    MODEL.ARCHITECTURE; a volume PyTC would stretch (not uint8) names DATASET.NORMALIZE_RANGE."""
+    root = _root(tmp_path, golden, CASES[0])
+    config = str(GOLDEN / f"{CASES[0]}.yaml")
+    flags = ["--inference", "--checkpoint", "checkpoint_00001.pth.tar", "--data-root", str(root)]
+    unknown = ["MODEL.ARCHITECTURE", "unet_plus_3d", "MODEL.BLOCK_TYPE", "residual_se"]
+    if main(["run", "--pytc-config", config, *unknown, *flags]) == 2:  # until models/ builds unet_plus_3d
+        assert "MODEL.ARCHITECTURE" in capsys.readouterr().err
+    with h5py.File(root / "data" / "float.h5", "w") as f:
+        f.create_dataset("main", data=golden["image"].astype(np.float32))
+    assert main(["run", "--pytc-config", config, "INFERENCE.IMAGE_NAME", "float.h5", *flags]) == 2
+    assert "DATASET.NORMALIZE_RANGE" in capsys.readouterr().err
+    assert not (root / "out").exists()
