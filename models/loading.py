@@ -22,8 +22,8 @@ from torch import nn
 
 from models.checkpoint import extract_state_dict, load_checkpoint, load_failure, load_weights
 from models.errors import CheckpointError, ModelConfigError, ModelNotFoundError
+from models.pytc.registry import ARCHITECTURES
 from models.torch_files import MAX_MODEL_BYTES_VARIABLE, max_model_bytes
-from models.unet3d import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _load_architecture(ref: ModelSpec) -> LoadedModel:
     identity = _config_sha256(name, config)
     # Build with a seed drawn from the config, leaving the caller's RNG untouched: a model without
     # a checkpoint then has the same random weights everywhere, so its identity hash is honest.
-    _check_weights_size(build, config, name)
+    check_weights_size(build, config, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(identity[:15], 16))
         module = build(config)
@@ -259,7 +259,8 @@ def _load_architecture(ref: ModelSpec) -> LoadedModel:
         source = _existing_file(ref.checkpoint, "checkpoint")
         sha = file_sha256(source)
         state = extract_state_dict(load_checkpoint(source), source)
-        load_weights(module, state, source)
+        adapt = getattr(module, "adapt_state_dict", None)  # e.g. PyTC's RepVGG deploy folding
+        load_weights(module, adapt(dict(state)) if callable(adapt) else state, source)
         description = f"{name} {_canonical_json(config)} weights {source}"
     else:
         sha = identity
@@ -269,7 +270,7 @@ def _load_architecture(ref: ModelSpec) -> LoadedModel:
     return LoadedModel(module, in_channels, out_channels, sha, description)
 
 
-def _check_weights_size(build: Any, config: dict[str, Any], name: str) -> None:
+def check_weights_size(build: Any, config: dict[str, Any], name: str) -> None:
     """The weights ``config`` builds, counted on torch's meta device (no memory, milliseconds),
     at most ``PYTC_MAX_MODEL_BYTES``: a config of thousands of filters is refused before its
     gigabytes are allocated and initialised. A build the meta device cannot run is left to the

@@ -40,9 +40,9 @@ _UNET3D_DEFAULTS: dict[str, Any] = {
 def architecture_parameters(architecture: str | None, config: Mapping[str, Any]) -> int | None:
     """The parameter count of the built-in ``architecture`` built from ``config``; None when the
     architecture is not one this module knows or the config cannot be read."""
-    if architecture == "unet3d":
+    if architecture in ("unet3d", "unet_3d") and config.get("block_type", "residual") == "residual":
         return unet3d_parameters(config)
-    return None
+    return None  # the other PyTC architectures are counted on the meta device by the workers
 
 
 def unet3d_parameters(config: Mapping[str, Any]) -> int | None:

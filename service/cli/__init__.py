@@ -1,7 +1,9 @@
-"""``pytc``: run a job without a server, make synthetic data, and talk to the service.
+"""``pytc``: run a job without a server, make synthetic data, score a segmentation, and talk to the
+service.
 
 ``pytc run JOB.yaml`` runs one job of any kind (:mod:`service.cli.run`); ``pytc synth`` writes a
-synthetic EM-like volume; the client commands (``submit``, ``status``, ``wait``, ``cancel``,
+synthetic EM-like volume; ``pytc evaluate`` scores a segmentation against its ground truth
+(:mod:`service.cli.evaluate`); the client commands (``submit``, ``status``, ``wait``, ``cancel``,
 ``jobs``, ``models``: :mod:`service.cli.client_commands`) talk to ``pytc-serve``. Exit codes: 0
 succeeded, 1 the job failed, 2 the job (or the command line) is invalid and nothing was written,
 130 cancelled or interrupted (running the same job again resumes it).
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from service.cli.client_commands import add_client_commands
     from service.cli.convert import add_convert_command
+    from service.cli.evaluate import add_evaluate_command
     from service.cli.run import add_run_command
 
     parser = argparse.ArgumentParser(
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     add_convert_command(commands)
     _add_synth_command(commands)
+    add_evaluate_command(commands)
     add_client_commands(commands)
     return parser
 

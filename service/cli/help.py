@@ -42,6 +42,8 @@ the job document (YAML or JSON) says its kind:
                     (README.md, "Running a job")
   kind: training    a model trained on an image and its labels: data, model, targets, solver,
                     sampling, checkpoint (docs/training.md)
+  kind: evaluation  a segmentation scored against its ground truth: segmentation, ground_truth,
+                    metrics, compute (docs/evaluation.md; also `pytc evaluate`)
   A document without `kind` is an inference job. Every field with its type and default is in the
   service's OpenAPI description (JobDocument, GET /openapi.json of pytc-serve).
 

@@ -28,7 +28,7 @@ from service.documents.sections import Section, StrictBool, Text, require_kind, 
 from service.errors import PathOutsideRootsError, SpecError
 from service.kinds.base import AdmitEnv, JobKind, ParseEnv, RunEnv, Summary, Target
 from service.pytc.convert import Conversion, convert_pytc
-from service.pytc.model import COMMON_KEYS
+from service.pytc.model import CONFIG_KEYS
 
 YamlText = Annotated[str, Field(strict=True, min_length=1, max_length=1 << 16)]  # PyTC's are < 5 KB
 Override = Annotated[str, Field(strict=True, max_length=4096)]
@@ -170,18 +170,13 @@ _SOURCES = {
     "checkpoint.dir": "DATASET.OUTPUT_PATH",
     "checkpoint.resume_from": "--checkpoint",
 }
-_CONFIG_KEYS = {k.lower(): f"MODEL.{k}" for k in COMMON_KEYS} | {
-    "in_channel": "MODEL.IN_PLANES",
-    "out_channel": "MODEL.OUT_PLANES",
-    "is_isotropic": "DATASET.IS_ISOTROPIC",
-}
 
 
 def pytc_field(field: str, reason: str) -> str:
     """The PyTC key a field of the converted document comes from."""
     if field.startswith("model") and field not in ("model.checkpoint", "model.init"):
-        for key, pytc in _CONFIG_KEYS.items():
-            if re.search(rf"\b{key}\b", reason):
+        for key, pytc in CONFIG_KEYS.items():
+            if re.search(rf"'{key}'|\b{key}:|\b{key} ", reason):
                 return pytc
     parts = field.split(".")
     for end in range(len(parts), 0, -1):

@@ -33,7 +33,6 @@ IGNORED: dict[str, str] = {
     "MODEL.PRE_MODEL_ITER": "an iteration number PyTC prints",
     "MODEL.EMBEDDING": "unused by v1's models",
     "MODEL.HEAD_DEPTH": "unused by v1's models",
-    "MODEL.KERNEL_SIZES": "used by efficientnet backbones only (passed in model.config to those)",
     "DATASET.DISTRIBUTED": "splits files among DDP ranks",
     "DATASET.DATA_CHUNK_NUM": "PyTC's chunks of a tile set; the service cuts its own blocks (seam-free)",
     "DATASET.DATA_CHUNK_IND": "as DATASET.DATA_CHUNK_NUM",

@@ -1,18 +1,18 @@
 """``MODEL.*`` of a PyTC config as our ``model`` section, and its targets as heads.
 
-``unet_3d`` becomes our built-in ``unet3d`` (``models/unet3d.py``: PyTC's UNet3D with its state-dict
-keys), its config under the names ``models.sizes.UNET3D_CONFIG_KEYS`` knows. Every other PyTC
-architecture is written as ``{architecture: <MODEL.ARCHITECTURE>, config: {<PyTC MODEL.* keys,
-lower case>: value}}`` plus ``is_isotropic`` (``DATASET.IS_ISOTROPIC``): the plain form the PyTC
-architectures of ``models/`` take. Whether the registry builds it is known only where torch is
-(admission on a worker): ``pytc convert`` writes it for review whatever the registry holds.
+Every PyTC v1 architecture is built here under its own name (``models/pytc/``, docs/
+pytc_architectures.md) from the keyword arguments PyTC's ``build_model`` passes it
+(``connectomics/model/build.py``): the same keys, taken from the same config keys
+(:data:`CONFIG_KEYS`). So a converted ``model`` is ``{architecture: <MODEL.ARCHITECTURE>, config:
+{block_type, in_channel, ..., <the architecture's own>}}``, and a PyTC checkpoint loads into it as
+it is. Whether an option builds is the builder's to say (on a worker, where torch is): ``pytc run``
+refuses at admission naming the PyTC key (:mod:`service.kinds.pytc_config`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from models.sizes import UNET3D_CONFIG_KEYS
 from service.pytc.config import PytcConfig
 from service.pytc.keys import refuse
 
@@ -21,79 +21,61 @@ PYTC_ARCHITECTURES = (
     "deeplabv3a", "deeplabv3b", "deeplabv3c", "unetr", "swinunetr",
 )  # fmt: skip
 
-# unet3d's block types as our models/unet3d.py builds them (torch-free here; extend with it)
-UNET3D_BLOCK_TYPES = ("residual",)
-
-# MODEL.* keys every PyTC architecture is built with (connectomics/model/build.py)
-COMMON_KEYS = (
-    "BLOCK_TYPE", "IN_PLANES", "OUT_PLANES", "FILTERS", "KERNEL_SIZES", "BLOCKS", "ATTENTION",
-    "ISOTROPY", "PAD_MODE", "ACT_MODE", "NORM_MODE", "POOLING_LAYER",
-)  # fmt: skip
-ARCHITECTURE_KEYS: dict[str, tuple[str, ...]] = {
-    "unetr": (
-        "INPUT_SIZE", "UNETR_FEATURE_SIZE", "HIDDEN_SIZE", "MLP_DIM", "UNETR_NUM_HEADS", "POS_EMBED",
-        "NORM_NAME", "CONV_BLOCK", "RES_BLOCK", "UNETR_DROPOUT_RATE",
-    ),
-    "swinunetr": (
-        "INPUT_SIZE", "DEPTHS", "SWIN_UNETR_NUM_HEADS", "SWIN_UNETR_FEATURE_SIZE", "NORM_NAME",
-        "SWIN_UNETR_DROPOUT_RATE", "ATTN_DROP_RATE", "DROPOUT_PATH_RATE", "NORMALIZE", "USE_CHECKPOINT",
-        "SPATIAL_DIMS", "DOWNSAMPLE", "USE_V2",
-    ),
-    "fpn_3d": ("BACKBONE", "DEPLOY_MODE"),
-    "deeplabv3a": ("BACKBONE", "AUX_OUT"),
-    "deeplabv3b": ("BACKBONE", "AUX_OUT"),
-    "deeplabv3c": ("BACKBONE", "AUX_OUT"),
+# build_model's keyword arguments to every architecture: config key <- PyTC key
+COMMON_KEYS: dict[str, str] = {
+    "block_type": "MODEL.BLOCK_TYPE", "in_channel": "MODEL.IN_PLANES", "out_channel": "MODEL.OUT_PLANES",
+    "filters": "MODEL.FILTERS", "ks": "MODEL.KERNEL_SIZES", "blocks": "MODEL.BLOCKS",
+    "attn": "MODEL.ATTENTION", "is_isotropic": "DATASET.IS_ISOTROPIC", "isotropy": "MODEL.ISOTROPY",
+    "pad_mode": "MODEL.PAD_MODE", "act_mode": "MODEL.ACT_MODE", "norm_mode": "MODEL.NORM_MODE",
+    "pooling": "MODEL.POOLING_LAYER",
 }  # fmt: skip
-# The keys read here, for the accounting of every key (service.pytc.keys)
-MODEL_KEYS_READ = frozenset(
-    ["MODEL.ARCHITECTURE", "MODEL.PRE_MODEL", "DATASET.IS_ISOTROPIC"]
-    + [f"MODEL.{k}" for k in COMMON_KEYS]
-    + [f"MODEL.{k}" for keys in ARCHITECTURE_KEYS.values() for k in keys]
+# and those of one architecture
+ARCHITECTURE_KEYS: dict[str, dict[str, str]] = {
+    "unetr": {
+        "img_size": "MODEL.INPUT_SIZE", "feature_size": "MODEL.UNETR_FEATURE_SIZE",
+        "hidden_size": "MODEL.HIDDEN_SIZE", "mlp_dim": "MODEL.MLP_DIM", "num_heads": "MODEL.UNETR_NUM_HEADS",
+        "pos_embed": "MODEL.POS_EMBED", "norm_name": "MODEL.NORM_NAME", "conv_block": "MODEL.CONV_BLOCK",
+        "res_block": "MODEL.RES_BLOCK", "dropout_rate": "MODEL.UNETR_DROPOUT_RATE",
+    },
+    "swinunetr": {
+        "img_size": "MODEL.INPUT_SIZE", "depths": "MODEL.DEPTHS", "num_heads": "MODEL.SWIN_UNETR_NUM_HEADS",
+        "feature_size": "MODEL.SWIN_UNETR_FEATURE_SIZE", "norm_name": "MODEL.NORM_NAME",
+        "drop_rate": "MODEL.SWIN_UNETR_DROPOUT_RATE", "attn_drop_rate": "MODEL.ATTN_DROP_RATE",
+        "dropout_path_rate": "MODEL.DROPOUT_PATH_RATE", "normalize": "MODEL.NORMALIZE",
+        "use_checkpoint": "MODEL.USE_CHECKPOINT", "spatial_dims": "MODEL.SPATIAL_DIMS",
+        "downsample": "MODEL.DOWNSAMPLE", "use_v2": "MODEL.USE_V2",
+    },
+    "fpn_3d": {"backbone_type": "MODEL.BACKBONE", "deploy": "MODEL.DEPLOY_MODE"},
+    **{
+        name: {"backbone_type": "MODEL.BACKBONE", "aux_out": "MODEL.AUX_OUT"}
+        for name in ("deeplabv3a", "deeplabv3b", "deeplabv3c")
+    },
+}  # fmt: skip
+# Every config key -> the PyTC key it comes from (errors about the config name PyTC's key)
+CONFIG_KEYS: dict[str, str] = (
+    {k: v for keys in ARCHITECTURE_KEYS.values() for k, v in keys.items()}
+    | COMMON_KEYS
+    | {"fmap_size": "MODEL.INPUT_SIZE"}
 )
-
-# unet3d: PyTC key -> our config key
-_UNET3D = {
-    "IN_PLANES": "in_channel", "OUT_PLANES": "out_channel", "FILTERS": "filters", "ISOTROPY": "isotropy",
-    "PAD_MODE": "pad_mode", "ACT_MODE": "act_mode", "NORM_MODE": "norm_mode", "BLOCK_TYPE": "block_type",
-}  # fmt: skip
+# The keys read here, for the accounting of every key (service.pytc.keys)
+MODEL_KEYS_READ = frozenset(["MODEL.ARCHITECTURE", "MODEL.PRE_MODEL", *CONFIG_KEYS.values()])
 
 
 def model_section(cfg: PytcConfig, checkpoint: str | None) -> dict[str, Any]:
-    """``{architecture, config[, checkpoint]}`` for ``MODEL.ARCHITECTURE``; refusals name the key."""
+    """``{architecture, config[, checkpoint]}`` as PyTC's ``build_model`` builds ``MODEL.ARCHITECTURE``."""
     arch = str(cfg.get("MODEL.ARCHITECTURE"))
     if arch not in PYTC_ARCHITECTURES:
         raise refuse(
             "MODEL.ARCHITECTURE", f"not a PyTC v1 architecture (one of {', '.join(PYTC_ARCHITECTURES)})", arch
         )
-    section: dict[str, Any] = {}
-    if arch == "unet_3d":
-        section = {"architecture": "unet3d", "config": _unet3d_config(cfg)}
-    else:
-        keys = COMMON_KEYS + ARCHITECTURE_KEYS.get(arch, ())
-        config = {key.lower(): cfg.get(f"MODEL.{key}") for key in keys}
-        config["is_isotropic"] = cfg.get("DATASET.IS_ISOTROPIC")
-        section = {"architecture": arch, "config": config}
+    keys = {**COMMON_KEYS, **ARCHITECTURE_KEYS.get(arch, {})}
+    config = {name: cfg.get(key) for name, key in keys.items()}
+    if arch == "fpn_3d" and config["backbone_type"] == "botnet":
+        config["fmap_size"] = cfg.get("MODEL.INPUT_SIZE")  # as build_model: BotNet's attention map size
+    section: dict[str, Any] = {"architecture": arch, "config": config}
     if checkpoint is not None:
         section["checkpoint"] = checkpoint
     return section
-
-
-def _unet3d_config(cfg: PytcConfig) -> dict[str, Any]:
-    config = {ours: cfg.get(f"MODEL.{key}") for key, ours in _UNET3D.items()}
-    config["is_isotropic"] = cfg.get("DATASET.IS_ISOTROPIC")
-    block = config["block_type"]
-    if block not in UNET3D_BLOCK_TYPES:
-        raise refuse(
-            "MODEL.BLOCK_TYPE", f"unet_3d is built here with block types {list(UNET3D_BLOCK_TYPES)}", block
-        )
-    if cfg.get("MODEL.POOLING_LAYER"):
-        if "pooling" not in UNET3D_CONFIG_KEYS:
-            raise refuse("MODEL.POOLING_LAYER", "unet_3d is built here with strided convolutions only", True)
-        config["pooling"] = True
-    for key in config:
-        if key not in UNET3D_CONFIG_KEYS:  # a name our unet3d does not take: never written unread
-            raise refuse(f"MODEL.{key.upper()}", f"our unet3d has no {key!r} option")
-    return config
 
 
 # PyTC target options: their first character, our target name, channels (SplitActivation)

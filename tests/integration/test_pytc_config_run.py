@@ -73,7 +73,7 @@ def test_convert_writes_the_document_pytc_run_runs(tmp_path: Path, golden: dict[
     assert doc["kind"] == "inference"
     assert doc["input"] == {"path": "data/im.h5", "dataset": "main", "normalize": {"mean": 0.5, "std": 0.5}}
     assert (
-        doc["model"]["architecture"] == "unet3d" and doc["model"]["checkpoint"] == "checkpoint_00001.pth.tar"
+        doc["model"]["architecture"] == "unet_3d" and doc["model"]["checkpoint"] == "checkpoint_00001.pth.tar"
     )
     assert doc["window"]["stride"] == [3, 8, 8] and doc["window"]["raw_heads"] == "pytc"
     assert doc["output"]["uint8_rounding"] == "truncate" and doc["output"]["heads"] == [1, 1]
@@ -132,14 +132,13 @@ def test_post_a_pytc_config_to_the_service(tmp_path: Path, golden: dict[str, np.
 def test_admission_names_pytc_keys(
     tmp_path: Path, golden: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An architecture the registry does not build is refused at admission naming
-    MODEL.ARCHITECTURE; a volume PyTC would stretch (not uint8) names DATASET.NORMALIZE_RANGE."""
+    """An option the architecture's builder refuses is refused at admission naming its PyTC key;
+    a volume PyTC would stretch (not uint8) names DATASET.NORMALIZE_RANGE."""
     root = _root(tmp_path, golden, CASES[0])
     config = str(GOLDEN / f"{CASES[0]}.yaml")
     flags = ["--inference", "--checkpoint", "checkpoint_00001.pth.tar", "--data-root", str(root)]
-    unknown = ["MODEL.ARCHITECTURE", "unet_plus_3d", "MODEL.BLOCK_TYPE", "residual_se"]
-    if main(["run", "--pytc-config", config, *unknown, *flags]) == 2:  # until models/ builds unet_plus_3d
-        assert "MODEL.ARCHITECTURE" in capsys.readouterr().err
+    assert main(["run", "--pytc-config", config, "MODEL.BLOCK_TYPE", "residual_xx", *flags]) == 2
+    assert "error: MODEL.BLOCK_TYPE" in capsys.readouterr().err
     with h5py.File(root / "data" / "float.h5", "w") as f:
         f.create_dataset("main", data=golden["image"].astype(np.float32))
     assert main(["run", "--pytc-config", config, "INFERENCE.IMAGE_NAME", "float.h5", *flags]) == 2

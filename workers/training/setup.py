@@ -26,8 +26,9 @@ from torch import nn
 from models import checkpoint_keys as keys
 from models.checkpoint import load_checkpoint
 from models.errors import CheckpointError, ModelError
+from models.loading import check_weights_size
+from models.pytc.registry import ARCHITECTURES
 from models.trainer import Trainer, TrainerConfig, seed_everything
-from models.unet3d import ARCHITECTURES
 from volumes.chunk_cache import cached
 from volumes.errors import VolumeError
 from volumes.open import open_volume
@@ -65,6 +66,8 @@ def build_model(job: TrainingJob) -> nn.Module:
             "model.architecture",
             f"unknown architecture {job.model.architecture!r}; known: {sorted(ARCHITECTURES)}",
         )
+    with about("model.config"):  # the weights counted on the meta device, before any is made
+        check_weights_size(build, job.model.config_dict(), job.model.architecture)
     # The initial weights come from torch's process-wide generator. A worker builds models on
     # several threads at once (a training task seceded from the pool, and the service's pre-flight
     # of another submission beside it): one lock, and a forked generator, so no build draws from

@@ -85,11 +85,12 @@ def _converted(overrides: list[str], inference: bool) -> dict[str, Any]:
 def test_unet3d_inference_mapping(tmp_path: Path) -> None:
     doc = _converted(["INFERENCE.BLENDING", "bump", "INFERENCE.AUG_MODE", "max"], inference=True)
     assert doc["model"] == {
-        "architecture": "unet3d",
+        "architecture": "unet_3d",
         "config": {
-            "in_channel": 1, "out_channel": 2, "filters": [4, 6, 8], "isotropy": [False, False, True],
-            "pad_mode": "replicate", "act_mode": "elu", "norm_mode": "bn", "block_type": "residual",
-            "is_isotropic": False,
+            "block_type": "residual", "in_channel": 1, "out_channel": 2, "filters": [4, 6, 8],
+            "ks": [3, 3, 5, 3, 3], "blocks": [2, 2, 2, 2], "attn": "squeeze_excitation",
+            "is_isotropic": False, "isotropy": [False, False, True], "pad_mode": "replicate", "act_mode": "elu", "norm_mode": "bn",
+            "pooling": False,
         },
     }  # fmt: skip
     assert doc["window"] == {
@@ -126,8 +127,6 @@ def test_training_mapping() -> None:
 @pytest.mark.parametrize(
     ("overrides", "inference", "field"),
     [
-        (["MODEL.BLOCK_TYPE", "residual_pa"], True, "MODEL.BLOCK_TYPE"),
-        (["MODEL.POOLING_LAYER", "True"], True, "MODEL.POOLING_LAYER"),
         (["MODEL.ARCHITECTURE", "unet_4d"], True, "MODEL.ARCHITECTURE"),
         (["INFERENCE.DO_EVAL", "False"], True, "INFERENCE.DO_EVAL"),
         (["INFERENCE.UNPAD", "False"], True, "INFERENCE.UNPAD"),
@@ -161,16 +160,20 @@ def test_training_only_keys_do_not_stop_an_inference_conversion() -> None:
     assert doc["kind"] == "inference"
 
 
-def test_other_architectures_are_written_with_pytcs_keys() -> None:
+def test_architectures_are_written_with_build_models_keys() -> None:
+    """As PyTC's build_model passes them, so models/pytc builds them under PyTC's names."""
     doc = _converted(
         ["MODEL.ARCHITECTURE", "unet_plus_3d", "MODEL.BLOCK_TYPE", "residual_se"], inference=True
     )
     assert doc["model"]["architecture"] == "unet_plus_3d"
     config = doc["model"]["config"]
-    assert config["block_type"] == "residual_se" and config["in_planes"] == 1 and config["out_planes"] == 2
-    assert config["pooling_layer"] is False and config["is_isotropic"] is False and "backbone" not in config
+    assert config["block_type"] == "residual_se" and config["in_channel"] == 1 and config["out_channel"] == 2
+    assert config["pooling"] is False and config["is_isotropic"] is False and "backbone_type" not in config
     unetr = _converted(["MODEL.ARCHITECTURE", "unetr"], inference=True)["model"]["config"]
-    assert unetr["input_size"] == [5, 17, 17] and unetr["hidden_size"] == 768
+    assert unetr["img_size"] == [5, 17, 17] and unetr["hidden_size"] == 768 and unetr["num_heads"] == 12
+    botnet = ["MODEL.ARCHITECTURE", "fpn_3d", "MODEL.BACKBONE", "botnet"]
+    fpn = _converted(botnet, inference=True)["model"]["config"]
+    assert fpn["backbone_type"] == "botnet" and fpn["fmap_size"] == [5, 17, 17] and fpn["deploy"] is False
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> set[str]:
@@ -216,7 +219,12 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
 def test_errors_in_the_converted_document_name_the_pytc_key() -> None:
     assert pytc_field("window.patch_size", "too big") == "MODEL.INPUT_SIZE"
     assert pytc_field("window.tta.variants", "") == "INFERENCE.AUG_NUM"
-    assert pytc_field("model.config", "unet3d: block_type must be one of ['residual']") == "MODEL.BLOCK_TYPE"
+    assert (
+        pytc_field("model.config", "unet_3d: config key 'block_type' must be a string") == "MODEL.BLOCK_TYPE"
+    )
+    assert (
+        pytc_field("model.config", "fpn_3d: config key 'ks' must be a list of ints") == "MODEL.KERNEL_SIZES"
+    )
     assert pytc_field("model.config", "unknown architecture 'unet_2d'") == "MODEL.ARCHITECTURE"
     assert pytc_field("model.checkpoint", "does not exist") == "--checkpoint"
     assert pytc_field("targets[1].loss", "") == "MODEL.TARGET_OPT"
