@@ -89,7 +89,8 @@ def test_unet3d_inference_mapping(tmp_path: Path) -> None:
         "config": {
             "block_type": "residual", "in_channel": 1, "out_channel": 2, "filters": [4, 6, 8],
             "ks": [3, 3, 5, 3, 3], "blocks": [2, 2, 2, 2], "attn": "squeeze_excitation",
-            "is_isotropic": False, "isotropy": [False, False, True], "pad_mode": "replicate", "act_mode": "elu", "norm_mode": "bn",
+            "is_isotropic": False, "isotropy": [False, False, True], "pad_mode": "replicate",
+            "act_mode": "elu", "norm_mode": "bn",
             "pooling": False,
         },
     }  # fmt: skip
