@@ -144,3 +144,34 @@ def test_admission_names_pytc_keys(
     assert main(["run", "--pytc-config", config, "INFERENCE.IMAGE_NAME", "float.h5", *flags]) == 2
     assert "DATASET.NORMALIZE_RANGE" in capsys.readouterr().err
     assert not (root / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_training_config_trains_and_writes_pytcs_checkpoints(
+    tmp_path: Path, golden: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --inference the config is a training job: PyTC's checkpoint names and keys (its
+    ``iteration``, ``state_dict`` with the architecture's PyTC keys, ``optimizer``,
+    ``lr_scheduler``), and the PyTC defaults our trainer approximates said on stderr."""
+    (tmp_path / "data").mkdir()
+    image = golden["image"]
+    for name, data in (("train.h5", image), ("label.h5", (image > 128).astype(np.uint8))):
+        with h5py.File(tmp_path / "data" / name, "w") as f:
+            f.create_dataset("main", data=data)
+    overrides = [
+        "DATASET.LABEL_NAME",
+        "label.h5",
+        "SOLVER.ITERATION_TOTAL",
+        "4",
+        "SOLVER.ITERATION_SAVE",
+        "2",
+    ]
+    config = str(GOLDEN / f"{CASES[0]}.yaml")
+    assert main(["run", "--pytc-config", config, *overrides, "--data-root", str(tmp_path)]) == 0
+    assert "MODEL.WEIGHT_OPT" in capsys.readouterr().err
+    saved = sorted(p.name for p in (tmp_path / "out").glob("checkpoint_*.pth.tar"))
+    assert saved == ["checkpoint_00002.pth.tar", "checkpoint_00004.pth.tar"]
+    state = torch.load(tmp_path / "out" / saved[-1], map_location="cpu", weights_only=True)
+    assert state["iteration"] == 4 and {"optimizer", "lr_scheduler"} <= state.keys()
+    prefix = f"{CASES[0]}/state/"
+    assert set(state["state_dict"]) == {k[len(prefix) :] for k in golden if k.startswith(prefix)}
