@@ -31,7 +31,7 @@ from service.pytc.convert import Conversion, convert_pytc
 from service.pytc.model import CONFIG_KEYS
 
 YamlText = Annotated[str, Field(strict=True, min_length=1, max_length=1 << 16)]  # PyTC's are < 5 KB
-Override = Annotated[str, Field(strict=True, max_length=4096)]
+Override = Annotated[str, Field(strict=True, max_length=1024)]
 
 
 class PytcConfigDocument(Section):
@@ -42,7 +42,7 @@ class PytcConfigDocument(Section):
     kind: Literal["pytc_config"]
     base: YamlText
     experiment: YamlText | None = None
-    overrides: Annotated[list[Override], Field(max_length=512)] = []
+    overrides: Annotated[list[Override], Field(max_length=64)] = []  # with the texts, well within a request
     inference: StrictBool = False
     checkpoint: Text | None = None
 
