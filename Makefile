@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench demo-model lock clean
+.PHONY: venv test lint demo bench demo-model lock clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 2; }
@@ -22,7 +22,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check volumes models workers service tests deploy
 	$(BIN)/mypy volumes models workers service
 
-test: $(STAMP) lint
+# The browser tests (tests/integration/test_viewing.py) drive Debian's Chromium; installed here
+# where missing (CI runs as root; elsewhere through sudo) rather than skipped.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)

@@ -99,6 +99,15 @@ class PytcClient:
     def model(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{name}")
 
+    def view(self, job_id: str) -> dict[str, Any]:
+        """A neuroglancer link to the job's data: ``url`` (signed, until ``expires_at``), ``layers``."""
+        return self._json("GET", f"/v1/jobs/{job_id}/view")
+
+    def view_output(self, path: str, dataset: str | None = None) -> dict[str, Any]:
+        """A neuroglancer link to an output inside the service's data roots (``pytc view OUTPUT``)."""
+        params = {"path": path, **({"dataset": dataset} if dataset else {})}
+        return self._json("GET", "/v1/view", params=params)
+
     def events(self, job_id: str) -> Iterator[JobEvent]:
         """The job's event stream until the service ends it (after the final state)."""
         try:

@@ -83,6 +83,12 @@ class Settings(LimitSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A lab's own job kinds, ``module:attribute`` each (service.kinds), beside the built-in ones.
     job_kinds: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Viewing (service.http.stores, service.http.viewer): a lab's own neuroglancer instead of the one
+    # the service serves; the secret signing store links and page sessions (else one kept in the
+    # state folder); how long a link or a page session lasts.
+    neuroglancer_url: str | None = None
+    view_secret: str | None = None
+    view_link_ttl_s: Annotated[float, Field(gt=0)] = 12 * 3600.0
     access_log: bool = False
     log_level: str = "info"
 
@@ -106,6 +112,20 @@ class Settings(LimitSettings):
             raise ValueError(f"{value!r} holds no token; leave it unset for no tokens of this kind")
         return tokens
 
+    @field_validator("view_secret")
+    @classmethod
+    def _a_long_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip().encode()) < 16:
+            raise ValueError("the view secret signs links and sessions: give it at least 16 bytes")
+        return value
+
+    @field_validator("neuroglancer_url")
+    @classmethod
+    def _a_web_page(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is no http(s) URL of a neuroglancer page")
+        return value
+
     @field_validator("max_model_bytes")
     @classmethod
     def _a_size(cls, value: str | None) -> str | None:
@@ -118,7 +138,7 @@ class Settings(LimitSettings):
         """Whether /v1 needs a token: any token, of either kind, is configured."""
         return bool(self.api_tokens or self.admin_tokens)
 
-    @field_validator("scheduler", mode="before")
+    @field_validator("scheduler", "neuroglancer_url", "view_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli.convert import add_convert_command
     from service.cli.evaluate import add_evaluate_command
     from service.cli.run import add_run_command
+    from service.cli.view import add_view_command
 
     parser = argparse.ArgumentParser(
         prog="pytc",
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_command(commands)
     add_evaluate_command(commands)
     add_client_commands(commands)
+    add_view_command(commands)
     return parser
 
 

@@ -25,9 +25,13 @@ from fastapi_offline import FastAPIOffline
 from service.documents.schema import document_schemas
 from service.http.auth import TokenAuth
 from service.http.origins import BrowserGuard
+from service.http.page import page_routes
 from service.http.problems import add_problem_schema, install_problem_handlers
 from service.http.routes import probe_routes, v1_routes
+from service.http.signing import Signer, load_secret
 from service.http.state import open_state
+from service.http.stores import store_routes
+from service.http.viewer import view_routes, viewer_routes
 from service.kinds import documents, register_kinds
 from service.settings import Settings
 from service.store.jobs import JobStore
@@ -44,6 +48,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await anyio.to_thread.run_sync(open_state, settings, store, models)
+        app.state.signer = Signer(
+            await anyio.to_thread.run_sync(load_secret, settings.state_dir, settings.view_secret)
+        )
         app.state.pytc = state
         state.connection.start()
         await anyio.to_thread.run_sync(state.manager.start)
@@ -78,11 +85,16 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range"],  # Range: viewers
         )
     app.state.auth = TokenAuth(settings.api_tokens, settings.admin_tokens)  # who a request is
     app.include_router(v1_routes(app.state.auth))
     app.include_router(probe_routes())
+    # Viewing: the page at /, signed store links, the neuroglancer client, view links and previews.
+    app.include_router(view_routes(app.state.auth, settings))
+    app.include_router(store_routes(settings))
+    app.include_router(viewer_routes())
+    app.include_router(page_routes(app.state.auth, settings))
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
 

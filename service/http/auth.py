@@ -1,5 +1,6 @@
 """Bearer tokens for ``/v1`` when ``PYTC_API_TOKENS`` or ``PYTC_ADMIN_TOKENS`` is set; the probes
-stay open. Each token is a tenant: its jobs are its own.
+stay open. Each token is a tenant: its jobs are its own. The web page logs in once with a token and
+then holds a signed session cookie instead (:data:`SESSION_COOKIE`), which ``/v1`` accepts too.
 
 Tokens are compared in constant time (``hmac.compare_digest``), and against every configured token
 whatever the outcome, so the time taken says nothing about which token nearly matched.
@@ -25,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from service.errors import AuthenticationError, JobNotFoundError
+from service.http.signing import SESSION_SCOPE, BadSignature, Signer
 from service.store.jobs import JobRecord
 
 # auto_error=False: a missing header is ours to answer (problem+json 401, not FastAPI's 403).
@@ -32,6 +34,9 @@ _bearer = HTTPBearer(
     auto_error=False, description="one of the tokens in PYTC_API_TOKENS (or PYTC_ADMIN_TOKENS)"
 )
 OWNER_PREFIX = "token:"
+# The web page's session (service.http.page): an HttpOnly, SameSite=Strict cookie holding a value
+# signed for the caller's owner, so a browser's fetches and event streams need no header.
+SESSION_COOKIE = "pytc_session"
 
 
 def token_owner(token: str) -> str:
@@ -102,12 +107,37 @@ class TokenAuth:
             raise AuthenticationError("the bearer token is not valid for this service")
         return self._callers[found]
 
+    def session(self, owner: str) -> Caller:
+        """The caller a web page session was opened for (its owner); AuthenticationError when that
+        token is no longer configured."""
+        for caller in self._callers:
+            if caller.owner == owner:
+                return caller
+        raise AuthenticationError("the session's token is no longer valid for this service; log in again")
+
+
+def session_caller(request: Request) -> Caller | None:
+    """The caller of the request's session cookie, or None when it has none (or none still valid)."""
+    value = request.cookies.get(SESSION_COOKIE)
+    signer: Signer | None = getattr(request.app.state, "signer", None)
+    auth: TokenAuth = request.app.state.auth
+    if value is None or signer is None or not auth.enabled:
+        return None
+    try:
+        return auth.session(signer.verify(value, SESSION_SCOPE).subject)
+    except (BadSignature, AuthenticationError):
+        return None
+
 
 def require_token(auth: TokenAuth) -> Callable[..., Awaitable[None]]:
     """The ``/v1`` router's dependency when tokens are set: a request without a valid token is a 401
     before its body is read, and the OpenAPI document shows the bearer scheme."""
 
-    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    async def check(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> None:
+        if credentials is None and session_caller(request) is not None:
+            return
         auth.identify(None if credentials is None else credentials.credentials)
 
     return check
@@ -117,4 +147,6 @@ async def current_caller(request: Request) -> Caller:
     """Who makes this request, for the handlers (the app's :class:`TokenAuth`, ``app.state.auth``)."""
     auth: TokenAuth = request.app.state.auth
     scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not (scheme.lower() == "bearer" and token) and (caller := session_caller(request)) is not None:
+        return caller
     return auth.identify(token if scheme.lower() == "bearer" and token else None)  # as HTTPBearer reads it

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from fastapi.sse import ServerSentEvent
 
+from service.http.loss_curve import LossCurve
 from service.http.metrics import ServiceMetrics
 from service.progress import LOG_HEARTBEAT_S, Progress, Throughput, format_progress
 from service.store.jobs import JobRecord, JobStore
@@ -103,6 +104,7 @@ class ProgressWriter:
         self.job_id, self.store, self.feed, self.metrics = job_id, store, feed, metrics
         self.interval_s, self.log_every_s, self.clock = interval_s, log_every_s, clock
         self.throughput = Throughput()
+        self.curve = LossCurve()  # a kind that reports a loss gets its curve (the web page draws it)
         self._lock = threading.Lock()  # reports come from the job's thread, ticks from the manager's
         self._last: Progress | None = None
         self._last_at = 0.0
@@ -110,7 +112,7 @@ class ProgressWriter:
         self._logged_at = -float("inf")
 
     def __call__(self, report: Progress) -> None:
-        report = self.throughput(report)
+        report = self.curve(self.throughput(report))
         now = self.clock()
         with self._lock:
             previous, self._last, self._last_at = self._last, report, now

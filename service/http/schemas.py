@@ -46,6 +46,7 @@ class JobLinks(BaseModel):
     events: str
     cancel: str
     dashboard: str | None = Field(None, description="the Dask dashboard, when the scheduler has one")
+    view: str | None = Field(None, description="a neuroglancer link to the job's data (GET it)")
 
 
 class JobOut(BaseModel):

@@ -75,6 +75,7 @@ class ServiceState:
                 events=f"{base}/events",
                 cancel=f"{base}/cancel",
                 dashboard=self.connection.dashboard_link,
+                view=f"{base}/view",
             ),
         )
 

@@ -40,6 +40,7 @@ __all__ = [
 BUILTIN = (
     ("service.kinds.inference", "INFERENCE"),
     ("service.kinds.training", "TRAINING"),
+    ("service.kinds.segmentation", "SEGMENTATION"),
     ("service.kinds.evaluation", "EVALUATION"),
     ("service.kinds.pytc_config", "PYTC_CONFIG"),
 )

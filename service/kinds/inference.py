@@ -52,7 +52,7 @@ from workers.inference.job import InferenceJob
 from workers.inference.readahead import task_key, task_prefix
 from workers.inference.run import InferenceRun
 from workers.inference.rundir import RunDir, drop_dataset_scratch
-from workers.inference.tasks import BlockTask, inspect_model, progress_topic, run_block
+from workers.inference.tasks import BlockTask, TaskRef, inspect_model, job_of, progress_topic, run_task
 from workers.resources import ONE_ACCELERATOR
 from workers.runtime.busy import running_keys
 
@@ -136,7 +136,10 @@ class InferenceKind:
             run = InferenceRun.start(job, checked.info, source=checked.source, checked=checked.output)
         if run.summary.resumed:
             env.notice(f"resuming the existing output {job.output.path} ({job.output.dataset})")
-        _Driver(run, env).drive()
+        try:
+            _Driver(run, env).drive()
+        finally:
+            run.close()  # what it recorded is synced, whatever ended the drive
         try:
             return run.complete().to_json()
         except IncompleteRunError as err:
@@ -183,6 +186,9 @@ class _Driver:
         self.topic = progress_topic(run.layout_key, run.attempt)
         self.inbox = StepInbox()
         self.pace = ReportPace(clock)
+        # The job travels once to each worker, as the result of a task every block task depends on
+        # (workers.inference.tasks.TaskRef); a block task itself is a hundred bytes.
+        self.job_ref: Future | None = None
 
     def drive(self) -> None:
         self.client.subscribe_topic(self.topic, self.inbox)
@@ -214,11 +220,18 @@ class _Driver:
                 self.client.unsubscribe_topic(self.topic)
             if self.in_flight:
                 self.client.cancel(list(self.in_flight))
+            if self.job_ref is not None:
+                self.job_ref.release()
 
     def submit(self, task: BlockTask) -> Future:
+        if self.job_ref is None:
+            self.job_ref = self.client.submit(
+                job_of, task.job, key=f"pytc-job-{task.layout_key}-{task.attempt}", pure=False
+            )
         return self.client.submit(
-            run_block,
-            task,
+            run_task,
+            TaskRef.of(task),
+            self.job_ref,
             # workers.inference.readahead reads it; the attempt keeps it apart from earlier runs
             key=task_key(task.layout_key, task.phase, task.block, task.attempt),
             retries=self.env.retries,

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from service.demo import DEMO_CHECKPOINT, DEMO_CONFIG  # noqa: E402
-from tests.integration.cluster_fixtures import done_markers, running_cluster, wait_until  # noqa: E402
+from tests.integration.cluster_fixtures import done_blocks, running_cluster, wait_until  # noqa: E402
 from volumes.synth import generate_em_volume, write_synth  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -78,7 +78,7 @@ def run(root: Path, doc: dict[str, object], address: str, tag: str, kill_at: int
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO)
     if kill_at is not None:
-        wait_until(lambda: len(done_markers(root / str(doc["output"]["path"]))) >= kill_at, timeout=3600)  # type: ignore[index]
+        wait_until(lambda: done_blocks(root / str(doc["output"]["path"])) >= kill_at, timeout=3600)  # type: ignore[index]
         proc.kill()
         proc.wait()
         return {"wall_s": time.perf_counter() - t0}
@@ -128,7 +128,7 @@ def main() -> int:
         n_blocks = figures["w2"]["blocks_total"]
         run(root, job("em.zarr", "half.zarr", args.block), cluster.address, "half", kill_at=n_blocks // 2)
         wait_until(lambda: idle_workers(client), timeout=3600)  # the killed driver's tasks end
-        done_before = len(done_markers(root / "half.zarr"))
+        done_before = done_blocks(root / "half.zarr")
         resumed = run(root, job("em.zarr", "half.zarr", args.block), cluster.address, "resume")
     voxels = math.prod(args.shape)
     one, two = figures["w1"], figures["w2"]

@@ -19,6 +19,8 @@ import torch
 import yaml
 import zarr
 
+from workers.inference.ledger import done_count
+
 BIN = Path(sys.executable).parent
 
 
@@ -146,8 +148,9 @@ def pytc_run(
     return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def done_markers(output: Path) -> list[Path]:
-    return sorted(output.glob(".pytc-run/pred/*/done/p2_*.json"))
+def done_blocks(output: Path, phase: int = 2) -> int:
+    """Blocks of ``output`` (dataset ``pred``) recorded done in ``phase``, in every run folder."""
+    return sum(done_count(folder)[phase - 1] for folder in output.glob(".pytc-run/pred/*") if folder.is_dir())
 
 
 def wait_until(predicate, timeout: float = 120, every: float = 0.1) -> None:  # type: ignore[no-untyped-def]

@@ -37,6 +37,7 @@ from tests.integration.service_fixtures import (
     tree,
     wait_for_state,
 )
+from workers.inference.ledger import done_count
 
 # Submitting validates the model on a worker; on a loaded machine that takes seconds.
 _post = functools.partial(httpx.post, timeout=120)
@@ -311,15 +312,20 @@ def test_a_token_sees_and_cancels_its_own_jobs_only_and_an_admin_sees_all(world:
     assert wait_for_state(world.url, a_id, FINAL, AUTH)["state"] == "succeeded"  # untouched by B
 
 
+def recorded(run: Path, phase: int) -> int:
+    """Blocks recorded done in ``phase`` in the run folders under ``run``."""
+    return sum(done_count(folder)[phase - 1] for folder in run.rglob("*") if (folder / "done.snap").exists())
+
+
 def test_a_job_that_fails_for_good_leaves_its_markers_and_no_partial_sums(world: World) -> None:
     shutil.copytree(world.root / "em.zarr", world.root / "corrupt.zarr")
     (world.root / "corrupt.zarr" / "raw" / "c" / "2" / "2" / "2").write_bytes(b"not zstd" * 64)
     final = world.run(job_doc("failed.zarr", input__path="corrupt.zarr"))
     assert final["state"] == "failed" and final["error"]["title"] == "job failed", final
     run = world.root / "failed.zarr" / ".pytc-run"
-    pass1, pass2 = list(run.rglob("done/p1_*")), list(run.rglob("done/p2_*"))
-    assert len(pass1) > len(pass2)  # blocks whose partial sums waited for a pass 2 that never came
-    assert not list(run.rglob("from_*")), "the failed job's scratch is left"
+    pass1, pass2 = recorded(run, 1), recorded(run, 2)
+    assert pass1 > pass2  # blocks whose partial sums waited for a pass 2 that never came
+    assert not list(run.rglob("*.spill")), "the failed job's scratch is left"
 
 
 def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(
@@ -328,22 +334,22 @@ def test_deleting_a_job_forgets_it_and_drops_the_partial_sums_a_cancel_kept(
     big = world.submit(job_doc("deleted.zarr", input__path="big/em.zarr")).json()
     run = world.root / "deleted.zarr" / ".pytc-run"
     deadline = time.monotonic() + 120
-    while not list(run.rglob("from_*")):  # some blocks' partial sums wait for their pass 2
+    while not list(run.rglob("*.spill")):  # some blocks' partial sums wait for their pass 2
         assert time.monotonic() < deadline, "no partial sums after 120 s"
         time.sleep(0.1)
     assert_problem(world.http.delete(f"/v1/jobs/{big['id']}"), 409)  # running: cancel it first
     world.http.post(f"/v1/jobs/{big['id']}/cancel")
     assert wait_for_state(world.url, big["id"], FINAL, AUTH)["state"] == "cancelled"
-    assert list(run.rglob("from_*"))  # a cancelled job resumes: its sums are kept
-    markers = sorted(run.rglob("done/p1_*"))
+    assert list(run.rglob("*.spill"))  # a cancelled job resumes: its sums are kept
+    markers = recorded(run, 1)
     assert_problem(httpx.delete(f"{world.url}/v1/jobs/{big['id']}", headers=OTHER), 404)  # not B's
     monkeypatch.setenv("PYTC_TOKEN", TOKEN)
     assert main(["delete", big["id"], "--url", world.url]) == 0  # DELETE /v1/jobs/{id}: 204
     assert capsys.readouterr().out.strip() == f"deleted job {big['id']}"
     assert_problem(world.http.get(f"/v1/jobs/{big['id']}"), 404)
     assert main(["delete", big["id"], "--url", world.url]) == 1 and "404" in capsys.readouterr().err
-    assert not list(run.rglob("from_*"))  # none either from a block still finishing when it was cancelled
-    assert set(markers) <= set(run.rglob("done/p1_*"))  # what it finished stays recorded
+    assert not list(run.rglob("*.spill"))  # none either from a block still finishing when it was cancelled
+    assert markers <= recorded(run, 1)  # what it finished stays recorded
     assert (world.root / "deleted.zarr").is_dir()  # what it wrote stays
 
 
@@ -443,18 +449,18 @@ def test_kill_9_mid_job_resumes_from_the_done_blocks(tmp_path: Path) -> None:
         job_id = _post(f"{service.url}/v1/jobs", json=job_doc("killed.zarr")).json()["id"]
         markers = root / "killed.zarr" / ".pytc-run" / "pred"
         deadline = time.monotonic() + 120
-        while len(list(markers.glob("*/done/p2_*.json"))) < 16:
+        while recorded(markers, 2) < 16:
             assert time.monotonic() < deadline, service.log.read_text()[-3000:]
             time.sleep(0.05)
         service.kill9()
-        before = {p: p.stat().st_mtime_ns for p in markers.glob("*/done/p*_*.json")}
-        done_before = len([p for p in before if p.name.startswith("p2_")])
+        p1_before, done_before = recorded(markers, 1), recorded(markers, 2)
         assert done_before < 64, "the job finished before the kill; make it longer"
         service.start()
         final = wait_for_state(service.url, job_id, FINAL)
         assert final["state"] == "succeeded", final
         assert final["result"]["blocks_skipped"] >= done_before
-        assert {p: p.stat().st_mtime_ns for p in before} == before  # never written again
+        tasks = final["result"]["tasks_run"]  # nothing recorded done ran again
+        assert tasks["pass1"] <= 64 - p1_before and tasks["pass2"] <= 64 - done_before
         again = _post(f"{service.url}/v1/jobs", json=job_doc("uninterrupted.zarr")).json()
         assert wait_for_state(service.url, again["id"], FINAL)["state"] == "succeeded"
         np.testing.assert_array_equal(

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 
 import numpy as np
 
@@ -99,11 +98,6 @@ class BlockContext:
         self.output.write(full, data)
         return int(data.nbytes)
 
-    def mark_done(self, phase: int, block: Index, record: Mapping[str, Any]) -> None:
-        """The block's marker, written only inside the data roots."""
-        confined(self.run_dir.marker(phase, block), self.job.data_roots)
-        self.run_dir.mark_done(phase, block, dict(record))
-
     def _confine(self, box: Box) -> None:
         """The output, and every chunk file the write of ``box`` goes to, still inside the data
         roots (:mod:`workers.confine`): a folder swapped for a symlink is refused, never followed."""
@@ -125,11 +119,11 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
     for source in plan.contributors(chunk):
         part = plan.extent(source).intersect(box)
         try:
-            spill = ctx.run_dir.read_scratch(chunk, source)
-        except FileNotFoundError as exc:
+            spill = ctx.run_dir.read_spill(source, chunk)
+        except (FileNotFoundError, ValueError) as exc:
             raise BlockError(
                 f"chunk {chunk}: partial sums of block {source} are missing from "
-                f"{ctx.run_dir.scratch_path(chunk, source)}"
+                f"{ctx.run_dir.spill_path(source)}: {exc}"
             ) from exc
         if spill.shape[1:] != part.shape:
             raise BlockError(
@@ -143,10 +137,8 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
 def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
     plan = ctx.geometry.plan
     result = BlockResult(block, 2)
-    if ctx.run_dir.is_done(2, block):
-        # A rerun of a finished pass 2 (its worker died before reporting): the scratch it consumed
-        # is gone, and its chunks are written; running again would only fail.
-        return result
+    # Run again (its worker died before reporting), it finds the same partial sums: the driver drops
+    # a spill file only once every block reading it is recorded done, and records only what returned.
     t0 = time.perf_counter()
     chunks = plan.border_chunks(block)
 
@@ -163,6 +155,4 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
             result.voxels_written += voxels
             ctx.progress(finished)
     result.seconds["total"] = time.perf_counter() - t0
-    ctx.mark_done(2, block, {"chunks": len(chunks)})
-    ctx.run_dir.drop_scratch(chunks)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -38,10 +39,20 @@ class JobGeometry:
 
         Geometry alone: whichever block finishes a voxel computes it, no exchange is needed."""
         den = np.zeros(box.shape, dtype=np.float32)
-        for index in self.grid.indices(self.grid.ranges_touching(box)):
-            window = self.grid.box(index)
-            part = window.intersect(box)
-            den[part.relative_to(box).slices()] += self.weights[part.relative_to(window).slices()]
+        # Per axis, each touching window's (destination, source) slices, computed once; the adds
+        # run over their product in the grid's C order, as window by window (the same float32 sums).
+        per_axis = []
+        for axis, touching in enumerate(self.grid.ranges_touching(box)):
+            begin, end, w = box.offset[axis], box.end[axis], self.grid.patch[axis]
+            pairs = []
+            for i in touching:
+                start = self.grid.starts[axis][i]
+                lo, hi = max(start, begin), min(start + w, end)
+                pairs.append((slice(lo - begin, hi - begin), slice(lo - start, hi - start)))
+            per_axis.append(pairs)
+        weights = self.weights
+        for combo in itertools.product(*per_axis):
+            den[tuple(d for d, _ in combo)] += weights[tuple(src for _, src in combo)]
         return den
 
 

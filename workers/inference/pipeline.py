@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 Predict = Callable[[np.ndarray], np.ndarray]
 
 READER_POLL_S = 1.0  # a model thread waiting for its input looks at the reader thread this often
+# Rows of windows are read together until a read holds this many voxels: a read has a fixed cost
+# (about 10 ms through zarr-python, whatever its size), so a small block is read in one go, while a
+# big one (64x512x512: slabs of millions of voxels) still streams slab by slab.
+MIN_SLAB_VOXELS = 1 << 20
 
 
 class SlabReader:
@@ -65,9 +69,14 @@ class SlabReader:
         try:
             self.ctx.job.input_node()  # still inside the data roots (workers.confine)
             volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
+            plane = int(np.prod(self.read_box.shape[1:]))
+            waiting: list[int] = []  # rows the next read covers
             for index, end in enumerate(self.ends):
                 if self.stopped.is_set():  # the block ended early: no one reads the rest
                     raise BlockError(f"reading the input of {self.read_box} stopped: the block ended")
+                waiting.append(index)
+                if index + 1 < len(self.ends) and (end - begin) * plane < MIN_SLAB_VOXELS:
+                    continue  # a small block is read in one go: each read has a fixed cost
                 if end > begin:
                     t0 = time.perf_counter()
                     box = Box(
@@ -81,7 +90,9 @@ class SlabReader:
                     self.data[:, begin:end] = slab if slab.ndim == 4 else slab[None]
                     self.seconds += time.perf_counter() - t0
                     begin = end
-                self.ready[index].set()
+                for row in waiting:
+                    self.ready[row].set()
+                waiting.clear()
         except BaseException as exc:  # handed to the model's thread, which raises it
             self.error = exc
             for event in self.ready:
@@ -139,6 +150,10 @@ class Flusher:
         self.pool = ThreadPoolExecutor(min(2, len(usable_cores())), thread_name_prefix="pytc-writer")
         self.pending: list[Future[None]] = []
         self.lock = threading.Lock()
+        # every part of this block's partial sums goes into one file, published when the block ends
+        self.spill = ctx.run_dir.spill_writer(block)
+        if any(u.kind == "spill" for u in self.units):
+            confined(self.spill.path, ctx.job.data_roots)
         self.seconds = 0.0
 
     def _interior_units(self) -> list[_Unit]:
@@ -163,8 +178,7 @@ class Flusher:
         if unit.kind == "out":
             output, voxels = self.ctx.finish(unit.box, values), unit.box.size
         else:
-            confined(self.ctx.run_dir.scratch_path(unit.chunk, self.block), self.ctx.job.data_roots)
-            scratch = self.ctx.run_dir.write_scratch(unit.chunk, self.block, np.ascontiguousarray(values))
+            scratch = self.spill.add(unit.chunk, values)
         with self.lock:  # two writer threads
             self.result.output_bytes += output
             self.result.voxels_written += voxels
@@ -176,11 +190,17 @@ class Flusher:
         failure is raised. A block that did not complete writes nothing more: no partial sums."""
         if complete:
             self.flush_until(float("inf"))
+        published = False
         try:
             for future in self.pending:
                 future.result()
+            if complete:
+                self.result.scratch_bytes += self.spill.close()  # one fsync for the block
+                published = True
         finally:
             self.pool.shutdown(wait=True)
+            if not published:
+                self.spill.abort()
 
 
 def _windows_by_row(ctx: BlockContext, block: Index) -> tuple[list[Index], list[int], list[int]]:
@@ -260,9 +280,5 @@ def run_pass1(ctx: BlockContext, block: Index, predict: Predict) -> BlockResult:
                 reader.stop()
         result.seconds.update(forward=forward, read=reader.seconds, write=flusher.seconds, waited=waited)
     result.seconds["total"] = time.perf_counter() - t0
-    record = {"windows": result.windows, "scratch_bytes": result.scratch_bytes}
-    ctx.mark_done(1, block, record)
-    if not plan.border_chunks(block):
-        ctx.mark_done(2, block, record)
     log.info("block %s pass 1: %d windows in %.2fs", block, result.windows, result.seconds["total"])
     return result

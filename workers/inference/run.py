@@ -9,23 +9,25 @@ previous run finished, and from then on hands out block tasks in an order that i
         task = run.next_task()     # pass 1 in block order; pass 2 once its chunks' contributors are done
         ... run it anywhere: run_block(task) on a Dask worker, or in this process ...
         run.finished(task, result)
-    run.complete()                              # every block's final marker on disk, or IncompleteRunError
+    run.complete()                              # every block recorded done on disk, or IncompleteRunError
 
 Progress is counted in steps (:mod:`workers.inference.steps`): ``run.steps_reported(...)`` takes
 what a running task says, :meth:`InferenceRun.counts` tells the figures at any moment.
 
 :func:`run_serially` is that loop in this process, for tests and debugging; the control plane's
 driver submits the same tasks to Dask and keeps several in flight. Success is never reported over
-a hole: a block is done only when its pass-2 marker is on disk (written after its chunks), pass-1
-partial sums found missing at start are recomputed, and the output is marked complete only after
-every marker was checked.
+a hole: a block is recorded done (``workers.inference.ledger``, by this process only) after its
+task returned, so after its chunks were written; pass-1 partial sums found missing at start are
+recomputed; and the output is marked complete only after the record read back from disk holds
+every block. The bookkeeping costs the same few microseconds per task at any job size
+(``workers.inference.schedule``).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -46,7 +48,9 @@ from workers.inference.checks import OutputState, check_input, open_input, outpu
 from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
-from workers.inference.rundir import RunDir
+from workers.inference.ledger import SNAPSHOT, Ledger, linear, read_bits
+from workers.inference.rundir import Janitor, RunDir
+from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
 from workers.inference.tasks import BlockTask, run_block
 from workers.limits import Limits
@@ -98,21 +102,31 @@ class InferenceRun:
         # so that nothing of an earlier run of the job (a failed or cancelled one) is handed back.
         self.attempt = secrets.token_hex(4)
         self.plan: BlockPlan = geometry.plan
-        self._schedule = _Schedule(self.plan, run_dir)
         self.started = time.perf_counter()
-        self._voxels_done = sum(self.plan.write_box(b).size for b in self._schedule.p2_done)
+        self.ledger = _open_ledger(run_dir, self.plan)
+        self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan))
+        for (
+            index
+        ) in self._schedule.orphans:  # no block reads them any more (a run killed before it dropped them)
+            run_dir.drop_spill(self._schedule.block(index))
+        self.ledger.snapshot()  # the log starts empty: a resume reads a snapshot and one run's records
+        shape = self.plan.block_counts
+        p1 = np.frombuffer(self.ledger.p1, dtype=np.uint8).reshape(shape).astype(bool)
+        p2 = np.frombuffer(self.ledger.p2, dtype=np.uint8).reshape(shape).astype(bool)
+        self._blocks_done = int(p2.sum())
+        self._lengths = [[e - b for b, e in map(a.write_range, range(a.n_blocks))] for a in self.plan.axes]
+        self._janitor = Janitor(run_dir.spill_path)
+        self._voxels_done = _voxels_of(self.plan, p2)
         self._steps = BlockSteps(self.plan)
         self._tally = StepTally(self._steps, self._is_finished)
-        for block in self._schedule.p1_done | self._schedule.p2_done:
-            self._tally.finished(1, block)
-        for block in self._schedule.p2_done:
-            self._tally.finished(2, block)
+        self._tally.preset(1, self._steps.total_over(1, p1 | p2))
+        self._tally.preset(2, self._steps.total_over(2, p2))
         self.summary = RunSummary(
             job.output.path,
             job.output.dataset,
             self.layout_key,
             self.plan.n_blocks,
-            len(self._schedule.p2_done),
+            self._blocks_done,
         )
 
     @classmethod
@@ -148,7 +162,7 @@ class InferenceRun:
 
     @property
     def blocks_done(self) -> int:
-        return len(self._schedule.p2_done)
+        return self._blocks_done
 
     @property
     def voxels_done(self) -> int:
@@ -181,24 +195,32 @@ class InferenceRun:
         step = self._schedule.next_step()
         if step is None:
             return None
-        phase, block = step
+        phase, index = step
+        block = self._schedule.block(index)
         return BlockTask(self.job, self.layout_key, block, phase, self.info.out_channels, self.attempt)  # type: ignore[arg-type]
 
     def finished(self, task: BlockTask, result: BlockResult) -> None:
-        """``task`` ran to its end with ``result``."""
-        before = self.blocks_done
-        counted = self._is_finished(task.phase, task.block)
-        self._schedule.finished(task.phase, task.block)
+        """``task`` ran to its end with ``result``: recorded (one append to the done record), and
+        the spill files no block reads any more are dropped, after the records that free them."""
+        index = self._schedule.index(task.block)
+        p1, p2 = self.ledger.p1, self.ledger.p2
+        was_done = p2[index]
+        counted = was_done or (task.phase == 1 and p1[index])
+        self._schedule.finished(task.phase, index)
         if not counted:
             self._tally.finished(task.phase, task.block)
-        if self.blocks_done > before:
-            self._voxels_done += self.plan.write_box(task.block).size
+        if p2[index] and not was_done:
+            self._blocks_done += 1
+            self._voxels_done += math.prod(t[k] for t, k in zip(self._lengths, task.block, strict=True))
         self.summary.add(result)
+        if self.ledger.flush(lazy=True):  # the records freeing these files are written
+            for source in self._schedule.take_dropped():  # off this thread: a file system may be slow
+                self._janitor.drop(self._schedule.block(source))
 
     def _is_finished(self, phase: int, block: Index) -> bool:
         """Whether (``phase``, ``block``) is recorded done (a block done counts its pass 1 done too)."""
-        done = self._schedule.p2_done
-        return block in done or (phase == 1 and block in self._schedule.p1_done)
+        index = self._schedule.index(block)
+        return bool(self.ledger.p2[index] or (phase == 1 and self.ledger.p1[index]))
 
     def finished_all(self) -> bool:
         return self._schedule.idle()
@@ -208,13 +230,19 @@ class InferenceRun:
         self.run_dir.request_cancel()
 
     def complete(self) -> RunSummary:
-        """Success only over a whole output: every block's final marker must be on disk."""
-        missing = [b for b in self.plan.blocks() if not self.run_dir.is_done(2, b)]
-        if missing:
+        """Success only over a whole output: the done record, synced and read back from disk, must
+        hold every block's pass 2. A block is recorded only after its task returned, which it does
+        after every chunk of its write box was written: a whole record is a whole output."""
+        self.ledger.flush(sync=True)
+        _, p2 = read_bits(self.run_dir.root, self.plan.n_blocks)
+        missing = np.flatnonzero(p2 == 0)
+        if len(missing):
+            first = self._schedule.block(int(missing[0]))
             raise IncompleteRunError(
-                f"{len(missing)} blocks are not recorded done, first {missing[0]}; "
+                f"{len(missing)} blocks are not recorded done, first {first}; "
                 "the output stays marked incomplete"
             )
+        self.close()
         self.job.output_node()  # the output marked complete is the one inside the roots
         confined(self.run_dir.root, self.job.data_roots)
         self.run_dir.drop_all_scratch()
@@ -223,6 +251,13 @@ class InferenceRun:
         volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, "complete": True}})
         self.summary.seconds = time.perf_counter() - self.started
         return self.summary
+
+    def close(self) -> None:
+        """The run ends without completing (failed, cancelled): what it recorded is synced."""
+        self.ledger.close()
+        for source in self._schedule.take_dropped():
+            self._janitor.drop(self._schedule.block(source))
+        self._janitor.drain()
 
 
 def _create(
@@ -256,66 +291,36 @@ def _create(
     )
 
 
-class _Schedule:
-    """Which task comes next: pass 1 in block order, pass 2 once its contributors' pass 1 is done."""
+def _open_ledger(run_dir: RunDir, plan: BlockPlan) -> Ledger:
+    """The run's done record; a run folder of an older version (one marker file per block and
+    pass) is read once into it."""
+    ledger = Ledger.open(run_dir.root, plan.n_blocks)
+    if not (run_dir.root / SNAPSHOT).exists():
+        counts = plan.block_counts
+        for phase in (1, 2):
+            for block in run_dir.legacy_done_blocks(phase):
+                if all(0 <= i < n for i, n in zip(block, counts, strict=True)):
+                    ledger.record(phase, linear(block, counts))
+    return ledger
 
-    def __init__(self, plan: BlockPlan, run_dir: RunDir) -> None:
-        self.plan = plan
-        self.p1_done = run_dir.done_blocks(1)
-        self.p2_done = run_dir.done_blocks(2)
-        self.p1_done -= self._lost_spills(run_dir)
-        self.pass1 = collections.deque(b for b in plan.blocks() if b not in self.p1_done)
-        self.waiting = {b: plan.pass2_dependencies(b) for b in plan.blocks() if b not in self.p2_done}
-        self.ready: collections.deque[Index] = collections.deque()
-        self.in_flight = 0
-        self._release()
 
-    def _lost_spills(self, run_dir: RunDir) -> set[Index]:
-        """Blocks whose pass 1 is recorded but whose partial sums for an unfinished chunk are gone
-        (scratch cleaned by hand, a marker removed): their pass 1 runs again rather than leave a hole."""
-        lost: set[Index] = set()
-        for block in self.plan.blocks():
-            if block in self.p2_done:
-                continue
-            for chunk in self.plan.border_chunks(block):
-                for source in self.plan.contributors(chunk):
-                    if source in self.p1_done and not run_dir.scratch_path(chunk, source).exists():
-                        lost.add(source)
-        if lost:
-            log.warning("recomputing pass 1 of %d blocks whose partial sums are missing", len(lost))
-            for block in lost:
-                run_dir.marker(1, block).unlink(missing_ok=True)
-        return lost
+def _spill_files(run_dir: RunDir, plan: BlockPlan) -> np.ndarray:
+    """Which blocks have a spill file, from one listing of the scratch folder."""
+    present = np.zeros(plan.n_blocks, dtype=bool)
+    counts = plan.block_counts
+    for block in run_dir.spill_blocks():
+        if len(block) == len(counts) and all(0 <= i < n for i, n in zip(block, counts, strict=True)):
+            present[linear(block, counts)] = True
+    return present
 
-    def _release(self) -> None:
-        for block, deps in list(self.waiting.items()):
-            if block in self.p2_done:
-                del self.waiting[block]
-            elif block in self.p1_done and deps <= self.p1_done:
-                self.ready.append(block)
-                del self.waiting[block]
 
-    def finished(self, phase: int, block: Index) -> None:
-        self.in_flight -= 1
-        if phase == 1:
-            self.p1_done.add(block)
-            if not self.plan.border_chunks(block):
-                self.p2_done.add(block)
-        else:
-            self.p2_done.add(block)
-        self._release()
-
-    def next_step(self) -> tuple[int, Index] | None:
-        if self.ready:
-            self.in_flight += 1
-            return 2, self.ready.popleft()
-        if self.pass1:
-            self.in_flight += 1
-            return 1, self.pass1.popleft()
-        return None
-
-    def idle(self) -> bool:
-        return not self.ready and not self.pass1 and self.in_flight == 0
+def _voxels_of(plan: BlockPlan, mask: np.ndarray) -> int:
+    """Voxels of the write boxes of the blocks where ``mask`` is true (per-axis lengths)."""
+    out = mask.astype(np.int64)
+    for axis in reversed(plan.axes):
+        lengths = [e - b for b, e in (axis.write_range(k) for k in range(axis.n_blocks))]
+        out = out @ np.asarray(lengths, dtype=np.int64)
+    return int(out)
 
 
 def run_serially(

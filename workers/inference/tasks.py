@@ -53,6 +53,37 @@ class BlockTask:
     attempt: str = ""  # the run's token: what this run's keys, topic and worker caches are named by
 
 
+@dataclass(frozen=True)
+class TaskRef:
+    """A block task as it travels to a worker: everything but the job, which goes by reference (the
+    Dask key of a task returning it, :func:`job_of`: shipped once to each worker that runs a block
+    of it, and computed again by Dask should that worker be lost). Ten thousand tasks in flight
+    cost the scheduler a hundred bytes each, whatever the size of the job's document."""
+
+    layout_key: str
+    block: Index
+    phase: Literal[1, 2]
+    out_channels: int
+    attempt: str = ""
+
+    @classmethod
+    def of(cls, task: BlockTask) -> TaskRef:
+        return cls(task.layout_key, task.block, task.phase, task.out_channels, task.attempt)
+
+    def with_job(self, job: InferenceJob) -> BlockTask:
+        return BlockTask(job, self.layout_key, self.block, self.phase, self.out_channels, self.attempt)
+
+
+def job_of(job: InferenceJob) -> InferenceJob:
+    """The task whose result is the job, on the worker that needs it (see :class:`TaskRef`)."""
+    return job
+
+
+def run_task(ref: TaskRef, job: InferenceJob) -> BlockResult:
+    """:func:`run_block` of a task sent by reference, Dask handing over the job it refers to."""
+    return run_block(ref.with_job(job))
+
+
 def inspect_model(
     ref: ModelRef, patch_size: tuple[int, int, int], device: str = "auto"
 ) -> ModelInfo | Refusal:

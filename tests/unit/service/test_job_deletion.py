@@ -53,15 +53,15 @@ def test_deleting_drops_the_sums_only_of_the_newest_job_of_an_output(
     manager: JobManager, tmp_path: Path
 ) -> None:
     run_dir = RunDir.for_output(str(tmp_path / "out.zarr"), "pred", "layout")
-    run_dir.write_scratch((0, 0, 0), (0, 0, 1), np.ones((2, 4, 4, 4), np.float32))
+    run_dir.write_spills((0, 0, 1), {(0, 0, 0): np.ones((2, 4, 4, 4), np.float32)})
     ended(manager, "old", "failed")
     ended(manager, "new", "cancelled")  # resubmitted, then cancelled: it resumes from those sums
     assert manager.delete("old").id == "old"
-    assert run_dir.scratch_path((0, 0, 0), (0, 0, 1)).exists()
+    assert run_dir.spill_path((0, 0, 1)).exists()
     with pytest.raises(JobNotFoundError):
         manager.store.get_job("old")
     manager.delete("new")
-    assert not run_dir.scratch_path((0, 0, 0), (0, 0, 1)).exists()
+    assert not run_dir.spill_path((0, 0, 1)).exists()
 
 
 def test_an_active_job_is_not_deleted(manager: JobManager) -> None:

@@ -132,5 +132,6 @@ def test_a_cancelled_block_stops_between_batches_and_records_nothing(volume, tmp
     with pytest.raises(BlockCancelledError):
         run_pass1(BlockContext(job, geometry, run_dir, output, 1), (0, 0, 0), cancelling)
     assert len(calls) == 1
-    assert not run_dir.is_done(1, (0, 0, 0))
+    assert not run_dir.spill_path((0, 0, 0)).exists()  # no partial sums published
+    assert not [p for p in (run_dir.root / "scratch").glob("*") if p.is_file()]  # nor left half-written
     assert not list(run_dir.root.rglob("from_*"))  # no partial sums

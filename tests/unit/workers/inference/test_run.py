@@ -43,7 +43,7 @@ def test_a_serial_run_completes_and_marks_the_output(job: InferenceJob) -> None:
     assert summary.tasks_run["pass1"] == plan_blocks and summary.tasks_run["pass2"] > 0
     record = open_volume(job.output.path, job.output.dataset).attrs[OUTPUT_ATTRS_KEY]
     assert record["complete"] is True and record["model_sha256"] == INFO.sha256
-    assert not list((Path(job.output.path) / ".pytc-run").rglob("from_*"))  # scratch dropped
+    assert not list((Path(job.output.path) / ".pytc-run").rglob("*.spill"))  # scratch dropped
 
 
 def test_running_the_same_job_again_resumes_with_nothing_to_do(job: InferenceJob) -> None:
@@ -73,7 +73,7 @@ def test_lost_partial_sums_are_recomputed_never_a_hole(job: InferenceJob) -> Non
     run = InferenceRun.start(job, INFO)
     while (task := run.next_task()) is not None and task.phase == 1:
         run.finished(task, run_block(task, predict=doubled))
-    spilled = list((Path(job.output.path) / ".pytc-run").rglob("from_*"))
+    spilled = list((Path(job.output.path) / ".pytc-run").rglob("*.spill"))
     assert spilled
     for path in spilled:
         path.unlink()
@@ -86,7 +86,7 @@ def test_success_is_never_reported_over_a_hole(job: InferenceJob) -> None:
     run = InferenceRun.start(job, INFO)
     while (task := run.next_task()) is not None:
         run.finished(task, run_block(task, predict=doubled))
-    run.run_dir.marker(2, (1, 2, 2)).unlink()  # a block whose final marker vanished
+    run.ledger.forget(2, [run.plan.n_blocks - 1])  # a block whose record vanished
     with pytest.raises(IncompleteRunError, match="not recorded done"):
         run.complete()
     assert open_volume(job.output.path, job.output.dataset).attrs[OUTPUT_ATTRS_KEY]["complete"] is False
@@ -147,10 +147,11 @@ def test_two_outputs_of_one_container_never_share_a_run_folder(job: InferenceJob
     while (task := run.next_task()) is not None:  # pass 1 of every block; pass 2 left for later
         if task.phase == 1:
             run.finished(task, run_block(task, predict=doubled))
-    spilled = sorted(run.run_dir.root.rglob("from_*"))
+    run.close()  # the driver stops (its records written)
+    spilled = sorted(run.run_dir.root.rglob("*.spill"))
     assert spilled
     run_serially(second, INFO, predict=doubled)  # creates and finishes its own output meanwhile
-    assert sorted(run.run_dir.root.rglob("from_*")) == spilled
+    assert sorted(run.run_dir.root.rglob("*.spill")) == spilled
     finished = run_serially(first, INFO, predict=doubled)
     assert finished.resumed and finished.tasks_run["pass1"] == 0
     np.testing.assert_array_equal(
@@ -196,6 +197,7 @@ def test_a_resumed_run_counts_what_was_done_before(job: InferenceJob) -> None:
         assert task is not None and task.phase == 1
         run.finished(task, run_block(task, predict=doubled))
         first.append(task.block)
+    run.ledger.flush()  # what it had written 50 ms later (workers.inference.ledger.WRITE_S)
     resumed = InferenceRun.start(job, INFO).counts()
     plan = run.plan
     assert resumed.windows_done == sum(len(list(plan.windows(b))) for b in first) > 0
@@ -216,9 +218,27 @@ def test_a_job_whose_scratch_was_dropped_after_a_failure_runs_again_to_the_same_
     failing_at = (1, 1, 1)
     while (task := run.next_task()) is not None and not (task.phase == 1 and task.block == failing_at):
         run.finished(task, run_block(task, predict=doubled))
-    assert list((Path(job.output.path) / ".pytc-run").rglob("from_*"))  # sums waiting for pass 2
+    assert list((Path(job.output.path) / ".pytc-run").rglob("*.spill"))  # sums waiting for pass 2
     drop_dataset_scratch(job.output.path, job.output.dataset)
-    assert not list((Path(job.output.path) / ".pytc-run").rglob("from_*"))
+    assert not list((Path(job.output.path) / ".pytc-run").rglob("*.spill"))
     summary = run_serially(job, INFO, predict=doubled)
     assert summary.resumed and summary.tasks_run["pass1"] > 0
     np.testing.assert_array_equal(output_of(job), output_of(clean))
+
+
+def test_a_run_folder_of_an_older_version_is_read_into_the_done_record_once(job: InferenceJob) -> None:
+    """Before the done record, each block and pass left a marker file: a run started over such a
+    folder (a job resumed across an upgrade) takes them as done, and never reads them again."""
+    run_serially(job, INFO, predict=doubled)
+    first = output_of(job)
+    run_dir = next((Path(job.output.path) / ".pytc-run").glob("*/*"))
+    plan = InferenceRun.start(job, INFO).plan
+    for name in ("done.snap", "done.log"):
+        (run_dir / name).unlink(missing_ok=True)
+    (run_dir / "done").mkdir()
+    for block in plan.blocks():
+        for phase in (1, 2):
+            (run_dir / "done" / f"p{phase}_{'_'.join(map(str, block))}.json").write_text("{}")
+    again = run_serially(job, INFO, predict=lambda b: b * 0.0)  # would change every voxel if it ran
+    assert again.blocks_skipped == again.blocks_total and again.tasks_run == {"pass1": 0, "pass2": 0}
+    np.testing.assert_array_equal(output_of(job), first)

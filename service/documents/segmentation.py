@@ -1,0 +1,233 @@
+"""The segmentation document: YAML/JSON -> :class:`SegmentationDocument` -> the frozen
+:class:`workers.segmentation.job.SegmentationJob`.
+
+The decoder takes PyTC's parameter names and defaults for the decoder it names
+(``connectomics/utils/process.py``); a parameter another decoder has, an unknown one, or a value
+this service does not decode yet is a SpecError naming ``decoder.<parameter>``. Nothing is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from service.documents.loading import canonical_json
+from service.documents.sections import (
+    NonNegInt,
+    PosTriple,
+    Section,
+    StrictBool,
+    Text,
+    located,
+    require_kind,
+    resolved_roots,
+    triple,
+    validate,
+)
+from volumes.labels.decoders import Decoder
+from workers.errors import SpecError
+from workers.limits import DEFAULT_LIMITS, Limits, check_chunk_bytes
+from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
+
+Threshold = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+ScaleTriple = Annotated[
+    list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)
+]
+DecoderNameField = Literal[
+    "binary_connected",
+    "bc_connected",
+    "affinity_connected",
+    "binary_watershed",
+    "bc_watershed",
+    "bcd_watershed",
+    "affinity_agglomerate",
+]
+NOT_YET = ("binary_watershed", "bc_watershed", "bcd_watershed", "affinity_agglomerate")
+SMALL_MODES_NOT_YET = ("neighbor", "background_2d", "neighbor_2d")
+AXES = ("z", "y", "x")
+
+# Each decoder's parameters and PyTC's defaults (affinity_connected is not in PyTC v1).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "binary_connected": {
+        "thres": 0.8,
+        "thres_small": 128,
+        "scale_factors": [1.0, 1.0, 1.0],
+        "remove_small_mode": "background",
+        "connectivity": 26,
+    },
+    "bc_connected": {
+        "thres1": 0.8,
+        "thres2": 0.5,
+        "thres_small": 128,
+        "scale_factors": [1.0, 1.0, 1.0],
+        "dilation_struct": [1, 5, 5],
+        "remove_small_mode": "background",
+        "connectivity": 26,
+    },
+    "affinity_connected": {
+        "thres": 0.5,
+        "thres_small": 128,
+        "remove_small_mode": "background",
+        "connectivity": 6,
+    },
+}
+
+
+class SegInputSection(Section):
+    """The prediction to decode: a (C, Z, Y, X) array, uint8 (0-255, as PyTC writes) or float."""
+
+    path: Text
+    dataset: Text | None = None
+
+
+class DecoderSection(Section):
+    """The decoder and PyTC's parameters for it (its defaults where left out): `binary_connected`
+    (thres, thres_small, scale_factors, remove_small_mode, connectivity), `bc_connected` (thres1,
+    thres2, thres_small, scale_factors, dilation_struct, remove_small_mode, connectivity),
+    `affinity_connected` (thres, thres_small, remove_small_mode; 6-connected by construction).
+    Thresholds compare as PyTC does: `> int(255 * t)` on uint8 maps, `> t` on float ones."""
+
+    name: DecoderNameField
+    thres: Threshold | None = None
+    thres1: Threshold | None = None
+    thres2: Threshold | None = None
+    thres_small: NonNegInt | None = None
+    remove_small_mode: Literal["background", "none", "neighbor", "background_2d", "neighbor_2d"] | None = None
+    connectivity: Literal[6, 18, 26] | None = None
+    dilation_struct: PosTriple | None = None
+    scale_factors: ScaleTriple | None = None
+
+
+class SegOutputSection(Section):
+    """Where the labels go: a (z, y, x) array of uint32 (uint64 when the objects need it), with a
+    table of objects beside it; `relabel: sequential` numbers objects 1..N in raster order of their
+    first voxels, `none` keeps PyTC's numbers (gaps where small objects were removed)."""
+
+    path: Text
+    dataset: Text = "seg"
+    format: Literal["zarr3", "zarr2", "n5"] = "zarr3"
+    chunks: PosTriple = [32, 256, 256]
+    relabel: Literal["sequential", "none"] = "sequential"
+    overwrite: StrictBool = False
+
+
+class SegComputeSection(Section):
+    """How the work is cut: the block each task decodes (a multiple of the output's chunks)."""
+
+    block_shape: PosTriple | None = None
+
+
+class SegmentationDocument(Section):
+    """A segmentation job: instance labels from a prediction, with global IDs over the whole volume,
+    equal to PyTC's decoder run on the whole volume in memory."""
+
+    kind: Literal["segmentation"]
+    input: SegInputSection
+    decoder: DecoderSection
+    output: SegOutputSection
+    compute: SegComputeSection | None = None
+
+
+def parse_segmentation(
+    doc: object, data_roots: Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS
+) -> SegmentationJob:
+    roots = resolved_roots(data_roots)
+    document = require_kind(doc, "segmentation")
+    parsed = validate(SegmentationDocument, document)
+    decoder = decoder_of(parsed.decoder)
+    in_path, in_dataset = located(parsed.input.path, parsed.input.dataset, roots, "input")
+    out = parsed.output
+    out_path, out_dataset = located(out.path, out.dataset, roots, "output")
+    if any(root.is_relative_to(Path(out_path)) for root in roots):
+        raise SpecError(
+            "output.path", f"{out_path} is a data root (or holds one); name a container inside it"
+        )
+    source, target = Path(in_path, in_dataset or "").resolve(), Path(out_path, str(out_dataset)).resolve()
+    if source.is_relative_to(target) or target.is_relative_to(source):
+        raise SpecError("output.dataset", f"the output {target} overlaps the input {source}")
+    chunks = triple(out.chunks)
+    check_chunk_bytes(chunks, limits)
+    block = triple(parsed.compute.block_shape) if parsed.compute and parsed.compute.block_shape else None
+    for axis, b, c in zip(AXES, block or chunks, chunks, strict=True):
+        if b % c:
+            raise SpecError(
+                "compute.block_shape",
+                f"{list(block or ())} is not a multiple of output.chunks {list(chunks)} (axis {axis})",
+            )
+    _check_block_memory(block or chunks, decoder, limits)
+    output = SegOutput(out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite)
+    return SegmentationJob(
+        SegInput(in_path, in_dataset),
+        decoder,
+        output,
+        block,
+        document=canonical_json(document),
+        data_roots=tuple(str(r) for r in roots),
+    )
+
+
+# What a block task holds per voxel at its peak: the prediction read as float32 at worst (4 bytes a
+# channel), the mask, labels (uint32) and their remapped copy (uint64), a few index arrays.
+BYTES_PER_VOXEL = 32
+
+
+def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) -> None:
+    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
+    grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
+    voxels = grown[0] * grown[1] * grown[2]
+    need = voxels * (4 * decoder.channels + BYTES_PER_VOXEL)
+    field = "compute.block_shape"
+    if voxels >= 2**31:
+        raise SpecError(field, f"a block of {voxels} voxels; at most 2**31 - 1")
+    if need > limits.task_bytes:
+        raise SpecError(
+            field,
+            f"a block task needs about {need / 2**30:.1f} GiB; at most {limits.task_bytes / 2**30:.1f} GiB",
+        )
+
+
+def decoder_of(section: DecoderSection) -> Decoder:
+    """The decoder with PyTC's defaults; parameters of other decoders and what is not decoded yet
+    are refused, naming ``decoder.<parameter>``."""
+    name = section.name
+    if name in NOT_YET:
+        raise SpecError(
+            "decoder.name",
+            f"{name} is not available yet; the exact blockwise decoders are {', '.join(DEFAULTS)}",
+        )
+    given = {k: v for k, v in section.model_dump(exclude={"name"}).items() if v is not None}
+    allowed = DEFAULTS[name]
+    for key in given:
+        if key not in allowed:
+            raise SpecError(
+                f"decoder.{key}", f"not a parameter of {name}; its parameters: {', '.join(allowed)}"
+            )
+    p: Mapping[str, Any] = {**allowed, **given}
+    if p["remove_small_mode"] in SMALL_MODES_NOT_YET:
+        raise SpecError(
+            "decoder.remove_small_mode",
+            f"{p['remove_small_mode']!r} is not available yet; use background or none",
+        )
+    if list(p.get("scale_factors", [1.0, 1.0, 1.0])) != [1.0, 1.0, 1.0]:
+        raise SpecError("decoder.scale_factors", "resizing the labels is not available yet; use [1, 1, 1]")
+    if name == "affinity_connected" and p["connectivity"] != 6:
+        raise SpecError("decoder.connectivity", "affinities join face neighbours only: 6")
+    dilation = None
+    if name == "bc_connected":
+        dilation = triple(p["dilation_struct"])
+        if any(s % 2 == 0 for s in dilation):
+            raise SpecError(
+                "decoder.dilation_struct", f"odd sizes only (a centred box), got {list(dilation)}"
+            )
+    thresholds = (p["thres1"], p["thres2"]) if name == "bc_connected" else (p["thres"],)
+    return Decoder(
+        name,  # type: ignore[arg-type]  # the names not decoded yet are refused above
+        tuple(float(t) for t in thresholds),
+        int(p["thres_small"]),
+        p["remove_small_mode"],
+        p["connectivity"],
+        dilation,
+    )

@@ -1,0 +1,213 @@
+"""Segmentation benchmark: ``pytc run`` of a segmentation job against the whole-volume decoder in memory.
+
+For each connected-components decoder (binary_connected, bc_connected with its default dilation,
+affinity_connected) on a synthetic uint8 prediction of ``--shape`` (default 64x512x512; smooth
+random fields, so objects of many sizes cross block faces):
+
+- in memory, one process: the prediction read whole, decoded by the library PyTC calls
+  (``skimage.measure.label``, ``skimage.morphology.dilation``, the size filter; for affinities
+  ``connected-components-3d`` on the affinity graph, our :mod:`volumes.labels.whole`), and by our
+  whole-volume decoder (cc3d); decode time and the process's peak RSS;
+- ``pytc run`` end to end (a subprocess: start-up, the embedded cluster, every step, the table),
+  with 1 worker and with 2; wall time and the peak RSS of its process tree;
+- the labels of the run checked equal, voxel for voxel, to the in-memory ones.
+
+Ratio = in-memory decode time / ``pytc run`` time (goal >= 1.0 with one worker). Prints a table and
+appends it, with the command, to tests/benchmarks/RESULTS.md.
+
+    .venv/bin/python tests/benchmarks/bench_segmentation.py [--shape 64 512 512] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import yaml
+import zarr
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+DECODERS = {
+    "binary_connected": {"name": "binary_connected", "thres": 0.6, "thres_small": 128},
+    "bc_connected": {"name": "bc_connected", "thres1": 0.6, "thres2": 0.55, "thres_small": 128},
+    "affinity_connected": {"name": "affinity_connected", "thres": 0.5, "thres_small": 128},
+}
+CHANNELS = {"binary_connected": 1, "bc_connected": 2, "affinity_connected": 3}
+
+
+def make_prediction(path: Path, shape: tuple[int, int, int], names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    group = zarr.open_group(path, mode="w")
+    for name in names:
+        channels = CHANNELS[name]
+        data = np.empty((channels, *shape), np.uint8)
+        for c in range(channels):
+            field = ndimage.gaussian_filter(rng.random(shape, dtype=np.float32), (2, 6, 6))
+            field = (field - field.min()) / (field.max() - field.min())
+            data[c] = (field * 255).astype(np.uint8)
+        group.create_array(name, data=data, chunks=(channels, 64, 256, 256))
+
+
+IN_MEMORY = r"""
+import json, resource, sys, time
+import numpy as np
+from skimage.measure import label
+from skimage.morphology import dilation
+sys.path.insert(0, sys.argv[1])
+from volumes.box import Box
+from volumes.labels.decoders import Decoder
+from volumes.labels.whole import decode_in_memory, sequential
+from volumes.open import open_volume
+from service.documents.segmentation import DecoderSection, decoder_of
+path, name, how, out = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+decoder = decoder_of(DecoderSection(**json.loads(sys.argv[6])))
+source = open_volume(path, name)
+pred = source.read(Box((0, 0, 0, 0), source.shape))
+t = time.perf_counter()
+if how == "skimage" and decoder.name != "affinity_connected":
+    cut = lambda v, t: v > int(255 * t)
+    fg = cut(pred[0], decoder.thresholds[0])
+    if decoder.name == "bc_connected":
+        fg &= pred[1] < int(255 * decoder.thresholds[1])
+    segm = label(fg)
+    if decoder.dilation is not None:
+        segm = dilation(segm, np.ones(decoder.dilation))
+    sizes = np.bincount(segm.ravel())
+    small = sizes < decoder.thres_small
+    small[0] = False
+    segm[small[segm]] = 0
+else:
+    segm = decode_in_memory(pred, decoder)
+seconds = time.perf_counter() - t
+np.save(out, sequential(segm.astype(np.uint64)))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+"""
+
+
+def in_memory(root: Path, name: str, how: str) -> dict[str, float]:
+    out = root / f"{name}-{how}.npy"
+    args = [sys.executable, "-c", IN_MEMORY, str(REPO), str(root / "pred.zarr"), name, how, str(out)]
+    start = time.perf_counter()
+    done = subprocess.run([*args, json.dumps(DECODERS[name])], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall": wall}
+
+
+def pytc_run(root: Path, name: str, workers: int, block: list[int]) -> dict[str, float]:
+    doc = {
+        "kind": "segmentation",
+        "input": {"path": "pred.zarr", "dataset": name},
+        "decoder": DECODERS[name],
+        "output": {
+            "path": f"seg-{workers}.zarr",
+            "dataset": name,
+            "chunks": [min(b, c) for b, c in zip(block, (32, 256, 256), strict=True)],
+        },
+        "compute": {"block_shape": block},
+    }
+    job = root / f"{name}-{workers}.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    cmd = [sys.executable, "-m", "service.cli", "run", str(job), "--quiet", "--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTC_DATA_ROOTS": str(root)}
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        rss = 0
+        try:
+            for p in [proc, *proc.children(recursive=True)]:
+                rss += p.memory_info().rss
+        except psutil.Error:
+            pass
+        peak = max(peak, rss)
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.read().decode()[-3000:] if proc.stderr else "pytc run failed")
+    return {"seconds": seconds, "peak_mib": peak / 2**20}
+
+
+def labels_equal(root: Path, name: str, workers: int) -> bool:
+    from volumes.box import Box
+    from volumes.open import open_volume
+
+    volume = open_volume(root / f"seg-{workers}.zarr", name)
+    got = volume.read(Box((0, 0, 0), volume.shape))
+    return bool(np.array_equal(got, np.load(root / f"{name}-skimage.npy")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 512, 512])
+    parser.add_argument("--block", type=int, nargs=3, default=[64, 256, 256])
+    parser.add_argument("--decoders", nargs="*", default=list(DECODERS))
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    shape = tuple(args.shape)
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_prediction(root / "pred.zarr", shape, args.decoders)  # type: ignore[arg-type]
+        for name in args.decoders:
+            skimage = in_memory(root, name, "skimage")
+            ours = in_memory(root, name, "cc3d")
+            one = pytc_run(root, name, 1, args.block)
+            two = pytc_run(root, name, 2, args.block)
+            same = labels_equal(root, name, 1) and labels_equal(root, name, 2)
+            objects = int(np.load(root / f"{name}-skimage.npy").max())
+            rows += [
+                (f"{name}: {objects} objects", ""),
+                ("  in memory, PyTC's library (skimage; affinities: cc3d) (s)", f"{skimage['seconds']:.2f}"),
+                ("  in memory, our whole-volume decoder (cc3d) (s)", f"{ours['seconds']:.2f}"),
+                (
+                    "  in memory, PyTC's library, as a process: start, read, decode (s)",
+                    f"{skimage['wall']:.2f}",
+                ),
+                (
+                    "  pytc run, 1 worker / 2 workers, end to end (s)",
+                    f"{one['seconds']:.2f} / {two['seconds']:.2f}",
+                ),
+                (
+                    "  in-memory decode / pytc run 1 worker (goal >= 1.0)",
+                    f"{skimage['seconds'] / one['seconds']:.2f}",
+                ),
+                ("  in-memory process / pytc run 1 worker", f"{skimage['wall'] / one['seconds']:.2f}"),
+                ("  pytc run 1 worker / 2 workers", f"{one['seconds'] / two['seconds']:.2f}"),
+                (
+                    "  peak RSS in memory (skimage) / pytc run 1 w / 2 w (MiB)",
+                    f"{skimage['peak_mib']:.0f} / {one['peak_mib']:.0f} / {two['peak_mib']:.0f}",
+                ),
+                ("  labels of pytc run == in memory, voxel for voxel", "yes" if same else "NO"),
+            ]
+    width = max(len(r[0]) for r in rows)
+    title = f"segmentation, {'x'.join(map(str, shape))}, block {'x'.join(map(str, args.block))}"
+    table = [f"| {title:<{width}} | |",
+             f"|{'-' * (width + 2)}|---|"]  # fmt: skip
+    table += [f"| {label:<{width}} | {value} |" for label, value in rows]
+    text = "\n".join(table)
+    print(text)
+    if not args.no_record:
+        command = "python tests/benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:])
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        host = f"{platform.machine()}, {os.cpu_count()} CPUs"
+        with RESULTS.open("a") as f:
+            f.write(f"\n## Segmentation (issue 15), {stamp}, {host}\n\n`{command.strip()}`\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

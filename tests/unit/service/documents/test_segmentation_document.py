@@ -1,0 +1,79 @@
+"""The segmentation document: PyTC's parameters and defaults per decoder, and every refusal naming
+its field (nothing read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.documents.segmentation import parse_segmentation
+from workers.errors import SpecError
+from workers.limits import Limits
+
+
+def doc(**decoder: Any) -> dict[str, Any]:
+    return {
+        "kind": "segmentation",
+        "input": {"path": "pred.zarr", "dataset": "mito"},
+        "decoder": {"name": "binary_connected", **decoder},
+        "output": {"path": "seg.zarr"},
+    }
+
+
+def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
+    job = parse_segmentation(doc(), [tmp_path])
+    d = job.decoder
+    assert (d.thresholds, d.thres_small, d.remove_small_mode, d.connectivity, d.dilation) == (
+        (0.8,), 128, "background", 26, None,
+    )  # fmt: skip
+    bc = parse_segmentation(doc(name="bc_connected"), [tmp_path]).decoder
+    assert (bc.thresholds, bc.dilation, bc.connectivity) == ((0.8, 0.5), (1, 5, 5), 26)
+    aff = parse_segmentation(doc(name="affinity_connected", thres=0.3), [tmp_path]).decoder
+    assert (aff.thresholds, aff.connectivity, aff.channels) == ((0.3,), 6, 3)
+    assert job.output.relabel == "sequential" and job.output.dataset == "seg" and job.output.format == "zarr3"
+
+
+@pytest.mark.parametrize(
+    ("decoder", "field", "words"),
+    [
+        ({"thres": 1.5}, "decoder.thres", ""),
+        ({"thres1": 0.5}, "decoder.thres1", "not a parameter of binary_connected"),
+        ({"name": "bcd_watershed"}, "decoder.name", "not available yet"),
+        ({"name": "affinity_agglomerate"}, "decoder.name", "not available yet"),
+        ({"name": "nope"}, "decoder.name", ""),
+        ({"remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "not available yet"),
+        ({"connectivity": 8}, "decoder.connectivity", ""),
+        ({"scale_factors": [2, 1, 1]}, "decoder.scale_factors", "not available yet"),
+        ({"name": "bc_connected", "dilation_struct": [1, 4, 4]}, "decoder.dilation_struct", "odd"),
+        ({"name": "affinity_connected", "connectivity": 26}, "decoder.connectivity", "6"),
+        ({"thres_small": -1}, "decoder.thres_small", ""),
+        ({"colour": 1}, "decoder.colour", "unknown field"),
+    ],
+)
+def test_bad_decoder_parameters_name_the_field(
+    tmp_path: Path, decoder: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(doc(**decoder), [tmp_path])
+    assert caught.value.field == field and words in str(caught.value)
+
+
+def test_block_and_paths_are_checked(tmp_path: Path) -> None:
+    bad_block = {**doc(), "compute": {"block_shape": [10, 256, 256]}}
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(bad_block, [tmp_path])
+    assert caught.value.field == "compute.block_shape"
+    huge = {**doc(), "compute": {"block_shape": [1024, 4096, 4096]}}
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(huge, [tmp_path], limits=Limits(worker_memory_bytes=2**30))
+    assert caught.value.field == "compute.block_shape"
+    outside = {**doc(), "output": {"path": "/elsewhere/seg.zarr"}}
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(outside, [tmp_path])
+    assert caught.value.field == "output.path"
+    same = {**doc(), "output": {"path": "pred.zarr", "dataset": "mito"}}
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(same, [tmp_path])
+    assert caught.value.field == "output.dataset"

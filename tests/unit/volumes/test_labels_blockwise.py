@@ -1,0 +1,168 @@
+"""The blockwise connected-components decoders equal the whole-volume decoder, voxel for voxel.
+
+The oracle is PyTC's ``connectomics/utils/process.py`` rebuilt from the libraries it calls
+(``skimage.measure.label``, ``skimage.morphology.dilation``, ``remove_small_objects``' rule: objects
+of fewer than ``thres_small`` voxels become 0), and for affinities a graph over the whole volume
+(``scipy.sparse.csgraph``); none of it shares code with :mod:`volumes.labels`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from volumes.labels.blockwise import decode_blockwise
+from volumes.labels.decoders import Decoder
+from volumes.labels.whole import decode_in_memory, sequential
+
+skimage_measure = pytest.importorskip("skimage.measure")
+skimage_morphology = pytest.importorskip("skimage.morphology")
+
+
+def _cut(values: np.ndarray, t: float) -> float:
+    return int(255 * t) if values.dtype == np.uint8 else t
+
+
+def pytc_decode(pred: np.ndarray, d: Decoder) -> np.ndarray:
+    """PyTC's decoder on the whole volume (its numbers, gaps kept)."""
+    if d.name == "affinity_connected":
+        segm = _affinity_oracle(pred, d.thresholds[0])
+    else:
+        fg = pred[0] > _cut(pred, d.thresholds[0])
+        if d.name == "bc_connected":
+            fg = fg * (pred[1] < _cut(pred, d.thresholds[1]))
+        segm = skimage_measure.label(fg, connectivity={6: 1, 18: 2, 26: 3}[d.connectivity])
+        if d.dilation is not None:
+            segm = skimage_morphology.dilation(segm, np.ones(d.dilation))
+    if d.remove_small_mode == "background":
+        sizes = np.bincount(segm.ravel())
+        small = sizes < d.thres_small
+        small[0] = False
+        segm = np.where(small[segm], 0, segm)
+    return segm.astype(np.uint64)
+
+
+def _affinity_oracle(pred: np.ndarray, t: float) -> np.ndarray:
+    shape = pred.shape[1:]
+    n = int(np.prod(shape))
+    index = np.arange(n).reshape(shape)
+    a, b = [], []
+    for axis in range(3):
+        here = [slice(None)] * 3
+        here[axis] = slice(1, None)
+        prev = [slice(None)] * 3
+        prev[axis] = slice(0, -1)
+        edge = pred[axis][tuple(here)] > _cut(pred, t)
+        a.append(index[tuple(here)][edge])
+        b.append(index[tuple(prev)][edge])
+    a_all, b_all = np.concatenate(a), np.concatenate(b)
+    graph = coo_matrix((np.ones(a_all.size), (a_all, b_all)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    fg = np.zeros(n, bool)
+    fg[a_all] = True
+    fg[b_all] = True
+    comps = comp[fg]
+    ids, first = np.unique(comps, return_index=True)
+    rank = np.zeros(comp.max() + 1, np.int64)
+    rank[ids[np.argsort(first)]] = np.arange(1, ids.size + 1)
+    out = np.zeros(n, np.int64)
+    out[fg] = rank[comps]
+    return out.reshape(shape)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[np.ndarray, Decoder, tuple[int, ...]]:
+    name = draw(st.sampled_from(["binary_connected", "bc_connected", "affinity_connected"]))
+    shape = tuple(draw(st.integers(2, 12)) for _ in range(3))
+    block = tuple(draw(st.integers(1, s)) for s in shape)
+    channels = {"binary_connected": 1, "bc_connected": 2, "affinity_connected": 3}[name]
+    density = draw(st.floats(0.2, 0.8))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    pred = rng.random((channels, *shape))
+    pred = np.where(pred < density, 0.3 + 0.7 * rng.random(pred.shape), 0.3 * rng.random(pred.shape))
+    if draw(st.booleans()):
+        pred = (pred * 255).astype(np.uint8)
+    small = draw(st.integers(0, 6))
+    mode = draw(st.sampled_from(["background", "none"]))
+    if name == "affinity_connected":
+        decoder = Decoder(name, (0.5,), small, mode, 6)
+    elif name == "binary_connected":
+        decoder = Decoder(name, (0.5,), small, mode, draw(st.sampled_from([6, 18, 26])))
+    else:
+        struct = draw(st.tuples(*(st.sampled_from([1, 3, 5]) for _ in range(3))))
+        decoder = Decoder(name, (0.5, 0.9), small, mode, draw(st.sampled_from([6, 18, 26])), struct)
+    return pred, decoder, block
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_blockwise_equals_the_whole_volume_decoder(case: tuple[np.ndarray, Decoder, tuple[int, ...]]) -> None:
+    pred, decoder, block = case
+    expected = pytc_decode(pred, decoder)
+    assert np.array_equal(decode_in_memory(pred, decoder), expected)
+    assert np.array_equal(decode_blockwise(pred, decoder, block, "none"), expected)
+    assert np.array_equal(decode_blockwise(pred, decoder, block, "sequential"), sequential(expected))
+
+
+def _binary(mask: np.ndarray) -> np.ndarray:
+    return mask[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_a_snake_that_leaves_a_block_and_comes_back_is_one_object(connectivity: int) -> None:
+    mask = np.zeros((4, 16, 16), bool)
+    mask[1, 2, 1:14] = True  # out of block (0,0) into (0,1) ...
+    mask[1, 2:12, 13] = True  # ... down into (1,1) ...
+    mask[1, 11, 1:14] = True  # ... back into (1,0) ...
+    mask[1, 5:12, 1] = True  # ... and up again, never closing inside one block
+    mask[1, 5, 1:6] = True
+    pred = _binary(mask)
+    d = Decoder("binary_connected", (0.5,), 0, "none", connectivity)
+    for block in [(4, 8, 8), (1, 3, 5), (2, 7, 2)]:
+        got = decode_blockwise(pred, d, block, "sequential")
+        assert np.array_equal(got, sequential(pytc_decode(pred, d)))
+        assert set(np.unique(got)) == {0, 1}
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_objects_touching_only_at_a_block_edge_or_corner(connectivity: int) -> None:
+    mask = np.zeros((8, 8, 8), bool)
+    mask[3, 3, 3] = mask[4, 4, 4] = True  # corner of four... eight blocks of 4: 26 only
+    mask[0, 3, 3] = mask[0, 4, 4] = True  # an edge between blocks: 18 and 26
+    mask[7, 3, 0] = mask[7, 4, 0] = True  # a face: all
+    pred = _binary(mask)
+    d = Decoder("binary_connected", (0.5,), 0, "none", connectivity)
+    got = decode_blockwise(pred, d, (4, 4, 4), "sequential")
+    assert np.array_equal(got, sequential(pytc_decode(pred, d)))
+    expected_objects = {6: 5, 18: 4, 26: 3}[connectivity]
+    assert int(got.max()) == expected_objects
+
+
+def test_the_size_filter_counts_whole_objects_not_a_blocks_piece() -> None:
+    mask = np.zeros((2, 12, 12), bool)
+    mask[0, 5, :] = True  # 12 voxels over 3 blocks of 4 along x: 4 in each
+    mask[1, 0, 0:3] = True  # 3 voxels in one block
+    pred = _binary(mask)
+    d = Decoder("binary_connected", (0.5,), 5, "background", 6)
+    got = decode_blockwise(pred, d, (2, 4, 4), "sequential")
+    assert int(got.max()) == 1 and int((got == 1).sum()) == 12
+
+
+def test_object_spanning_many_blocks() -> None:
+    rng = np.random.default_rng(3)
+    mask = rng.random((10, 30, 30)) > 0.35  # percolating: one object across every block
+    pred = _binary(mask)
+    d = Decoder("binary_connected", (0.5,), 3, "background", 26)
+    assert np.array_equal(decode_blockwise(pred, d, (3, 4, 5), "none"), pytc_decode(pred, d))
+
+
+def test_labels_are_uint32_until_the_numbers_need_uint64() -> None:
+    from volumes.labels.merge import label_dtype
+
+    assert label_dtype(2**32 - 1) == np.uint32 and label_dtype(2**32) == np.uint64

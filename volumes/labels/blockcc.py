@@ -1,0 +1,256 @@
+"""One block's connected components, their statistics and faces, and the links across block faces.
+
+A block's labels are local (1..n, in raster order of each piece's first voxel inside the block).
+Its six faces (the first and last layer along each axis) are kept apart, so that the links to its
+neighbours are found from faces alone, never from a neighbour's whole block::
+
+    block B, neighbour N = B + n (n in {-1, 0, 1}^3, one of the 13 that come before B)
+    along an axis with n_i = -1: B's first layer meets N's last one (n_i = +1: B's last, N's first)
+    along an axis with n_i = 0: both extents are the same; a voxel offset d_i of -1, 0 or +1
+
+Two foreground voxels q (in B) and q + d (in N) touch when d has at most 1 (6-connectivity), 2 (18)
+or 3 (26) non-zero components, with d_i = n_i wherever n_i != 0: faces (one n_i != 0), edges (two)
+and corners (three). Affinity graphs join only face neighbours, where the affinity of the voxel in
+the later block (channel a, its first layer along a) says whether they are joined.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from volumes.labels.decoders import Decoder, above, foreground, structure
+
+Index = tuple[int, ...]
+# The 13 neighbour offsets that come before a block in raster order: each pair of blocks once.
+EARLIER = tuple(n for n in itertools.product((-1, 0, 1), repeat=3) if n < (0, 0, 0))
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Per local label 1..n of one block (row l - 1): voxel count, the global raster index of its
+    first voxel, bounding box (inclusive min, exclusive max, global) and coordinate sums."""
+
+    count: np.ndarray  # int64 (n,)
+    first: np.ndarray  # int64 (n,)
+    lo: np.ndarray  # int64 (n, 3)
+    hi: np.ndarray  # int64 (n, 3)
+    sums: np.ndarray  # float64 (n, 3)
+
+    @property
+    def n(self) -> int:
+        return int(self.count.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"count": self.count, "first": self.first, "lo": self.lo, "hi": self.hi, "sums": self.sums}
+
+
+def label_block(
+    decoder: Decoder,
+    pred: np.ndarray,
+    core: tuple[int, ...],
+    at_start: tuple[bool, ...],
+    at_end: tuple[bool, ...],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Local labels (uint32, raster order) of a block whose prediction ``pred`` covers the block
+    (``core``) and, for affinities, one more voxel on each high side that is not the volume's end.
+    Also, for affinities, the edges across the block's low faces (``edge<a>``, bool), else nothing."""
+    if decoder.name == "affinity_connected":
+        labels, edges = affinity_labels(pred, decoder, core, at_start, at_end)
+        return labels, {f"edge{a}": np.ascontiguousarray(edges[a].take(0, axis=a)) for a in range(3)}
+    mask = foreground(decoder, pred[:, : core[0], : core[1], : core[2]])
+    return components(mask, decoder.connectivity), {}
+
+
+def components(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Connected components of a boolean (z, y, x) mask, numbered 1..n in raster order (uint32):
+    ``skimage.measure.label``'s and ``scipy.ndimage.label``'s numbers."""
+    import cc3d  # connected-components-3d
+
+    if sum(1 for s in mask.shape if s > 1) <= 1:  # cc3d 4.1 fails on some lines of voxels
+        labels, _ = ndimage.label(mask, structure(connectivity))
+        return np.ascontiguousarray(labels, dtype=np.uint32)
+    try:
+        # cc3d scans its first axis fastest: on the transposed view it numbers in C raster order
+        labels = cc3d.connected_components(mask.T, connectivity=connectivity, binary_image=True).T  # type: ignore[call-overload]
+    except RuntimeError:  # cc3d 4.1 misjudges its union-find size on some tiny masks
+        labels, _ = ndimage.label(mask, structure(connectivity))
+    return np.ascontiguousarray(labels, dtype=np.uint32)
+
+
+def affinity_labels(
+    aff: np.ndarray,
+    decoder: Decoder,
+    core: tuple[int, ...],
+    at_start: tuple[bool, ...],
+    at_end: tuple[bool, ...],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Components of the graph of affinities above the threshold over ``core``; ``aff`` may hold one
+    more voxel on high sides (the edges to the next block, which make a voxel foreground). Returns
+    the compact labels and the edge masks (channel a: the edge to ``v - e_a``) over the core; an
+    edge out of the volume (the first layer of a block at the volume's start) joins nothing."""
+    import cc3d
+
+    t = decoder.thresholds[0]
+    cz, cy, cx = core
+    edges = [above(aff[a, :cz, :cy, :cx], t) for a in range(3)]
+    for a in range(3):
+        if at_start[a]:
+            first = [slice(None)] * 3
+            first[a] = slice(0, 1)
+            edges[a][tuple(first)] = False
+    graph = np.zeros(core, dtype=np.uint8)
+    touched = np.zeros(core, dtype=bool)
+    for a in range(3):
+        inner = [slice(None)] * 3
+        inner[a] = slice(1, None)
+        joined = edges[a][tuple(inner)]  # edge between v (index >= 1) and v - e_a, both in the core
+        before = [slice(None)] * 3
+        before[a] = slice(0, core[a] - 1)
+        plus, minus = _bits(a)
+        graph[tuple(inner)] |= np.where(joined, minus, 0).astype(np.uint8)
+        graph[tuple(before)] |= np.where(joined, plus, 0).astype(np.uint8)
+        touched |= edges[a]  # an edge to v - e_a (inside or across the low face)
+        touched[tuple(before)] |= joined
+        if aff.shape[a + 1] > core[a] and not at_end[a]:  # the edge from the next block's first layer
+            nxt: list[Any] = [a, slice(0, cz), slice(0, cy), slice(0, cx)]
+            nxt[a + 1] = slice(core[a], core[a] + 1)
+            last = [slice(None)] * 3
+            last[a] = slice(core[a] - 1, core[a])
+            touched[tuple(last)] |= above(aff[tuple(nxt)], t)
+    colored = np.ascontiguousarray(cc3d.color_connectivity_graph(graph.T, connectivity=6).T)
+    colored[~touched] = 0
+    return raster_ordered(colored), edges
+
+
+def _bits(axis: int) -> tuple[int, int]:
+    """cc3d's bits for +axis and -axis of a C-order (z, y, x) array given to it transposed."""
+    base = 2 * (2 - axis)
+    return 1 << base, 1 << (base + 1)
+
+
+def raster_ordered(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..n in raster order of their first voxels (uint32)."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    keep = ids != 0
+    ids, first = ids[keep], first[keep]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint32)
+    lut[ids[np.argsort(first, kind="stable")]] = np.arange(1, ids.shape[0] + 1, dtype=np.uint32)
+    return lut[labels]
+
+
+def compact(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..n keeping their order (uint32)."""
+    present = np.bincount(labels.ravel()) > 0
+    present[0] = False
+    lut = (np.cumsum(present) * present).astype(np.uint32)
+    return lut[labels]
+
+
+def pieces(
+    labels: np.ndarray, origin: tuple[int, ...], volume: tuple[int, ...], raster: bool = True
+) -> Pieces:
+    """The statistics of local labels 1..n. ``raster``: they are numbered in raster order (as
+    :func:`label_block` numbers them) and their first voxels are wanted; else ``first`` is 0."""
+    n = int(labels.max(initial=0))
+    count = np.zeros(n + 1, dtype=np.int64)
+    sums = np.zeros((n + 1, 3), dtype=np.float64)
+    ys, xs = np.indices(labels.shape[1:])
+    for z in range(labels.shape[0]):
+        plane = labels[z].ravel()
+        c = np.bincount(plane, minlength=n + 1)
+        count += c
+        sums[:, 0] += c * (origin[0] + z)
+        sums[:, 1] += np.bincount(plane, weights=ys.ravel() + origin[1], minlength=n + 1)
+        sums[:, 2] += np.bincount(plane, weights=xs.ravel() + origin[2], minlength=n + 1)
+    lo = np.zeros((n, 3), dtype=np.int64)
+    hi = np.zeros((n, 3), dtype=np.int64)
+    for i, box in enumerate(ndimage.find_objects(labels)):
+        if box is not None:
+            lo[i] = [s.start + o for s, o in zip(box, origin, strict=True)]
+            hi[i] = [s.stop + o for s, o in zip(box, origin, strict=True)]
+    first = first_voxels(labels, n, origin, volume) if raster else np.zeros(n, dtype=np.int64)
+    return Pieces(count[1:], first, lo, hi, sums[1:])
+
+
+def first_voxels(labels: np.ndarray, n: int, origin: tuple[int, ...], volume: tuple[int, ...]) -> np.ndarray:
+    """The global raster index of each label's first voxel; labels must be in raster order."""
+    flat = labels.ravel()
+    seen = np.maximum.accumulate(flat)
+    starts = np.flatnonzero(np.diff(seen, prepend=0) > 0)
+    if starts.shape[0] != n or (n and not np.array_equal(flat[starts], np.arange(1, n + 1))):
+        raise ValueError("labels are not numbered in raster order")
+    z, y, x = np.unravel_index(starts, labels.shape)
+    return np.ravel_multi_index((z + origin[0], y + origin[1], x + origin[2]), volume).astype(np.int64)
+
+
+def faces(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The first (``lo<a>``) and last (``hi<a>``) layer of the labels along each axis."""
+    out = {}
+    for a in range(3):
+        out[f"lo{a}"] = np.ascontiguousarray(labels.take(0, axis=a))
+        out[f"hi{a}"] = np.ascontiguousarray(labels.take(labels.shape[a] - 1, axis=a))
+    return out
+
+
+def _contact(face_set: dict[str, np.ndarray], n: Index, mine: bool) -> np.ndarray:
+    """The layer of a block that touches its neighbour at offset ``n`` (``mine``) or, seen from the
+    other side, the neighbour's layer that touches the block: 3-D, extent 1 where n_i != 0."""
+    axes = [a for a in range(3) if n[a] != 0]
+    first = axes[0]
+    low_side = (n[first] == -1) == mine
+    layer = np.expand_dims(face_set[f"{'lo' if low_side else 'hi'}{first}"], first)
+    for a in axes[1:]:
+        low = (n[a] == -1) == mine
+        idx = 0 if low else layer.shape[a] - 1
+        layer = np.take(layer, [idx], axis=a)
+    return layer
+
+
+def links(
+    decoder: Decoder,
+    mine: dict[str, np.ndarray],
+    neighbours: dict[Index, dict[str, np.ndarray]],
+) -> list[tuple[Index, np.ndarray, np.ndarray]]:
+    """Pairs of touching labels between a block and each earlier neighbour it has: for each
+    neighbour offset n, (n, labels in the block, labels in the neighbour), unique pairs."""
+    out = []
+    for n, theirs in neighbours.items():
+        if decoder.name == "affinity_connected":
+            if sum(map(abs, n)) != 1:
+                continue
+            a = next(i for i in range(3) if n[i])
+            edge = mine[f"edge{a}"]
+            b, c = mine[f"lo{a}"][edge], theirs[f"hi{a}"][edge]
+        else:
+            b, c = _touching(_contact(mine, n, True), _contact(theirs, n, False), n, decoder.connectivity)
+        if b.size:
+            pairs = np.unique(np.stack([b.astype(np.int64), c.astype(np.int64)], axis=1), axis=0)
+            out.append((n, pairs[:, 0], pairs[:, 1]))
+    return out
+
+
+def _touching(
+    mine: np.ndarray, theirs: np.ndarray, n: Index, connectivity: int
+) -> tuple[np.ndarray, np.ndarray]:
+    free = [a for a in range(3) if n[a] == 0]
+    fixed = 3 - len(free)
+    found_b, found_c = [np.zeros(0, mine.dtype)], [np.zeros(0, theirs.dtype)]
+    for shift in itertools.product((-1, 0, 1), repeat=len(free)):
+        if fixed + sum(1 for s in shift if s) > {6: 1, 18: 2, 26: 3}[connectivity]:
+            continue
+        src = [slice(None)] * 3
+        dst = [slice(None)] * 3
+        for a, s in zip(free, shift, strict=True):
+            size = mine.shape[a]
+            src[a] = slice(max(0, -s), size - max(0, s))
+            dst[a] = slice(max(0, s), size - max(0, -s))
+        b, c = mine[tuple(src)], theirs[tuple(dst)]
+        both = (b != 0) & (c != 0)
+        found_b.append(b[both])
+        found_c.append(c[both])
+    return np.concatenate(found_b), np.concatenate(found_c)

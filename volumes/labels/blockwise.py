@@ -1,0 +1,204 @@
+"""The blockwise decoder's steps on arrays, and all of them in one process over an array in memory.
+
+The steps, each a function of what the step before left (the block tasks in
+``workers.segmentation`` run them with their reads and writes around them)::
+
+    label  (each block)   local labels, their pieces' statistics, the block's faces
+    link   (each block)   pairs of touching labels with its 13 earlier neighbours, from faces alone
+    merge  (once)         pieces -> objects, PyTC's numbers (:mod:`volumes.labels.merge`)
+    dilate (each block)   bc_connected only: the numbered labels of the block and a halo, dilated;
+                          the statistics of its part of each object
+    merge  (once)         sizes of whole objects -> the size filter and the written numbers
+    write  (each block)   the written numbers
+
+:func:`decode_blockwise` runs them over an array in memory: the property tests compare it with the
+whole-volume decoder, and the block tasks are these same functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from volumes.box import Box
+from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces
+from volumes.labels.decoders import Decoder, dilate
+from volumes.labels.merge import Objects, aggregate, final_ids, join, number
+
+Index = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Blocks of ``block`` voxels over a (z, y, x) volume of ``shape``, the last ones cut."""
+
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(-(-s // b) for s, b in zip(self.shape, self.block, strict=True))
+
+    def indices(self) -> Iterator[Index]:
+        return itertools.product(*(range(n) for n in self.counts))
+
+    def box(self, index: Index) -> Box:
+        begin = [i * b for i, b in zip(index, self.block, strict=True)]
+        end = [min(s, x + b) for s, x, b in zip(self.shape, begin, self.block, strict=True)]
+        return Box.from_bounds(begin, end)
+
+    def contains(self, index: Index) -> bool:
+        return all(0 <= i < n for i, n in zip(index, self.counts, strict=True))
+
+    def earlier(self, index: Index) -> list[Index]:
+        """The neighbours before ``index`` (of the 13 offsets), that exist."""
+        out = [tuple(i + d for i, d in zip(index, n, strict=True)) for n in EARLIER]
+        return [n for n in out if self.contains(n)]
+
+    def linear(self, index: Index) -> int:
+        return int(np.ravel_multi_index(index, self.counts))
+
+
+def read_box(decoder: Decoder, grid: Grid, index: Index) -> Box:
+    """What the label step reads of the prediction (spatially): the block, and for affinities one
+    more voxel on each high side inside the volume."""
+    box = grid.box(index)
+    if decoder.name != "affinity_connected":
+        return box
+    end = [min(s, e + 1) for s, e in zip(grid.shape, box.end, strict=True)]
+    return Box.from_bounds(box.offset, end)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    labels: np.ndarray
+    faces: dict[str, np.ndarray]
+    pieces: Pieces
+
+
+def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> Labelled:
+    """A block's local labels from its prediction (C, read box)."""
+    box = grid.box(index)
+    at_start = tuple(o == 0 for o in box.offset)
+    at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
+    labels, extra = label_block(decoder, pred, box.shape, at_start, at_end)
+    return Labelled(labels, {**faces(labels), **extra}, pieces(labels, box.offset, grid.shape))
+
+
+def link_step(
+    decoder: Decoder, grid: Grid, index: Index, faces_of: Callable[[Index], dict[str, np.ndarray]]
+) -> list[tuple[Index, np.ndarray, np.ndarray]]:
+    """(earlier neighbour, local labels here, local labels there) of touching pieces."""
+    mine = faces_of(index)
+    theirs = {
+        tuple(n - i for n, i in zip(nb, index, strict=True)): faces_of(nb) for nb in grid.earlier(index)
+    }
+    found = links(decoder, mine, theirs)
+    return [(tuple(i + d for i, d in zip(index, n, strict=True)), a, b) for n, a, b in found]
+
+
+@dataclass(frozen=True)
+class Numbered:
+    """PyTC's number of each block's local labels (``lut[index][l]``, 0 for 0), and the objects'
+    statistics from the label step (exact for decoders without a dilation)."""
+
+    lut: dict[Index, np.ndarray]
+    objects: Objects
+
+
+def merge_step(
+    grid: Grid,
+    pieces_of: dict[Index, Pieces],
+    links_of: dict[Index, list[tuple[Index, np.ndarray, np.ndarray]]],
+) -> Numbered:
+    order = sorted(pieces_of)
+    offset: dict[Index, int] = {}
+    total = 0
+    for index in order:
+        offset[index] = total
+        total += pieces_of[index].n
+    a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for index, found in links_of.items():
+        for other, mine, theirs in found:
+            a_parts.append(mine + offset[index])
+            b_parts.append(theirs + offset[other])
+    component = join(total, np.concatenate(a_parts), np.concatenate(b_parts))
+    cat = {name: _cat([pieces_of[i].arrays()[name] for i in order], name) for name in Pieces.__annotations__}
+    ids = number(component, cat["first"])
+    k = int(ids.max(initial=0))
+    objects = aggregate(ids, k, cat["count"], cat["first"], cat["lo"], cat["hi"], cat["sums"])
+    lut = {i: np.concatenate([[0], ids[offset[i] : offset[i] + pieces_of[i].n]]) for i in order}
+    return Numbered(lut, objects)
+
+
+def _cat(parts: list[np.ndarray], name: str) -> np.ndarray:
+    width = 3 if name in ("lo", "hi", "sums") else 0
+    empty = np.zeros((0, 3) if width else 0, dtype=np.float64 if name == "sums" else np.int64)
+    return np.concatenate([*parts, empty]) if parts else empty
+
+
+def halo_box(decoder: Decoder, grid: Grid, index: Index) -> Box:
+    """The block grown by the dilation's reach, cut to the volume."""
+    box = grid.box(index)
+    begin = [max(0, o - h) for o, h in zip(box.offset, decoder.halo, strict=True)]
+    end = [min(s, e + h) for s, e, h in zip(grid.shape, box.end, decoder.halo, strict=True)]
+    return Box.from_bounds(begin, end)
+
+
+def dilate_step(
+    decoder: Decoder, grid: Grid, index: Index, numbered: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The block's dilated labels from its numbered labels over :func:`halo_box`, and the
+    statistics of its part of each object: (ids, count, first, lo, hi, sums)."""
+    assert decoder.dilation is not None
+    box, grown = grid.box(index), halo_box(decoder, grid, index)
+    inner = tuple(
+        slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
+    )
+    core = np.ascontiguousarray(dilate(numbered, decoder.dilation)[inner])
+    ids, compact = np.unique(core, return_inverse=True)
+    compact = compact.reshape(core.shape).astype(np.uint32)
+    if ids.size and ids[0] == 0:
+        ids = ids[1:]
+    else:
+        compact += 1  # no background here: ids[0] is object 1 of compact
+    part = pieces(compact, box.offset, grid.shape, raster=False)
+    return core, (ids.astype(np.int64), part.count, part.first, part.lo, part.hi, part.sums)
+
+
+def objects_from_parts(k: int, parts: list[tuple[np.ndarray, ...]]) -> Objects:
+    """The dilated objects' statistics from the blocks' parts."""
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return aggregate(
+            empty, k, empty, empty, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3))
+        )
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+    return aggregate(cols[0], k, *cols[1:])
+
+
+def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...], relabel: str) -> np.ndarray:
+    """Every step over ``pred`` (C, Z, Y, X) in memory, block by block: the labels (uint64)."""
+    grid = Grid(tuple(pred.shape[1:]), tuple(block))
+    done = {}
+    for index in grid.indices():
+        box = read_box(decoder, grid, index)
+        done[index] = label_step(decoder, grid, index, pred[(slice(None), *box.slices())])
+    links_of = {i: link_step(decoder, grid, i, lambda j: done[j].faces) for i in grid.indices()}
+    numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
+    out = np.zeros(grid.shape, dtype=np.uint64)
+    for index in grid.indices():
+        out[grid.box(index).slices()] = numbered.lut[index][done[index].labels]
+    objects = numbered.objects
+    if decoder.dilation is not None:
+        ranked, out, parts = out, np.zeros(grid.shape, dtype=np.uint64), []
+        for index in grid.indices():
+            core, part = dilate_step(decoder, grid, index, ranked[halo_box(decoder, grid, index).slices()])
+            out[grid.box(index).slices()] = core
+            parts.append(part)
+        objects = objects_from_parts(objects.n, parts)
+    final = final_ids(decoder, objects, relabel).astype(np.uint64)
+    return final[out]

@@ -1,0 +1,202 @@
+"""The segmentation run: which steps come next, what an earlier run finished, and the final check.
+
+``SegmentationRun.start`` opens the input once, checks it is a prediction, and decides about the
+output: absent, this job's own (resumed; complete already: nothing to do), or another's
+(``OutputExistsError``, or deleted first with ``overwrite``). The steps go in stages, each stage a
+barrier (every block's step before any of the next stage)::
+
+    label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
+    -> write (blocks) -> complete
+
+``complete`` checks every block's write marker, writes the table of objects, marks the output
+complete and drops the run folder: success is never reported over a hole. ``run_serially`` is the
+loop in one process; ``service.kinds.segmentation`` pumps the same tasks through Dask.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from volumes.errors import VolumeError, VolumeNotFoundError
+from volumes.labels.merge import Objects, table_rows
+from volumes.labels.output import table_path, write_table
+from volumes.open import open_volume
+from volumes.output import delete_dataset
+from workers.confine import confined
+from workers.errors import IncompleteRunError, OutputExistsError
+from workers.inference.rundir import RunDir
+from workers.segmentation.job import SegmentationJob, check_input, open_prediction
+from workers.segmentation.steps import NUMBER, ONCE, OUTPUT_ATTRS_KEY, SIZES, WRITE, Index, Plan, made_by
+
+STEP_NAMES = {1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 10: "number", 11: "sizes"}
+
+
+@dataclass(frozen=True)
+class Task:
+    plan: Plan
+    step: int
+    block: Index
+
+
+class SegmentationRun:
+    def __init__(self, plan: Plan, already_complete: bool, resumed: bool) -> None:
+        self.plan = plan
+        self.already_complete = already_complete
+        self.resumed = resumed
+        self.started = time.perf_counter()
+        self.done: set[tuple[int, Index]] = set()
+        run_dir = plan.run_dir
+        for step in self.stages_flat():
+            self.done |= {(step, b) for b in run_dir.done_blocks(step)}
+        if already_complete:
+            self.done = {(s, b) for s, blocks in self.stages() for b in blocks}
+        self.skipped = len(self.done)
+
+    @classmethod
+    def start(cls, job: SegmentationJob, max_voxels: int | None = None) -> SegmentationRun:
+        source = open_prediction(job)
+        check_input(job, source, max_voxels)
+        plan = Plan(
+            job, tuple(source.shape), job.layout_key(tuple(source.shape), source.dtype), secrets.token_hex(4)
+        )
+        complete, resumed = _output_state(plan)
+        plan.run_dir.clear_cancel()
+        return cls(plan, complete, resumed)
+
+    def stages(self) -> list[tuple[int, list[Index]]]:
+        blocks = list(self.plan.grid.indices())
+        steps = self.plan.block_steps()
+        out: list[tuple[int, list[Index]]] = [(steps[0], blocks), (steps[1], blocks), (NUMBER, [ONCE])]
+        if self.plan.dilates:
+            out += [(steps[2], blocks), (steps[3], blocks), (SIZES, [ONCE])]
+        return [*out, (WRITE, blocks)]
+
+    def stages_flat(self) -> list[int]:
+        return [step for step, _ in self.stages()]
+
+    def ready(self) -> list[Task]:
+        """The tasks of the first stage not finished (none left: empty)."""
+        for step, blocks in self.stages():
+            todo = [Task(self.plan, step, b) for b in blocks if (step, b) not in self.done]
+            if todo:
+                return todo
+        return []
+
+    def finished(self, task: Task) -> None:
+        self.done.add((task.step, task.block))
+
+    def counts(self) -> dict[str, list[int]]:
+        return {
+            STEP_NAMES[step]: [sum(1 for b in blocks if (step, b) in self.done), len(blocks)]
+            for step, blocks in self.stages()
+        }
+
+    def request_cancel(self) -> None:
+        self.plan.run_dir.request_cancel()
+
+    def complete(self) -> dict[str, Any]:
+        """Success only over a whole output: every block's write marker must be on disk."""
+        plan, job = self.plan, self.plan.job
+        if not self.already_complete:
+            missing = [b for b in plan.grid.indices() if not plan.run_dir.is_done(WRITE, b)]
+            if missing:
+                raise IncompleteRunError(
+                    f"{len(missing)} blocks are not recorded written, first {missing[0]}; "
+                    "the output stays marked incomplete"
+                )
+            job.output_node()
+            confined(plan.run_dir.root, job.data_roots)
+            with np.load(plan.run_dir.root / "objects.npz") as data:
+                objects = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
+                final = data["final"]
+            rows = table_rows(objects, final)
+            write_table(table_path(job.output.path, job.output.dataset), rows)
+            volume = open_volume(job.output.path, job.output.dataset, mode="r+")
+            record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
+            extra = {"complete": True, "objects": int(rows.shape[0]), "max_id": int(final.max(initial=0))}
+            volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, **extra}})
+            shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
+        volume = open_volume(job.output.path, job.output.dataset)
+        record = volume.attrs.get(OUTPUT_ATTRS_KEY, {})
+        return {
+            "output_path": job.output.path,
+            "dataset": job.output.dataset,
+            "table": str(table_path(job.output.path, job.output.dataset)),
+            "objects": record.get("objects"),
+            "max_id": record.get("max_id"),
+            "dtype": str(volume.dtype),
+            "blocks_total": plan.grid.counts[0] * plan.grid.counts[1] * plan.grid.counts[2],
+            "steps_skipped": self.skipped,
+            "resumed": self.resumed,
+            "seconds": time.perf_counter() - self.started,
+        }
+
+
+def output_state(plan: Plan) -> str:
+    """``absent``, ``resume`` (this job's own, incomplete), ``complete`` (this job's own, done) or
+    ``replace`` (another's, with ``overwrite``); another's without ``overwrite`` is an
+    OutputExistsError. Nothing is changed here."""
+    job = plan.job
+    if not Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
+        return "resume" if plan.run_dir.root.is_dir() else "absent"
+    try:
+        existing = open_volume(job.output.path, job.output.dataset)
+    except VolumeNotFoundError:
+        return "resume" if plan.run_dir.root.is_dir() else "absent"
+    except (VolumeError, OSError) as err:  # a damaged or unreadable output
+        if not job.output.overwrite:
+            raise OutputExistsError(
+                "output.path", f"{job.output.path} exists and is not a volume this job can resume ({err})"
+            ) from err
+        return "replace"
+    if made_by(plan, existing.attrs, existing.shape):
+        return "complete" if existing.attrs.get(OUTPUT_ATTRS_KEY, {}).get("complete") else "resume"
+    if not job.output.overwrite:
+        raise OutputExistsError(
+            "output.path",
+            f"{job.output.path} (dataset {job.output.dataset!r}) exists and was not made by this job; "
+            "set overwrite: true to replace it, or choose another output.path or output.dataset",
+        )
+    return "replace"
+
+
+def _output_state(plan: Plan) -> tuple[bool, bool]:
+    """(complete already, resumed); another job's output replaced (``overwrite``) is deleted first,
+    with the run folders of what it replaces."""
+    state = output_state(plan)
+    if state != "replace":
+        return state == "complete", state != "absent"
+    job = plan.job
+    job.output_node()
+    if Path(job.output.path, job.output.dataset).exists():
+        delete_dataset(job.output.path, job.output.dataset)
+    shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
+    return False, False
+
+
+def run_serially(
+    job: SegmentationJob, on_step: Callable[[SegmentationRun], None] | None = None
+) -> dict[str, Any]:
+    """Every step in this process, in order (tests and small volumes)."""
+    from workers.segmentation.steps import run_step
+
+    run = SegmentationRun.start(job)
+    for task in _all(run):
+        run_step(task.plan, task.step, task.block)
+        run.finished(task)
+        if on_step is not None:
+            on_step(run)
+    return run.complete()
+
+
+def _all(run: SegmentationRun) -> Iterator[Task]:
+    while tasks := run.ready():
+        yield from tasks

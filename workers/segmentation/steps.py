@@ -1,0 +1,287 @@
+"""The segmentation run's steps with their reads and writes: what a Dask task (or the serial loop) runs.
+
+Each step of one block (or each merge, once) reads what the steps before it left in the run folder,
+writes its own files atomically, and only then its done marker
+(``<output.path>/.pytc-run/<dataset>/<layout key>/done/p<step>_<z>_<y>_<x>.json``), so a run killed at
+any moment resumes from the markers: a step is redone unless its marker is on disk. The arrays of
+:mod:`volumes.labels.blockwise` are kept as::
+
+    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces)
+    links/<b>.npz                                           link step
+    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
+    ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels
+
+The labels array itself is created by the last merge (its dtype, uint32 or uint64, is known then);
+the write step fills a block's chunks, the block being a multiple of the chunks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from volumes.box import Box
+from volumes.files import atomic_write, read_json, write_json_atomic
+from volumes.labels.blockcc import Pieces
+from volumes.labels.blockwise import (
+    Grid,
+    dilate_step,
+    halo_box,
+    label_step,
+    link_step,
+    merge_step,
+    objects_from_parts,
+    read_box,
+)
+from volumes.labels.merge import Objects, final_ids, label_dtype
+from volumes.labels.output import create_labels, describe
+from volumes.open import open_volume
+from workers.confine import confined
+from workers.errors import BlockCancelledError
+from workers.inference.rundir import SCRATCH_CODEC
+from workers.segmentation.job import SegmentationJob
+from workers.segmentation.rundir import SegRunDir
+from workers.version import package_version
+
+Index = tuple[int, ...]
+LABEL, LINK, RANK, DILATE, WRITE = 1, 2, 3, 4, 5
+NUMBER, SIZES = 10, 11
+ONCE: Index = (0, 0, 0)
+OUTPUT_ATTRS_KEY = "pytc"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run of a job over an input of ``shape`` (C, Z, Y, X): what every task carries."""
+
+    job: SegmentationJob
+    shape: tuple[int, ...]
+    layout_key: str
+    attempt: str = ""
+
+    @property
+    def grid(self) -> Grid:
+        spatial = tuple(self.shape[1:])
+        return Grid(spatial, self.job.block_for(spatial))
+
+    @property
+    def dilates(self) -> bool:
+        return self.job.decoder.dilation is not None
+
+    @property
+    def run_dir(self) -> SegRunDir:
+        return SegRunDir.for_output(self.job.output.path, self.job.output.dataset, self.layout_key)
+
+    def block_steps(self) -> tuple[int, ...]:
+        return (LABEL, LINK, RANK, DILATE, WRITE) if self.dilates else (LABEL, LINK, WRITE)
+
+    def file(self, folder: str, index: Index, suffix: str) -> Path:
+        return self.run_dir.root / folder / f"{'_'.join(map(str, index))}{suffix}"
+
+
+def run_step(plan: Plan, step: int, index: Index) -> int:
+    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step."""
+    run_dir = plan.run_dir
+    confined(run_dir.root, plan.job.data_roots)
+    if run_dir.is_cancelled():
+        raise BlockCancelledError(f"job cancelled before step {step} of block {index}")
+    if run_dir.is_done(step, index):
+        return step
+    STEPS[step](plan, index)
+    run_dir.mark_done(step, index, {"step": step, "block": list(index)})
+    return step
+
+
+def _label(plan: Plan, index: Index) -> None:
+    decoder, grid = plan.job.decoder, plan.grid
+    box = read_box(decoder, grid, index)
+    source = open_volume(plan.job.input.path, plan.job.input.dataset)
+    pred = source.read(Box((0, *box.offset), (decoder.channels, *box.shape)))
+    done = label_step(decoder, grid, index, pred)
+    _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
+    _save_npz(plan.file("faces", index, ".npz"), done.faces)
+    _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
+
+
+def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
+    with np.load(plan.file("faces", index, ".npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _link(plan: Plan, index: Index) -> None:
+    found = link_step(plan.job.decoder, plan.grid, index, lambda i: _faces(plan, i))
+    others = [np.repeat(np.array([other]), a.shape[0], axis=0) for other, a, _ in found]
+    _save_npz(
+        plan.file("links", index, ".npz"),
+        {
+            "other": np.concatenate([*others, np.zeros((0, 3), np.int64)]),
+            "mine": np.concatenate([*(a for _, a, _ in found), np.zeros(0, np.int64)]),
+            "theirs": np.concatenate([*(b for _, _, b in found), np.zeros(0, np.int64)]),
+        },
+    )
+
+
+def _links_of(plan: Plan, index: Index) -> list[tuple[Index, np.ndarray, np.ndarray]]:
+    with np.load(plan.file("links", index, ".npz")) as data:
+        other, mine, theirs = data["other"], data["mine"], data["theirs"]
+    out = []
+    for nb in {tuple(int(v) for v in row) for row in other}:
+        sel = np.all(other == nb, axis=1)
+        out.append((nb, mine[sel], theirs[sel]))
+    return out
+
+
+def _number(plan: Plan, index: Index) -> None:
+    blocks = list(plan.grid.indices())
+    pieces_of = {}
+    for i in blocks:
+        with np.load(plan.file("pieces", i, ".npz")) as data:
+            pieces_of[i] = Pieces(**{k: data[k] for k in data.files})
+    numbered = merge_step(plan.grid, pieces_of, {i: _links_of(plan, i) for i in blocks})
+    k = numbered.objects.n
+    if plan.dilates:
+        _mkdir(plan, "luts")
+        for i in blocks:
+            np.save(plan.file("luts", i, ".npy"), numbered.lut[i])
+        for name in ("ranked", "dilated"):
+            zarr.create_array(
+                str(plan.run_dir.root / f"{name}.zarr"),
+                shape=plan.grid.shape,
+                chunks=plan.job.output.chunks,
+                dtype=label_dtype(k),
+                fill_value=0,
+                zarr_format=2,
+                overwrite=True,
+            )
+        write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
+        return
+    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel)
+    _mkdir(plan, "luts")
+    for i in blocks:
+        np.save(plan.file("luts", i, ".npy"), final[numbered.lut[i]])
+    _finish_merge(plan, numbered.objects, final)
+
+
+def _mkdir(plan: Plan, folder: str) -> None:
+    (plan.run_dir.root / folder).mkdir(parents=True, exist_ok=True)
+
+
+def _finish_merge(plan: Plan, objects: Objects, final: np.ndarray) -> None:
+    """Keep the objects and their written numbers, and create the labels array."""
+    arrays = {"count": objects.count, "first": objects.first, "lo": objects.lo, "hi": objects.hi}
+    _save_npz(plan.run_dir.root / "objects.npz", {**arrays, "sums": objects.sums, "final": final})
+    create_output(plan, label_dtype(int(final.max(initial=0))))
+
+
+def create_output(plan: Plan, dtype: np.dtype) -> None:
+    """The labels array with the job's identity (not yet complete), unless this run made it already."""
+    job = plan.job
+    existing = None
+    if Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
+        existing = open_volume(job.output.path, job.output.dataset)
+    source = open_volume(job.input.path, job.input.dataset)
+    out = job.output
+    if existing is not None and made_by(plan, existing.attrs, existing.shape):
+        describe(Path(out.path), out.dataset, out.format, source.voxel_size)
+        return
+    job.output_node()
+    attrs = {
+        OUTPUT_ATTRS_KEY: {
+            "kind": "segmentation",
+            "layout_key": plan.layout_key,
+            "complete": False,
+            "job": json.loads(job.document),
+            "version": package_version(),
+        }
+    }
+    create_labels(
+        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs
+    )
+
+
+def made_by(plan: Plan, attrs: dict[str, Any], shape: tuple[int, ...]) -> bool:
+    record = attrs.get(OUTPUT_ATTRS_KEY)
+    same = isinstance(record, dict) and record.get("layout_key") == plan.layout_key
+    return bool(same) and tuple(shape) == tuple(plan.grid.shape)
+
+
+def _rank(plan: Plan, index: Index) -> None:
+    labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
+    lut = np.load(plan.file("luts", index, ".npy"))
+    ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r+")
+    ranked[plan.grid.box(index).slices()] = lut[labels].astype(ranked.dtype)
+
+
+def _dilate(plan: Plan, index: Index) -> None:
+    decoder, grid = plan.job.decoder, plan.grid
+    ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
+    numbered = np.asarray(ranked[halo_box(decoder, grid, index).slices()])
+    core, part = dilate_step(decoder, grid, index, numbered)
+    dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
+    dilated[grid.box(index).slices()] = core
+    names = ("ids", "count", "first", "lo", "hi", "sums")
+    _save_npz(plan.file("parts", index, ".npz"), dict(zip(names, part, strict=True)))
+
+
+def _sizes(plan: Plan, index: Index) -> None:
+    k = int((read_json(plan.run_dir.root / "numbered.json") or {})["objects"])
+    parts = []
+    for i in plan.grid.indices():
+        with np.load(plan.file("parts", i, ".npz")) as data:
+            parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
+    objects = objects_from_parts(k, parts)
+    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel))
+
+
+def _write(plan: Plan, index: Index) -> None:
+    box = plan.grid.box(index)
+    out = open_volume(plan.job.output.path, plan.job.output.dataset, mode="r+")
+    plan.job.output_node()
+    if plan.dilates:
+        final = _final(plan)
+        dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
+        data = final.astype(out.dtype)[np.asarray(dilated[box.slices()])]
+    else:
+        labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
+        data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+    out.write(box, data)
+
+
+def _final(plan: Plan) -> np.ndarray:
+    with np.load(plan.run_dir.root / "objects.npz") as data:
+        return np.asarray(data["final"])
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    data = buffer.getvalue()
+    atomic_write(path, lambda h: h.write(data))
+
+
+def _save_packed(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    packed = bytes(SCRATCH_CODEC.encode(buffer.getbuffer()))
+    atomic_write(path, lambda h: h.write(packed))
+
+
+def _load_packed(path: Path) -> np.ndarray:
+    return np.load(io.BytesIO(SCRATCH_CODEC.decode(path.read_bytes())), allow_pickle=False)
+
+
+STEPS = {
+    LABEL: _label,
+    LINK: _link,
+    NUMBER: _number,
+    RANK: _rank,
+    DILATE: _dilate,
+    SIZES: _sizes,
+    WRITE: _write,
+}
