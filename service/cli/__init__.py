@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from service.cli.client_commands import add_client_commands
+    from service.cli.convert import add_convert_command
     from service.cli.evaluate import add_evaluate_command
     from service.cli.run import add_run_command
     from service.cli.view import add_view_command
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_flag(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_run_command(commands)
+    add_convert_command(commands)
     _add_synth_command(commands)
     add_evaluate_command(commands)
     add_client_commands(commands)

@@ -44,6 +44,8 @@ the job document (YAML or JSON) says its kind:
                     sampling, checkpoint (docs/training.md)
   kind: evaluation  a segmentation scored against its ground truth: segmentation, ground_truth,
                     metrics, compute (docs/evaluation.md; also `pytc evaluate`)
+  kind: pytc_config a PyTorch Connectomics v1 experiment (base, experiment, overrides,
+                    inference, checkpoint), run as the job it converts to (docs/pytc.md)
   A document without `kind` is an inference job. Every field with its type and default is in the
   service's OpenAPI description (JobDocument, GET /openapi.json of pytc-serve).
 
@@ -55,6 +57,8 @@ examples:
   pytc run job.yaml                              on an embedded local Dask cluster
   pytc run job.yaml --scheduler tcp://HOST:8786  on a running cluster (or PYTC_SCHEDULER=...)
   pytc run job.yaml --data-root /data --data-root /scratch
+  pytc run --pytc-config Base.yaml Exp.yaml INFERENCE.OUTPUT_PATH out/ --inference --checkpoint C
+                                                 a PyTorch Connectomics v1 experiment, as PyTC runs it
 
 data roots: every path of the job (input, output, model, checkpoint) must resolve, symlinks
   followed, inside a data root: --data-root DIR (repeatable), else $PYTC_DATA_ROOTS

@@ -29,6 +29,7 @@ from service.cli.common import (
     positive_int,
     spec_failure,
 )
+from service.cli.convert import add_pytc_flags, pytc_document
 from service.cli.help import RUN_DESCRIPTION, RUN_EPILOG
 from service.documents.loading import load_job_file
 from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
@@ -50,7 +51,13 @@ def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("job", type=Path, metavar="JOB.yaml", help="the job document (YAML or JSON)")
+    run.add_argument("job", type=Path, nargs="?", metavar="JOB.yaml", help="the job document (YAML or JSON)")
+    run.add_argument(
+        "--pytc-config", nargs="+", metavar="BASE.yaml [EXP.yaml] [KEY VALUE ...]",
+        help="run a PyTorch Connectomics v1 experiment instead of JOB.yaml: its config files and trailing "
+        "KEY VALUE options, as `pytc convert` converts them",
+    )  # fmt: skip
+    add_pytc_flags(run)
     run.add_argument(
         "--scheduler",
         help="address of a Dask scheduler, e.g. tcp://HOST:8786 (default: $PYTC_SCHEDULER, "
@@ -87,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         roots = tuple(data_roots(args.data_root, os.environ))
         limits = limits_from_env(os.environ)
         parse_env = ParseEnv(roots, model_resolver(registry, roots), limits)
-        kind, job = parse_job(load_job_file(args.job), parse_env)
+        kind, job = parse_job(_document(args), parse_env)
     except SpecError as err:
         return spec_failure(err)
     cluster = LazyCluster(args.scheduler or os.environ.get("PYTC_SCHEDULER") or None, args.workers)
@@ -135,6 +142,20 @@ def _run(args: argparse.Namespace) -> int:
     if summary.output is not None:
         print(summary.output)
     return EXIT_OK
+
+
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """JOB.yaml, or the ``kind: pytc_config`` document of ``--pytc-config`` (one or the other)."""
+    if (args.job is None) == (args.pytc_config is None):
+        raise SpecError(
+            "JOB.yaml",
+            "give a job document or --pytc-config BASE.yaml [EXP.yaml] [KEY VALUE ...], one of them",
+        )
+    if args.pytc_config is not None:
+        return pytc_document(args.pytc_config, args.inference, args.checkpoint)
+    if args.inference or args.checkpoint is not None:
+        raise SpecError("--inference", "--inference and --checkpoint go with --pytc-config")
+    return load_job_file(args.job)
 
 
 def _close(line: ProgressLine | None) -> None:

@@ -85,7 +85,8 @@ def score(root: Path) -> tuple[float, float]:
 
 def prediction_dice(prediction: Path, truth: Path) -> float:
     """Foreground Dice of a uint8 ``mito`` prediction (``demo_job``'s output) thresholded at 0.5
-    (stored values ``rint(255 p) >= 128``) against the ``mito`` ground truth of ``truth``."""
+    as PyTC thresholds uint8 maps (stored values ``int(255 p) > int(255 * 0.5)``, i.e. ``>= 128``)
+    against the ``mito`` ground truth of ``truth``."""
     pred_volume = open_volume(prediction, "mito")
     pred = pred_volume.read(Box.of_shape(pred_volume.shape))[0] >= 128
     truth_volume = open_volume(truth, "mito")

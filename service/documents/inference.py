@@ -57,7 +57,9 @@ from workers.inference.job import (
     OutputSpec,
     PadMode,
     Precision,
+    RawHeads,
     Reduce,
+    Uint8Rounding,
     WindowSpec,
 )
 from workers.limits import (
@@ -128,6 +130,22 @@ class TtaSection(Section):
         return value
 
 
+BLENDING_HELP = (
+    "gaussian (the default: PyTC v1's blend_gaussian, sigma 0.2 on a linspace(-1, 1, n) grid per "
+    "axis plus 1e-4), monai_gaussian (MONAI's importance map, sigma 0.125 * n voxels, floor 1e-3), "
+    "bump (PyTC's) or constant"
+)
+RAW_HEADS_HELP = (
+    "keep (the default) or pytc: as PyTC v1's Trainer.test, each window's prediction is clipped at 0 "
+    "before blending and a TTA minimum starts from 1, a maximum from 0; this changes the values of "
+    "heads without activation only. Configs imported from PyTC set it."
+)
+UINT8_ROUNDING_HELP = (
+    "How dtype uint8 turns clip(x, 0, 1) * 255 into a level: truncate (the default, as PyTC's "
+    "astype(uint8), which PyTC's decoder thresholds > int(255 * t) were tuned on) or round (to the nearest)"
+)
+
+
 class WindowSection(Section):
     """The sliding window: patch size, step (`stride`, or `overlap` as one fraction or one per
     axis), how overlapping patches are blended, padding, batch size and test-time augmentation."""
@@ -135,11 +153,12 @@ class WindowSection(Section):
     patch_size: PosTriple
     stride: PosTriple | None = None
     overlap: FractionTriple | None = None
-    blending: Blending = "gaussian"
+    blending: Blending = Field(default="gaussian", description=BLENDING_HELP)
     pad_size: NonNegTriple = [0, 0, 0]
     pad_mode: PadMode = "reflect"
     batch_size: PosInt = 4
     tta: TtaSection | None = None
+    raw_heads: RawHeads = Field(default="keep", description=RAW_HEADS_HELP)
 
     @field_validator("overlap", mode="before", json_schema_input_type=Fraction | FractionTriple | None)
     @classmethod
@@ -168,6 +187,7 @@ class OutputSection(Section):
         description="zarr3 only: chunks grouped into shards of this shape (z, y, x; each a multiple of "
         "`chunks`), one object per shard; `compute.block_shape` must then be a multiple of it",
     )
+    uint8_rounding: Uint8Rounding = Field(default="truncate", description=UINT8_ROUNDING_HELP)
 
     @field_validator("activation", mode="before", json_schema_input_type=Activation | Activations | None)
     @classmethod
@@ -339,6 +359,7 @@ def _window(section: WindowSection) -> WindowSpec:
         batch_size=section.batch_size,
         tta_variants=tta.variants,
         tta_reduce=tta.reduce,
+        raw_heads=section.raw_heads,
     )
 
 
@@ -376,6 +397,7 @@ def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
         targets=targets,
         pyramid=section.pyramid,
         shards=_shards(section),
+        uint8_rounding=section.uint8_rounding,
     )
 
 

@@ -54,6 +54,20 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def load_yaml_text(text: str, where: str) -> Any:
+    """YAML text from a request or a file (a PyTC config), bounded as a job document is; a syntax
+    error, or a value YAML cannot build (an integer of more digits than Python converts), is a
+    SpecError on ``where``."""
+    try:
+        return _load_bounded(text, where)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise SpecError(at, f"invalid YAML: {err.problem or err.context}") from None
+    except (yaml.YAMLError, ValueError) as err:
+        raise SpecError(where, f"invalid YAML: {err}") from None
+
+
 def _load_bounded(text: str, where: str) -> Any:
     """YAML with a safe loader, its node graph checked against the bounds before it is built."""
     loader = _UniqueKeyLoader(text)

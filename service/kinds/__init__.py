@@ -42,6 +42,7 @@ BUILTIN = (
     ("service.kinds.training", "TRAINING"),
     ("service.kinds.segmentation", "SEGMENTATION"),
     ("service.kinds.evaluation", "EVALUATION"),
+    ("service.kinds.pytc_config", "PYTC_CONFIG"),
 )
 
 _lock = threading.Lock()

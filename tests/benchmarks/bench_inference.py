@@ -67,7 +67,7 @@ def job_document(volume: str, output: str, block: list[int] | None) -> dict[str,
         "window": {
             "patch_size": list(PATCH),
             "overlap": OVERLAP,
-            "blending": "gaussian",
+            "blending": "monai_gaussian",  # compared with MONAI's sliding_window_inference below
             "batch_size": BATCH,
         },
         "output": {"path": output, "dataset": "pred", "activation": ["none"], "chunks": [16, 128, 128]},

@@ -30,7 +30,8 @@ def tiny_argv(work: Path, out: Path, patch: tuple[int, int, int] = PATCH) -> lis
 
 
 def independent_dice(prediction: Path) -> float:
-    """The stored uint8 probabilities (rint(255 p)) at p >= 0.5 against the generator's own truth."""
+    """The stored uint8 probabilities (int(255 p), truncated as PyTC writes them) at >= 0.5 against
+    the generator's own truth."""
     stored = np.asarray(zarr.open_group(str(prediction), mode="r")["mito/0"])  # the image's level 0
     assert stored.shape == (1, *SHAPE) and stored.dtype == np.uint8
     pred = stored[0].astype(np.float64) / 255.0 >= 0.5

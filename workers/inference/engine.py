@@ -23,7 +23,7 @@ from volumes.volume import Volume
 from workers.confine import ChunkFiles, confined
 from workers.errors import BlockError
 from workers.inference.geometry import JobGeometry
-from workers.inference.job import InferenceJob, Normalize, OutputDtype
+from workers.inference.job import InferenceJob, Normalize, OutputDtype, Uint8Rounding
 from workers.inference.rundir import RunDir
 from workers.inference.steps import StepHook, no_steps
 from workers.runtime.affinity import usable_cores
@@ -57,9 +57,16 @@ def normalize(raw: np.ndarray, spec: Normalize) -> np.ndarray:
     return data
 
 
-def to_output_dtype(values: np.ndarray, dtype: OutputDtype) -> np.ndarray:
+def to_output_dtype(
+    values: np.ndarray, dtype: OutputDtype, rounding: Uint8Rounding = "truncate"
+) -> np.ndarray:
+    """float32 values as the output's dtype. uint8 is ``clip(x, 0, 1) * 255`` in float32, then
+    truncated as PyTC's ``astype(np.uint8)`` does (``rounding: round`` rounds to the nearest level)."""
     if dtype == "uint8":
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        scaled = np.clip(values, np.float32(0.0), np.float32(1.0)).astype(
+            np.float32, copy=False
+        ) * np.float32(255.0)
+        return (np.rint(scaled) if rounding == "round" else scaled).astype(np.uint8)
     return values.astype(dtype, copy=False)
 
 
@@ -85,7 +92,7 @@ class BlockContext:
     chunk_files: ChunkFiles | None = None  # where the output keeps its chunks, to confine each write
 
     def write_output(self, box: Box, values: np.ndarray) -> int:
-        data = to_output_dtype(values, self.job.output.dtype)
+        data = to_output_dtype(values, self.job.output.dtype, self.job.output.uint8_rounding)
         full = Box((0, *box.offset), (self.out_channels, *box.shape))
         self._confine(full)
         self.output.write(full, data)

@@ -16,12 +16,15 @@ from models.ref import ModelRef
 from volumes.box import Box
 from workers.confine import confined, node
 
-Blending = Literal["gaussian", "bump", "constant"]
+Blending = Literal["gaussian", "monai_gaussian", "bump", "constant"]
+# PyTC v1 on heads without activation: each window clipped at 0, TTA min/max started from 1/0
+RawHeads = Literal["keep", "pytc"]
 PadMode = Literal["reflect", "replicate", "constant"]
 Reduce = Literal["mean", "min", "max"]
 Activation = Literal["sigmoid", "softmax", "tanh", "none"]
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
 OutputDtype = Literal["float32", "float16", "uint8"]
+Uint8Rounding = Literal["truncate", "round"]  # truncate: PyTC's (x * 255).astype(uint8)
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -68,6 +71,7 @@ class WindowSpec:
     batch_size: int = 4
     tta_variants: Literal[1, 4, 8, 16] = 1
     tta_reduce: Reduce = "mean"
+    raw_heads: RawHeads = "keep"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class OutputSpec:
     # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
     # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
     shards: tuple[int, int, int] | None = None
+    uint8_rounding: Uint8Rounding = "truncate"
 
     @property
     def write_unit(self) -> tuple[int, int, int]:
@@ -130,32 +135,62 @@ class InferenceJob:
         (each window is computed alone, however many share a forward pass), the registry name the
         model was found by (the sha256 of its file is in the key), and the TTA reduction of one variant.
         Those that were once in the key are pinned to one value rather than dropped, so that the
-        keys of outputs written before stay as they were (the batch size at its default, 4).
+        keys of outputs written before stay as they were (the batch size at its default, 4); fields
+        added since enter the key only when they change values from what older jobs computed
+        (:func:`_window_key`, :func:`_output_key`).
         """
         window = replace(
             self.window,
             batch_size=_KEY_BATCH_SIZE,
-            tta_reduce=self.window.tta_reduce if self.window.tta_variants > 1 else "mean",
+            # one variant reduces to itself, unless PyTC's min/max starts (raw_heads: pytc) apply
+            tta_reduce=self.window.tta_reduce
+            if self.window.tta_variants > 1 or self.window.raw_heads == "pytc"
+            else "mean",
         )
         payload = {
             # without a mask, the keys of older jobs stay as they were
             "input": {k: v for k, v in asdict(self.input).items() if not (k == "mask" and v is None)},
             "model_sha256": model_sha256,
             "model": asdict(replace(self.model, name=None)),
-            "window": asdict(window),
-            "output": {
-                k: v
-                for k, v in asdict(self.output).items()
-                if k != "overwrite"
-                and not (
-                    k in ("targets", "pyramid", "shards") and v in ((), True, None)
-                )  # keys of older jobs stay
-            },
+            "window": _window_key(window),
+            "output": _output_key(self.output),
             "block_shape": self.compute.block_shape,
             "precision": self.compute.precision,
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# What each blending is called in layout keys. ``gaussian`` meant MONAI's map until PyTC's became
+# ``gaussian``: an output made then keeps its key under the name that map has now, and PyTC's map
+# has a key of its own, so a run under the new default never resumes (mixes into) an old output.
+_KEY_BLENDING = {
+    "gaussian": "pytc_gaussian",
+    "monai_gaussian": "gaussian",
+    "bump": "bump",
+    "constant": "constant",
+}
+
+
+def _window_key(window: WindowSpec) -> dict[str, object]:
+    fields = asdict(window)
+    fields["blending"] = _KEY_BLENDING[window.blending]
+    if window.raw_heads == "keep":  # what every job computed before the option existed
+        del fields["raw_heads"]
+    return fields
+
+
+def _output_key(output: OutputSpec) -> dict[str, object]:
+    fields = {k: v for k, v in asdict(output).items() if k != "overwrite"}
+    if not output.targets:  # keys of older jobs stay
+        del fields["targets"]
+    if output.pyramid:  # the default: keys of older jobs stay
+        del fields["pyramid"]
+    if output.shards is None:
+        del fields["shards"]
+    if output.dtype != "uint8" or output.uint8_rounding == "round":  # round: what older jobs wrote
+        del fields["uint8_rounding"]
+    return fields
 
 
 # The batch size every layout key is computed with (WindowSpec's default; see layout_key).

@@ -99,4 +99,5 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
         fixed_batch=loaded.fixed_input_shape[0] if loaded.fixed_input_shape else None,
         channels_last=loaded.channels_last,
         targets=job.output.targets,
+        raw_heads=job.window.raw_heads,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.inference.job import Activation, Precision, Reduce
+from workers.inference.job import Activation, Precision, RawHeads, Reduce
 
 # (xflip, yflip, zflip, transpose) per variant, in PyTC's order.
 _TTA_OPTIONS = {
@@ -96,6 +96,10 @@ class WindowPredictor:
     fixed_batch: int | None = None  # an exported program traced for one batch size only
     channels_last: bool = False  # the module's weights are channels-last: feed it so
     targets: tuple[str, ...] = ()  # per head; "affinity" heads are realigned under TTA
+    # "pytc": as PyTC v1's Trainer.test, the TTA minimum starts from ones and the maximum from
+    # zeros, and each window's prediction is clipped at 0 before blending (what changes only heads
+    # without activation); "keep": neither
+    raw_heads: RawHeads = "keep"
 
     def _realign_affinities(self, y: torch.Tensor, variant: tuple[bool, bool, bool, bool]) -> torch.Tensor:
         """Put affinity channels back where the unaugmented input has them (PyTC v2's fix).
@@ -149,6 +153,16 @@ class WindowPredictor:
             )
         return apply_activations(y.float(), self.heads, self.activations)
 
+    def _first(self, y: torch.Tensor) -> torch.Tensor:
+        """The running reduction after the first variant: PyTC starts a minimum from ones and a
+        maximum from zeros (``TestAugmentor._update_output``), so with ``raw_heads: pytc`` one
+        variant alone is folded into those."""
+        if self.raw_heads == "pytc" and self.tta_reduce == "min":
+            return torch.minimum(torch.ones_like(y), y)
+        if self.raw_heads == "pytc" and self.tta_reduce == "max":
+            return torch.maximum(torch.zeros_like(y), y)
+        return y.clone() if self.tta_reduce == "mean" else y
+
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
         count = batch.shape[0]
@@ -161,7 +175,7 @@ class WindowPredictor:
         for variant in variants:
             y = self._realign_affinities(deaugment(self._forward(augment(x, variant)), variant), variant)
             if result is None:
-                result = y.clone() if self.tta_reduce == "mean" else y
+                result = self._first(y)
             elif self.tta_reduce == "mean":
                 result += y
             elif self.tta_reduce == "min":
@@ -171,5 +185,7 @@ class WindowPredictor:
         assert result is not None  # at least one variant
         if self.tta_reduce == "mean" and len(variants) > 1:
             result /= len(variants)
+        if self.raw_heads == "pytc":
+            result = result.clamp_min(0.0)  # PyTC: out_block[out_block < 0] = 0, window by window
         # contiguous: a channels-last result would otherwise reach numpy with strided channels
         return result[:count].contiguous().cpu().numpy().astype(np.float32, copy=False)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volumes.blending import blend_weights, bump_weights, gaussian_weights
+from volumes.blending import blend_weights, bump_weights, gaussian_weights, monai_gaussian_weights
 from volumes.blocks import plan_blocks
 from volumes.box import Box
 from volumes.errors import GeometryError
@@ -133,7 +133,7 @@ def test_interior_and_border_chunks_split_each_block(plan) -> None:  # type: ign
             assert any(dep in plan.contributors(c) for c in border)
 
 
-@pytest.mark.parametrize("mode", ["gaussian", "bump", "constant"])
+@pytest.mark.parametrize("mode", ["gaussian", "monai_gaussian", "bump", "constant"])
 def test_blend_weights_are_positive_and_symmetric(mode: str) -> None:
     w = blend_weights((5, 9, 9), mode)  # type: ignore[arg-type]
     assert w.dtype == np.float32 and (w > 0).all()
@@ -141,13 +141,39 @@ def test_blend_weights_are_positive_and_symmetric(mode: str) -> None:
     assert w.max() == pytest.approx(w[2, 4, 4])
 
 
-def test_gaussian_weights_equal_monais_importance_map() -> None:
+def test_monai_gaussian_weights_equal_monais_importance_map() -> None:
     from monai.data.utils import compute_importance_map
 
     for patch in [(17, 129, 129), (4, 16, 20), (1, 5, 5)]:
-        ours = gaussian_weights(patch)
+        ours = blend_weights(patch, "monai_gaussian")
+        np.testing.assert_array_equal(ours, monai_gaussian_weights(patch))
         theirs = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125).numpy()
         np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("patch", [(17, 129, 129), (4, 16, 20), (1, 5, 5), (8, 9, 1)])
+def test_gaussian_weights_are_pytcs_blend_gaussian(patch: tuple[int, int, int]) -> None:
+    """PyTC v1's formula written out (data_blending.py): linspace(-1, 1, n) per axis in float32,
+    d = sqrt(z^2 + y^2 + x^2), w = 1e-4 + exp(-d^2 / (2 * 0.2^2)); equal to the last bit."""
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in patch], indexing="ij")
+    d = np.sqrt(zz * zz + yy * yy + xx * xx)
+    expected = (1e-4 + np.exp(-((d - 0.0) ** 2 / (2.0 * 0.2**2)))).astype(np.float32)
+    ours = blend_weights(patch, "gaussian")
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, gaussian_weights(patch))
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_pytc_gaussian_has_sigma_a_tenth_of_the_span_and_is_not_monais() -> None:
+    """Per axis, sigma is 0.1 * (n - 1) voxels: one sigma from the centre the weight is e^-0.5 of
+    the peak (plus the 1e-4 floor); MONAI's map (sigma 0.125 * n, floor 1e-3) differs."""
+    n = 21
+    centre, sigma = n // 2, 0.1 * (n - 1)
+    line = gaussian_weights((n, n, n))[centre, centre] - np.float32(1e-4)
+    line = line / line.max()
+    assert line[centre + int(sigma)] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    assert gaussian_weights((5, 9, 9)).min() >= np.float32(1e-4)  # the corners: the floor alone
+    assert not np.allclose(gaussian_weights((17, 129, 129)), monai_gaussian_weights((17, 129, 129)))
 
 
 def test_bump_weights_follow_pytc_formula() -> None:

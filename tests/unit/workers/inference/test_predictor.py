@@ -149,7 +149,7 @@ def test_engine_equals_monai_sliding_window_inference(
     model = Asymmetric().eval()
     patch, overlap = (7, 17, 17), 0.5
     stride = tuple(max(1, int(p * (1 - overlap))) for p in patch)
-    window = WindowSpec(patch, stride, "gaussian", (0, 0, 0), "reflect", batch_size=4)  # type: ignore[arg-type]
+    window = WindowSpec(patch, stride, "monai_gaussian", (0, 0, 0), "reflect", batch_size=4)  # type: ignore[arg-type]
     job = make_job(tmp_path / "in.zarr", tmp_path / "out.zarr", window, block_shape=block_shape)
     ours_model = Asymmetric().eval()
     if channels_last:  # what the workers do with eager CPU models (workers.inference.predictor)
