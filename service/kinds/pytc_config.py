@@ -19,12 +19,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from service.documents.sections import Section, StrictBool, Text, require_kind, resolve_path, validate
+from service.documents.sections import Root, Section, StrictBool, Text, require_kind, resolve_path, validate
 from service.errors import PathOutsideRootsError, SpecError
 from service.kinds.base import AdmitEnv, JobKind, ParseEnv, RunEnv, Summary, Target
 from service.pytc.convert import Conversion, convert_pytc
@@ -56,7 +55,7 @@ class PytcJob:
     conversion: Conversion
 
 
-def first_hdf5_dataset(roots: Sequence[Path]) -> Any:
+def first_hdf5_dataset(roots: Sequence[Root]) -> Any:
     """PyTC reads an HDF5 file's first dataset when none is named (``readh5``): its name, from
     the file's index (no data is read); None when the file is not there yet or not HDF5."""
 
@@ -77,7 +76,7 @@ def first_hdf5_dataset(roots: Sequence[Path]) -> Any:
     return first
 
 
-def convert_document(doc: Mapping[str, Any], roots: Sequence[Path]) -> Conversion:
+def convert_document(doc: Mapping[str, Any], roots: Sequence[Root]) -> Conversion:
     parsed = validate(PytcConfigDocument, require_kind(doc, "pytc_config"))
     texts = [("base", parsed.base)] + ([("experiment", parsed.experiment)] if parsed.experiment else [])
     return convert_pytc(
