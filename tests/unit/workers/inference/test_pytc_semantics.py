@@ -95,11 +95,13 @@ def _legacy_layout_key(job: InferenceJob, sha: str) -> str:
     window = {k: v for k, v in asdict(job.window).items() if k != "raw_heads"}
     window["batch_size"] = 4
     window["tta_reduce"] = job.window.tta_reduce if job.window.tta_variants > 1 else "mean"
-    output = {k: v for k, v in asdict(job.output).items() if k not in ("overwrite", "uint8_rounding")}
+    # pyramid (true) and shards (none) came at the same time and leave keys as they were by default
+    dropped = ("overwrite", "uint8_rounding", "pyramid", "shards")
+    output = {k: v for k, v in asdict(job.output).items() if k not in dropped}
     if not output["targets"]:
         del output["targets"]
     payload = {
-        "input": asdict(job.input),
+        "input": {k: v for k, v in asdict(job.input).items() if k != "mask"},
         "model_sha256": sha,
         "model": asdict(replace(job.model, name=None)),
         "window": window,
