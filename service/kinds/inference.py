@@ -20,11 +20,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
 from models.errors import ModelError
 from models.ref import ModelInfo, ModelRef
@@ -33,6 +32,7 @@ from service.documents.inference import InferenceDocument, parse_inference
 from service.errors import JobCancelledError, JobFailedError, SpecError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target, WorkerCall
 from service.kinds.stages import drive_pyramid
+from service.kinds.waiting import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, wait_for_tasks, wait_some
 from service.progress import Progress, format_duration
 from volumes.blocks import Index
 from volumes.lru import LRU
@@ -55,15 +55,11 @@ from workers.inference.run import InferenceRun
 from workers.inference.rundir import RunDir, drop_dataset_scratch
 from workers.inference.tasks import BlockTask, TaskRef, inspect_model, job_of, progress_topic, run_task
 from workers.resources import ONE_ACCELERATOR
-from workers.runtime.busy import running_keys
 
 log = logging.getLogger(__name__)
 
-CANCEL_WAIT_S = 60.0  # how long a cancel waits for running blocks to stop at their next batch
 PASS2_PRIORITY = 10  # pass-2 tasks run before queued pass-1 tasks: they free scratch
-WAKE_S = 0.2  # the driver looks at its tasks, its events and the cancel this often
 REPORT_MIN_S = 0.2  # progress that moved is reported at most this often (a task's end at once)
-HEARTBEAT_S = 5.0  # and progress that did not move this often, with the time gone on
 
 
 @dataclass(frozen=True)
@@ -159,7 +155,7 @@ class InferenceKind:
         for folder in folders:
             RunDir(folder).request_cancel()
         if env is not None:
-            _wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
+            wait_for_tasks(env.client, tuple(f"pytc-{folder.name}-" for folder in folders), CANCEL_WAIT_S)
         drop_dataset_scratch(job.output.path, job.output.dataset)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
@@ -204,7 +200,7 @@ class _Driver:
                     self.in_flight[self.submit(task)] = task
                 if not self.in_flight:
                     return
-                done = _wait_some(list(self.in_flight), WAKE_S)
+                done = wait_some(list(self.in_flight), WAKE_S)
                 if self.env.cancel.is_set():
                     self.stop()
                     raise JobCancelledError(
@@ -270,7 +266,7 @@ class _Driver:
         self.in_flight.clear()
         # The workers are asked, not the scheduler: it forgets a cancelled task while its thread
         # still runs, and the job would be recorded cancelled before its last chunk was written.
-        _wait_for_tasks(self.client, (self.key_prefix,), CANCEL_WAIT_S)
+        wait_for_tasks(self.client, (self.key_prefix,), CANCEL_WAIT_S)
 
 
 def run_progress(run: InferenceRun) -> Progress:
@@ -343,36 +339,6 @@ class ReportPace:
             self._last, self._pending = now, False
             return True
         return False
-
-
-def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
-    """The futures that ended, waiting at most ``timeout_s`` (so a cancel is seen promptly). One
-    that Dask cancelled is among them (``wait`` raises for it): :meth:`_Driver.result` says so."""
-    try:
-        return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
-    except TimeoutError:
-        return set()
-    except CancelledError:
-        return {f for f in futures if f.status != "pending"}
-
-
-def _wait_for_tasks(client: Client, prefixes: tuple[str, ...], timeout_s: float) -> None:
-    """Until no worker runs a task whose key starts with one of ``prefixes`` (cancelled ones too:
-    :mod:`workers.runtime.busy`), ``timeout_s`` at most; a client that lost its scheduler has
-    nothing to wait for."""
-    deadline = time.monotonic() + timeout_s
-    while prefixes:
-        try:
-            running = client.run(running_keys, prefixes)
-        except (OSError, RuntimeError, ValueError) as err:
-            log.debug("cannot see the running tasks: %s", err)
-            return
-        if not any(running.values()):
-            return
-        if time.monotonic() >= deadline:
-            log.warning("block tasks of a stopped job still ran %.0f s later", timeout_s)
-            return
-        time.sleep(0.2)
 
 
 def _on_a_worker(client: Client, cancel: threading.Event, fn: Any, *args: Any) -> Any:

@@ -20,8 +20,8 @@ from distributed import Client, Future
 from service.documents.segmentation import SegmentationDocument, parse_segmentation
 from service.errors import JobCancelledError, JobFailedError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
-from service.kinds.inference import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, _wait_for_tasks, _wait_some
 from service.kinds.stages import drive_pyramid
+from service.kinds.waiting import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, wait_for_tasks, wait_some
 from service.progress import Progress, format_duration
 from workers.errors import BlockCancelledError, IncompleteRunError
 from workers.inference.rundir import RunDir
@@ -68,7 +68,7 @@ class SegmentationKind:
         for folder in folders:
             SegRunDir(folder).request_cancel()
         if env is not None:
-            _wait_for_tasks(env.client, tuple(f"pytc-seg-{f.name}-" for f in folders), CANCEL_WAIT_S)
+            wait_for_tasks(env.client, tuple(f"pytc-seg-{f.name}-" for f in folders), CANCEL_WAIT_S)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -106,7 +106,7 @@ class _Driver:
                     self.in_flight[self.submit(task)] = task
                 if not self.in_flight:
                     return
-                done = _wait_some(list(self.in_flight), WAKE_S)
+                done = wait_some(list(self.in_flight), WAKE_S)
                 if self.env.cancel.is_set():
                     self.stop()
                     raise JobCancelledError("job cancelled")
@@ -160,4 +160,4 @@ class _Driver:
         self.run.request_cancel()
         self.client.cancel(list(self.in_flight))
         self.in_flight.clear()
-        _wait_for_tasks(self.client, (self.prefix,), CANCEL_WAIT_S)
+        wait_for_tasks(self.client, (self.prefix,), CANCEL_WAIT_S)

@@ -8,23 +8,15 @@ kind that writes labels (segmentation) drives its stage the same way, with a lab
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError
 
-from distributed import Future, wait
+from distributed import Future
 
 from service.errors import JobCancelledError, JobFailedError
 from service.kinds.base import RunEnv
+from service.kinds.waiting import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, wait_for_tasks, wait_some
 from workers.pyramid import PyramidStage, PyramidTask, run_pyramid_task
-from workers.runtime.busy import running_keys
-
-log = logging.getLogger(__name__)
-
-WAKE_S = 0.2  # the driver looks at its tasks and the cancel this often
-HEARTBEAT_S = 5.0  # progress is reported at least this often
-CANCEL_WAIT_S = 60.0
 
 
 def pyramid_key(task: PyramidTask) -> str:
@@ -49,11 +41,11 @@ def drive_pyramid(stage: PyramidStage, env: RunEnv, report: Callable[[], None]) 
                 in_flight[future] = task
             if not in_flight:
                 return
-            done = _wait_some(list(in_flight), WAKE_S)
+            done = wait_some(list(in_flight), WAKE_S)
             if env.cancel.is_set():
                 client.cancel(list(in_flight))
                 in_flight.clear()
-                _wait_until_idle(env, stage.key)
+                wait_for_tasks(client, (f"{stage.key}pyr-",) if stage.key else (), CANCEL_WAIT_S)
                 raise JobCancelledError("job cancelled while its pyramid was written")
             for future in done:
                 stage.finished(_result(future, in_flight.pop(future), env.retries))
@@ -76,26 +68,3 @@ def _result(future: Future, task: PyramidTask, retries: int) -> PyramidTask:
     raise JobFailedError(
         f"pyramid level {task.level} block {task.block} failed after {retries} retries: {error!r}"
     )
-
-
-def _wait_some(futures: list[Future], timeout_s: float) -> set[Future]:
-    try:
-        return set(wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done)
-    except TimeoutError:
-        return set()
-    except CancelledError:
-        return {f for f in futures if f.status != "pending"}
-
-
-def _wait_until_idle(env: RunEnv, prefix: str) -> None:
-    """Until no worker runs one of the stage's tasks (``CANCEL_WAIT_S`` at most)."""
-    deadline = time.monotonic() + CANCEL_WAIT_S
-    while prefix and time.monotonic() < deadline:
-        try:
-            running = env.client.run(running_keys, (f"{prefix}pyr-",))
-        except (OSError, RuntimeError, ValueError) as err:
-            log.debug("cannot see the running tasks: %s", err)
-            return
-        if not any(running.values()):
-            return
-        time.sleep(0.2)
