@@ -177,15 +177,17 @@ def assert_every_level_at_its_scale(levels: list[dict[str, Any]], output: Path) 
 @pytest.mark.slow
 def test_in_chromium_a_training_jobs_page_draws_its_loss_curve(service: Service, tmp_path: Path) -> None:
     write_data(service.root / "train")  # a tiny labelled volume beside the inference data
-    doc = training_doc(**{"data.image.path": "train/em.zarr", "data.label.path": "train/em.zarr",
-                          "checkpoint.dir": "runs/page"})  # fmt: skip
+    doc = training_doc(**{
+        "data.image.path": "train/em.zarr", "data.label.path": "train/em.zarr", "checkpoint.dir": "runs/page",
+        "solver.iterations": 300, "solver.save_every": 300,  # seconds: progress every 0.5 s, a few points
+    })  # fmt: skip
     response = httpx.post(f"{service.url}/v1/jobs", json=doc, headers=BEARER, timeout=120)
     assert response.status_code == 202, response.text
     job_id = str(response.json()["id"])
     final = wait_for_state(service.url, job_id, ("succeeded", "failed"), BEARER)
     assert final["state"] == "succeeded", final
     history = final["progress"]["loss_history"]
-    assert len(history) >= 2, final["progress"]
+    assert len(history) >= 2 and history[-1][0] == 300, final["progress"]
     shots = tmp_path / "screenshots"
     with chromium(tmp_path) as driver:
         driver.get(f"{service.url}/")
