@@ -5,6 +5,7 @@ headless Chromium (screenshots kept in the test's tmp folder, their paths printe
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -32,7 +33,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = make_data(tmp_path_factory.mktemp("viewing") / "root", shape=(12, 64, 64))
-    with running_service(root, root.parent / "state", PYTC_API_TOKENS=f"{TOKEN},{OTHER}") as svc:
+    with running_service(root, root.parent / "state", PYTC_API_TOKENS=f"{TOKEN},{OTHER}",
+                         PYTC_ACCESS_LOG="1") as svc:  # fmt: skip
         yield svc
 
 
@@ -154,8 +156,12 @@ def test_in_chromium_log_in_watch_a_job_finish_preview_it_and_open_neuroglancer(
         assert all(la["scales"] == [1e-9, 1e-9, 1e-9] for la in layers), layers  # 1 nm voxels (no metadata)
         screenshot(driver, shots, "5-neuroglancer")
         levels = wait_until(lambda: _multiscale(driver, "prediction"), 30, "the prediction's scales")
+        every = set(range(len(levels)))  # neuroglancer reads every level's chunks (coarse ones as fallbacks)
+        wait_until(lambda: every <= chunk_levels(service.log.read_text()), 60, "every level's chunks served")
+        driver.execute_script("window.viewer.navigationState.zoomFactor.value *= 16;")  # the whole volume
+        screenshot(driver, shots, "5b-neuroglancer-zoomed-out")
     assert_every_level_at_its_scale(levels, service.root / "live.zarr")
-    assert len(list(shots.glob("*.png"))) == 5
+    assert len(list(shots.glob("*.png"))) == 6
 
 
 def assert_every_level_at_its_scale(levels: list[dict[str, Any]], output: Path) -> None:
@@ -230,6 +236,12 @@ def _previews_loaded(driver: Any) -> bool:
         "const imgs = [...document.querySelectorAll('img.preview')];"
         "return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0);"
     ))  # fmt: skip
+
+
+def chunk_levels(access_log: str) -> set[int]:
+    """The levels of ``live.zarr``'s prediction whose chunks were served (200) by the store links."""
+    found = re.findall(r'"GET /stores/[^/ ]+/pred/(\d+)/c/[\d/]+ HTTP/1.1" 200', access_log)
+    return {int(level) for level in found}
 
 
 def _multiscale(driver: Any, name: str) -> list[dict[str, Any]] | None:
