@@ -22,7 +22,7 @@ import zarr
 from service.cli import main
 from volumes.open import open_volume
 
-pytestmark = pytest.mark.slow  # three small runs, one of them killed (about 20 s on a quiet machine)
+pytestmark = pytest.mark.slow  # three runs, one killed (82 s measured on a busy 2-core machine)
 
 
 class TinyNet(torch.nn.Module):
