@@ -17,6 +17,7 @@ from selenium.webdriver.chrome.service import Service as DriverService
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 T = TypeVar("T")
+SAVED: list[Path] = []  # every screenshot of this run, listed at its end (tests/integration/conftest.py)
 
 
 @contextlib.contextmanager
@@ -57,4 +58,5 @@ def screenshot(driver: webdriver.Chrome, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     print(f"screenshot: {path}")
+    SAVED.append(path)
     return path

@@ -5,6 +5,7 @@ headless Chromium (screenshots kept in the test's tmp folder, their paths printe
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -18,6 +19,9 @@ from selenium.webdriver.common.by import By
 
 from tests.integration.browser import chromium, screenshot, wait_until
 from tests.integration.service_fixtures import Service, job_doc, make_data, running_service, wait_for_state
+from tests.training_helpers import training_doc, write_data
+from volumes.open import open_volume
+from volumes.pyramid import level_shape, pyramid_factors
 
 pytestmark = pytest.mark.slow  # a real service runs two small jobs (about 40 s), and Chromium
 
@@ -29,7 +33,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = make_data(tmp_path_factory.mktemp("viewing") / "root", shape=(12, 64, 64))
-    with running_service(root, root.parent / "state", PYTC_API_TOKENS=f"{TOKEN},{OTHER}") as svc:
+    with running_service(root, root.parent / "state", PYTC_API_TOKENS=f"{TOKEN},{OTHER}",
+                         PYTC_ACCESS_LOG="1") as svc:  # fmt: skip
         yield svc
 
 
@@ -150,7 +155,76 @@ def test_in_chromium_log_in_watch_a_job_finish_preview_it_and_open_neuroglancer(
         assert all(la["loaded"] and not la["error"] for la in layers), layers
         assert all(la["scales"] == [1e-9, 1e-9, 1e-9] for la in layers), layers  # 1 nm voxels (no metadata)
         screenshot(driver, shots, "5-neuroglancer")
-    assert len(list(shots.glob("*.png"))) == 5
+        levels = wait_until(lambda: _multiscale(driver, "prediction"), 30, "the prediction's scales")
+        every = set(range(len(levels)))  # neuroglancer reads every level's chunks (coarse ones as fallbacks)
+        wait_until(lambda: every <= chunk_levels(service.log.read_text()), 60, "every level's chunks served")
+        driver.execute_script("window.viewer.navigationState.zoomFactor.value *= 16;")  # the whole volume
+        screenshot(driver, shots, "5b-neuroglancer-zoomed-out")
+    assert_every_level_at_its_scale(levels, service.root / "live.zarr")
+    assert len(list(shots.glob("*.png"))) == 6
+
+
+def assert_every_level_at_its_scale(levels: list[dict[str, Any]], output: Path) -> None:
+    """Neuroglancer's own multiscale source for the prediction: one scale per level of the pyramid
+    (the level's path and shape), each level's voxel scale relative to level 0 the product of the
+    pyramid's factors (not what our metadata says: what the volume's shapes and chunks make it),
+    and every level's corner where level 0's is (the half-voxel shifts of the OME translations)."""
+    volume = open_volume(output, "pred")
+    shape, chunks = tuple(volume.shape[-3:]), tuple(volume.chunks[-3:])
+    factors = pyramid_factors(shape, chunks, None)
+    assert len(factors) > 2 and len(levels) == len(factors), (levels, factors)
+    for k, (level, factor) in enumerate(zip(levels, factors, strict=True)):
+        assert level["url"].rstrip("/").endswith(f"/pred/{k}"), level
+        assert level["shape"][-3:] == list(level_shape(shape, factor)), (k, level)
+        assert level["scale"][-3:] == [float(f) for f in factor], (k, level)
+        assert level["corner"][-3:] == levels[0]["corner"][-3:], (k, level)
+
+
+@pytest.mark.slow
+def test_in_chromium_a_training_jobs_page_draws_its_loss_curve(service: Service, tmp_path: Path) -> None:
+    write_data(service.root / "train")  # a tiny labelled volume beside the inference data
+    doc = training_doc(**{
+        "data.image.path": "train/em.zarr", "data.label.path": "train/em.zarr", "checkpoint.dir": "runs/page",
+        "solver.iterations": 300, "solver.save_every": 300,  # seconds: progress every 0.5 s, a few points
+    })  # fmt: skip
+    response = httpx.post(f"{service.url}/v1/jobs", json=doc, headers=BEARER, timeout=120)
+    assert response.status_code == 202, response.text
+    job_id = str(response.json()["id"])
+    final = wait_for_state(service.url, job_id, ("succeeded", "failed"), BEARER)
+    assert final["state"] == "succeeded", final
+    history = final["progress"]["loss_history"]
+    assert len(history) >= 2 and history[-1][0] == 300, final["progress"]
+    shots = tmp_path / "screenshots"
+    with chromium(tmp_path) as driver:
+        driver.get(f"{service.url}/")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "login-button").click()
+        wait_until(lambda: driver.find_element(By.ID, "jobs").is_displayed(), what="the jobs list")
+        driver.get(f"{service.url}/#/jobs/{job_id}")
+        wait_until(lambda: "succeeded" in driver.find_element(By.ID, "job-state").text, 60, "the job's state")
+        curve = wait_until(lambda: _loss_curve(driver), 30, "the loss curve drawn")
+        driver.execute_script("document.getElementById('loss').scrollIntoView()")
+        screenshot(driver, shots, "6-training-loss")
+    assert curve["visible"] and curve["columns"] >= 100, curve  # a line across the plot, not a dot
+    assert len(list(shots.glob("*.png"))) == 1
+
+
+def _loss_curve(driver: Any) -> dict[str, Any] | None:
+    """The loss canvas: shown, and how many pixel columns hold the curve's blue (#3a7bd5) stroke."""
+    curve: dict[str, Any] | None = driver.execute_script(
+        """
+        const c = document.getElementById("loss-canvas");
+        const box = document.getElementById("loss");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const columns = new Set();
+        for (let i = 0; i < d.length; i += 4) {
+          if (d[i + 3] > 0 && d[i + 2] > 150 && d[i] < 120 && d[i + 1] > 80 && d[i + 1] < 170)
+            columns.add((i / 4) % c.width);
+        }
+        return columns.size ? {visible: !box.hidden, columns: columns.size} : null;
+        """
+    )
+    return curve
 
 
 def _finished(text: str) -> str | None:
@@ -162,6 +236,32 @@ def _previews_loaded(driver: Any) -> bool:
         "const imgs = [...document.querySelectorAll('img.preview')];"
         "return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0);"
     ))  # fmt: skip
+
+
+def chunk_levels(access_log: str) -> set[int]:
+    """The levels of ``live.zarr``'s prediction whose chunks were served (200) by the store links."""
+    found = re.findall(r'"GET /stores/[^/ ]+/pred/(\d+)/c/[\d/]+ HTTP/1.1" 200', access_log)
+    return {int(level) for level in found}
+
+
+def _multiscale(driver: Any, name: str) -> list[dict[str, Any]] | None:
+    """The scales of ``name``'s multiscale volume as neuroglancer parsed them from the store: each
+    level's URL, shape, scale relative to level 0 (the transform's diagonal) and corner offset."""
+    levels: list[dict[str, Any]] | None = driver.execute_script(
+        """
+        const m = window.viewer.layerManager.managedLayers.find(l => l.name === arguments[0]);
+        const ds = m.layer.dataSources[0].loadState.dataSource;
+        const volume = ds.subsources.map(s => s.subsource.volume).find(v => v && v.multiscale);
+        return volume.multiscale.scales.map(s => {
+          const t = s.transform, r = Math.round(Math.sqrt(t.length)) - 1;
+          return {url: s.url, shape: [...s.metadata.shape],
+                  scale: [...Array(r).keys()].map(i => t[i * (r + 1) + i]),
+                  corner: [...Array(r).keys()].map(i => t[r * (r + 1) + i])};
+        });
+        """,
+        name,
+    )
+    return levels
 
 
 def _neuroglancer_layers(driver: Any) -> list[dict[str, Any]] | None:
