@@ -107,13 +107,16 @@ def test_submit_watch_the_events_and_get_what_pytc_run_makes(world: World, tmp_p
     assert final["state"] == "succeeded", final
     progress = final["progress"]
     assert progress["unit"] == "steps" and progress["done"] == progress["total"] > 27
-    assert progress["total"] == progress["windows_total"] + progress["chunks_total"]
+    pyramid = progress["parts"]["pyramid"][1]  # the coarser levels' chunks, written after level 0
+    assert pyramid > 0
+    assert progress["total"] == progress["windows_total"] + progress["chunks_total"] + pyramid
     assert progress["blocks_done"] == progress["blocks_total"] == 27
     assert progress["voxels_done"] == progress["voxels_total"] == 12 * 40 * 40
     assert progress["parts"] == {
         "windows": [progress["windows_total"]] * 2,
         "chunks": [progress["chunks_total"]] * 2,
         "blocks": [27, 27],
+        "pyramid": [pyramid, pyramid],
     }
     assert world.http.get(f"/v1/jobs/{job['id']}").json()["progress"] == progress  # stored, as streamed
     assert final["progress"]["fraction"] == 1.0 and final["links"]["dashboard"].startswith(
