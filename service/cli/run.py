@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     line = None if args.quiet else ProgressLine(sys.stderr)
     try:
-        with cluster:
+        with cluster, _stop_signals():
             checked = kind.admit(job, AdmitEnv(cluster.call, limits))
             start_up_done()
             env = RunEnv(
@@ -142,6 +145,26 @@ def _run(args: argparse.Namespace) -> int:
     if summary.output is not None:
         print(summary.output)
     return EXIT_OK
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While a job runs, SIGINT (Ctrl-C, ``kill -INT``) and SIGTERM (a batch system's cancel, such as
+    Slurm's ``scancel``) stop it as Ctrl-C does: what is done is kept, exit 130. SIGINT is taken
+    even where the process started with it ignored (a shell's background job), since stopping a run
+    never loses work. Only the main thread may set handlers; elsewhere they stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:
