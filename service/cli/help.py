@@ -9,7 +9,8 @@ exit codes:
   1    the job failed (the message says where)
   2    the job or the command line is invalid: the message names the field and why; nothing was
        written
-  130  interrupted (Ctrl-C, SIGINT, SIGTERM) or cancelled; what is done is kept, run the same job again to resume"""
+  130  interrupted (Ctrl-C, SIGINT, SIGTERM) or cancelled; what is done is kept, run the same job
+       again to resume"""
 
 PYTC_EPILOG = f"""\
 Start with `pytc run --help`: what a job document holds, a minimal example, resuming.

@@ -109,13 +109,25 @@ def test_blocks_read_exactly_what_their_windows_need(plan) -> None:  # type: ign
 def test_contributors_are_the_blocks_whose_windows_touch_the_chunk(plan) -> None:  # type: ignore[no-untyped-def]
     roi = Box.of_shape(plan.roi_shape)
     chunk_counts = [a.n_chunks for a in plan.axes]
+    # Each chunk's bounds along each axis, from the plan's own chunk boxes.
+    spans = [
+        [plan.chunk_box(tuple(i if d == axis else 0 for d in range(3))) for i in range(n)]
+        for axis, n in enumerate(chunk_counts)
+    ]
+    touched: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+    for block in plan.blocks():  # every window's box once (not once per chunk: the plans are random)
+        for w in plan.windows(block):
+            box = plan.grid.box(w).intersect(roi)
+            if box.is_empty():
+                continue
+            hits = [
+                [i for i, c in enumerate(spans[a]) if c.offset[a] < box.end[a] and box.offset[a] < c.end[a]]
+                for a in range(3)
+            ]
+            for chunk in itertools.product(*hits):
+                touched.setdefault(chunk, set()).add(block)
     for chunk in itertools.product(*map(range, chunk_counts)):
-        cbox = plan.chunk_box(chunk)
-        expected = {
-            block
-            for block in plan.blocks()
-            if any(plan.grid.box(w).intersect(roi).intersects(cbox) for w in plan.windows(block))
-        }
+        expected = touched.get(chunk, set())
         assert set(plan.contributors(chunk)) == expected
         assert plan.is_interior(chunk) == (expected == {plan.chunk_owner(chunk)})
 
