@@ -20,19 +20,10 @@ import yaml
 import zarr
 
 from service.cli import main
+from tests.integration.service_fixtures import TinyNet
 from volumes.open import open_volume
 
 pytestmark = pytest.mark.slow  # three runs, one killed (82 s measured on a busy 2-core machine)
-
-
-class TinyNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 def make_data(root: Path) -> None:
