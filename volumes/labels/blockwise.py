@@ -111,6 +111,7 @@ class Numbered:
 
     lut: dict[Index, np.ndarray]
     objects: Objects
+    nodes: int = 0  # pieces in the merge's graph: those joined to a piece of another block
 
 
 def merge_step(
@@ -129,13 +130,13 @@ def merge_step(
         for other, mine, theirs in found:
             a_parts.append(mine + offset[index])
             b_parts.append(theirs + offset[other])
-    component = join(total, np.concatenate(a_parts), np.concatenate(b_parts))
+    nodes, component = join(np.concatenate(a_parts), np.concatenate(b_parts))
     cat = {name: _cat([pieces_of[i].arrays()[name] for i in order], name) for name in Pieces.__annotations__}
-    ids = number(component, cat["first"])
+    ids = number(nodes, component, cat["first"])
     k = int(ids.max(initial=0))
     objects = aggregate(ids, k, cat["count"], cat["first"], cat["lo"], cat["hi"], cat["sums"])
     lut = {i: np.concatenate([[0], ids[offset[i] : offset[i] + pieces_of[i].n]]) for i in order}
-    return Numbered(lut, objects)
+    return Numbered(lut, objects, int(nodes.shape[0]))
 
 
 def _cat(parts: list[np.ndarray], name: str) -> np.ndarray:

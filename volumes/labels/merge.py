@@ -2,9 +2,13 @@
 
 Every piece has a provisional number: its block's offset (the pieces of the blocks before it, in
 block order) plus its local label. The links found across block faces are edges between those
-numbers; the objects are the connected components of that graph (``scipy.sparse.csgraph``): the
-state is one entry per piece, never per voxel. An object's first voxel is the first of its pieces'
-first voxels (raster order is the same inside a block and in the volume), its size the sum of theirs.
+numbers; the objects are the connected components of that graph (``scipy.sparse.csgraph``), whose
+nodes are only the pieces named in a link: those that touch a piece of another block. A piece with
+no link is an object on its own and never enters the graph, so the graph (and its union state) grows
+with the objects at block faces, never with the objects inside blocks or with voxels. An object's
+first voxel is the first of its pieces' first voxels (raster order is the same inside a block and in
+the volume), its size the sum of theirs. Numbering and the table still need one row per object (its
+first voxel, size, box and centroid sums): what the object table holds anyway.
 
 PyTC's numbers are the objects' ranks in raster order of their first voxels (what ``label`` gives on
 the whole volume). :func:`final_ids` then applies the size filter to whole objects and the
@@ -40,25 +44,29 @@ class Objects:
         return int(self.count.shape[0])
 
 
-def join(total: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The component of each provisional number 0..total (0 the background, alone)."""
+def join(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pieces named in links (``a[i]`` touches ``b[i]``, provisional numbers) and the component
+    of each: (nodes, sorted; component of ``nodes[j]``, 0..c-1). Only pieces that touch a piece of
+    another block are nodes: the graph is as large as the objects at block faces, never larger."""
+    nodes, ends = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = nodes.shape[0]
     ones = np.ones(a.shape[0], dtype=np.int8)
-    graph = coo_matrix((ones, (a, b)), shape=(total + 1, total + 1))
+    graph = coo_matrix((ones, (ends[: a.shape[0]], ends[a.shape[0] :])), shape=(m, m))
     _, component = connected_components(graph, directed=False)
-    return component.astype(np.int64)
+    return nodes.astype(np.int64), component.astype(np.int64)
 
 
-def number(component: np.ndarray, first: np.ndarray) -> np.ndarray:
+def number(nodes: np.ndarray, component: np.ndarray, first: np.ndarray) -> np.ndarray:
     """PyTC's number of each provisional number 1..total (row i - 1): the rank of its object's first
-    voxel in raster order, 1-based. ``first`` holds each piece's first voxel."""
-    comps = component[1:]
-    k = int(component.max(initial=0)) + 1
-    obj_first = np.full(k, NO_VOXEL, dtype=np.int64)
-    np.minimum.at(obj_first, comps, first)
-    real = np.flatnonzero(obj_first != NO_VOXEL)
-    rank = np.zeros(k, dtype=np.int64)
-    rank[real[np.argsort(obj_first[real], kind="stable")]] = np.arange(1, real.shape[0] + 1)
-    return rank[comps]
+    voxel in raster order, 1-based. ``first`` holds each piece's first voxel; a piece outside the
+    graph (:func:`join`) is an object of its own, whose first voxel is its own."""
+    object_first = first.astype(np.int64, copy=True)
+    if nodes.size:
+        comp_first = np.full(int(component.max()) + 1, NO_VOXEL, dtype=np.int64)
+        np.minimum.at(comp_first, component, first[nodes - 1])
+        object_first[nodes - 1] = comp_first[component]
+    # an object's first voxel is its own: the objects are the distinct values, in raster order
+    return np.searchsorted(np.unique(object_first), object_first).astype(np.int64) + 1
 
 
 def aggregate(

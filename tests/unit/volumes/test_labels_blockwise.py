@@ -166,3 +166,29 @@ def test_labels_are_uint32_until_the_numbers_need_uint64() -> None:
     from volumes.labels.merge import label_dtype
 
     assert label_dtype(2**32 - 1) == np.uint32 and label_dtype(2**32) == np.uint64
+
+
+def test_the_merge_graph_holds_only_pieces_at_block_faces() -> None:
+    """Many small objects inside blocks and a few across faces: the merge's graph has a node per
+    piece that touches a piece of another block, none for the objects inside blocks, and the labels
+    still equal the whole-volume decoder's."""
+    from volumes.labels.blockwise import Grid, label_step, link_step, merge_step
+
+    mask = np.zeros((8, 32, 32), bool)
+    mask[2:4, 1:15:3, 1:15:3] = True  # 25 dots inside block (0, 0, 0)
+    mask[2:4, 17:31:3, 17:31:3] = True  # 25 inside block (0, 1, 1)
+    mask[5, 10:22, 5] = True  # crosses y = 16: 2 pieces
+    mask[6, 5, 10:22] = True  # crosses x = 16: 2 pieces
+    mask[7, 10:22, 10:22] = True  # a sheet over 4 blocks: 4 pieces
+    pred = _binary(mask)
+    decoder = Decoder("binary_connected", (0.5,), thres_small=0, connectivity=26)
+    grid = Grid((8, 32, 32), (8, 16, 16))
+    done = {
+        i: label_step(decoder, grid, i, pred[(slice(None), *grid.box(i).slices())]) for i in grid.indices()
+    }
+    links_of = {i: link_step(decoder, grid, i, lambda j: done[j].faces) for i in grid.indices()}
+    numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
+    assert numbered.objects.n == 53
+    assert numbered.nodes == 8  # 2 + 2 + 4 face pieces; the 50 dots never enter the graph
+    expected = sequential(decode_in_memory(pred, decoder))
+    assert np.array_equal(decode_blockwise(pred, decoder, (8, 16, 16), "sequential"), expected)
