@@ -233,5 +233,5 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
             out[grid.box(index).slices()] = core
             parts.append(part)
         objects = objects_from_parts(objects.n, parts)
-    final = final_ids(decoder, objects, relabel).astype(np.uint64)
+    final = final_ids(decoder, objects, relabel, int(np.prod(grid.shape))).astype(np.uint64)
     return final[out]

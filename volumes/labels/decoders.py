@@ -17,7 +17,11 @@ for the boundary), and as ``value > t`` on float maps. Objects are numbered as `
 them on the whole volume: in raster order of each object's first voxel (before the dilation, for
 ``bc_connected``). ``remove_small_mode: background`` zeroes objects of fewer than ``thres_small``
 voxels (``skimage.morphology.remove_small_objects``), keeping the other numbers (PyTC's output has
-gaps there); ``none`` keeps all.
+gaps there); ``none`` keeps all. ``neighbor`` (PyTC's ``merge_small_objects``: each small object
+takes the most frequent label in-plane around it, else 0) is accepted only where no two objects
+touch in-plane (connected components at 18 or 26 connectivity, no dilation): there it zeroes every
+small object as ``background`` does, unless the background itself is smaller than ``thres_small``
+(PyTC then merges the background into an object), which :func:`check_background` refuses.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ DecoderName = Literal[
     "bc_watershed",
     "bcd_watershed",
 ]
-RemoveSmallMode = Literal["background", "none"]
+RemoveSmallMode = Literal["background", "none", "neighbor"]
 Connectivity = Literal[6, 18, 26]
 CHANNELS: dict[str, int] = {
     "binary_connected": 1,
@@ -91,6 +95,21 @@ class Decoder:
         if self.remove_small_mode == "none":
             return np.zeros(sizes.shape, dtype=bool)
         return sizes < self.thres_small
+
+
+class SmallBackgroundError(ValueError):
+    """``neighbor`` over a volume whose background has fewer than ``thres_small`` voxels."""
+
+
+def check_background(decoder: Decoder, background: int) -> None:
+    """Under ``neighbor``, PyTC treats the background (label 0) as one more object: with fewer than
+    ``thres_small`` voxels it is merged into the object most around it. Not reproduced: refused."""
+    if decoder.remove_small_mode == "neighbor" and 0 < background < decoder.thres_small:
+        raise SmallBackgroundError(
+            f"decoder.remove_small_mode: 'neighbor' with a background of {background} voxels, fewer than "
+            f"thres_small ({decoder.thres_small}): PyTC would merge the background itself into an "
+            "object, which is not reproduced; use background"
+        )
 
 
 def above(values: np.ndarray, t: float) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from volumes.labels.decoders import Decoder
+from volumes.labels.decoders import Decoder, check_background
 
 NO_VOXEL = np.iinfo(np.int64).max
 
@@ -93,9 +93,12 @@ def aggregate(
     return Objects(out_count, out_first, out_lo, out_hi, out_sums)
 
 
-def final_ids(decoder: Decoder, objects: Objects, relabel: str) -> np.ndarray:
+def final_ids(decoder: Decoder, objects: Objects, relabel: str, voxels: int | None = None) -> np.ndarray:
     """The written number of each PyTC number 0..K (0 stays 0; removed objects and objects that
-    vanished under the dilation become 0)."""
+    vanished under the dilation become 0). ``voxels``: the volume's, to check the background's size
+    under ``neighbor`` (:func:`volumes.labels.decoders.check_background`)."""
+    if voxels is not None:
+        check_background(decoder, voxels - int(objects.count.sum()))
     keep = (objects.count > 0) & ~decoder.removes(objects.count)
     out = np.zeros(objects.n + 1, dtype=np.int64)
     if relabel == "sequential":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from volumes.labels.blockcc import affinity_labels, components
-from volumes.labels.decoders import Decoder, dilate, foreground
+from volumes.labels.decoders import Decoder, check_background, dilate, foreground
 
 
 def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
@@ -26,6 +26,7 @@ def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
     if decoder.dilation is not None:
         labels = dilate(labels, decoder.dilation)
     sizes = np.bincount(labels.ravel())
+    check_background(decoder, int(sizes[0]))
     drop = decoder.removes(sizes)
     drop[0] = False
     labels[drop[labels]] = 0

@@ -177,11 +177,15 @@ def _number(plan: Plan, index: Index) -> None:
             )
         write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
         return
-    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel)
+    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel, _voxels(plan))
     _mkdir(plan, "luts")
     for i in blocks:
         np.save(plan.file("luts", i, ".npy"), final[numbered.lut[i]])
     _finish_merge(plan, numbered.objects, final)
+
+
+def _voxels(plan: Plan) -> int:
+    return int(np.prod(plan.grid.shape, dtype=np.int64))
 
 
 def _mkdir(plan: Plan, folder: str) -> None:
@@ -279,7 +283,7 @@ def _sizes(plan: Plan, index: Index) -> None:
         with np.load(plan.file("parts", i, ".npz")) as data:
             parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
     objects = objects_from_parts(k, parts)
-    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel))
+    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan)))
 
 
 def _write(plan: Plan, index: Index) -> None:

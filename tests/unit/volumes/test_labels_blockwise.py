@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -192,3 +193,54 @@ def test_the_merge_graph_holds_only_pieces_at_block_faces() -> None:
     assert numbered.nodes == 8  # 2 + 2 + 4 face pieces; the 50 dots never enter the graph
     expected = sequential(decode_in_memory(pred, decoder))
     assert np.array_equal(decode_blockwise(pred, decoder, (8, 16, 16), "sequential"), expected)
+
+
+def _merge_small_oracle(segm: np.ndarray, thres_small: int) -> np.ndarray:
+    """PyTC's ``remove_small_mode: neighbor`` as its docs and code describe it, written here from
+    that description: in id order (the background too), an id with fewer than ``thres_small``
+    voxels (counted once, first) takes the most frequent non-zero label in its in-plane ring
+    (8-neighbours in the same z slice; ties: the lowest label), else 0."""
+    segm = segm.copy()
+    ids, counts = np.unique(segm, return_counts=True)
+    ring_shape = np.ones((1, 3, 3), bool)
+    for idx, count in zip(ids, counts, strict=True):
+        if count >= thres_small:
+            continue
+        obj = segm == idx
+        ring = ndimage.binary_dilation(obj, structure=ring_shape) & ~obj
+        around = segm[ring]
+        around = around[around != 0]
+        if around.size:
+            values, times = np.unique(around, return_counts=True)
+            segm[obj] = values[np.argmax(times)]
+        else:
+            segm[obj] = 0
+    return segm
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    connectivity=st.sampled_from([18, 26]),
+    thres_small=st.integers(1, 12),
+    block=st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7)),
+)
+def test_neighbor_mode_equals_pytc_merge_small_objects(
+    seed: int, connectivity: int, thres_small: int, block: tuple[int, int, int]
+) -> None:
+    """Where ``neighbor`` is accepted (components at 18/26, no dilation) the blockwise labels equal
+    PyTC's merge of small objects on the whole volume, or the run refuses a background smaller
+    than ``thres_small`` (which PyTC would merge into an object)."""
+    from volumes.labels.decoders import SmallBackgroundError
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((5, 9, 9)) < rng.uniform(0.1, 0.97)
+    decoder = Decoder("binary_connected", (0.5,), thres_small, "neighbor", connectivity)  # type: ignore[arg-type]
+    labels = skimage_measure.label(mask, connectivity=3 if connectivity == 26 else 2)
+    background = int((labels == 0).sum())
+    if 0 < background < thres_small:
+        with pytest.raises(SmallBackgroundError, match="background"):
+            decode_blockwise(_binary(mask), decoder, block, "none")
+        return
+    expected = sequential(_merge_small_oracle(labels, thres_small).astype(np.uint64))
+    assert np.array_equal(decode_blockwise(_binary(mask), decoder, block, "sequential"), expected)
