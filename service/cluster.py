@@ -47,8 +47,10 @@ def embedded_cluster(
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
-            # loopback, a free port (":0" would be every interface); None: no dashboard
-            dashboard_address="127.0.0.1:0" if dashboard else None,
+            # loopback, a free port (None would mean :8787 on every interface, ":0" every interface);
+            # the scheduler's HTTP server (health, metrics) listens there with or without a dashboard
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": dashboard},
             silence_logs=silence,
             resources=ONE_ACCELERATOR,
             **where,
