@@ -212,3 +212,27 @@ def test_a_prediction_without_foreground_gives_an_empty_table(tmp_path: Path) ->
         )
         assert result["objects"] == 0 and result["dtype"] == "uint32"
         assert Path(result["table"]).read_text().count("\n") == 1  # the header alone
+
+
+@pytest.mark.parametrize("mode", ["background_2d", "neighbor_2d"])
+def test_per_slice_size_filter_through_the_run(tmp_path: Path, pred: np.ndarray, mode: str) -> None:
+    """``background_2d`` / ``neighbor_2d``: an object's voxels in a z slice where it has fewer than
+    ``thres_small`` are zeroed, its count summed over the blocks of the slice; the run equals the
+    whole-volume decoder and its table describes the voxels written."""
+    decoder = Decoder("binary_connected", (0.5,), 12, mode, 26)  # type: ignore[arg-type]
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (5, 8, 7))
+    j = SegmentationJob(SegInput(str(tmp_path / "pred.zarr"), "p"), decoder, output, (5, 8, 14), "{}")
+    result = run_serially(j)
+    labels = read(j)
+    expected = sequential(decode_in_memory(pred, decoder))
+    whole = sequential(decode_in_memory(pred, Decoder("binary_connected", (0.5,), 12, "background", 26)))
+    assert not np.array_equal(expected, whole)  # the per-slice filter drops what the 3-D one keeps
+    np.testing.assert_array_equal(labels, expected)
+    table = read_table(Path(result["table"]))
+    assert table[:, 0].tolist() == list(range(1, int(expected.max()) + 1))
+    for row in table:
+        where = np.argwhere(labels == row[0])
+        assert row[1] == len(where)
+        assert row[2:5].tolist() == where.min(axis=0).tolist()
+        assert row[5:8].tolist() == (where.max(axis=0) + 1).tolist()
+        np.testing.assert_allclose(row[8:11], where.mean(axis=0), atol=1e-3)

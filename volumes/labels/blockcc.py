@@ -254,3 +254,40 @@ def _touching(
         found_b.append(b[both])
         found_c.append(c[both])
     return np.concatenate(found_b), np.concatenate(found_c)
+
+
+def slice_pieces(labels: np.ndarray, origin: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per (local label, z slice) of a block: ``label``, ``z`` (global), ``count``, ``lo`` and
+    ``hi`` (y, x; global, end exclusive) and ``sums`` (y, x): what the per-slice size filters
+    (``remove_small_mode: background_2d``) add up across the blocks of a slice."""
+    import cc3d
+
+    n = int(labels.max(initial=0))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "z", "count", "lo", "hi", "sums")}
+    at = np.asarray(origin[1:], dtype=np.int64)
+    for z in range(labels.shape[0]):
+        plane = labels[z]
+        values: np.ndarray | None = None
+        if n >= plane.size:  # cc3d's statistics want labels below the voxel count: compact them
+            values, inverse = np.unique(plane, return_inverse=True)
+            plane = inverse.reshape(plane.shape).astype(np.uint32)
+        stats = cc3d.statistics(plane.T, no_slice_conversion=True)
+        count = np.asarray(stats["voxel_counts"], dtype=np.int64)
+        present = np.flatnonzero(count)
+        names = present if values is None else values[present].astype(np.int64)
+        present, names = present[names != 0], names[names != 0]
+        count = count[present]
+        boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[present]  # xmin xmax ymin ymax
+        centroid = np.asarray(stats["centroids"], dtype=np.float64)[present][:, ::-1]  # y, x
+        parts["label"].append(names.astype(np.int64))
+        parts["z"].append(np.full(present.shape[0], origin[0] + z, dtype=np.int64))
+        parts["count"].append(count)
+        parts["lo"].append(boxes[:, [2, 0]] + at)
+        parts["hi"].append(boxes[:, [3, 1]] + at + 1)
+        parts["sums"].append(np.rint(centroid * count[:, None]) + count[:, None] * at.astype(np.float64))
+    out = {}
+    for key, chunks in parts.items():
+        width = (0, 2) if key in ("lo", "hi", "sums") else (0,)
+        empty = np.zeros(width, dtype=np.float64 if key == "sums" else np.int64)
+        out[key] = np.concatenate([*chunks, empty])
+    return out

@@ -93,11 +93,48 @@ def aggregate(
     return Objects(out_count, out_first, out_lo, out_hi, out_sums)
 
 
+def slice_filter(
+    decoder: Decoder, ids: np.ndarray, k: int, rows: dict[str, np.ndarray], plane_voxels: int, depth: int
+) -> tuple[Objects, np.ndarray]:
+    """The per-slice size filter (``background_2d``, ``neighbor_2d``) over the rows of
+    :func:`volumes.labels.blockcc.slice_pieces` of every block, ``ids`` each row's object (1..k):
+    an object's voxels in a z slice are dropped where it has fewer than ``thres_small`` there.
+    Returns the kept voxels' statistics per object (an object with none left has count 0) and the
+    dropped (object, z) pairs as sorted keys ``id * depth + z``."""
+    key = ids.astype(np.int64) * depth + rows["z"]
+    keys, inverse = np.unique(key, return_inverse=True)
+    m = keys.shape[0]
+    count = np.zeros(m, dtype=np.int64)
+    lo = np.full((m, 2), NO_VOXEL, dtype=np.int64)
+    hi = np.zeros((m, 2), dtype=np.int64)
+    sums = np.zeros((m, 2), dtype=np.float64)
+    np.add.at(count, inverse, rows["count"])
+    np.minimum.at(lo, inverse, rows["lo"])
+    np.maximum.at(hi, inverse, rows["hi"])
+    np.add.at(sums, inverse, rows["sums"])
+    z = keys % depth
+    filled = np.bincount(z, weights=count, minlength=depth).astype(np.int64)
+    for b in plane_voxels - filled[filled > 0]:  # a slice without objects is left as it is
+        check_background(decoder, int(b))
+    kept = count >= decoder.thres_small
+    zk = z[kept]
+    objects = aggregate(
+        keys[kept] // depth,
+        k,
+        count[kept],
+        np.zeros(int(kept.sum()), dtype=np.int64),
+        np.column_stack([zk, lo[kept]]),
+        np.column_stack([zk + 1, hi[kept]]),
+        np.column_stack([zk * count[kept], sums[kept]]).astype(np.float64),
+    )
+    return objects, keys[~kept]
+
+
 def final_ids(decoder: Decoder, objects: Objects, relabel: str, voxels: int | None = None) -> np.ndarray:
     """The written number of each PyTC number 0..K (0 stays 0; removed objects and objects that
     vanished under the dilation become 0). ``voxels``: the volume's, to check the background's size
     under ``neighbor`` (:func:`volumes.labels.decoders.check_background`)."""
-    if voxels is not None:
+    if voxels is not None and not decoder.per_slice:  # per slice: checked by slice_filter
         check_background(decoder, voxels - int(objects.count.sum()))
     keep = (objects.count > 0) & ~decoder.removes(objects.count)
     out = np.zeros(objects.n + 1, dtype=np.int64)

@@ -6,9 +6,11 @@ writes its own files atomically, and only then its done marker
 any moment resumes from the markers: a step is redone unless its marker is on disk. The arrays of
 :mod:`volumes.labels.blockwise` are kept as::
 
-    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces)
+    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces;
+    slices/<b>.npz                                          per (label, z slice), for background_2d)
     links/<b>.npz                                           link step
-    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
+    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object;
+    luts/<b>.drops.npy                                      the (label, z) pairs the per-slice filter zeroes)
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
@@ -38,6 +40,7 @@ from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
     dilate_step,
+    drop_slices,
     grow_step,
     halo_box,
     label_step,
@@ -45,6 +48,7 @@ from volumes.labels.blockwise import (
     merge_step,
     objects_from_parts,
     read_box,
+    slice_step,
 )
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.labels.watershed import kept_seeds
@@ -120,10 +124,16 @@ def _label(plan: Plan, index: Index) -> None:
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
+    if done.slices is not None:
+        _save_npz(plan.file("slices", index, ".npz"), done.slices)
 
 
 def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
-    with np.load(plan.file("faces", index, ".npz")) as data:
+    return _load_npz(plan, "faces", index)
+
+
+def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
+    with np.load(plan.file(folder, index, ".npz")) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -177,11 +187,18 @@ def _number(plan: Plan, index: Index) -> None:
             )
         write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
         return
-    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel, _voxels(plan))
+    objects = numbered.objects
     _mkdir(plan, "luts")
+    if plan.job.decoder.per_slice:  # the per-slice size filter: the pairs to zero, per block
+        objects, drops = slice_step(
+            plan.job.decoder, plan.grid, numbered, lambda i: _load_npz(plan, "slices", i)
+        )
+        for i in blocks:
+            np.save(plan.file("luts", i, ".drops.npy"), drops[i])
+    final = final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan))
     for i in blocks:
         np.save(plan.file("luts", i, ".npy"), final[numbered.lut[i]])
-    _finish_merge(plan, numbered.objects, final)
+    _finish_merge(plan, objects, final)
 
 
 def _voxels(plan: Plan) -> int:
@@ -297,6 +314,8 @@ def _write(plan: Plan, index: Index) -> None:
     else:
         labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
         data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+        if plan.job.decoder.per_slice:
+            data = drop_slices(labels, np.load(plan.file("luts", index, ".drops.npy")), data)
     out.write(box, data)
 
 

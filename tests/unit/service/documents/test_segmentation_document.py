@@ -45,8 +45,17 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
         ({"name": "bcd_watershed", "thres5": -1.5}, "decoder.thres5", ""),
         ({"name": "affinity_agglomerate"}, "decoder.name", "not available yet"),
         ({"name": "nope"}, "decoder.name", ""),
-        ({"remove_small_mode": "background_2d"}, "decoder.remove_small_mode", "not available yet"),
-        ({"remove_small_mode": "neighbor_2d"}, "decoder.remove_small_mode", "not available yet"),
+        (
+            {"name": "bc_connected", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "dilation",
+        ),
+        (
+            {"name": "bcd_watershed", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "growth",
+        ),
+        ({"remove_small_mode": "neighbor_2d", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
         ({"remove_small_mode": "neighbor", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
         ({"name": "bc_connected", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
         ({"name": "bc_watershed", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
@@ -109,10 +118,15 @@ def test_the_label_pyramid_is_on_unless_turned_off(tmp_path: Path) -> None:
 
 
 def test_neighbor_is_taken_where_objects_never_touch(tmp_path: Path) -> None:
-    """``neighbor`` equals ``background`` where no two objects touch in-plane (see the blockwise tests)."""
+    """``neighbor`` equals ``background`` where no two objects touch in-plane (see the blockwise
+    tests); ``background_2d`` is taken by the decoders that do not grow objects after labelling."""
     for decoder in (
         {"remove_small_mode": "neighbor"},
         {"remove_small_mode": "neighbor", "connectivity": 18},
         {"name": "bc_connected", "remove_small_mode": "neighbor", "dilation_struct": [1, 1, 1]},
+        {"remove_small_mode": "neighbor_2d"},
+        {"remove_small_mode": "background_2d", "connectivity": 6},
+        {"name": "affinity_connected", "remove_small_mode": "background_2d"},
     ):
-        assert parse_segmentation(doc(**decoder), [tmp_path]).decoder.remove_small_mode == "neighbor"
+        mode = parse_segmentation(doc(**decoder), [tmp_path]).decoder.remove_small_mode
+        assert mode == decoder["remove_small_mode"]
