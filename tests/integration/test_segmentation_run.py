@@ -130,7 +130,9 @@ def test_a_run_stopped_part_way_resumes_to_the_same_labels(tmp_path: Path, pred:
             run_step(task.plan, task.step, task.block)
             run.finished(task)
             done += 1
-    again = run_serially(j)  # a new run: what the markers say is done is skipped
+    done_files = {p.name for p in (run.plan.run_dir.root / "done").iterdir()}
+    assert done_files <= {"done.log", "done.snap"}  # the ledger's two files, not a file per step
+    again = run_serially(j)  # a new run: what the record says is done is skipped
     assert again["resumed"] and again["steps_skipped"] >= 40
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert run_serially(j)["steps_skipped"] > 0  # complete: nothing to do
@@ -164,7 +166,7 @@ def test_complete_only_after_the_pyramid_and_a_run_stopped_in_it_resumes(
 
 def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred: np.ndarray) -> None:
     """The merge that creates the image killed after level 0 but before the image's metadata (and
-    its own marker): the next run deletes that half image of its own and makes it whole."""
+    its record): the next run deletes that half image of its own and makes it whole."""
     j = job(tmp_path, "seg.zarr")
     run = SegmentationRun.start(j)
     while (tasks := run.ready()) and tasks[0].step != WRITE:
@@ -175,7 +177,7 @@ def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred
     record = json.loads(meta.read_text())
     meta.write_text(json.dumps({**record, "attributes": {}}))  # no multiscales: not an image yet
     merge = SIZES if run.plan.dilates else NUMBER  # the merge that creates the image
-    (run.plan.run_dir.root / "done" / f"p{merge}_0_0_0.json").unlink()
+    run.ledger.forget(merge, (0, 0, 0))
     run_serially(j)
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert "image-label" in json.loads(meta.read_text())["attributes"]["ome"]

@@ -1,9 +1,9 @@
 """The segmentation run's steps with their reads and writes: what a Dask task (or the serial loop) runs.
 
-Each step of one block (or each merge, once) reads what the steps before it left in the run folder,
-writes its own files atomically, and only then its done marker
-(``<output.path>/.pytc-run/<dataset>/<layout key>/done/p<step>_<z>_<y>_<x>.json``), so a run killed at
-any moment resumes from the markers: a step is redone unless its marker is on disk. The arrays of
+Each step of one block (or each merge, once) reads what the steps before it left in the run folder
+and writes its own files atomically; the driver records it done once its task returned (the run
+folder's ledger, :mod:`workers.segmentation.rundir`), so a run killed at any moment resumes from
+the record: a step is redone unless it is recorded. The arrays of
 :mod:`volumes.labels.blockwise` are kept as::
 
     labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces;
@@ -103,15 +103,13 @@ class Plan:
 
 
 def run_step(plan: Plan, step: int, index: Index) -> int:
-    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step."""
+    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step. The
+    driver records it done once this returned (:class:`workers.segmentation.rundir.SegLedger`)."""
     run_dir = plan.run_dir
     confined(run_dir.root, plan.job.data_roots)
     if run_dir.is_cancelled():
         raise BlockCancelledError(f"job cancelled before step {step} of block {index}")
-    if run_dir.is_done(step, index):
-        return step
     STEPS[step](plan, index)
-    run_dir.mark_done(step, index, {"step": step, "block": list(index)})
     return step
 
 
