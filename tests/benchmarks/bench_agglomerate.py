@@ -33,9 +33,9 @@ def main() -> int:
     args = parser.parse_args()
     pred, gt = synthetic_cells()
     lines = [
-        "| merge function | threshold | segments (blocks / whole) | crossings | ARE vs whole | VOI split / merge vs whole "
-        "| ARE vs truth (blocks / whole) | VOI split / merge vs truth | waterz same fragments: ARE vs ours "
-        "| waterz own fragments: ARE vs truth |",
+        "| merge function | threshold | segments (blocks / whole) | crossings | ARE vs whole "
+        "| VOI split / merge vs whole | ARE vs truth (blocks / whole) | VOI split / merge vs truth "
+        "| waterz same fragments: ARE vs ours | waterz own fragments: ARE vs truth |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes = []
@@ -65,9 +65,10 @@ def main() -> int:
         with RESULTS.open("a") as out:
             out.write(
                 f"\n## affinity_agglomerate (issue 15), {when}\n\n"
-                f"`PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_agglomerate.py` on {os.cpu_count()} cores, "
-                f"load {' '.join(load)} (shared machine). Volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} "
-                f"(`volumes.synth` cells, `cell_size_nm` 400, {int(gt.max())} ids), blocks {BLOCK}, halo (4, 16, 16), "
+                "`PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_agglomerate.py` on "
+                f"{os.cpu_count()} cores, load {' '.join(load)} (shared machine). "
+                f"Volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (`volumes.synth` cells, `cell_size_nm` 400, "
+                f"{int(gt.max())} ids), blocks {BLOCK}, halo (4, 16, 16), "
                 "`aff_threshold` [0.05, 0.995].\n\n"
                 + table
                 + "\n\n"
