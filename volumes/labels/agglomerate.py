@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from volumes.labels.decoders import Decoder
+from volumes.labels.merge import Objects
 
 MERGE_FUNCTION = re.compile(r"^(mean|aff(\d{1,2})_his256)$")
 BINS = 256
@@ -91,6 +92,17 @@ class Agglomeration:
             seed_thres=0,
             margin=self.margin,
         )
+
+
+def agglomeration_of(decoder: Decoder) -> Agglomeration:
+    """The parameters of an ``affinity_agglomerate`` decoder."""
+    assert decoder.name == "affinity_agglomerate" and decoder.aff_threshold is not None
+    return Agglomeration(
+        thresholds=decoder.thresholds,
+        aff_threshold=decoder.aff_threshold,
+        merge_function=decoder.merge_function or "aff50_his256",
+        margin=decoder.margin,
+    )
 
 
 def quantile_of(merge_function: str) -> int | None:
@@ -353,6 +365,37 @@ def agglomerate_graph(edges: Edges, agg: Agglomeration) -> Merges:
     return Merges(tuple(agg.thresholds), graph.nodes, tuple(roots))
 
 
+def segments(
+    merges: Merges, i: int, k: int, fragments: Objects, relabel: str
+) -> tuple[np.ndarray, Objects, np.ndarray]:
+    """The job's merge step at threshold ``i``, for fragments 1..k with their statistics:
+    (the written number of each fragment 0..k, the segments' statistics by root fragment id, the
+    written number of each root 0..k). ``relabel: sequential`` numbers segments 1..N in the order of
+    their lowest fragment, that is of their first seed in raster order (the watershed decoders number
+    their objects by their seeds too); ``none`` keeps the root fragment's id (waterz's numbers)."""
+    from volumes.labels.merge import aggregate
+
+    ids = np.arange(k + 1, dtype=np.uint64)
+    root = merges.lookup(i, ids).astype(np.int64)
+    present = np.flatnonzero(fragments.count > 0) + 1
+    objects = aggregate(
+        root[present],
+        k,
+        *(getattr(fragments, f)[present - 1] for f in ("count", "first", "lo", "hi", "sums")),
+    )
+    written = np.zeros(k + 1, dtype=np.int64)
+    real = np.flatnonzero(objects.count > 0) + 1
+    if relabel == "sequential":
+        lowest = np.full(k + 1, k + 1, dtype=np.int64)
+        np.minimum.at(lowest, root[present], present)
+        written[real[np.argsort(lowest[real], kind="stable")]] = np.arange(1, real.size + 1)
+    else:
+        written[real] = real
+    per_fragment = written[root]
+    per_fragment[0] = 0
+    return per_fragment, objects, written
+
+
 # --- whole runs in memory -----------------------------------------------------------------------
 
 
@@ -413,14 +456,18 @@ def agglomerate_waterz(
 
     scoring, queue = waterz_scoring(agg.merge_function)
     affs = np.ascontiguousarray(as_affinities(pred))
-    kwargs: dict[str, object] = {"scoring_function": scoring, "discretize_queue": queue}
-    if fragments is not None:
-        kwargs["fragments"] = np.array(
-            fragments, dtype=np.uint64, order="C", copy=True
-        )  # waterz writes into it
-    else:
-        kwargs["aff_threshold_low"], kwargs["aff_threshold_high"] = agg.aff_threshold
-    return [np.array(s, copy=True) for s in waterz.agglomerate(affs, list(agg.thresholds), **kwargs)]
+    own = None if fragments is None else np.array(fragments, dtype=np.uint64, order="C", copy=True)
+    low, high = agg.aff_threshold
+    found = waterz.agglomerate(
+        affs,
+        list(agg.thresholds),
+        fragments=own,  # waterz writes into it
+        aff_threshold_low=low,  # not used with fragments
+        aff_threshold_high=high,
+        scoring_function=scoring,
+        discretize_queue=queue,
+    )
+    return [np.array(s, copy=True) for s in found]
 
 
 def crossings(fragments: np.ndarray, objects: np.ndarray) -> int:
