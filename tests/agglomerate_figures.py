@@ -17,13 +17,17 @@ from scipy import ndimage
 
 from volumes.labels.agglomerate import (
     Agglomeration,
-    agglomerate_blockwise,
-    agglomerate_in_memory,
+    agglomerate_graph,
     agglomerate_waterz,
+    as_affinities,
+    block_edges,
     crossings,
+    fragments_blockwise,
     fragments_in_memory,
+    graph_blockwise,
 )
-from volumes.metrics.reference import adapted_rand_error, variation_of_information
+from volumes.metrics.scores import adapted_rand, variation_of_information
+from volumes.metrics.table import ContingencyTable, table_of
 from volumes.synth import generate_em_volume
 
 SHAPE = (32, 160, 160)
@@ -82,35 +86,54 @@ class Figures:
     rows: list[Row]
 
 
-def figures(pred: np.ndarray, gt: np.ndarray, merge_function: str, block: tuple[int, ...] = BLOCK) -> Figures:
-    agg = Agglomeration(thresholds=THRESHOLDS, merge_function=merge_function, margin=(4, 16, 16))
-    whole = agglomerate_in_memory(pred, agg)
-    blocks, frags, edges = agglomerate_blockwise(pred, agg, block)
+def _are(table: ContingencyTable) -> float:
+    """SNEMI3D's adapted Rand error (first of the table: the reference labels)."""
+    return adapted_rand(table)["adapted_rand_error"]
+
+
+def figures(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    merge_functions: tuple[str, ...] = ("aff50_his256", "mean"),
+    block: tuple[int, ...] = BLOCK,
+    waterz: bool = True,
+) -> dict[str, Figures]:
+    """The figures per merge function; the fragments and both graphs are made once. ``waterz``:
+    also run waterz on the whole volume (else its columns are NaN)."""
+    agg = Agglomeration(thresholds=THRESHOLDS, margin=(4, 16, 16))
+    affs = as_affinities(pred)
     whole_frags = fragments_in_memory(pred, agg)
-    same = agglomerate_waterz(pred, agg, fragments=whole_frags)
-    own = agglomerate_waterz(pred, agg)
-    rows = []
-    for i, t in enumerate(THRESHOLDS):
-        rows.append(
-            Row(
-                merge_function,
-                t,
-                int(np.unique(blocks[i]).size - (blocks[i] == 0).any()),
-                int(np.unique(whole[i]).size - (whole[i] == 0).any()),
-                crossings(frags, whole[i]),
-                adapted_rand_error(whole[i], blocks[i])[0],
-                variation_of_information(whole[i], blocks[i]),
-                adapted_rand_error(gt, blocks[i])[0],
-                variation_of_information(gt, blocks[i]),
-                adapted_rand_error(gt, whole[i])[0],
-                adapted_rand_error(whole[i], same[i])[0],
-                adapted_rand_error(gt, own[i])[0],
+    whole_graph = block_edges(whole_frags, affs, (0, 0, 0))
+    frags = fragments_blockwise(pred, agg, block)
+    graph = graph_blockwise(frags, pred, block)
+    out = {}
+    for merge_function in merge_functions:
+        agg = Agglomeration(thresholds=THRESHOLDS, merge_function=merge_function, margin=(4, 16, 16))
+        on_whole, on_blocks = agglomerate_graph(whole_graph, agg), agglomerate_graph(graph, agg)
+        whole = [on_whole.lookup(i, whole_frags) for i in range(len(THRESHOLDS))]
+        blocks = [on_blocks.lookup(i, frags) for i in range(len(THRESHOLDS))]
+        same = agglomerate_waterz(pred, agg, fragments=whole_frags) if waterz else []
+        own = agglomerate_waterz(pred, agg) if waterz else []
+        rows = []
+        for i, t in enumerate(THRESHOLDS):
+            vs_whole, vs_gt = table_of(whole[i], blocks[i]), table_of(gt, blocks[i])
+            rows.append(
+                Row(
+                    merge_function,
+                    t,
+                    int(np.unique(blocks[i]).size - (blocks[i] == 0).any()),
+                    int(np.unique(whole[i]).size - (whole[i] == 0).any()),
+                    crossings(frags, whole[i]),
+                    _are(vs_whole),
+                    variation_of_information(vs_whole),
+                    _are(vs_gt),
+                    variation_of_information(vs_gt),
+                    _are(table_of(gt, whole[i])),
+                    _are(table_of(whole[i], same[i])) if waterz else float("nan"),
+                    _are(table_of(gt, own[i])) if waterz else float("nan"),
+                )
             )
+        out[merge_function] = Figures(
+            int(np.unique(frags).size - 1), float((frags == whole_frags).mean()), graph.n, graph.nbytes, rows
         )
-    return Figures(
-        int(np.unique(frags).size - 1),
-        float((frags == whole_frags).mean()),
-        edges.n,
-        edges.nbytes,
-        rows,
-    )
+    return out

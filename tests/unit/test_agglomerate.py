@@ -121,8 +121,7 @@ def test_affinities_need_three_channels():
 def test_figures_against_the_whole_volume_and_ground_truth():
     """The figures recorded in RESULTS.md (bench_agglomerate.py), with thresholds."""
     pred, gt = synthetic_cells()
-    for merge_function in ("mean", "aff50_his256"):
-        f = figures(pred, gt, merge_function)
+    for merge_function, f in figures(pred, gt, waterz=False).items():
         assert f.identical_fragment_voxels > 0.995
         assert f.graph_bytes < 40 * f.edges + 1
         for row in f.rows:
@@ -131,6 +130,5 @@ def test_figures_against_the_whole_volume_and_ground_truth():
         best = {r.threshold: r for r in f.rows}
         if merge_function == "mean":
             assert best[0.6].are_gt < 0.02 and best[0.6].are_whole < 1e-4 and best[0.6].crossings <= 2
-            assert best[0.3].are_waterz_same < 1e-3 and best[0.6].are_waterz_same < 1e-3
         else:
             assert best[0.1].are_gt < 0.1 and best[0.1].are_whole < 0.003
