@@ -1,7 +1,8 @@
 """Opening a volume: :func:`open_volume` tells the format from the store itself and picks its backend.
 
-The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's and TIFF's signatures, never
-from the name alone; only a TileDataset, a plain JSON file, is known by its ``.json`` suffix.
+The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's and TIFF's
+signatures, never from the name alone; only a TileDataset, a plain JSON file, is known by its
+``.json`` suffix.
 """
 
 from __future__ import annotations

@@ -79,9 +79,9 @@ class TiffVolume(StoredVolume):
         chunk_bytes = math.prod(array.chunks) * self.dtype.itemsize
         if chunk_bytes > MAX_CHUNK_BYTES:
             raise VolumeFormatError(
-                f"{self.path}: one strip of this TIFF holds {chunk_bytes:,} bytes (chunk {tuple(array.chunks)}), "
-                f"over the {MAX_CHUNK_BYTES:,} read at once; store it tiled (tifffile.imwrite(..., tile=(256, 256))) "
-                "or convert it to zarr"
+                f"{self.path}: one strip of this TIFF holds {chunk_bytes:,} bytes (chunk "
+                f"{tuple(array.chunks)}), over the {MAX_CHUNK_BYTES:,} read at once; store it tiled "
+                "(tifffile.imwrite(..., tile=(256, 256))) or convert it to zarr"
             )
 
     @property

@@ -21,7 +21,7 @@ from service.errors import SpecError
 from service.kinds.pytc_config import pytc_field
 from service.pytc import keys
 from service.pytc.config import load_pytc_config, pytc_defaults
-from service.pytc.convert import check_refused, convert_pytc, inference_document, volume_path
+from service.pytc.convert import check_refused, convert_pytc, inference_documents, volume_path
 from service.pytc.training import training_document
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -196,6 +196,7 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
         [],
         ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "DATASET.REJECT_SAMPLING.SIZE_THRES", "10"],
         ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"],
+        ["INFERENCE.DO_SINGLY", "True", "INFERENCE.IMAGE_NAME", "a.h5@b.h5"],
         *[["MODEL.ARCHITECTURE", arch] for arch in ("unetr", "swinunetr", "fpn_3d", "deeplabv3a")],
     ]
     for overrides in variants:
@@ -205,7 +206,7 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
             )
             check_refused(cfg)
             if inference:
-                inference_document(cfg, None, None)
+                inference_documents(cfg, None, None)
             else:
                 training_document(cfg, None, lambda key, cfg=cfg: volume_path(cfg, key, None), [])
             read |= cfg.read

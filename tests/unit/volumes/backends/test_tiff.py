@@ -53,7 +53,9 @@ def test_multichannel_pages_are_channel_first_as_pytc_turns_them(tmp_path: Path)
     assert volume.shape == (3, 5, 40, 30)
     pytc = imageio.volread(path).squeeze().transpose(1, 0, 2, 3)  # PyTC's readvol
     assert np.array_equal(volume.read(Box.of_shape(volume.shape)), pytc)
-    assert np.array_equal(volume.read(Box.from_bounds((1, 2, 3, 4), (3, 5, 20, 25))), pytc[1:3, 2:5, 3:20, 4:25])
+    assert np.array_equal(
+        volume.read(Box.from_bounds((1, 2, 3, 4), (3, 5, 20, 25))), pytc[1:3, 2:5, 3:20, 4:25]
+    )
 
 
 def test_what_is_not_a_tiff_stack_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,5 +74,5 @@ def test_what_is_not_a_tiff_stack_is_refused_by_name(tmp_path: Path, monkeypatch
         open_volume(stack)
     damaged = tmp_path / "damaged.tif"
     damaged.write_bytes(stack.read_bytes()[:8])
-    with pytest.raises(VolumeFormatError, match="damaged.tif"):
+    with pytest.raises(VolumeFormatError, match=r"damaged\.tif"):
         open_volume(damaged)
