@@ -77,12 +77,23 @@ REFUSED_IN_TRAINING: dict[str, str] = {
     "DATASET.VAL_LABEL_NAME": "as DATASET.VAL_IMAGE_NAME",
     "DATASET.VAL_VALID_MASK_NAME": "as DATASET.VAL_IMAGE_NAME",
     "MODEL.TARGET_OPT_MULTISEG_SPLIT": "multi-segmentation splits are not a target here",
-    "MODEL.LABEL_EROSION": "label erosion is not done",
-    "MODEL.LABEL_DILATION": "label dilation is not done",
-    "MODEL.REGU_OPT": "regularisation losses are not done",
+    "MODEL.LABEL_EROSION": (
+        "PyTC widens the borders between instances by this many pixels (seg_widen_border: a voxel whose "
+        "(2n+1)x(2n+1) xy window holds two ids becomes background) before computing each target; our "
+        "trainer's targets come from the labels as they are. Train without it (None), or erode the "
+        "labels so first"
+    ),
+    "MODEL.LABEL_DILATION": "PyTC dilates the labels in xy before computing targets; our trainer does not",
+    "MODEL.REGU_OPT": (
+        "PyTC adds regularisation losses between heads (BinaryReg, FgDT and ContourDT consistency, "
+        "NonoverlapReg); our trainer's loss is the targets' own (bce, dice, ce) only"
+    ),
     "MODEL.REGU_TARGET": "as MODEL.REGU_OPT",
     "MODEL.REGU_WEIGHT": "as MODEL.REGU_OPT",
-    "MODEL.LOSS_KWARGS_KEY": "loss arguments are not passed",
+    "MODEL.LOSS_KWARGS_KEY": (
+        "PyTC passes these keyword arguments to its loss classes (e.g. WeightedCE's class weights); our "
+        "trainer's losses take none"
+    ),
     "MODEL.LOSS_KWARGS_VAL": "as MODEL.LOSS_KWARGS_KEY",
     "SOLVER.BIAS_LR_FACTOR": "one learning rate for all parameters",
     "SOLVER.WEIGHT_DECAY_BIAS": "one weight decay for all parameters",

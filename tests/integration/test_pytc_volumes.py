@@ -17,11 +17,17 @@ import tifffile
 import yaml
 
 from service.cli import main
-from tests.integration.test_pytc_config_run import CASES, GOLDEN, _root, golden  # noqa: F401 (fixture)
+from tests.integration.test_pytc_config_run import CASES, GOLDEN, _root
 from volumes.box import Box
 from volumes.open import open_volume
 
 CONFIG = str(GOLDEN / f"{CASES[0]}.yaml")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "golden.npz") as stored:
+        return {key: stored[key] for key in stored.files}
 
 
 def _flags(root: Path) -> list[str]:
@@ -82,7 +88,10 @@ def test_convert_writes_one_job_per_volume(
     root = _root(tmp_path, golden, CASES[0])
     singly = ["INFERENCE.IMAGE_NAME", "a.tif@b.h5@c.tif", "INFERENCE.DO_SINGLY", "True"]
     out = tmp_path / "job.yaml"
-    assert main(["convert", CONFIG, *singly, "INFERENCE.DO_SINGLY_STEP", "-1", "-o", str(out), *_flags(root)]) == 0
+    assert (
+        main(["convert", CONFIG, *singly, "INFERENCE.DO_SINGLY_STEP", "-1", "-o", str(out), *_flags(root)])
+        == 0
+    )
     written = [tmp_path / f"job-{i}.yaml" for i in range(3)]
     assert capsys.readouterr().out.split() == [str(p) for p in written] and not out.exists()
     docs = [yaml.safe_load(p.read_text()) for p in written]
