@@ -4,16 +4,18 @@ series, length-1 axes dropped, (z, c, y, x) turned to (c, z, y, x)), out of core
 from __future__ import annotations
 
 import pickle
+import zlib
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from volumes.backends import tiff as tiff_backend
 from volumes.box import Box
-from volumes.errors import VolumeFormatError, VolumeReadOnlyError
+from volumes.errors import OversizedChunkError, VolumeFormatError, VolumeReadOnlyError
 from volumes.open import open_volume
 
 
@@ -76,3 +78,36 @@ def test_what_is_not_a_tiff_stack_is_refused_by_name(tmp_path: Path, monkeypatch
     damaged.write_bytes(stack.read_bytes()[:8])
     with pytest.raises(VolumeFormatError, match=r"damaged\.tif"):
         open_volume(damaged)
+
+
+def _bomb(path: Path) -> None:
+    """A deflated TIFF whose last tile of page 1 is a zlib stream of 50 MiB of zeros (a 256-byte tile)."""
+    tifffile.imwrite(
+        path, np.zeros((3, 40, 30), np.uint8), photometric="minisblack", compression="zlib", tile=(16, 16)
+    )
+    bomb = zlib.compress(b"\0" * (50 << 20), 9)
+    with open(path, "ab") as f:
+        offset = f.seek(0, 2)
+        f.write(bomb)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tags = tif.pages[1].tags
+        offsets, counts = list(tags["TileOffsets"].value), list(tags["TileByteCounts"].value)
+        offsets[-1], counts[-1] = offset, len(bomb)
+        tags["TileOffsets"].overwrite(offsets)
+        tags["TileByteCounts"].overwrite(counts)
+
+
+def test_a_deflate_bomb_is_refused_naming_page_and_tile_and_unbounded_compressions_by_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bomb.tif"
+    _bomb(path)
+    volume = open_volume(path)
+    assert volume.read(Box.from_bounds((0, 0, 0), (3, 16, 16))).sum() == 0  # tiles the box touches only
+    with pytest.raises(OversizedChunkError, match=r"bomb\.tif page 1 chunk '5'.*decompression bomb"):
+        volume.read(Box.of_shape(volume.shape))
+    lzw = tmp_path / "lzw.tif"
+    pages = [Image.fromarray(page) for page in _stack((3, 20, 20))]
+    pages[0].save(lzw, save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    with pytest.raises(VolumeFormatError, match=r"lzw\.tif: page 0 is compressed with LZW.*zlib"):
+        open_volume(lzw).read(Box.from_bounds((0, 0, 0), (1, 20, 20)))
