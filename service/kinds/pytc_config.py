@@ -9,6 +9,8 @@ The document holds PyTC's own files as text, and what PyTC's ``main.py`` takes b
 Parsing converts it (:mod:`service.pytc`: yacs rules over PyTC's defaults, every key mapped or
 refused by name) into an inference or a training document and parses that with its own kind; the
 job is then that kind's job, and admission, the run, the target and the summary are that kind's.
+A config naming several input volumes (``IMAGE_NAME: a.h5@b.h5``) is one inference job per volume,
+as PyTC predicts each: all admitted first, then run in turn (docs/pytc.md, "Several volumes").
 A problem found in the converted document names the PyTC key it came from (``MODEL.INPUT_SIZE
 (window.patch_size): ...``), so a PyTC user reads their own names. ``pytc run --pytc-config`` builds
 this same document from the files.
