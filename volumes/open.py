@@ -13,6 +13,7 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
+from volumes.backends.png import has_pattern, is_png_stack, open_png
 from volumes.backends.precomputed import PrecomputedVolume
 from volumes.backends.tiff import is_tiff, open_tiff
 from volumes.backends.tiles import open_tiles
@@ -47,11 +48,14 @@ def open_volume(
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
     VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
     with an ``info`` file; ``dataset`` names a scale by key or index), HDF5, a TIFF stack (no
-    dataset: the file's first series) nor a TileDataset ``.json``.
+    dataset: the file's first series), a PNG stack (a ``.png`` file or pattern of files, such as
+    ``slices/*.png``: sorted, as PyTC's ``readvol``) nor a TileDataset ``.json``.
     """
     if is_url(path):  # an object store: s3://bucket/key
         return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
+    if is_png_stack(str(path)) and (has_pattern(str(path)) or root.is_file()):
+        return open_png(str(path), name, mode)  # a pattern of files, or one: PyTC's readvol by suffix
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
     if root.is_file() and root.suffix.lower() == ".json":

@@ -29,9 +29,9 @@ from workers.errors import SpecError
 # The path of an HDF5 file (as the document names it) -> its first dataset, or None
 FirstDataset = Callable[[str], "str | None"]
 
-# HDF5, TIFF stacks and TileDataset JSON as PyTC reads them; zarr and N5 (an array, or a container's array as
-# ``vol.zarr/raw``) beyond PyTC: what the service reads
-READABLE = (".h5", ".hdf5", ".tif", ".tiff", ".json", ".zarr", ".n5")
+# HDF5, TIFF and PNG stacks (a .png name may be a pattern) and TileDataset JSON as PyTC reads them;
+# zarr and N5 (an array, or a container's array as ``vol.zarr/raw``) beyond PyTC: what the service reads
+READABLE = (".h5", ".hdf5", ".tif", ".tiff", ".png", ".json", ".zarr", ".n5")
 # PyTC's INFERENCE.OUTPUT_ACT -> ours. relu and elu are "none": PyTC clips every window at 0 after
 # them (window.raw_heads: pytc does so too), where relu(x) and elu(x) are both max(x, 0); and as
 # both keep order, a TTA min (from 1) or max (from 0) of them is that of x, clipped. A TTA mean of
@@ -289,17 +289,19 @@ def _volume_section(
         raise refuse(
             dotted, "file lists are not read; name the volumes with @ (a.h5@b.h5), or stack them", name
         )
-    if "*" in name or path.lower().endswith(".png"):
+    if posixpath.basename(name) in ("*.png", "*.tif"):
         raise refuse(
             dotted,
-            "PNG images and globs of 2D images are not read; "
-            "store the stack as one TIFF, HDF5 or zarr volume",
+            f"PyTC predicts each file {name} matches as its own one-section volume; name a pattern "
+            "such as slice_*.png to read them as one stack, or list the volumes with @",
             name,
         )
+    if "*" in name and not path.lower().endswith(".png"):
+        raise refuse(dotted, "only a .png name may be a pattern of files (PyTC's readvol)", name)
     if not path.rstrip("/").lower().endswith(READABLE) and not re.search(r"\.(zarr|n5)/", path.lower()):
         raise refuse(
             dotted,
-            "the service reads HDF5, TIFF, zarr, N5 and TileDataset .json volumes",
+            "the service reads HDF5, TIFF, PNG, zarr, N5 and TileDataset .json volumes",
             name,
         )
     if cfg.get("DATASET.DO_CHUNK_TITLE") and not path.endswith(".json"):

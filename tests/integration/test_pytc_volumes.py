@@ -1,10 +1,11 @@
-"""PyTC configs naming several volumes (``IMAGE_NAME: a@b``) and TIFF stacks, run through ``pytc
+"""PyTC configs naming several volumes (``IMAGE_NAME: a@b``), TIFF and PNG stacks, run through ``pytc
 run --pytc-config`` against PyTorch Connectomics v1's own ``Trainer.test`` output.
 
 The golden image and weights are those of ``test_pytc_config_run.py`` (``tests/data/pytc_golden``,
-made with upstream PyTC, ``make_golden.py``). PyTC reads a ``.tif`` with ``imageio.volread``, the same
-array as the HDF5 file holds, so each volume's output must be PyTC's, bit for bit, in the dataset
-PyTC's ``writeh5`` gives it (``vol0``, ``vol1``, ...).
+made with upstream PyTC, ``make_golden.py``). PyTC reads a ``.tif`` with ``imageio.volread`` and a
+``.png`` pattern as its sorted files stacked, the same array as the HDF5 file holds, so each
+volume's output must be PyTC's, bit for bit, in the dataset PyTC's ``writeh5`` gives it (``vol0``,
+``vol1``, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from PIL import Image
 
 from service.cli import main
 from tests.integration.test_pytc_config_run import CASES, GOLDEN, _root
@@ -50,7 +52,9 @@ def test_several_volumes_run_in_turn_each_as_pytc_writes_it(
 ) -> None:
     root = _root(tmp_path, golden, CASES[0])
     tifffile.imwrite(root / "data" / "im.tif", golden["image"], photometric="minisblack", tile=(16, 16))
-    names = ["INFERENCE.IMAGE_NAME", "im.tif@im.h5"]
+    for z, section in enumerate(golden["image"]):  # a PNG stack: PyTC's readvol of "s_*.png"
+        Image.fromarray(section).save(root / "data" / f"s_{z:03d}.png")
+    names = ["INFERENCE.IMAGE_NAME", "im.tif@s_*.png"]
     assert main(["run", "--pytc-config", CONFIG, *names, *_flags(root), "--quiet"]) == 0
     for dataset in ("vol0", "vol1"):  # PyTC's one output file, a dataset per volume
         written = open_volume(root / "out" / "result.zarr", dataset)

@@ -135,8 +135,9 @@ def test_training_mapping() -> None:
         (["DATASET.DATA_SCALE", "[1.0, 0.5, 0.5]"], True, "DATASET.DATA_SCALE"),
         (["INFERENCE.OUTPUT_ACT", "['relu', 'none']"], True, "INFERENCE.OUTPUT_ACT"),  # a TTA mean of relu
         (["INFERENCE.OUTPUT_ACT", "['gelu', 'none']"], True, "INFERENCE.OUTPUT_ACT"),
-        (["INFERENCE.IMAGE_NAME", "im.png"], True, "INFERENCE.IMAGE_NAME"),
-        (["INFERENCE.IMAGE_NAME", "a.h5@images/*.png"], True, "INFERENCE.IMAGE_NAME"),
+        (["INFERENCE.IMAGE_NAME", "im.bmp"], True, "INFERENCE.IMAGE_NAME"),
+        (["INFERENCE.IMAGE_NAME", "a.h5@images/*.png"], True, "INFERENCE.IMAGE_NAME"),  # one volume each
+        (["INFERENCE.IMAGE_NAME", "images/*.h5"], True, "INFERENCE.IMAGE_NAME"),
         (["INFERENCE.IMAGE_NAME", "list.txt"], True, "INFERENCE.IMAGE_NAME"),
         (["DATASET.IMAGE_NAME", "a.h5@b.h5"], False, "DATASET.IMAGE_NAME"),  # training reads one volume
         (
@@ -282,7 +283,7 @@ def test_relu_and_elu_heads_are_raw_heads_clipped_as_pytc_clips_them(act: str, t
 
 def test_several_volumes_are_one_document_each_where_pytc_writes_them() -> None:
     """Trainer.test: one output file, a dataset per volume; INPUT_PATH one folder for all, or one each."""
-    names = ["INFERENCE.IMAGE_NAME", "a.tif@b.h5@c.zarr/raw", "INFERENCE.INPUT_PATH", "x/@y/@z/"]
+    names = ["INFERENCE.IMAGE_NAME", "a.tif@b.h5@c.zarr/raw@s_*.png", "INFERENCE.INPUT_PATH", "x/@y/@z/@w/"]
     conversion = convert_pytc([("golden", GOLDEN.read_text())], names, inference=True)
     assert [
         (d["input"]["path"], d["output"]["path"], d["output"]["dataset"]) for d in conversion.documents
@@ -290,6 +291,7 @@ def test_several_volumes_are_one_document_each_where_pytc_writes_them() -> None:
         ("x/a.tif", "out/result.zarr", "vol0"),
         ("y/b.h5", "out/result.zarr", "vol1"),
         ("z/c.zarr/raw", "out/result.zarr", "vol2"),
+        ("w/s_*.png", "out/result.zarr", "vol3"),
     ]
     for doc in conversion.documents:
         validate(InferenceDocument, doc)
