@@ -27,8 +27,8 @@ from workers.runtime.cancel import CancelFlag
 
 Index = tuple[int, ...]
 # The ledger's slot of each step (workers.segmentation.steps: LABEL, LINK, RANK, DILATE, WRITE,
-# then the merges NUMBER and SIZES, one block each).
-SLOTS = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 10: 5, 11: 6}
+# then the merges NUMBER and SIZES, one block each; affinity_agglomerate's EDGES and AGGLOMERATE).
+SLOTS = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 10: 5, 11: 6, 6: 7, 12: 8}
 
 
 @dataclass(frozen=True)
