@@ -226,7 +226,8 @@ def _merge_small_oracle(segm: np.ndarray, thres_small: int) -> np.ndarray:
     return segm
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     connectivity=st.sampled_from([18, 26]),
@@ -254,7 +255,8 @@ def test_neighbor_mode_equals_pytc_merge_small_objects(
     assert np.array_equal(decode_blockwise(_binary(mask), decoder, block, "sequential"), expected)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     name=st.sampled_from(["binary_connected", "affinity_connected", "neighbor_2d"]),
