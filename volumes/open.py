@@ -78,8 +78,8 @@ def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
     """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
     root = normalise_url(url)
     kind = url_node_kind(join_url(root, dataset))
-    if kind is not None and kind[1] == "group" and kind[0] != "n5":  # an image: its full resolution
-        level = url_image_level0(join_url(root, dataset), kind[0])
+    if kind is None or kind[1] == "group":  # an image: its full resolution (an N5 image group has
+        level = url_image_level0(join_url(root, dataset), kind[0] if kind else "n5")  # no "n5" key)
         if level is not None:
             dataset = f"{dataset}/{level}" if dataset else level
             kind = url_node_kind(join_url(root, dataset))

@@ -51,7 +51,7 @@ from volumes.ome import image_entry, image_level0, put_image, put_multiscale
 from volumes.open import open_volume
 from volumes.pyramid import Factors, level_shape
 from volumes.remote import check_url_output
-from volumes.urls import is_url, normalise_url, zarr_store
+from volumes.urls import is_url, join_url, normalise_url, read_json_url, write_json_url, zarr_store
 from volumes.volume import Volume
 
 OutputFormat = Literal["zarr3", "zarr2", "n5"]
@@ -89,7 +89,7 @@ def create_output(
     The container may already hold other datasets, which are kept. An existing ``dataset`` raises
     VolumeExistsError (and is left untouched) unless ``overwrite``, which deletes it, and only it,
     first. ``attrs`` go on level 0. ``shards`` (zarr v3, spatial, each a multiple of ``chunks``)
-    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL (zarr only).
+    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL.
     """
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
@@ -102,10 +102,13 @@ def create_output(
         name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard,
         label,
     )  # fmt: skip
-    if is_url(path):  # an object store: zarr through FsspecStore (volumes.remote)
+    if is_url(path):  # an object store: zarr through FsspecStore, N5 metadata objects (volumes.remote)
         url = normalise_url(str(path))
         check_url_output(url, name, format, overwrite)
-        _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
+        if format == "n5":
+            _create_n5(url, image, dict(attrs or {}))
+        else:
+            _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
         return open_volume(url, name, mode="r+")
     _check_container(root, format)
     if (root / name).exists():
@@ -252,9 +255,10 @@ def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
     )
 
 
-def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
+def _create_n5(root: Path | str, image: _Image, attrs: dict[str, Any]) -> None:
     """The N5 root's version, the image group's ``scales`` and each level's ``attributes.json``
-    (``s0``, ``s1``, ...), everything in N5's x-first order."""
+    (``s0``, ``s1``, ...), everything in N5's x-first order. ``root`` is a folder or an ``s3://``
+    URL (each metadata file one object there)."""
     if image.dtype.name not in N5_DTYPES:
         raise VolumeFormatError(
             f"N5 cannot store dtype {image.dtype.name}; expected one of {sorted(N5_DTYPES)}"
@@ -262,16 +266,16 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
     reserved = sorted(N5_RESERVED & attrs.keys())
     if reserved:
         raise VolumeFormatError(f"attributes {reserved} for {root} dataset {image.name!r} are N5 metadata")
-    root.mkdir(parents=True, exist_ok=True)
-    root_meta = read_json_object(root / "attributes.json") or {}
+    root_meta = _n5_read(root, "") or {}
     if "n5" not in root_meta:
-        write_json_atomic(root / "attributes.json", {**root_meta, "n5": N5_VERSION})
+        _n5_write(root, "", {**root_meta, "n5": N5_VERSION})
     lead = [] if image.label else [1]
     scales = [[*(int(f) for f in factors[::-1]), *lead] for factors in image.levels]
     group_meta: dict[str, Any] = {"multiScale": True, "scales": scales, "axes": list(image.axes[::-1])}
     group_meta |= _n5_resolution(image.voxel_size, (1, 1, 1), image.label)
-    (root / image.name).mkdir(parents=True)
-    write_json_atomic(root / image.name / "attributes.json", group_meta)
+    if isinstance(root, Path):
+        (root / image.name).mkdir(parents=True)
+    _n5_write(root, image.name, group_meta)
     for index, factors in enumerate(image.levels):
         shape, chunks = image.level(index)
         meta: dict[str, Any] = {
@@ -284,8 +288,23 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
             "downsamplingFactors": scales[index],
         }
         meta |= _n5_resolution(image.voxel_size, factors, image.label)
-        (root / image.name / f"s{index}").mkdir()
-        write_json_atomic(root / image.name / f"s{index}" / "attributes.json", meta)
+        if isinstance(root, Path):
+            (root / image.name / f"s{index}").mkdir()
+        _n5_write(root, f"{image.name}/s{index}", meta)
+
+
+def _n5_read(root: Path | str, node: str) -> dict[str, Any] | None:
+    if isinstance(root, Path):
+        return read_json_object(root / node / "attributes.json")
+    return read_json_url(f"{join_url(root, node)}/attributes.json")
+
+
+def _n5_write(root: Path | str, node: str, meta: dict[str, Any]) -> None:
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / node / "attributes.json", meta)
+    else:
+        write_json_url(f"{join_url(root, node)}/attributes.json", meta)
 
 
 def _n5_resolution(

@@ -107,6 +107,11 @@ def read_json_url(url: str) -> dict[str, Any] | None:
     return value
 
 
+def write_json_url(url: str, value: dict[str, Any]) -> None:
+    """Store the JSON object ``value`` at ``url`` (one PUT: readers see the old object or the new)."""
+    filesystem().pipe_file(url[len(SCHEME) :], json.dumps(value, indent=2).encode())
+
+
 def url_exists(url: str) -> bool:
     """Whether any object is stored at or below ``url``."""
     fs = filesystem()

@@ -432,10 +432,10 @@ def _shards(section: OutputSection) -> tuple[int, int, int] | None:
 
 
 def _check_remote_output(url: str, format: str, roots: Sequence[Root]) -> None:
-    """An output in an object store: zarr, not a root itself, and a run folder on a file system
-    inside a local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
-    if format not in ("zarr3", "zarr2"):
-        raise SpecError("output.format", f"an output in an object store is zarr3 or zarr2, not {format}")
+    """An output in an object store: not a root itself, and a run folder on a file system inside a
+    local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+    if format not in ("zarr3", "zarr2", "n5"):
+        raise SpecError("output.format", f"an output in an object store is zarr3, zarr2 or n5, not {format}")
     if any(isinstance(root, str) and url_under(root, url) for root in roots):
         raise SpecError("output.path", f"{url} is a data root (or holds one); name a container inside it")
     scratch = scratch_dir()
