@@ -12,7 +12,7 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
-from volumes.backends.precomputed import PrecomputedVolume
+from volumes.backends.precomputed import PrecomputedVolume, locate
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
@@ -55,7 +55,7 @@ def open_volume(
         return open_tiles(root, name, mode, labels=labels)
     if root.is_file():
         return open_hdf5(root, name, mode)
-    if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata
+    if is_precomputed_folder(root) or (name and locate(str(root), name)):  # scales: by key or index
         return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
@@ -77,6 +77,8 @@ def open_volume(
 def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
     """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
     root = normalise_url(url)
+    if locate(root, dataset) is not None:  # a precomputed volume (or an image in a container)
+        return PrecomputedVolume(root, dataset, mode)
     kind = url_node_kind(join_url(root, dataset))
     if kind is None or kind[1] == "group":  # an image: its full resolution (an N5 image group has
         level = url_image_level0(join_url(root, dataset), kind[0] if kind else "n5")  # no "n5" key)

@@ -22,9 +22,13 @@ never-written chunks read as 0, dimensions are named, and the voxel size travels
 ``multiscales`` on the image group (zarr: 0.4 on v2, 0.5 on v3, written by :mod:`volumes.ome`) or
 ``resolution``/``pixelResolution`` (N5).
 
-N5 metadata is written here as JSON rather than through tensorstore: outputs are created by the
-planner, in a process that may fork later, and tensorstore aborts in a forked child once the parent
-has used it. Workers (spawned) write the N5 chunks through tensorstore.
+A neuroglancer precomputed output (``format="precomputed"``) is the folder ``out/pred`` with its
+``info`` (:func:`volumes.backends.precomputed.create_precomputed`): one scale, keyed ``0``, so that
+``pred/0`` is its level 0 as for the other formats; it has no coarser levels.
+
+N5 and precomputed metadata is written here as JSON rather than through tensorstore: outputs are
+created by the planner, in a process that may fork later, and tensorstore aborts in a forked child
+once the parent has used it. Workers (spawned) write the N5 and precomputed chunks through tensorstore.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from volumes.backends.n5 import N5_RESERVED
-from volumes.detect import clean_dataset, list_datasets, node_kind
+from volumes.backends.precomputed import create_precomputed
+from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundError
 from volumes.files import read_json_object, write_json_atomic
 from volumes.ome import image_entry, image_level0, put_image, put_multiscale
@@ -54,7 +59,7 @@ from volumes.remote import check_url_output
 from volumes.urls import is_url, join_url, normalise_url, read_json_url, write_json_url, zarr_store
 from volumes.volume import Volume
 
-OutputFormat = Literal["zarr3", "zarr2", "n5"]
+OutputFormat = Literal["zarr3", "zarr2", "n5", "precomputed"]
 AXES = ("c", "z", "y", "x")
 LABEL_AXES = ("z", "y", "x")
 ZSTD_LEVEL = 3
@@ -102,10 +107,14 @@ def create_output(
         name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard,
         label,
     )  # fmt: skip
+    if format == "precomputed" and (len(image.levels) > 1 or label):
+        raise VolumeFormatError("a precomputed output is one scale of predictions (no pyramid, no labels)")
     if is_url(path):  # an object store: zarr through FsspecStore, N5 metadata objects (volumes.remote)
         url = normalise_url(str(path))
         check_url_output(url, name, format, overwrite)
-        if format == "n5":
+        if format == "precomputed":
+            _create_precomputed(join_url(url, name), image, dict(attrs or {}))
+        elif format == "n5":
             _create_n5(url, image, dict(attrs or {}))
         else:
             _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
@@ -116,7 +125,9 @@ def create_output(
             raise VolumeExistsError(f"output {root} dataset {name!r} exists; set overwrite to replace it")
         logger.info("overwriting output %s dataset %r", root, name)
         delete_dataset(root, name)
-    if format == "n5":
+    if format == "precomputed":
+        _create_precomputed(str(root / name), image, dict(attrs or {}))
+    elif format == "n5":
         _create_n5(root, image, dict(attrs or {}))
     else:
         _create_zarr(str(root), format, image, dict(attrs or {}))
@@ -134,6 +145,9 @@ def delete_dataset(path: str | os.PathLike[str], dataset: str) -> None:
     refused."""
     root, name = Path(path), clean_dataset(dataset)
     node = root / (name or "")
+    if name is not None and is_precomputed_folder(node):
+        shutil.rmtree(node)
+        return
     kind = node_kind(node) if name and node.is_dir() else None
     if name is not None and node.is_dir() and image_level0(node, kind[0] if kind else "n5") is not None:
         shutil.rmtree(node)
@@ -169,8 +183,10 @@ def _shard_shape(
     """The stored (c, z, y, x) shard for spatial ``shards``, checked; None when unsharded."""
     if shards is None:
         return None
-    if format != "zarr3":
-        raise VolumeFormatError(f"shards are a zarr v3 feature; {format} output cannot be sharded")
+    if format not in ("zarr3", "precomputed"):
+        raise VolumeFormatError(
+            f"shards are a zarr v3 or precomputed feature; {format} output cannot be sharded"
+        )
     if len(shards) != 3 or any(int(s) < 1 or int(s) % int(c) for s, c in zip(shards, chunks, strict=False)):
         raise VolumeFormatError(
             f"shards {list(shards)} must be 3 positive multiples of chunks {list(chunks)}"
@@ -189,6 +205,8 @@ def _check_container(root: Path, format: OutputFormat) -> None:
     empty = not any(not p.name.startswith(".") for p in root.iterdir())
     if kind == (format, "group") or (kind is None and empty):
         return
+    if format == "precomputed" and kind is None and not is_precomputed_folder(root):
+        return  # a folder of precomputed images (each its own folder with an info)
     if kind is None and format == "n5" and list_datasets(root):
         return  # N5 made by tensorstore has no root attributes.json, only its datasets
     found = f"a {kind[0]} {kind[1]}" if kind else "a directory of no known format"
@@ -216,6 +234,13 @@ class _Image:
         shape = level_shape(self.shape, self.levels[index])
         lead = shape[:-3]
         return shape, (*lead, *(min(c, s) for c, s in zip(self.chunks, shape[-3:], strict=True)))
+
+
+def _create_precomputed(folder: str, image: _Image, attrs: dict[str, Any]) -> None:
+    create_precomputed(
+        folder, image.shape, image.dtype, image.chunks, image.voxel_size, image.translation, attrs,
+        image.shards[-3:] if image.shards else None,
+    )  # fmt: skip
 
 
 def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:

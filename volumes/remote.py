@@ -69,15 +69,18 @@ def check_url_output(url: str, name: str, format: str, overwrite: bool) -> None:
     """Before an output image ``name`` is created in the container at ``url``: zarr or N5, the
     container a group of ``format`` (or nothing yet), and no ``name`` there unless ``overwrite``
     (which deletes it, and only it, first)."""
-    if format not in ("zarr3", "zarr2", "n5"):
-        raise VolumeFormatError(f"an output in an object store is zarr3, zarr2 or n5, not {format}")
+    if format not in ("zarr3", "zarr2", "n5", "precomputed"):
+        raise VolumeFormatError(
+            f"an output in an object store is zarr3, zarr2, n5 or precomputed, not {format}"
+        )
     kind = url_node_kind(url)
-    if kind is not None and kind != (format, "group"):
+    if kind is not None and kind != (format, "group") and format != "precomputed":
         raise VolumeFormatError(
             f"{url} is a {kind[0]} {kind[1]}; expected a {format} group to hold the output"
         )
     target = join_url(url, name)
-    if url_node_kind(target) is not None or (format == "n5" and url_image_level0(target, "n5")):
+    taken = url_node_kind(target) is not None or read_json_url(f"{target}/info") is not None
+    if taken or (format == "n5" and url_image_level0(target, "n5")):
         if not overwrite:
             raise VolumeExistsError(f"output {url} dataset {name!r} exists; set overwrite to replace it")
         filesystem().rm(target[len("s3://") :], recursive=True)

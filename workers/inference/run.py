@@ -310,8 +310,9 @@ class InferenceRun:
 def output_levels(
     job: InferenceJob, shape: tuple[int, ...], voxel_size: tuple[float, float, float] | None
 ) -> tuple[Factors, ...]:
-    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
-    if not job.output.pyramid:
+    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone (a precomputed
+    output's always: it is written as one scale)."""
+    if not job.output.pyramid or job.output.format == "precomputed":
         return ((1, 1, 1),)
     return pyramid_factors(shape, job.output.chunks, voxel_size)
 
