@@ -58,9 +58,7 @@ class JobGeometry:
         touching = [list(r) for r in self.grid.ranges_touching(box)]
         kept = self.mask.keep(touching)
         owners = [layout.owner for layout in self.plan.axes]
-        return {
-            tuple(owners[a][touching[a][i]] for a, i in enumerate(index)) for index in zip(*np.nonzero(kept))
-        }
+        return {tuple(owners[a][touching[a][i]] for a, i in enumerate(index)) for index in np.argwhere(kept)}
 
     def weight_sum(self, box: Box) -> np.ndarray:
         """``sum(w)`` over every window of the global grid, inside ``box`` (output coordinates).
@@ -81,7 +79,7 @@ class JobGeometry:
             per_axis.append(pairs)
         weights = self.weights
         kept = self.kept_windows([[i for i, _, _ in pairs] for pairs in per_axis])
-        for combo, where in zip(itertools.product(*per_axis), np.ndindex(*map(len, per_axis))):
+        for combo, where in zip(itertools.product(*per_axis), np.ndindex(*map(len, per_axis)), strict=True):
             if kept is not None and not kept[where]:
                 continue
             den[tuple(d for _, d, _ in combo)] += weights[tuple(src for _, _, src in combo)]

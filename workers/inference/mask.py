@@ -23,8 +23,9 @@ Memory does not grow with the volume. Nothing holds the whole mask, nor a flag p
 - the driver schedules blocks from one streaming pass over the mask's chunks (each read, reduced to
   "holds a nonzero voxel" per cell of about a block's size at the mask's scale, dropped:
   :func:`chunk_any`), a byte per cell, then per block (:meth:`MaskWindows.block_flags`). A block
-  is left out only when every footprint of its windows meets cells of zeros alone, so a block left out has no kept window; a block scheduled may still
-  compute none (its chunks are then written as the fill value, 0).
+  is left out only when every footprint of its windows meets cells of zeros alone, so a block left
+  out has no kept window; a block scheduled may still compute none (its chunks are then written as
+  the fill value, 0).
 
 Every process decides a window the same way from the same mask, so the blocks agree: a window is
 computed by its owner iff it is kept, and the weight sum of any voxel (``JobGeometry.weight_sum``)
