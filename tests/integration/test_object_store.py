@@ -104,6 +104,33 @@ def test_n5_on_s3_reads_through_tensorstore(s3_env: dict[str, str]) -> None:
     np.testing.assert_array_equal(volume.read(Box.of_shape(volume.shape)), xyz.T)
 
 
+def test_n5_and_precomputed_outputs_in_a_bucket_are_written_and_read_back(s3_env: dict[str, str]) -> None:
+    data = np.random.default_rng(2).random((2, 6, 20, 24)).astype(np.float32)
+    for fmt, shards in (("n5", None), ("precomputed", (2, 8, 8))):
+        url = f"{ROOT_URL}/out-{fmt}"
+        out = create_output(
+            url, "pred", fmt, data.shape, "float32", (2, 4, 4), (40, 4, 4), {"pytc": {"complete": False}},
+            translation=(80.0, 8.0, 4.0), shards=shards,
+        )  # type: ignore[arg-type]  # fmt: skip
+        out.write(Box.of_shape(data.shape), data)
+        out.set_attrs({"pytc": {"complete": True}})
+        back = open_volume(url, "pred")
+        assert (back.format, back.shape, back.voxel_size) == (fmt, data.shape, (40.0, 4.0, 4.0))
+        assert back.attrs["pytc"] == {"complete": True}
+        np.testing.assert_array_equal(back.read(Box.of_shape(data.shape)), data)
+    stored = ts.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": tensorstore_kvstore(f"{ROOT_URL}/out-precomputed/pred"),
+        }
+    ).result()
+    assert list(stored.domain.inclusive_min) == [1, 2, 2, 0]  # the translation, in voxels (x, y, z)
+    np.testing.assert_array_equal(np.asarray(stored.read().result()).T, data)
+    assert open_volume(f"{ROOT_URL}/out-precomputed", "pred").translation == (80.0, 8.0, 4.0)
+    keys = filesystem().ls(f"{BUCKET}/data/out-precomputed/pred/0", detail=False)
+    assert all(k.endswith(".shard") for k in keys) and len(keys) == 3 * 3 * 3  # one object a shard
+
+
 def _placed_data(root: Path) -> None:
     """``make_data``'s volume, small, placed by OME-Zarr multiscales (a voxel size and a translation)
     that the output must carry over."""
