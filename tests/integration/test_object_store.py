@@ -4,6 +4,7 @@ standard AWS variables, as they would for MinIO or Ceph."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,3 +258,33 @@ def test_stores_outside_the_s3_roots_are_refused_naming_the_field(
     err = capsys.readouterr().err
     assert code == 2 and "output.path" in err and "PYTC_SCRATCH_DIR" in err, err
     assert not filesystem().exists(f"{BUCKET}/data/refused/out.zarr")
+
+
+@pytest.mark.slow
+def test_a_served_job_over_s3_equals_the_local_run_and_foreign_buckets_are_422(
+    s3_env: dict[str, str], local_run: tuple[np.ndarray, Any], tmp_path: Path
+) -> None:
+    """A real pytc-serve whose data roots are a folder and a bucket prefix, the store at moto's
+    endpoint through the standard AWS variables: a job there finishes with the local run's output,
+    and a job naming a bucket outside the roots is a 422 naming the field, with nothing written."""
+    import httpx
+
+    from tests.integration.service_fixtures import assert_problem, running_service, wait_for_state
+
+    _placed_data(tmp_path)
+    job = yaml.safe_load(_job_over_s3(tmp_path, "served").read_text())
+    env = {
+        **s3_env,
+        "PYTC_DATA_ROOTS": f"{tmp_path}:{ROOT_URL}",
+        "PYTC_SCRATCH_DIR": str(tmp_path / "scratch"),
+    }
+    with running_service(tmp_path, tmp_path / "state", **env) as service:
+        foreign = {**job, "output": {**job["output"], "path": f"s3://{BUCKET}/elsewhere/out.zarr"}}
+        body = assert_problem(httpx.post(f"{service.url}/v1/jobs", json=foreign, timeout=60), 422)
+        assert "output.path" in json.dumps(body) and "outside the data roots" in json.dumps(body), body
+        response = httpx.post(f"{service.url}/v1/jobs", json=job, timeout=60)
+        assert response.status_code in (200, 201, 202), response.text
+        final = wait_for_state(service.url, response.json()["id"], ("succeeded", "failed", "cancelled"))
+        assert final["state"] == "succeeded", final
+    np.testing.assert_array_equal(read_all(f"{ROOT_URL}/served/out.zarr"), local_run[0])
+    assert not filesystem().exists(f"{BUCKET}/elsewhere")
