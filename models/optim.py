@@ -17,7 +17,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from models.errors import ModelConfigError
 from models.training_config import OptimizerSpec, ScheduleSpec
 
-
 _NORM_LAYERS = (
     torch.nn.BatchNorm1d,
     torch.nn.BatchNorm2d,
@@ -51,7 +50,9 @@ def parameter_groups(model: torch.nn.Module, spec: OptimizerSpec) -> list[dict[s
                 continue
             seen.add(id(param))
             bare = isinstance(module, _NORM_LAYERS) or name == "bias"
-            groups.append({"params": [param], "lr": spec.lr, "weight_decay": 0.0 if bare else spec.weight_decay})
+            groups.append(
+                {"params": [param], "lr": spec.lr, "weight_decay": 0.0 if bare else spec.weight_decay}
+            )
     return groups
 
 

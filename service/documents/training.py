@@ -360,7 +360,11 @@ def _check_out_channels(model: TrainingModelSpec, heads: tuple[HeadSpec, ...]) -
 
 def _solver(section: SolverSection) -> SolverSpec:
     optimizer = OptimizerSpec(
-        section.optimizer, section.lr, section.weight_decay, section.momentum, param_groups=section.param_groups
+        section.optimizer,
+        section.lr,
+        section.weight_decay,
+        section.momentum,
+        param_groups=section.param_groups,
     )
     return SolverSpec(
         optimizer=optimizer,

@@ -161,14 +161,26 @@ def test_our_inference_of_our_checkpoint_is_pytcs_trainer_test(root: Path, golde
     assert np.count_nonzero(ours != theirs) == golden["inference_uint8_differing_voxels"]
 
     job = root / "float.yaml"
-    argv = ["convert", str(CONFIG), "--inference", "--checkpoint", ckpt, "-o", str(job), "--data-root", str(root)]
+    argv = [
+        "convert",
+        str(CONFIG),
+        "--inference",
+        "--checkpoint",
+        ckpt,
+        "-o",
+        str(job),
+        "--data-root",
+        str(root),
+    ]
     assert main(argv) == 0
     doc = yaml.safe_load(job.read_text())
     doc["output"].update(path="out/float.zarr", dtype="float32")
     job.write_text(yaml.safe_dump(doc))
     assert main(["run", str(job), "--data-root", str(root), "--quiet"]) == 0
     written = open_volume(root / "out" / "float.zarr", "vol0")
-    np.testing.assert_allclose(written.read(Box.of_shape(written.shape)), golden["pytc_float"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        written.read(Box.of_shape(written.shape)), golden["pytc_float"], rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -176,13 +188,13 @@ def test_iteration_restart_through_pytc_run(root: Path) -> None:
     """``SOLVER.ITERATION_RESTART`` from the config: True takes PyTC's checkpoint's weights only
     and trains from iteration 0 (AdamW's step count starts again); False resumes at its iteration."""
     given = str(root / "given" / PYTC_CKPT.name)
-    _run(root, "--checkpoint", given, "SOLVER.ITERATION_RESTART", "True", "SOLVER.ITERATION_TOTAL", "2")
+    _run(root, "SOLVER.ITERATION_RESTART", "True", "SOLVER.ITERATION_TOTAL", "2", "--checkpoint", given)
     restarted = load_checkpoint(root / "out" / "checkpoint_00002.pth.tar")
     assert restarted["iteration"] == 2
     assert {float(s["step"]) for s in restarted["optimizer"]["state"].values()} == {2.0}
     shutil.rmtree(root / "out")
 
-    _run(root, "--checkpoint", given, "SOLVER.ITERATION_TOTAL", "4")
+    _run(root, "SOLVER.ITERATION_TOTAL", "4", "--checkpoint", given)
     assert sorted(p.name for p in (root / "out").glob("checkpoint_*")) == ["checkpoint_00004.pth.tar"]
     resumed = load_checkpoint(root / "out" / "checkpoint_00004.pth.tar")
     assert resumed["iteration"] == 4

@@ -119,9 +119,10 @@ def _pytc_cfg(work: Path, overrides: list[str], inference: bool = False) -> Any:
 def _same_optimizer(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
     import torch
 
-    if len(ours["param_groups"]) != len(theirs["param_groups"]) or ours["state"].keys() != theirs[
-        "state"
-    ].keys():
+    if (
+        len(ours["param_groups"]) != len(theirs["param_groups"])
+        or ours["state"].keys() != theirs["state"].keys()
+    ):
         return False
     for a, b in zip(ours["param_groups"], theirs["param_groups"], strict=True):
         if a != b:
