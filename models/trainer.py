@@ -141,9 +141,15 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt[keys.OPTIMIZER])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            hint = ""
+            saved = ckpt.get(keys.OPTIMIZER)
+            groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+            if isinstance(groups, list) and len(groups) != len(self.optimizer.param_groups):
+                other = "pytc" if self.config.optimizer.param_groups == "one" else "one"
+                hint = f" (it has {len(groups)} parameter groups: solver.param_groups: {other}?)"
             raise CheckpointError(
                 f"{where}: its optimizer state does not fit a {self.config.optimizer.kind} optimizer "
-                f"over this model ({type(err).__name__}: {err}); resume with restart: true for "
+                f"over this model ({type(err).__name__}: {err}){hint}; resume with restart: true for "
                 "weights only"
             ) from err
         exact = keys.RNG in ckpt

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from models.checkpoint import load_checkpoint
+from models.errors import CheckpointError
 from service.cli import main
 from service.documents.training import parse_training
 from service.pytc.convert import convert_pytc
@@ -126,6 +127,20 @@ def test_we_load_pytcs_training_checkpoint(root: Path) -> None:
     assert trainer.scheduler.last_epoch == schedule["last_epoch"] == 1
     assert [g["lr"] for g in trainer.optimizer.param_groups] == schedule["_last_lr"]
     assert trainer.scheduler.get_last_lr() == schedule["_last_lr"]
+
+
+def test_a_pytc_checkpoint_in_a_job_with_one_group_names_param_groups(root: Path) -> None:
+    """PyTC's optimizer state does not fit one parameter group: the error says which field would
+    fit it, and restart: true."""
+    given = str(root / "given" / PYTC_CKPT.name)
+    doc = convert_pytc([(CONFIG.name, CONFIG.read_text())], checkpoint=given).document
+    doc["solver"]["param_groups"] = "one"
+    job = parse_training(doc, [root])
+    trainer = make_trainer(job, build_model(job), torch.device("cpu"))
+    with pytest.raises(
+        CheckpointError, match=r"50 parameter groups: solver.param_groups: pytc\?.*restart: true"
+    ):
+        trainer.restore(load_checkpoint(given), given)
 
 
 @pytest.mark.parametrize("name", sorted(MAKER.SCHEDULES))
