@@ -95,9 +95,9 @@ REFUSED_IN_TRAINING: dict[str, str] = {
         "trainer's losses take none"
     ),
     "MODEL.LOSS_KWARGS_VAL": "as MODEL.LOSS_KWARGS_KEY",
-    "SOLVER.BIAS_LR_FACTOR": "one learning rate for all parameters",
-    "SOLVER.WEIGHT_DECAY_BIAS": "one weight decay for all parameters",
-    "SOLVER.WEIGHT_DECAY_NORM": "one weight decay for all parameters",
+    "SOLVER.BIAS_LR_FACTOR": "biases learn at the base rate (PyTC's default 1.0)",
+    "SOLVER.WEIGHT_DECAY_BIAS": "biases have no weight decay (PyTC's default 0.0)",
+    "SOLVER.WEIGHT_DECAY_NORM": "normalisation layers have no weight decay (PyTC's default 0.0)",
     "SOLVER.BETAS": "Adam's betas are PyTorch's defaults",
     "SOLVER.SWA.ENABLED": "stochastic weight averaging is not done (SWA checkpoints load for inference)",
     "AUGMENTOR.SMOOTH": "label smoothing after augmentation is not done",
