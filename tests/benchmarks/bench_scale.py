@@ -17,14 +17,24 @@ Reports per size (each in a fresh process, so that peak memory is its own):
   chunks excluded; a real run writes the same spill files).
 
 With ``--cluster N [N ...]``: a real run instead, ``pytc run`` on its embedded Dask cluster (one
-worker), of N tiny blocks (8x32x32, chunks 8x32x32, windows 4x16x16 every 2x8x8: 50% overlap) with
-a 1x1x1 convolution, against the same job run in one process (``run_serially``, the same model
-through the same predictor): the difference, per task, is what Dask, the driver and the task
-payload cost. Both figures are the run's own seconds (the result's ``seconds``: from the run's start
-to its completion mark), so neither counts process or cluster start-up.
+worker), of N tiny blocks (8x32x32, chunks 8x32x32) with a 1x1x1 convolution (one torch thread),
+against the same job run in one process (``run_serially``, the same model through the same
+predictor): the difference, per task, is what Dask, the driver and the task payload cost. Windows
+are 8x32x32 every 4x16x16 (50% overlap, so every block has border chunks: two tasks a block, and
+about 3.5 windows a block: one batch); ``TINY_PATCH`` / ``TINY_STRIDE`` (``z,y,x``) change them. The
+window count is not what the issue fixes (tiny blocks, a cheap model): fewer windows a block keep a
+run at 10^4 blocks to minutes on two shared cores, where 4x16x16 every 2x8x8 (64 windows a block)
+took over an hour. No pyramid (a stage after the blocks, not a cost per block task). Both figures
+are the run's own seconds (the result's ``seconds``: from the run's start to its completion mark),
+so neither counts process or cluster start-up. Also reported: the run's seconds less the time
+inside its block tasks' bodies (their ``seconds.total``), per task: everything outside a task
+(scheduling, the job reference, the driver, idle gaps), a bound that the machine's other load
+does not inflate as much. The two outputs must be equal. ``--tmp /dev/shm`` keeps the volumes and
+run folders in memory: the spill file's one fsync a block costs 20 to 110 ms on this VM's shared
+disk, the same in both runs, and would make the runs hours long without being overhead.
 
-Usage: ``python tests/benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--cluster 1024 8192]
-[--no-results]``
+Usage: ``python tests/benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--cluster 1024 8192 10240]
+[--tmp DIR] [--no-results]``
 """
 
 from __future__ import annotations
@@ -142,6 +152,8 @@ def one(n: int, folder: Path) -> dict[str, Any]:
     }
 
 
+TINY_PATCH = tuple(int(v) for v in os.environ.get("TINY_PATCH", "8,32,32").split(","))
+TINY_STRIDE = tuple(int(v) for v in os.environ.get("TINY_STRIDE", "4,16,16").split(","))
 TINY = {1024: (16, 8, 8), 4096: (16, 16, 16), 8192: (32, 16, 16), 16384: (64, 16, 16)}
 
 
@@ -157,6 +169,8 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
     from service.documents.inference import parse_inference
     from workers.inference.run import run_serially
 
+    load_start = os.getloadavg()[0]
+    os.environ["PYTC_TORCH_THREADS"] = "1"  # both runs: one torch thread (spinning threads on shared cores)
     counts = TINY.get(n) or (n // 64, 8, 8)
     shape = (counts[0] * 8, counts[1] * 32, counts[2] * 32)
     data = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
@@ -167,8 +181,14 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
         "kind": "inference",
         "input": {"path": str(folder / "em.zarr"), "dataset": "raw"},
         "model": {"torchscript": str(folder / "net.pt")},
-        "window": {"patch_size": [4, 16, 16], "stride": [2, 8, 8], "batch_size": 16},
-        "output": {"path": str(folder / "dask.zarr"), "dataset": "pred", "chunks": [8, 32, 32]},
+        "window": {"patch_size": list(TINY_PATCH), "stride": list(TINY_STRIDE), "batch_size": 16},
+        # no pyramid: a stage after the blocks, not a cost per block task
+        "output": {
+            "path": str(folder / "dask.zarr"),
+            "dataset": "pred",
+            "chunks": [8, 32, 32],
+            "pyramid": False,
+        },
         "compute": {"block_shape": [8, 32, 32], "device": "cpu"},
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(doc))
@@ -191,7 +211,17 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
     job = parse_inference(serial_doc, (folder,))
     serial = run_serially(job, ModelInfo(1, 1, dask_run_sha(folder)))
     tasks = sum(dask_run["tasks_run"].values())
+    dask_out = zarr.open_array(folder / "dask.zarr" / "pred" / "0")[...]
+    assert np.array_equal(dask_out, zarr.open_array(folder / "serial.zarr" / "pred" / "0")[...]), (
+        "outputs differ"
+    )
+    inside = float(dask_run["task_seconds"].get("total", 0.0))
     return {
+        "load": f"{load_start:.1f}-{os.getloadavg()[0]:.1f}",
+        "inside_tasks_s": inside,
+        "task_seconds": dask_run["task_seconds"],
+        "serial_task_seconds": serial.task_seconds,
+        "outside_ms_per_task": 1e3 * (dask_run["seconds"] - inside) / tasks,
         "blocks": n,
         "tasks": tasks,
         "pytc_run_wall_s": wall,
@@ -212,14 +242,15 @@ def dask_run_sha(folder: Path) -> str:
 def cluster_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| blocks | tasks | pytc run (run seconds) | same job in one process | per task: Dask "
-        "| per task: one process | overhead per task |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| per task: one process | overhead per task | outside task bodies, per task "
+        "| load (1 min, start-end) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['blocks']:,} | {r['tasks']:,} | {r['dask_run_s']:.1f} s | {r['serial_run_s']:.1f} s "
             f"| {r['dask_ms_per_task']:.1f} ms | {r['serial_ms_per_task']:.1f} ms "
-            f"| {r['overhead_ms_per_task']:.1f} ms |"
+            f"| {r['overhead_ms_per_task']:.1f} ms | {r['outside_ms_per_task']:.1f} ms | {r['load']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -230,6 +261,9 @@ def main() -> None:
     parser.add_argument("--cluster", type=int, nargs="+", help="real runs of this many tiny blocks instead")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cluster-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tmp", help="folder for the tiny runs' volumes and run folders (e.g. /dev/shm: no disk fsyncs)"
+    )
     parser.add_argument("--no-results", action="store_true", help="print only, do not append to RESULTS.md")
     args = parser.parse_args()
     if args.one:
@@ -237,11 +271,11 @@ def main() -> None:
             print(json.dumps(one(args.one, Path(tmp))))
         return
     if args.cluster_one:
-        with tempfile.TemporaryDirectory(prefix="pytc-bench-tiny-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="pytc-bench-tiny-", dir=args.tmp) as tmp:
             print(json.dumps(cluster_one(args.cluster_one, Path(tmp))))
         return
     if args.cluster:
-        run_cluster(args.cluster, not args.no_results)
+        run_cluster(args.cluster, not args.no_results, args.tmp)
         return
     rows = []
     for n in args.sizes:
@@ -276,11 +310,11 @@ def main() -> None:
             )
 
 
-def run_cluster(sizes: list[int], record: bool) -> None:
+def run_cluster(sizes: list[int], record: bool, tmp: str | None) -> None:
     rows = []
     for n in sizes:
         out = subprocess.run(
-            [sys.executable, __file__, "--cluster-one", str(n)],
+            [sys.executable, __file__, "--cluster-one", str(n), *(["--tmp", tmp] if tmp else [])],
             check=True,
             capture_output=True,
             text=True,
@@ -293,12 +327,15 @@ def run_cluster(sizes: list[int], record: bool) -> None:
     if record:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         command = "python tests/benchmarks/bench_scale.py --cluster " + " ".join(str(s) for s in sizes)
+        command += f" --tmp {tmp}" if tmp else ""
+        window = ",".join(map(str, TINY_PATCH)) + " / " + ",".join(map(str, TINY_STRIDE))
         with open(ROOT / "tests" / "benchmarks" / "RESULTS.md", "a") as handle:
             handle.write(
                 f"\n## Tiny blocks through pytc run against one process (issue 17), {stamp}\n\n"
                 f"`{command}` on {platform.node()} ({os.cpu_count()} CPUs, shared with other work), "
-                "embedded cluster of one worker; blocks 8x32x32, windows 4x16x16 every 2x8x8, "
-                f"a 1x1x1 convolution on the CPU. Run seconds exclude process and cluster start-up.\n\n{text}"
+                f"embedded cluster of one worker; blocks 8x32x32, chunks 8x32x32, windows / stride {window}, "
+                "a 1x1x1 convolution on the CPU, no pyramid. Run seconds exclude process and cluster "
+                f"start-up.\n\n{text}"
             )
 
 

@@ -8,6 +8,7 @@ contributors into the block's border chunks and finishes them. No window is comp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -152,8 +153,13 @@ def run_pass2(ctx: BlockContext, block: Index) -> BlockResult:
     # The model is idle during pass 2: its chunks (reading partial sums, adding, compressing)
     # go on as many threads as this worker has cores, up to 4; numpy and the codecs release the GIL.
     threads = max(1, min(4, len(chunks), len(usable_cores())))
-    with ThreadPoolExecutor(threads, thread_name_prefix="pytc-pass2") as pool:
-        for finished, (written, voxels) in enumerate(pool.map(finish_chunk, chunks), start=1):
+    with contextlib.ExitStack() as stack:
+        if threads == 1:  # one chunk (a small block): no pool to start for it
+            finished_chunks: Iterator[tuple[int, int]] = map(finish_chunk, chunks)
+        else:
+            pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="pytc-pass2"))
+            finished_chunks = pool.map(finish_chunk, chunks)
+        for finished, (written, voxels) in enumerate(finished_chunks, start=1):
             result.output_bytes += written
             result.voxels_written += voxels
             ctx.progress(finished)

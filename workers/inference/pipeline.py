@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,20 @@ READER_POLL_S = 1.0  # a model thread waiting for its input looks at the reader 
 # (about 10 ms through zarr-python, whatever its size), so a small block is read in one go, while a
 # big one (64x512x512: slabs of millions of voxels) still streams slab by slab.
 MIN_SLAB_VOXELS = 1 << 20
+
+
+_WRITERS: ThreadPoolExecutor | None = None
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_pool() -> ThreadPoolExecutor:
+    """The process's writer threads, shared by its blocks (two where there are cores): starting a
+    pool per block cost a tiny block a few milliseconds. A block waits for its own writes only."""
+    global _WRITERS
+    with _WRITERS_LOCK:
+        if _WRITERS is None:
+            _WRITERS = ThreadPoolExecutor(min(2, len(usable_cores())), thread_name_prefix="pytc-writer")
+        return _WRITERS
 
 
 class SlabReader:
@@ -147,7 +161,7 @@ class Flusher:
         )
         # Units become final one z-row at a time while the model runs; the block's last ones all at
         # once when it ends, while the model waits: those go on two threads where there are cores.
-        self.pool = ThreadPoolExecutor(min(2, len(usable_cores())), thread_name_prefix="pytc-writer")
+        self.pool = writer_pool()
         self.pending: list[Future[None]] = []
         self.lock = threading.Lock()
         # every part of this block's partial sums goes into one file, published when the block ends
@@ -198,7 +212,7 @@ class Flusher:
                 self.result.scratch_bytes += self.spill.close()  # one fsync for the block
                 published = True
         finally:
-            self.pool.shutdown(wait=True)
+            wait(self.pending)  # the shared pool stays; this block's writes are all over
             if not published:
                 self.spill.abort()
 

@@ -106,16 +106,17 @@ def inspect_model(
     )
 
 
-def _output_volume(job: InferenceJob, layout_key: str, attempt: str) -> Volume:
-    """The output opened once per worker and run: a run after a failure (the output repaired,
-    replaced, overwritten) opens it afresh."""
+def _output_volume(job: InferenceJob, layout_key: str, attempt: str) -> tuple[Volume, ChunkFiles | None]:
+    """The output, and where its chunks' files are, opened once per worker and run: a run after a
+    failure (the output repaired, replaced, overwritten) opens it afresh."""
     outputs = worker_state().outputs
     key = (job.output.path, job.output.dataset, layout_key, attempt)
-    volume: Volume | None = outputs.get(key)
-    if volume is None:
+    opened: tuple[Volume, ChunkFiles | None] | None = outputs.get(key)
+    if opened is None:
         volume = open_volume(job.output.path, job.output.dataset, mode="r+")
-        outputs.put(key, volume)
-    return volume
+        opened = (volume, ChunkFiles.of(volume) if job.data_roots else None)
+        outputs.put(key, opened)
+    return opened
 
 
 def progress_topic(layout_key: str, attempt: str = "") -> str:
@@ -164,16 +165,16 @@ def run_block(
     run_dir = RunDir.for_output(job.output.path, job.output.dataset, task.layout_key)
     job.output_node()  # the output and the run folder still inside the data roots (workers.confine)
     confined(run_dir.root, job.data_roots)
+    output, chunk_files = _output_volume(job, task.layout_key, task.attempt)
     ctx = BlockContext(
         job=job,
         geometry=job_geometry(job, task.layout_key, task.attempt),
         run_dir=run_dir,
-        output=_output_volume(job, task.layout_key, task.attempt),
+        output=output,
         out_channels=task.out_channels,
         attempt=task.attempt,
     )
-    if job.data_roots:
-        ctx.chunk_files = ChunkFiles.of(ctx.output)
+    ctx.chunk_files = chunk_files
     hook = progress if progress is not None else worker_events(task)
     if hook is not None:
         ctx.progress = hook

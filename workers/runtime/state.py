@@ -56,7 +56,9 @@ class WorkerState(WorkerPlugin):
         self.models: LRU[Any] = LRU(max_models)  # (model identity, device) -> loaded model
         self.file_hashes: LRU[str] = LRU(256)  # (path, mtime_ns, size) -> sha256
         self.geometries: LRU[Any] = LRU(MAX_JOBS)  # (layout key, attempt) -> JobGeometry
-        self.outputs: LRU[Any] = LRU(MAX_JOBS)  # (path, dataset, layout key, attempt) -> Volume
+        self.outputs: LRU[Any] = LRU(
+            MAX_JOBS
+        )  # (path, dataset, layout key, attempt) -> (Volume, its ChunkFiles)
         self.readahead = ReadAheadSlot()
         self.worker_name: str | None = None
 
