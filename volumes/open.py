@@ -1,7 +1,8 @@
 """Opening a volume: :func:`open_volume` tells the format from the store itself and picks its backend.
 
-The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's signature, never
-from the name alone; only a TileDataset, a plain JSON file, is known by its ``.json`` suffix.
+The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's and TIFF's
+signatures, never from the name alone; only a TileDataset, a plain JSON file, is known by its
+``.json`` suffix.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
+from volumes.backends.png import has_pattern, is_png_stack, open_png
 from volumes.backends.precomputed import PrecomputedVolume
+from volumes.backends.tiff import is_tiff, open_tiff
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
@@ -44,15 +47,21 @@ def open_volume(
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
     VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
-    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
+    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5, a TIFF stack (no
+    dataset: the file's first series), a PNG stack (a ``.png`` file or pattern of files, such as
+    ``slices/*.png``: sorted, as PyTC's ``readvol``) nor a TileDataset ``.json``.
     """
     if is_url(path):  # an object store: s3://bucket/key
         return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
+    if is_png_stack(str(path)) and (has_pattern(str(path)) or root.is_file()):
+        return open_png(str(path), name, mode)  # a pattern of files, or one: PyTC's readvol by suffix
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
     if root.is_file() and root.suffix.lower() == ".json":
         return open_tiles(root, name, mode, labels=labels)
+    if root.is_file() and is_tiff(root):
+        return open_tiff(root, name, mode)
     if root.is_file():
         return open_hdf5(root, name, mode)
     if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata

@@ -94,7 +94,7 @@ class MaskSection(Section):
 
 
 class InputSection(Section):
-    """The volume to predict: a container (zarr, N5, HDF5 or a tile set) and the array in it."""
+    """The volume to predict: a container (zarr, N5, HDF5, a TIFF or PNG stack, a tile set) and its array."""
 
     path: Text
     dataset: Text | None = None

@@ -73,8 +73,8 @@ def test_segmentation_jobs_through_the_service(tmp_path: Path) -> None:
         # refused at the door, naming the field
         bad = seg_doc("bad.zarr", thres1=2.0)
         assert any(e["loc"] == "decoder.thres1" for e in assert_problem(post(url, bad), 422)["errors"])
-        later = seg_doc("bad.zarr", name="affinity_agglomerate")
-        assert "not available yet" in str(assert_problem(post(url, later), 422))
+        agglo = {**seg_doc("bad.zarr"), "decoder": {"name": "affinity_agglomerate", "thresholds": [0.6, 0.3]}}
+        assert any(e["loc"] == "decoder.thresholds" for e in assert_problem(post(url, agglo), 422)["errors"])
         other = seg_doc("bad.zarr", thres=0.5)  # binary_connected's parameter
         assert any(e["loc"] == "decoder.thres" for e in assert_problem(post(url, other), 422)["errors"])
         flat = {**seg_doc("bad.zarr"), "input": {"path": "pred.zarr", "dataset": "flat"}}

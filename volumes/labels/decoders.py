@@ -35,6 +35,7 @@ DecoderName = Literal[
     "binary_watershed",
     "bc_watershed",
     "bcd_watershed",
+    "affinity_agglomerate",
 ]
 RemoveSmallMode = Literal["background", "none"]
 Connectivity = Literal[6, 18, 26]
@@ -45,6 +46,7 @@ CHANNELS: dict[str, int] = {
     "binary_watershed": 1,
     "bc_watershed": 2,
     "bcd_watershed": 3,
+    "affinity_agglomerate": 3,
 }
 WATERSHED = ("binary_watershed", "bc_watershed", "bcd_watershed")
 
@@ -57,7 +59,10 @@ class Decoder:
     ...)`` for the watershed decoders (2, 3 and 5 of them, see :mod:`volumes.labels.watershed`).
     ``dilation``: bc_connected's ``dilation_struct`` (odd sizes), None for the others.
     ``seed_thres``: the watershed decoders' size filter on whole seeds; ``margin``: how far past a
-    block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others."""
+    block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others.
+    ``affinity_agglomerate`` (:mod:`volumes.labels.agglomerate`): ``thresholds`` are its
+    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` the
+    fragments' halo."""
 
     name: DecoderName
     thresholds: tuple[float, ...]
@@ -67,6 +72,8 @@ class Decoder:
     dilation: tuple[int, int, int] | None = None
     seed_thres: int = 32
     margin: tuple[int, int, int] = (0, 0, 0)
+    aff_threshold: tuple[float, float] | None = None
+    merge_function: str | None = None
 
     @property
     def channels(self) -> int:
@@ -79,7 +86,7 @@ class Decoder:
     @property
     def halo(self) -> tuple[int, int, int]:
         """How far the dilation reaches on each side (0 without one), or the watershed's margin."""
-        if self.watershed:
+        if self.watershed or self.name == "affinity_agglomerate":
             return self.margin
         if self.dilation is None:
             return (0, 0, 0)

@@ -8,6 +8,9 @@ barrier (every block's step before any of the next stage)::
     label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
     -> write (blocks) -> pyramid (workers.pyramid, rule ``mode``, level after level) -> complete
 
+affinity_agglomerate: label, link, number, rank, dilate (its fragments, a watershed on the mean
+affinity) -> edges (blocks: the region graph) -> agglomerate (once: the whole graph) -> write.
+
 ``complete`` checks every block's write marker and every pyramid task's, writes the table of
 objects, marks the output complete and drops the run folder: success is never reported over a hole.
 ``run_serially`` is the loop in one process; ``service.kinds.segmentation`` pumps the same tasks through Dask.
@@ -38,6 +41,8 @@ from workers.inference.rundir import RunDir
 from workers.pyramid import PyramidStage, run_pyramid_task
 from workers.segmentation.job import SegmentationJob, check_input, open_prediction
 from workers.segmentation.steps import (
+    AGGLOMERATE,
+    EDGES,
     NUMBER,
     ONCE,
     OUTPUT_ATTRS_KEY,
@@ -51,7 +56,10 @@ from workers.segmentation.steps import (
 
 LABEL_RULE: LabelRule = "mode"  # the label pyramid's rule: each coarse voxel the most frequent id under it
 
-STEP_NAMES = {1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 10: "number", 11: "sizes"}
+STEP_NAMES = {
+    1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 6: "edges",
+    10: "number", 11: "sizes", 12: "agglomerate",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class SegmentationRun:
         blocks = list(self.plan.grid.indices())
         steps = self.plan.block_steps()
         out: list[tuple[int, list[Index]]] = [(steps[0], blocks), (steps[1], blocks), (NUMBER, [ONCE])]
-        if self.plan.dilates:
+        if self.plan.agglomerates:
+            out += [(steps[2], blocks), (steps[3], blocks), (EDGES, blocks), (AGGLOMERATE, [ONCE])]
+        elif self.plan.dilates:
             out += [(steps[2], blocks), (steps[3], blocks), (SIZES, [ONCE])]
         return [*out, (WRITE, blocks)]
 
@@ -156,7 +166,7 @@ class SegmentationRun:
             confined(plan.run_dir.root, job.data_roots)
             with np.load(plan.run_dir.root / "objects.npz") as data:
                 objects = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
-                final = data["final"]
+                final = data["table_final"] if "table_final" in data.files else data["final"]
             rows = table_rows(objects, final)
             write_table(table_path(job.output.path, job.output.dataset), rows)
             volume = open_volume(job.output.path, job.output.dataset, mode="r+")

@@ -12,6 +12,9 @@ any moment resumes from the markers: a step is redone unless its marker is on di
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
+    edges/<b>.npz  graph.json                               affinity_agglomerate: the fragments (the
+                                                            grown labels above) and their region
+                                                            graph, merged once in the driver
 
 The labels image itself is created by the last merge (its dtype, uint32 or uint64, is known then),
 with all its levels (:func:`label_levels`); the write step fills a block's chunks of level 0, the
@@ -34,6 +37,16 @@ import zarr
 from volumes.box import Box
 from volumes.errors import VolumeNotFoundError
 from volumes.files import atomic_write, read_json, write_json_atomic
+from volumes.labels.agglomerate import (
+    Edges,
+    agglomerate_graph,
+    agglomeration_of,
+    as_affinities,
+    block_edges,
+    mean_affinity,
+    merge_edges,
+    segments,
+)
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
@@ -46,6 +59,7 @@ from volumes.labels.blockwise import (
     objects_from_parts,
     read_box,
 )
+from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
@@ -61,8 +75,8 @@ from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
 
 Index = tuple[int, ...]
-LABEL, LINK, RANK, DILATE, WRITE = 1, 2, 3, 4, 5
-NUMBER, SIZES = 10, 11
+LABEL, LINK, RANK, DILATE, WRITE, EDGES = 1, 2, 3, 4, 5, 6
+NUMBER, SIZES, AGGLOMERATE = 10, 11, 12
 ONCE: Index = (0, 0, 0)
 OUTPUT_ATTRS_KEY = "pytc"
 
@@ -82,10 +96,29 @@ class Plan:
         return Grid(spatial, self.job.block_for(spatial))
 
     @property
+    def agglomerates(self) -> bool:
+        return self.job.decoder.name == "affinity_agglomerate"
+
+    @property
+    def decoder(self) -> Decoder:
+        """What labels and grows the blocks: the job's decoder, or affinity_agglomerate's fragments'
+        (a watershed on the mean affinity)."""
+        if self.agglomerates:
+            return agglomeration_of(self.job.decoder).fragment_decoder()
+        return self.job.decoder
+
+    @property
     def dilates(self) -> bool:
         """A second stage over numbered labels with a halo: bc_connected's dilation, or the
-        watershed decoders' growth from their seeds."""
-        return self.job.decoder.dilation is not None or self.job.decoder.watershed
+        watershed decoders' growth from their seeds (affinity_agglomerate's fragments too)."""
+        return self.decoder.dilation is not None or self.decoder.watershed
+
+    def read_prediction(self, box: Box) -> np.ndarray:
+        """The decoder's channels over a (z, y, x) box; affinity_agglomerate's fragments read the
+        mean of the three affinities."""
+        source = open_volume(self.job.input.path, self.job.input.dataset)
+        pred = source.read(Box((0, *box.offset), (self.job.decoder.channels, *box.shape)))
+        return mean_affinity(pred) if self.agglomerates else pred
 
     @property
     def run_dir(self) -> SegRunDir:
@@ -112,10 +145,9 @@ def run_step(plan: Plan, step: int, index: Index) -> int:
 
 
 def _label(plan: Plan, index: Index) -> None:
-    decoder, grid = plan.job.decoder, plan.grid
+    decoder, grid = plan.decoder, plan.grid
     box = read_box(decoder, grid, index)
-    source = open_volume(plan.job.input.path, plan.job.input.dataset)
-    pred = source.read(Box((0, *box.offset), (decoder.channels, *box.shape)))
+    pred = plan.read_prediction(box)
     done = label_step(decoder, grid, index, pred)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
@@ -128,7 +160,7 @@ def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
 
 
 def _link(plan: Plan, index: Index) -> None:
-    found = link_step(plan.job.decoder, plan.grid, index, lambda i: _faces(plan, i))
+    found = link_step(plan.decoder, plan.grid, index, lambda i: _faces(plan, i))
     others = [np.repeat(np.array([other]), a.shape[0], axis=0) for other, a, _ in found]
     _save_npz(
         plan.file("links", index, ".npz"),
@@ -161,8 +193,8 @@ def _number(plan: Plan, index: Index) -> None:
     if plan.dilates:
         _mkdir(plan, "luts")
         kept = np.arange(k + 1)
-        if plan.job.decoder.watershed:  # whole seeds under seed_thres are no seeds
-            kept = kept_seeds(plan.job.decoder, numbered.objects.count)
+        if plan.decoder.watershed:  # whole seeds under seed_thres are no seeds
+            kept = kept_seeds(plan.decoder, numbered.objects.count)
         for i in blocks:
             np.save(plan.file("luts", i, ".npy"), kept[numbered.lut[i]])
         for name in ("ranked", "dilated"):
@@ -256,13 +288,12 @@ def _rank(plan: Plan, index: Index) -> None:
 
 
 def _dilate(plan: Plan, index: Index) -> None:
-    decoder, grid = plan.job.decoder, plan.grid
+    decoder, grid = plan.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
     grown = halo_box(decoder, grid, index)
     numbered = np.asarray(ranked[grown.slices()])
     if decoder.watershed:
-        source = open_volume(plan.job.input.path, plan.job.input.dataset)
-        pred = source.read(Box((0, *grown.offset), (decoder.channels, *grown.shape)))
+        pred = plan.read_prediction(grown)
         core, part = grow_step(decoder, grid, index, numbered, pred)
     else:
         core, part = dilate_step(decoder, grid, index, numbered)
@@ -280,6 +311,48 @@ def _sizes(plan: Plan, index: Index) -> None:
             parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
     objects = objects_from_parts(k, parts)
     _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel))
+
+
+def _edges(plan: Plan, index: Index) -> None:
+    """affinity_agglomerate: the region graph's edges of a block, from its fragments, one layer of
+    its lower neighbours' and its affinities."""
+    box = plan.grid.box(index)
+    low = [1 if o > 0 else 0 for o in box.offset]
+    fragments = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
+    ext = Box.from_bounds([o - lo for o, lo in zip(box.offset, low, strict=True)], box.end)
+    source = open_volume(plan.job.input.path, plan.job.input.dataset)
+    affs = as_affinities(source.read(Box((0, *box.offset), (3, *box.shape))))
+    edges = block_edges(np.asarray(fragments[ext.slices()]), affs, low)
+    _mkdir(plan, "edges")
+    names = ("u", "w", "count", "total", "top")
+    _save_npz(plan.file("edges", index, ".npz"), {n: getattr(edges, n) for n in names})
+
+
+def _agglomerate(plan: Plan, index: Index) -> None:
+    """affinity_agglomerate, once in the driver: the fragments' statistics and the whole region
+    graph (a row per edge and per fragment, never voxels), merged at the job's threshold; the
+    written number of each fragment ("final") and of each segment ("table_final", for the table)."""
+    k = int((read_json(plan.run_dir.root / "numbered.json") or {})["objects"])
+    parts, graphs = [], []
+    for i in plan.grid.indices():
+        with np.load(plan.file("parts", i, ".npz")) as data:
+            parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
+        with np.load(plan.file("edges", i, ".npz")) as data:
+            graphs.append(Edges(*(data[n] for n in ("u", "w", "count", "total", "top"))))
+    fragments = objects_from_parts(k, parts)
+    edges = merge_edges(graphs)
+    merges = agglomerate_graph(edges, agglomeration_of(plan.job.decoder))
+    per_fragment, objects, written = segments(merges, 0, k, fragments, plan.job.output.relabel)
+    arrays = {"count": objects.count, "first": objects.first, "lo": objects.lo, "hi": objects.hi}
+    _save_npz(
+        plan.run_dir.root / "objects.npz",
+        {**arrays, "sums": objects.sums, "final": per_fragment, "table_final": written},
+    )
+    write_json_atomic(
+        plan.run_dir.root / "graph.json",
+        {"fragments": k, "edges": edges.n, "graph_bytes": edges.nbytes + 8 * (k + 1) * 3},
+    )
+    create_output(plan, label_dtype(int(written.max(initial=0))))
 
 
 def _write(plan: Plan, index: Index) -> None:
@@ -327,4 +400,6 @@ STEPS = {
     DILATE: _dilate,
     SIZES: _sizes,
     WRITE: _write,
+    EDGES: _edges,
+    AGGLOMERATE: _agglomerate,
 }

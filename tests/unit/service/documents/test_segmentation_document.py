@@ -33,6 +33,10 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
     aff = parse_segmentation(doc(name="affinity_connected", thres=0.3), [tmp_path]).decoder
     assert (aff.thresholds, aff.connectivity, aff.channels) == ((0.3,), 6, 3)
     assert job.output.relabel == "sequential" and job.output.dataset == "seg" and job.output.format == "zarr3"
+    agg = parse_segmentation(doc(name="affinity_agglomerate"), [tmp_path]).decoder
+    assert (agg.thresholds, agg.aff_threshold, agg.merge_function, agg.channels) == (
+        (0.1,), (0.05, 0.995), "aff50_his256", 3,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -43,7 +47,20 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
         ({"name": "bcd_watershed", "thres": 0.5}, "decoder.thres", "not a parameter of bcd_watershed"),
         ({"name": "binary_watershed", "thres3": 0.5}, "decoder.thres3", "not a parameter"),
         ({"name": "bcd_watershed", "thres5": -1.5}, "decoder.thres5", ""),
-        ({"name": "affinity_agglomerate"}, "decoder.name", "not available yet"),
+        ({"name": "affinity_agglomerate", "thres": 0.5}, "decoder.thres", "not a parameter of affinity"),
+        ({"name": "affinity_agglomerate", "thresholds": [0.1, 0.3]}, "decoder.thresholds", "one threshold"),
+        ({"name": "affinity_agglomerate", "thresholds": [0.0]}, "decoder.thresholds", "(0, 1]"),
+        ({"name": "affinity_agglomerate", "thresholds": []}, "decoder.thresholds", ""),
+        (
+            {"name": "affinity_agglomerate", "aff_threshold": [0.9, 0.1]},
+            "decoder.aff_threshold",
+            "low < high",
+        ),
+        (
+            {"name": "affinity_agglomerate", "merge_function": "max"},
+            "decoder.merge_function",
+            "aff<Q>_his256",
+        ),
         ({"name": "nope"}, "decoder.name", ""),
         ({"remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "not available yet"),
         ({"connectivity": 8}, "decoder.connectivity", ""),
