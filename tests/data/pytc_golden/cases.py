@@ -39,7 +39,7 @@ def load_cases() -> list[Case]:
     common = common_overrides()
     cases = []
     for entry in spec["cases"]:
-        upstream = "experiment" in entry
+        upstream = not (HERE / entry["base"]).exists()  # else a hand-made file beside this one
         root = CONFIGS if upstream else HERE
         files = tuple(root / entry[k] for k in ("base", "experiment") if k in entry)
         overrides = [*common] if upstream else []
