@@ -14,7 +14,7 @@ from pathlib import Path
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
 from volumes.backends.png import has_pattern, is_png_stack, open_png
-from volumes.backends.precomputed import PrecomputedVolume
+from volumes.backends.precomputed import PrecomputedVolume, locate
 from volumes.backends.tiff import is_tiff, open_tiff
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
@@ -64,7 +64,7 @@ def open_volume(
         return open_tiff(root, name, mode)
     if root.is_file():
         return open_hdf5(root, name, mode)
-    if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata
+    if is_precomputed_folder(root) or (name and locate(str(root), name)):  # scales: by key or index
         return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
@@ -86,9 +86,11 @@ def open_volume(
 def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
     """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
     root = normalise_url(url)
+    if locate(root, dataset) is not None:  # a precomputed volume (or an image in a container)
+        return PrecomputedVolume(root, dataset, mode)
     kind = url_node_kind(join_url(root, dataset))
-    if kind is not None and kind[1] == "group" and kind[0] != "n5":  # an image: its full resolution
-        level = url_image_level0(join_url(root, dataset), kind[0])
+    if kind is None or kind[1] == "group":  # an image: its full resolution (an N5 image group has
+        level = url_image_level0(join_url(root, dataset), kind[0] if kind else "n5")  # no "n5" key)
         if level is not None:
             dataset = f"{dataset}/{level}" if dataset else level
             kind = url_node_kind(join_url(root, dataset))

@@ -49,7 +49,7 @@ DecoderNameField = Literal[
     "affinity_agglomerate",
 ]
 NOT_YET: tuple[str, ...] = ()
-SMALL_MODES_NOT_YET = ("neighbor", "background_2d", "neighbor_2d")
+SMALL_MODES_NOT_YET = ("background_2d", "neighbor_2d")
 AXES = ("z", "y", "x")
 
 # Each decoder's parameters and PyTC's defaults (affinity_connected is not in PyTC v1).
@@ -264,6 +264,24 @@ def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) 
         )
 
 
+def neighbor_refusal(name: str, p: Mapping[str, Any]) -> None:
+    """``neighbor`` and ``neighbor_2d`` (PyTC's ``merge_small_objects``, on the volume or slice by
+    slice): each small object, in id order, takes the most frequent label in-plane around it (after
+    the merges before it), else 0. Under 18 or 26 connectivity, with no dilation, no two objects
+    touch in-plane, so every small object becomes 0: ``background`` (``background_2d``), which is
+    exact blockwise. Elsewhere the merges form a chain over the whole
+    volume that a blockwise run does not reproduce: refused, naming why."""
+    dilates = name == "bc_connected" and any(int(s) != 1 for s in p["dilation_struct"])
+    if name not in ("binary_connected", "bc_connected") or dilates or p["connectivity"] not in (18, 26):
+        raise SpecError(
+            "decoder.remove_small_mode",
+            f"{p['remove_small_mode']!r} merges each small object into the object most around it, one "
+            "after another in id order: a chain over the whole volume that is exact blockwise only "
+            "where objects never touch (binary_connected, or bc_connected with dilation_struct "
+            f"[1, 1, 1], at connectivity 18 or 26); {name} here lets objects touch; use background or none",
+        )
+
+
 def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> Decoder:
     """The decoder with PyTC's defaults; parameters of other decoders and what is not decoded yet
     are refused, naming ``decoder.<parameter>``."""
@@ -283,11 +301,16 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
                 f"decoder.{key}", f"not a parameter of {name}; its parameters: {', '.join(allowed)}"
             )
     p: Mapping[str, Any] = {**allowed, **given}
-    if p["remove_small_mode"] in SMALL_MODES_NOT_YET:
+    mode = p["remove_small_mode"]
+    grows = name in WATERSHED or (name == "bc_connected" and any(int(s) != 1 for s in p["dilation_struct"]))
+    if mode in SMALL_MODES_NOT_YET and grows:
         raise SpecError(
             "decoder.remove_small_mode",
-            f"{p['remove_small_mode']!r} is not available yet; use background or none",
+            f"{mode!r} (sizes counted per z slice) is not available yet for {name} with its "
+            "dilation or growth; use background or none",
         )
+    if mode in ("neighbor", "neighbor_2d"):
+        neighbor_refusal(name, p)
     if list(p.get("scale_factors", [1.0, 1.0, 1.0])) != [1.0, 1.0, 1.0]:
         raise SpecError("decoder.scale_factors", "resizing the labels is not available yet; use [1, 1, 1]")
     if name == "affinity_connected" and p["connectivity"] != 6:

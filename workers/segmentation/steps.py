@@ -1,14 +1,16 @@
 """The segmentation run's steps with their reads and writes: what a Dask task (or the serial loop) runs.
 
-Each step of one block (or each merge, once) reads what the steps before it left in the run folder,
-writes its own files atomically, and only then its done marker
-(``<output.path>/.pytc-run/<dataset>/<layout key>/done/p<step>_<z>_<y>_<x>.json``), so a run killed at
-any moment resumes from the markers: a step is redone unless its marker is on disk. The arrays of
+Each step of one block (or each merge, once) reads what the steps before it left in the run folder
+and writes its own files atomically; the driver records it done once its task returned (the run
+folder's ledger, :mod:`workers.segmentation.rundir`), so a run killed at any moment resumes from
+the record: a step is redone unless it is recorded. The arrays of
 :mod:`volumes.labels.blockwise` are kept as::
 
-    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces)
+    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces;
+    slices/<b>.npz                                          per (label, z slice), for background_2d)
     links/<b>.npz                                           link step
-    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
+    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object;
+    luts/<b>.drops.npy                                      the (label, z) pairs the per-slice filter zeroes)
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
@@ -51,6 +53,7 @@ from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
     dilate_step,
+    drop_slices,
     grow_step,
     halo_box,
     label_step,
@@ -58,6 +61,7 @@ from volumes.labels.blockwise import (
     merge_step,
     objects_from_parts,
     read_box,
+    slice_step,
 )
 from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects, final_ids, label_dtype
@@ -132,15 +136,13 @@ class Plan:
 
 
 def run_step(plan: Plan, step: int, index: Index) -> int:
-    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step."""
+    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step. The
+    driver records it done once this returned (:class:`workers.segmentation.rundir.SegLedger`)."""
     run_dir = plan.run_dir
     confined(run_dir.root, plan.job.data_roots)
     if run_dir.is_cancelled():
         raise BlockCancelledError(f"job cancelled before step {step} of block {index}")
-    if run_dir.is_done(step, index):
-        return step
     STEPS[step](plan, index)
-    run_dir.mark_done(step, index, {"step": step, "block": list(index)})
     return step
 
 
@@ -152,10 +154,16 @@ def _label(plan: Plan, index: Index) -> None:
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
+    if done.slices is not None:
+        _save_npz(plan.file("slices", index, ".npz"), done.slices)
 
 
 def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
-    with np.load(plan.file("faces", index, ".npz")) as data:
+    return _load_npz(plan, "faces", index)
+
+
+def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
+    with np.load(plan.file(folder, index, ".npz")) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -209,11 +217,22 @@ def _number(plan: Plan, index: Index) -> None:
             )
         write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
         return
-    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel)
+    objects = numbered.objects
     _mkdir(plan, "luts")
+    if plan.job.decoder.per_slice:  # the per-slice size filter: the pairs to zero, per block
+        objects, drops = slice_step(
+            plan.job.decoder, plan.grid, numbered, lambda i: _load_npz(plan, "slices", i)
+        )
+        for i in blocks:
+            np.save(plan.file("luts", i, ".drops.npy"), drops[i])
+    final = final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan))
     for i in blocks:
         np.save(plan.file("luts", i, ".npy"), final[numbered.lut[i]])
-    _finish_merge(plan, numbered.objects, final)
+    _finish_merge(plan, objects, final)
+
+
+def _voxels(plan: Plan) -> int:
+    return int(np.prod(plan.grid.shape, dtype=np.int64))
 
 
 def _mkdir(plan: Plan, folder: str) -> None:
@@ -310,7 +329,7 @@ def _sizes(plan: Plan, index: Index) -> None:
         with np.load(plan.file("parts", i, ".npz")) as data:
             parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
     objects = objects_from_parts(k, parts)
-    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel))
+    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan)))
 
 
 def _edges(plan: Plan, index: Index) -> None:
@@ -366,6 +385,8 @@ def _write(plan: Plan, index: Index) -> None:
     else:
         labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
         data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+        if plan.job.decoder.per_slice:
+            data = drop_slices(labels, np.load(plan.file("luts", index, ".drops.npy")), data)
     out.write(box, data)
 
 

@@ -62,7 +62,20 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
             "aff<Q>_his256",
         ),
         ({"name": "nope"}, "decoder.name", ""),
-        ({"remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "not available yet"),
+        (
+            {"name": "bc_connected", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "dilation",
+        ),
+        (
+            {"name": "bcd_watershed", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "growth",
+        ),
+        ({"remove_small_mode": "neighbor_2d", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
+        ({"remove_small_mode": "neighbor", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
+        ({"name": "bc_connected", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
+        ({"name": "bc_watershed", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
         ({"connectivity": 8}, "decoder.connectivity", ""),
         ({"scale_factors": [2, 1, 1]}, "decoder.scale_factors", "not available yet"),
         ({"name": "bc_connected", "dilation_struct": [1, 4, 4]}, "decoder.dilation_struct", "odd"),
@@ -119,3 +132,18 @@ def test_the_label_pyramid_is_on_unless_turned_off(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         parse_segmentation({**doc(), "output": {"path": "seg.zarr", "pyramid": "no"}}, [tmp_path])
     assert caught.value.field == "output.pyramid"
+
+
+def test_neighbor_is_taken_where_objects_never_touch(tmp_path: Path) -> None:
+    """``neighbor`` equals ``background`` where no two objects touch in-plane (see the blockwise
+    tests); ``background_2d`` is taken by the decoders that do not grow objects after labelling."""
+    for decoder in (
+        {"remove_small_mode": "neighbor"},
+        {"remove_small_mode": "neighbor", "connectivity": 18},
+        {"name": "bc_connected", "remove_small_mode": "neighbor", "dilation_struct": [1, 1, 1]},
+        {"remove_small_mode": "neighbor_2d"},
+        {"remove_small_mode": "background_2d", "connectivity": 6},
+        {"name": "affinity_connected", "remove_small_mode": "background_2d"},
+    ):
+        mode = parse_segmentation(doc(**decoder), [tmp_path]).decoder.remove_small_mode
+        assert mode == decoder["remove_small_mode"]
