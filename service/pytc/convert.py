@@ -175,7 +175,9 @@ def _window(cfg: PytcConfig) -> dict[str, Any]:
         "blending": blending,
         "pad_size": [int(v) for v in cfg.get("DATASET.PAD_SIZE")],
         "pad_mode": _pad_mode(cfg),
-        "batch_size": int(cfg.get("INFERENCE.SAMPLES_PER_BATCH")),
+        # PyTC's test loader batches SAMPLES_PER_BATCH per GPU; a window's float rounding depends
+        # on its batch's size (oneDNN), so the same batches give PyTC's uint8 bit for bit
+        "batch_size": int(cfg.get("INFERENCE.SAMPLES_PER_BATCH")) * max(1, int(cfg.get("SYSTEM.NUM_GPUS"))),
         "raw_heads": "pytc",
     }
     if any(s > p for s, p in zip(window["stride"], patch, strict=True)):

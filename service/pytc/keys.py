@@ -16,7 +16,6 @@ from workers.errors import SpecError
 
 # Keys that do not change what a job computes, or belong to PyTC's process and not to the result.
 IGNORED: dict[str, str] = {
-    "SYSTEM.NUM_GPUS": "devices are the cluster's; batch composition changes no inference value",
     "SYSTEM.NUM_CPUS": "data-loader processes",
     "SYSTEM.DISTRIBUTED": "how PyTC spreads its process; the service distributes by blocks",
     "SYSTEM.PARALLEL": "DP or DDP wrapping; checkpoints load either way",
@@ -39,7 +38,6 @@ IGNORED: dict[str, str] = {
     "DATASET.CHUNK_IND_SPLIT": "as DATASET.DATA_CHUNK_NUM",
     "DATASET.DATA_CHUNK_STRIDE": "as DATASET.DATA_CHUNK_NUM",
     "DATASET.DATA_CHUNK_ITER": "iterations per tile chunk of PyTC's training; sampling covers the volume",
-    "INFERENCE.SAMPLES_PER_BATCH": "window.batch_size; each window is computed alone whatever the batch",
     "INFERENCE.TEST_NUM": "PyTC's split of a volume list among processes",
     "INFERENCE.TEST_ID": "as INFERENCE.TEST_NUM",
     "SOLVER.ITERATION_VAL": "validation needs validation.* (not in PyTC v1's training loop)",

@@ -1,10 +1,9 @@
-"""``pytc run --pytc-config`` against PyTorch Connectomics v1's own ``Trainer.test``.
+"""``pytc run --pytc-config`` and ``pytc convert``: what a converted PyTC experiment writes, what
+is refused by its PyTC key, a PyTC config posted to the service, and PyTC's training checkpoints.
 
-``tests/data/pytc_golden/golden.npz`` holds, for each config beside it, PyTC's uint8 output on a
-small volume with a randomly initialised UNet3D (``make_golden.py`` says how it was made, once, with
-upstream PyTC on a CPU). Here the same volume, the same weights saved as PyTC saves them and the same
-config files go through ``pytc run --pytc-config ... --inference --checkpoint``: the output must be
-PyTC's, bit for bit.
+The hand-made ``unet_3d`` experiments of ``tests/data/pytc_golden/`` and their golden weights and
+PyTC outputs are used here; the comparison with PyTC's ``Trainer.test`` for every golden case is
+``test_pytc_golden.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 from service.cli import main
+from tests.integration.test_pytc_golden import load_golden, pytc_root
 from volumes.box import Box
 from volumes.open import open_volume
 
@@ -27,38 +27,11 @@ CASES = ("unet3d-gaussian-tta", "unet3d-bump-min")
 
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / "golden.npz") as stored:
-        return {key: stored[key] for key in stored.files}
+    return load_golden()
 
 
 def _root(tmp_path: Path, golden: dict[str, np.ndarray], case: str) -> Path:
-    (tmp_path / "data").mkdir(parents=True)
-    with h5py.File(tmp_path / "data" / "im.h5", "w") as f:
-        f.create_dataset("main", data=golden["image"])
-    prefix = f"{case}/state/"
-    state = {k[len(prefix) :]: torch.from_numpy(v) for k, v in golden.items() if k.startswith(prefix)}
-    torch.save(
-        {"iteration": 1, "state_dict": state, "optimizer": {}, "lr_scheduler": {}},
-        tmp_path / "checkpoint_00001.pth.tar",
-    )
-    return tmp_path
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
-def test_pytc_run_equals_pytcs_trainer_test(
-    tmp_path: Path, golden: dict[str, np.ndarray], case: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = _root(tmp_path, golden, case)
-    config = str(GOLDEN / f"{case}.yaml")
-    argv = ["run", "--pytc-config", config, "--inference", "--checkpoint", "checkpoint_00001.pth.tar"]
-    assert main([*argv, "--data-root", str(root), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == str(root / "out" / "result.zarr")
-    written = open_volume(root / "out" / "result.zarr", "vol0")
-    ours = written.read(Box.of_shape(written.shape))
-    theirs = golden[f"{case}/output"]
-    assert ours.dtype == np.uint8 and ours.shape == theirs.shape
-    np.testing.assert_array_equal(ours, theirs)
+    return pytc_root(tmp_path, golden, case)
 
 
 def test_convert_writes_the_document_pytc_run_runs(tmp_path: Path, golden: dict[str, np.ndarray]) -> None:

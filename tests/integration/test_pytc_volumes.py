@@ -20,6 +20,7 @@ from PIL import Image
 
 from service.cli import main
 from tests.integration.test_pytc_config_run import CASES, GOLDEN, _root
+from tests.integration.test_pytc_golden import load_golden
 from volumes.box import Box
 from volumes.open import open_volume
 
@@ -28,8 +29,7 @@ CONFIG = str(GOLDEN / f"{CASES[0]}.yaml")
 
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / "golden.npz") as stored:
-        return {key: stored[key] for key in stored.files}
+    return load_golden()  # each case's state dict under <case>/state/
 
 
 def _flags(root: Path) -> list[str]:

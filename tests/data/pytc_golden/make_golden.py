@@ -4,29 +4,40 @@ Not run by the tests (it needs PyTC). Run once, outside this repository's enviro
 
     git -C <mirror of PytorchConnectomics/pytorch_connectomics> archive v1.0 | tar -x -C /tmp/pytc-v1
     pip install --no-deps --target /tmp/pytc-deps yacs GPUtil einops
-    PYTHONPATH=/tmp/pytc-v1:/tmp/pytc-deps python make_golden.py /tmp/pytc-golden/work
+    PYTHONPATH=/tmp/pytc-v1:/tmp/pytc-deps python make_golden.py /tmp/pytc-golden/work [CASE ...]
 
-(beside this project's torch, numpy, scipy, h5py and scikit-image). :func:`stub_unused_modules`
-fabricates the modules PyTC imports at the top but ``Trainer.test`` of ``unet_3d`` never calls
-(tensorboard, matplotlib, torchvision, cv2, em_util, which is not on PyPI). For each config
-here: the input volume (uint8, seed 0) is written as ``data/im.h5``; PyTC's ``build_model`` makes a
-randomly initialised UNet3D whose BatchNorm statistics and affine parameters are then drawn at
-random (so that they matter), saved as PyTC saves it (``{'iteration', 'state_dict', ...}``,
-``checkpoint_00001.pth.tar``); then ``load_cfg``'s steps (defaults, the file, ``--inference``) and
-``Trainer(cfg, cpu, 'test', checkpoint=...).test()`` write PyTC's uint8 result. ``golden.npz``
-keeps the input, each case's state dict and PyTC's output (``<case>/...``): 170 KB.
+(beside this project's torch, numpy, scipy, h5py and scikit-image). Naming cases regenerates only
+those and keeps the others. :func:`stub_unused_modules` fabricates the modules PyTC imports at the
+top but ``Trainer.test`` never calls (tensorboard, matplotlib, torchvision, cv2, em_util, which is
+not on PyPI).
+
+The cases are ``cases.yaml``'s (add a line there for a new config pair, run this with its name,
+add its row to docs/pytc.md): each is a base file, an experiment file and the trailing ``KEY VALUE``
+overrides, as PyTC's ``main.py`` takes them. For each: the input volume (uint8, seed 0) is written as
+``data/im.h5``; ``load_cfg``'s steps run (defaults, the files, the overrides, ``--inference``);
+PyTC's ``build_model`` makes a randomly initialised model (``torch.manual_seed(1)``) whose norm
+statistics and affine parameters (BatchNorm, SyncBatchNorm, GroupNorm) are then drawn at random,
+so that norms matter, and whose values are rounded to float16 ones (stored in half the bytes,
+exactly); it is saved as PyTC saves it (``{'iteration', 'state_dict', ...}``,
+``checkpoint_00001.pth.tar``), and ``Trainer(cfg, cpu, 'test', checkpoint=...).test()`` writes
+PyTC's uint8 result. ``golden.npz`` keeps the input, PyTC's output of each case
+(``<case>/output``) and each distinct state dict once (``weights/<case>/<key>``; cases of one
+architecture share it, ``<case>/weights`` names it): 2.9 MB for 23 cases.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-CASES = ("unet3d-gaussian-tta", "unet3d-bump-min")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cases import Case, load_cases, unstore
+
 SHAPE = (12, 40, 36)
 
 
@@ -95,7 +106,21 @@ def volume() -> np.ndarray:
     return (smooth * 255).astype(np.uint8)
 
 
-def run_case(name: str, work: Path, image: np.ndarray) -> dict[str, np.ndarray]:
+def randomise_norms(model: object) -> None:
+    """Draw every norm's statistics and affine parameters at random, so that norms matter."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():  # type: ignore[attr-defined]
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):  # bn and sync_bn
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+
+
+def run_case(case: Case, work: Path, image: np.ndarray) -> dict[str, np.ndarray]:
     import h5py
     import torch
     from connectomics.config import get_cfg_defaults
@@ -103,44 +128,78 @@ def run_case(name: str, work: Path, image: np.ndarray) -> dict[str, np.ndarray]:
     from connectomics.engine import Trainer
     from connectomics.model import build_model
 
-    case = work / name
-    (case / "data").mkdir(parents=True, exist_ok=True)
-    with h5py.File(case / "data" / "im.h5", "w") as f:
+    folder = work / case.name
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "data" / "im.h5", "w") as f:
         f.create_dataset("main", data=image)
-    os.chdir(case)
+    os.chdir(folder)
+    # PyTC's load_cfg with --inference: defaults, the base, the experiment, the options, then
+    # update_inference_cfg and overwrite_cfg.
     cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(Path(__file__).with_name(name + ".yaml")))
+    for file in case.files:
+        cfg.merge_from_file(str(file))
+    cfg.merge_from_list(list(case.overrides))
     update_inference_cfg(cfg)
     overwrite_cfg(cfg, argparse.Namespace(distributed=False))
     cfg.freeze()
     torch.manual_seed(1)
     model = build_model(cfg, torch.device("cpu")).module
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomise_norms(model)
+    with torch.no_grad():  # float16 values, so that golden.npz stores them in half the bytes
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
     state = {"iteration": 1, "state_dict": model.state_dict(), "optimizer": {}, "lr_scheduler": {}}
-    torch.save(state, case / "checkpoint_00001.pth.tar")
-    Trainer(cfg, torch.device("cpu"), "test", checkpoint=str(case / "checkpoint_00001.pth.tar")).test()
-    written = sorted((case / "out").glob("result*.h5"))
+    torch.save(state, folder / "checkpoint_00001.pth.tar")
+    trainer = Trainer(cfg, torch.device("cpu"), "test", checkpoint=str(folder / "checkpoint_00001.pth.tar"))
+    trainer.test_singly() if cfg.INFERENCE.DO_SINGLY else trainer.test()  # as PyTC's main.py
+    written = sorted((folder / "out").glob("*.h5"))  # result*.h5, or the volume's name (DO_SINGLY)
+    assert len(written) == 1, written
     with h5py.File(written[0], "r") as f:
         output = np.asarray(f["vol0"])
-    out = {f"{name}/output": output}
-    out.update({f"{name}/state/{k}": v.numpy() for k, v in model.state_dict().items()})
+    out = {f"{case.name}/output": output}
+    out.update({f"{case.name}/state/{k}": v.numpy() for k, v in model.state_dict().items()})
     return out
+
+
+def store(arrays: dict[str, np.ndarray], target: Path) -> None:
+    """Each distinct state dict once (``weights/<first case>/<key>``, floats as float16, which
+    hold them exactly), each case naming its own (``<case>/weights``), and PyTC's outputs."""
+    stored: dict[str, np.ndarray] = {}
+    seen: dict[bytes, str] = {}
+    for name in dict.fromkeys(k.split("/")[0] for k in arrays if "/" in k):
+        prefix = f"{name}/state/"
+        state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        digest = hashlib.sha256(
+            b"".join(k.encode() + str(v.dtype).encode() + v.tobytes() for k, v in sorted(state.items()))
+        ).digest()
+        owner = seen.setdefault(digest, name)
+        if owner == name:
+            for k, v in state.items():
+                half = v.astype(np.float16) if v.dtype == np.float32 else v
+                assert np.array_equal(half.astype(v.dtype), v), k
+                stored[f"weights/{name}/{k}"] = half
+        stored[f"{name}/weights"] = np.array(owner)
+        stored[f"{name}/output"] = arrays[f"{name}/output"]
+    stored["image"] = arrays["image"]
+    np.savez_compressed(target, **stored)
 
 
 def main() -> None:
     stub_unused_modules()
     work = Path(sys.argv[1]).resolve()
+    only = set(sys.argv[2:])
     image = volume()
     arrays: dict[str, np.ndarray] = {"image": image}
-    for name in CASES:
-        arrays.update(run_case(name, work, image))
-    np.savez_compressed(Path(__file__).with_name("golden.npz"), **arrays)
+    target = Path(__file__).with_name("golden.npz")
+    if only and target.exists():  # regenerate some cases, keep the others
+        with np.load(target) as stored:
+            kept = unstore({k: stored[k] for k in stored.files})
+        arrays.update({k: v for k, v in kept.items() if k != "image" and k.split("/")[0] not in only})
+    for case in load_cases():
+        if not only or case.name in only:
+            arrays.update(run_case(case, work, image))
+            store(arrays, target)  # after each case: a failing case keeps those before it
 
 
 if __name__ == "__main__":

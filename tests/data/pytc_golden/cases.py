@@ -1,0 +1,64 @@
+"""The golden cases of ``cases.yaml``: shared by ``make_golden.py`` (upstream PyTC) and the test
+(``pytc run --pytc-config``), so that both run each case from the same files and overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "pytc_configs" / "configs"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    files: tuple[Path, ...]  # base, then the experiment if any
+    overrides: tuple[str, ...]  # trailing KEY VALUE ..., as PyTC's main.py takes them
+    upstream: bool  # PyTC's own config files (else a hand-made file beside this one)
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """(base, experiment) as docs/pytc.md names them."""
+        root = CONFIGS if self.upstream else HERE
+        names = [str(f.relative_to(root)) for f in self.files]
+        return names[0], names[1] if len(names) > 1 else "-"
+
+
+def common_overrides() -> list[str]:
+    """The overrides every upstream pair is given (``common:``), as KEY VALUE ..."""
+    spec = yaml.safe_load((HERE / "cases.yaml").read_text())
+    return [str(v) for pair in spec["common"] for v in pair]
+
+
+def load_cases() -> list[Case]:
+    spec = yaml.safe_load((HERE / "cases.yaml").read_text())
+    common = common_overrides()
+    cases = []
+    for entry in spec["cases"]:
+        upstream = not (HERE / entry["base"]).exists()  # else a hand-made file beside this one
+        root = CONFIGS if upstream else HERE
+        files = tuple(root / entry[k] for k in ("base", "experiment") if k in entry)
+        overrides = [*common] if upstream else []
+        if "filters" in entry:
+            overrides += ["MODEL.FILTERS", str(entry["filters"])]
+        overrides += [str(v) for pair in entry.get("overrides", []) for v in pair]
+        cases.append(Case(entry["name"], files, tuple(overrides), upstream))
+    return cases
+
+
+def unstore(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``store``'s inverse: each case's state dict under ``<case>/state/``."""
+    arrays = {k: v for k, v in stored.items() if not k.startswith("weights/")}
+    for key in [k for k in stored if k.endswith("/weights") and not k.startswith("weights/")]:
+        name, owner = key.split("/")[0], str(stored[key])
+        del arrays[key]
+        prefix = f"weights/{owner}/"
+        for k, v in stored.items():
+            if k.startswith(prefix):
+                full = v.astype(np.float32) if v.dtype == np.float16 else v
+                arrays[f"{name}/state/{k[len(prefix) :]}"] = full
+    return arrays
