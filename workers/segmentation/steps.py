@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from volumes.box import Box
 from volumes.errors import VolumeNotFoundError
 from volumes.files import atomic_write, read_json, write_json_atomic
 from volumes.labels.blockcc import Pieces
@@ -56,7 +55,7 @@ from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
 from workers.inference.rundir import SCRATCH_CODEC
-from workers.segmentation.job import SegmentationJob
+from workers.segmentation.job import SegmentationJob, read_prediction
 from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
 
@@ -115,7 +114,7 @@ def _label(plan: Plan, index: Index) -> None:
     decoder, grid = plan.job.decoder, plan.grid
     box = read_box(decoder, grid, index)
     source = open_volume(plan.job.input.path, plan.job.input.dataset)
-    pred = source.read(Box((0, *box.offset), (decoder.channels, *box.shape)))
+    pred = read_prediction(plan.job, source, box)
     done = label_step(decoder, grid, index, pred)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
@@ -262,7 +261,7 @@ def _dilate(plan: Plan, index: Index) -> None:
     numbered = np.asarray(ranked[grown.slices()])
     if decoder.watershed:
         source = open_volume(plan.job.input.path, plan.job.input.dataset)
-        pred = source.read(Box((0, *grown.offset), (decoder.channels, *grown.shape)))
+        pred = read_prediction(plan.job, source, grown)
         core, part = grow_step(decoder, grid, index, numbered, pred)
     else:
         core, part = dilate_step(decoder, grid, index, numbered)
