@@ -8,7 +8,8 @@ and PyTC's ``lr_scheduler`` key stays a small plain dict that ``weights_only`` l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -16,16 +17,55 @@ from torch.optim.lr_scheduler import LambdaLR
 from models.errors import ModelConfigError
 from models.training_config import OptimizerSpec, ScheduleSpec
 
+_NORM_LAYERS = (
+    torch.nn.BatchNorm1d,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+    torch.nn.SyncBatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.InstanceNorm1d,
+    torch.nn.InstanceNorm2d,
+    torch.nn.InstanceNorm3d,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """AdamW, Adam, or SGD with (non-Nesterov) momentum, as PyTC's solver builds them."""
-    params = list(params)
+
+def parameter_groups(model: torch.nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups for ``spec.param_groups``.
+
+    ``one``: every trainable parameter in one group. ``pytc``: the layout of PyTC v1's solver, whose
+    ``Trainer`` loads an optimizer state only into groups of the same count and sizes: one group per
+    trainable parameter, in ``model.modules()`` order (each parameter once), with no weight decay for
+    the parameters of normalisation layers and for biases (PyTC's ``WEIGHT_DECAY_NORM`` and
+    ``WEIGHT_DECAY_BIAS`` defaults, 0) and ``spec.weight_decay`` for the rest.
+    """
+    if spec.param_groups == "one":
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            bare = isinstance(module, _NORM_LAYERS) or name == "bias"
+            groups.append(
+                {"params": [param], "lr": spec.lr, "weight_decay": 0.0 if bare else spec.weight_decay}
+            )
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """AdamW, Adam, or SGD with (non-Nesterov) momentum, as PyTC's solver builds them, over
+    :func:`parameter_groups`."""
+    groups = parameter_groups(model, spec)
     if spec.kind == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     if spec.kind == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     if spec.kind == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     raise ModelConfigError(f"unknown optimizer {spec.kind!r}; expected adamw, adam or sgd")
 
 
@@ -56,7 +96,18 @@ def lr_factor(spec: ScheduleSpec, iterations: int) -> Callable[[int], float]:
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
         return warmup_cosine
-    raise ModelConfigError(f"unknown schedule {spec.kind!r}; expected constant, step or warmup_cosine")
+    if spec.kind == "pytc_warmup_cosine":
+        warmup = spec.warmup
+        total = max(1, iterations)
+
+        def pytc_warmup_cosine(i: int) -> float:
+            ramp = spec.warmup_factor * (1.0 - i / warmup) + i / warmup if i < warmup else 1.0
+            return ramp * 0.5 * (1.0 + math.cos(math.pi * i / total))
+
+        return pytc_warmup_cosine
+    raise ModelConfigError(
+        f"unknown schedule {spec.kind!r}; expected constant, step, warmup_cosine or pytc_warmup_cosine"
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, iterations: int) -> LambdaLR:

@@ -71,7 +71,7 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), config.optimizer)
+        self.optimizer = build_optimizer(self.model, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.schedule, config.iterations)
         use_scaler = config.precision == "float16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -131,7 +131,9 @@ class Trainer:
         """Continue from ``ckpt``: weights, optimizer, schedule, scaler, iteration and RNG states.
 
         A checkpoint of PyTC itself has no RNG or scaler state and a scheduler of its own kind: the
-        schedule is then re-derived from the iteration and the resume is close, not exact.
+        schedule is then re-derived at the scheduler's own ``last_epoch`` (PyTC saves before its
+        last step of the schedule, so one behind ``iteration``, and resumes from there; so do we),
+        and the resume is close, not exact.
         """
         where = f"checkpoint {path}" if path else "checkpoint"
         load_weights(unwrap_module(self.model), extract_state_dict(ckpt, path), path)
@@ -139,16 +141,22 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt[keys.OPTIMIZER])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            hint = ""
+            saved = ckpt.get(keys.OPTIMIZER)
+            groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+            if isinstance(groups, list) and len(groups) != len(self.optimizer.param_groups):
+                other = "pytc" if self.config.optimizer.param_groups == "one" else "one"
+                hint = f" (it has {len(groups)} parameter groups: solver.param_groups: {other}?)"
             raise CheckpointError(
                 f"{where}: its optimizer state does not fit a {self.config.optimizer.kind} optimizer "
-                f"over this model ({type(err).__name__}: {err}); resume with restart: true for "
+                f"over this model ({type(err).__name__}: {err}){hint}; resume with restart: true for "
                 "weights only"
             ) from err
         exact = keys.RNG in ckpt
         if exact:
             self.scheduler.load_state_dict(ckpt[keys.LR_SCHEDULER])
         else:
-            self._derive_schedule(iteration)
+            self._derive_schedule(_scheduler_position(ckpt.get(keys.LR_SCHEDULER), iteration))
             logger.warning("%s has no RNG or sampler state (PyTC's own?): the resume is not exact", where)
         if ckpt.get(keys.GRAD_SCALER):
             self.scaler.load_state_dict(ckpt[keys.GRAD_SCALER])
@@ -160,11 +168,12 @@ class Trainer:
         """Weights only (fine-tuning, ``restart: true``): iteration, optimizer and schedule stay fresh."""
         load_weights(unwrap_module(self.model), extract_state_dict(ckpt, path), path)
 
-    def _derive_schedule(self, iteration: int) -> None:
+    def _derive_schedule(self, position: int) -> None:
         factor = lr_factor(self.config.schedule, self.config.iterations)
-        self.scheduler.last_epoch = iteration
+        self.scheduler.last_epoch = position
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor(iteration)
+            group["lr"] = group["initial_lr"] * factor(position)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _tensor(self, value: ArrayLike) -> torch.Tensor:
         tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
@@ -174,6 +183,15 @@ class Trainer:
         precision = self.config.precision
         dtype = torch.float16 if precision == "float16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=precision != "float32")
+
+
+def _scheduler_position(state: Any, iteration: int) -> int:
+    """The schedule's ``last_epoch`` in a foreign checkpoint's scheduler state, when it is a count
+    of at most ``iteration``; else ``iteration``."""
+    value = state.get("last_epoch") if isinstance(state, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= iteration:
+        return value
+    return iteration
 
 
 def _iteration(ckpt: Mapping[str, Any], where: str) -> int:

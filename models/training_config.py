@@ -12,7 +12,8 @@ from typing import Literal
 
 TargetKind = Literal["binary", "boundary", "affinity", "semantic"]
 OptimizerKind = Literal["adamw", "adam", "sgd"]
-ScheduleKind = Literal["constant", "step", "warmup_cosine"]
+ParamGroups = Literal["one", "pytc"]
+ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine"]
 HeadActivation = Literal["sigmoid", "softmax"]
 
 TARGET_KINDS: tuple[TargetKind, ...] = ("binary", "boundary", "affinity", "semantic")
@@ -80,6 +81,10 @@ class OptimizerSpec:
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW only
+    # "one": every parameter in one group with ``weight_decay``. "pytc": PyTC v1's solver, one group
+    # per parameter in ``model.modules()`` order, normalisation layers' parameters and biases without
+    # weight decay (its defaults), so PyTC's ``Trainer`` loads the optimizer state and we load its.
+    param_groups: ParamGroups = "one"
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,9 @@ class ScheduleSpec:
     ``constant``: 1. ``step``: ``gamma ** (number of milestones passed)``, milestones either listed
     or every ``step_size`` iterations (PyTC's MultiStepLR / StepLR). ``warmup_cosine``: linear from
     ``warmup_factor`` to 1 over ``warmup`` iterations, then cosine down to ``min_lr_ratio`` at the
-    last iteration (PyTC's WarmupCosineLR).
+    last iteration. ``pytc_warmup_cosine``: PyTC v1's WarmupCosineLR as it computes it, the same
+    linear warm-up factor times a half cosine over all iterations from the first,
+    ``0.5 * (1 + cos(pi * i / iterations))`` (``min_lr_ratio`` unused).
     """
 
     kind: ScheduleKind = "constant"

@@ -26,11 +26,17 @@ from workers.runtime.task_logs import DemoteTaskFailures, demote_task_failures
 
 
 def embedded_cluster(
-    n_workers: int, *, threads_per_worker: int = 1, in_process: bool = False, silence: int = logging.ERROR
+    n_workers: int,
+    *,
+    threads_per_worker: int = 1,
+    in_process: bool = False,
+    silence: int = logging.ERROR,
+    dashboard: bool = True,
 ) -> LocalCluster:
     """A local cluster on loopback. ``in_process``: its one worker runs on a thread of this process
     (no port, no worker process to start; torch imported and the model loaded once); otherwise
-    each worker is a process of its own, as ``pytc-worker`` starts them."""
+    each worker is a process of its own, as ``pytc-worker`` starts them. ``dashboard: False``: no
+    dashboard (``pytc run`` shows none; the scheduler then never imports bokeh, a second of start-up)."""
     # After distributed's import configured its loggers: the embedded scheduler logs every
     # connection at INFO, and a user needs only its warnings.
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -41,7 +47,10 @@ def embedded_cluster(
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
-            dashboard_address="127.0.0.1:0",  # loopback, a free port (None means :8787, ":0" every interface)
+            # loopback, a free port (None would mean :8787 on every interface, ":0" every interface);
+            # the scheduler's HTTP server (health, metrics) listens there with or without a dashboard
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": dashboard},
             silence_logs=silence,
             resources=ONE_ACCELERATOR,
             **where,

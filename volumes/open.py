@@ -1,7 +1,8 @@
 """Opening a volume: :func:`open_volume` tells the format from the store itself and picks its backend.
 
-The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's signature, never
-from the name alone; only a TileDataset, a plain JSON file, is known by its ``.json`` suffix.
+The format comes from the store's metadata files (:mod:`volumes.detect`) or HDF5's and TIFF's
+signatures, never from the name alone; only a TileDataset, a plain JSON file, is known by its
+``.json`` suffix.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from volumes.backends.hdf5 import open_hdf5
 from volumes.backends.n5 import N5Volume
-from volumes.backends.precomputed import PrecomputedVolume
+from volumes.backends.png import has_pattern, is_png_stack, open_png
+from volumes.backends.precomputed import PrecomputedVolume, locate
+from volumes.backends.tiff import is_tiff, open_tiff
 from volumes.backends.tiles import open_tiles
 from volumes.backends.zarr_array import Zarr2Volume, ZarrVolume
 from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
@@ -44,18 +47,24 @@ def open_volume(
 
     Raises VolumeNotFoundError for a missing path or dataset (listing the datasets that exist) and
     VolumeFormatError for a store that is neither zarr v2/v3, N5, neuroglancer precomputed (a folder
-    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5 nor a TileDataset ``.json``.
+    with an ``info`` file; ``dataset`` names a scale by key or index), HDF5, a TIFF stack (no
+    dataset: the file's first series), a PNG stack (a ``.png`` file or pattern of files, such as
+    ``slices/*.png``: sorted, as PyTC's ``readvol``) nor a TileDataset ``.json``.
     """
     if is_url(path):  # an object store: s3://bucket/key
         return open_url_volume(str(path), clean_dataset(dataset), mode)
     root, name = Path(path), clean_dataset(dataset)
+    if is_png_stack(str(path)) and (has_pattern(str(path)) or root.is_file()):
+        return open_png(str(path), name, mode)  # a pattern of files, or one: PyTC's readvol by suffix
     if not root.exists():
         raise VolumeNotFoundError(f"no volume at {root}: the path does not exist")
     if root.is_file() and root.suffix.lower() == ".json":
         return open_tiles(root, name, mode, labels=labels)
+    if root.is_file() and is_tiff(root):
+        return open_tiff(root, name, mode)
     if root.is_file():
         return open_hdf5(root, name, mode)
-    if is_precomputed_folder(root):  # its scales are named by key or index, not by folders with metadata
+    if is_precomputed_folder(root) or (name and locate(str(root), name)):  # scales: by key or index
         return PrecomputedVolume(str(root), name, mode)
     node = root / name if name else root
     kind = node_kind(node) if node.is_dir() else None
@@ -77,9 +86,11 @@ def open_volume(
 def open_url_volume(url: str, dataset: str | None, mode: Mode) -> Volume:
     """The array ``dataset`` of the container at ``url``; the errors of :func:`volumes.open_volume`."""
     root = normalise_url(url)
+    if locate(root, dataset) is not None:  # a precomputed volume (or an image in a container)
+        return PrecomputedVolume(root, dataset, mode)
     kind = url_node_kind(join_url(root, dataset))
-    if kind is not None and kind[1] == "group" and kind[0] != "n5":  # an image: its full resolution
-        level = url_image_level0(join_url(root, dataset), kind[0])
+    if kind is None or kind[1] == "group":  # an image: its full resolution (an N5 image group has
+        level = url_image_level0(join_url(root, dataset), kind[0] if kind else "n5")  # no "n5" key)
         if level is not None:
             dataset = f"{dataset}/{level}" if dataset else level
             kind = url_node_kind(join_url(root, dataset))

@@ -22,9 +22,13 @@ never-written chunks read as 0, dimensions are named, and the voxel size travels
 ``multiscales`` on the image group (zarr: 0.4 on v2, 0.5 on v3, written by :mod:`volumes.ome`) or
 ``resolution``/``pixelResolution`` (N5).
 
-N5 metadata is written here as JSON rather than through tensorstore: outputs are created by the
-planner, in a process that may fork later, and tensorstore aborts in a forked child once the parent
-has used it. Workers (spawned) write the N5 chunks through tensorstore.
+A neuroglancer precomputed output (``format="precomputed"``) is the folder ``out/pred`` with its
+``info`` (:func:`volumes.backends.precomputed.create_precomputed`): one scale, keyed ``0``, so that
+``pred/0`` is its level 0 as for the other formats; it has no coarser levels.
+
+N5 and precomputed metadata is written here as JSON rather than through tensorstore: outputs are
+created by the planner, in a process that may fork later, and tensorstore aborts in a forked child
+once the parent has used it. Workers (spawned) write the N5 and precomputed chunks through tensorstore.
 """
 
 from __future__ import annotations
@@ -44,17 +48,18 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from volumes.backends.n5 import N5_RESERVED
-from volumes.detect import clean_dataset, list_datasets, node_kind
+from volumes.backends.precomputed import create_precomputed
+from volumes.detect import clean_dataset, is_precomputed_folder, list_datasets, node_kind
 from volumes.errors import VolumeExistsError, VolumeFormatError, VolumeNotFoundError
 from volumes.files import read_json_object, write_json_atomic
 from volumes.ome import image_entry, image_level0, put_image, put_multiscale
 from volumes.open import open_volume
 from volumes.pyramid import Factors, level_shape
 from volumes.remote import check_url_output
-from volumes.urls import is_url, normalise_url, zarr_store
+from volumes.urls import is_url, join_url, normalise_url, read_json_url, write_json_url, zarr_store
 from volumes.volume import Volume
 
-OutputFormat = Literal["zarr3", "zarr2", "n5"]
+OutputFormat = Literal["zarr3", "zarr2", "n5", "precomputed"]
 AXES = ("c", "z", "y", "x")
 LABEL_AXES = ("z", "y", "x")
 ZSTD_LEVEL = 3
@@ -89,7 +94,7 @@ def create_output(
     The container may already hold other datasets, which are kept. An existing ``dataset`` raises
     VolumeExistsError (and is left untouched) unless ``overwrite``, which deletes it, and only it,
     first. ``attrs`` go on level 0. ``shards`` (zarr v3, spatial, each a multiple of ``chunks``)
-    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL (zarr only).
+    groups level 0's chunks into shard objects. ``path`` may be an ``s3://`` URL.
     """
     root, name = Path(path), clean_dataset(dataset)
     if name is None:
@@ -102,10 +107,17 @@ def create_output(
         name, tuple(shape), np.dtype(dtype), tuple(chunks), voxel_size, translation, tuple(levels), shard,
         label,
     )  # fmt: skip
-    if is_url(path):  # an object store: zarr through FsspecStore (volumes.remote)
+    if format == "precomputed" and (len(image.levels) > 1 or label):
+        raise VolumeFormatError("a precomputed output is one scale of predictions (no pyramid, no labels)")
+    if is_url(path):  # an object store: zarr through FsspecStore, N5 metadata objects (volumes.remote)
         url = normalise_url(str(path))
         check_url_output(url, name, format, overwrite)
-        _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
+        if format == "precomputed":
+            _create_precomputed(join_url(url, name), image, dict(attrs or {}))
+        elif format == "n5":
+            _create_n5(url, image, dict(attrs or {}))
+        else:
+            _create_zarr(zarr_store(url, read_only=False), format, image, dict(attrs or {}))
         return open_volume(url, name, mode="r+")
     _check_container(root, format)
     if (root / name).exists():
@@ -113,7 +125,9 @@ def create_output(
             raise VolumeExistsError(f"output {root} dataset {name!r} exists; set overwrite to replace it")
         logger.info("overwriting output %s dataset %r", root, name)
         delete_dataset(root, name)
-    if format == "n5":
+    if format == "precomputed":
+        _create_precomputed(str(root / name), image, dict(attrs or {}))
+    elif format == "n5":
         _create_n5(root, image, dict(attrs or {}))
     else:
         _create_zarr(str(root), format, image, dict(attrs or {}))
@@ -131,6 +145,9 @@ def delete_dataset(path: str | os.PathLike[str], dataset: str) -> None:
     refused."""
     root, name = Path(path), clean_dataset(dataset)
     node = root / (name or "")
+    if name is not None and is_precomputed_folder(node):
+        shutil.rmtree(node)
+        return
     kind = node_kind(node) if name and node.is_dir() else None
     if name is not None and node.is_dir() and image_level0(node, kind[0] if kind else "n5") is not None:
         shutil.rmtree(node)
@@ -166,8 +183,10 @@ def _shard_shape(
     """The stored (c, z, y, x) shard for spatial ``shards``, checked; None when unsharded."""
     if shards is None:
         return None
-    if format != "zarr3":
-        raise VolumeFormatError(f"shards are a zarr v3 feature; {format} output cannot be sharded")
+    if format not in ("zarr3", "precomputed"):
+        raise VolumeFormatError(
+            f"shards are a zarr v3 or precomputed feature; {format} output cannot be sharded"
+        )
     if len(shards) != 3 or any(int(s) < 1 or int(s) % int(c) for s, c in zip(shards, chunks, strict=False)):
         raise VolumeFormatError(
             f"shards {list(shards)} must be 3 positive multiples of chunks {list(chunks)}"
@@ -186,6 +205,8 @@ def _check_container(root: Path, format: OutputFormat) -> None:
     empty = not any(not p.name.startswith(".") for p in root.iterdir())
     if kind == (format, "group") or (kind is None and empty):
         return
+    if format == "precomputed" and kind is None and not is_precomputed_folder(root):
+        return  # a folder of precomputed images (each its own folder with an info)
     if kind is None and format == "n5" and list_datasets(root):
         return  # N5 made by tensorstore has no root attributes.json, only its datasets
     found = f"a {kind[0]} {kind[1]}" if kind else "a directory of no known format"
@@ -213,6 +234,13 @@ class _Image:
         shape = level_shape(self.shape, self.levels[index])
         lead = shape[:-3]
         return shape, (*lead, *(min(c, s) for c, s in zip(self.chunks, shape[-3:], strict=True)))
+
+
+def _create_precomputed(folder: str, image: _Image, attrs: dict[str, Any]) -> None:
+    create_precomputed(
+        folder, image.shape, image.dtype, image.chunks, image.voxel_size, image.translation, attrs,
+        image.shards[-3:] if image.shards else None,
+    )  # fmt: skip
 
 
 def _create_zarr(location: Any, format: OutputFormat, image: _Image, attrs: dict[str, Any]) -> None:
@@ -252,9 +280,10 @@ def _open_group(root: Path, parent: str, format: str) -> zarr.Group:
     )
 
 
-def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
+def _create_n5(root: Path | str, image: _Image, attrs: dict[str, Any]) -> None:
     """The N5 root's version, the image group's ``scales`` and each level's ``attributes.json``
-    (``s0``, ``s1``, ...), everything in N5's x-first order."""
+    (``s0``, ``s1``, ...), everything in N5's x-first order. ``root`` is a folder or an ``s3://``
+    URL (each metadata file one object there)."""
     if image.dtype.name not in N5_DTYPES:
         raise VolumeFormatError(
             f"N5 cannot store dtype {image.dtype.name}; expected one of {sorted(N5_DTYPES)}"
@@ -262,16 +291,16 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
     reserved = sorted(N5_RESERVED & attrs.keys())
     if reserved:
         raise VolumeFormatError(f"attributes {reserved} for {root} dataset {image.name!r} are N5 metadata")
-    root.mkdir(parents=True, exist_ok=True)
-    root_meta = read_json_object(root / "attributes.json") or {}
+    root_meta = _n5_read(root, "") or {}
     if "n5" not in root_meta:
-        write_json_atomic(root / "attributes.json", {**root_meta, "n5": N5_VERSION})
+        _n5_write(root, "", {**root_meta, "n5": N5_VERSION})
     lead = [] if image.label else [1]
     scales = [[*(int(f) for f in factors[::-1]), *lead] for factors in image.levels]
     group_meta: dict[str, Any] = {"multiScale": True, "scales": scales, "axes": list(image.axes[::-1])}
     group_meta |= _n5_resolution(image.voxel_size, (1, 1, 1), image.label)
-    (root / image.name).mkdir(parents=True)
-    write_json_atomic(root / image.name / "attributes.json", group_meta)
+    if isinstance(root, Path):
+        (root / image.name).mkdir(parents=True)
+    _n5_write(root, image.name, group_meta)
     for index, factors in enumerate(image.levels):
         shape, chunks = image.level(index)
         meta: dict[str, Any] = {
@@ -284,8 +313,23 @@ def _create_n5(root: Path, image: _Image, attrs: dict[str, Any]) -> None:
             "downsamplingFactors": scales[index],
         }
         meta |= _n5_resolution(image.voxel_size, factors, image.label)
-        (root / image.name / f"s{index}").mkdir()
-        write_json_atomic(root / image.name / f"s{index}" / "attributes.json", meta)
+        if isinstance(root, Path):
+            (root / image.name / f"s{index}").mkdir()
+        _n5_write(root, f"{image.name}/s{index}", meta)
+
+
+def _n5_read(root: Path | str, node: str) -> dict[str, Any] | None:
+    if isinstance(root, Path):
+        return read_json_object(root / node / "attributes.json")
+    return read_json_url(f"{join_url(root, node)}/attributes.json")
+
+
+def _n5_write(root: Path | str, node: str, meta: dict[str, Any]) -> None:
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / node / "attributes.json", meta)
+    else:
+        write_json_url(f"{join_url(root, node)}/attributes.json", meta)
 
 
 def _n5_resolution(

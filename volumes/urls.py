@@ -58,12 +58,30 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+# The environment a file system was made under: a new one when any of these (or the process) change.
+_AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+)  # fmt: skip
+_filesystems: dict[tuple[Any, ...], Any] = {}
+
+
 def filesystem() -> Any:
-    """An s3fs file system with the standard AWS credentials and ``AWS_ENDPOINT_URL``."""
+    """An s3fs file system with the standard AWS credentials and ``AWS_ENDPOINT_URL``: one per
+    process and environment (making one costs a botocore session, about a second), so that the
+    credentials and endpoint are always those the environment says now."""
     import s3fs  # only for object stores
 
-    s3fs.S3FileSystem.clear_instance_cache()  # credentials and endpoint as the environment says now
-    return s3fs.S3FileSystem(**_endpoint())
+    key = (os.getpid(), *(os.environ.get(name) for name in _AWS_VARIABLES))
+    found = _filesystems.get(key)
+    if found is None:
+        _filesystems.clear()
+        s3fs.S3FileSystem.clear_instance_cache()
+        found = _filesystems[key] = s3fs.S3FileSystem(
+            skip_instance_cache=True, use_listings_cache=False, **_endpoint()
+        )  # listings: other processes write too
+    return found
 
 
 def zarr_store(url: str, *, read_only: bool) -> Any:
@@ -105,6 +123,11 @@ def read_json_url(url: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise VolumeFormatError(f"{url} holds a JSON {type(value).__name__}, expected an object")
     return value
+
+
+def write_json_url(url: str, value: dict[str, Any]) -> None:
+    """Store the JSON object ``value`` at ``url`` (one PUT: readers see the old object or the new)."""
+    filesystem().pipe_file(url[len(SCHEME) :], json.dumps(value, indent=2).encode())
 
 
 def url_exists(url: str) -> bool:

@@ -1,6 +1,6 @@
 """The one interface of every chunked volume: the :class:`Volume` protocol and the types it speaks.
 
-Implementations live in :mod:`volumes.backends` (zarr v2/v3, N5, HDF5, TileDataset JSON tiles,
+Implementations live in :mod:`volumes.backends` (zarr v2/v3, N5, HDF5, TIFF, PNG, TileDataset JSON tiles,
 neuroglancer precomputed, and an in-memory double for tests); :func:`volumes.open.open_volume` picks
 one from the store itself.
 Every volume speaks C-order (z, y, x) or (c, z, y, x), whatever its format keeps on disk.
@@ -15,7 +15,7 @@ import numpy as np
 
 from volumes.box import Box
 
-Format = Literal["zarr2", "zarr3", "n5", "hdf5", "tiles", "memory", "precomputed"]
+Format = Literal["zarr2", "zarr3", "n5", "hdf5", "tiff", "png", "tiles", "memory", "precomputed"]
 Mode = Literal["r", "r+"]
 VoxelSize = tuple[float, float, float]  # (z, y, x) in nm
 

@@ -82,6 +82,8 @@ class ChunkFiles:
             return cls(where, tuple(volume.chunks), array.metadata.encode_chunk_key)
         if volume.format == "n5":
             return cls(where, tuple(volume.chunks), lambda index: "/".join(map(str, reversed(index))))
+        if volume.format == "precomputed":  # the scale's folder: shards and chunks are named by
+            return cls(where, tuple(volume.chunks), lambda index: "")  # Morton codes; one folder
         return None
 
     def paths(self, box: Box) -> Iterator[Path]:

@@ -3,7 +3,9 @@
 PyTorch Connectomics v1 configuration files (and the trailing options PyTC's ``main.py`` takes) as
 our job document, written for review: the same conversion ``pytc run --pytc-config`` and a
 ``kind: pytc_config`` job go through (:mod:`service.kinds.pytc_config`). A key that cannot be
-honoured is exit 2 naming it; nothing is written.
+honoured is exit 2 naming it; nothing is written. Several input volumes (``IMAGE_NAME: a.h5@b.h5``)
+are one job each, as PyTC predicts each: ``-o JOB.yaml`` writes ``JOB-0.yaml``, ``JOB-1.yaml``, ...
+(in the order PyTC predicts them), stdout a YAML stream (``---`` between jobs).
 """
 
 from __future__ import annotations
@@ -88,12 +90,27 @@ def convert_command(args: argparse.Namespace) -> int:
     except SpecError as err:
         return spec_failure(err)
     header = "".join(f"# note: {note}\n" for note in conversion.notes)
-    text = header + yaml.safe_dump(conversion.document, sort_keys=False)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text, encoding="utf-8")
-        print(args.output)
+    documents = conversion.documents
+    if len(documents) == 1:
+        texts = [(args.output, header + yaml.safe_dump(documents[0], sort_keys=False))]
+    else:  # one job per volume, as PyTC predicts each: JOB-0.yaml, JOB-1.yaml, ... (a YAML stream on stdout)
+        texts = [
+            (
+                None
+                if args.output is None
+                else args.output.with_name(f"{args.output.stem}-{i}{args.output.suffix}"),
+                header + f"# volume {i + 1} of {len(documents)}: {doc['input']['path']} -> "
+                f"{doc['output']['path']} ({doc['output']['dataset']})\n"
+                + yaml.safe_dump(doc, sort_keys=False),
+            )
+            for i, doc in enumerate(documents)
+        ]
+    for i, (path, text) in enumerate(texts):
+        if path is None:
+            sys.stdout.write(("---\n" if i else "") + text)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(path)
     for note in conversion.notes:
         print(f"note: {note}", file=sys.stderr)
-    return EXIT_OK if conversion.document else EXIT_SPEC
+    return EXIT_OK if documents else EXIT_SPEC

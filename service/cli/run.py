@@ -210,7 +210,7 @@ class LazyCluster:
             if self.scheduler:
                 self._client = connect(self.scheduler)
             else:
-                self._cluster = embedded_cluster(self.n_workers, in_process=self.in_process)
+                self._cluster = embedded_cluster(self.n_workers, in_process=self.in_process, dashboard=False)
                 self._client = connect(self._cluster)
         return self._client
 

@@ -94,7 +94,7 @@ class MaskSection(Section):
 
 
 class InputSection(Section):
-    """The volume to predict: a container (zarr, N5, HDF5 or a tile set) and the array in it."""
+    """The volume to predict: a container (zarr, N5, HDF5, a TIFF or PNG stack, a tile set) and its array."""
 
     path: Text
     dataset: Text | None = None
@@ -184,8 +184,8 @@ class OutputSection(Section):
     pyramid: StrictBool = True
     shards: PosTriple | None = Field(
         default=None,
-        description="zarr3 only: chunks grouped into shards of this shape (z, y, x; each a multiple of "
-        "`chunks`), one object per shard; `compute.block_shape` must then be a multiple of it",
+        description="zarr3 or precomputed: chunks grouped into shards of this shape (z, y, x; each a "
+        "multiple of `chunks`), one object per shard; `compute.block_shape` must then be a multiple of it",
     )
     uint8_rounding: Uint8Rounding = Field(default="truncate", description=UINT8_ROUNDING_HELP)
 
@@ -380,6 +380,8 @@ def _output(section: OutputSection, roots: Sequence[Root]) -> OutputSpec:
             "output.targets",
             f"{len(targets)} target(s) {list(targets)} for {n_heads} head(s); give one per head",
         )
+    if section.format == "precomputed" and section.dtype == "float16":
+        raise SpecError("output.dtype", "precomputed stores float32 or uint8, not float16")
     path, dataset = located(section.path, section.dataset, roots, "output")
     if is_url(path):
         _check_remote_output(path, section.format, roots)
@@ -416,12 +418,15 @@ def _compute(section: ComputeSection, chunks: tuple[int, int, int], sharded: boo
 
 
 def _shards(section: OutputSection) -> tuple[int, int, int] | None:
-    """``output.shards``: zarr v3 only, each a whole number of chunks."""
+    """``output.shards``: zarr v3 or precomputed only, each a whole number of chunks (a precomputed
+    shard is also a box of its chunk grid: :func:`workers.inference.checks.check_precomputed_output`)."""
     if section.shards is None:
         return None
     shards, chunks = triple(section.shards), triple(section.chunks)
-    if section.format != "zarr3":
-        raise SpecError("output.shards", f"shards are a zarr v3 feature; output.format is {section.format}")
+    if section.format not in ("zarr3", "precomputed"):
+        raise SpecError(
+            "output.shards", f"shards are a zarr v3 or precomputed feature; output.format is {section.format}"
+        )
     for axis, s, c in zip(AXES, shards, chunks, strict=True):
         if s % c:
             raise SpecError(
@@ -432,10 +437,10 @@ def _shards(section: OutputSection) -> tuple[int, int, int] | None:
 
 
 def _check_remote_output(url: str, format: str, roots: Sequence[Root]) -> None:
-    """An output in an object store: zarr, not a root itself, and a run folder on a file system
-    inside a local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
-    if format not in ("zarr3", "zarr2"):
-        raise SpecError("output.format", f"an output in an object store is zarr3 or zarr2, not {format}")
+    """An output in an object store: not a root itself, and a run folder on a file system inside a
+    local data root (``PYTC_SCRATCH_DIR``, :mod:`workers.storage`)."""
+    if format not in ("zarr3", "zarr2", "n5"):
+        raise SpecError("output.format", f"an output in an object store is zarr3, zarr2 or n5, not {format}")
     if any(isinstance(root, str) and url_under(root, url) for root in roots):
         raise SpecError("output.path", f"{url} is a data root (or holds one); name a container inside it")
     scratch = scratch_dir()

@@ -52,8 +52,8 @@ DecoderNameField = Literal[
     "bcd_watershed",
     "affinity_agglomerate",
 ]
-NOT_YET = ("affinity_agglomerate",)
-SMALL_MODES_NOT_YET = ("neighbor", "background_2d", "neighbor_2d")
+NOT_YET: tuple[str, ...] = ()
+SMALL_MODES_NOT_YET = ("background_2d", "neighbor_2d")
 AXES = ("z", "y", "x")
 
 # Each decoder's parameters and PyTC's defaults (affinity_connected is not in PyTC v1).
@@ -112,6 +112,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "connectivity": 26,
     },
 }
+# affinity_agglomerate: PyTC's waterz tutorial's names (seg_thresholds as `thresholds`); the job
+# writes one labels image, so one threshold (volumes.labels.agglomerate takes several in memory).
+AGGLOMERATE_DEFAULTS: dict[str, Any] = {
+    "thresholds": [0.1],
+    "aff_threshold": [0.05, 0.995],
+    "merge_function": "aff50_his256",
+}
 THRESHOLDS = {
     "bc_connected": ("thres1", "thres2"),
     "binary_watershed": ("thres1", "thres2"),
@@ -138,7 +145,10 @@ class DecoderSection(Section):
     seeds, thres3 foreground), `bcd_watershed` (thres1..thres3, thres4 and thres5 on the signed
     distance in [-1, 1]), each with thres_small, scale_factors, remove_small_mode, seed_thres and
     connectivity (of the seeds). Thresholds compare as PyTC does: `> int(255 * t)` on uint8 maps,
-    `> t` on float ones."""
+    `> t` on float ones. `affinity_agglomerate` (3 affinity channels z, y, x) takes PyTC's waterz
+    names: thresholds (one segmentation threshold on 1 - affinity, in (0, 1]), aff_threshold ([low,
+    high] of the fragments' watershed on the mean affinity) and merge_function (`aff<Q>_his256` or
+    `mean`)."""
 
     name: DecoderNameField
     thres: Threshold | None = None
@@ -153,6 +163,9 @@ class DecoderSection(Section):
     connectivity: Literal[6, 18, 26] | None = None
     dilation_struct: PosTriple | None = None
     scale_factors: ScaleTriple | None = None
+    thresholds: Annotated[list[Threshold], Field(min_length=1)] | None = None
+    aff_threshold: Annotated[list[Threshold], Field(min_length=2, max_length=2)] | None = None
+    merge_function: Text | None = None
 
 
 class SegOutputSection(Section):
@@ -307,7 +320,11 @@ def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) 
     """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
     grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
     voxels = grown[0] * grown[1] * grown[2]
-    need = voxels * (4 * decoder.channels + BYTES_PER_VOXEL + (WATERSHED_BYTES if decoder.watershed else 0))
+    need = voxels * (
+        4 * decoder.channels
+        + BYTES_PER_VOXEL
+        + (WATERSHED_BYTES if decoder.watershed or decoder.aff_threshold else 0)
+    )
     field = "compute.block_shape"
     if voxels >= 2**31:
         raise SpecError(field, f"a block of {voxels} voxels; at most 2**31 - 1")
@@ -315,6 +332,24 @@ def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) 
         raise SpecError(
             field,
             f"a block task needs about {need / 2**30:.1f} GiB; at most {limits.task_bytes / 2**30:.1f} GiB",
+        )
+
+
+def neighbor_refusal(name: str, p: Mapping[str, Any]) -> None:
+    """``neighbor`` and ``neighbor_2d`` (PyTC's ``merge_small_objects``, on the volume or slice by
+    slice): each small object, in id order, takes the most frequent label in-plane around it (after
+    the merges before it), else 0. Under 18 or 26 connectivity, with no dilation, no two objects
+    touch in-plane, so every small object becomes 0: ``background`` (``background_2d``), which is
+    exact blockwise. Elsewhere the merges form a chain over the whole
+    volume that a blockwise run does not reproduce: refused, naming why."""
+    dilates = name == "bc_connected" and any(int(s) != 1 for s in p["dilation_struct"])
+    if name not in ("binary_connected", "bc_connected") or dilates or p["connectivity"] not in (18, 26):
+        raise SpecError(
+            "decoder.remove_small_mode",
+            f"{p['remove_small_mode']!r} merges each small object into the object most around it, one "
+            "after another in id order: a chain over the whole volume that is exact blockwise only "
+            "where objects never touch (binary_connected, or bc_connected with dilation_struct "
+            f"[1, 1, 1], at connectivity 18 or 26); {name} here lets objects touch; use background or none",
         )
 
 
@@ -328,6 +363,8 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
             f"{name} is not available yet; the exact blockwise decoders are {', '.join(DEFAULTS)}",
         )
     given = {k: v for k, v in section.model_dump(exclude={"name"}).items() if v is not None}
+    if name == "affinity_agglomerate":
+        return _agglomerate_decoder(given, halo)
     allowed = DEFAULTS[name]
     for key in given:
         if key not in allowed:
@@ -335,11 +372,16 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
                 f"decoder.{key}", f"not a parameter of {name}; its parameters: {', '.join(allowed)}"
             )
     p: Mapping[str, Any] = {**allowed, **given}
-    if p["remove_small_mode"] in SMALL_MODES_NOT_YET:
+    mode = p["remove_small_mode"]
+    grows = name in WATERSHED or (name == "bc_connected" and any(int(s) != 1 for s in p["dilation_struct"]))
+    if mode in SMALL_MODES_NOT_YET and grows:
         raise SpecError(
             "decoder.remove_small_mode",
-            f"{p['remove_small_mode']!r} is not available yet; use background or none",
+            f"{mode!r} (sizes counted per z slice) is not available yet for {name} with its "
+            "dilation or growth; use background or none",
         )
+    if mode in ("neighbor", "neighbor_2d"):
+        neighbor_refusal(name, p)
     if list(p.get("scale_factors", [1.0, 1.0, 1.0])) != [1.0, 1.0, 1.0]:
         raise SpecError("decoder.scale_factors", "resizing the labels is not available yet; use [1, 1, 1]")
     if name == "affinity_connected" and p["connectivity"] != 6:
@@ -363,4 +405,37 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
         dilation,
         int(p.get("seed_thres", 32)),
         triple(halo) if halo is not None else WATERSHED_HALO if name in WATERSHED else (0, 0, 0),
+    )
+
+
+def _agglomerate_decoder(given: Mapping[str, Any], halo: Sequence[int] | None) -> Decoder:
+    from volumes.labels.agglomerate import check
+
+    for key in given:
+        if key not in AGGLOMERATE_DEFAULTS:
+            raise SpecError(
+                f"decoder.{key}",
+                f"not a parameter of affinity_agglomerate; its parameters: {', '.join(AGGLOMERATE_DEFAULTS)}",
+            )
+    p: Mapping[str, Any] = {**AGGLOMERATE_DEFAULTS, **given}
+    for problem in check(p["thresholds"], p["aff_threshold"], p["merge_function"]):
+        raise SpecError(f"decoder.{problem.split(':', 1)[0]}", problem.split(": ", 1)[1])
+    if len(p["thresholds"]) != 1:
+        raise SpecError(
+            "decoder.thresholds",
+            f"one threshold per job (the job writes one labels image), not {list(p['thresholds'])}; "
+            "submit a job per threshold",
+        )
+    low, high = p["aff_threshold"]
+    return Decoder(
+        "affinity_agglomerate",
+        (float(p["thresholds"][0]),),
+        0,
+        "none",
+        6,
+        None,
+        0,
+        triple(halo) if halo is not None else WATERSHED_HALO,
+        (float(low), float(high)),
+        str(p["merge_function"]),
     )

@@ -61,7 +61,7 @@ from workers.training.job import (
 Probability = Annotated[float, Field(strict=False, ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 TargetKind = Literal["binary", "boundary", "affinity", "semantic"]
-ScheduleKind = Literal["constant", "step", "warmup_cosine"]
+ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine"]
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
@@ -120,7 +120,8 @@ class TargetSection(Section):
 
 class ScheduleSection(Section):
     """The learning-rate schedule: `constant`, `step` (at `milestones` or every `step_size`), or
-    `warmup_cosine`."""
+    `warmup_cosine` (warm-up, then a cosine to `min_lr_ratio`), or `pytc_warmup_cosine` (PyTC v1's
+    WarmupCosineLR: the warm-up factor times a half cosine over all iterations)."""
 
     kind: ScheduleKind = "constant"
     milestones: Annotated[list[PosInt], Field(min_length=1)] | None = None
@@ -139,6 +140,9 @@ class SolverSection(Section):
     lr: Annotated[Finite, Field(gt=0.0)] = 0.001
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     weight_decay: NonNegFloat = 1e-4
+    # one: every parameter in one group; pytc: PyTC v1's groups (one per parameter, no weight decay
+    # for biases and normalisation layers), so PyTC and this service load each other's checkpoints
+    param_groups: Literal["one", "pytc"] = "one"
     schedule: ScheduleSection = ScheduleSection()
     clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = None
     iterations: PosInt
@@ -355,7 +359,13 @@ def _check_out_channels(model: TrainingModelSpec, heads: tuple[HeadSpec, ...]) -
 
 
 def _solver(section: SolverSection) -> SolverSpec:
-    optimizer = OptimizerSpec(section.optimizer, section.lr, section.weight_decay, section.momentum)
+    optimizer = OptimizerSpec(
+        section.optimizer,
+        section.lr,
+        section.weight_decay,
+        section.momentum,
+        param_groups=section.param_groups,
+    )
     return SolverSpec(
         optimizer=optimizer,
         schedule=_schedule(section.schedule, section.iterations),
@@ -375,6 +385,8 @@ def _schedule(section: ScheduleSection, iterations: int) -> ScheduleSpec:
         raise SpecError(where, f"milestones and step_size go with kind: step, not {section.kind}")
     if section.kind == "warmup_cosine" and section.warmup >= iterations:
         raise SpecError(f"{where}.warmup", f"{section.warmup} warmup iterations of {iterations} in all")
+    if section.kind == "pytc_warmup_cosine" and section.min_lr_ratio:
+        raise SpecError(f"{where}.min_lr_ratio", "goes with kind: warmup_cosine; PyTC's cosine ends at 0")
     return ScheduleSpec(
         kind=section.kind,
         milestones=tuple(sorted(section.milestones or ())),

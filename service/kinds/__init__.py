@@ -82,12 +82,22 @@ def job_kinds() -> list[JobKind[Any]]:
         return list(_kinds.values())
 
 
+# Each built-in kind's name, so that a job of one kind imports only that kind's module (``pytc run``
+# of a segmentation job never imports training's documents): a share of its start-up.
+BUILTIN_NAMES = ("inference", "training", "segmentation", "evaluation", "pytc_config")
+
+
 def job_kind(name: str) -> JobKind[Any]:
     """The kind called ``name``; a SpecError on ``kind`` naming the known ones otherwise."""
-    _load_builtins()
     with _lock:
         kind = _kinds.get(name)
-        known = sorted(_kinds)
+    if kind is None and not _loaded and name in BUILTIN_NAMES:
+        _load_builtin(*BUILTIN[BUILTIN_NAMES.index(name)])
+    elif kind is None:
+        _load_builtins()
+    with _lock:
+        kind = _kinds.get(name)
+        known = sorted({*_kinds, *BUILTIN_NAMES})
     if kind is None:
         raise SpecError("kind", f"expected one of {', '.join(map(repr, known))}, got {name!r}")
     return kind
@@ -122,7 +132,16 @@ def _load_builtins() -> None:
     if _loaded:
         return
     for module, attribute in BUILTIN:
-        kind = getattr(importlib.import_module(module), attribute)
-        with _lock:
-            _kinds.setdefault(kind.name, kind)
+        _load_builtin(module, attribute)
+    with _lock:  # the built-in ones first, in their order, whatever was loaded before
+        order = [n for n in BUILTIN_NAMES if n in _kinds] + [n for n in _kinds if n not in BUILTIN_NAMES]
+        ordered = {n: _kinds[n] for n in order}
+        _kinds.clear()
+        _kinds.update(ordered)
     _loaded = True
+
+
+def _load_builtin(module: str, attribute: str) -> None:
+    kind = getattr(importlib.import_module(module), attribute)
+    with _lock:
+        _kinds.setdefault(kind.name, kind)

@@ -9,6 +9,8 @@ The document holds PyTC's own files as text, and what PyTC's ``main.py`` takes b
 Parsing converts it (:mod:`service.pytc`: yacs rules over PyTC's defaults, every key mapped or
 refused by name) into an inference or a training document and parses that with its own kind; the
 job is then that kind's job, and admission, the run, the target and the summary are that kind's.
+A config naming several input volumes (``IMAGE_NAME: a.h5@b.h5``) is one inference job per volume,
+as PyTC predicts each: all admitted first, then run in turn (docs/pytc.md, "Several volumes").
 A problem found in the converted document names the PyTC key it came from (``MODEL.INPUT_SIZE
 (window.patch_size): ...``), so a PyTC user reads their own names. ``pytc run --pytc-config`` builds
 this same document from the files.
@@ -16,6 +18,7 @@ this same document from the files.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from service.documents.sections import Root, Section, StrictBool, Text, require_kind, resolve_path, validate
-from service.errors import PathOutsideRootsError, SpecError
+from service.errors import JobFailedError, PathOutsideRootsError, SpecError
 from service.kinds.base import AdmitEnv, JobKind, ParseEnv, RunEnv, Summary, Target
 from service.pytc.convert import Conversion, convert_pytc
 from service.pytc.model import CONFIG_KEYS
@@ -48,11 +51,17 @@ class PytcConfigDocument(Section):
 
 @dataclass(frozen=True)
 class PytcJob:
-    """The converted job: the kind that runs it, its job, and what the conversion said."""
+    """The converted jobs (one per input volume PyTC predicts, else one): the kind that runs them,
+    the parsed jobs in PyTC's order, and what the conversion said."""
 
     kind: str
-    job: Any
+    jobs: tuple[Any, ...]
     conversion: Conversion
+
+    @property
+    def job(self) -> Any:
+        """The first volume's job (the only one, but for several volumes)."""
+        return self.jobs[0]
 
 
 def first_hdf5_dataset(roots: Sequence[Root]) -> Any:
@@ -102,42 +111,90 @@ class PytcConfigKind:
 
         conversion = convert_document(doc, env.roots)
         kind = str(conversion.document["kind"])
-        with pytc_names(conversion.document):
-            return PytcJob(kind, job_kind(kind).parse(conversion.document, env), conversion)
+        jobs = []
+        for document in conversion.documents:
+            with pytc_names(document):
+                jobs.append(job_kind(kind).parse(document, env))
+        return PytcJob(kind, tuple(jobs), conversion)
 
     def target(self, job: PytcJob) -> Target:
-        return self._inner(job).target(job.job)
+        """The first volume's output; with several volumes, the output container and its datasets
+        (PyTC's ``vol0``, ``vol1``, ...; or, under ``DO_SINGLY``, one output each: their paths)."""
+        targets = [self._inner(job).target(one) for one in job.jobs]
+        if len(targets) == 1:
+            return targets[0]
+        paths = sorted({t.path for t in targets})
+        if len(paths) == 1:
+            return Target(paths[0], ", ".join(t.what for t in targets))
+        return Target(os.path.commonpath(paths), ", ".join(str(t) for t in targets))
 
     def admit(self, job: PytcJob, env: AdmitEnv) -> Any:
-        with pytc_names(job.conversion.document):
-            checked = self._inner(job).admit(job.job, env)
-        source = getattr(checked, "source", None)  # the inference kind's opened input
-        if source is not None and str(source.dtype) != "uint8":
-            raise SpecError(
-                "DATASET.NORMALIZE_RANGE",
-                f"the input is {source.dtype}: PyTC divides inputs by 255 after stretching non-uint8 "
-                "volumes to their own min and max (DATASET.NORMALIZE_RANGE), a whole-volume statistic "
-                "this service does not compute; convert the volume to uint8 as PyTC would, then run again",
-            )
-        return checked
+        """Every volume's job is admitted before any runs: a problem with the third volume is found
+        before the first is predicted."""
+        checked = []
+        for document, one in zip(job.conversion.documents, job.jobs, strict=True):
+            with pytc_names(document):
+                admitted = self._inner(job).admit(one, env)
+            source = getattr(admitted, "source", None)  # the inference kind's opened input
+            if source is not None and str(source.dtype) != "uint8":
+                raise SpecError(
+                    "DATASET.NORMALIZE_RANGE",
+                    f"the input {source.path} is {source.dtype}: PyTC divides inputs by 255 after "
+                    "stretching non-uint8 volumes to their own min and max (DATASET.NORMALIZE_RANGE), a "
+                    "whole-volume statistic this service does not compute; convert the volume to uint8 as "
+                    "PyTC would, then run again",
+                )
+            checked.append(admitted)
+        return checked[0] if len(checked) == 1 else tuple(checked)
 
     def run(self, job: PytcJob, env: RunEnv, checked: Any = None) -> dict[str, Any]:
+        """The volumes in turn, as PyTC predicts them. One that fails does not stop the others; the
+        run then fails naming each that failed (a rerun resumes: finished volumes are skipped by
+        their own runs). A cancel stops at once, what is done kept."""
         for note in job.conversion.notes:
             env.notice(f"PyTC config: {note}")
-        with pytc_names(job.conversion.document):
-            result = self._inner(job).run(job.job, env, checked)
-        return {**result, "converted_kind": job.kind}
+        if len(job.jobs) == 1:
+            with pytc_names(job.conversion.document):
+                result = self._inner(job).run(job.job, env, checked)
+            return {**result, "converted_kind": job.kind}
+        checks = checked if isinstance(checked, tuple) else (None,) * len(job.jobs)
+        results: list[dict[str, Any]] = []
+        failed: list[str] = []
+        for index, (document, one, check) in enumerate(
+            zip(job.conversion.documents, job.jobs, checks, strict=True)
+        ):
+            output = document["output"]
+            where = f"{document['input']['path']} -> {output['path']} ({output['dataset']})"
+            env.notice(f"PyTC volume {index + 1} of {len(job.jobs)}: {where}")
+            try:
+                with pytc_names(document):
+                    results.append(self._inner(job).run(one, env, check))
+            except (JobFailedError, SpecError) as err:
+                failed.append(f"{where}: {err}")
+                env.notice(f"PyTC volume {index + 1} of {len(job.jobs)} failed: {err}")
+        if failed:
+            raise JobFailedError(
+                f"{len(failed)} of {len(job.jobs)} volumes failed (run again to resume): " + "; ".join(failed)
+            )
+        return {**results[0], "converted_kind": job.kind, "volumes": results}
 
     def discard(self, job: PytcJob, env: RunEnv | None) -> None:
         discard = getattr(self._inner(job), "discard", None)
         if callable(discard):
-            discard(job.job, env)
+            for one in job.jobs:
+                discard(one, env)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
+        """The summary of the kind the configuration became (recorded in the result); with several
+        volumes, one line per volume and the first volume's output as the path."""
         from service.kinds import job_kind
 
-        """The summary of the kind the configuration became (recorded in the result)."""
-        return job_kind(str(result.get("converted_kind", "inference"))).summary(result)
+        inner = job_kind(str(result.get("converted_kind", "inference")))
+        volumes = result.get("volumes")
+        if not isinstance(volumes, list):
+            return inner.summary(result)
+        summaries = [inner.summary(one) for one in volumes]
+        return Summary(tuple(line for s in summaries for line in s.lines), summaries[0].output)
 
 
 # Our fields -> the PyTC keys they come from (the longest prefix wins)

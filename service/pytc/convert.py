@@ -29,18 +29,31 @@ from workers.errors import SpecError
 # The path of an HDF5 file (as the document names it) -> its first dataset, or None
 FirstDataset = Callable[[str], "str | None"]
 
-# HDF5 and TileDataset JSON as PyTC reads them; zarr and N5 (an array, or a container's array as
-# ``vol.zarr/raw``) beyond PyTC: what the service reads
-READABLE = (".h5", ".hdf5", ".json", ".zarr", ".n5")
-ACTIVATIONS = {"sigmoid": "sigmoid", "softmax": "softmax", "tanh": "tanh", "none": "none"}
+# HDF5, TIFF and PNG stacks (a .png name may be a pattern) and TileDataset JSON as PyTC reads them;
+# zarr and N5 (an array, or a container's array as ``vol.zarr/raw``) beyond PyTC: what the service reads
+READABLE = (".h5", ".hdf5", ".tif", ".tiff", ".png", ".json", ".zarr", ".n5")
+# PyTC's INFERENCE.OUTPUT_ACT -> ours. relu and elu are "none": PyTC clips every window at 0 after
+# them (window.raw_heads: pytc does so too), where relu(x) and elu(x) are both max(x, 0); and as
+# both keep order, a TTA min (from 1) or max (from 0) of them is that of x, clipped. A TTA mean of
+# them is not (refused).
+ACTIVATIONS = {
+    "sigmoid": "sigmoid", "softmax": "softmax", "tanh": "tanh", "none": "none", "relu": "none", "elu": "none",
+}  # fmt: skip
+CLIPPED_LIKE_NONE = ("relu", "elu")
 
 
 @dataclass(frozen=True)
 class Conversion:
-    """Our job document, and the PyTC defaults it only approximates (training), said aloud."""
+    """Our job documents (one per volume PyTC's ``IMAGE_NAME`` names: ``a.h5@b.h5``), and the PyTC
+    defaults they only approximate (training), said aloud."""
 
-    document: dict[str, Any]
+    documents: tuple[dict[str, Any], ...]
     notes: tuple[str, ...] = ()
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The first volume's document (the only one, but for several volumes)."""
+        return self.documents[0]
 
 
 def convert_pytc(
@@ -52,14 +65,16 @@ def convert_pytc(
     first_dataset: FirstDataset | None = None,
 ) -> Conversion:
     """PyTC config texts (base, then experiment: ``(name, text)``) and trailing ``KEY VALUE``
-    overrides -> our job document (a plain mapping, ready for YAML or ``POST /v1/jobs``)."""
+    overrides -> our job documents (plain mappings, ready for YAML or ``POST /v1/jobs``): one per
+    input volume under ``inference``, as PyTC's ``Trainer.test`` predicts each (into one output,
+    datasets ``vol0``, ``vol1``, ...); one training document."""
     cfg = load_pytc_config(texts, overrides, inference=inference)
     check_refused(cfg)
     if inference:
-        return Conversion(inference_document(cfg, checkpoint, first_dataset))
+        return Conversion(tuple(inference_documents(cfg, checkpoint, first_dataset)))
     notes: list[str] = []
     document = training_document(cfg, checkpoint, lambda key: volume_path(cfg, key, first_dataset), notes)
-    return Conversion(document, tuple(notes))
+    return Conversion((document,), tuple(notes))
 
 
 def check_refused(cfg: PytcConfig) -> None:
@@ -70,17 +85,77 @@ def check_refused(cfg: PytcConfig) -> None:
             raise refuse(key, reason, cfg.get(key))
 
 
-def inference_document(
+def inference_documents(
     cfg: PytcConfig, checkpoint: str | None, first_dataset: FirstDataset | None
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """One inference document per input volume PyTC predicts, in PyTC's order, each writing where
+    PyTC writes that volume (:func:`output_places`)."""
     heads = target_heads(cfg)
-    return {
-        "kind": "inference",
-        "input": {**volume_path(cfg, "IMAGE_NAME", first_dataset), "normalize": _normalize(cfg)},
-        "model": model_section(cfg, checkpoint),
-        "window": _window(cfg),
-        "output": _output(cfg, heads),
-    }
+    inputs = volume_paths(cfg, "IMAGE_NAME", first_dataset)
+    return [
+        {
+            "kind": "inference",
+            "input": {**inputs[index], "normalize": _normalize(cfg)},
+            "model": model_section(cfg, checkpoint),
+            "window": _window(cfg),
+            "output": {**place, **_output(cfg, heads)},
+        }
+        for index, place in output_places(cfg, len(inputs))
+    ]
+
+
+def output_places(cfg: PytcConfig, count: int) -> list[tuple[int, dict[str, str]]]:
+    """(input index, ``{path, dataset}``) of each volume PyTC predicts, as PyTC names its outputs.
+
+    ``Trainer.test`` writes one HDF5 file, ``OUTPUT_PATH/OUTPUT_NAME``, holding ``vol0``, ``vol1``,
+    ... in ``IMAGE_NAME``'s order. ``Trainer.test_singly`` (``INFERENCE.DO_SINGLY``) predicts the
+    volumes ``range(DO_SINGLY_START_INDEX, n, |DO_SINGLY_STEP|)`` (backwards for a negative step),
+    each into its own file ``OUTPUT_PATH/<its IMAGE_NAME>``, or ``<its IMAGE_NAME>_result.h5``
+    when ``OUTPUT_PATH`` is ``INPUT_PATH``, dataset ``vol0``. Ours are zarr: ``.h5`` becomes ``.zarr``.
+    """
+    out_dir = str(cfg.get("INFERENCE.OUTPUT_PATH") or cfg.get("DATASET.OUTPUT_PATH"))
+    if not cfg.get("INFERENCE.DO_SINGLY"):
+        path = posixpath.join(out_dir, _zarr_name(str(cfg.get("INFERENCE.OUTPUT_NAME"))))
+        return [(index, {"path": path, "dataset": f"vol{index}"}) for index in range(count)]
+    start, step = int(cfg.get("INFERENCE.DO_SINGLY_START_INDEX")), int(cfg.get("INFERENCE.DO_SINGLY_STEP"))
+    if step == 0:
+        raise refuse("INFERENCE.DO_SINGLY_STEP", "PyTC's range() of volumes needs a step other than 0", step)
+    order = list(range(start, count, abs(step)))[:: -1 if step < 0 else 1]
+    if not order:
+        raise refuse(
+            "INFERENCE.DO_SINGLY_START_INDEX",
+            f"selects none of the {count} volumes of INFERENCE.IMAGE_NAME",
+            start,
+        )
+    if "{" in str(cfg.get("INFERENCE.OUTPUT_NAME")):
+        raise refuse(
+            "INFERENCE.OUTPUT_NAME",
+            "under DO_SINGLY PyTC evaluates a name with { as Python code per volume; "
+            "name the outputs plainly",
+            cfg.get("INFERENCE.OUTPUT_NAME"),
+        )
+    dirs = _names(cfg.get("DATASET.INPUT_PATH"), "DATASET.INPUT_PATH")
+    if len(dirs) != 1:
+        raise refuse(
+            "DATASET.INPUT_PATH", "PyTC's DO_SINGLY takes one input folder", cfg.get("DATASET.INPUT_PATH")
+        )
+    names = _names(cfg.get("DATASET.IMAGE_NAME"), _source(cfg, "IMAGE_NAME"))
+    beside = out_dir == dirs[0]  # PyTC: "same file location"
+    return [
+        (
+            i,
+            {
+                "path": posixpath.join(out_dir, _zarr_name(names[i] + "_result.h5" if beside else names[i])),
+                "dataset": "vol0",
+            },
+        )
+        for i in order
+    ]
+
+
+def _zarr_name(name: str) -> str:
+    """PyTC's HDF5 output name as our zarr's: its suffix replaced by ``.zarr``."""
+    return (name.rsplit(".", 1)[0] if "." in posixpath.basename(name) else name) + ".zarr"
 
 
 def _window(cfg: PytcConfig) -> dict[str, Any]:
@@ -154,14 +229,19 @@ def _output(cfg: PytcConfig, heads: list[tuple[str, int, str]]) -> dict[str, Any
     if len(acts) != len(heads):
         raise refuse("INFERENCE.OUTPUT_ACT", f"one activation per MODEL.TARGET_OPT head ({len(heads)})", acts)
     for act in acts:
+        if act in CLIPPED_LIKE_NONE and _tta_variants(cfg) > 1 and cfg.get("INFERENCE.AUG_MODE") == "mean":
+            raise refuse(
+                "INFERENCE.OUTPUT_ACT",
+                f"PyTC averages {act}(x) over the TTA variants, which no output activation here "
+                "computes; it equals a raw head clipped at 0 without TTA, or under INFERENCE.AUG_MODE "
+                "min or max",
+                act,
+            )
         if act not in ACTIVATIONS:
-            raise refuse("INFERENCE.OUTPUT_ACT", "activations are sigmoid, softmax, tanh or none", act)
-    out_dir = str(cfg.get("INFERENCE.OUTPUT_PATH") or cfg.get("DATASET.OUTPUT_PATH"))
-    name = str(cfg.get("INFERENCE.OUTPUT_NAME"))
-    stem = name.rsplit(".", 1)[0] if "." in name else name
+            raise refuse(
+                "INFERENCE.OUTPUT_ACT", "activations are sigmoid, softmax, tanh, relu, elu or none", act
+            )
     return {
-        "path": posixpath.join(out_dir, stem + ".zarr"),
-        "dataset": "vol0",  # PyTC's writeh5 names the volumes vol0, vol1, ...
         "dtype": "uint8",
         "uint8_rounding": "truncate",
         "heads": [h[1] for h in heads],
@@ -170,25 +250,58 @@ def _output(cfg: PytcConfig, heads: list[tuple[str, int, str]]) -> dict[str, Any
 
 
 def volume_path(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> dict[str, Any]:
-    """``DATASET.INPUT_PATH`` joined with ``DATASET.<key>`` as PyTC joins them: one volume, in a
-    format the service reads; an HDF5 file's first dataset when PyTC would take it."""
-    dotted = f"DATASET.{key}"
-    names = _names(cfg.get(dotted), _source(cfg, key))
-    dirs = _names(cfg.get("DATASET.INPUT_PATH"), "DATASET.INPUT_PATH")
-    dotted = _source(cfg, key)
-    if len(names) != 1 or len(dirs) != 1:
-        raise refuse(dotted, "a job reads one volume; run one job per volume", cfg.get(dotted))
-    name = names[0]
-    path = name if cfg.get("DATASET.IS_ABSOLUTE_PATH") else posixpath.join(dirs[0], name)
-    if name.endswith(".txt") or "*" in name:
+    """The one volume of ``DATASET.<key>`` (a training job reads one volume per array)."""
+    volumes = volume_paths(cfg, key, first_dataset)
+    if len(volumes) != 1:
+        dotted = _source(cfg, key)
         raise refuse(
-            dotted, "file lists and globs of 2D images are not read; store the stack as one volume", name
+            dotted, "a training job reads one volume; train on one, or stack them first", cfg.get(dotted)
         )
+    return volumes[0]
+
+
+def volume_paths(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> list[dict[str, Any]]:
+    """``DATASET.INPUT_PATH`` joined with ``DATASET.<key>`` as PyTC's ``_make_path_list`` joins them
+    (``@``-separated or a list; one folder for all, or one per volume): the volumes, each in a
+    format the service reads; an HDF5 file's first dataset when PyTC would take it."""
+    dotted = _source(cfg, key)
+    names = _names(cfg.get(f"DATASET.{key}"), dotted)
+    dirs = _names(cfg.get("DATASET.INPUT_PATH"), "DATASET.INPUT_PATH")
+    absolute = bool(cfg.get("DATASET.IS_ABSOLUTE_PATH"))
+    if not absolute and len(dirs) not in (1, len(names)):
+        raise refuse(
+            "DATASET.INPUT_PATH",
+            f"PyTC joins one folder to every volume, or one folder to each; {len(dirs)} folders for "
+            f"{len(names)} volumes",
+            cfg.get("DATASET.INPUT_PATH"),
+        )
+    sections = []
+    for index, name in enumerate(names):
+        path = name if absolute else posixpath.join(dirs[index if len(dirs) > 1 else 0], name)
+        sections.append(_volume_section(cfg, dotted, name, path, first_dataset))
+    return sections
+
+
+def _volume_section(
+    cfg: PytcConfig, dotted: str, name: str, path: str, first_dataset: FirstDataset | None
+) -> dict[str, Any]:
+    if name.endswith(".txt"):
+        raise refuse(
+            dotted, "file lists are not read; name the volumes with @ (a.h5@b.h5), or stack them", name
+        )
+    if posixpath.basename(name) in ("*.png", "*.tif"):
+        raise refuse(
+            dotted,
+            f"PyTC predicts each file {name} matches as its own one-section volume; name a pattern "
+            "such as slice_*.png to read them as one stack, or list the volumes with @",
+            name,
+        )
+    if "*" in name and not path.lower().endswith(".png"):
+        raise refuse(dotted, "only a .png name may be a pattern of files (PyTC's readvol)", name)
     if not path.rstrip("/").lower().endswith(READABLE) and not re.search(r"\.(zarr|n5)/", path.lower()):
         raise refuse(
             dotted,
-            "the service reads HDF5, zarr, N5 and TileDataset .json volumes "
-            "(convert TIFF/PNG stacks to HDF5)",
+            "the service reads HDF5, TIFF, PNG, zarr, N5 and TileDataset .json volumes",
             name,
         )
     if cfg.get("DATASET.DO_CHUNK_TITLE") and not path.endswith(".json"):

@@ -42,9 +42,6 @@ IGNORED: dict[str, str] = {
     "INFERENCE.SAMPLES_PER_BATCH": "window.batch_size; each window is computed alone whatever the batch",
     "INFERENCE.TEST_NUM": "PyTC's split of a volume list among processes",
     "INFERENCE.TEST_ID": "as INFERENCE.TEST_NUM",
-    "INFERENCE.DO_SINGLY": "one volume per job here anyway",
-    "INFERENCE.DO_SINGLY_START_INDEX": "as INFERENCE.DO_SINGLY",
-    "INFERENCE.DO_SINGLY_STEP": "as INFERENCE.DO_SINGLY",
     "SOLVER.ITERATION_VAL": "validation needs validation.* (not in PyTC v1's training loop)",
     "SOLVER.ITERATION_STEP": "gradient accumulation steps: refused when not 1 (see convert)",
     "AUGMENTOR.ADDITIONAL_TARGETS_NAME": "which arrays follow the image; label and mask always do here",
@@ -54,12 +51,20 @@ IGNORED: dict[str, str] = {
 # Keys the service does not do: refused with the reason when set to anything but PyTC's default,
 # those of training only in a training conversion, those of inference only with --inference.
 REFUSED_UNLESS_DEFAULT: dict[str, str] = {
-    "DATASET.DATA_SCALE": "the service does not rescale inputs; rescale the volume first",
+    "DATASET.DATA_SCALE": (
+        "PyTC zooms the whole input by it with a cubic spline (scipy.ndimage.zoom(volume, DATA_SCALE, "
+        "order=3): a prefilter over whole lines of the volume, not computable block by block) and "
+        "predicts and writes at that zoomed size; zoom the volume so yourself, name it, and set "
+        "DATA_SCALE [1.0, 1.0, 1.0]"
+    ),
     "DATASET.IMAGE_SCALE": "as DATASET.DATA_SCALE",
     "DATASET.SCALE_FACTOR": "super-resolution is not a job kind here",
     "DATASET.ENSURE_MIN_SIZE": "volumes smaller than a window are padded, never resized",
     "DATASET.DROP_CHANNEL": "multi-channel inputs are not read",
-    "DATASET.LOAD_2D": "2D image stacks are not read; store the stack as one volume",
+    "DATASET.LOAD_2D": (
+        "PyTC then reads each 2D image as its own volume (readimg_as_vol); store the images as one "
+        "stack (TIFF, HDF5, zarr) and run a 2D model over it slice by slice"
+    ),
     "DATASET.DATA_COORD_RANGE": "give the region as input.roi instead",
     "MODEL.RETURN_FEATS": "feature maps are not returned",
 }
@@ -72,16 +77,27 @@ REFUSED_IN_TRAINING: dict[str, str] = {
     "DATASET.VAL_LABEL_NAME": "as DATASET.VAL_IMAGE_NAME",
     "DATASET.VAL_VALID_MASK_NAME": "as DATASET.VAL_IMAGE_NAME",
     "MODEL.TARGET_OPT_MULTISEG_SPLIT": "multi-segmentation splits are not a target here",
-    "MODEL.LABEL_EROSION": "label erosion is not done",
-    "MODEL.LABEL_DILATION": "label dilation is not done",
-    "MODEL.REGU_OPT": "regularisation losses are not done",
+    "MODEL.LABEL_EROSION": (
+        "PyTC widens the borders between instances by this many pixels (seg_widen_border: a voxel whose "
+        "(2n+1)x(2n+1) xy window holds two ids becomes background) before computing each target; our "
+        "trainer's targets come from the labels as they are. Train without it (None), or erode the "
+        "labels so first"
+    ),
+    "MODEL.LABEL_DILATION": "PyTC dilates the labels in xy before computing targets; our trainer does not",
+    "MODEL.REGU_OPT": (
+        "PyTC adds regularisation losses between heads (BinaryReg, FgDT and ContourDT consistency, "
+        "NonoverlapReg); our trainer's loss is the targets' own (bce, dice, ce) only"
+    ),
     "MODEL.REGU_TARGET": "as MODEL.REGU_OPT",
     "MODEL.REGU_WEIGHT": "as MODEL.REGU_OPT",
-    "MODEL.LOSS_KWARGS_KEY": "loss arguments are not passed",
+    "MODEL.LOSS_KWARGS_KEY": (
+        "PyTC passes these keyword arguments to its loss classes (e.g. WeightedCE's class weights); our "
+        "trainer's losses take none"
+    ),
     "MODEL.LOSS_KWARGS_VAL": "as MODEL.LOSS_KWARGS_KEY",
-    "SOLVER.BIAS_LR_FACTOR": "one learning rate for all parameters",
-    "SOLVER.WEIGHT_DECAY_BIAS": "one weight decay for all parameters",
-    "SOLVER.WEIGHT_DECAY_NORM": "one weight decay for all parameters",
+    "SOLVER.BIAS_LR_FACTOR": "biases learn at the base rate (PyTC's default 1.0)",
+    "SOLVER.WEIGHT_DECAY_BIAS": "biases have no weight decay (PyTC's default 0.0)",
+    "SOLVER.WEIGHT_DECAY_NORM": "normalisation layers have no weight decay (PyTC's default 0.0)",
     "SOLVER.BETAS": "Adam's betas are PyTorch's defaults",
     "SOLVER.SWA.ENABLED": "stochastic weight averaging is not done (SWA checkpoints load for inference)",
     "AUGMENTOR.SMOOTH": "label smoothing after augmentation is not done",
@@ -90,7 +106,7 @@ REFUSED_IN_TRAINING: dict[str, str] = {
 }
 REFUSED_IN_INFERENCE: dict[str, str] = {
     "INFERENCE.TENSORSTORE_PATH": "name the volume as input.path (zarr, N5) instead",
-    "INFERENCE.OUTPUT_SCALE": "outputs are not rescaled",
+    "INFERENCE.OUTPUT_SCALE": "outputs are not resized (PyTC resizes each window's output, linearly)",
     "INFERENCE.DATA_SCALE": "as DATASET.DATA_SCALE",
     "INFERENCE.MODEL_RETURN_FEATS": "feature maps are not returned",
     "INFERENCE.DO_EVAL": "the network always runs in eval mode (BatchNorm with its running statistics)",

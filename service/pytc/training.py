@@ -143,6 +143,7 @@ def _solver(cfg: PytcConfig) -> dict[str, Any]:
         "lr": float(cfg.get("SOLVER.BASE_LR")),
         "momentum": float(cfg.get("SOLVER.MOMENTUM")),
         "weight_decay": float(cfg.get("SOLVER.WEIGHT_DECAY")),
+        "param_groups": "pytc",
         "schedule": _schedule(cfg),
         "iterations": int(cfg.get("SOLVER.ITERATION_TOTAL")),
         "batch_size": int(cfg.get("SOLVER.SAMPLES_PER_BATCH")),
@@ -174,7 +175,7 @@ def _schedule(cfg: PytcConfig) -> dict[str, Any]:
         if cfg.get("SOLVER.WARMUP_METHOD") != "linear":
             raise refuse("SOLVER.WARMUP_METHOD", "warm-up is linear", cfg.get("SOLVER.WARMUP_METHOD"))
         return {
-            "kind": "warmup_cosine",
+            "kind": "pytc_warmup_cosine",
             "warmup": int(cfg.get("SOLVER.WARMUP_ITERS")),
             "warmup_factor": float(cfg.get("SOLVER.WARMUP_FACTOR")),
         }

@@ -50,7 +50,13 @@ def build_view(
     layers, notes = open_layers(job_sources(kind, spec, roots))
     for layer in layers:
         if not viewable(layer):
-            notes.append(f"{layer.source.name}: neuroglancer does not read {layer.format}; previews only")
+            reason = (
+                "the viewer's layers are not offered for precomputed outputs yet (open the folder's "
+                "info in neuroglancer as a precomputed:// source)"
+                if layer.format == "precomputed"
+                else f"neuroglancer does not read {layer.format}"
+            )
+            notes.append(f"{layer.source.name}: {reason}; previews only")
     state = view_state(layers, lambda la: sign(la.source.store), spec) if sign is not None else {}
     return View(layers, notes, state)
 

@@ -97,7 +97,7 @@ def plain_loop(args: argparse.Namespace, image: np.ndarray, label: np.ndarray) -
         batches.append((x_t, y_t))
     seed_everything(0)
     model = build_unet3d(model_config(args)).train()
-    optimizer = build_optimizer(model.parameters(), OptimizerSpec("adamw", lr=1e-3))
+    optimizer = build_optimizer(model, OptimizerSpec("adamw", lr=1e-3))
     scheduler = build_scheduler(optimizer, ScheduleSpec(), args.iterations)
     heads = (HeadSpec("binary"),)
     started = time.perf_counter()

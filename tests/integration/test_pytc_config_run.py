@@ -107,14 +107,18 @@ def test_a_key_we_cannot_honour_is_exit_2_naming_it(
 @pytest.mark.slow
 def test_post_a_pytc_config_to_the_service(tmp_path: Path, golden: dict[str, np.ndarray]) -> None:
     """``POST /v1/jobs`` with the YAML texts: the job runs as the inference it converts to, with
-    PyTC's output; a key that cannot be honoured is a 422 naming it."""
+    PyTC's output, for each volume it names (an HDF5 file and a TIFF stack of the same image: PyTC's
+    vol0 and vol1); a key that cannot be honoured is a 422 naming it."""
     import httpx
+    import tifffile
 
     from tests.integration.service_fixtures import assert_problem, running_service, wait_for_state
 
     root = _root(tmp_path / "data-root", golden, CASES[0])
+    tifffile.imwrite(root / "data" / "im.tif", golden["image"], photometric="minisblack")
     text = (GOLDEN / f"{CASES[0]}.yaml").read_text()
     doc = {"kind": "pytc_config", "base": text, "inference": True, "checkpoint": "checkpoint_00001.pth.tar"}
+    doc["overrides"] = ["INFERENCE.IMAGE_NAME", "im.h5@im.tif"]
     with running_service(root, tmp_path / "state") as service:
         refused = httpx.post(
             f"{service.url}/v1/jobs", json={**doc, "overrides": ["INFERENCE.UNPAD", "False"]}
@@ -125,8 +129,10 @@ def test_post_a_pytc_config_to_the_service(tmp_path: Path, golden: dict[str, np.
         done = wait_for_state(service.url, posted.json()["id"], ("succeeded", "failed"), timeout_s=240)
         assert done["state"] == "succeeded", done
         assert done["kind"] == "pytc_config" and done["result"]["converted_kind"] == "inference"
-    written = open_volume(root / "out" / "result.zarr", "vol0")
-    np.testing.assert_array_equal(written.read(Box.of_shape(written.shape)), golden[f"{CASES[0]}/output"])
+        assert [one["dataset"] for one in done["result"]["volumes"]] == ["vol0", "vol1"]
+    for dataset in ("vol0", "vol1"):
+        written = open_volume(root / "out" / "result.zarr", dataset)
+        np.testing.assert_array_equal(written.read(Box.of_shape(written.shape)), golden[f"{CASES[0]}/output"])
 
 
 def test_admission_names_pytc_keys(

@@ -130,7 +130,9 @@ def test_a_run_stopped_part_way_resumes_to_the_same_labels(tmp_path: Path, pred:
             run_step(task.plan, task.step, task.block)
             run.finished(task)
             done += 1
-    again = run_serially(j)  # a new run: what the markers say is done is skipped
+    done_files = {p.name for p in (run.plan.run_dir.root / "done").iterdir()}
+    assert done_files <= {"done.log", "done.snap"}  # the ledger's two files, not a file per step
+    again = run_serially(j)  # a new run: what the record says is done is skipped
     assert again["resumed"] and again["steps_skipped"] >= 40
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert run_serially(j)["steps_skipped"] > 0  # complete: nothing to do
@@ -164,7 +166,7 @@ def test_complete_only_after_the_pyramid_and_a_run_stopped_in_it_resumes(
 
 def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred: np.ndarray) -> None:
     """The merge that creates the image killed after level 0 but before the image's metadata (and
-    its own marker): the next run deletes that half image of its own and makes it whole."""
+    its record): the next run deletes that half image of its own and makes it whole."""
     j = job(tmp_path, "seg.zarr")
     run = SegmentationRun.start(j)
     while (tasks := run.ready()) and tasks[0].step != WRITE:
@@ -175,7 +177,7 @@ def test_an_image_half_made_by_a_killed_merge_is_made_again(tmp_path: Path, pred
     record = json.loads(meta.read_text())
     meta.write_text(json.dumps({**record, "attributes": {}}))  # no multiscales: not an image yet
     merge = SIZES if run.plan.dilates else NUMBER  # the merge that creates the image
-    (run.plan.run_dir.root / "done" / f"p{merge}_0_0_0.json").unlink()
+    run.ledger.forget(merge, (0, 0, 0))
     run_serially(j)
     np.testing.assert_array_equal(read(j), sequential(decode_in_memory(pred, BC)))
     assert "image-label" in json.loads(meta.read_text())["attributes"]["ome"]
@@ -212,3 +214,27 @@ def test_a_prediction_without_foreground_gives_an_empty_table(tmp_path: Path) ->
         )
         assert result["objects"] == 0 and result["dtype"] == "uint32"
         assert Path(result["table"]).read_text().count("\n") == 1  # the header alone
+
+
+@pytest.mark.parametrize("mode", ["background_2d", "neighbor_2d"])
+def test_per_slice_size_filter_through_the_run(tmp_path: Path, pred: np.ndarray, mode: str) -> None:
+    """``background_2d`` / ``neighbor_2d``: an object's voxels in a z slice where it has fewer than
+    ``thres_small`` are zeroed, its count summed over the blocks of the slice; the run equals the
+    whole-volume decoder and its table describes the voxels written."""
+    decoder = Decoder("binary_connected", (0.5,), 12, mode, 26)  # type: ignore[arg-type]
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (5, 8, 7))
+    j = SegmentationJob(SegInput(str(tmp_path / "pred.zarr"), "p"), decoder, output, (5, 8, 14), "{}")
+    result = run_serially(j)
+    labels = read(j)
+    expected = sequential(decode_in_memory(pred, decoder))
+    whole = sequential(decode_in_memory(pred, Decoder("binary_connected", (0.5,), 12, "background", 26)))
+    assert not np.array_equal(expected, whole)  # the per-slice filter drops what the 3-D one keeps
+    np.testing.assert_array_equal(labels, expected)
+    table = read_table(Path(result["table"]))
+    assert table[:, 0].tolist() == list(range(1, int(expected.max()) + 1))
+    for row in table:
+        where = np.argwhere(labels == row[0])
+        assert row[1] == len(where)
+        assert row[2:5].tolist() == where.min(axis=0).tolist()
+        assert row[5:8].tolist() == (where.max(axis=0) + 1).tolist()
+        np.testing.assert_allclose(row[8:11], where.mean(axis=0), atol=1e-3)

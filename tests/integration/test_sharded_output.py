@@ -30,6 +30,21 @@ def test_sharded_output_equals_the_unsharded_run(root: Path, capsys: pytest.Capt
     np.testing.assert_array_equal(stored.read().result(), read_output(root / "out.zarr"))
     shard_files = [p for p in (root / "sharded.zarr" / "pred" / "0" / "c").rglob("*") if p.is_file()]
     assert len(shard_files) == 4 * 2 * 2  # (14/4 -> 4) x (40/32 -> 2) x (44/32 -> 2), one object per shard
+    # the same job written as sharded neuroglancer precomputed, by the Dask workers: the same values
+    precomputed = job_doc(
+        **{"output.path": "pred.precomputed", "output.format": "precomputed", "output.shards": [4, 32, 32],
+           "compute.block_shape": [4, 32, 32]}
+    )  # fmt: skip
+    assert run(root, precomputed)[0] == 0
+    np.testing.assert_array_equal(read_output(root / "pred.precomputed"), read_output(root / "out.zarr"))
+    stored = ts.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": str(root / "pred.precomputed" / "pred")},
+        }
+    ).result()
+    np.testing.assert_array_equal(np.asarray(stored.read().result()).T, read_output(root / "out.zarr"))
+    assert len(list((root / "pred.precomputed" / "pred" / "0").glob("*.shard"))) == 4 * 2 * 2
 
 
 @pytest.mark.parametrize(

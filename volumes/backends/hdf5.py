@@ -119,7 +119,9 @@ def open_hdf5(root: Path, name: str | None, mode: Mode) -> HDF5Volume:
     import h5py
 
     if not h5py.is_hdf5(root):
-        raise VolumeFormatError(f"{root} is a file but not HDF5; zarr and N5 stores are directories")
+        raise VolumeFormatError(
+            f"{root} is a file but neither HDF5 nor TIFF; zarr and N5 stores are directories"
+        )
     with h5py.File(root, "r") as f:
         found = name is not None and isinstance(f.get(name), h5py.Dataset)
         if not found:

@@ -15,9 +15,9 @@ import numpy as np
 
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import check_array_meta
-from volumes.errors import OversizedChunkError, VolumeFormatError, VolumeReadOnlyError
+from volumes.errors import OversizedChunkError, VolumeFormatError
 from volumes.files import read_json_object, write_json_atomic
-from volumes.urls import is_url, join_url, read_json_url, tensorstore_kvstore
+from volumes.urls import is_url, join_url, read_json_url, tensorstore_kvstore, write_json_url
 from volumes.volume import Format, VoxelSize
 from volumes.voxel_size import nm_per, spatial
 
@@ -68,8 +68,13 @@ class N5Volume(StoredVolume):
         ``downsamplingFactors``, as N5 Viewer and BigDataViewer write them (in N5 axis order)."""
         own = self._meta()
         res = n5_resolution(own)
-        if res is None and self.dataset and not is_url(self.path):
-            res = n5_resolution(read_json_object(self.node.parent / "attributes.json") or {})
+        if res is None and self.dataset:
+            parent = self.dataset.rpartition("/")[0]
+            res = n5_resolution(
+                (read_json_url(join_url(self.path, parent) + "/attributes.json") or {})
+                if is_url(self.path)
+                else (read_json_object(self.node.parent / "attributes.json") or {})
+            )
         factors = own.get("downsamplingFactors")
         if res is not None and isinstance(factors, list) and len(factors) == len(res):
             res = [r * float(f) for r, f in zip(res, factors, strict=True)]
@@ -109,12 +114,13 @@ class N5Volume(StoredVolume):
         self._handle()[slices].write(data).result()
 
     def _set_attrs(self, attrs: dict[str, Any]) -> None:
-        if is_url(self.path):
-            raise VolumeReadOnlyError(f"{self._where()}: N5 in an object store is read here, not written")
         reserved = sorted(N5_RESERVED & attrs.keys())
         if reserved:
             raise VolumeFormatError(f"attributes {reserved} of {self._where()} are N5 metadata, not ours")
-        write_json_atomic(self.node / "attributes.json", {**self._meta(), **attrs})
+        if is_url(self.path):
+            write_json_url(join_url(self.path, self.dataset) + "/attributes.json", {**self._meta(), **attrs})
+        else:
+            write_json_atomic(self.node / "attributes.json", {**self._meta(), **attrs})
 
 
 def n5_resolution(attrs: Mapping[str, Any]) -> list[float] | None:

@@ -71,7 +71,11 @@ class ZarrVolume(StoredVolume):
     @property
     def translation(self) -> VoxelSize | None:
         """From the OME-Zarr multiscales of an enclosing group (the dataset's and its multiscale's)."""
-        return None if is_url(self.path) else read_translation(self.node, self.format)
+        if is_url(self.path):
+            from volumes.remote import url_translation
+
+            return url_translation(self.path, self.dataset, self.format)
+        return read_translation(self.node, self.format)
 
     def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
         try:

@@ -154,27 +154,27 @@ def compact(labels: np.ndarray) -> np.ndarray:
 def pieces(
     labels: np.ndarray, origin: tuple[int, ...], volume: tuple[int, ...], raster: bool = True
 ) -> Pieces:
-    """The statistics of local labels 1..n. ``raster``: they are numbered in raster order (as
-    :func:`label_block` numbers them) and their first voxels are wanted; else ``first`` is 0."""
+    """The statistics of local labels 1..n (every one present). ``raster``: they are numbered in
+    raster order (as :func:`label_block` numbers them) and their first voxels are wanted; else
+    ``first`` is 0. One pass of ``cc3d.statistics`` (counts, boxes, centroids) over the block."""
+    import cc3d
+
     n = int(labels.max(initial=0))
-    count = np.zeros(n + 1, dtype=np.int64)
-    sums = np.zeros((n + 1, 3), dtype=np.float64)
-    ys, xs = np.indices(labels.shape[1:])
-    for z in range(labels.shape[0]):
-        plane = labels[z].ravel()
-        c = np.bincount(plane, minlength=n + 1)
-        count += c
-        sums[:, 0] += c * (origin[0] + z)
-        sums[:, 1] += np.bincount(plane, weights=ys.ravel() + origin[1], minlength=n + 1)
-        sums[:, 2] += np.bincount(plane, weights=xs.ravel() + origin[2], minlength=n + 1)
-    lo = np.zeros((n, 3), dtype=np.int64)
-    hi = np.zeros((n, 3), dtype=np.int64)
-    for i, box in enumerate(ndimage.find_objects(labels)):
-        if box is not None:
-            lo[i] = [s.start + o for s, o in zip(box, origin, strict=True)]
-            hi[i] = [s.stop + o for s, o in zip(box, origin, strict=True)]
+    if n == 0:
+        empty = np.zeros((0, 3), dtype=np.int64)
+        return Pieces(np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty.copy(), np.zeros((0, 3)))
+    # On the transposed (x, y, z) view cc3d reads the C-order block without a copy; axes reversed back.
+    stats = cc3d.statistics(labels.T, no_slice_conversion=True)
+    count = np.asarray(stats["voxel_counts"][1 : n + 1], dtype=np.int64)
+    boxes = np.asarray(stats["bounding_boxes"][1 : n + 1], dtype=np.int64)  # xmin xmax ymin ymax zmin zmax
+    at = np.asarray(origin, dtype=np.int64)
+    lo = boxes[:, [4, 2, 0]] + at
+    hi = boxes[:, [5, 3, 1]] + at + 1  # inclusive there, exclusive here
+    # centroid * count is a sum of integer coordinates: exact once rounded (sums < 2**53)
+    sums = np.rint(np.asarray(stats["centroids"][1 : n + 1, ::-1], dtype=np.float64) * count[:, None])
+    sums += count[:, None] * at.astype(np.float64)
     first = first_voxels(labels, n, origin, volume) if raster else np.zeros(n, dtype=np.int64)
-    return Pieces(count[1:], first, lo, hi, sums[1:])
+    return Pieces(count, first, lo, hi, sums)
 
 
 def first_voxels(labels: np.ndarray, n: int, origin: tuple[int, ...], volume: tuple[int, ...]) -> np.ndarray:
@@ -254,3 +254,40 @@ def _touching(
         found_b.append(b[both])
         found_c.append(c[both])
     return np.concatenate(found_b), np.concatenate(found_c)
+
+
+def slice_pieces(labels: np.ndarray, origin: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per (local label, z slice) of a block: ``label``, ``z`` (global), ``count``, ``lo`` and
+    ``hi`` (y, x; global, end exclusive) and ``sums`` (y, x): what the per-slice size filters
+    (``remove_small_mode: background_2d``) add up across the blocks of a slice."""
+    import cc3d
+
+    n = int(labels.max(initial=0))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "z", "count", "lo", "hi", "sums")}
+    at = np.asarray(origin[1:], dtype=np.int64)
+    for z in range(labels.shape[0]):
+        plane = labels[z]
+        values: np.ndarray | None = None
+        if n >= plane.size:  # cc3d's statistics want labels below the voxel count: compact them
+            values, inverse = np.unique(plane, return_inverse=True)
+            plane = inverse.reshape(plane.shape).astype(np.uint32)
+        stats = cc3d.statistics(plane.T, no_slice_conversion=True)
+        count = np.asarray(stats["voxel_counts"], dtype=np.int64)
+        present = np.flatnonzero(count)
+        names = present if values is None else values[present].astype(np.int64)
+        present, names = present[names != 0], names[names != 0]
+        count = count[present]
+        boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[present]  # xmin xmax ymin ymax
+        centroid = np.asarray(stats["centroids"], dtype=np.float64)[present][:, ::-1]  # y, x
+        parts["label"].append(names.astype(np.int64))
+        parts["z"].append(np.full(present.shape[0], origin[0] + z, dtype=np.int64))
+        parts["count"].append(count)
+        parts["lo"].append(boxes[:, [2, 0]] + at)
+        parts["hi"].append(boxes[:, [3, 1]] + at + 1)
+        parts["sums"].append(np.rint(centroid * count[:, None]) + count[:, None] * at.astype(np.float64))
+    out = {}
+    for key, chunks in parts.items():
+        width = (0, 2) if key in ("lo", "hi", "sums") else (0,)
+        empty = np.zeros(width, dtype=np.float64 if key == "sums" else np.int64)
+        out[key] = np.concatenate([*chunks, empty])
+    return out

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from volumes.box import Box
-from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces
+from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces, slice_pieces
 from volumes.labels.decoders import Decoder, dilate
-from volumes.labels.merge import Objects, aggregate, final_ids, join, number
+from volumes.labels.merge import Objects, aggregate, final_ids, join, number, slice_filter
 from volumes.labels.watershed import grow, kept_seeds
 
 Index = tuple[int, ...]
@@ -81,6 +81,7 @@ class Labelled:
     labels: np.ndarray
     faces: dict[str, np.ndarray]
     pieces: Pieces
+    slices: dict[str, np.ndarray] | None = None  # per (label, z slice), for the per-slice size filters
 
 
 def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> Labelled:
@@ -89,7 +90,8 @@ def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> 
     at_start = tuple(o == 0 for o in box.offset)
     at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
     labels, extra = label_block(decoder, pred, box.shape, at_start, at_end)
-    return Labelled(labels, {**faces(labels), **extra}, pieces(labels, box.offset, grid.shape))
+    slices = slice_pieces(labels, box.offset) if decoder.per_slice else None
+    return Labelled(labels, {**faces(labels), **extra}, pieces(labels, box.offset, grid.shape), slices)
 
 
 def link_step(
@@ -111,6 +113,7 @@ class Numbered:
 
     lut: dict[Index, np.ndarray]
     objects: Objects
+    nodes: int = 0  # pieces in the merge's graph: those joined to a piece of another block
 
 
 def merge_step(
@@ -129,13 +132,43 @@ def merge_step(
         for other, mine, theirs in found:
             a_parts.append(mine + offset[index])
             b_parts.append(theirs + offset[other])
-    component = join(total, np.concatenate(a_parts), np.concatenate(b_parts))
+    nodes, component = join(np.concatenate(a_parts), np.concatenate(b_parts))
     cat = {name: _cat([pieces_of[i].arrays()[name] for i in order], name) for name in Pieces.__annotations__}
-    ids = number(component, cat["first"])
+    ids = number(nodes, component, cat["first"])
     k = int(ids.max(initial=0))
     objects = aggregate(ids, k, cat["count"], cat["first"], cat["lo"], cat["hi"], cat["sums"])
     lut = {i: np.concatenate([[0], ids[offset[i] : offset[i] + pieces_of[i].n]]) for i in order}
-    return Numbered(lut, objects)
+    return Numbered(lut, objects, int(nodes.shape[0]))
+
+
+def slice_step(
+    decoder: Decoder, grid: Grid, numbered: Numbered, slices_of: Callable[[Index], dict[str, np.ndarray]]
+) -> tuple[Objects, dict[Index, np.ndarray]]:
+    """The per-slice size filter (``background_2d``, ``neighbor_2d``) after the merge: the kept
+    voxels' statistics per object, and per block the (local label, z in the block) pairs to zero,
+    as an array of two columns."""
+    order = sorted(numbered.lut)
+    rows = [slices_of(i) for i in order]
+    ids = [numbered.lut[i][r["label"]] for i, r in zip(order, rows, strict=True)]
+    cat = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]} if rows else {}
+    objects, dropped = slice_filter(
+        decoder, np.concatenate(ids), numbered.objects.n, cat, grid.shape[1] * grid.shape[2], grid.shape[0]
+    )
+    drops = {}
+    for i, r, found in zip(order, rows, ids, strict=True):
+        gone = np.isin(found * grid.shape[0] + r["z"], dropped)
+        drops[i] = np.column_stack([r["label"][gone], r["z"][gone] - grid.box(i).offset[0]]).astype(np.int64)
+    return objects, drops
+
+
+def drop_slices(labels: np.ndarray, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (the written labels of a block) with the voxels of the (local label, z) ``pairs``
+    of ``labels`` zeroed."""
+    if pairs.shape[0]:
+        table = np.zeros((labels.shape[0], int(labels.max(initial=0)) + 1), dtype=bool)
+        table[pairs[:, 1], pairs[:, 0]] = True
+        values[table[np.arange(labels.shape[0])[:, None, None], labels]] = 0
+    return values
 
 
 def _cat(parts: list[np.ndarray], name: str) -> np.ndarray:
@@ -212,9 +245,15 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
     links_of = {i: link_step(decoder, grid, i, lambda j: done[j].faces) for i in grid.indices()}
     numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
     out = np.zeros(grid.shape, dtype=np.uint64)
-    for index in grid.indices():
-        out[grid.box(index).slices()] = numbered.lut[index][done[index].labels]
     objects = numbered.objects
+    drops: dict[Index, np.ndarray] = {}
+    if decoder.per_slice:
+        objects, drops = slice_step(decoder, grid, numbered, lambda j: done[j].slices or {})
+    for index in grid.indices():
+        values = numbered.lut[index][done[index].labels].astype(np.uint64)
+        if index in drops:
+            values = drop_slices(done[index].labels, drops[index], values)
+        out[grid.box(index).slices()] = values
     if decoder.watershed:
         seeds, out, parts = kept_seeds(decoder, objects.count).astype(np.uint64)[out], np.zeros_like(out), []
         for index in grid.indices():
@@ -232,5 +271,5 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
             out[grid.box(index).slices()] = core
             parts.append(part)
         objects = objects_from_parts(objects.n, parts)
-    final = final_ids(decoder, objects, relabel).astype(np.uint64)
+    final = final_ids(decoder, objects, relabel, int(np.prod(grid.shape))).astype(np.uint64)
     return final[out]

@@ -17,7 +17,14 @@ for the boundary), and as ``value > t`` on float maps. Objects are numbered as `
 them on the whole volume: in raster order of each object's first voxel (before the dilation, for
 ``bc_connected``). ``remove_small_mode: background`` zeroes objects of fewer than ``thres_small``
 voxels (``skimage.morphology.remove_small_objects``), keeping the other numbers (PyTC's output has
-gaps there); ``none`` keeps all.
+gaps there); ``none`` keeps all. ``neighbor`` (PyTC's ``merge_small_objects``: each small object
+takes the most frequent label in-plane around it, else 0) is accepted only where no two objects
+touch in-plane (connected components at 18 or 26 connectivity, no dilation): there it zeroes every
+small object as ``background`` does, unless the background itself is smaller than ``thres_small``
+(PyTC then merges the background into an object), which :func:`check_background` refuses.
+``background_2d`` zeroes an object's voxels in each z slice where it has fewer than ``thres_small``
+(PyTC's ``remove_small_objects`` slice by slice); ``neighbor_2d`` is the same where ``neighbor`` is
+taken (each slice's background checked as above).
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ DecoderName = Literal[
     "binary_watershed",
     "bc_watershed",
     "bcd_watershed",
+    "affinity_agglomerate",
 ]
-RemoveSmallMode = Literal["background", "none"]
+RemoveSmallMode = Literal["background", "none", "neighbor", "background_2d", "neighbor_2d"]
+PER_SLICE = ("background_2d", "neighbor_2d")
 Connectivity = Literal[6, 18, 26]
 CHANNELS: dict[str, int] = {
     "binary_connected": 1,
@@ -45,6 +54,7 @@ CHANNELS: dict[str, int] = {
     "binary_watershed": 1,
     "bc_watershed": 2,
     "bcd_watershed": 3,
+    "affinity_agglomerate": 3,
 }
 WATERSHED = ("binary_watershed", "bc_watershed", "bcd_watershed")
 
@@ -57,7 +67,10 @@ class Decoder:
     ...)`` for the watershed decoders (2, 3 and 5 of them, see :mod:`volumes.labels.watershed`).
     ``dilation``: bc_connected's ``dilation_struct`` (odd sizes), None for the others.
     ``seed_thres``: the watershed decoders' size filter on whole seeds; ``margin``: how far past a
-    block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others."""
+    block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others.
+    ``affinity_agglomerate`` (:mod:`volumes.labels.agglomerate`): ``thresholds`` are its
+    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` the
+    fragments' halo."""
 
     name: DecoderName
     thresholds: tuple[float, ...]
@@ -67,6 +80,8 @@ class Decoder:
     dilation: tuple[int, int, int] | None = None
     seed_thres: int = 32
     margin: tuple[int, int, int] = (0, 0, 0)
+    aff_threshold: tuple[float, float] | None = None
+    merge_function: str | None = None
 
     @property
     def channels(self) -> int:
@@ -79,18 +94,40 @@ class Decoder:
     @property
     def halo(self) -> tuple[int, int, int]:
         """How far the dilation reaches on each side (0 without one), or the watershed's margin."""
-        if self.watershed:
+        if self.watershed or self.name == "affinity_agglomerate":
             return self.margin
         if self.dilation is None:
             return (0, 0, 0)
         z, y, x = (s // 2 for s in self.dilation)
         return (z, y, x)
 
+    @property
+    def per_slice(self) -> bool:
+        """The size filter counts an object's voxels per z slice (``background_2d``, ``neighbor_2d``)."""
+        return self.remove_small_mode in PER_SLICE
+
     def removes(self, sizes: np.ndarray) -> np.ndarray:
-        """Which objects of these voxel counts the size filter drops."""
-        if self.remove_small_mode == "none":
+        """Which objects of these voxel counts the size filter drops (none for the per-slice modes,
+        whose filter acts on each slice of an object, :func:`volumes.labels.merge.slice_filter`)."""
+        if self.remove_small_mode == "none" or self.per_slice:
             return np.zeros(sizes.shape, dtype=bool)
         return sizes < self.thres_small
+
+
+class SmallBackgroundError(ValueError):
+    """``neighbor`` over a volume whose background has fewer than ``thres_small`` voxels."""
+
+
+def check_background(decoder: Decoder, background: int) -> None:
+    """Under ``neighbor``, PyTC treats the background (label 0) as one more object: with fewer than
+    ``thres_small`` voxels it is merged into the object most around it. Not reproduced: refused."""
+    if decoder.remove_small_mode in ("neighbor", "neighbor_2d") and 0 < background < decoder.thres_small:
+        raise SmallBackgroundError(
+            f"decoder.remove_small_mode: {decoder.remove_small_mode!r} with a background of {background} "
+            "voxels (in a z slice, for neighbor_2d), fewer than "
+            f"thres_small ({decoder.thres_small}): PyTC would merge the background itself into an "
+            "object, which is not reproduced; use background"
+        )
 
 
 def above(values: np.ndarray, t: float) -> np.ndarray:

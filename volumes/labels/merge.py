@@ -2,9 +2,13 @@
 
 Every piece has a provisional number: its block's offset (the pieces of the blocks before it, in
 block order) plus its local label. The links found across block faces are edges between those
-numbers; the objects are the connected components of that graph (``scipy.sparse.csgraph``): the
-state is one entry per piece, never per voxel. An object's first voxel is the first of its pieces'
-first voxels (raster order is the same inside a block and in the volume), its size the sum of theirs.
+numbers; the objects are the connected components of that graph (``scipy.sparse.csgraph``), whose
+nodes are only the pieces named in a link: those that touch a piece of another block. A piece with
+no link is an object on its own and never enters the graph, so the graph (and its union state) grows
+with the objects at block faces, never with the objects inside blocks or with voxels. An object's
+first voxel is the first of its pieces' first voxels (raster order is the same inside a block and in
+the volume), its size the sum of theirs. Numbering and the table still need one row per object (its
+first voxel, size, box and centroid sums): what the object table holds anyway.
 
 PyTC's numbers are the objects' ranks in raster order of their first voxels (what ``label`` gives on
 the whole volume). :func:`final_ids` then applies the size filter to whole objects and the
@@ -20,7 +24,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from volumes.labels.decoders import Decoder
+from volumes.labels.decoders import Decoder, check_background
 
 NO_VOXEL = np.iinfo(np.int64).max
 
@@ -40,25 +44,29 @@ class Objects:
         return int(self.count.shape[0])
 
 
-def join(total: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The component of each provisional number 0..total (0 the background, alone)."""
+def join(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pieces named in links (``a[i]`` touches ``b[i]``, provisional numbers) and the component
+    of each: (nodes, sorted; component of ``nodes[j]``, 0..c-1). Only pieces that touch a piece of
+    another block are nodes: the graph is as large as the objects at block faces, never larger."""
+    nodes, ends = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = nodes.shape[0]
     ones = np.ones(a.shape[0], dtype=np.int8)
-    graph = coo_matrix((ones, (a, b)), shape=(total + 1, total + 1))
+    graph = coo_matrix((ones, (ends[: a.shape[0]], ends[a.shape[0] :])), shape=(m, m))
     _, component = connected_components(graph, directed=False)
-    return component.astype(np.int64)
+    return nodes.astype(np.int64), component.astype(np.int64)
 
 
-def number(component: np.ndarray, first: np.ndarray) -> np.ndarray:
+def number(nodes: np.ndarray, component: np.ndarray, first: np.ndarray) -> np.ndarray:
     """PyTC's number of each provisional number 1..total (row i - 1): the rank of its object's first
-    voxel in raster order, 1-based. ``first`` holds each piece's first voxel."""
-    comps = component[1:]
-    k = int(component.max(initial=0)) + 1
-    obj_first = np.full(k, NO_VOXEL, dtype=np.int64)
-    np.minimum.at(obj_first, comps, first)
-    real = np.flatnonzero(obj_first != NO_VOXEL)
-    rank = np.zeros(k, dtype=np.int64)
-    rank[real[np.argsort(obj_first[real], kind="stable")]] = np.arange(1, real.shape[0] + 1)
-    return rank[comps]
+    voxel in raster order, 1-based. ``first`` holds each piece's first voxel; a piece outside the
+    graph (:func:`join`) is an object of its own, whose first voxel is its own."""
+    object_first = first.astype(np.int64, copy=True)
+    if nodes.size:
+        comp_first = np.full(int(component.max()) + 1, NO_VOXEL, dtype=np.int64)
+        np.minimum.at(comp_first, component, first[nodes - 1])
+        object_first[nodes - 1] = comp_first[component]
+    # an object's first voxel is its own: the objects are the distinct values, in raster order
+    return np.searchsorted(np.unique(object_first), object_first).astype(np.int64) + 1
 
 
 def aggregate(
@@ -85,9 +93,49 @@ def aggregate(
     return Objects(out_count, out_first, out_lo, out_hi, out_sums)
 
 
-def final_ids(decoder: Decoder, objects: Objects, relabel: str) -> np.ndarray:
+def slice_filter(
+    decoder: Decoder, ids: np.ndarray, k: int, rows: dict[str, np.ndarray], plane_voxels: int, depth: int
+) -> tuple[Objects, np.ndarray]:
+    """The per-slice size filter (``background_2d``, ``neighbor_2d``) over the rows of
+    :func:`volumes.labels.blockcc.slice_pieces` of every block, ``ids`` each row's object (1..k):
+    an object's voxels in a z slice are dropped where it has fewer than ``thres_small`` there.
+    Returns the kept voxels' statistics per object (an object with none left has count 0) and the
+    dropped (object, z) pairs as sorted keys ``id * depth + z``."""
+    key = ids.astype(np.int64) * depth + rows["z"]
+    keys, inverse = np.unique(key, return_inverse=True)
+    m = keys.shape[0]
+    count = np.zeros(m, dtype=np.int64)
+    lo = np.full((m, 2), NO_VOXEL, dtype=np.int64)
+    hi = np.zeros((m, 2), dtype=np.int64)
+    sums = np.zeros((m, 2), dtype=np.float64)
+    np.add.at(count, inverse, rows["count"])
+    np.minimum.at(lo, inverse, rows["lo"])
+    np.maximum.at(hi, inverse, rows["hi"])
+    np.add.at(sums, inverse, rows["sums"])
+    z = keys % depth
+    filled = np.bincount(z, weights=count, minlength=depth).astype(np.int64)
+    for b in plane_voxels - filled[filled > 0]:  # a slice without objects is left as it is
+        check_background(decoder, int(b))
+    kept = count >= decoder.thres_small
+    zk = z[kept]
+    objects = aggregate(
+        keys[kept] // depth,
+        k,
+        count[kept],
+        np.zeros(int(kept.sum()), dtype=np.int64),
+        np.column_stack([zk, lo[kept]]),
+        np.column_stack([zk + 1, hi[kept]]),
+        np.column_stack([zk * count[kept], sums[kept]]).astype(np.float64),
+    )
+    return objects, keys[~kept]
+
+
+def final_ids(decoder: Decoder, objects: Objects, relabel: str, voxels: int | None = None) -> np.ndarray:
     """The written number of each PyTC number 0..K (0 stays 0; removed objects and objects that
-    vanished under the dilation become 0)."""
+    vanished under the dilation become 0). ``voxels``: the volume's, to check the background's size
+    under ``neighbor`` (:func:`volumes.labels.decoders.check_background`)."""
+    if voxels is not None and not decoder.per_slice:  # per slice: checked by slice_filter
+        check_background(decoder, voxels - int(objects.count.sum()))
     keep = (objects.count > 0) & ~decoder.removes(objects.count)
     out = np.zeros(objects.n + 1, dtype=np.int64)
     if relabel == "sequential":

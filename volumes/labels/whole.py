@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from volumes.labels.blockcc import affinity_labels, components
-from volumes.labels.decoders import Decoder, dilate, foreground
+from volumes.labels.decoders import Decoder, check_background, dilate, foreground
 
 
 def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
@@ -25,7 +25,17 @@ def decode_in_memory(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
         labels = components(foreground(decoder, pred), decoder.connectivity).astype(np.uint64)
     if decoder.dilation is not None:
         labels = dilate(labels, decoder.dilation)
+    if decoder.per_slice:
+        for z in range(labels.shape[0]):
+            sizes = np.bincount(labels[z].ravel())
+            if sizes.shape[0] > 1:  # a slice without objects is left as it is
+                check_background(decoder, int(sizes[0]))
+            small = sizes < decoder.thres_small
+            small[0] = False
+            labels[z][small[labels[z]]] = 0
+        return labels
     sizes = np.bincount(labels.ravel())
+    check_background(decoder, int(sizes[0]))
     drop = decoder.removes(sizes)
     drop[0] = False
     labels[drop[labels]] = 0

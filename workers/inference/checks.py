@@ -20,6 +20,7 @@ from typing import Literal
 
 from models.errors import ModelConfigError
 from models.ref import ModelInfo, ModelRef
+from volumes.backends.precomputed import sharding_for, valid_shards
 from volumes.blocks import DEFAULT_BLOCK_VOXELS, default_block_shape
 from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
@@ -90,11 +91,40 @@ def check_input(job: InferenceJob, source: Volume, limits: Limits | None = None)
         )
     if job.input.mask is not None:
         check_mask(job, source)
+    if job.output.format == "precomputed":
+        check_precomputed_output(job, source)
     if limits is not None:
         region = roi.shape if roi is not None else spatial
         w = job.window
         check_axis_counts(region, w.patch_size, w.stride, w.pad_size, job.output.write_unit, limits)
         check_block_counts(region, block_shape(job, region), limits, _block_field(job))
+
+
+def check_precomputed_output(job: InferenceJob, source: Volume) -> None:
+    """A precomputed output's shards are boxes of its chunk grid (compressed Morton order decides
+    which), and its origin is a whole number of voxels (precomputed's ``voxel_offset``)."""
+    spatial = roi_shape(job, source)
+    chunks = [min(c, s) for c, s in zip(job.output.chunks, spatial, strict=True)]
+    if job.output.shards is not None:
+        grid = [-(-s // c) for s, c in zip(spatial[::-1], chunks[::-1], strict=True)]
+        factors = [s // c for s, c in zip(job.output.shards[::-1], chunks[::-1], strict=True)]
+        if sharding_for(grid, factors) is None:
+            raise SpecError(
+                "output.shards",
+                f"{list(job.output.shards)} is not a shard of a precomputed volume of {list(spatial)} "
+                f"voxels in chunks of {list(job.output.chunks)} (its chunks are grouped in compressed "
+                f"Morton order); possible shards: {valid_shards(grid, chunks[::-1])}",
+            )
+    base, voxel = source.translation, source.voxel_size or (1.0, 1.0, 1.0)
+    if base is not None:
+        for axis, t, v in zip("zyx", base, voxel, strict=True):
+            if abs(t / v - round(t / v)) > 1e-6 * max(1.0, abs(t / v)):
+                raise SpecError(
+                    "output.format",
+                    f"precomputed places a volume by whole voxels, and the input's translation "
+                    f"{list(base)} nm is not a whole number of its voxels {list(voxel)} (axis {axis}); "
+                    "write zarr3, zarr2 or n5",
+                )
 
 
 def block_shape(job: InferenceJob, region: tuple[int, ...]) -> tuple[int, ...]:

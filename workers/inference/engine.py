@@ -116,10 +116,10 @@ def gather_chunk(ctx: BlockContext, chunk: Index) -> np.ndarray:
     plan = ctx.geometry.plan
     box = plan.chunk_box(chunk)
     num = np.zeros((ctx.out_channels, *box.shape), dtype=np.float32)
-    owns = ctx.geometry.owns_kept
+    readers = ctx.geometry.readers(box)
     for source in plan.contributors(chunk):
-        if owns is not None and not owns[source]:
-            continue  # it computed no window (input.mask): no task ran, no partial sums
+        if readers is not None and source not in readers:
+            continue  # it computed no window over the chunk (input.mask): nothing to add
         part = plan.extent(source).intersect(box)
         try:
             spill = ctx.run_dir.read_spill(source, chunk)

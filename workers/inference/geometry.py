@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -15,7 +16,7 @@ from volumes.open import open_volume
 from volumes.volume import Volume
 from volumes.windows import WindowGrid
 from workers.inference.job import InferenceJob
-from workers.inference.mask import block_flags, window_keep
+from workers.inference.mask import MaskWindows
 from workers.runtime.state import worker_state
 
 
@@ -27,8 +28,8 @@ class JobGeometry:
     input_shape: tuple[int, ...]  # full input array shape, (z,y,x) or (c,z,y,x)
     plan: BlockPlan
     blending: str
-    # which windows are computed (bool, shaped grid.counts; workers.inference.mask); None = all
-    kept: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # which windows are computed, asked a block's worth at a time (workers.inference.mask); None = all
+    mask: MaskWindows | None = field(default=None, compare=False, repr=False)
 
     @property
     def grid(self) -> WindowGrid:
@@ -40,12 +41,24 @@ class JobGeometry:
 
     @cached_property
     def mask_blocks(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """With a mask, per block: owns a kept window, and a kept window touches its write box."""
-        return None if self.kept is None else block_flags(self.plan, self.kept)
+        """With a mask, per block: may own a kept window, and a kept window may touch its write box
+        (the driver's schedule; true wherever the exact answer is)."""
+        return None if self.mask is None else self.mask.block_flags(self.plan)
 
-    @property
-    def owns_kept(self) -> np.ndarray | None:
-        return None if self.mask_blocks is None else self.mask_blocks[0]
+    def kept_windows(self, ranges: Sequence[Sequence[int]]) -> np.ndarray | None:
+        """With a mask, whether each window of the product of ``ranges`` (per-axis window indices)
+        is computed; None without one (all are)."""
+        return None if self.mask is None else self.mask.keep(ranges)
+
+    def readers(self, box: Box) -> set[tuple[int, ...]] | None:
+        """With a mask, the blocks owning a kept window over ``box`` (whose partial sums a chunk
+        there gathers); None without one."""
+        if self.mask is None:
+            return None
+        touching = [list(r) for r in self.grid.ranges_touching(box)]
+        kept = self.mask.keep(touching)
+        owners = [layout.owner for layout in self.plan.axes]
+        return {tuple(owners[a][touching[a][i]] for a, i in enumerate(index)) for index in np.argwhere(kept)}
 
     def weight_sum(self, box: Box) -> np.ndarray:
         """``sum(w)`` over every window of the global grid, inside ``box`` (output coordinates).
@@ -64,9 +77,10 @@ class JobGeometry:
                 lo, hi = max(start, begin), min(start + w, end)
                 pairs.append((i, slice(lo - begin, hi - begin), slice(lo - start, hi - start)))
             per_axis.append(pairs)
-        weights, kept = self.weights, self.kept
-        for combo in itertools.product(*per_axis):
-            if kept is not None and not kept[tuple(i for i, _, _ in combo)]:
+        weights = self.weights
+        kept = self.kept_windows([[i for i, _, _ in pairs] for pairs in per_axis])
+        for combo, where in zip(itertools.product(*per_axis), np.ndindex(*map(len, per_axis)), strict=True):
+            if kept is not None and not kept[where]:
                 continue
             den[tuple(d for _, d, _ in combo)] += weights[tuple(src for _, _, src in combo)]
         return den
@@ -75,7 +89,7 @@ class JobGeometry:
         """``num / den`` over ``box``; with a mask, 0 (the output's fill value) where no kept
         window covers a voxel."""
         den = self.weight_sum(box)
-        if self.kept is None:
+        if self.mask is None:
             return num / den
         return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float32), where=den > 0)
 
@@ -93,12 +107,12 @@ def build_geometry(
     w = job.window
     grid = WindowGrid.over_roi(roi.shape, w.patch_size, w.stride, w.pad_size)
     plan = plan_blocks(roi.shape, job.output.write_unit, job.compute.block_shape, grid)
-    kept = None
+    mask = None
     if job.input.mask is not None:
         if source is None:
             source = open_volume(job.input.path, job.input.dataset)
-        kept = window_keep(job, roi, grid, source)
-    return JobGeometry(roi, tuple(input_shape), plan, w.blending, kept)
+        mask = MaskWindows(job, roi, grid, source)
+    return JobGeometry(roi, tuple(input_shape), plan, w.blending, mask)
 
 
 def job_geometry(job: InferenceJob, layout_key: str, attempt: str = "") -> JobGeometry:

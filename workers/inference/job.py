@@ -22,7 +22,7 @@ RawHeads = Literal["keep", "pytc"]
 PadMode = Literal["reflect", "replicate", "constant"]
 Reduce = Literal["mean", "min", "max"]
 Activation = Literal["sigmoid", "softmax", "tanh", "none"]
-OutputFormat = Literal["zarr3", "zarr2", "n5"]
+OutputFormat = Literal["zarr3", "zarr2", "n5", "precomputed"]
 OutputDtype = Literal["float32", "float16", "uint8"]
 Uint8Rounding = Literal["truncate", "round"]  # truncate: PyTC's (x * 255).astype(uint8)
 Device = Literal["auto", "cpu", "cuda"]
@@ -88,8 +88,8 @@ class OutputSpec:
     # affinities) move and shift channels under flips and transposes; () = nothing special
     targets: tuple[str, ...] = ()
     pyramid: bool = True  # the image's coarser levels, filled after level 0 (workers.pyramid)
-    # zarr v3 shards (z, y, x), each a whole number of chunks; None = unsharded. A shard is then the
-    # unit one block writes whole (the plan's chunk), so every shard keeps a single writer.
+    # zarr v3 or precomputed shards (z, y, x), each a whole number of chunks; None = unsharded. A
+    # shard is then the unit one block writes whole (the plan's chunk): every shard has one writer.
     shards: tuple[int, int, int] | None = None
     uint8_rounding: Uint8Rounding = "truncate"
 

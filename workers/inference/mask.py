@@ -16,14 +16,21 @@ computed separably, one axis at a time, from prefix sums along that axis at the 
 
     any(mask[z0:z1, y0:y1, x0:x1]) for every window = three passes of ``C[hi] - C[lo] > 0``
 
-Memory: the mask at its own scale for the job's region (the hull of the footprints), one byte a
-voxel, plus a 4-byte prefix sum of one axis at a time; the answer is one byte per window. A mask
-16x coarser per axis than a petascale input is small; a mask at the input's full scale over a
-huge ROI is not (it would have to be reduced blockwise, which this module does not do).
+Memory does not grow with the volume. Nothing holds the whole mask, nor a flag per window:
 
-Every process that needs the decisions (the driver, each worker) computes the same array from the
-same mask, so the blocks agree: a window is computed by its owner iff it is kept, and the weight
-sum of any voxel (``JobGeometry.weight_sum``) counts exactly the kept windows over it.
+- a task decides its own windows (pass 1) and the windows over a chunk it finishes (pass 2) from
+  the mask read over their footprints' hull only (:meth:`MaskWindows.keep`): the block's share;
+- the driver schedules blocks from one streaming pass over the mask's chunks (each read, reduced to
+  "holds a nonzero voxel" per cell of about a block's size at the mask's scale, dropped:
+  :func:`chunk_any`), a byte per cell, then per block (:meth:`MaskWindows.block_flags`). A block
+  is left out only when every footprint of its windows meets cells of zeros alone, so a block left
+  out has no kept window; a block scheduled may still compute none (its chunks are then written as
+  the fill value, 0).
+
+Every process decides a window the same way from the same mask, so the blocks agree: a window is
+computed by its owner iff it is kept, and the weight sum of any voxel (``JobGeometry.weight_sum``)
+counts exactly the kept windows over it; pass 2 reads the partial sums of exactly the blocks that
+own a kept window over the chunk (each was scheduled: its flag is true whenever the exact one is).
 """
 
 from __future__ import annotations
@@ -129,19 +136,109 @@ def footprints(
     return mask_lo, np.where(hi > lo, mask_hi, mask_lo)
 
 
-def window_keep(job: InferenceJob, roi: Box, grid: WindowGrid, input_volume: Volume) -> np.ndarray:
-    """Whether each window of ``grid`` is computed (bool, shaped ``grid.counts``)."""
-    factors = check_mask(job, input_volume)
-    spatial = tuple(input_volume.shape[-3:])
-    bounds = [footprints(grid, roi, spatial, factors, a) for a in range(3)]
-    # the job's region of the mask: the hull of every footprint, at the mask's own scale
-    begin = [int(lo.min()) for lo, _ in bounds]
-    end = [max(int(hi.max()), b) for (_, hi), b in zip(bounds, begin, strict=True)]
-    region = Box(tuple(begin), tuple(e - b for b, e in zip(begin, end, strict=True)))
-    values = open_mask(job).read(region) if region.size else np.zeros(region.shape, dtype=bool)
-    return keep_from_mask(
-        np.asarray(values) != 0, [(lo - b, hi - b) for (lo, hi), b in zip(bounds, begin, strict=True)]
+class MaskWindows:
+    """Which windows of a job's grid are computed, decided from the mask over only the windows asked
+    about: a task reads the mask (at its own scale) over its windows' footprints and nothing more.
+
+    Per axis, each window's footprint bounds in mask voxels are kept (two integers per window along
+    one axis: small); the mask itself is read a box at a time, never whole."""
+
+    def __init__(self, job: InferenceJob, roi: Box, grid: WindowGrid, input_volume: Volume) -> None:
+        self.job = job
+        self.factors = check_mask(job, input_volume)
+        spatial = tuple(input_volume.shape[-3:])
+        self.bounds = [footprints(grid, roi, spatial, self.factors, a) for a in range(3)]
+        self.n_windows = math.prod(len(lo) for lo, _ in self.bounds)
+
+    def keep(self, ranges: Sequence[Sequence[int]]) -> np.ndarray:
+        """Whether each window of the product of the per-axis window indices ``ranges`` is computed
+        (bool, shaped by the ranges' lengths): the mask read once, over the hull of their footprints."""
+        picked = [(lo[list(r)], hi[list(r)]) for (lo, hi), r in zip(self.bounds, ranges, strict=True)]
+        if any(len(lo) == 0 for lo, _ in picked):
+            return np.zeros([len(r) for r in ranges], dtype=bool)
+        begin = [int(lo.min()) for lo, _ in picked]
+        end = [max(int(hi.max()), b) for (_, hi), b in zip(picked, begin, strict=True)]
+        region = Box(tuple(begin), tuple(e - b for b, e in zip(begin, end, strict=True)))
+        values = open_mask(self.job).read(region) if region.size else np.zeros(region.shape, dtype=bool)
+        relative = [(lo - b, hi - b) for (lo, hi), b in zip(picked, begin, strict=True)]
+        return keep_from_mask(np.asarray(values) != 0, relative)
+
+    def block_flags(self, plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
+        """Per block (shaped ``plan.block_counts``): whether it may own a kept window (its pass 1 is
+        scheduled), and whether a kept window may touch its write box (its pass 2 is). From one
+        streaming pass over the mask's chunks (:func:`chunk_any`), so a flag is true whenever the
+        exact answer is, and false for every block whose windows' footprints meet only chunks of
+        zeros; the tasks then decide each window exactly."""
+        mask = open_mask(self.job)
+        chunk = tuple(int(c) for c in mask.chunks[-3:])
+        block = [a.block for a in plan.axes]
+        cell = tuple(
+            _divisor_at_most(c, max(1, b // f)) for c, b, f in zip(chunk, block, self.factors, strict=True)
+        )
+        nonzero = chunk_any(mask, chunk, cell)
+        owns: list[tuple[np.ndarray, np.ndarray]] = []
+        touches: list[tuple[np.ndarray, np.ndarray]] = []
+        for axis, layout in enumerate(plan.axes):
+            lo, hi = self.bounds[axis]
+            starts = np.asarray(layout.starts, dtype=np.int64)
+            owner = np.asarray(layout.owner, dtype=np.int64)
+            own_bounds, touch_bounds = [], []
+            for k in range(layout.n_blocks):
+                begin, end = layout.write_range(k)
+                touching = (starts < end) & (starts + layout.patch > begin)
+                own_bounds.append(_chunk_hull(lo[owner == k], hi[owner == k], cell[axis]))
+                touch_bounds.append(_chunk_hull(lo[touching], hi[touching], cell[axis]))
+            owns.append(_as_bounds(own_bounds))
+            touches.append(_as_bounds(touch_bounds))
+        return keep_from_mask(nonzero, owns), keep_from_mask(nonzero, touches)
+
+    def owned_windows(self, plan: BlockPlan, blocks: np.ndarray) -> int:
+        """How many windows the blocks where ``blocks`` is true own (per-axis counts, multiplied)."""
+        out = blocks.astype(np.int64)
+        for layout in reversed(plan.axes):
+            counts = np.bincount(np.asarray(layout.owner, dtype=np.int64), minlength=layout.n_blocks)
+            out = out @ counts[: layout.n_blocks]
+        return int(out)
+
+
+def _chunk_hull(lo: np.ndarray, hi: np.ndarray, chunk: int) -> tuple[int, int]:
+    """The mask cells ``[first, last + 1)`` the footprints ``[lo, hi)`` meet; (0, 0) for none."""
+    nonempty = hi > lo
+    if not nonempty.any():
+        return (0, 0)
+    return int(lo[nonempty].min()) // chunk, -(-int(hi[nonempty].max()) // chunk)
+
+
+def _as_bounds(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray([a for a, _ in pairs], dtype=np.int64), np.asarray(
+        [b for _, b in pairs], dtype=np.int64
     )
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (1 at least)."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def chunk_any(mask: Volume, chunk: Sequence[int], cell: Sequence[int] | None = None) -> np.ndarray:
+    """Per cell of ``cell`` voxels (a divisor of ``chunk`` per axis; the chunk by default) of the 3D
+    ``mask``: whether it holds a nonzero voxel. The mask is read a chunk at a time (read, reduced,
+    dropped); the answer is one byte per cell."""
+    cell = tuple(chunk if cell is None else cell)
+    counts = [-(-int(n) // int(c)) for n, c in zip(mask.shape, cell, strict=True)]
+    out = np.zeros(counts, dtype=bool)
+    whole = Box.of_shape(tuple(mask.shape))
+    per_chunk = [c // e for c, e in zip(chunk, cell, strict=True)]
+    for index in np.ndindex(*[-(-int(n) // int(c)) for n, c in zip(mask.shape, chunk, strict=True)]):
+        box = Box(tuple(i * c for i, c in zip(index, chunk, strict=True)), tuple(chunk)).intersect(whole)
+        values = np.asarray(mask.read(box)) != 0
+        cells = [-(-s // e) for s, e in zip(values.shape, cell, strict=True)]
+        padded = np.zeros([n * e for n, e in zip(cells, cell, strict=True)], dtype=bool)
+        padded[tuple(slice(0, s) for s in values.shape)] = values
+        reduced = padded.reshape(cells[0], cell[0], cells[1], cell[1], cells[2], cell[2]).any(axis=(1, 3, 5))
+        start = [i * p for i, p in zip(index, per_chunk, strict=True)]
+        out[tuple(slice(b, b + n) for b, n in zip(start, cells, strict=True))] = reduced
+    return out
 
 
 def keep_from_mask(mask: np.ndarray, bounds: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -157,29 +254,6 @@ def keep_from_mask(mask: np.ndarray, bounds: Sequence[tuple[np.ndarray, np.ndarr
         inside = np.take(prefix, hi, axis=axis) - np.take(prefix, lo, axis=axis)
         counts = (inside > 0).astype(np.uint8)
     return counts.astype(bool)
-
-
-def block_flags(plan: BlockPlan, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per block (shaped ``plan.block_counts``): whether it owns a kept window (its pass 1 computes
-    something), and whether a kept window touches its write box (it has a voxel to write)."""
-    owns = kept.astype(np.int64)
-    touched = kept.astype(np.int64)
-    for axis, layout in enumerate(plan.axes):
-        n_windows = len(layout.starts)
-        owner = np.zeros((n_windows, layout.n_blocks), dtype=np.int64)
-        owner[np.arange(n_windows), np.asarray(layout.owner, dtype=np.int64)] = 1
-        starts = np.asarray(layout.starts, dtype=np.int64)[:, None]
-        ranges = [layout.write_range(k) for k in range(layout.n_blocks)]
-        begins = np.asarray([b for b, _ in ranges], dtype=np.int64)[None, :]
-        ends = np.asarray([e for _, e in ranges], dtype=np.int64)[None, :]
-        touches = ((starts < ends) & (starts + layout.patch > begins)).astype(np.int64)
-        owns = np.moveaxis(np.tensordot(owns, owner, axes=([axis], [0])), -1, axis)
-        touched = np.moveaxis(np.tensordot(touched, touches, axes=([axis], [0])), -1, axis)
-    return owns > 0, touched > 0
-
-
-def skipped_windows(kept: np.ndarray | None) -> int:
-    return 0 if kept is None else int(math.prod(kept.shape) - np.count_nonzero(kept))
 
 
 def record_without_tasks(p1: bytearray, p2: bytearray, flags: tuple[np.ndarray, np.ndarray]) -> int:

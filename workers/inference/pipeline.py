@@ -208,9 +208,10 @@ def _windows_by_row(ctx: BlockContext, block: Index) -> tuple[list[Index], list[
     plan, grid = ctx.geometry.plan, ctx.geometry.grid
     ranges = plan.window_ranges(block)
     windows = list(plan.windows(block))
-    kept = ctx.geometry.kept
+    kept = ctx.geometry.kept_windows(ranges)
     if kept is not None:  # input.mask: only the kept windows are computed
-        windows = [w for w in windows if kept[w]]
+        first = [r[0] if len(r) else 0 for r in ranges]
+        windows = [w for w in windows if kept[tuple(i - f for i, f in zip(w, first, strict=True))]]
     rows = [w[0] - ranges[0][0] for w in windows]
     row_ends = [grid.starts[0][i] + grid.patch[0] for i in ranges[0]]
     return windows, rows, row_ends

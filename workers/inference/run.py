@@ -53,7 +53,7 @@ from workers.inference.engine import BlockResult
 from workers.inference.geometry import JobGeometry, build_geometry
 from workers.inference.job import OUTPUT_ATTRS_KEY, InferenceJob
 from workers.inference.ledger import SNAPSHOT, Ledger, linear, read_bits
-from workers.inference.mask import record_without_tasks, skipped_windows
+from workers.inference.mask import record_without_tasks
 from workers.inference.rundir import Janitor, RunDir
 from workers.inference.schedule import Schedule
 from workers.inference.steps import BlockSteps, StepCounts, StepHook, StepTally
@@ -129,8 +129,11 @@ class InferenceRun:
         self.started = time.perf_counter()
         self.ledger = _open_ledger(run_dir, self.plan)
         flags = geometry.mask_blocks  # input.mask: what no task needs to run for
+        self.windows_masked = 0  # windows input.mask leaves out, of this run's share
         if flags is not None:
             self.blocks_masked = record_without_tasks(self.ledger.p1, self.ledger.p2, flags)
+            assert geometry.mask is not None
+            self.windows_masked = geometry.mask.owned_windows(self.plan, ~flags[0])
         no_spill = None if flags is None else ~flags[0].reshape(-1)
         self._schedule = Schedule(self.plan, self.ledger, _spill_files(run_dir, self.plan), no_spill)
         for (
@@ -155,7 +158,7 @@ class InferenceRun:
             self.layout_key,
             self.plan.n_blocks,
             self._blocks_done,
-            windows_masked=skipped_windows(geometry.kept),
+            windows_masked=self.windows_masked,
             blocks_masked=self.blocks_masked,
         )
 
@@ -246,6 +249,9 @@ class InferenceRun:
             self._blocks_done += 1
             self._voxels_done += math.prod(t[k] for t, k in zip(self._lengths, task.block, strict=True))
         self.summary.add(result)
+        if task.phase == 1 and self.geometry.mask is not None:  # the windows its mask left out
+            owned = math.prod(len(r) for r in self.plan.window_ranges(task.block))
+            self.summary.windows_masked += owned - result.windows
         if self.ledger.flush(lazy=True):  # the records freeing these files are written
             for source in self._schedule.take_dropped():  # off this thread: a file system may be slow
                 self._janitor.drop(self._schedule.block(source))
@@ -310,8 +316,9 @@ class InferenceRun:
 def output_levels(
     job: InferenceJob, shape: tuple[int, ...], voxel_size: tuple[float, float, float] | None
 ) -> tuple[Factors, ...]:
-    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone."""
-    if not job.output.pyramid:
+    """The output's levels: its pyramid's (``output.pyramid``), else level 0 alone (a precomputed
+    output's always: it is written as one scale)."""
+    if not job.output.pyramid or job.output.format == "precomputed":
         return ((1, 1, 1),)
     return pyramid_factors(shape, job.output.chunks, voxel_size)
 

@@ -79,7 +79,11 @@ class SegmentationJob:
         record = {
             "algorithm": ALGORITHM,
             "input": [self.input.path, self.input.dataset, list(shape), np.dtype(dtype).str, *channels],
-            "decoder": asdict(self.decoder),
+            "decoder": {  # affinity_agglomerate's fields only where set: other jobs keep their keys
+                k: v
+                for k, v in asdict(self.decoder).items()
+                if v is not None or k not in ("aff_threshold", "merge_function")
+            },
             "output": [self.output.format, list(self.output.chunks), self.output.relabel]
             + ([] if self.output.pyramid else ["no-pyramid"]),
             "block": list(self.block_for(tuple(shape[1:]))),

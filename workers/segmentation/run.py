@@ -8,7 +8,10 @@ barrier (every block's step before any of the next stage)::
     label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
     -> write (blocks) -> pyramid (workers.pyramid, rule ``mode``, level after level) -> complete
 
-``complete`` checks every block's write marker and every pyramid task's, writes the table of
+affinity_agglomerate: label, link, number, rank, dilate (its fragments, a watershed on the mean
+affinity) -> edges (blocks: the region graph) -> agglomerate (once: the whole graph) -> write.
+
+``complete`` checks every block's write record and every pyramid task's marker, writes the table of
 objects, marks the output complete and drops the run folder: success is never reported over a hole.
 ``run_serially`` is the loop in one process; ``service.kinds.segmentation`` pumps the same tasks through Dask.
 """
@@ -38,6 +41,8 @@ from workers.inference.rundir import RunDir
 from workers.pyramid import PyramidStage, run_pyramid_task
 from workers.segmentation.job import SegmentationJob, check_input, open_prediction
 from workers.segmentation.steps import (
+    AGGLOMERATE,
+    EDGES,
     NUMBER,
     ONCE,
     OUTPUT_ATTRS_KEY,
@@ -51,7 +56,10 @@ from workers.segmentation.steps import (
 
 LABEL_RULE: LabelRule = "mode"  # the label pyramid's rule: each coarse voxel the most frequent id under it
 
-STEP_NAMES = {1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 10: "number", 11: "sizes"}
+STEP_NAMES = {
+    1: "label", 2: "link", 3: "rank", 4: "dilate", 5: "write", 6: "edges",
+    10: "number", 11: "sizes", 12: "agglomerate",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,9 @@ class SegmentationRun:
         self.resumed = resumed
         self.started = time.perf_counter()
         self.done: set[tuple[int, Index]] = set()
-        run_dir = plan.run_dir
+        self.ledger = plan.run_dir.ledger(plan.grid.counts)
         for step in self.stages_flat():
-            self.done |= {(step, b) for b in run_dir.done_blocks(step)}
+            self.done |= {(step, b) for b in self.ledger.done_blocks(step)}
         if already_complete:
             self.done = {(s, b) for s, blocks in self.stages() for b in blocks}
         self.skipped = len(self.done)
@@ -99,7 +107,9 @@ class SegmentationRun:
         blocks = list(self.plan.grid.indices())
         steps = self.plan.block_steps()
         out: list[tuple[int, list[Index]]] = [(steps[0], blocks), (steps[1], blocks), (NUMBER, [ONCE])]
-        if self.plan.dilates:
+        if self.plan.agglomerates:
+            out += [(steps[2], blocks), (steps[3], blocks), (EDGES, blocks), (AGGLOMERATE, [ONCE])]
+        elif self.plan.dilates:
             out += [(steps[2], blocks), (steps[3], blocks), (SIZES, [ONCE])]
         return [*out, (WRITE, blocks)]
 
@@ -115,6 +125,9 @@ class SegmentationRun:
         return []
 
     def finished(self, task: Task) -> None:
+        """The task returned: its step is recorded done (in the ledger, written now)."""
+        if (task.step, task.block) not in self.done:
+            self.ledger.record(task.step, task.block)
         self.done.add((task.step, task.block))
 
     def counts(self) -> dict[str, list[int]]:
@@ -135,7 +148,7 @@ class SegmentationRun:
         if self.already_complete:
             return
         plan = self.plan
-        missing = [b for b in plan.grid.indices() if not plan.run_dir.is_done(WRITE, b)]
+        missing = [b for b in plan.grid.indices() if not self.ledger.is_done(WRITE, b)]
         if missing:
             raise IncompleteRunError(
                 f"{len(missing)} blocks are not recorded written, first {missing[0]}; "
@@ -146,8 +159,8 @@ class SegmentationRun:
         self.plan.run_dir.request_cancel()
 
     def complete(self) -> dict[str, Any]:
-        """Success only over a whole output: every block's write marker and every pyramid task's
-        marker must be on disk."""
+        """Success only over a whole output: every block's write must be recorded and every pyramid
+        task's marker on disk."""
         plan, job = self.plan, self.plan.job
         self._check_written()
         self.pyramid.check()
@@ -156,13 +169,14 @@ class SegmentationRun:
             confined(plan.run_dir.root, job.data_roots)
             with np.load(plan.run_dir.root / "objects.npz") as data:
                 objects = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
-                final = data["final"]
+                final = data["table_final"] if "table_final" in data.files else data["final"]
             rows = table_rows(objects, final)
             write_table(table_path(job.output.path, job.output.dataset), rows)
             volume = open_volume(job.output.path, job.output.dataset, mode="r+")
             record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
             extra = {"complete": True, "objects": int(rows.shape[0]), "max_id": int(final.max(initial=0))}
             volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, **extra}})
+            self.ledger.close()
             shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
         volume = open_volume(job.output.path, job.output.dataset)
         record = volume.attrs.get(OUTPUT_ATTRS_KEY, {})

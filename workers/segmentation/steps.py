@@ -1,17 +1,22 @@
 """The segmentation run's steps with their reads and writes: what a Dask task (or the serial loop) runs.
 
-Each step of one block (or each merge, once) reads what the steps before it left in the run folder,
-writes its own files atomically, and only then its done marker
-(``<output.path>/.pytc-run/<dataset>/<layout key>/done/p<step>_<z>_<y>_<x>.json``), so a run killed at
-any moment resumes from the markers: a step is redone unless its marker is on disk. The arrays of
+Each step of one block (or each merge, once) reads what the steps before it left in the run folder
+and writes its own files atomically; the driver records it done once its task returned (the run
+folder's ledger, :mod:`workers.segmentation.rundir`), so a run killed at any moment resumes from
+the record: a step is redone unless it is recorded. The arrays of
 :mod:`volumes.labels.blockwise` are kept as::
 
-    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces)
+    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces;
+    slices/<b>.npz                                          per (label, z slice), for background_2d)
     links/<b>.npz                                           link step
-    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object)
+    luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object;
+    luts/<b>.drops.npy                                      the (label, z) pairs the per-slice filter zeroes)
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
+    edges/<b>.npz  graph.json                               affinity_agglomerate: the fragments (the
+                                                            grown labels above) and their region
+                                                            graph, merged once in the driver
 
 The labels image itself is created by the last merge (its dtype, uint32 or uint64, is known then),
 with all its levels (:func:`label_levels`); the write step fills a block's chunks of level 0, the
@@ -31,12 +36,24 @@ from typing import Any
 import numpy as np
 import zarr
 
+from volumes.box import Box
 from volumes.errors import VolumeNotFoundError
 from volumes.files import atomic_write, read_json, write_json_atomic
+from volumes.labels.agglomerate import (
+    Edges,
+    agglomerate_graph,
+    agglomeration_of,
+    as_affinities,
+    block_edges,
+    mean_affinity,
+    merge_edges,
+    segments,
+)
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
     dilate_step,
+    drop_slices,
     grow_step,
     halo_box,
     label_step,
@@ -44,7 +61,9 @@ from volumes.labels.blockwise import (
     merge_step,
     objects_from_parts,
     read_box,
+    slice_step,
 )
+from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
@@ -60,8 +79,8 @@ from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
 
 Index = tuple[int, ...]
-LABEL, LINK, RANK, DILATE, WRITE = 1, 2, 3, 4, 5
-NUMBER, SIZES = 10, 11
+LABEL, LINK, RANK, DILATE, WRITE, EDGES = 1, 2, 3, 4, 5, 6
+NUMBER, SIZES, AGGLOMERATE = 10, 11, 12
 ONCE: Index = (0, 0, 0)
 OUTPUT_ATTRS_KEY = "pytc"
 
@@ -81,10 +100,29 @@ class Plan:
         return Grid(spatial, self.job.block_for(spatial))
 
     @property
+    def agglomerates(self) -> bool:
+        return self.job.decoder.name == "affinity_agglomerate"
+
+    @property
+    def decoder(self) -> Decoder:
+        """What labels and grows the blocks: the job's decoder, or affinity_agglomerate's fragments'
+        (a watershed on the mean affinity)."""
+        if self.agglomerates:
+            return agglomeration_of(self.job.decoder).fragment_decoder()
+        return self.job.decoder
+
+    @property
     def dilates(self) -> bool:
         """A second stage over numbered labels with a halo: bc_connected's dilation, or the
-        watershed decoders' growth from their seeds."""
-        return self.job.decoder.dilation is not None or self.job.decoder.watershed
+        watershed decoders' growth from their seeds (affinity_agglomerate's fragments too)."""
+        return self.decoder.dilation is not None or self.decoder.watershed
+
+    def read_prediction(self, box: Box) -> np.ndarray:
+        """The decoder's channels over a (z, y, x) box; affinity_agglomerate's fragments read the
+        mean of the three affinities."""
+        source = open_volume(self.job.input.path, self.job.input.dataset)
+        pred = read_prediction(self.job, source, box)  # the job's ``channels``, in order
+        return mean_affinity(pred) if self.agglomerates else pred
 
     @property
     def run_dir(self) -> SegRunDir:
@@ -98,36 +136,39 @@ class Plan:
 
 
 def run_step(plan: Plan, step: int, index: Index) -> int:
-    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step."""
+    """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step. The
+    driver records it done once this returned (:class:`workers.segmentation.rundir.SegLedger`)."""
     run_dir = plan.run_dir
     confined(run_dir.root, plan.job.data_roots)
     if run_dir.is_cancelled():
         raise BlockCancelledError(f"job cancelled before step {step} of block {index}")
-    if run_dir.is_done(step, index):
-        return step
     STEPS[step](plan, index)
-    run_dir.mark_done(step, index, {"step": step, "block": list(index)})
     return step
 
 
 def _label(plan: Plan, index: Index) -> None:
-    decoder, grid = plan.job.decoder, plan.grid
+    decoder, grid = plan.decoder, plan.grid
     box = read_box(decoder, grid, index)
-    source = open_volume(plan.job.input.path, plan.job.input.dataset)
-    pred = read_prediction(plan.job, source, box)
+    pred = plan.read_prediction(box)
     done = label_step(decoder, grid, index, pred)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
+    if done.slices is not None:
+        _save_npz(plan.file("slices", index, ".npz"), done.slices)
 
 
 def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
-    with np.load(plan.file("faces", index, ".npz")) as data:
+    return _load_npz(plan, "faces", index)
+
+
+def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
+    with np.load(plan.file(folder, index, ".npz")) as data:
         return {k: data[k] for k in data.files}
 
 
 def _link(plan: Plan, index: Index) -> None:
-    found = link_step(plan.job.decoder, plan.grid, index, lambda i: _faces(plan, i))
+    found = link_step(plan.decoder, plan.grid, index, lambda i: _faces(plan, i))
     others = [np.repeat(np.array([other]), a.shape[0], axis=0) for other, a, _ in found]
     _save_npz(
         plan.file("links", index, ".npz"),
@@ -160,8 +201,8 @@ def _number(plan: Plan, index: Index) -> None:
     if plan.dilates:
         _mkdir(plan, "luts")
         kept = np.arange(k + 1)
-        if plan.job.decoder.watershed:  # whole seeds under seed_thres are no seeds
-            kept = kept_seeds(plan.job.decoder, numbered.objects.count)
+        if plan.decoder.watershed:  # whole seeds under seed_thres are no seeds
+            kept = kept_seeds(plan.decoder, numbered.objects.count)
         for i in blocks:
             np.save(plan.file("luts", i, ".npy"), kept[numbered.lut[i]])
         for name in ("ranked", "dilated"):
@@ -176,11 +217,22 @@ def _number(plan: Plan, index: Index) -> None:
             )
         write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
         return
-    final = final_ids(plan.job.decoder, numbered.objects, plan.job.output.relabel)
+    objects = numbered.objects
     _mkdir(plan, "luts")
+    if plan.job.decoder.per_slice:  # the per-slice size filter: the pairs to zero, per block
+        objects, drops = slice_step(
+            plan.job.decoder, plan.grid, numbered, lambda i: _load_npz(plan, "slices", i)
+        )
+        for i in blocks:
+            np.save(plan.file("luts", i, ".drops.npy"), drops[i])
+    final = final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan))
     for i in blocks:
         np.save(plan.file("luts", i, ".npy"), final[numbered.lut[i]])
-    _finish_merge(plan, numbered.objects, final)
+    _finish_merge(plan, objects, final)
+
+
+def _voxels(plan: Plan) -> int:
+    return int(np.prod(plan.grid.shape, dtype=np.int64))
 
 
 def _mkdir(plan: Plan, folder: str) -> None:
@@ -255,13 +307,12 @@ def _rank(plan: Plan, index: Index) -> None:
 
 
 def _dilate(plan: Plan, index: Index) -> None:
-    decoder, grid = plan.job.decoder, plan.grid
+    decoder, grid = plan.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
     grown = halo_box(decoder, grid, index)
     numbered = np.asarray(ranked[grown.slices()])
     if decoder.watershed:
-        source = open_volume(plan.job.input.path, plan.job.input.dataset)
-        pred = read_prediction(plan.job, source, grown)
+        pred = plan.read_prediction(grown)
         core, part = grow_step(decoder, grid, index, numbered, pred)
     else:
         core, part = dilate_step(decoder, grid, index, numbered)
@@ -278,7 +329,49 @@ def _sizes(plan: Plan, index: Index) -> None:
         with np.load(plan.file("parts", i, ".npz")) as data:
             parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
     objects = objects_from_parts(k, parts)
-    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel))
+    _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan)))
+
+
+def _edges(plan: Plan, index: Index) -> None:
+    """affinity_agglomerate: the region graph's edges of a block, from its fragments, one layer of
+    its lower neighbours' and its affinities."""
+    box = plan.grid.box(index)
+    low = [1 if o > 0 else 0 for o in box.offset]
+    fragments = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
+    ext = Box.from_bounds([o - lo for o, lo in zip(box.offset, low, strict=True)], box.end)
+    source = open_volume(plan.job.input.path, plan.job.input.dataset)
+    affs = as_affinities(read_prediction(plan.job, source, box))
+    edges = block_edges(np.asarray(fragments[ext.slices()]), affs, low)
+    _mkdir(plan, "edges")
+    names = ("u", "w", "count", "total", "top")
+    _save_npz(plan.file("edges", index, ".npz"), {n: getattr(edges, n) for n in names})
+
+
+def _agglomerate(plan: Plan, index: Index) -> None:
+    """affinity_agglomerate, once in the driver: the fragments' statistics and the whole region
+    graph (a row per edge and per fragment, never voxels), merged at the job's threshold; the
+    written number of each fragment ("final") and of each segment ("table_final", for the table)."""
+    k = int((read_json(plan.run_dir.root / "numbered.json") or {})["objects"])
+    parts, graphs = [], []
+    for i in plan.grid.indices():
+        with np.load(plan.file("parts", i, ".npz")) as data:
+            parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
+        with np.load(plan.file("edges", i, ".npz")) as data:
+            graphs.append(Edges(*(data[n] for n in ("u", "w", "count", "total", "top"))))
+    fragments = objects_from_parts(k, parts)
+    edges = merge_edges(graphs)
+    merges = agglomerate_graph(edges, agglomeration_of(plan.job.decoder))
+    per_fragment, objects, written = segments(merges, 0, k, fragments, plan.job.output.relabel)
+    arrays = {"count": objects.count, "first": objects.first, "lo": objects.lo, "hi": objects.hi}
+    _save_npz(
+        plan.run_dir.root / "objects.npz",
+        {**arrays, "sums": objects.sums, "final": per_fragment, "table_final": written},
+    )
+    write_json_atomic(
+        plan.run_dir.root / "graph.json",
+        {"fragments": k, "edges": edges.n, "graph_bytes": edges.nbytes + 8 * (k + 1) * 3},
+    )
+    create_output(plan, label_dtype(int(written.max(initial=0))))
 
 
 def _write(plan: Plan, index: Index) -> None:
@@ -292,6 +385,8 @@ def _write(plan: Plan, index: Index) -> None:
     else:
         labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
         data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+        if plan.job.decoder.per_slice:
+            data = drop_slices(labels, np.load(plan.file("luts", index, ".drops.npy")), data)
     out.write(box, data)
 
 
@@ -326,4 +421,6 @@ STEPS = {
     DILATE: _dilate,
     SIZES: _sizes,
     WRITE: _write,
+    EDGES: _edges,
+    AGGLOMERATE: _agglomerate,
 }

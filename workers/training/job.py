@@ -127,7 +127,7 @@ class TrainingJob:
             "data": asdict(self.data),
             "model": asdict(self.model),
             "heads": [asdict(h) for h in self.heads],
-            "solver": {k: v for k, v in asdict(self.solver).items() if k != "save_every"},
+            "solver": _solver_key(self.solver),
             "sampling": {
                 k: v
                 for k, v in asdict(self.sampling).items()
@@ -186,3 +186,12 @@ class TrainingModelInfo:
     in_channels: int
     out_channels: int
     parameters: int
+
+
+def _solver_key(solver: SolverSpec) -> dict[str, Any]:
+    """The solver's part of the job key; ``param_groups: one`` (the default, older than the field)
+    is left out so that runs from before it keep their keys."""
+    payload = {k: v for k, v in asdict(solver).items() if k != "save_every"}
+    if payload["optimizer"]["param_groups"] == "one":
+        del payload["optimizer"]["param_groups"]
+    return payload

@@ -31,10 +31,13 @@ LARGE = {
     "deeplabv3a",
     "deeplabv3b_aux",
     "deeplabv3c_resnext",
+    "deeplabv3b_wide_resnet50_2",
+    "deeplabv3c_resnext101",
     "unetr",
+    "unetr_conv_no_res",
     "swinunetr",
     "swinunetr_iso_v2",
-}  # ResNet-50s, MONAI: seconds each
+}  # ResNet-50s and larger, MONAI: seconds each
 
 
 @pytest.fixture(scope="module")

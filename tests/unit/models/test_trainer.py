@@ -193,3 +193,23 @@ def test_semantic_head_uses_cross_entropy_and_softmax_dice() -> None:
     logits = torch.tensor([0.0, 0.0, 5.0]).reshape(1, 3, 1, 1, 1)
     expected = -torch.log_softmax(logits, dim=1)[0, 2]
     assert float(heads_loss(logits, target, (head,))[0]) == pytest.approx(float(expected.squeeze()))
+
+
+def test_pytc_parameter_groups_are_pytcs_solver_layout() -> None:
+    """``param_groups: pytc``: one group per parameter in ``model.modules()`` order (PyTC's
+    ``Trainer`` loads an optimizer state only into groups of the same count and sizes), no weight
+    decay for biases and normalisation layers; ``one``: a single group."""
+    from models.optim import build_optimizer
+
+    model = build_unet3d(CONFIG)
+    params = list(model.parameters())
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d) for p in m.parameters()}
+    biases = {id(p) for name, p in model.named_parameters() if name.endswith(".bias")}
+    assert norms and biases - norms
+    pytc = build_optimizer(model, OptimizerSpec("sgd", lr=0.1, weight_decay=0.5, param_groups="pytc"))
+    assert [g["params"] for g in pytc.param_groups] == [[p] for p in params]
+    for group in pytc.param_groups:
+        bare = id(group["params"][0]) in norms | biases
+        assert group["weight_decay"] == (0.0 if bare else 0.5) and group["lr"] == 0.1
+    one = build_optimizer(model, OptimizerSpec("sgd", lr=0.1, weight_decay=0.5))
+    assert len(one.param_groups) == 1 and one.param_groups[0]["params"] == params

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -39,11 +40,19 @@ def pytc_decode(pred: np.ndarray, d: Decoder) -> np.ndarray:
         if d.dilation is not None:
             segm = skimage_morphology.dilation(segm, np.ones(d.dilation))
     if d.remove_small_mode == "background":
-        sizes = np.bincount(segm.ravel())
-        small = sizes < d.thres_small
-        small[0] = False
-        segm = np.where(small[segm], 0, segm)
+        segm = _drop_small(segm, d.thres_small)
+    if d.remove_small_mode == "background_2d":  # remove_small_objects slice by slice
+        segm = np.stack([_drop_small(plane, d.thres_small) for plane in segm])
+    if d.remove_small_mode == "neighbor_2d":  # merge_small_objects slice by slice
+        segm = np.concatenate([_merge_small_oracle(segm[z : z + 1], d.thres_small) for z in range(len(segm))])
     return segm.astype(np.uint64)
+
+
+def _drop_small(segm: np.ndarray, thres_small: int) -> np.ndarray:
+    sizes = np.bincount(segm.ravel())
+    small = sizes < thres_small
+    small[0] = False
+    return np.where(small[segm], 0, segm)
 
 
 def _affinity_oracle(pred: np.ndarray, t: float) -> np.ndarray:
@@ -166,3 +175,121 @@ def test_labels_are_uint32_until_the_numbers_need_uint64() -> None:
     from volumes.labels.merge import label_dtype
 
     assert label_dtype(2**32 - 1) == np.uint32 and label_dtype(2**32) == np.uint64
+
+
+def test_the_merge_graph_holds_only_pieces_at_block_faces() -> None:
+    """Many small objects inside blocks and a few across faces: the merge's graph has a node per
+    piece that touches a piece of another block, none for the objects inside blocks, and the labels
+    still equal the whole-volume decoder's."""
+    from volumes.labels.blockwise import Grid, label_step, link_step, merge_step
+
+    mask = np.zeros((8, 32, 32), bool)
+    mask[2:4, 1:15:3, 1:15:3] = True  # 25 dots inside block (0, 0, 0)
+    mask[2:4, 17:31:3, 17:31:3] = True  # 25 inside block (0, 1, 1)
+    mask[5, 10:22, 5] = True  # crosses y = 16: 2 pieces
+    mask[6, 5, 10:22] = True  # crosses x = 16: 2 pieces
+    mask[7, 10:22, 10:22] = True  # a sheet over 4 blocks: 4 pieces
+    pred = _binary(mask)
+    decoder = Decoder("binary_connected", (0.5,), thres_small=0, connectivity=26)
+    grid = Grid((8, 32, 32), (8, 16, 16))
+    done = {
+        i: label_step(decoder, grid, i, pred[(slice(None), *grid.box(i).slices())]) for i in grid.indices()
+    }
+    links_of = {i: link_step(decoder, grid, i, lambda j: done[j].faces) for i in grid.indices()}
+    numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
+    assert numbered.objects.n == 53
+    assert numbered.nodes == 8  # 2 + 2 + 4 face pieces; the 50 dots never enter the graph
+    expected = sequential(decode_in_memory(pred, decoder))
+    assert np.array_equal(decode_blockwise(pred, decoder, (8, 16, 16), "sequential"), expected)
+
+
+def _merge_small_oracle(segm: np.ndarray, thres_small: int) -> np.ndarray:
+    """PyTC's ``remove_small_mode: neighbor`` as its docs and code describe it, written here from
+    that description: in id order (the background too), an id with fewer than ``thres_small``
+    voxels (counted once, first) takes the most frequent non-zero label in its in-plane ring
+    (8-neighbours in the same z slice; ties: the lowest label), else 0."""
+    segm = segm.copy()
+    ids, counts = np.unique(segm, return_counts=True)
+    ring_shape = np.ones((1, 3, 3), bool)
+    for idx, count in zip(ids, counts, strict=True):
+        if count >= thres_small:
+            continue
+        obj = segm == idx
+        ring = ndimage.binary_dilation(obj, structure=ring_shape) & ~obj
+        around = segm[ring]
+        around = around[around != 0]
+        if around.size:
+            values, times = np.unique(around, return_counts=True)
+            segm[obj] = values[np.argmax(times)]
+        else:
+            segm[obj] = 0
+    return segm
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    connectivity=st.sampled_from([18, 26]),
+    thres_small=st.integers(1, 12),
+    block=st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7)),
+)
+def test_neighbor_mode_equals_pytc_merge_small_objects(
+    seed: int, connectivity: int, thres_small: int, block: tuple[int, int, int]
+) -> None:
+    """Where ``neighbor`` is accepted (components at 18/26, no dilation) the blockwise labels equal
+    PyTC's merge of small objects on the whole volume, or the run refuses a background smaller
+    than ``thres_small`` (which PyTC would merge into an object)."""
+    from volumes.labels.decoders import SmallBackgroundError
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((5, 9, 9)) < rng.uniform(0.1, 0.97)
+    decoder = Decoder("binary_connected", (0.5,), thres_small, "neighbor", connectivity)  # type: ignore[arg-type]
+    labels = skimage_measure.label(mask, connectivity=3 if connectivity == 26 else 2)
+    background = int((labels == 0).sum())
+    if 0 < background < thres_small:
+        with pytest.raises(SmallBackgroundError, match="background"):
+            decode_blockwise(_binary(mask), decoder, block, "none")
+        return
+    expected = sequential(_merge_small_oracle(labels, thres_small).astype(np.uint64))
+    assert np.array_equal(decode_blockwise(_binary(mask), decoder, block, "sequential"), expected)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    name=st.sampled_from(["binary_connected", "affinity_connected", "neighbor_2d"]),
+    connectivity=st.sampled_from([6, 18, 26]),
+    thres_small=st.integers(1, 8),
+    block=st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7)),
+)
+def test_per_slice_size_filters_equal_pytc_slice_by_slice(
+    seed: int, name: str, connectivity: int, thres_small: int, block: tuple[int, int, int]
+) -> None:
+    """``background_2d`` (and ``neighbor_2d`` where it is taken: 18/26, no dilation) counts an
+    object's voxels per z slice, summed over the blocks of the slice: equal to PyTC's filters run
+    slice by slice on the whole volume, with PyTC's numbers and sequential ones; or, for
+    ``neighbor_2d``, a slice whose background is under ``thres_small`` is refused."""
+    from volumes.labels.decoders import SmallBackgroundError
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 7)), int(rng.integers(1, 11)), int(rng.integers(1, 11)))
+    mode = "background_2d"
+    if name == "neighbor_2d":
+        name, mode, connectivity = "binary_connected", "neighbor_2d", max(connectivity, 18)
+    if name == "affinity_connected":
+        pred, connectivity = rng.random((3, *shape)).astype(np.float32), 6
+    else:
+        pred = _binary(rng.random(shape) < rng.uniform(0.1, 0.95))
+    decoder = Decoder(name, (0.5,), thres_small, mode, connectivity)  # type: ignore[arg-type]
+    segm = pytc_decode(pred, Decoder(name, (0.5,), thres_small, "none", connectivity))  # type: ignore[arg-type]
+    planes = [np.bincount(p.ravel()) for p in segm]
+    if mode == "neighbor_2d" and any(len(c) > 1 and 0 < c[0] < thres_small for c in planes):
+        with pytest.raises(SmallBackgroundError, match="background"):
+            decode_blockwise(pred, decoder, block, "none")
+        return
+    expected = pytc_decode(pred, decoder)
+    assert np.array_equal(decode_blockwise(pred, decoder, block, "none"), expected)
+    assert np.array_equal(decode_blockwise(pred, decoder, block, "sequential"), sequential(expected))
+    assert np.array_equal(decode_in_memory(pred, decoder), expected)

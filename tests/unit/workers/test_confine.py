@@ -65,3 +65,12 @@ def test_the_chunk_files_named_are_those_a_write_creates(tmp_path: Path, fmt: st
     named = set(files.paths(box))
     written = {p for p in (tmp_path / "out" / "a" / "pred").rglob("*") if p.is_file()}
     assert len(named) == 2 and named <= written, (named, written)
+
+
+def test_a_precomputed_output_confines_its_scale_folder(tmp_path: Path) -> None:
+    """Its shards are named by Morton codes, not by grid positions: each write confines the scale's
+    folder, which a swapped symlink would change (tensorstore replaces files, never follows them)."""
+    volume = create_output(tmp_path / "out", "pred", "precomputed", (2, 8, 12, 12), "float32", (4, 4, 8))
+    files = ChunkFiles.of(volume)
+    assert files is not None
+    assert set(files.paths(Box((0, 4, 0, 8), (2, 4, 8, 4)))) == {tmp_path / "out" / "pred" / "0"}

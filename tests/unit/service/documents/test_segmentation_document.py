@@ -34,6 +34,10 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
     aff = parse_segmentation(doc(name="affinity_connected", thres=0.3), [tmp_path]).decoder
     assert (aff.thresholds, aff.connectivity, aff.channels) == ((0.3,), 6, 3)
     assert job.output.relabel == "sequential" and job.output.dataset == "seg" and job.output.format == "zarr3"
+    agg = parse_segmentation(doc(name="affinity_agglomerate"), [tmp_path]).decoder
+    assert (agg.thresholds, agg.aff_threshold, agg.merge_function, agg.channels) == (
+        (0.1,), (0.05, 0.995), "aff50_his256", 3,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -44,9 +48,35 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
         ({"name": "bcd_watershed", "thres": 0.5}, "decoder.thres", "not a parameter of bcd_watershed"),
         ({"name": "binary_watershed", "thres3": 0.5}, "decoder.thres3", "not a parameter"),
         ({"name": "bcd_watershed", "thres5": -1.5}, "decoder.thres5", ""),
-        ({"name": "affinity_agglomerate"}, "decoder.name", "not available yet"),
+        ({"name": "affinity_agglomerate", "thres": 0.5}, "decoder.thres", "not a parameter of affinity"),
+        ({"name": "affinity_agglomerate", "thresholds": [0.1, 0.3]}, "decoder.thresholds", "one threshold"),
+        ({"name": "affinity_agglomerate", "thresholds": [0.0]}, "decoder.thresholds", "(0, 1]"),
+        ({"name": "affinity_agglomerate", "thresholds": []}, "decoder.thresholds", ""),
+        (
+            {"name": "affinity_agglomerate", "aff_threshold": [0.9, 0.1]},
+            "decoder.aff_threshold",
+            "low < high",
+        ),
+        (
+            {"name": "affinity_agglomerate", "merge_function": "max"},
+            "decoder.merge_function",
+            "aff<Q>_his256",
+        ),
         ({"name": "nope"}, "decoder.name", ""),
-        ({"remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "not available yet"),
+        (
+            {"name": "bc_connected", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "dilation",
+        ),
+        (
+            {"name": "bcd_watershed", "remove_small_mode": "background_2d"},
+            "decoder.remove_small_mode",
+            "growth",
+        ),
+        ({"remove_small_mode": "neighbor_2d", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
+        ({"remove_small_mode": "neighbor", "connectivity": 6}, "decoder.remove_small_mode", "chain"),
+        ({"name": "bc_connected", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
+        ({"name": "bc_watershed", "remove_small_mode": "neighbor"}, "decoder.remove_small_mode", "chain"),
         ({"connectivity": 8}, "decoder.connectivity", ""),
         ({"scale_factors": [2, 1, 1]}, "decoder.scale_factors", "not available yet"),
         ({"name": "bc_connected", "dilation_struct": [1, 4, 4]}, "decoder.dilation_struct", "odd"),
@@ -103,6 +133,21 @@ def test_the_label_pyramid_is_on_unless_turned_off(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         parse_segmentation({**doc(), "output": {"path": "seg.zarr", "pyramid": "no"}}, [tmp_path])
     assert caught.value.field == "output.pyramid"
+
+
+def test_neighbor_is_taken_where_objects_never_touch(tmp_path: Path) -> None:
+    """``neighbor`` equals ``background`` where no two objects touch in-plane (see the blockwise
+    tests); ``background_2d`` is taken by the decoders that do not grow objects after labelling."""
+    for decoder in (
+        {"remove_small_mode": "neighbor"},
+        {"remove_small_mode": "neighbor", "connectivity": 18},
+        {"name": "bc_connected", "remove_small_mode": "neighbor", "dilation_struct": [1, 1, 1]},
+        {"remove_small_mode": "neighbor_2d"},
+        {"remove_small_mode": "background_2d", "connectivity": 6},
+        {"name": "affinity_connected", "remove_small_mode": "background_2d"},
+    ):
+        mode = parse_segmentation(doc(**decoder), [tmp_path]).decoder.remove_small_mode
+        assert mode == decoder["remove_small_mode"]
 
 
 def stage(**extra: Any) -> dict[str, Any]:

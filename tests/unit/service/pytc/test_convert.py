@@ -21,7 +21,7 @@ from service.errors import SpecError
 from service.kinds.pytc_config import pytc_field
 from service.pytc import keys
 from service.pytc.config import load_pytc_config, pytc_defaults
-from service.pytc.convert import check_refused, convert_pytc, inference_document, volume_path
+from service.pytc.convert import check_refused, convert_pytc, inference_documents, volume_path
 from service.pytc.training import training_document
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -133,9 +133,43 @@ def test_training_mapping() -> None:
         (["INFERENCE.UNPAD", "False"], True, "INFERENCE.UNPAD"),
         (["INFERENCE.OUTPUT_SCALE", "[1.0, 0.5, 0.5]"], True, "INFERENCE.OUTPUT_SCALE"),
         (["DATASET.DATA_SCALE", "[1.0, 0.5, 0.5]"], True, "DATASET.DATA_SCALE"),
-        (["INFERENCE.OUTPUT_ACT", "['relu', 'none']"], True, "INFERENCE.OUTPUT_ACT"),
-        (["INFERENCE.IMAGE_NAME", "a.h5@b.h5"], True, "INFERENCE.IMAGE_NAME"),
-        (["INFERENCE.IMAGE_NAME", "im.tif"], True, "INFERENCE.IMAGE_NAME"),
+        (["INFERENCE.OUTPUT_ACT", "['relu', 'none']"], True, "INFERENCE.OUTPUT_ACT"),  # a TTA mean of relu
+        (["INFERENCE.OUTPUT_ACT", "['gelu', 'none']"], True, "INFERENCE.OUTPUT_ACT"),
+        (["INFERENCE.IMAGE_NAME", "im.bmp"], True, "INFERENCE.IMAGE_NAME"),
+        (["INFERENCE.IMAGE_NAME", "a.h5@images/*.png"], True, "INFERENCE.IMAGE_NAME"),  # one volume each
+        (["INFERENCE.IMAGE_NAME", "images/*.h5"], True, "INFERENCE.IMAGE_NAME"),
+        (["INFERENCE.IMAGE_NAME", "list.txt"], True, "INFERENCE.IMAGE_NAME"),
+        (["DATASET.IMAGE_NAME", "a.h5@b.h5"], False, "DATASET.IMAGE_NAME"),  # training reads one volume
+        (
+            ["INFERENCE.IMAGE_NAME", "a.h5@b.h5@c.h5", "INFERENCE.INPUT_PATH", "x/@y/"],
+            True,
+            "DATASET.INPUT_PATH",
+        ),
+        (
+            [
+                "INFERENCE.IMAGE_NAME",
+                "a.h5@b.h5",
+                "INFERENCE.DO_SINGLY",
+                "True",
+                "INFERENCE.DO_SINGLY_STEP",
+                "0",
+            ],
+            True,
+            "INFERENCE.DO_SINGLY_STEP",
+        ),
+        (
+            [
+                "INFERENCE.IMAGE_NAME",
+                "a.h5@b.h5",
+                "INFERENCE.DO_SINGLY",
+                "True",
+                "INFERENCE.DO_SINGLY_START_INDEX",
+                "2",
+            ],
+            True,
+            "INFERENCE.DO_SINGLY_START_INDEX",
+        ),
+        (["INFERENCE.DO_SINGLY", "True", "INFERENCE.OUTPUT_NAME", "'{arr}'"], True, "INFERENCE.OUTPUT_NAME"),
         (["MODEL.OUTPUT_SIZE", "[3, 9, 9]"], True, "MODEL.OUTPUT_SIZE"),
         (["DATASET.PAD_MODE", "symmetric"], True, "DATASET.PAD_MODE"),
         (["MODEL.TARGET_OPT", "['0']"], True, "MODEL.TARGET_OPT"),  # 1 channel for OUT_PLANES 2
@@ -196,6 +230,7 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
         [],
         ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "DATASET.REJECT_SAMPLING.SIZE_THRES", "10"],
         ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"],
+        ["INFERENCE.DO_SINGLY", "True", "INFERENCE.IMAGE_NAME", "a.h5@b.h5"],
         *[["MODEL.ARCHITECTURE", arch] for arch in ("unetr", "swinunetr", "fpn_3d", "deeplabv3a")],
     ]
     for overrides in variants:
@@ -205,7 +240,7 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
             )
             check_refused(cfg)
             if inference:
-                inference_document(cfg, None, None)
+                inference_documents(cfg, None, None)
             else:
                 training_document(cfg, None, lambda key, cfg=cfg: volume_path(cfg, key, None), [])
             read |= cfg.read
@@ -229,3 +264,57 @@ def test_errors_in_the_converted_document_name_the_pytc_key() -> None:
     assert pytc_field("model.config", "unknown architecture 'unet_2d'") == "MODEL.ARCHITECTURE"
     assert pytc_field("model.checkpoint", "does not exist") == "--checkpoint"
     assert pytc_field("targets[1].loss", "") == "MODEL.TARGET_OPT"
+
+
+@pytest.mark.parametrize(
+    ("act", "tta"),
+    [
+        ("relu", ["INFERENCE.AUG_NUM", "None"]),
+        ("elu", ["INFERENCE.AUG_MODE", "min"]),
+        ("relu", ["INFERENCE.AUG_MODE", "max"]),
+    ],
+)
+def test_relu_and_elu_heads_are_raw_heads_clipped_as_pytc_clips_them(act: str, tta: list[str]) -> None:
+    """PyTC clips every window at 0 after the activation: relu(x) and elu(x) are then max(x, 0),
+    what window.raw_heads: pytc does to a raw head; a TTA min or max of them is that of x, clipped."""
+    doc = _converted(["INFERENCE.OUTPUT_ACT", f"['{act}', 'sigmoid']", *tta], inference=True)
+    assert doc["output"]["activation"] == ["none", "sigmoid"] and doc["window"]["raw_heads"] == "pytc"
+
+
+def test_several_volumes_are_one_document_each_where_pytc_writes_them() -> None:
+    """Trainer.test: one output file, a dataset per volume; INPUT_PATH one folder for all, or one each."""
+    names = ["INFERENCE.IMAGE_NAME", "a.tif@b.h5@c.zarr/raw@s_*.png", "INFERENCE.INPUT_PATH", "x/@y/@z/@w/"]
+    conversion = convert_pytc([("golden", GOLDEN.read_text())], names, inference=True)
+    assert [
+        (d["input"]["path"], d["output"]["path"], d["output"]["dataset"]) for d in conversion.documents
+    ] == [
+        ("x/a.tif", "out/result.zarr", "vol0"),
+        ("y/b.h5", "out/result.zarr", "vol1"),
+        ("z/c.zarr/raw", "out/result.zarr", "vol2"),
+        ("w/s_*.png", "out/result.zarr", "vol3"),
+    ]
+    for doc in conversion.documents:
+        validate(InferenceDocument, doc)
+    again = convert_pytc([("golden", GOLDEN.read_text())], names, inference=True)
+    assert again.documents == conversion.documents  # deterministic
+
+
+def test_do_singly_writes_one_file_per_volume_named_as_pytc_names_it() -> None:
+    """Trainer.test_singly: OUTPUT_PATH/<IMAGE_NAME>, or <IMAGE_NAME>_result.h5 beside the inputs."""
+    singly = ["INFERENCE.IMAGE_NAME", "s/a.h5@b.tif@c.h5", "INFERENCE.DO_SINGLY", "True"]
+    docs = convert_pytc([("g", GOLDEN.read_text())], singly, inference=True).documents
+    assert [(d["output"]["path"], d["output"]["dataset"]) for d in docs] == [
+        ("out/s/a.zarr", "vol0"), ("out/b.zarr", "vol0"), ("out/c.zarr", "vol0"),
+    ]  # fmt: skip
+    beside = [*singly, "INFERENCE.OUTPUT_PATH", "data/", "INFERENCE.DO_SINGLY_START_INDEX", "1"]
+    docs = convert_pytc([("g", GOLDEN.read_text())], beside, inference=True).documents
+    assert [d["output"]["path"] for d in docs] == ["data/b.tif_result.zarr", "data/c.h5_result.zarr"]
+
+
+def test_refusals_say_what_pytc_does() -> None:
+    with pytest.raises(SpecError, match=r"zoom\(volume, DATA_SCALE, order=3\)") as caught:
+        _converted(["DATASET.DATA_SCALE", "[1.0, 2.0, 2.0]"], inference=True)
+    assert caught.value.field == "DATASET.DATA_SCALE"
+    with pytest.raises(SpecError, match="seg_widen_border") as caught:
+        _converted(["MODEL.LABEL_EROSION", "1", "DATASET.LABEL_NAME", "l.h5"], inference=False)
+    assert caught.value.field == "MODEL.LABEL_EROSION"

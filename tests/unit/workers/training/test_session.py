@@ -233,3 +233,11 @@ def test_a_checkpoint_folder_or_data_swapped_for_a_symlink_out_of_the_roots_is_r
     (root / "em.zarr" / "raw").symlink_to(outside / "raw", target_is_directory=True)
     with pytest.raises(PathEscapeError, match=f"{root / 'em.zarr' / 'raw'} now resolves to"):
         train(j)
+
+
+def test_param_groups_one_keeps_the_job_key_of_runs_from_before_the_field(root: Path) -> None:
+    """A run started before ``solver.param_groups`` existed resumes from its checkpoints: the
+    default (``one``) leaves the key as it was; ``pytc`` changes the weights, so the key."""
+    before = job(root).job_key()
+    assert job(root, **{"solver.param_groups": "one"}).job_key() == before
+    assert job(root, **{"solver.param_groups": "pytc"}).job_key() != before

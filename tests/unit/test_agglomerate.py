@@ -1,0 +1,134 @@
+"""``affinity_agglomerate`` (volumes.labels.agglomerate): the region graph block by block equals the
+whole volume's, the agglomeration equals waterz's on the same fragments, the parameters are checked,
+and the figures against the whole-volume run and the ground truth hold their thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.agglomerate_figures import affinities_from_labels, figures, synthetic_cells
+from volumes.labels.agglomerate import (
+    Agglomeration,
+    Edges,
+    agglomerate_graph,
+    agglomerate_in_memory,
+    agglomerate_waterz,
+    as_affinities,
+    block_edges,
+    check,
+    crossings,
+    fragments_blockwise,
+    fragments_in_memory,
+    graph_blockwise,
+)
+from volumes.metrics.reference import adapted_rand_error
+from volumes.synth import generate_em_volume
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[np.ndarray, np.ndarray]:
+    cells = generate_em_volume((12, 48, 48), seed=5, cell_size_nm=250.0).cells
+    return affinities_from_labels(cells, seed=5), cells
+
+
+def _same(a: Edges, b: Edges) -> None:
+    np.testing.assert_array_equal(a.u, b.u)
+    np.testing.assert_array_equal(a.w, b.w)
+    np.testing.assert_array_equal(a.count, b.count)
+    np.testing.assert_allclose(a.total, b.total, rtol=1e-12)
+    np.testing.assert_array_equal(a.top, b.top)
+
+
+@pytest.mark.parametrize("block", [(5, 16, 16), (12, 7, 48), (1, 48, 13), (12, 48, 48)])
+def test_region_graph_of_blocks_is_the_whole_volumes(small, block):
+    pred, _ = small
+    agg = Agglomeration(margin=(2, 8, 8))
+    fragments = fragments_in_memory(pred, agg)
+    whole = block_edges(fragments, as_affinities(pred), (0, 0, 0))
+    assert whole.n > 50
+    _same(graph_blockwise(fragments, pred, block), whole)
+
+
+def test_region_graph_by_hand():
+    frags = np.array([[[1, 1, 2], [3, 3, 2]]], dtype=np.uint64)  # (1, 2, 3)
+    affs = np.zeros((3, 1, 2, 3), np.float32)
+    affs[2, 0, 0, 2] = 0.5  # x: (1 -> 2)
+    affs[1, 0, 1, 0], affs[1, 0, 1, 1] = 0.2, 0.4  # y: (1 -> 3) twice
+    affs[2, 0, 1, 2] = 0.9  # x: (3 -> 2)
+    e = block_edges(frags, affs, (0, 0, 0))
+    assert list(zip(e.u.tolist(), e.w.tolist(), strict=True)) == [(1, 2), (1, 3), (2, 3)]
+    assert e.count.tolist() == [1, 2, 1]
+    np.testing.assert_allclose(e.total, [0.5, 0.6, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(e.top, [0.5, 0.4, 0.9])
+    # mean: 1-0.9=0.1 merges 2 and 3 below 0.3; then (1, {2,3}) has mean (0.5+0.6)/3
+    merges = agglomerate_graph(e, Agglomeration(thresholds=(0.3, 0.7), merge_function="mean"))
+    first, second = (merges.lookup(i, frags) for i in range(2))
+    assert len(np.unique(first)) == 2 and first[0, 0, 2] == first[0, 1, 2] != first[0, 0, 0]
+    assert len(np.unique(second)) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agglomeration_equals_waterz_on_the_same_fragments(small, seed):
+    """Float affinities without ties: the merges are waterz's, whatever their order."""
+    _, cells = small
+    rng = np.random.default_rng(seed)
+    pred = affinities_from_labels(cells, seed=seed).astype(np.float32) / 255
+    pred = np.clip(pred + rng.uniform(-1e-3, 1e-3, pred.shape).astype(np.float32), 0, 1)
+    agg = Agglomeration(thresholds=(0.2, 0.4, 0.7), merge_function="mean", margin=(2, 8, 8))
+    fragments = fragments_in_memory(pred, agg)
+    ours = agglomerate_in_memory(pred, agg)
+    theirs = agglomerate_waterz(pred, agg, fragments=fragments)
+    for a, b in zip(ours, theirs, strict=True):
+        assert len(np.unique(a)) > 1
+        assert adapted_rand_error(a, b)[0] == 0.0
+        assert crossings(a, b) == 0 and crossings(b, a) == 0
+
+
+def test_fragments_of_blocks_carry_one_id_across_faces(small):
+    pred, _ = small
+    agg = Agglomeration(margin=(2, 8, 8))
+    whole, blocks = fragments_in_memory(pred, agg), fragments_blockwise(pred, agg, (6, 24, 24))
+    # a global numbering (no per-block restart): ids spanning a face appear on both sides
+    assert np.intersect1d(np.unique(blocks[5]), np.unique(blocks[6])).size > 5
+    assert (whole == blocks).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"thresholds": ()}, "thresholds"),
+        ({"thresholds": (0.5, 0.3)}, "thresholds"),
+        ({"thresholds": (0.0,)}, "thresholds"),
+        ({"thresholds": (1.5,)}, "thresholds"),
+        ({"aff_threshold": (0.9, 0.1)}, "aff_threshold"),
+        ({"merge_function": "aff50_his128"}, "merge_function"),
+        ({"merge_function": "aff0_his256"}, "merge_function"),
+    ],
+)
+def test_bad_parameters_name_their_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        Agglomeration(**kwargs)
+    assert check((0.1, 0.3), (0.05, 0.995), "aff85_his256") == []
+
+
+def test_affinities_need_three_channels():
+    with pytest.raises(ValueError, match="3 channels"):
+        as_affinities(np.zeros((2, 4, 4, 4), np.uint8))
+
+
+@pytest.mark.slow
+def test_figures_against_the_whole_volume_and_ground_truth():
+    """The figures recorded in RESULTS.md (bench_agglomerate.py), with thresholds."""
+    pred, gt = synthetic_cells()
+    for merge_function, f in figures(pred, gt, waterz=False).items():
+        assert f.identical_fragment_voxels > 0.995
+        assert f.graph_bytes < 40 * f.edges + 1
+        for row in f.rows:
+            assert row.are_whole < 0.06 and sum(row.voi_whole) < 0.2, row
+            assert row.crossings <= 0.1 * f.fragments, row
+        best = {r.threshold: r for r in f.rows}
+        if merge_function == "mean":
+            assert best[0.6].are_gt < 0.02 and best[0.6].are_whole < 1e-4 and best[0.6].crossings <= 2
+        else:
+            assert best[0.1].are_gt < 0.1 and best[0.1].are_whole < 0.003
