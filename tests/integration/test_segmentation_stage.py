@@ -113,13 +113,13 @@ def test_segmentation_with_an_inference_stage_through_the_service(tmp_path: Path
             read_output(root / "seg.zarr", "seg"), expected_labels(root / "pred.zarr")
         )
         progress = final["progress"]
-        parts = progress["details"]["parts"]
+        parts = progress["parts"]
         assert parts["inference"][0] == parts["inference"][1] > 0
         assert progress["done"] == progress["total"] == sum(t for _, t in parts.values())
 
         # the stage's output belongs to that job: another inference section writing it is a 409
         other = stage_doc("pred.zarr", "seg.zarr", dataset="seg2")
-        other["inference"]["window"]["overlap"] = 0.25
+        other["inference"]["window"]["stride"] = [1, 8, 8]
         assert "inference.output.path" in locs(post(url, other), 409)
 
         # a second decoding of the same stage: its inference is finished, nothing runs again
