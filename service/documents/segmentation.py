@@ -8,12 +8,14 @@ this service does not decode yet is a SpecError naming ``decoder.<parameter>``. 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from service.documents.inference import InferenceDocument, ModelResolver, parse_inference
 from service.documents.loading import canonical_json
 from service.documents.sections import (
     NonNegInt,
@@ -29,7 +31,9 @@ from service.documents.sections import (
     validate,
 )
 from volumes.labels.decoders import WATERSHED, Decoder
+from volumes.urls import is_url
 from workers.errors import SpecError
+from workers.inference.job import InferenceJob
 from workers.limits import DEFAULT_LIMITS, Limits, check_chunk_bytes
 from workers.segmentation.job import SegInput, SegmentationJob, SegOutput
 
@@ -189,23 +193,44 @@ class SegComputeSection(Section):
 
 class SegmentationDocument(Section):
     """A segmentation job: instance labels from a prediction, with global IDs over the whole volume,
-    equal to PyTC's decoder run on the whole volume in memory."""
+    equal to PyTC's decoder run on the whole volume in memory. The prediction is `input`, or the
+    output of `inference` (a whole inference job, `kind` left out), run first as a stage of this
+    job and kept; `channels` picks the prediction's channels the decoder reads, in its order."""
 
     kind: Literal["segmentation"]
-    input: SegInputSection
+    input: SegInputSection | None = None
+    inference: InferenceDocument | None = None
+    channels: Annotated[list[NonNegInt], Field(min_length=1)] | None = None
     decoder: DecoderSection
     output: SegOutputSection
     compute: SegComputeSection | None = None
 
 
 def parse_segmentation(
-    doc: object, data_roots: Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS
+    doc: object,
+    data_roots: Sequence[str | Path],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    resolve_model: ModelResolver | None = None,
 ) -> SegmentationJob:
+    """``resolve_model`` serves ``inference.model.name`` as it does an inference job's."""
     roots = local_roots(resolved_roots(data_roots))  # segmentation reads and writes local stores only
     document = require_kind(doc, "segmentation")
     parsed = validate(SegmentationDocument, document)
     decoder = decoder_of(parsed.decoder, parsed.compute.halo if parsed.compute else None)
-    in_path, in_dataset = located(parsed.input.path, parsed.input.dataset, roots, "input")
+    channels = _channels(parsed.channels, decoder)
+    inference: InferenceJob | None = None
+    if (parsed.input is None) == (parsed.inference is None):
+        given = "both" if parsed.input is not None else "neither"
+        raise SpecError(
+            "input",
+            f"{given} given: name the prediction (input) or the inference job that makes it (inference)",
+        )
+    if parsed.input is not None:
+        in_path, in_dataset = located(parsed.input.path, parsed.input.dataset, roots, "input")
+    else:
+        inference = inference_stage(document["inference"], data_roots, limits, resolve_model)
+        in_path, in_dataset = inference.output.path, inference.output.dataset
     out = parsed.output
     out_path, out_dataset = located(out.path, out.dataset, roots, "output")
     if any(root.is_relative_to(Path(out_path)) for root in roots):
@@ -214,7 +239,12 @@ def parse_segmentation(
         )
     source, target = Path(in_path, in_dataset or "").resolve(), Path(out_path, str(out_dataset)).resolve()
     if source.is_relative_to(target) or target.is_relative_to(source):
-        raise SpecError("output.dataset", f"the output {target} overlaps the input {source}")
+        what = "the inference stage's output" if inference is not None else "the input"
+        raise SpecError("output.dataset", f"the output {target} overlaps {what} {source}")
+    if inference is not None and not is_url(inference.input.path):
+        image = Path(inference.input.path, inference.input.dataset or "").resolve()
+        if image.is_relative_to(target) or target.is_relative_to(image):
+            raise SpecError("output.dataset", f"the output {target} overlaps the inference input {image}")
     chunks = triple(out.chunks)
     check_chunk_bytes(chunks, limits)
     block = triple(parsed.compute.block_shape) if parsed.compute and parsed.compute.block_shape else None
@@ -229,13 +259,54 @@ def parse_segmentation(
         out_path, str(out_dataset), out.format, chunks, out.relabel, out.overwrite, out.pyramid
     )
     return SegmentationJob(
-        SegInput(in_path, in_dataset),
+        SegInput(in_path, in_dataset, channels),
         decoder,
         output,
         block,
         document=canonical_json(document),
         data_roots=tuple(str(r) for r in roots),
+        inference=inference,
     )
+
+
+def inference_stage(
+    section: Mapping[str, Any],
+    data_roots: Sequence[str | Path],
+    limits: Limits,
+    resolve_model: ModelResolver | None,
+) -> InferenceJob:
+    """The ``inference:`` section as the inference job it is (``kind`` may be left out); errors name
+    ``inference.<field>``. Its output is read by the segmentation, so it is a local store."""
+    try:
+        job = parse_inference(section, data_roots, resolve_model=resolve_model, limits=limits)
+    except SpecError as err:
+        raise prefixed(err, "inference.") from None
+    if is_url(job.output.path):
+        raise SpecError(
+            "inference.output.path", "the segmentation reads local stores only; name a local path"
+        )
+    return job
+
+
+def prefixed(err: SpecError, prefix: str) -> SpecError:
+    """``err`` (of its own class: a 409 stays a 409) with every field it names under ``prefix``."""
+    out = copy.copy(err)
+    out.field = prefix + err.field
+    out.errors = tuple((prefix + field, reason) for field, reason in err.errors)
+    out.args = (out._message(),)
+    return out
+
+
+def _channels(channels: Sequence[int] | None, decoder: Decoder) -> tuple[int, ...] | None:
+    if channels is None:
+        return None
+    if len(channels) != decoder.channels:
+        raise SpecError(
+            "channels",
+            f"decoder {decoder.name} reads {decoder.channels} channel(s); {list(channels)} names "
+            f"{len(channels)}",
+        )
+    return tuple(int(c) for c in channels)
 
 
 # What a block task holds per voxel at its peak: the prediction read as float32 at worst (4 bytes a

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from volumes.box import Box
 from volumes.errors import VolumeError, VolumeFormatError, VolumeNotFoundError
 from volumes.labels.decoders import Decoder
 from volumes.open import open_volume
@@ -21,6 +22,7 @@ from volumes.output import OutputFormat
 from volumes.volume import Volume
 from workers.confine import confined, node
 from workers.errors import PathEscapeError, SpecError
+from workers.inference.job import InferenceJob
 
 Relabel = Literal["sequential", "none"]
 ALGORITHM = "blockwise-cc-1"  # in the layout key: a changed algorithm never resumes an older run
@@ -31,6 +33,8 @@ DEFAULT_BLOCK = (64, 512, 512)
 class SegInput:
     path: str  # resolved, inside the data roots
     dataset: str | None
+    # the prediction's channels the decoder reads, in its order; None: the first ones
+    channels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class SegmentationJob:
     block_shape: tuple[int, int, int] | None = None
     document: str = "{}"
     data_roots: tuple[str, ...] = ()
+    # ``inference:``: the job run first as a stage, whose output is ``input`` (its prediction kept)
+    inference: InferenceJob | None = None
 
     def output_node(self) -> Path:
         return confined(node(self.output.path, self.output.dataset), self.data_roots)
@@ -69,9 +75,10 @@ class SegmentationJob:
     def layout_key(self, shape: tuple[int, ...], dtype: np.dtype) -> str:
         """Hash of what decides the labels and their layout (not ``overwrite``): markers and the
         scratch of a run live under it, and an output resumes only under the key it was made with."""
+        channels = [] if self.input.channels is None else [list(self.input.channels)]
         record = {
             "algorithm": ALGORITHM,
-            "input": [self.input.path, self.input.dataset, list(shape), np.dtype(dtype).str],
+            "input": [self.input.path, self.input.dataset, list(shape), np.dtype(dtype).str, *channels],
             "decoder": {  # affinity_agglomerate's fields only where set: other jobs keep their keys
                 k: v
                 for k, v in asdict(self.decoder).items()
@@ -85,7 +92,23 @@ class SegmentationJob:
 
 
 def input_field(job: SegmentationJob) -> str:
+    if job.inference is not None:
+        return "inference.output.dataset"
     return "input.dataset" if job.input.dataset else "input.path"
+
+
+def channels_read(job: SegmentationJob) -> tuple[int, ...]:
+    """The prediction's channels the decoder reads, in the decoder's order."""
+    return job.input.channels if job.input.channels is not None else tuple(range(job.decoder.channels))
+
+
+def read_prediction(job: SegmentationJob, source: Volume, box: Box) -> np.ndarray:
+    """The decoder's channels of ``source`` over the spatial ``box``: (channels, z, y, x)."""
+    channels = channels_read(job)
+    first = channels[0]
+    if channels == tuple(range(first, first + len(channels))):  # one read
+        return source.read(Box((first, *box.offset), (len(channels), *box.shape)))
+    return np.concatenate([source.read(Box((c, *box.offset), (1, *box.shape))) for c in channels])
 
 
 def open_prediction(job: SegmentationJob) -> Volume:
@@ -118,7 +141,14 @@ def check_input(job: SegmentationJob, source: Volume, max_voxels: int | None = N
     if not (source.dtype == np.uint8 or np.issubdtype(source.dtype, np.floating)):
         raise SpecError(field, f"expected a prediction of uint8 (0-255) or float, got {source.dtype}")
     need = job.decoder.channels
-    if source.shape[0] < need:
+    if job.input.channels is not None:
+        if max(job.input.channels) >= source.shape[0]:
+            raise SpecError(
+                "channels",
+                f"{list(job.input.channels)} names a channel the prediction lacks: it has "
+                f"{source.shape[0]} (0..{source.shape[0] - 1})",
+            )
+    elif source.shape[0] < need:
         raise SpecError(
             field, f"decoder {job.decoder.name} reads {need} channel(s); the input has {source.shape[0]}"
         )

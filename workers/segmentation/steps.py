@@ -74,7 +74,7 @@ from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
 from workers.inference.rundir import SCRATCH_CODEC
-from workers.segmentation.job import SegmentationJob
+from workers.segmentation.job import SegmentationJob, read_prediction
 from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
 
@@ -121,7 +121,7 @@ class Plan:
         """The decoder's channels over a (z, y, x) box; affinity_agglomerate's fragments read the
         mean of the three affinities."""
         source = open_volume(self.job.input.path, self.job.input.dataset)
-        pred = source.read(Box((0, *box.offset), (self.job.decoder.channels, *box.shape)))
+        pred = read_prediction(self.job, source, box)  # the job's ``channels``, in order
         return mean_affinity(pred) if self.agglomerates else pred
 
     @property
@@ -340,7 +340,7 @@ def _edges(plan: Plan, index: Index) -> None:
     fragments = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
     ext = Box.from_bounds([o - lo for o, lo in zip(box.offset, low, strict=True)], box.end)
     source = open_volume(plan.job.input.path, plan.job.input.dataset)
-    affs = as_affinities(source.read(Box((0, *box.offset), (3, *box.shape))))
+    affs = as_affinities(read_prediction(plan.job, source, box))
     edges = block_edges(np.asarray(fragments[ext.slices()]), affs, low)
     _mkdir(plan, "edges")
     names = ("u", "w", "count", "total", "top")

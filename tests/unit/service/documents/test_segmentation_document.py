@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.documents.segmentation import parse_segmentation
@@ -147,3 +148,78 @@ def test_neighbor_is_taken_where_objects_never_touch(tmp_path: Path) -> None:
     ):
         mode = parse_segmentation(doc(**decoder), [tmp_path]).decoder.remove_small_mode
         assert mode == decoder["remove_small_mode"]
+
+
+def stage(**extra: Any) -> dict[str, Any]:
+    """A segmentation whose prediction comes from an ``inference:`` stage."""
+    inference = {
+        "input": {"path": "em.zarr", "dataset": "raw"},
+        "model": {"torchscript": "net.pt"},
+        "window": {"patch_size": [5, 17, 17]},
+        "output": {"path": "pred.zarr", "dataset": "pred", "dtype": "uint8"},
+    }
+    return {
+        "kind": "segmentation",
+        "inference": inference,
+        "decoder": {"name": "binary_connected"},
+        "output": {"path": "seg.zarr"},
+        **extra,
+    }
+
+
+def test_an_inference_stage_is_the_input_and_channels_pick_what_the_decoder_reads(tmp_path: Path) -> None:
+    job = parse_segmentation(stage(channels=[3]), [tmp_path])
+    assert job.inference is not None and job.inference.output.dataset == "pred"
+    assert (job.input.path, job.input.dataset, job.input.channels) == (
+        str(tmp_path / "pred.zarr"),
+        "pred",
+        (3,),
+    )
+    with_kind = stage()
+    with_kind["inference"]["kind"] = "inference"
+    assert parse_segmentation(with_kind, [tmp_path]).input.channels is None
+    # the channels are part of the layout key: another choice never resumes an output
+    other = parse_segmentation(stage(channels=[2]), [tmp_path])
+    assert job.layout_key((4, 8, 8, 8), np.dtype(np.uint8)) != other.layout_key(
+        (4, 8, 8, 8), np.dtype(np.uint8)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"input": {"path": "pred.zarr", "dataset": "p"}}, "input"),  # both
+        ({"inference": None}, "input"),  # neither
+        ({"channels": [0, 1]}, "channels"),  # binary_connected reads one
+        ({"channels": [-1]}, "channels[0]"),
+        ({"output": {"path": "pred.zarr", "dataset": "pred"}}, "output.dataset"),  # the stage's output
+        ({"output": {"path": "em.zarr", "dataset": "raw"}}, "output.dataset"),  # the stage's input
+    ],
+)
+def test_bad_stage_documents_name_the_field(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    doc = {k: v for k, v in {**stage(), **change}.items() if v is not None}
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(doc, [tmp_path])
+    assert caught.value.field == field, caught.value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("window", "patch_size"), [5, 17], "inference.window.patch_size"),
+        (("output", "activation"), ["sigmoid", "sigmoid"], "inference.output.activation"),
+        (("input", "path"), "/elsewhere/em.zarr", "inference.input.path"),
+        (("kind",), "training", "inference.kind"),
+    ],
+)
+def test_the_stage_s_own_errors_are_named_under_inference(
+    tmp_path: Path, path: tuple[str, ...], value: Any, field: str
+) -> None:
+    doc = stage()
+    where = doc["inference"]
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    with pytest.raises(SpecError) as caught:
+        parse_segmentation(doc, [tmp_path])
+    assert caught.value.field == field, caught.value
