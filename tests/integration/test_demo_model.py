@@ -32,9 +32,10 @@ def tiny_argv(work: Path, out: Path, patch: tuple[int, int, int] = PATCH) -> lis
 def independent_dice(prediction: Path) -> float:
     """The stored uint8 probabilities (int(255 p), truncated as PyTC writes them) at >= 0.5 against
     the generator's own truth."""
-    stored = np.asarray(zarr.open_group(str(prediction), mode="r")["mito/0"])  # the image's level 0
-    assert stored.shape == (1, *SHAPE) and stored.dtype == np.uint8
-    pred = stored[0].astype(np.float64) / 255.0 >= 0.5
+    stored = np.asarray(zarr.open_group(str(prediction), mode="r")["pred/0"])  # the image's level 0
+    # channels: inside a cell, then the softmax of membrane, cytoplasm, mitochondria
+    assert stored.shape == (4, *SHAPE) and stored.dtype == np.uint8
+    pred = stored[3].astype(np.float64) / 255.0 >= 0.5
     truth = generate_em_volume(SHAPE, seed=2).mito > 0
     return float(2 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth)))
 
@@ -76,7 +77,9 @@ def test_recipe_trains_scores_and_records_through_pytc_run(
     assert train_doc["solver"]["schedule"] == {"kind": "warmup_cosine", "warmup": 0}
     score_doc = yaml.safe_load((work / "demo-model-score.yaml").read_text())
     assert score_doc["model"]["checkpoint"] == f"runs/demo_unet3d/checkpoint_{ITERATIONS:05d}.pth.tar"
-    assert score_doc["output"]["activation"] == ["sigmoid"] and score_doc["window"]["overlap"] == 0.5
+    assert (
+        score_doc["output"]["activation"] == ["sigmoid", "softmax"] and score_doc["window"]["overlap"] == 0.5
+    )
 
 
 def test_a_training_job_that_cannot_run_fails_the_recipe(tmp_path: Path) -> None:
