@@ -14,6 +14,7 @@ type it accepts (``json_schema_input_type``), and a section's docstring is writt
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -22,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import ErrorDetails
 
 from service.errors import PathOutsideRootsError
+from volumes.backends.png import has_pattern
 from volumes.box import Box
 from volumes.urls import is_url, normalise_url, url_under
 from workers.errors import SpecError
@@ -280,6 +282,16 @@ def resolve_path(raw: str, roots: Sequence[Root], field: str) -> Path:
             field, f"path {raw!r} resolves to {resolved}, outside the data roots ({shown})"
         )
     check_path_length(str(resolved), field)
+    if has_pattern(raw):  # a PNG stack's pattern: every file it matches is read, so each must be inside
+        for match in sorted(glob.glob(str(resolved))):
+            target = Path(match).resolve()
+            if not any(target.is_relative_to(root) for root in roots):
+                shown = ", ".join(str(r) for r in roots)
+                raise PathOutsideRootsError(
+                    field,
+                    f"path {raw!r} matches {match}, which resolves to {target}, "
+                    f"outside the data roots ({shown})",
+                )
     return resolved
 
 

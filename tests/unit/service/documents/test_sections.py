@@ -95,6 +95,22 @@ def test_resolve_path_relative_to_the_first_root(tmp_path: Path) -> None:
     assert caught.value.field == "input.path" and str(tmp_path / "c") in caught.value.reason
 
 
+def test_a_pattern_is_refused_when_a_file_it_matches_links_out_of_the_roots(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "slices").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("s0.png", "s1.png"):
+        (root / "slices" / name).write_bytes(b"inside")
+    roots = resolved_roots([root])
+    assert resolve_path("slices/*.png", roots, "input.path") == root / "slices" / "*.png"
+    (outside / "secret.png").write_bytes(b"outside")
+    (root / "slices" / "s2.png").symlink_to(outside / "secret.png")
+    with pytest.raises(PathOutsideRootsError) as caught:
+        resolve_path("slices/*.png", roots, "input.path")
+    assert caught.value.field == "input.path"
+    assert str(outside / "secret.png") in caught.value.reason and "s2.png" in caught.value.reason
+
+
 @pytest.mark.parametrize(("raw", "name"), [("/a//b/", "a/b"), ("a\\b", "a/b"), ("./a/./b", "a/b")])
 def test_dataset_names_are_normalised(raw: str, name: str) -> None:
     assert dataset_name(raw, "input.dataset") == name
