@@ -215,7 +215,13 @@ def image_level0(group_dir: Path, fmt: Format) -> str | None:
         multiscale = meta is not None and ("scales" in meta or meta.get("multiScale") is True)
         return "s0" if multiscale and (group_dir / "s0").is_dir() else None
     attrs = _group_attrs(group_dir, fmt)
-    for ms in stored_multiscales(attrs or {}, fmt):
+    return first_level_path(attrs or {}, fmt)
+
+
+def first_level_path(attrs: Mapping[str, Any], fmt: Format) -> str | None:
+    """The path of the first level listed by the multiscales in a group's ``attrs``; None when none
+    lists a usable one (empty, or climbing out with ``..``)."""
+    for ms in stored_multiscales(attrs, fmt):
         datasets = ms.get("datasets")
         first = datasets[0] if isinstance(datasets, list) and datasets else None
         path = first.get("path") if isinstance(first, dict) else None

@@ -13,7 +13,7 @@ import zarr
 
 from volumes.detect import NodeKind
 from volumes.errors import VolumeExistsError, VolumeFormatError
-from volumes.ome import dataset_placement, stored_multiscales
+from volumes.ome import dataset_placement, first_level_path
 from volumes.urls import filesystem, join_url, read_json_url, zarr_store
 from volumes.volume import Format, VoxelSize
 
@@ -98,10 +98,4 @@ def url_image_level0(url: str, fmt: Format) -> str | None:
         attrs = meta.get("attributes") if isinstance(meta.get("attributes"), dict) else {}
     else:
         attrs = read_json_url(f"{url}/.zattrs") or {}
-    for ms in stored_multiscales(attrs or {}, fmt):
-        datasets = ms.get("datasets")
-        first = datasets[0] if isinstance(datasets, list) and datasets else None
-        path = first.get("path") if isinstance(first, dict) else None
-        if isinstance(path, str) and path.strip("/") and ".." not in path.split("/"):
-            return path.strip("/")
-    return None
+    return first_level_path(attrs or {}, fmt)

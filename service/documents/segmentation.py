@@ -30,7 +30,7 @@ from service.documents.sections import (
     triple,
     validate,
 )
-from volumes.labels.decoders import WATERSHED, Decoder
+from volumes.labels.decoders import PER_SLICE, WATERSHED, Connectivity, Decoder, DecoderName, RemoveSmallMode
 from volumes.urls import is_url
 from workers.errors import SpecError
 from workers.inference.job import InferenceJob
@@ -43,17 +43,6 @@ NonNegTriple = Annotated[list[NonNegInt], Field(min_length=3, max_length=3)]
 ScaleTriple = Annotated[
     list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=3, max_length=3)
 ]
-DecoderNameField = Literal[
-    "binary_connected",
-    "bc_connected",
-    "affinity_connected",
-    "binary_watershed",
-    "bc_watershed",
-    "bcd_watershed",
-    "affinity_agglomerate",
-]
-NOT_YET: tuple[str, ...] = ()
-SMALL_MODES_NOT_YET = ("background_2d", "neighbor_2d")
 AXES = ("z", "y", "x")
 
 # Each decoder's parameters and PyTC's defaults (affinity_connected is not in PyTC v1).
@@ -150,7 +139,7 @@ class DecoderSection(Section):
     high] of the fragments' watershed on the mean affinity) and merge_function (`aff<Q>_his256` or
     `mean`)."""
 
-    name: DecoderNameField
+    name: DecoderName
     thres: Threshold | None = None
     thres1: Threshold | None = None
     thres2: Threshold | None = None
@@ -159,8 +148,8 @@ class DecoderSection(Section):
     thres5: SignedThreshold | None = None
     seed_thres: NonNegInt | None = None
     thres_small: NonNegInt | None = None
-    remove_small_mode: Literal["background", "none", "neighbor", "background_2d", "neighbor_2d"] | None = None
-    connectivity: Literal[6, 18, 26] | None = None
+    remove_small_mode: RemoveSmallMode | None = None
+    connectivity: Connectivity | None = None
     dilation_struct: PosTriple | None = None
     scale_factors: ScaleTriple | None = None
     thresholds: Annotated[list[Threshold], Field(min_length=1)] | None = None
@@ -357,11 +346,6 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
     """The decoder with PyTC's defaults; parameters of other decoders and what is not decoded yet
     are refused, naming ``decoder.<parameter>``."""
     name = section.name
-    if name in NOT_YET:
-        raise SpecError(
-            "decoder.name",
-            f"{name} is not available yet; the exact blockwise decoders are {', '.join(DEFAULTS)}",
-        )
     given = {k: v for k, v in section.model_dump(exclude={"name"}).items() if v is not None}
     if name == "affinity_agglomerate":
         return _agglomerate_decoder(given, halo)
@@ -374,7 +358,7 @@ def decoder_of(section: DecoderSection, halo: Sequence[int] | None = None) -> De
     p: Mapping[str, Any] = {**allowed, **given}
     mode = p["remove_small_mode"]
     grows = name in WATERSHED or (name == "bc_connected" and any(int(s) != 1 for s in p["dilation_struct"]))
-    if mode in SMALL_MODES_NOT_YET and grows:
+    if mode in PER_SLICE and grows:
         raise SpecError(
             "decoder.remove_small_mode",
             f"{mode!r} (sizes counted per z slice) is not available yet for {name} with its "
