@@ -11,6 +11,13 @@ border see their true neighbours; the margin is cut off the result.
 - ``affinity``: nearest-neighbour affinities in (z, y, x) order: channel ``a`` is 1 where the voxel
   and its predecessor along axis ``a`` carry the same non-zero label.
 - ``semantic``: one channel per class, one-hot of the label's class ids ``0 .. classes-1``.
+- ``polarity``: PyTC's synaptic polarity (``1``, ``seg2polarity``): odd ids, even ids, any id, three
+  channels that may overlap; ``exclusive`` (``1-1``): one-hot of the classes none, odd, even.
+- ``distance``: PyTC's semantic distance transform (``6``, ``edt_semantic``):
+  ``tanh(edt(foreground) / alpha_fore - edt(background) / alpha_back)``, per z section (``2d``) or
+  over the crop with a z spacing of 6 (``3d``); a section (or crop) all foreground has distance 5.
+  As PyTC, it is computed on the crop itself (without the margin): a distance depends on the
+  whole crop.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from models.errors import ModelConfigError
-from models.training_config import HeadSpec
+from models.training_config import DistanceSpec, HeadSpec
 
 F32 = NDArray[np.float32]
 
@@ -42,7 +49,12 @@ def make_targets(label: NDArray[np.generic], heads: Sequence[HeadSpec], margin: 
     if margin < target_margin(heads):
         raise ModelConfigError(f"targets: heads {[h.kind for h in heads]} need a margin of 1 voxel")
     inner = tuple(slice(margin, s - margin) for s in label.shape)
-    parts = [_head_target(label, head)[(slice(None), *inner)] for head in heads]
+    parts = [
+        distance_target(label[inner], head.distance or DistanceSpec())
+        if head.kind == "distance"
+        else _head_target(label, head)[(slice(None), *inner)]
+        for head in heads
+    ]
     return np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
 
 
@@ -53,6 +65,8 @@ def _head_target(label: NDArray[np.generic], head: HeadSpec) -> F32:
         return boundary_target(label)
     if head.kind == "affinity":
         return affinity_target(label)
+    if head.kind == "polarity":
+        return polarity_target(label, head.exclusive)
     return semantic_target(label, int(head.classes or 0))
 
 
@@ -89,3 +103,37 @@ def semantic_target(label: NDArray[np.generic], classes: int) -> F32:
         )
     ids = label.astype(np.int64)
     return (ids[None] == np.arange(classes).reshape(-1, 1, 1, 1)).astype(np.float32)
+
+
+def polarity_target(label: NDArray[np.generic], exclusive: bool = False) -> F32:
+    """PyTC's ``seg2polarity``: pre-synaptic (odd ids), post-synaptic (even ids), cleft (``1``); or
+    ``exclusive`` (``1-1``) the classes 0 (none), 1 (odd), 2 (even) one-hot, as our CE takes them."""
+    ids = np.asarray(label).astype(np.int64)
+    inside = ids > 0
+    odd = (ids % 2) == 1
+    if exclusive:
+        classes = np.maximum((odd & inside).astype(np.int64), 2 * (~odd & inside).astype(np.int64))
+        return semantic_target(classes, 3)
+    return np.stack([odd & inside, ~odd & inside, inside]).astype(np.float32)
+
+
+def distance_target(label: NDArray[np.generic], spec: DistanceSpec) -> F32:
+    """PyTC's ``edt_semantic`` of a (z, y, x) crop, as float32 ``(1, z, y, x)``."""
+    fore = (np.asarray(label) != 0).astype(np.uint8)
+    back = (np.asarray(label) == 0).astype(np.uint8)
+    if spec.mode == "3d":
+        distance = _edt(fore, (6.0, 1.0, 1.0), spec.alpha_fore) - _edt(back, (6.0, 1.0, 1.0), spec.alpha_back)
+    else:
+        distance = np.stack(
+            [
+                _edt(f, (1.0, 1.0), spec.alpha_fore) - _edt(b, (1.0, 1.0), spec.alpha_back)
+                for f, b in zip(fore, back, strict=True)
+            ]
+        )
+    return np.tanh(distance)[None].astype(np.float32)
+
+
+def _edt(mask: NDArray[np.uint8], spacing: tuple[float, ...], alpha: float) -> NDArray[np.float64]:
+    if (mask == 1).all():  # as PyTC: tanh(5) = 0.99991
+        return np.full(mask.shape, 5.0)
+    return np.asarray(ndimage.distance_transform_edt(mask, sampling=spacing), dtype=np.float64) / alpha

@@ -10,13 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-TargetKind = Literal["binary", "boundary", "affinity", "semantic"]
+TargetKind = Literal["binary", "boundary", "affinity", "semantic", "distance", "polarity"]
 OptimizerKind = Literal["adamw", "adam", "sgd"]
 ParamGroups = Literal["one", "pytc"]
-ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine"]
-HeadActivation = Literal["sigmoid", "softmax"]
+ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine", "pytc_warmup_step"]
+HeadActivation = Literal["sigmoid", "softmax", "tanh"]
+DistanceMode = Literal["2d", "3d"]
+DiceStyle = Literal["channel", "pytc"]
+RegularizerKind = Literal["binary", "fg_contour", "contour_dt", "fg_dt", "nonoverlap"]
 
-TARGET_KINDS: tuple[TargetKind, ...] = ("binary", "boundary", "affinity", "semantic")
+TARGET_KINDS: tuple[TargetKind, ...] = ("binary", "boundary", "affinity", "semantic", "distance", "polarity")
+# Heads each regulariser takes (PyTC's REGU_TARGET), in order, and the kinds they must be.
+REGULARIZER_HEADS: dict[RegularizerKind, tuple[tuple[TargetKind, ...], ...]] = {
+    "binary": (("binary", "boundary", "affinity", "polarity"),),
+    "fg_contour": (("binary",), ("boundary",)),
+    "contour_dt": (("boundary",), ("distance",)),
+    "fg_dt": (("binary",), ("distance",)),
+    "nonoverlap": (("polarity",),),
+}
 # Affinity channels are the nearest-neighbour offsets in this order (PyTC's convention).
 AFFINITY_AXES = ("z", "y", "x")
 
@@ -24,11 +35,40 @@ AFFINITY_AXES = ("z", "y", "x")
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the loss terms of one head. ``bce``: BCE-with-logits per channel; ``dice``: soft
-    Dice on the head's activation; ``ce``: softmax cross-entropy (semantic heads only)."""
+    Dice on the head's activation; ``ce``: softmax cross-entropy (semantic heads only), each voxel
+    weighed by ``class_weight[its class]`` when given (PyTC's WeightedCE ``class_weight``), then the
+    plain mean; ``mse``: mean squared error of ``tanh(logits)`` (distance heads only; PyTC's
+    WeightedMSE after a tanh). ``dice_style``: ``channel`` (ours: each (sample, channel) its own
+    Dice, smoothing 1) or ``pytc`` (PyTC's DiceLoss: each sample's channels together, smoothing
+    100, averaged over the samples)."""
 
     bce: float = 1.0
     dice: float = 0.5
     ce: float = 0.0
+    mse: float = 0.0
+    class_weight: tuple[float, ...] | None = None
+    dice_style: DiceStyle = "channel"
+
+
+@dataclass(frozen=True)
+class DistanceSpec:
+    """PyTC's semantic distance target (``6-<mode>-<alpha_fore>-<alpha_back>``, ``edt_semantic``):
+    ``tanh(edt(fg) / alpha_fore - edt(bg) / alpha_back)`` per z section (``2d``) or over the crop
+    (``3d``, z spacing 6)."""
+
+    mode: DistanceMode = "2d"
+    alpha_fore: float = 8.0
+    alpha_back: float = 50.0
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """A PyTC regulariser (``MODEL.REGU_OPT``) added to the loss with ``weight``, over the logits of
+    the heads at ``heads`` (indices, PyTC's ``REGU_TARGET``)."""
+
+    kind: RegularizerKind
+    heads: tuple[int, ...]
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,11 +81,16 @@ class HeadSpec:
     kind: TargetKind
     loss: LossWeights = LossWeights()
     classes: int | None = None
+    distance: DistanceSpec | None = None  # distance heads only (None there: DistanceSpec())
+    # polarity heads only: PyTC's 1-1, three exclusive classes (none, pre, post) learnt by softmax
+    exclusive: bool = False
 
     @property
     def channels(self) -> int:
         if self.kind == "affinity":
             return len(AFFINITY_AXES)
+        if self.kind == "polarity":
+            return 3
         if self.kind == "semantic":
             return int(self.classes or 0)
         return 1
@@ -53,20 +98,37 @@ class HeadSpec:
     @property
     def activation(self) -> HeadActivation:
         """The activation inference applies to this head (training works on logits, FAQ item 2)."""
-        return "softmax" if self.kind == "semantic" else "sigmoid"
+        if self.kind == "distance":
+            return "tanh"
+        return "softmax" if self.kind == "semantic" or self.exclusive else "sigmoid"
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": self.kind,
             "channels": self.channels,
             "activation": self.activation,
             "loss": {"bce": self.loss.bce, "dice": self.loss.dice, "ce": self.loss.ce},
             "classes": self.classes,
         }
+        if self.loss.mse:
+            out["loss"] = {**out["loss"], "mse": self.loss.mse}  # type: ignore[dict-item]
+        if self.loss.dice_style != "channel":
+            out["loss"] = {**out["loss"], "dice_style": self.loss.dice_style}  # type: ignore[dict-item]
+        if self.loss.class_weight is not None:
+            out["loss"] = {**out["loss"], "class_weight": list(self.loss.class_weight)}  # type: ignore[dict-item]
+        if self.exclusive:
+            out["exclusive"] = True
+        if self.kind == "distance":
+            d = self.distance or DistanceSpec()
+            out["distance"] = {"mode": d.mode, "alpha_fore": d.alpha_fore, "alpha_back": d.alpha_back}
+        return out
 
 
 def default_loss(kind: TargetKind) -> LossWeights:
-    """PyTC's usual recipe: BCE 1.0 + Dice 0.5; semantic heads use cross-entropy instead of BCE."""
+    """PyTC's usual recipe: BCE 1.0 + Dice 0.5; semantic heads use cross-entropy instead of BCE,
+    distance heads the squared error of their tanh (PyTC's WeightedMSE)."""
+    if kind == "distance":
+        return LossWeights(bce=0.0, dice=0.0, mse=1.0)
     return LossWeights(bce=0.0, dice=0.5, ce=1.0) if kind == "semantic" else LossWeights()
 
 
@@ -85,6 +147,12 @@ class OptimizerSpec:
     # per parameter in ``model.modules()`` order, normalisation layers' parameters and biases without
     # weight decay (its defaults), so PyTC's ``Trainer`` loads the optimizer state and we load its.
     param_groups: ParamGroups = "one"
+    # With ``pytc`` groups, PyTC's SOLVER.BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS and WEIGHT_DECAY_NORM:
+    # biases (outside normalisation layers) learn at ``lr * bias_lr_factor`` with
+    # ``weight_decay_bias``; normalisation layers' parameters with ``weight_decay_norm``.
+    bias_lr_factor: float = 1.0
+    weight_decay_bias: float = 0.0
+    weight_decay_norm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +164,8 @@ class ScheduleSpec:
     ``warmup_factor`` to 1 over ``warmup`` iterations, then cosine down to ``min_lr_ratio`` at the
     last iteration. ``pytc_warmup_cosine``: PyTC v1's WarmupCosineLR as it computes it, the same
     linear warm-up factor times a half cosine over all iterations from the first,
-    ``0.5 * (1 + cos(pi * i / iterations))`` (``min_lr_ratio`` unused).
+    ``0.5 * (1 + cos(pi * i / iterations))`` (``min_lr_ratio`` unused). ``pytc_warmup_step``: PyTC
+    v1's WarmupMultiStepLR, the same warm-up factor times ``gamma ** (milestones passed)``.
     """
 
     kind: ScheduleKind = "constant"

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
+from models.training_config import HeadSpec, OptimizerSpec, RegularizerSpec, ScheduleSpec
 from volumes.augment import AugmentSpec
 from volumes.box import Box
 from workers.inference.job import Device, Normalize, Precision
@@ -108,6 +108,7 @@ class TrainingJob:
     validation: ValidationSpec | None = None
     compute: TrainingCompute = field(default_factory=TrainingCompute)
     register_as: str | None = None
+    regularizers: tuple[RegularizerSpec, ...] = ()  # PyTC's MODEL.REGU_OPT
     document: str = "{}"  # the submitted document as canonical JSON
     # The data roots (resolved) its paths were confined to at admission; the task confines the data
     # it opens and the checkpoints and records it writes again (workers.confine). () = not confined.
@@ -126,7 +127,7 @@ class TrainingJob:
             "version": TRAINING_KEY_VERSION,
             "data": asdict(self.data),
             "model": asdict(self.model),
-            "heads": [asdict(h) for h in self.heads],
+            "heads": [_head_key(h) for h in self.heads],
             "solver": _solver_key(self.solver),
             "sampling": {
                 k: v
@@ -136,6 +137,8 @@ class TrainingJob:
             "checkpoint": {"resume_from": self.checkpoint.resume_from, "restart": self.checkpoint.restart},
             "precision": self.compute.precision,
         }
+        if self.regularizers:
+            payload["regularizers"] = [asdict(r) for r in self.regularizers]
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -194,4 +197,22 @@ def _solver_key(solver: SolverSpec) -> dict[str, Any]:
     payload = {k: v for k, v in asdict(solver).items() if k != "save_every"}
     if payload["optimizer"]["param_groups"] == "one":
         del payload["optimizer"]["param_groups"]
+    _drop_defaults(
+        payload["optimizer"], {"bias_lr_factor": 1.0, "weight_decay_bias": 0.0, "weight_decay_norm": 0.0}
+    )
     return payload
+
+
+def _head_key(head: HeadSpec) -> dict[str, Any]:
+    """A head's part of the job key; fields newer than the key left out at their defaults, so that
+    runs from before them keep their keys."""
+    payload = asdict(head)
+    _drop_defaults(payload, {"distance": None, "exclusive": False})
+    _drop_defaults(payload["loss"], {"mse": 0.0, "class_weight": None, "dice_style": "channel"})
+    return payload
+
+
+def _drop_defaults(payload: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, default in defaults.items():
+        if key in payload and payload[key] == default:
+            del payload[key]
