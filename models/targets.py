@@ -18,6 +18,8 @@ border see their true neighbours; the margin is cut off the result.
   over the crop with a z spacing of 6 (``3d``); a section (or crop) all foreground has distance 5.
   As PyTC, it is computed on the crop itself (without the margin): a distance depends on the
   whole crop.
+- ``instance_distance``: PyTC's instance distance (``5``, ``seg2inst_edt``, :func:`instance_distance_target`),
+  on the crop itself as well; quantized, PyTC's 11 levels one-hot.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from models.errors import ModelConfigError
-from models.training_config import DistanceSpec, HeadSpec
+from models.training_config import QUANTIZED_LEVELS, DistanceSpec, HeadSpec, InstanceDistanceSpec
 
 F32 = NDArray[np.float32]
 
@@ -49,13 +51,22 @@ def make_targets(label: NDArray[np.generic], heads: Sequence[HeadSpec], margin: 
     if margin < target_margin(heads):
         raise ModelConfigError(f"targets: heads {[h.kind for h in heads]} need a margin of 1 voxel")
     inner = tuple(slice(margin, s - margin) for s in label.shape)
-    parts = [
-        distance_target(label[inner], head.distance or DistanceSpec())
-        if head.kind == "distance"
-        else _head_target(label, head)[(slice(None), *inner)]
-        for head in heads
-    ]
+    parts = []
+    for head in heads:
+        from_crop = _crop_target(label[inner], head)
+        parts.append(_head_target(label, head)[(slice(None), *inner)] if from_crop is None else from_crop)
     return np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+
+
+def _crop_target(crop: NDArray[np.generic], head: HeadSpec) -> F32 | None:
+    """The targets PyTC computes from the crop alone (distances), or None."""
+    if head.kind == "distance":
+        spec = head.distance if isinstance(head.distance, DistanceSpec) else DistanceSpec()
+        return distance_target(crop, spec)
+    if head.kind == "instance_distance":
+        inst = head.distance if isinstance(head.distance, InstanceDistanceSpec) else InstanceDistanceSpec()
+        return instance_distance_target(crop, inst)
+    return None
 
 
 def _head_target(label: NDArray[np.generic], head: HeadSpec) -> F32:
@@ -137,3 +148,56 @@ def _edt(mask: NDArray[np.uint8], spacing: tuple[float, ...], alpha: float) -> N
     if (mask == 1).all():  # as PyTC: tanh(5) = 0.99991
         return np.full(mask.shape, 5.0)
     return np.asarray(ndimage.distance_transform_edt(mask, sampling=spacing), dtype=np.float64) / alpha
+
+
+def instance_distance_target(label: NDArray[np.generic], spec: InstanceDistanceSpec) -> F32:
+    """PyTC's ``seg2inst_edt`` (``edt_instance``) of a (z, y, x) crop: ``(1, z, y, x)`` float32 in
+    [-1, 1], or quantized the one-hot of PyTC's 11 levels (``energy_quantize``)."""
+    ids = np.asarray(label)
+    if spec.mode == "3d":
+        energy = _instance_energy(ids, (spec.z_resolution, 1.0, 1.0), spec)
+    else:
+        energy = np.stack([_instance_energy(section, (1.0, 1.0), spec) for section in ids])
+    if not spec.quantize:
+        return energy[None].astype(np.float32)
+    bins = np.array([-1.0, *[i / 10 for i in range(10)], 1.1])
+    levels = np.digitize(energy, bins) - 1
+    return semantic_target(levels, QUANTIZED_LEVELS)
+
+
+def _instance_energy(
+    label: NDArray[np.generic], spacing: tuple[float, ...], spec: InstanceDistanceSpec
+) -> NDArray[np.float32]:
+    """PyTC's ``distance_transform`` of one section or crop (background -1)."""
+    from skimage.measure import label as connected
+    from skimage.morphology import ball, disk
+
+    pad = 2
+    ids = connected(label)
+    if spec.padding:
+        ids = np.pad(ids, pad, mode="constant", constant_values=0)
+    distance = np.zeros(ids.shape, dtype=np.float32)
+    footprint = (disk if ids.ndim == 2 else ball)(spec.erosion) if spec.erosion > 0 else None
+    for index in np.unique(ids):
+        if index == 0:
+            continue
+        inside = _fill_small_holes(ids == index, 16)
+        if footprint is not None:
+            # skimage's binary_erosion (deprecated there) as it computes it: the border counts as inside
+            inside = ndimage.binary_erosion(inside, structure=footprint, border_value=1)
+        edt = ndimage.distance_transform_edt(inside, sampling=spacing)
+        energy = edt / (edt.max() + 1e-6)
+        distance = np.maximum(distance, energy * inside.astype(np.float32))
+    distance[distance == 0] = -1.0
+    if spec.padding:
+        distance = distance[tuple(slice(pad, -pad) for _ in range(distance.ndim))]
+    return distance
+
+
+def _fill_small_holes(mask: NDArray[np.bool_], area: int) -> NDArray[np.bool_]:
+    """skimage's ``remove_small_holes(mask, area, connectivity=1)``: background components (face
+    connected, those at the border too) of fewer than ``area`` voxels become foreground."""
+    holes, _ = ndimage.label(~mask)
+    small = np.bincount(holes.ravel()) < area
+    small[0] = False
+    return np.asarray(mask | small[holes])

@@ -7,10 +7,12 @@ builders that turn them into torch objects live in :mod:`models.optim`, :mod:`mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
-TargetKind = Literal["binary", "boundary", "affinity", "semantic", "distance", "polarity"]
+TargetKind = Literal[
+    "binary", "boundary", "affinity", "semantic", "distance", "polarity", "instance_distance"
+]
 OptimizerKind = Literal["adamw", "adam", "sgd"]
 ParamGroups = Literal["one", "pytc"]
 ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine", "pytc_warmup_step"]
@@ -19,13 +21,16 @@ DistanceMode = Literal["2d", "3d"]
 DiceStyle = Literal["channel", "pytc"]
 RegularizerKind = Literal["binary", "fg_contour", "contour_dt", "fg_dt", "nonoverlap"]
 
-TARGET_KINDS: tuple[TargetKind, ...] = ("binary", "boundary", "affinity", "semantic", "distance", "polarity")
+TARGET_KINDS: tuple[TargetKind, ...] = (
+    "binary", "boundary", "affinity", "semantic", "distance", "polarity", "instance_distance",
+)  # fmt: skip
+QUANTIZED_LEVELS = 11  # PyTC's energy_quantize: -1 (background) and ten levels of [0, 1]
 # Heads each regulariser takes (PyTC's REGU_TARGET), in order, and the kinds they must be.
 REGULARIZER_HEADS: dict[RegularizerKind, tuple[tuple[TargetKind, ...], ...]] = {
     "binary": (("binary", "boundary", "affinity", "polarity"),),
     "fg_contour": (("binary",), ("boundary",)),
-    "contour_dt": (("boundary",), ("distance",)),
-    "fg_dt": (("binary",), ("distance",)),
+    "contour_dt": (("boundary",), ("distance", "instance_distance")),
+    "fg_dt": (("binary",), ("distance", "instance_distance")),
     "nonoverlap": (("polarity",),),
 }
 # Affinity channels are the nearest-neighbour offsets in this order (PyTC's convention).
@@ -62,6 +67,21 @@ class DistanceSpec:
 
 
 @dataclass(frozen=True)
+class InstanceDistanceSpec:
+    """PyTC's instance distance target (``5-<mode>-<padding>-<quantize>-<z_res>-<erosion>``,
+    ``seg2inst_edt``): per connected component (holes under 16 voxels filled, eroded by
+    ``erosion``), its distance to its border over its largest, the maximum over components, -1 on
+    the background; per z section (``2d``) or over the crop (``3d``, z spacing ``z_resolution``);
+    ``padding``: the crop's border counts as background; ``quantize``: PyTC's 11 levels, as classes."""
+
+    mode: DistanceMode = "2d"
+    padding: bool = False
+    quantize: bool = False
+    z_resolution: float = 5.0
+    erosion: int = 0
+
+
+@dataclass(frozen=True)
 class RegularizerSpec:
     """A PyTC regulariser (``MODEL.REGU_OPT``) added to the loss with ``weight``, over the logits of
     the heads at ``heads`` (indices, PyTC's ``REGU_TARGET``)."""
@@ -81,7 +101,8 @@ class HeadSpec:
     kind: TargetKind
     loss: LossWeights = LossWeights()
     classes: int | None = None
-    distance: DistanceSpec | None = None  # distance heads only (None there: DistanceSpec())
+    # distance heads (None there: DistanceSpec()); instance_distance heads (InstanceDistanceSpec())
+    distance: DistanceSpec | InstanceDistanceSpec | None = None
     # polarity heads only: PyTC's 1-1, three exclusive classes (none, pre, post) learnt by softmax
     exclusive: bool = False
 
@@ -91,6 +112,11 @@ class HeadSpec:
             return len(AFFINITY_AXES)
         if self.kind == "polarity":
             return 3
+        if self.kind == "instance_distance":
+            spec = (
+                self.distance if isinstance(self.distance, InstanceDistanceSpec) else InstanceDistanceSpec()
+            )
+            return QUANTIZED_LEVELS if spec.quantize else 1
         if self.kind == "semantic":
             return int(self.classes or 0)
         return 1
@@ -98,8 +124,8 @@ class HeadSpec:
     @property
     def activation(self) -> HeadActivation:
         """The activation inference applies to this head (training works on logits, FAQ item 2)."""
-        if self.kind == "distance":
-            return "tanh"
+        if self.kind in ("distance", "instance_distance"):
+            return "softmax" if self.channels > 1 else "tanh"
         return "softmax" if self.kind == "semantic" or self.exclusive else "sigmoid"
 
     def to_json(self) -> dict[str, object]:
@@ -119,15 +145,16 @@ class HeadSpec:
         if self.exclusive:
             out["exclusive"] = True
         if self.kind == "distance":
-            d = self.distance or DistanceSpec()
-            out["distance"] = {"mode": d.mode, "alpha_fore": d.alpha_fore, "alpha_back": d.alpha_back}
+            out["distance"] = asdict(self.distance or DistanceSpec())
+        if self.kind == "instance_distance":
+            out["instance_distance"] = asdict(self.distance or InstanceDistanceSpec())
         return out
 
 
 def default_loss(kind: TargetKind) -> LossWeights:
     """PyTC's usual recipe: BCE 1.0 + Dice 0.5; semantic heads use cross-entropy instead of BCE,
     distance heads the squared error of their tanh (PyTC's WeightedMSE)."""
-    if kind == "distance":
+    if kind in ("distance", "instance_distance"):  # quantized instance distances: ce (the document's)
         return LossWeights(bce=0.0, dice=0.0, mse=1.0)
     return LossWeights(bce=0.0, dice=0.5, ce=1.0) if kind == "semantic" else LossWeights()
 

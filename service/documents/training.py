@@ -18,9 +18,11 @@ from pydantic import Field, field_validator
 
 from models.sizes import architecture_parameters
 from models.training_config import (
+    QUANTIZED_LEVELS,
     REGULARIZER_HEADS,
     DistanceSpec,
     HeadSpec,
+    InstanceDistanceSpec,
     LossWeights,
     OptimizerSpec,
     RegularizerSpec,
@@ -69,7 +71,9 @@ from workers.training.job import (
 
 Probability = Annotated[float, Field(strict=False, ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-TargetKind = Literal["binary", "boundary", "affinity", "semantic", "distance", "polarity"]
+TargetKind = Literal[
+    "binary", "boundary", "affinity", "semantic", "distance", "polarity", "instance_distance"
+]
 ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine", "pytc_warmup_step"]
 RegularizerKind = Literal["binary", "fg_contour", "contour_dt", "fg_dt", "nonoverlap"]
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
@@ -135,14 +139,25 @@ class DistanceSection(Section):
     alpha_back: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 50.0
 
 
+class InstanceDistanceSection(Section):
+    """PyTC's instance distance target (`5-<mode>-<padding>-<quantize>-<z_res>-<erosion>`)."""
+
+    mode: Literal["2d", "3d"] = "2d"
+    padding: StrictBool = False
+    quantize: StrictBool = False  # PyTC's 11 levels as classes, learnt by ce
+    z_resolution: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 5.0
+    erosion: Annotated[int, Field(strict=True, ge=0, le=16)] = 0
+
+
 class TargetSection(Section):
-    """What one output head learns (`semantic` with its number of `classes`, `distance` with its
-    options), and its loss."""
+    """What one output head learns (`semantic` with its number of `classes`, `distance` and
+    `instance_distance` with their options), and its loss."""
 
     kind: TargetKind
     loss: LossSection | None = None
     classes: PosInt | None = None
     distance: DistanceSection | None = None
+    instance_distance: InstanceDistanceSection | None = None
     exclusive: StrictBool = False  # polarity only: PyTC's 1-1 (three exclusive classes, by ce)
 
 
@@ -382,13 +397,24 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         )
     if target.kind != "semantic" and target.classes is not None:
         raise SpecError(f"{where}.classes", f"only semantic targets have classes, not {target.kind}")
-    if target.kind != "distance" and target.distance is not None:
-        raise SpecError(
-            f"{where}.distance", f"only distance targets have distance options, not {target.kind}"
-        )
+    for name, kind in (("distance", "distance"), ("instance_distance", "instance_distance")):
+        if target.kind != kind and getattr(target, name) is not None:
+            raise SpecError(f"{where}.{name}", f"only {kind} targets have these options, not {target.kind}")
     if target.exclusive and target.kind != "polarity":
         raise SpecError(f"{where}.exclusive", f"only polarity targets are exclusive, not {target.kind}")
-    base = default_loss("semantic" if target.exclusive else target.kind)
+    distance: DistanceSpec | InstanceDistanceSpec | None = None
+    if target.kind == "distance":
+        d = target.distance or DistanceSection()
+        distance = DistanceSpec(d.mode, d.alpha_fore, d.alpha_back)
+    if target.kind == "instance_distance":
+        i = target.instance_distance or InstanceDistanceSection()
+        distance = InstanceDistanceSpec(i.mode, i.padding, i.quantize, i.z_resolution, i.erosion)
+    quantized = isinstance(distance, InstanceDistanceSpec) and distance.quantize
+    # heads learnt by softmax classes (ce) and heads learnt by the squared error of their tanh (mse)
+    classes = {"semantic": target.classes}.get(target.kind, 3 if target.exclusive else None)
+    classes = QUANTIZED_LEVELS if quantized else classes
+    by_mse = target.kind in ("distance", "instance_distance") and not quantized
+    base = default_loss("semantic" if classes is not None else target.kind)
     given = target.loss or LossSection()
     loss = LossWeights(
         bce=base.bce if given.bce is None else given.bce,
@@ -398,9 +424,12 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         class_weight=tuple(given.class_weight) if given.class_weight is not None else None,
         dice_style=given.dice_style,
     )
-    if loss.ce and not (target.kind == "semantic" or target.exclusive):
-        raise SpecError(f"{where}.loss.ce", "cross-entropy needs a semantic or exclusive target; use bce")
-    classes = 3 if target.exclusive else target.classes
+    if by_mse and (loss.bce or loss.dice or loss.ce):
+        raise SpecError(f"{where}.loss", f"a {target.kind} target (in [-1, 1]) learns by mse only")
+    if loss.ce and classes is None:
+        raise SpecError(
+            f"{where}.loss.ce", "cross-entropy needs a semantic, exclusive or quantized target; use bce"
+        )
     if loss.class_weight is not None and classes is not None and len(loss.class_weight) != classes:
         raise SpecError(
             f"{where}.loss.class_weight",
@@ -408,18 +437,13 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         )
     if loss.class_weight is not None and not loss.ce:
         raise SpecError(f"{where}.loss.class_weight", "weighs the cross-entropy (ce), whose weight is 0")
-    if target.kind == "distance" and (loss.bce or loss.dice or loss.ce):
-        raise SpecError(f"{where}.loss", "a distance target (in [-1, 1]) learns by mse only")
-    if loss.mse and target.kind != "distance":
+    if loss.mse and not by_mse:
         raise SpecError(
-            f"{where}.loss.mse", f"the squared error of tanh goes with distance targets, not {target.kind}"
+            f"{where}.loss.mse",
+            f"the squared error of tanh goes with (unquantized) distance targets, not {target.kind}",
         )
     if not (loss.bce or loss.dice or loss.ce or loss.mse):
         raise SpecError(f"{where}.loss", "every loss weight is 0; this head would learn nothing")
-    distance = None
-    if target.kind == "distance":
-        d = target.distance or DistanceSection()
-        distance = DistanceSpec(d.mode, d.alpha_fore, d.alpha_back)
     return HeadSpec(target.kind, loss, target.classes, distance, target.exclusive)
 
 
@@ -433,11 +457,12 @@ def _regularizer(section: RegularizerSection, index: int, heads: tuple[HeadSpec,
     for i, (head, kinds) in enumerate(zip(section.targets, wanted, strict=True)):
         if head >= len(heads):
             raise SpecError(f"{where}.targets[{i}]", f"{head} is not a target index (0..{len(heads) - 1})")
-        if heads[head].kind not in kinds:
+        if heads[head].kind not in kinds or ("distance" in kinds and heads[head].channels != 1):
             raise SpecError(
                 f"{where}.targets[{i}]",
-                f"{section.kind} takes a {' or '.join(kinds)} target here; "
-                f"targets[{head}] is {heads[head].kind}",
+                f"{section.kind} takes a {' or '.join(kinds)} target here"
+                f"{' (one channel)' if 'distance' in kinds else ''}; "
+                f"targets[{head}] is {heads[head].kind} ({heads[head].channels} channel(s))",
             )
     return RegularizerSpec(section.kind, tuple(section.targets), section.weight)
 

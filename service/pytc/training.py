@@ -104,16 +104,28 @@ def _targets(cfg: PytcConfig, notes: list[str]) -> list[dict[str, Any]]:
             kind, extra = "polarity", {"exclusive": True}
         elif kind == "other" and opt[:1] == "6":
             kind, extra = "distance", {"distance": _distance(opt)}
-        if kind not in ("binary", "boundary", "affinity", "semantic", "polarity", "distance"):
+        elif kind == "other" and opt[:1] == "5":
+            kind, extra = "instance_distance", {"instance_distance": _instance_distance(opt)}
+        if kind not in (
+            "binary",
+            "boundary",
+            "affinity",
+            "semantic",
+            "polarity",
+            "distance",
+            "instance_distance",
+        ):
             raise refuse(
                 "MODEL.TARGET_OPT",
-                "training learns binary (0), synaptic polarity (1), affinity (2), boundary (4), semantic "
-                "distance (6) and semantic (9-N) targets",
+                "training learns binary (0), synaptic polarity (1), affinity (2), boundary (4), instance "
+                "distance (5), semantic distance (6) and semantic (9-N) targets",
                 opt,
             )
         if kind == "affinity" and opt not in ("2", "2-1-1-1", "2-1-1-1-0"):
             raise refuse("MODEL.TARGET_OPT", "affinities are the nearest-neighbour z, y, x ones (2)", opt)
-        softmax_kind = "semantic" if extra.get("exclusive") else kind
+        quantized = extra.get("instance_distance", {}).get("quantize")
+        softmax_kind = "semantic" if extra.get("exclusive") or quantized else kind
+        softmax_kind = "distance" if kind == "instance_distance" and not quantized else softmax_kind
         loss = _loss(list(losses[i]), list(weights[i]), list(acts[i]), softmax_kind, kwargs[i])
         if any(str(w).startswith("1") for w in weight_opts[i] if i < len(weight_opts)):
             notes.append(
@@ -139,6 +151,25 @@ def _distance(opt: str) -> dict[str, Any]:
     if fore <= 0 or back <= 0:
         raise refuse("MODEL.TARGET_OPT", "its alphas divide the distances: positive numbers", opt)
     return {"mode": parts[1], "alpha_fore": fore, "alpha_back": back}
+
+
+def _instance_distance(opt: str) -> dict[str, Any]:
+    """``5[-mode-padding-quantize-z_res-erosion]`` as PyTC's ``seg2inst_edt`` reads it (``5`` is
+    ``5-2d-0-0-5.0-0``)."""
+    parts = (opt if len(opt) > 1 else opt + "-2d-0-0-5.0-0").split("-")
+    shape = "5-<2d|3d>-<padding 0|1>-<quantize 0|1>-<z resolution>-<erosion>"
+    if len(parts) != 6 or parts[0] != "5" or parts[1] not in ("2d", "3d"):
+        raise refuse("MODEL.TARGET_OPT", f"an instance distance target is 5 or {shape}", opt)
+    try:
+        padding, quantize, z_res, erosion = int(parts[2]), int(parts[3]), float(parts[4]), int(parts[5])
+    except ValueError:
+        raise refuse("MODEL.TARGET_OPT", f"its fields are numbers: {shape}", opt) from None
+    if z_res <= 0 or not 0 <= erosion <= 16:
+        raise refuse("MODEL.TARGET_OPT", "its z resolution is positive and its erosion 0 to 16", opt)
+    return {
+        "mode": parts[1], "padding": bool(padding), "quantize": bool(quantize),
+        "z_resolution": z_res, "erosion": erosion,
+    }  # fmt: skip
 
 
 def _loss_kwargs(cfg: PytcConfig, count: int) -> list[list[dict[str, Any] | None]]:
@@ -190,7 +221,7 @@ def _loss(
                 continue
             raise refuse(
                 "MODEL.LOSS_OPTION",
-                "a semantic distance target (6) learns by WeightedMSE on MODEL.OUTPUT_ACT tanh",
+                "a distance target (6, or 5 unquantized) learns by WeightedMSE on MODEL.OUTPUT_ACT tanh",
                 f"{name} with MODEL.OUTPUT_ACT {act}",
             )
         if (name in ("WeightedBCEWithLogitsLoss",) and act == "none") or (

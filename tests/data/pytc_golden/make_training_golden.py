@@ -10,8 +10,9 @@ It stores the inputs beside PyTC's answers, so the tests need no random generato
 
 - ``targets/<option>``: ``seg_to_targets(label, [option])`` of ``targets/label``, a (6, 12, 10)
   instance label whose section 2 is all foreground (PyTC's distance of 5 there) and whose section 4
-  is all background, for the semantic distance options ``6``, ``6-2d-4-50``, ``6-3d-8-50`` and the
-  polarity options ``1`` and ``1-1`` (class ids: ours are their one-hot);
+  is all background, for the semantic distance options ``6``, ``6-2d-4-50``, ``6-3d-8-50``, the
+  instance distance options of ``INSTANCE_DISTANCES`` (quantized ones are class ids: ours are
+  their one-hot) and the polarity options ``1`` and ``1-1`` (class ids too);
 - ``regu/<name>``: each regulariser of PyTC's ``Criterion.regu_dict``, unweighted, on
   ``regu/a``, ``regu/b`` (logits, (2, 1, 3, 8, 7)) and ``regu/p`` (polarity logits, 3 channels);
 - ``loss/<name>``: PyTC's ``Criterion`` total on ``loss/pred`` for a config's heads (``ce_weighted``:
@@ -36,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_golden import stub_unused_modules
+
+INSTANCE_DISTANCES = ("5", "5-3d-1-0-1.0-0", "5-2d-1-1-5.0-1", "5-3d-0-1-2.0-0")
 
 
 def label() -> np.ndarray:
@@ -71,7 +74,7 @@ def main(target: Path) -> None:
     out: dict[str, np.ndarray] = {}
     lab = label()
     out["targets/label"] = lab
-    for opt in ("6", "6-2d-4-50", "6-3d-8-50", "1", "1-1"):
+    for opt in ("6", "6-2d-4-50", "6-3d-8-50", "1", "1-1", *INSTANCE_DISTANCES):
         out[f"targets/{opt}"] = np.asarray(seg_to_targets(lab, [opt])[0])
 
     g = torch.Generator().manual_seed(0)

@@ -16,10 +16,11 @@ import torch
 
 from models.losses import heads_loss, regularization
 from models.optim import build_optimizer, build_scheduler
-from models.targets import distance_target, make_targets, polarity_target
+from models.targets import distance_target, instance_distance_target, make_targets, polarity_target
 from models.training_config import (
     DistanceSpec,
     HeadSpec,
+    InstanceDistanceSpec,
     LossWeights,
     OptimizerSpec,
     RegularizerSpec,
@@ -54,6 +55,26 @@ def test_distance_is_computed_on_the_crop_without_its_margin() -> None:
     padded = np.pad(label, 1, mode="edge")
     head = HeadSpec("distance", LossWeights(0, 0, mse=1.0), distance=DistanceSpec("2d", 4.0, 50.0))
     np.testing.assert_allclose(make_targets(padded, [head], 1), golden("targets/6-2d-4-50"), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("option", "spec"),
+    [
+        ("5", InstanceDistanceSpec()),
+        ("5-3d-1-0-1.0-0", InstanceDistanceSpec("3d", True, False, 1.0, 0)),
+        ("5-2d-1-1-5.0-1", InstanceDistanceSpec("2d", True, True, 5.0, 1)),
+        ("5-3d-0-1-2.0-0", InstanceDistanceSpec("3d", False, True, 2.0, 0)),
+    ],
+)
+def test_instance_distance_is_pytcs_seg2inst_edt(option: str, spec: InstanceDistanceSpec) -> None:
+    label = golden("targets/label")
+    ours, theirs = instance_distance_target(label, spec), golden(f"targets/{option}")
+    if spec.quantize:  # PyTC's levels as class ids, ours one-hot
+        theirs = (theirs == np.arange(11).reshape(11, 1, 1, 1)).astype(np.float32)
+        np.testing.assert_array_equal(ours, theirs)
+    else:
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)
+        assert ours.min() == -1.0 and 0.9 < ours.max() <= 1.0
 
 
 def test_polarity_targets_are_pytcs_seg2polarity() -> None:

@@ -108,6 +108,23 @@ def test_pytc_targets_losses_regularisers_and_solver_options(tmp_path: Path) -> 
         ("fg_dt", (0, 1), 0.5),
         ("nonoverlap", (3,), 1.0),
     ]
+    quantized = parse(
+        training_doc(
+            **{
+                "targets": [
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True, "mode": "3d"}}
+                ],
+                "model.config.out_channels": 11,
+            }
+        ),
+        tmp_path,
+    ).heads[0]
+    assert (quantized.channels, quantized.activation, quantized.loss.ce, quantized.loss.mse) == (
+        11,
+        "softmax",
+        1.0,
+        0,
+    )
     opt = job.solver.optimizer
     assert (opt.bias_lr_factor, opt.weight_decay_bias, opt.weight_decay_norm) == (2.0, 0.01, 0.001)
     assert opt.betas == (0.8, 0.9)
@@ -181,6 +198,32 @@ def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> Non
         ({"targets": [{"kind": "distance", "distance": {"mode": "4d"}}]}, "targets[0].distance.mode", "2d"),
         ({"targets": [{"kind": "binary", "exclusive": True}]}, "targets[0].exclusive", "only polarity"),
         (
+            {"targets": [{"kind": "binary", "instance_distance": {"mode": "3d"}}]},
+            "targets[0].instance_distance",
+            "only instance_distance",
+        ),
+        (
+            {
+                "targets": [
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True}, "loss": {"mse": 1}}
+                ]
+            },
+            "targets[0].loss.mse",
+            "unquantized",
+        ),
+        (
+            {
+                "targets": [
+                    "binary",
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True}},
+                ],
+                "model.config.out_channels": 12,
+                "regularization": [{"kind": "fg_dt", "targets": [0, 1]}],
+            },
+            "regularization[0].targets[1]",
+            "fg_dt takes",
+        ),
+        (
             {
                 "targets": [{"kind": "semantic", "classes": 3, "loss": {"class_weight": [1, 2]}}],
                 "model.config.out_channels": 3,
@@ -210,7 +253,7 @@ def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> Non
         (
             {"regularization": [{"kind": "nonoverlap", "targets": [0]}]},
             "regularization[0].targets[0]",
-            "polarity target here; targets[0] is binary",
+            "polarity target here; targets[0] is binary (1 channel(s))",
         ),
         ({"regularization": [{"kind": "l2", "targets": [0]}]}, "regularization[0].kind", "fg_dt"),
         ({"solver.schedule": {"kind": "pytc_warmup_step"}}, "solver.schedule", "milestones"),

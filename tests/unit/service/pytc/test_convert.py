@@ -180,6 +180,40 @@ def test_training_maps_targets_losses_regularisers_and_solver_options() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("option", "loss", "act", "expected"),
+    [
+        (
+            "5-3d-1-0-1.0-0", "WeightedMSE", "tanh",
+            {"mode": "3d", "padding": True, "quantize": False, "z_resolution": 1.0, "erosion": 0},
+        ),
+        (
+            "5", "WeightedMSE", "tanh",
+            {"mode": "2d", "padding": False, "quantize": False, "z_resolution": 5.0, "erosion": 0},
+        ),
+        (
+            "5-2d-0-1-5.0-2", "WeightedCE", "none",
+            {"mode": "2d", "padding": False, "quantize": True, "z_resolution": 5.0, "erosion": 2},
+        ),
+    ],
+)  # fmt: skip
+def test_instance_distance_targets_convert_as_seg2inst_edt_reads_them(
+    option: str, loss: str, act: str, expected: dict[str, Any]
+) -> None:
+    planes = 1 + (11 if expected["quantize"] else 1)
+    overrides = [
+        "MODEL.TARGET_OPT", f"['0', '{option}']", "MODEL.OUT_PLANES", str(planes),
+        "MODEL.LOSS_OPTION", f"[['WeightedBCEWithLogitsLoss'], ['{loss}']]",
+        "MODEL.OUTPUT_ACT", f"[['none'], ['{act}']]", "MODEL.LOSS_WEIGHT", "[[1.0], [5.0]]",
+        "MODEL.WEIGHT_OPT", "[['0'], ['0']]", "DATASET.LABEL_NAME", "label.h5",
+    ]  # fmt: skip
+    doc = _converted(overrides, inference=False)
+    validate(TrainingDocument, doc)
+    head = doc["targets"][1]
+    assert head["kind"] == "instance_distance" and head["instance_distance"] == expected
+    assert head["loss"][("ce" if expected["quantize"] else "mse")] == 5.0
+
+
 def test_class_rebalanced_weights_of_any_form_are_noted() -> None:
     conversion = convert_pytc(
         [("golden", GOLDEN.read_text())],
@@ -253,6 +287,8 @@ def test_class_rebalanced_weights_of_any_form_are_noted() -> None:
             "MODEL.LOSS_KWARGS_KEY",
         ),
         ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '6-4d-4-50']"], False, "MODEL.TARGET_OPT"),
+        ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-x-0']"], False, "MODEL.TARGET_OPT"),
+        ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-1.0']"], False, "MODEL.TARGET_OPT"),
         ([*DT_HEADS, "MODEL.OUTPUT_ACT", "[['none', 'sigmoid'], ['none']]"], False, "MODEL.LOSS_OPTION"),
         (["SOLVER.LR_SCHEDULER_NAME", "ReduceLROnPlateau"], False, "SOLVER.LR_SCHEDULER_NAME"),
         (
