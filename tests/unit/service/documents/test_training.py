@@ -126,6 +126,10 @@ def test_paths_stay_in_the_roots(tmp_path: Path) -> None:
         with pytest.raises(PathOutsideRootsError) as caught:
             parse(training_doc(**{dotted: "/elsewhere/x"}), tmp_path)
         assert caught.value.field == dotted
+    outside = _two_volumes(label={"path": "../x.zarr", "dataset": "mito"})
+    with pytest.raises(PathOutsideRootsError) as caught:
+        parse(training_doc(**{"data.image": None, "data.label": None, "data.volumes": outside}), tmp_path)
+    assert caught.value.field == "data.volumes[1].label.path"
 
 
 @pytest.mark.parametrize("kind", ["inference", "train", None])
