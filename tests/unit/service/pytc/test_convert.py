@@ -105,8 +105,10 @@ def test_unet3d_inference_mapping(tmp_path: Path) -> None:
     }  # fmt: skip
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "im.h5").touch()
+    assert doc["compute"] == {"memory_format": "contiguous"}  # PyTC's tensors, PyTC's last bits
     job = parse_inference({**doc, "input": {**doc["input"], "dataset": "main"}}, [tmp_path])
     assert job.window.raw_heads == "pytc" and job.output.uint8_rounding == "truncate"
+    assert job.compute.memory_format == "contiguous"
 
 
 def test_training_mapping() -> None:
