@@ -100,6 +100,11 @@ CONTEXT = 3
 ORDER = ((0, -1), (1, -1), (2, -1), (0, 1), (1, 1), (2, 1))
 
 
+def threshold_name(threshold: float) -> str:
+    """The name of a threshold's labels image in a job's group of them: ``threshold_0.3``."""
+    return f"threshold_{threshold:g}"
+
+
 def agglomeration_of(decoder: Decoder) -> Agglomeration:
     """The parameters of an ``affinity_agglomerate`` decoder."""
     assert decoder.name == "affinity_agglomerate" and decoder.aff_threshold is not None

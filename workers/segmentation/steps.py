@@ -58,6 +58,7 @@ from volumes.labels.agglomerate import (
     edge_mask_over,
     merge_edges,
     segments,
+    threshold_name,
 )
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
@@ -164,11 +165,6 @@ class Plan:
 
     def file(self, folder: str, index: Index, suffix: str) -> Path:
         return self.run_dir.root / folder / f"{'_'.join(map(str, index))}{suffix}"
-
-
-def threshold_name(threshold: float) -> str:
-    """The name of a threshold's image in the group: ``threshold_0.3``."""
-    return f"threshold_{threshold:g}"
 
 
 def run_step(plan: Plan, step: int, index: Index) -> int:
