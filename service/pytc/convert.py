@@ -73,7 +73,7 @@ def convert_pytc(
     if inference:
         return Conversion(tuple(inference_documents(cfg, checkpoint, first_dataset)))
     notes: list[str] = []
-    document = training_document(cfg, checkpoint, lambda key: volume_path(cfg, key, first_dataset), notes)
+    document = training_document(cfg, checkpoint, lambda key: volume_paths(cfg, key, first_dataset), notes)
     return Conversion((document,), tuple(notes))
 
 
@@ -249,17 +249,6 @@ def _output(cfg: PytcConfig, heads: list[tuple[str, int, str]]) -> dict[str, Any
         "heads": [h[1] for h in heads],
         "activation": [ACTIVATIONS[a] for a in acts],
     }
-
-
-def volume_path(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> dict[str, Any]:
-    """The one volume of ``DATASET.<key>`` (a training job reads one volume per array)."""
-    volumes = volume_paths(cfg, key, first_dataset)
-    if len(volumes) != 1:
-        dotted = _source(cfg, key)
-        raise refuse(
-            dotted, "a training job reads one volume; train on one, or stack them first", cfg.get(dotted)
-        )
-    return volumes[0]
 
 
 def volume_paths(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> list[dict[str, Any]]:

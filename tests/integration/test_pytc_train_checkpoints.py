@@ -214,3 +214,32 @@ def test_iteration_restart_through_pytc_run(root: Path) -> None:
     resumed = load_checkpoint(root / "out" / "checkpoint_00004.pth.tar")
     assert resumed["iteration"] == 4
     assert {float(s["step"]) for s in resumed["optimizer"]["state"].values()} == {4.0}
+
+
+@pytest.mark.slow
+def test_several_volumes_and_label_erosion_through_pytc_run(root: Path) -> None:
+    """``DATASET.IMAGE_NAME a@b`` with its labels, and ``MODEL.LABEL_EROSION``: one training job over
+    both volumes (PyTC's VolumeDataset rule), its checkpoint recording them and the eroded head."""
+    _run(
+        root,
+        *("DATASET.IMAGE_NAME", "train.h5@im.h5", "DATASET.LABEL_NAME", "label.h5@label.h5"),
+        *("MODEL.LABEL_EROSION", "1", "SOLVER.ITERATION_TOTAL", "2"),
+    )
+    ckpt = load_checkpoint(root / "out" / "checkpoint_00002.pth.tar")
+    assert ckpt["iteration"] == 2 and ckpt["heads"][0]["label_erosion"] == 1
+    job = json.loads(ckpt["job"]) if isinstance(ckpt["job"], str) else ckpt["job"]
+    volumes = job["data"]["volumes"]
+    assert [Path(v["image"]["path"]).name for v in volumes] == ["train.h5", "im.h5"]
+    assert [Path(v["label"]["path"]).name for v in volumes] == ["label.h5", "label.h5"]
+
+
+@pytest.mark.slow
+def test_a_missing_second_label_is_refused_naming_its_pytc_key(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ("DATASET.IMAGE_NAME", "train.h5@im.h5", "DATASET.LABEL_NAME", "label.h5@nope.h5")
+    argv = ["run", "--pytc-config", str(CONFIG), *names, "--data-root", str(root), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "DATASET.LABEL_NAME" in err and "data.volumes[1].label" in err and "nope.h5" in err
+    assert not (root / "out").exists()

@@ -157,6 +157,11 @@ def test_labels_and_masks_are_segmentation_layers(tmp_path: Path) -> None:
     seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
            "output": {"path": "em.zarr", "dataset": "mito"}}  # fmt: skip
     assert job_sources("segmentation", seg, [tmp_path])[-1].layer_type == "segmentation"
+    pair = {"image": {"path": "em.zarr", "dataset": "raw"}, "label": {"path": "em.zarr", "dataset": "mito"}}
+    several = {"kind": "training", "data": {"volumes": [pair, {**pair, "valid_mask": pair["label"]}]}}
+    assert [(s.name, s.layer_type) for s in job_sources("training", several, [tmp_path])] == [
+        ("image", "image"), ("label", "segmentation"),
+        ("image_1", "image"), ("label_1", "segmentation"), ("mask_1", "segmentation")]  # fmt: skip
 
 
 def test_a_segmentation_output_is_a_placed_label_image_with_its_pyramid(tmp_path: Path) -> None:
