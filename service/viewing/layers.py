@@ -107,10 +107,38 @@ def job_sources(kind: str, spec: Mapping[str, Any], roots: Sequence[Path]) -> li
             path, node = located(section["path"], dataset if isinstance(dataset, str) else None, roots, name)
         except SpecError:
             continue
-        source = Source(name, Path(path), node or "", layer_type)
-        if source not in found:
-            found.append(source)
+        for source in _per_threshold(kind, spec, Source(name, Path(path), node or "", layer_type)):
+            if source not in found:
+                found.append(source)
     return found
+
+
+def _per_threshold(kind: str, spec: Mapping[str, Any], source: Source) -> list[Source]:
+    """A segmentation's labels, or affinity_agglomerate's labels image per threshold when it has
+    several (``<dataset>/threshold_<t>`` in the group ``<dataset>``), named ``labels <t>``."""
+    from volumes.labels.agglomerate import threshold_name
+
+    decoder = spec.get("decoder")
+    thresholds = decoder.get("thresholds") if isinstance(decoder, Mapping) else None
+    if (
+        kind != "segmentation"
+        or source.name != "labels"
+        or not isinstance(decoder, Mapping)
+        or decoder.get("name") != "affinity_agglomerate"
+        or not isinstance(thresholds, list)
+        or len(thresholds) < 2
+        or not all(isinstance(t, int | float) for t in thresholds)
+    ):
+        return [source]
+    return [
+        Source(
+            f"labels {float(t):g}",
+            source.store,
+            f"{source.node}/{threshold_name(float(t))}",
+            source.layer_type,
+        )
+        for t in thresholds
+    ]
 
 
 def _volume_places(spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str, LayerType]]:

@@ -188,6 +188,31 @@ def test_a_segmentation_output_is_a_placed_label_image_with_its_pyramid(tmp_path
     assert rgb.shape[:2] == (32, 32) and rgb[0].max() > 0 and (rgb[-1] == 0).all()
 
 
+def test_an_agglomeration_with_several_thresholds_is_a_segmentation_layer_per_threshold(
+    tmp_path: Path,
+) -> None:
+    """affinity_agglomerate with several thresholds writes ``<dataset>/threshold_<t>`` per threshold:
+    the job's view shows each as its own segmentation layer, ``labels <t>``."""
+    make_input(tmp_path)
+    labels = np.zeros((8, 32, 32), np.uint32)
+    for t in ("0.1", "0.3"):
+        image = create_output(
+            tmp_path / "seg.zarr", f"cells/threshold_{t}", "zarr3", labels.shape, np.uint32, (4, 16, 16),
+            VOXEL, label=True,
+        )  # fmt: skip
+        image.write(Box((0, 0, 0), labels.shape), labels + 1)
+    seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
+           "decoder": {"name": "affinity_agglomerate", "thresholds": [0.1, 0.3]},
+           "output": {"path": "seg.zarr", "dataset": "cells"}}  # fmt: skip
+    view = build_view("segmentation", seg, [tmp_path], sign)
+    for t in ("0.1", "0.3"):
+        layer = view.layer(f"labels {t}")
+        assert layer is not None and layer.source.node == f"cells/threshold_{t}"
+        (state,) = [la for la in view.state["layers"] if la["name"] == f"labels {t}"]
+        assert state["type"] == "segmentation"
+    assert view.layer("labels") is None and not view.notes
+
+
 def test_an_input_placed_by_its_ome_translation_is_drawn_there(tmp_path: Path) -> None:
     make_input(tmp_path)
     group = zarr.open_group(tmp_path / "em.zarr", mode="a")
