@@ -9,7 +9,8 @@ border see their true neighbours; the margin is cut off the result.
   a voxel is contour when its (1, 3, 3) neighbourhood holds more than one label value, background
   included, so both sides of a border are marked.
 - ``affinity``: nearest-neighbour affinities in (z, y, x) order: channel ``a`` is 1 where the voxel
-  and its predecessor along axis ``a`` carry the same non-zero label.
+  and its predecessor along axis ``a`` carry the same non-zero label; with ``offsets`` (PyTC's
+  long-range ``2-z-y-x-v1``) the voxel that many steps back, read from the margin.
 - ``semantic``: one channel per class, one-hot of the label's class ids ``0 .. classes-1``.
 - ``polarity``: PyTC's synaptic polarity (``1``, ``seg2polarity``): odd ids, even ids, any id, three
   channels that may overlap; ``exclusive`` (``1-1``): one-hot of the classes none, odd, even.
@@ -45,9 +46,15 @@ def target_margin(heads: Sequence[HeadSpec]) -> int:
     """Voxels of context the targets need around the crop: 1 for contours and affinities, plus a
     head's label erosion and dilation."""
     return max(
-        (int(h.kind in ("boundary", "affinity")) + h.label_erosion + h.label_dilation for h in heads),
+        (_own_margin(h) + h.label_erosion + h.label_dilation for h in heads),
         default=0,
     )
+
+
+def _own_margin(head: HeadSpec) -> int:
+    if head.kind == "affinity":
+        return max(head.offsets or (1, 1, 1))
+    return int(head.kind == "boundary")
 
 
 def make_targets(label: NDArray[np.generic], heads: Sequence[HeadSpec], margin: int = 0) -> F32:
@@ -129,7 +136,7 @@ def _head_target(label: NDArray[np.generic], head: HeadSpec) -> F32:
     if head.kind == "boundary":
         return boundary_target(label)
     if head.kind == "affinity":
-        return affinity_target(label)
+        return affinity_target(label, head.offsets or (1, 1, 1))
     if head.kind == "polarity":
         return polarity_target(label, head.exclusive)
     return semantic_target(label, int(head.classes or 0))
@@ -146,13 +153,14 @@ def boundary_target(label: NDArray[np.generic]) -> F32:
     return (high != low).astype(np.float32)[None]
 
 
-def affinity_target(label: NDArray[np.generic]) -> F32:
-    """Channel ``a``: ``label[p] == label[p - e_a] != 0``; 0 where ``p - e_a`` is outside the crop."""
+def affinity_target(label: NDArray[np.generic], offsets: tuple[int, int, int] = (1, 1, 1)) -> F32:
+    """Channel ``a``: ``label[p] == label[p - d_a e_a] != 0`` with ``d = offsets`` (PyTC's
+    ``seg2aff_v1``; nearest neighbours by default); 0 where ``p - d_a e_a`` is outside the crop."""
     out = np.zeros((3, *label.shape), dtype=np.float32)
-    for axis in range(3):
+    for axis, step in enumerate(offsets):
         here: list[slice] = [slice(None)] * 3
         before: list[slice] = [slice(None)] * 3
-        here[axis], before[axis] = slice(1, None), slice(None, -1)
+        here[axis], before[axis] = slice(step, None), slice(None, -step)
         current, previous = label[tuple(here)], label[tuple(before)]
         out[axis][tuple(here)] = (current == previous) & (current != 0)
     return out

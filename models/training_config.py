@@ -110,6 +110,9 @@ class HeadSpec:
     distance: DistanceSpec | InstanceDistanceSpec | None = None
     # polarity heads only: PyTC's 1-1, three exclusive classes (none, pre, post) learnt by softmax
     exclusive: bool = False
+    # affinity heads only: PyTC's long-range affinities (2-z-y-x-v1), the (z, y, x) distances to the
+    # neighbour each channel compares with; None: the nearest neighbours (1, 1, 1)
+    offsets: tuple[int, int, int] | None = None
 
     @property
     def channels(self) -> int:
@@ -151,6 +154,8 @@ class HeadSpec:
             out["loss"] = {**out["loss"], "class_weight": list(self.loss.class_weight)}  # type: ignore[dict-item]
         if self.exclusive:
             out["exclusive"] = True
+        if self.offsets is not None:
+            out["offsets"] = list(self.offsets)
         if self.kind == "distance":
             out["distance"] = asdict(self.distance or DistanceSpec())
         if self.kind == "instance_distance":

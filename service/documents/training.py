@@ -174,6 +174,8 @@ class TargetSection(Section):
     distance: DistanceSection | None = None
     instance_distance: InstanceDistanceSection | None = None
     exclusive: StrictBool = False  # polarity only: PyTC's 1-1 (three exclusive classes, by ce)
+    # affinity only: PyTC's long-range affinities (2-z-y-x-v1), the (z, y, x) steps to the neighbour
+    offsets: PosTriple | None = None
 
 
 class RegularizerSection(Section):
@@ -444,6 +446,10 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
     for name, kind in (("distance", "distance"), ("instance_distance", "instance_distance")):
         if target.kind != kind and getattr(target, name) is not None:
             raise SpecError(f"{where}.{name}", f"only {kind} targets have these options, not {target.kind}")
+    if target.offsets is not None and target.kind != "affinity":
+        raise SpecError(f"{where}.offsets", f"only affinity targets have offsets, not {target.kind}")
+    if target.offsets is not None and max(target.offsets) > 64:
+        raise SpecError(f"{where}.offsets", f"at most 64 voxels, got {list(target.offsets)}")
     if target.exclusive and target.kind != "polarity":
         raise SpecError(f"{where}.exclusive", f"only polarity targets are exclusive, not {target.kind}")
     distance: DistanceSpec | InstanceDistanceSpec | None = None
@@ -496,6 +502,7 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         label_dilation=target.label_dilation,
         distance=distance,
         exclusive=target.exclusive,
+        offsets=triple(target.offsets) if target.offsets is not None else None,
     )
 
 

@@ -156,7 +156,9 @@ def _targets(cfg: PytcConfig, notes: list[str]) -> list[dict[str, Any]]:
                 opt,
             )
         if kind == "affinity" and opt not in ("2", "2-1-1-1", "2-1-1-1-0"):
-            raise refuse("MODEL.TARGET_OPT", "affinities are the nearest-neighbour z, y, x ones (2)", opt)
+            offsets = _affinity_offsets(opt)
+            if offsets != [1, 1, 1]:
+                extra = {"offsets": offsets}
         quantized = extra.get("instance_distance", {}).get("quantize")
         softmax_kind = "semantic" if extra.get("exclusive") or quantized else kind
         softmax_kind = "distance" if kind == "instance_distance" and not quantized else softmax_kind
@@ -175,6 +177,26 @@ def _targets(cfg: PytcConfig, notes: list[str]) -> list[dict[str, Any]]:
             target["label_dilation"] = dilation[i]
         targets.append(target)
     return targets
+
+
+def _affinity_offsets(opt: str) -> list[int]:
+    """``2-z-y-x-v1`` as PyTC's ``seg2affinity`` reads it (``seg2aff_v1``: the voxel that many steps
+    back along each axis); PyTC's ``v2`` and ``pni`` versions are refused."""
+    parts = opt.split("-")
+    if len(parts) != 5 or parts[4] != "v1":
+        raise refuse(
+            "MODEL.TARGET_OPT",
+            "affinities are the nearest-neighbour ones (2) or 2-z-y-x-v1 (PyTC's seg2aff_v1; v2 and pni "
+            "are not made here)",
+            opt,
+        )
+    try:
+        offsets = [int(v) for v in parts[1:4]]
+    except ValueError:
+        raise refuse("MODEL.TARGET_OPT", "its z, y, x steps are whole numbers (2-z-y-x-v1)", opt) from None
+    if not all(1 <= v <= 64 for v in offsets):
+        raise refuse("MODEL.TARGET_OPT", "its z, y, x steps are 1 to 64 voxels", opt)
+    return offsets
 
 
 def _distance(opt: str) -> dict[str, Any]:

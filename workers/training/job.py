@@ -222,7 +222,7 @@ def _solver_key(solver: SolverSpec) -> dict[str, Any]:
 # Fields added after runs were keyed: left out of the key at their defaults, so those runs keep
 # their keys (and resume from their checkpoints).
 HEAD_KEY_DEFAULTS: dict[str, Any] = {
-    "label_erosion": 0, "label_dilation": 0, "distance": None, "exclusive": False,
+    "label_erosion": 0, "label_dilation": 0, "distance": None, "exclusive": False, "offsets": None,
 }  # fmt: skip
 LOSS_KEY_DEFAULTS: dict[str, Any] = {"mse": 0.0, "class_weight": None, "dice_style": "channel"}
 OPTIMIZER_KEY_DEFAULTS: dict[str, Any] = {

@@ -12,7 +12,9 @@ It stores the inputs beside PyTC's answers, so the tests need no random generato
   instance label whose section 2 is all foreground (PyTC's distance of 5 there) and whose section 4
   is all background, for the semantic distance options ``6``, ``6-2d-4-50``, ``6-3d-8-50``, the
   instance distance options of ``INSTANCE_DISTANCES`` (quantized ones are class ids: ours are
-  their one-hot) and the polarity options ``1`` and ``1-1`` (class ids too);
+  their one-hot), the polarity options ``1`` and ``1-1`` (class ids too) and the long-range
+  affinities of ``LONG_RANGE_AFFINITIES`` (``seg2aff_v1``, which pads the crop's start with its
+  edge);
 - ``regu/<name>``: each regulariser of PyTC's ``Criterion.regu_dict``, unweighted, on
   ``regu/a``, ``regu/b`` (logits, (2, 1, 3, 8, 7)) and ``regu/p`` (polarity logits, 3 channels);
 - ``loss/<name>``: PyTC's ``Criterion`` total on ``loss/pred`` for a config's heads (``ce_weighted``:
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_golden import stub_unused_modules
 
 INSTANCE_DISTANCES = ("5", "5-3d-1-0-1.0-0", "5-2d-1-1-5.0-1", "5-3d-0-1-2.0-0")
+LONG_RANGE_AFFINITIES = ("2-1-1-1-v1", "2-2-3-3-v1", "2-1-4-2-v1")
 
 
 def label() -> np.ndarray:
@@ -74,7 +77,7 @@ def main(target: Path) -> None:
     out: dict[str, np.ndarray] = {}
     lab = label()
     out["targets/label"] = lab
-    for opt in ("6", "6-2d-4-50", "6-3d-8-50", "1", "1-1", *INSTANCE_DISTANCES):
+    for opt in ("6", "6-2d-4-50", "6-3d-8-50", "1", "1-1", *INSTANCE_DISTANCES, *LONG_RANGE_AFFINITIES):
         out[f"targets/{opt}"] = np.asarray(seg_to_targets(lab, [opt])[0])
 
     g = torch.Generator().manual_seed(0)

@@ -77,6 +77,18 @@ def test_instance_distance_is_pytcs_seg2inst_edt(option: str, spec: InstanceDist
         assert ours.min() == -1.0 and 0.9 < ours.max() <= 1.0
 
 
+@pytest.mark.parametrize(
+    ("option", "offsets"), [("2-1-1-1-v1", (1, 1, 1)), ("2-2-3-3-v1", (2, 3, 3)), ("2-1-4-2-v1", (1, 4, 2))]
+)
+def test_long_range_affinities_are_pytcs_seg2aff_v1(option: str, offsets: tuple[int, int, int]) -> None:
+    """Read with a margin that holds PyTC's edge padding, the crop's affinities are PyTC's."""
+    label = golden("targets/label")
+    margin = max(offsets)
+    head = HeadSpec("affinity", offsets=None if offsets == (1, 1, 1) else offsets)
+    ours = make_targets(np.pad(label, margin, mode="edge"), [head], margin)
+    np.testing.assert_array_equal(ours, golden(f"targets/{option}"))
+
+
 def test_polarity_targets_are_pytcs_seg2polarity() -> None:
     label = golden("targets/label")
     np.testing.assert_array_equal(polarity_target(label), golden("targets/1"))

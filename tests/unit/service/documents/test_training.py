@@ -108,6 +108,13 @@ def test_pytc_targets_losses_regularisers_and_solver_options(tmp_path: Path) -> 
         ("fg_dt", (0, 1), 0.5),
         ("nonoverlap", (3,), 1.0),
     ]
+    far = parse(
+        training_doc(
+            **{"targets": [{"kind": "affinity", "offsets": [2, 9, 9]}], "model.config.out_channels": 3}
+        ),
+        tmp_path,
+    ).heads[0]
+    assert far.offsets == (2, 9, 9) and far.channels == 3
     quantized = parse(
         training_doc(
             **{
@@ -197,6 +204,7 @@ def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> Non
         ),
         ({"targets": [{"kind": "distance", "distance": {"mode": "4d"}}]}, "targets[0].distance.mode", "2d"),
         ({"targets": [{"kind": "binary", "exclusive": True}]}, "targets[0].exclusive", "only polarity"),
+        ({"targets": [{"kind": "binary", "offsets": [1, 2, 2]}]}, "targets[0].offsets", "only affinity"),
         (
             {"targets": [{"kind": "binary", "instance_distance": {"mode": "3d"}}]},
             "targets[0].instance_distance",

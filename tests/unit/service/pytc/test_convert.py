@@ -216,6 +216,17 @@ def test_instance_distance_targets_convert_as_seg2inst_edt_reads_them(
     assert head["loss"][("ce" if expected["quantize"] else "mse")] == 5.0
 
 
+def test_long_range_affinities_convert_as_seg2aff_v1_reads_them() -> None:
+    overrides = [
+        "MODEL.TARGET_OPT", "['2-1-1-1-v1', '2-4-27-27-v1']", "MODEL.OUT_PLANES", "6",
+        "MODEL.LOSS_OPTION", "[['WeightedBCEWithLogitsLoss'], ['WeightedBCEWithLogitsLoss']]",
+        "MODEL.OUTPUT_ACT", "[['none'], ['none']]", "DATASET.LABEL_NAME", "label.h5",
+    ]  # fmt: skip
+    doc = _converted(overrides, inference=False)
+    validate(TrainingDocument, doc)
+    assert [t.get("offsets") for t in doc["targets"]] == [None, [4, 27, 27]]
+
+
 def test_class_rebalanced_weights_of_any_form_are_noted() -> None:
     conversion = convert_pytc(
         [("golden", GOLDEN.read_text())],
@@ -290,6 +301,8 @@ def test_class_rebalanced_weights_of_any_form_are_noted() -> None:
         ),
         ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '6-4d-4-50']"], False, "MODEL.TARGET_OPT"),
         ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-x-0']"], False, "MODEL.TARGET_OPT"),
+        (["MODEL.TARGET_OPT", "['2-1-1-1-v2', '0']", "MODEL.OUT_PLANES", "4"], False, "MODEL.TARGET_OPT"),
+        (["MODEL.TARGET_OPT", "['2-1-0-1-v1', '0']", "MODEL.OUT_PLANES", "4"], False, "MODEL.TARGET_OPT"),
         ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-1.0']"], False, "MODEL.TARGET_OPT"),
         ([*DT_HEADS, "MODEL.OUTPUT_ACT", "[['none', 'sigmoid'], ['none']]"], False, "MODEL.LOSS_OPTION"),
         (["SOLVER.LR_SCHEDULER_NAME", "ReduceLROnPlateau"], False, "SOLVER.LR_SCHEDULER_NAME"),
