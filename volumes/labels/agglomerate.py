@@ -20,8 +20,9 @@ Blockwise, so that nothing depends on the volume's size but the region graph:
   voxel's three affinities; seeds are the 6-connected components of ``s > aff_threshold[1]``,
   numbered globally through the connected-components decoders' face links; each seed floods
   ``-s`` within ``s > aff_threshold[0]`` over the block and a halo (``compute.halo``), the
-  block's interior kept. This is ``binary_watershed`` on ``s`` (:mod:`volumes.labels.watershed`),
-  so the fragments have that decoder's blockwise agreement with the whole volume, and a fragment
+  block's interior kept. This is ``binary_watershed`` on ``s`` (:mod:`volumes.labels.watershed`,
+  its blocks' tie order, the whole volume's fragments too), so the fragments have that decoder's
+  blockwise agreement with the whole volume, and a fragment
   that crosses a block face carries one id on both sides. (waterz's own zwatershed is not used
   for the fragments: its steepest-ascent basins depend on paths of any length, so no halo makes a
   block's basins equal the whole volume's.)
@@ -400,10 +401,11 @@ def segments(
 
 
 def fragments_in_memory(pred: np.ndarray, agg: Agglomeration) -> np.ndarray:
-    """The whole volume's fragments at once (uint64)."""
+    """The whole volume's fragments at once (uint64), flooded in the tie order the blocks use
+    (:func:`volumes.labels.watershed.flood`; no PyTC function makes these fragments)."""
     from volumes.labels.watershed import decode_watershed
 
-    return decode_watershed(mean_affinity(pred), agg.fragment_decoder())
+    return decode_watershed(mean_affinity(pred), agg.fragment_decoder(), "raster")
 
 
 def fragments_blockwise(pred: np.ndarray, agg: Agglomeration, block: Sequence[int]) -> np.ndarray:
