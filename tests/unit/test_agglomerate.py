@@ -122,13 +122,13 @@ def test_figures_against_the_whole_volume_and_ground_truth():
     """The figures recorded in RESULTS.md (bench_agglomerate.py), with thresholds."""
     pred, gt = synthetic_cells()
     for merge_function, f in figures(pred, gt, waterz=False).items():
-        assert f.identical_fragment_voxels > 0.995
+        assert f.identical_fragment_voxels > 0.9995  # measured 0.999784
         assert f.graph_bytes < 40 * f.edges + 1
         for row in f.rows:
             assert row.are_whole < 0.06 and sum(row.voi_whole) < 0.2, row
             assert row.crossings <= 0.1 * f.fragments, row
         best = {r.threshold: r for r in f.rows}
         if merge_function == "mean":
-            assert best[0.6].are_gt < 0.02 and best[0.6].are_whole < 1e-4 and best[0.6].crossings <= 2
+            assert best[0.6].are_gt < 0.02 and best[0.6].are_whole < 1e-4 and best[0.6].crossings <= 1
         else:
             assert best[0.1].are_gt < 0.1 and best[0.1].are_whole < 0.003
