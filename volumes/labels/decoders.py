@@ -73,8 +73,8 @@ class Decoder:
     ``seed_thres``: the watershed decoders' size filter on whole seeds; ``margin``: how far past a
     block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others.
     ``affinity_agglomerate`` (:mod:`volumes.labels.agglomerate`): ``thresholds`` are its
-    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` the
-    fragments' halo."""
+    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` (0, 0, 0):
+    its fragments need no halo."""
 
     name: DecoderName
     thresholds: tuple[float, ...]
