@@ -30,7 +30,15 @@ from service.documents.sections import (
     triple,
     validate,
 )
-from volumes.labels.decoders import PER_SLICE, WATERSHED, Connectivity, Decoder, DecoderName, RemoveSmallMode
+from volumes.labels.decoders import (
+    HALO_DOUBLINGS,
+    PER_SLICE,
+    WATERSHED,
+    Connectivity,
+    Decoder,
+    DecoderName,
+    RemoveSmallMode,
+)
 from volumes.urls import is_url
 from workers.errors import SpecError
 from workers.inference.job import InferenceJob
@@ -307,8 +315,10 @@ WATERSHED_BYTES = 48
 
 
 def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) -> None:
-    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
-    grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
+    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels).
+    A watershed's halo may double where its flood cannot settle: the largest halo counts."""
+    reach = 2**HALO_DOUBLINGS if decoder.watershed else 1
+    grown = [b + 2 * h * reach + 1 for b, h in zip(block, decoder.halo, strict=True)]
     voxels = grown[0] * grown[1] * grown[2]
     need = voxels * (
         4 * decoder.channels

@@ -57,6 +57,10 @@ CHANNELS: dict[str, int] = {
     "affinity_agglomerate": 3,
 }
 WATERSHED = ("binary_watershed", "bc_watershed", "bcd_watershed")
+# How many times a block's watershed halo may double where its flood cannot settle
+# (:func:`volumes.labels.blockwise.grow_step`): a block task reads at most the block grown by
+# ``halo * 2**HALO_DOUBLINGS`` on each side.
+HALO_DOUBLINGS = 1
 
 
 @dataclass(frozen=True)

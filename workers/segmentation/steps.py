@@ -409,13 +409,16 @@ def _rank(plan: Plan, index: Index) -> None:
 def _dilate(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
-    grown = halo_box(decoder, grid, index)
-    numbered = np.asarray(ranked[grown.slices()])
     if decoder.watershed:
-        pred = plan.read_prediction(grown)
-        core, part = grow_step(decoder, grid, index, numbered, pred)
+
+        def read(box: Box) -> tuple[np.ndarray, np.ndarray]:
+            return np.asarray(ranked[box.slices()]), plan.read_prediction(box)
+
+        core, part = grow_step(decoder, grid, index, read)
     else:
-        core, part = dilate_step(decoder, grid, index, numbered)
+        core, part = dilate_step(
+            decoder, grid, index, np.asarray(ranked[halo_box(decoder, grid, index).slices()])
+        )
     dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
     dilated[grid.box(index).slices()] = core
     names = ("ids", "count", "first", "lo", "hi", "sums")
