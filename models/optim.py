@@ -7,6 +7,7 @@ and PyTC's ``lr_scheduler`` key stays a small plain dict that ``weights_only`` l
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -36,9 +37,10 @@ def parameter_groups(model: torch.nn.Module, spec: OptimizerSpec) -> list[dict[s
 
     ``one``: every trainable parameter in one group. ``pytc``: the layout of PyTC v1's solver, whose
     ``Trainer`` loads an optimizer state only into groups of the same count and sizes: one group per
-    trainable parameter, in ``model.modules()`` order (each parameter once), with no weight decay for
-    the parameters of normalisation layers and for biases (PyTC's ``WEIGHT_DECAY_NORM`` and
-    ``WEIGHT_DECAY_BIAS`` defaults, 0) and ``spec.weight_decay`` for the rest.
+    trainable parameter, in ``model.modules()`` order (each parameter once), the parameters of
+    normalisation layers with ``spec.weight_decay_norm`` (PyTC's ``WEIGHT_DECAY_NORM``, default 0),
+    other biases at ``lr * spec.bias_lr_factor`` with ``spec.weight_decay_bias``
+    (``BIAS_LR_FACTOR``, ``WEIGHT_DECAY_BIAS``: 1 and 0), and ``spec.weight_decay`` for the rest.
     """
     if spec.param_groups == "one":
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -49,10 +51,12 @@ def parameter_groups(model: torch.nn.Module, spec: OptimizerSpec) -> list[dict[s
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            bare = isinstance(module, _NORM_LAYERS) or name == "bias"
-            groups.append(
-                {"params": [param], "lr": spec.lr, "weight_decay": 0.0 if bare else spec.weight_decay}
-            )
+            lr, decay = spec.lr, spec.weight_decay
+            if isinstance(module, _NORM_LAYERS):
+                decay = spec.weight_decay_norm
+            elif name == "bias":
+                lr, decay = spec.lr * spec.bias_lr_factor, spec.weight_decay_bias
+            groups.append({"params": [param], "lr": lr, "weight_decay": decay})
     return groups
 
 
@@ -105,8 +109,17 @@ def lr_factor(spec: ScheduleSpec, iterations: int) -> Callable[[int], float]:
             return ramp * 0.5 * (1.0 + math.cos(math.pi * i / total))
 
         return pytc_warmup_cosine
+    if spec.kind == "pytc_warmup_step":
+        warmup, milestones = spec.warmup, sorted(spec.milestones)
+
+        def pytc_warmup_step(i: int) -> float:
+            ramp = spec.warmup_factor * (1.0 - i / warmup) + i / warmup if i < warmup else 1.0
+            return float(ramp * spec.gamma ** bisect.bisect_right(milestones, i))
+
+        return pytc_warmup_step
     raise ModelConfigError(
-        f"unknown schedule {spec.kind!r}; expected constant, step, warmup_cosine or pytc_warmup_cosine"
+        f"unknown schedule {spec.kind!r}; expected constant, step, warmup_cosine, pytc_warmup_cosine "
+        "or pytc_warmup_step"
     )
 
 

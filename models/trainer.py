@@ -26,7 +26,7 @@ from models.checkpoint import extract_state_dict, load_weights, unwrap_module
 from models.errors import CheckpointError, ModelError
 from models.losses import heads_loss
 from models.optim import build_optimizer, build_scheduler, lr_factor
-from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
+from models.training_config import HeadSpec, OptimizerSpec, RegularizerSpec, ScheduleSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,14 @@ class TrainerConfig:
     iterations: int  # the run's total, which a cosine schedule spans
     clip_grad_norm: float | None = None
     precision: Precision = "float32"
+    regularizers: tuple[RegularizerSpec, ...] = ()  # PyTC's MODEL.REGU_OPT, added to the loss
 
 
 @dataclass(frozen=True)
 class StepStats:
     iteration: int  # iterations completed, this step included
     loss: float
-    head_losses: tuple[float, ...]
+    head_losses: tuple[float, ...]  # each head's, then each regulariser's (weighted)
     lr: float  # the learning rate this step used
     grad_norm: float | None = None
 
@@ -90,7 +91,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.model(x)
-        loss, parts = heads_loss(logits.float(), y, self.config.heads, m)
+        loss, parts = heads_loss(logits.float(), y, self.config.heads, m, self.config.regularizers)
         value = float(loss.detach())
         if not np.isfinite(value):
             raise TrainingDivergedError(f"the loss is {value} at iteration {self.iteration + 1}")

@@ -17,7 +17,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from models.sizes import architecture_parameters
-from models.training_config import HeadSpec, LossWeights, OptimizerSpec, ScheduleSpec, default_loss
+from models.training_config import (
+    QUANTIZED_LEVELS,
+    REGULARIZER_HEADS,
+    DistanceSpec,
+    HeadSpec,
+    InstanceDistanceSpec,
+    LossWeights,
+    OptimizerSpec,
+    RegularizerSpec,
+    ScheduleSpec,
+    default_loss,
+)
 from service.documents.inference import PRECISION_HELP
 from service.documents.loading import canonical_json
 from service.documents.sections import (
@@ -61,8 +72,11 @@ from workers.training.job import (
 
 Probability = Annotated[float, Field(strict=False, ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-TargetKind = Literal["binary", "boundary", "affinity", "semantic"]
-ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine"]
+TargetKind = Literal[
+    "binary", "boundary", "affinity", "semantic", "distance", "polarity", "instance_distance"
+]
+ScheduleKind = Literal["constant", "step", "warmup_cosine", "pytc_warmup_cosine", "pytc_warmup_step"]
+RegularizerKind = Literal["binary", "fg_contour", "contour_dt", "fg_dt", "nonoverlap"]
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
@@ -115,15 +129,41 @@ class TrainingModelSection(Section):
 
 
 class LossSection(Section):
-    """Loss weights of a head; a weight left out takes the target's default."""
+    """Loss weights of a head; a weight left out takes the target's default. `ce` may weigh each
+    class (`class_weight`, one per class: PyTC's WeightedCE); `mse` is the squared error of the
+    tanh of a distance head (PyTC's WeightedMSE)."""
 
     bce: NonNegFloat | None = None
     dice: NonNegFloat | None = None
     ce: NonNegFloat | None = None
+    mse: NonNegFloat | None = None
+    class_weight: Annotated[list[NonNegFloat], Field(min_length=2)] | None = None
+    # channel: each (sample, channel) its own Dice (smoothing 1); pytc: PyTC's DiceLoss (a sample's
+    # channels together, smoothing 100)
+    dice_style: Literal["channel", "pytc"] = "channel"
+
+
+class DistanceSection(Section):
+    """PyTC's semantic distance target (`6-<mode>-<alpha_fore>-<alpha_back>`)."""
+
+    mode: Literal["2d", "3d"] = "2d"
+    alpha_fore: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 8.0
+    alpha_back: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 50.0
+
+
+class InstanceDistanceSection(Section):
+    """PyTC's instance distance target (`5-<mode>-<padding>-<quantize>-<z_res>-<erosion>`)."""
+
+    mode: Literal["2d", "3d"] = "2d"
+    padding: StrictBool = False
+    quantize: StrictBool = False  # PyTC's 11 levels as classes, learnt by ce
+    z_resolution: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 5.0
+    erosion: Annotated[int, Field(strict=True, ge=0, le=16)] = 0
 
 
 class TargetSection(Section):
-    """What one output head learns (`semantic` with its number of `classes`), and its loss."""
+    """What one output head learns (`semantic` with its number of `classes`, `distance` and
+    `instance_distance` with their options), and its loss."""
 
     kind: TargetKind
     loss: LossSection | None = None
@@ -131,12 +171,28 @@ class TargetSection(Section):
     # PyTC's MODEL.LABEL_EROSION / LABEL_DILATION of this target: in-plane voxels
     label_erosion: Annotated[int, Field(strict=True, ge=0, le=64)] = 0
     label_dilation: Annotated[int, Field(strict=True, ge=0, le=64)] = 0
+    distance: DistanceSection | None = None
+    instance_distance: InstanceDistanceSection | None = None
+    exclusive: StrictBool = False  # polarity only: PyTC's 1-1 (three exclusive classes, by ce)
+    # affinity only: PyTC's long-range affinities (2-z-y-x-v1), the (z, y, x) steps to the neighbour
+    offsets: PosTriple | None = None
+
+
+class RegularizerSection(Section):
+    """A PyTC regulariser added to the loss: `kind` over the heads at `targets` (indices into
+    `targets`, as PyTC's REGU_TARGET), times `weight`."""
+
+    kind: RegularizerKind
+    targets: Annotated[list[NonNegInt], Field(min_length=1, max_length=2)]
+    weight: NonNegFloat = 1.0
 
 
 class ScheduleSection(Section):
     """The learning-rate schedule: `constant`, `step` (at `milestones` or every `step_size`), or
     `warmup_cosine` (warm-up, then a cosine to `min_lr_ratio`), or `pytc_warmup_cosine` (PyTC v1's
-    WarmupCosineLR: the warm-up factor times a half cosine over all iterations)."""
+    WarmupCosineLR: the warm-up factor times a half cosine over all iterations), or
+    `pytc_warmup_step` (PyTC v1's WarmupMultiStepLR: the warm-up factor times `gamma` per milestone
+    passed)."""
 
     kind: ScheduleKind = "constant"
     milestones: Annotated[list[PosInt], Field(min_length=1)] | None = None
@@ -158,6 +214,14 @@ class SolverSection(Section):
     # one: every parameter in one group; pytc: PyTC v1's groups (one per parameter, no weight decay
     # for biases and normalisation layers), so PyTC and this service load each other's checkpoints
     param_groups: Literal["one", "pytc"] = "one"
+    # with param_groups: pytc, PyTC's BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS and WEIGHT_DECAY_NORM
+    bias_lr_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    weight_decay_bias: NonNegFloat = 0.0
+    weight_decay_norm: NonNegFloat = 0.0
+    betas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)] = [
+        0.9,
+        0.999,
+    ]
     schedule: ScheduleSection = ScheduleSection()
     clip_grad_norm: Annotated[float, Field(gt=0.0)] | None = None
     iterations: PosInt
@@ -257,6 +321,7 @@ class TrainingDocument(Section):
     validation: ValidationSection | None = None
     model: TrainingModelSection
     targets: Targets
+    regularization: list[RegularizerSection] | None = None
     solver: SolverSection
     sampling: SamplingSection
     checkpoint: CheckpointSection
@@ -285,6 +350,7 @@ def parse_training(
     document = require_kind(doc, "training")
     parsed = validate(TrainingDocument, document)
     heads = tuple(_head(t, i) for i, t in enumerate(parsed.targets))
+    regularizers = tuple(_regularizer(r, i, heads) for i, r in enumerate(parsed.regularization or ()))
     model = _model(parsed.model, roots)
     _check_out_channels(model, heads)
     check_model_parameters(architecture_parameters(model.architecture, model.config_dict()), limits)
@@ -305,6 +371,7 @@ def parse_training(
         validation=_validation(parsed.validation, roots) if parsed.validation else None,
         compute=TrainingCompute(compute.device, compute.precision, compute.threads),
         register_as=parsed.register_as,
+        regularizers=regularizers,
         document=canonical_json(document),
         data_roots=tuple(str(root) for root in roots),
     )
@@ -376,18 +443,87 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         )
     if target.kind != "semantic" and target.classes is not None:
         raise SpecError(f"{where}.classes", f"only semantic targets have classes, not {target.kind}")
-    base = default_loss(target.kind)
+    for name, kind in (("distance", "distance"), ("instance_distance", "instance_distance")):
+        if target.kind != kind and getattr(target, name) is not None:
+            raise SpecError(f"{where}.{name}", f"only {kind} targets have these options, not {target.kind}")
+    if target.offsets is not None and target.kind != "affinity":
+        raise SpecError(f"{where}.offsets", f"only affinity targets have offsets, not {target.kind}")
+    if target.offsets is not None and max(target.offsets) > 64:
+        raise SpecError(f"{where}.offsets", f"at most 64 voxels, got {list(target.offsets)}")
+    if target.exclusive and target.kind != "polarity":
+        raise SpecError(f"{where}.exclusive", f"only polarity targets are exclusive, not {target.kind}")
+    distance: DistanceSpec | InstanceDistanceSpec | None = None
+    if target.kind == "distance":
+        d = target.distance or DistanceSection()
+        distance = DistanceSpec(d.mode, d.alpha_fore, d.alpha_back)
+    if target.kind == "instance_distance":
+        i = target.instance_distance or InstanceDistanceSection()
+        distance = InstanceDistanceSpec(i.mode, i.padding, i.quantize, i.z_resolution, i.erosion)
+    quantized = isinstance(distance, InstanceDistanceSpec) and distance.quantize
+    # heads learnt by softmax classes (ce) and heads learnt by the squared error of their tanh (mse)
+    classes = {"semantic": target.classes}.get(target.kind, 3 if target.exclusive else None)
+    classes = QUANTIZED_LEVELS if quantized else classes
+    by_mse = target.kind in ("distance", "instance_distance") and not quantized
+    base = default_loss("semantic" if classes is not None else target.kind)
     given = target.loss or LossSection()
     loss = LossWeights(
         bce=base.bce if given.bce is None else given.bce,
         dice=base.dice if given.dice is None else given.dice,
         ce=base.ce if given.ce is None else given.ce,
+        mse=base.mse if given.mse is None else given.mse,
+        class_weight=tuple(given.class_weight) if given.class_weight is not None else None,
+        dice_style=given.dice_style,
     )
-    if loss.ce and target.kind != "semantic":
-        raise SpecError(f"{where}.loss.ce", "cross-entropy needs a semantic target; use bce")
-    if not (loss.bce or loss.dice or loss.ce):
+    if by_mse and (loss.bce or loss.dice or loss.ce):
+        raise SpecError(f"{where}.loss", f"a {target.kind} target (in [-1, 1]) learns by mse only")
+    if loss.ce and classes is None:
+        raise SpecError(
+            f"{where}.loss.ce", "cross-entropy needs a semantic, exclusive or quantized target; use bce"
+        )
+    if loss.class_weight is not None and classes is not None and len(loss.class_weight) != classes:
+        raise SpecError(
+            f"{where}.loss.class_weight",
+            f"{len(loss.class_weight)} weights for {classes} classes; give one per class",
+        )
+    if loss.class_weight is not None and not loss.ce:
+        raise SpecError(f"{where}.loss.class_weight", "weighs the cross-entropy (ce), whose weight is 0")
+    if loss.mse and not by_mse:
+        raise SpecError(
+            f"{where}.loss.mse",
+            f"the squared error of tanh goes with (unquantized) distance targets, not {target.kind}",
+        )
+    if not (loss.bce or loss.dice or loss.ce or loss.mse):
         raise SpecError(f"{where}.loss", "every loss weight is 0; this head would learn nothing")
-    return HeadSpec(target.kind, loss, target.classes, target.label_erosion, target.label_dilation)
+    return HeadSpec(
+        target.kind,
+        loss,
+        target.classes,
+        label_erosion=target.label_erosion,
+        label_dilation=target.label_dilation,
+        distance=distance,
+        exclusive=target.exclusive,
+        offsets=triple(target.offsets) if target.offsets is not None else None,
+    )
+
+
+def _regularizer(section: RegularizerSection, index: int, heads: tuple[HeadSpec, ...]) -> RegularizerSpec:
+    where = f"regularization[{index}]"
+    wanted = REGULARIZER_HEADS[section.kind]
+    if len(section.targets) != len(wanted):
+        raise SpecError(
+            f"{where}.targets", f"{section.kind} takes {len(wanted)} target(s), got {len(section.targets)}"
+        )
+    for i, (head, kinds) in enumerate(zip(section.targets, wanted, strict=True)):
+        if head >= len(heads):
+            raise SpecError(f"{where}.targets[{i}]", f"{head} is not a target index (0..{len(heads) - 1})")
+        if heads[head].kind not in kinds or ("distance" in kinds and heads[head].channels != 1):
+            raise SpecError(
+                f"{where}.targets[{i}]",
+                f"{section.kind} takes a {' or '.join(kinds)} target here"
+                f"{' (one channel)' if 'distance' in kinds else ''}; "
+                f"targets[{head}] is {heads[head].kind} ({heads[head].channels} channel(s))",
+            )
+    return RegularizerSpec(section.kind, tuple(section.targets), section.weight)
 
 
 def _check_out_channels(model: TrainingModelSpec, heads: tuple[HeadSpec, ...]) -> None:
@@ -408,8 +544,19 @@ def _solver(section: SolverSection) -> SolverSpec:
         section.lr,
         section.weight_decay,
         section.momentum,
+        betas=(section.betas[0], section.betas[1]),
         param_groups=section.param_groups,
+        bias_lr_factor=section.bias_lr_factor,
+        weight_decay_bias=section.weight_decay_bias,
+        weight_decay_norm=section.weight_decay_norm,
     )
+    if section.param_groups == "one" and (
+        section.bias_lr_factor != 1.0 or section.weight_decay_bias or section.weight_decay_norm
+    ):
+        raise SpecError(
+            "solver.param_groups",
+            "bias_lr_factor, weight_decay_bias and weight_decay_norm need param_groups: pytc",
+        )
     return SolverSpec(
         optimizer=optimizer,
         schedule=_schedule(section.schedule, section.iterations),
@@ -425,12 +572,18 @@ def _schedule(section: ScheduleSection, iterations: int) -> ScheduleSpec:
     where = "solver.schedule"
     if section.kind == "step" and (section.milestones is None) == (section.step_size is None):
         raise SpecError(where, "a step schedule needs milestones: [...] or step_size: N (one of them)")
-    if section.kind != "step" and (section.milestones is not None or section.step_size is not None):
+    if section.kind == "pytc_warmup_step" and (section.milestones is None or section.step_size is not None):
+        raise SpecError(where, "a pytc_warmup_step schedule needs milestones: [...] (and no step_size)")
+    if section.kind not in ("step", "pytc_warmup_step") and (
+        section.milestones is not None or section.step_size is not None
+    ):
         raise SpecError(where, f"milestones and step_size go with kind: step, not {section.kind}")
     if section.kind == "warmup_cosine" and section.warmup >= iterations:
         raise SpecError(f"{where}.warmup", f"{section.warmup} warmup iterations of {iterations} in all")
-    if section.kind == "pytc_warmup_cosine" and section.min_lr_ratio:
-        raise SpecError(f"{where}.min_lr_ratio", "goes with kind: warmup_cosine; PyTC's cosine ends at 0")
+    if section.kind in ("pytc_warmup_cosine", "pytc_warmup_step") and section.min_lr_ratio:
+        raise SpecError(
+            f"{where}.min_lr_ratio", "goes with kind: warmup_cosine only (PyTC's schedules have no floor)"
+        )
     return ScheduleSpec(
         kind=section.kind,
         milestones=tuple(sorted(section.milestones or ())),

@@ -75,21 +75,6 @@ REFUSED_IN_TRAINING: dict[str, str] = {
     "DATASET.VAL_LABEL_NAME": "as DATASET.VAL_IMAGE_NAME",
     "DATASET.VAL_VALID_MASK_NAME": "as DATASET.VAL_IMAGE_NAME",
     "MODEL.TARGET_OPT_MULTISEG_SPLIT": "multi-segmentation splits are not a target here",
-    "MODEL.REGU_OPT": (
-        "PyTC adds regularisation losses between heads (BinaryReg, FgDT and ContourDT consistency, "
-        "NonoverlapReg); our trainer's loss is the targets' own (bce, dice, ce) only"
-    ),
-    "MODEL.REGU_TARGET": "as MODEL.REGU_OPT",
-    "MODEL.REGU_WEIGHT": "as MODEL.REGU_OPT",
-    "MODEL.LOSS_KWARGS_KEY": (
-        "PyTC passes these keyword arguments to its loss classes (e.g. WeightedCE's class weights); our "
-        "trainer's losses take none"
-    ),
-    "MODEL.LOSS_KWARGS_VAL": "as MODEL.LOSS_KWARGS_KEY",
-    "SOLVER.BIAS_LR_FACTOR": "biases learn at the base rate (PyTC's default 1.0)",
-    "SOLVER.WEIGHT_DECAY_BIAS": "biases have no weight decay (PyTC's default 0.0)",
-    "SOLVER.WEIGHT_DECAY_NORM": "normalisation layers have no weight decay (PyTC's default 0.0)",
-    "SOLVER.BETAS": "Adam's betas are PyTorch's defaults",
     "SOLVER.SWA.ENABLED": "stochastic weight averaging is not done (SWA checkpoints load for inference)",
     "AUGMENTOR.SMOOTH": "label smoothing after augmentation is not done",
     "AUGMENTOR.COPYPASTE.ENABLED": "copy-paste augmentation is not done",

@@ -8,7 +8,8 @@ the end); each voxel is scored once, by the first tile that holds it::
     scored  [   t0     ][   t1     ][t2]
 
 Only one tile is in memory at a time. A head's prediction is its activation (sigmoid; softmax's
-arg-max for semantic heads) thresholded at ``threshold``; counts are summed over the volume.
+arg-max for semantic heads) thresholded at ``threshold``, and a distance head's foreground (tanh > 0,
+against target > 0); counts are summed over the volume.
 """
 
 from __future__ import annotations
@@ -87,9 +88,13 @@ def _tile_counts(
         if head.activation == "softmax":
             pred = torch.nn.functional.one_hot(head_out.argmax(dim=0), head.channels).permute(3, 0, 1, 2)
             predicted = pred.numpy().astype(bool)
+            truth = targets[start:stop] > 0.5
+        elif head.activation == "tanh":  # a distance head: its foreground (distance > 0)
+            predicted = (torch.tanh(head_out) > 0).numpy()
+            truth = targets[start:stop] > 0
         else:
             predicted = (torch.sigmoid(head_out) > threshold).numpy()
-        truth = targets[start:stop] > 0.5
+            truth = targets[start:stop] > 0.5
         predicted, truth = predicted[(slice(None), *scored)], truth[(slice(None), *scored)]
         rows.append(
             [

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
+from models.training_config import HeadSpec, OptimizerSpec, RegularizerSpec, ScheduleSpec
 from volumes.augment import AugmentSpec
 from volumes.box import Box
 from workers.inference.job import Device, Normalize, Precision
@@ -130,6 +130,7 @@ class TrainingJob:
     validation: ValidationSpec | None = None
     compute: TrainingCompute = field(default_factory=TrainingCompute)
     register_as: str | None = None
+    regularizers: tuple[RegularizerSpec, ...] = ()  # PyTC's MODEL.REGU_OPT
     document: str = "{}"  # the submitted document as canonical JSON
     # The data roots (resolved) its paths were confined to at admission; the task confines the data
     # it opens and the checkpoints and records it writes again (workers.confine). () = not confined.
@@ -148,12 +149,14 @@ class TrainingJob:
             "version": TRAINING_KEY_VERSION,
             "data": _data_key(self.data),
             "model": asdict(self.model),
-            "heads": [_without_defaults(asdict(h), HEAD_KEY_DEFAULTS) for h in self.heads],
+            "heads": [_head_key(h) for h in self.heads],
             "solver": _solver_key(self.solver),
             "sampling": _sampling_key(self.sampling),
             "checkpoint": {"resume_from": self.checkpoint.resume_from, "restart": self.checkpoint.restart},
             "precision": self.compute.precision,
         }
+        if self.regularizers:
+            payload["regularizers"] = [asdict(r) for r in self.regularizers]
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -212,12 +215,21 @@ def _solver_key(solver: SolverSpec) -> dict[str, Any]:
     payload = {k: v for k, v in asdict(solver).items() if k != "save_every"}
     if payload["optimizer"]["param_groups"] == "one":
         del payload["optimizer"]["param_groups"]
+    payload["optimizer"] = _without_defaults(payload["optimizer"], OPTIMIZER_KEY_DEFAULTS)
     return payload
 
 
 # Fields added after runs were keyed: left out of the key at their defaults, so those runs keep
 # their keys (and resume from their checkpoints).
-HEAD_KEY_DEFAULTS: dict[str, Any] = {"label_erosion": 0, "label_dilation": 0}
+HEAD_KEY_DEFAULTS: dict[str, Any] = {
+    "label_erosion": 0, "label_dilation": 0, "distance": None, "exclusive": False, "offsets": None,
+}  # fmt: skip
+LOSS_KEY_DEFAULTS: dict[str, Any] = {"mse": 0.0, "class_weight": None, "dice_style": "channel"}
+OPTIMIZER_KEY_DEFAULTS: dict[str, Any] = {
+    "bias_lr_factor": 1.0,
+    "weight_decay_bias": 0.0,
+    "weight_decay_norm": 0.0,
+}
 AUGMENT_KEY_DEFAULTS: dict[str, Any] = {"ztranspose": False}
 
 
@@ -239,4 +251,10 @@ def _sampling_key(sampling: SamplingSpec) -> dict[str, Any]:
         if k not in ("prefetch_threads", "prefetch_depth", "chunk_cache_bytes")
     }
     payload["augment"] = _without_defaults(payload["augment"], AUGMENT_KEY_DEFAULTS)
+    return payload
+
+
+def _head_key(head: HeadSpec) -> dict[str, Any]:
+    payload = _without_defaults(asdict(head), HEAD_KEY_DEFAULTS)
+    payload["loss"] = _without_defaults(payload["loss"], LOSS_KEY_DEFAULTS)
     return payload

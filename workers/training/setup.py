@@ -117,6 +117,7 @@ def make_trainer(job: TrainingJob, model: nn.Module, device: torch.device) -> Tr
         iterations=solver.iterations,
         clip_grad_norm=solver.clip_grad_norm,
         precision=job.compute.precision,
+        regularizers=job.regularizers,
     )
     return Trainer(model, config, device)
 

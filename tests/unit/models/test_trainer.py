@@ -213,3 +213,39 @@ def test_pytc_parameter_groups_are_pytcs_solver_layout() -> None:
         assert group["weight_decay"] == (0.0 if bare else 0.5) and group["lr"] == 0.1
     one = build_optimizer(model, OptimizerSpec("sgd", lr=0.1, weight_decay=0.5))
     assert len(one.param_groups) == 1 and one.param_groups[0]["params"] == params
+
+
+def test_pytc_heads_and_regularisers_train_and_biases_follow_their_factor() -> None:
+    """Binary, distance and polarity heads with PyTC's FgDT and Nonoverlap regularisers: the step's
+    loss is the heads' and the weighted regularisers' sum on the model's logits, and biases learn
+    at ``bias_lr_factor`` times the scheduled rate."""
+    from models.losses import regularization, split_heads
+    from models.targets import make_targets
+    from models.training_config import DistanceSpec, RegularizerSpec
+
+    heads = (
+        HeadSpec("binary"),
+        HeadSpec("distance", LossWeights(0.0, 0.0, mse=4.0), distance=DistanceSpec("2d", 4.0, 50.0)),
+        HeadSpec("polarity"),
+    )
+    regus = (RegularizerSpec("fg_dt", (0, 1), 0.5), RegularizerSpec("nonoverlap", (2,), 4.0))
+    label = np.zeros((5, 11, 11), dtype=np.int64)
+    label[1:4, 2:6, 2:7], label[1:4, 6:10, 3:9] = 3, 4
+    targets = make_targets(label, heads, 1)[None]
+    image = np.random.default_rng(0).random((1, 1, *PATCH), dtype=np.float32)
+    seed_everything(0)
+    model = build_unet3d({**CONFIG, "out_channels": 5})
+    spec = OptimizerSpec("sgd", lr=0.01, param_groups="pytc", bias_lr_factor=2.0)
+    schedule = ScheduleSpec("pytc_warmup_step", milestones=(1,), gamma=0.5, warmup=0)
+    t = Trainer(model, TrainerConfig(heads, spec, schedule, 3, None, regularizers=regus))
+    with torch.no_grad():  # the logits the step will see (train mode: batch statistics)
+        parts = split_heads(t.model.train()(torch.from_numpy(image)), heads)
+    expected_regu = [r.weight * float(regularization(r, parts)) for r in regus]
+    stats = t.step(image, targets)
+    assert len(stats.head_losses) == 5 and stats.head_losses[3:] == pytest.approx(expected_regu, rel=1e-5)
+    assert stats.loss == pytest.approx(sum(stats.head_losses), rel=1e-6)
+    biases = {id(p) for name, p in model.named_parameters() if name.endswith(".bias")}
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d) for p in m.parameters()}
+    for group in t.optimizer.param_groups:  # after one step: past the milestone, gamma 0.5
+        is_bias = id(group["params"][0]) in biases - norms
+        assert group["lr"] == pytest.approx(0.005 * (2.0 if is_bias else 1.0))

@@ -73,6 +73,90 @@ def test_extensions(tmp_path: Path) -> None:
     assert parse(training_doc(**{"solver.schedule": "constant"}), tmp_path).solver.schedule.kind == "constant"
 
 
+def test_pytc_targets_losses_regularisers_and_solver_options(tmp_path: Path) -> None:
+    doc = training_doc(
+        **{
+            "targets": [
+                {"kind": "binary", "loss": {"dice_style": "pytc"}},
+                {"kind": "distance", "distance": {"mode": "3d", "alpha_fore": 4}, "loss": {"mse": 5.0}},
+                {"kind": "polarity", "exclusive": True, "loss": {"class_weight": [1, 10, 10]}},
+                "polarity",
+            ],
+            "regularization": [
+                {"kind": "fg_dt", "targets": [0, 1], "weight": 0.5},
+                {"kind": "nonoverlap", "targets": [3]},
+            ],
+            "model.config.out_channels": 8,
+            "solver.param_groups": "pytc",
+            "solver.bias_lr_factor": 2.0,
+            "solver.weight_decay_bias": 0.01,
+            "solver.weight_decay_norm": 0.001,
+            "solver.betas": [0.8, 0.9],
+            "solver.schedule": {"kind": "pytc_warmup_step", "milestones": [4, 2], "warmup": 1, "gamma": 0.5},
+        }
+    )
+    job = parse(doc, tmp_path)
+    assert [h.channels for h in job.heads] == [1, 1, 3, 3]
+    assert [h.activation for h in job.heads] == ["sigmoid", "tanh", "softmax", "sigmoid"]
+    assert job.heads[0].loss.dice_style == "pytc" and job.heads[3].loss.dice_style == "channel"
+    distance = job.heads[1]
+    assert distance.distance is not None and distance.distance.mode == "3d"
+    assert (distance.distance.alpha_fore, distance.distance.alpha_back) == (4.0, 50.0)
+    assert (distance.loss.mse, distance.loss.bce, distance.loss.dice) == (5.0, 0.0, 0.0)
+    assert job.heads[2].loss.ce == 1.0 and job.heads[2].loss.class_weight == (1.0, 10.0, 10.0)
+    assert [(r.kind, r.heads, r.weight) for r in job.regularizers] == [
+        ("fg_dt", (0, 1), 0.5),
+        ("nonoverlap", (3,), 1.0),
+    ]
+    far = parse(
+        training_doc(
+            **{"targets": [{"kind": "affinity", "offsets": [2, 9, 9]}], "model.config.out_channels": 3}
+        ),
+        tmp_path,
+    ).heads[0]
+    assert far.offsets == (2, 9, 9) and far.channels == 3
+    quantized = parse(
+        training_doc(
+            **{
+                "targets": [
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True, "mode": "3d"}}
+                ],
+                "model.config.out_channels": 11,
+            }
+        ),
+        tmp_path,
+    ).heads[0]
+    assert (quantized.channels, quantized.activation, quantized.loss.ce, quantized.loss.mse) == (
+        11,
+        "softmax",
+        1.0,
+        0,
+    )
+    opt = job.solver.optimizer
+    assert (opt.bias_lr_factor, opt.weight_decay_bias, opt.weight_decay_norm) == (2.0, 0.01, 0.001)
+    assert opt.betas == (0.8, 0.9)
+    assert job.solver.schedule.kind == "pytc_warmup_step" and job.solver.schedule.milestones == (2, 4)
+    assert parse(training_doc(), tmp_path).job_key() != job.job_key()
+    without = dict(doc)
+    del without["regularization"]
+    assert parse(without, tmp_path).job_key() != job.job_key()
+
+
+def test_job_keys_of_jobs_without_the_pytc_options_are_unchanged() -> None:
+    """Fields added for PyTC's options stay out of the key at their defaults, so a run from before
+    them resumes from its checkpoints."""
+    from models.training_config import HeadSpec, OptimizerSpec, ScheduleSpec
+    from workers.training.job import SolverSpec, _head_key, _solver_key
+
+    assert _head_key(HeadSpec("binary")) == {
+        "kind": "binary",
+        "loss": {"bce": 1.0, "dice": 0.5, "ce": 0.0},
+        "classes": None,
+    }
+    solver = _solver_key(SolverSpec(OptimizerSpec(param_groups="pytc"), ScheduleSpec(), 5))
+    assert set(solver["optimizer"]) == {"kind", "lr", "weight_decay", "momentum", "betas", "param_groups"}
+
+
 def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> None:
     key = parse(training_doc(), tmp_path).job_key()
     same = training_doc(
@@ -111,6 +195,78 @@ def test_job_key_ignores_what_does_not_change_the_weights(tmp_path: Path) -> Non
         ({"register_as": "bad name/x"}, "register_as", "pattern"),
         ({"sampling.prefetch": {"threads": 0}}, "sampling.prefetch.threads", "1"),
         ({"sampling.reject": {"probabilty": 1}}, "sampling.reject.probabilty", "probability"),
+        ({"targets": [{"kind": "binary", "loss": {"mse": 1.0}}]}, "targets[0].loss.mse", "distance"),
+        ({"targets": [{"kind": "distance", "loss": {"bce": 1.0}}]}, "targets[0].loss", "mse only"),
+        (
+            {"targets": [{"kind": "binary", "distance": {"mode": "3d"}}]},
+            "targets[0].distance",
+            "only distance",
+        ),
+        ({"targets": [{"kind": "distance", "distance": {"mode": "4d"}}]}, "targets[0].distance.mode", "2d"),
+        ({"targets": [{"kind": "binary", "exclusive": True}]}, "targets[0].exclusive", "only polarity"),
+        ({"targets": [{"kind": "binary", "offsets": [1, 2, 2]}]}, "targets[0].offsets", "only affinity"),
+        (
+            {"targets": [{"kind": "binary", "instance_distance": {"mode": "3d"}}]},
+            "targets[0].instance_distance",
+            "only instance_distance",
+        ),
+        (
+            {
+                "targets": [
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True}, "loss": {"mse": 1}}
+                ]
+            },
+            "targets[0].loss.mse",
+            "unquantized",
+        ),
+        (
+            {
+                "targets": [
+                    "binary",
+                    {"kind": "instance_distance", "instance_distance": {"quantize": True}},
+                ],
+                "model.config.out_channels": 12,
+                "regularization": [{"kind": "fg_dt", "targets": [0, 1]}],
+            },
+            "regularization[0].targets[1]",
+            "fg_dt takes",
+        ),
+        (
+            {
+                "targets": [{"kind": "semantic", "classes": 3, "loss": {"class_weight": [1, 2]}}],
+                "model.config.out_channels": 3,
+            },
+            "targets[0].loss.class_weight",
+            "2 weights for 3 classes",
+        ),
+        (
+            {
+                "targets": [
+                    {
+                        "kind": "polarity",
+                        "exclusive": True,
+                        "loss": {"ce": 0, "dice": 1, "class_weight": [1, 2, 3]},
+                    }
+                ]
+            },
+            "targets[0].loss.class_weight",
+            "ce",
+        ),
+        ({"regularization": [{"kind": "fg_dt", "targets": [0]}]}, "regularization[0].targets", "takes 2"),
+        (
+            {"regularization": [{"kind": "binary", "targets": [1]}]},
+            "regularization[0].targets[0]",
+            "not a target",
+        ),
+        (
+            {"regularization": [{"kind": "nonoverlap", "targets": [0]}]},
+            "regularization[0].targets[0]",
+            "polarity target here; targets[0] is binary (1 channel(s))",
+        ),
+        ({"regularization": [{"kind": "l2", "targets": [0]}]}, "regularization[0].kind", "fg_dt"),
+        ({"solver.schedule": {"kind": "pytc_warmup_step"}}, "solver.schedule", "milestones"),
+        ({"solver.bias_lr_factor": 2.0}, "solver.param_groups", "param_groups: pytc"),
+        ({"solver.betas": [0.9]}, "solver.betas", "at least 2"),
     ],
 )
 def test_bad_documents_name_the_field(

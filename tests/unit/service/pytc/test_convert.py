@@ -127,10 +127,195 @@ def test_training_mapping() -> None:
     assert doc["checkpoint"]["dir"] == "out/" and doc["sampling"]["patch_size"] == [5, 17, 17]
 
 
+DT_HEADS = [
+    "MODEL.TARGET_OPT", "['0', '6-2d-4-50']",
+    "MODEL.LOSS_OPTION", "[['WeightedBCEWithLogitsLoss', 'DiceLoss'], ['WeightedMSE']]",
+    "MODEL.OUTPUT_ACT", "[['none', 'sigmoid'], ['tanh']]",
+    "MODEL.LOSS_WEIGHT", "[[1.0, 1.0], [4.0]]",
+    "MODEL.WEIGHT_OPT", "[['1', '0'], ['0']]",
+]  # fmt: skip
+CE_HEAD = [
+    "MODEL.TARGET_OPT", "['1-1']", "MODEL.OUT_PLANES", "3",
+    "MODEL.LOSS_OPTION", "[['WeightedCE']]", "MODEL.OUTPUT_ACT", "[['none']]",
+    "MODEL.LOSS_WEIGHT", "[[1.0]]", "MODEL.WEIGHT_OPT", "[['0']]",
+]  # fmt: skip
+
+
+def test_training_maps_targets_losses_regularisers_and_solver_options() -> None:
+    regu = ["MODEL.REGU_OPT", "['FgDT']", "MODEL.REGU_TARGET", "[[0, 1]]", "MODEL.REGU_WEIGHT", "[0.5]"]
+    solver = [
+        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(100, 200)", "SOLVER.GAMMA", "0.5",
+        "SOLVER.WARMUP_ITERS", "50", "SOLVER.BIAS_LR_FACTOR", "2.0", "SOLVER.WEIGHT_DECAY_BIAS", "0.01",
+        "SOLVER.WEIGHT_DECAY_NORM", "0.001", "SOLVER.BETAS", "(0.8, 0.9)",
+    ]  # fmt: skip
+    doc = _converted([*DT_HEADS, *regu, *solver, "DATASET.LABEL_NAME", "label.h5"], inference=False)
+    validate(TrainingDocument, doc)
+    assert doc["targets"] == [
+        {"kind": "binary", "loss": {"bce": 1.0, "dice": 1.0, "ce": 0.0, "dice_style": "pytc"}},
+        {
+            "kind": "distance",
+            "loss": {"bce": 0.0, "dice": 0.0, "ce": 0.0, "mse": 4.0},
+            "distance": {"mode": "2d", "alpha_fore": 4.0, "alpha_back": 50.0},
+        },
+    ]
+    assert doc["regularization"] == [{"kind": "fg_dt", "targets": [0, 1], "weight": 0.5}]
+    assert doc["solver"]["schedule"] == {
+        "kind": "pytc_warmup_step", "milestones": [100, 200], "gamma": 0.5,
+        "warmup": 50, "warmup_factor": 0.001,
+    }  # fmt: skip
+    assert (doc["solver"]["bias_lr_factor"], doc["solver"]["weight_decay_bias"]) == (2.0, 0.01)
+    assert doc["solver"]["weight_decay_norm"] == 0.001 and doc["solver"]["betas"] == [0.8, 0.9]
+    kwargs = [
+        "MODEL.LOSS_KWARGS_KEY",
+        "[[['class_weight']]]",
+        "MODEL.LOSS_KWARGS_VAL",
+        "[[[[1.0, 10.0, 10.0]]]]",
+    ]
+    doc = _converted([*CE_HEAD, *kwargs, "DATASET.LABEL_NAME", "label.h5"], inference=False)
+    validate(TrainingDocument, doc)
+    assert doc["targets"] == [
+        {
+            "kind": "polarity",
+            "exclusive": True,
+            "loss": {"bce": 0.0, "dice": 0.0, "ce": 1.0, "class_weight": [1.0, 10.0, 10.0]},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "loss", "act", "expected"),
+    [
+        (
+            "5-3d-1-0-1.0-0", "WeightedMSE", "tanh",
+            {"mode": "3d", "padding": True, "quantize": False, "z_resolution": 1.0, "erosion": 0},
+        ),
+        (
+            "5", "WeightedMSE", "tanh",
+            {"mode": "2d", "padding": False, "quantize": False, "z_resolution": 5.0, "erosion": 0},
+        ),
+        (
+            "5-2d-0-1-5.0-2", "WeightedCE", "none",
+            {"mode": "2d", "padding": False, "quantize": True, "z_resolution": 5.0, "erosion": 2},
+        ),
+    ],
+)  # fmt: skip
+def test_instance_distance_targets_convert_as_seg2inst_edt_reads_them(
+    option: str, loss: str, act: str, expected: dict[str, Any]
+) -> None:
+    planes = 1 + (11 if expected["quantize"] else 1)
+    overrides = [
+        "MODEL.TARGET_OPT", f"['0', '{option}']", "MODEL.OUT_PLANES", str(planes),
+        "MODEL.LOSS_OPTION", f"[['WeightedBCEWithLogitsLoss'], ['{loss}']]",
+        "MODEL.OUTPUT_ACT", f"[['none'], ['{act}']]", "MODEL.LOSS_WEIGHT", "[[1.0], [5.0]]",
+        "MODEL.WEIGHT_OPT", "[['0'], ['0']]", "DATASET.LABEL_NAME", "label.h5",
+    ]  # fmt: skip
+    doc = _converted(overrides, inference=False)
+    validate(TrainingDocument, doc)
+    head = doc["targets"][1]
+    assert head["kind"] == "instance_distance" and head["instance_distance"] == expected
+    assert head["loss"][("ce" if expected["quantize"] else "mse")] == 5.0
+
+
+def test_long_range_affinities_convert_as_seg2aff_v1_reads_them() -> None:
+    overrides = [
+        "MODEL.TARGET_OPT", "['2-1-1-1-v1', '2-4-27-27-v1']", "MODEL.OUT_PLANES", "6",
+        "MODEL.LOSS_OPTION", "[['WeightedBCEWithLogitsLoss'], ['WeightedBCEWithLogitsLoss']]",
+        "MODEL.OUTPUT_ACT", "[['none'], ['none']]", "DATASET.LABEL_NAME", "label.h5",
+    ]  # fmt: skip
+    doc = _converted(overrides, inference=False)
+    validate(TrainingDocument, doc)
+    assert [t.get("offsets") for t in doc["targets"]] == [None, [4, 27, 27]]
+
+
+def test_class_rebalanced_weights_of_any_form_are_noted() -> None:
+    conversion = convert_pytc(
+        [("golden", GOLDEN.read_text())],
+        ["MODEL.WEIGHT_OPT", "[['1-1'], ['0']]", "DATASET.LABEL_NAME", "label.h5"],
+    )
+    assert any("MODEL.WEIGHT_OPT ['1-1'] (head 0)" in note for note in conversion.notes)
+
+
 @pytest.mark.parametrize(
     ("overrides", "inference", "field"),
     [
         (["MODEL.ARCHITECTURE", "unet_4d"], True, "MODEL.ARCHITECTURE"),
+        (
+            [
+                *DT_HEADS,
+                "MODEL.REGU_OPT",
+                "['L2']",
+                "MODEL.REGU_TARGET",
+                "[[0]]",
+                "MODEL.REGU_WEIGHT",
+                "[1.0]",
+            ],
+            False,
+            "MODEL.REGU_OPT",
+        ),
+        (
+            [
+                *DT_HEADS,
+                "MODEL.REGU_OPT",
+                "['FgDT']",
+                "MODEL.REGU_TARGET",
+                "[[1, 0]]",
+                "MODEL.REGU_WEIGHT",
+                "[1.0]",
+            ],
+            False,
+            "MODEL.REGU_TARGET",
+        ),
+        (
+            [*DT_HEADS, "MODEL.REGU_OPT", "['FgDT']", "MODEL.REGU_TARGET", "[[0, 1]]"],
+            False,
+            "MODEL.REGU_TARGET",
+        ),
+        (
+            [
+                *DT_HEADS,
+                "MODEL.REGU_OPT",
+                "['Nonoverlap']",
+                "MODEL.REGU_TARGET",
+                "[[0]]",
+                "MODEL.REGU_WEIGHT",
+                "[1.0]",
+            ],
+            False,
+            "MODEL.REGU_TARGET",
+        ),
+        (
+            [*CE_HEAD, "MODEL.LOSS_KWARGS_KEY", "[[['smooth']]]", "MODEL.LOSS_KWARGS_VAL", "[[[1.0]]]"],
+            False,
+            "MODEL.LOSS_KWARGS_KEY",
+        ),
+        (
+            [
+                *CE_HEAD,
+                "MODEL.LOSS_KWARGS_KEY",
+                "[[['class_weight']], []]",
+                "MODEL.LOSS_KWARGS_VAL",
+                "[[[[1.0]]], []]",
+            ],
+            False,
+            "MODEL.LOSS_KWARGS_KEY",
+        ),
+        ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '6-4d-4-50']"], False, "MODEL.TARGET_OPT"),
+        ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-x-0']"], False, "MODEL.TARGET_OPT"),
+        (["MODEL.TARGET_OPT", "['2-1-1-1-v2', '0']", "MODEL.OUT_PLANES", "4"], False, "MODEL.TARGET_OPT"),
+        (["MODEL.TARGET_OPT", "['2-1-0-1-v1', '0']", "MODEL.OUT_PLANES", "4"], False, "MODEL.TARGET_OPT"),
+        ([*DT_HEADS, "MODEL.TARGET_OPT", "['0', '5-3d-1-0-1.0']"], False, "MODEL.TARGET_OPT"),
+        ([*DT_HEADS, "MODEL.OUTPUT_ACT", "[['none', 'sigmoid'], ['none']]"], False, "MODEL.LOSS_OPTION"),
+        (["SOLVER.LR_SCHEDULER_NAME", "ReduceLROnPlateau"], False, "SOLVER.LR_SCHEDULER_NAME"),
+        (
+            ["SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(200, 100)"],
+            False,
+            "SOLVER.STEPS",
+        ),
+        (
+            ["SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.WARMUP_METHOD", "constant"],
+            False,
+            "SOLVER.WARMUP_METHOD",
+        ),
         (["INFERENCE.DO_EVAL", "False"], True, "INFERENCE.DO_EVAL"),
         (["INFERENCE.UNPAD", "False"], True, "INFERENCE.UNPAD"),
         (["INFERENCE.OUTPUT_SCALE", "[1.0, 0.5, 0.5]"], True, "INFERENCE.OUTPUT_SCALE"),
