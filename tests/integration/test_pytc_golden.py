@@ -99,8 +99,8 @@ def test_pytc_run_equals_pytcs_trainer_test(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # PyTC runs contiguous tensors; our channels-last CPU layout rounds differently (docs/pytc.md)
-    monkeypatch.setenv("PYTC_CHANNELS_LAST", "0")
+    # no PYTC_CHANNELS_LAST=0: the converted job asks for PyTC's contiguous layout itself
+    monkeypatch.delenv("PYTC_CHANNELS_LAST", raising=False)
     case = CASES[name]
     root = pytc_root(tmp_path, golden, name)
     argv = ["run", "--pytc-config", *map(str, case.files), *case.overrides, "--inference"]
