@@ -21,6 +21,7 @@ class Case:
     files: tuple[Path, ...]  # base, then the experiment if any
     overrides: tuple[str, ...]  # trailing KEY VALUE ..., as PyTC's main.py takes them
     upstream: bool  # PyTC's own config files (else a hand-made file beside this one)
+    own: tuple[str, ...] = ()  # the case's overrides beyond the common ones (docs/pytc.md's column)
     drawn: bool = False  # ``weights: drawn``: float weights from draw_state, not stored
 
     @property
@@ -45,12 +46,16 @@ def load_cases() -> list[Case]:
         upstream = not (HERE / entry["base"]).exists()  # else a hand-made file beside this one
         root = CONFIGS if upstream else HERE
         files = tuple(root / entry[k] for k in ("base", "experiment") if k in entry)
-        overrides = [*common] if upstream else []
-        if "filters" in entry:
-            overrides += ["MODEL.FILTERS", str(entry["filters"])]
-        overrides += [str(v) for pair in entry.get("overrides", []) for v in pair]
+        own = ["MODEL.FILTERS", str(entry["filters"])] if "filters" in entry else []
+        own += [str(v) for pair in entry.get("overrides", []) for v in pair]
+        # a key the case overrides itself replaces the common one (yacs refuses a str where the
+        # config holds a list, e.g. barcode's INFERENCE.IMAGE_NAME)
+        mine = set(own[::2])
+        pairs = zip(common[::2], common[1::2], strict=True)
+        kept = [item for pair in pairs if pair[0] not in mine for item in pair]
+        overrides = [*kept, *own] if upstream else own
         drawn = entry.get("weights", "stored") == "drawn"
-        cases.append(Case(entry["name"], files, tuple(overrides), upstream, drawn))
+        cases.append(Case(entry["name"], files, tuple(overrides), upstream, tuple(own), drawn))
     return cases
 
 
