@@ -4,10 +4,14 @@ The job goes through its kind (:mod:`service.kinds`) as it would in the service:
 names the field), admitted (the data here, the model where it will run; nothing written), run with a
 progress line and Ctrl-C as the cancel, summarised. The Dask cluster is ``--scheduler`` /
 ``PYTC_SCHEDULER``, or an embedded cluster (one worker on a thread of this process, or
-``--workers N`` processes on loopback). It starts only when the job runs, or when a check first
-needs a worker of another process: with the one embedded worker, the checks run in this process
-before any cluster exists (that worker would run them in this process anyway, and the model they
-load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
+``--workers N`` processes on loopback). It starts only when a kind first asks for it, or when a
+check first needs a worker of another process: with the one embedded worker, the checks run in this
+process before any cluster exists (that worker would run them in this process anyway, and the model
+they load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
+With that one worker the kinds that take a task pool (segmentation, every pyramid stage) run their
+tasks on a thread of this process (:class:`service.kinds.pool.ThreadPool`): the same task functions,
+done records and resume, without Dask's imports and start-up; a segmentation job then never starts a
+cluster at all.
 Without a service, ``register_as`` and ``model: {name: ...}`` use the file registry
 ``$PYTC_STATE_DIR/models.json``.
 """
@@ -44,6 +48,8 @@ from workers.limits import limits_from_env
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from service.kinds.pool import ThreadPool
 
 
 def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,12 +114,13 @@ def _run(args: argparse.Namespace) -> int:
             checked = kind.admit(job, AdmitEnv(cluster.call, limits))
             start_up_done()
             env = RunEnv(
-                cluster.client(),
+                cluster.client,
                 report=line or (lambda progress: None),
                 cancel=cancel,
                 models=registry,
                 notice=lambda text: print(text, file=sys.stderr) if not args.quiet else None,
                 limits=limits,
+                local=cluster.local_pool(),
             )
             result = kind.run(job, env, checked)
     except KeyboardInterrupt:
@@ -193,11 +200,14 @@ class LazyCluster:
         self.scheduler, self.n_workers = scheduler, n_workers
         self._client: Client | None = None
         self._cluster: Any = None
+        self._pool: ThreadPool | None = None
 
     def __enter__(self) -> LazyCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.close()
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:
@@ -213,6 +223,17 @@ class LazyCluster:
                 self._cluster = embedded_cluster(self.n_workers, in_process=self.in_process, dashboard=False)
                 self._client = connect(self._cluster)
         return self._client
+
+    def local_pool(self) -> ThreadPool | None:
+        """With the one embedded worker, a thread of this process for the kinds that take a task
+        pool (the worker would be a thread of this process too); else None (their tasks go to Dask)."""
+        if not self.in_process:
+            return None
+        if self._pool is None:
+            from service.kinds.pool import ThreadPool
+
+            self._pool = ThreadPool(1)
+        return self._pool
 
     @property
     def in_process(self) -> bool:

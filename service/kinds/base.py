@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from models.ref import ModelRef
+    from service.kinds.pool import TaskPool
     from service.store.models import ModelRegistry
 
 J = TypeVar("J")
@@ -107,7 +108,12 @@ class AdmitEnv:
 
 @dataclass
 class RunEnv:
-    client: Client
+    """What a run is given. ``dask`` is the Dask client, or what connects it on first use (``pytc
+    run``: its embedded cluster then starts only when a kind asks for :attr:`client`). ``local``:
+    a pool of this process's threads for the kinds that take a :class:`~service.kinds.pool.TaskPool`
+    (``pytc run`` with its one embedded worker); None: their tasks go to the Dask client."""
+
+    dask: Client | Callable[[], Client]
     report: Callable[[Progress], None] = lambda progress: None
     cancel: threading.Event = field(default_factory=threading.Event)
     models: ModelRegistry | None = None  # where a job's ``register_as`` lands
@@ -115,6 +121,23 @@ class RunEnv:
     priority: int = 0
     retries: int = 2
     limits: Limits = DEFAULT_LIMITS  # a run that was not just admitted checks its input against them
+    local: TaskPool | None = None
+
+    @property
+    def client(self) -> Client:
+        """The Dask client (connected now if it was not)."""
+        if hasattr(self.dask, "submit"):  # a Client; anything else is what connects one
+            return self.dask  # type: ignore[return-value]
+        return self.dask()  # type: ignore[operator]
+
+    @property
+    def pool(self) -> TaskPool:
+        """Where a kind's plain tasks run: :attr:`local`, else the Dask client's workers."""
+        if self.local is not None:
+            return self.local
+        from service.kinds.pool import DaskPool
+
+        return DaskPool(self.client)
 
 
 class JobKind(Protocol[J]):

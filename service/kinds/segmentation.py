@@ -8,8 +8,10 @@ steps, the inference's under ``details["parts"]["inference"]``.
 
 The run (:class:`workers.segmentation.run.SegmentationRun`) owns the order of the steps, what an
 earlier run finished and the final check; this kind checks the job and pumps the run's tasks
-through Dask, a few in flight per worker, stage by stage, then the label pyramid's
-(:func:`service.kinds.stages.drive_pyramid`). Progress is counted in steps (one block's
+through its task pool (:mod:`service.kinds.pool`: Dask, or a thread of ``pytc run``'s process with
+its one embedded worker), a few in flight per worker, stage by stage, then the label pyramid's
+(:func:`service.kinds.stages.drive_pyramid`). Without an inference stage nothing here imports
+Dask. Progress is counted in steps (one block's
 step, or a merge, and a pyramid chunk), with each stage's count in ``details["parts"]``.
 """
 
@@ -20,25 +22,25 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from distributed import Client, Future
 
 from service.documents.segmentation import SegmentationDocument, parse_segmentation, prefixed
 from service.errors import JobCancelledError, JobFailedError
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, Summary, Target
-from service.kinds.inference import INFERENCE, Checked
 from service.kinds.stages import drive_pyramid
-from service.kinds.waiting import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, wait_for_tasks, wait_some
+from service.kinds.timing import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S
 from service.progress import Progress, format_duration
 from workers.errors import BlockCancelledError, IncompleteRunError, SpecError
-from workers.inference.checks import open_input, roi_shape
 from workers.inference.rundir import RunDir
 from workers.segmentation.job import SegmentationJob, channels_read, check_input, open_prediction
 from workers.segmentation.run import SegmentationRun, Task, output_state
 from workers.segmentation.rundir import SegRunDir
 from workers.segmentation.steps import Plan, run_step
+
+if TYPE_CHECKING:
+    from service.kinds.inference import Checked
 
 STAGE = "inference."  # what the inference stage's errors are named under
 
@@ -71,6 +73,9 @@ class SegmentationKind:
             check_input(job, source, env.limits.max_input_voxels)
             output_state(Plan(job, tuple(source.shape), job.layout_key(tuple(source.shape), source.dtype)))
             return None
+        from service.kinds.inference import INFERENCE  # the inference engine: only with its stage
+        from workers.inference.checks import roi_shape
+
         try:
             stage = INFERENCE.admit(job.inference, env)
         except SpecError as err:
@@ -103,6 +108,9 @@ class SegmentationKind:
         """The inference stage, its progress reported as the whole job's (the segmentation's steps
         counted from the plan it will have); its result, with its last step count."""
         assert job.inference is not None
+        from service.kinds.inference import INFERENCE
+        from workers.inference.checks import open_input, roi_shape
+
         last: list[Progress] = []
         if checked is not None:
             spatial = checked.shape[1:]
@@ -143,10 +151,12 @@ class SegmentationKind:
         for folder in folders:
             SegRunDir(folder).request_cancel()
         if env is not None:
-            wait_for_tasks(env.client, tuple(f"pytc-seg-{f.name}-" for f in folders), CANCEL_WAIT_S)
+            env.pool.wait_idle(tuple(f"pytc-seg-{f.name}-" for f in folders), CANCEL_WAIT_S)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         if job.inference is not None:
+            from service.kinds.inference import INFERENCE
+
             INFERENCE.discard(job.inference, env)
 
     def summary(self, result: Mapping[str, Any]) -> Summary:
@@ -207,10 +217,9 @@ class _Driver:
     def __init__(self, run: SegmentationRun, env: RunEnv, before: dict[str, list[int]] | None = None) -> None:
         self.run, self.env = run, env
         self.before = before or {}  # the stages finished before this one: {name: [done, total]}
-        self.client: Client = env.client
-        workers = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        self.limit = max(2, 2 * workers)
-        self.in_flight: dict[Future, Task] = {}
+        self.pool = env.pool
+        self.limit = max(2, 2 * self.pool.workers)
+        self.in_flight: dict[Any, Task] = {}
         plan = run.plan
         self.prefix = f"pytc-seg-{plan.layout_key}-{plan.attempt}-"
 
@@ -225,7 +234,7 @@ class _Driver:
                     self.in_flight[self.submit(task)] = task
                 if not self.in_flight:
                     return
-                done = wait_some(list(self.in_flight), WAKE_S)
+                done = self.pool.wait_some(list(self.in_flight), WAKE_S)
                 if self.env.cancel.is_set():
                     self.stop()
                     raise JobCancelledError("job cancelled")
@@ -239,29 +248,25 @@ class _Driver:
             raise
         finally:
             if self.in_flight:
-                self.client.cancel(list(self.in_flight))
+                self.pool.cancel(list(self.in_flight))
 
-    def submit(self, task: Task) -> Future:
+    def submit(self, task: Task) -> Any:
         key = f"{self.prefix}s{task.step}-{'_'.join(map(str, task.block))}"
-        return self.client.submit(
+        return self.pool.submit(
+            key,
             run_step,
             task.plan,
             task.step,
             task.block,
-            key=key,
             retries=self.env.retries,
-            pure=False,
             priority=self.env.priority,
         )
 
-    def finish(self, future: Future, task: Task) -> None:
-        try:
-            if future.status == "finished":
-                self.run.finished(task)
-                return
-            error = future.exception() if future.status == "error" else None
-        finally:
-            future.release()
+    def finish(self, handle: Any, task: Task) -> None:
+        error = self.pool.failure(handle)
+        if error is None:
+            self.run.finished(task)
+            return
         if isinstance(error, BlockCancelledError):
             raise JobCancelledError(f"job cancelled while block {task.block} ran")
         raise JobFailedError(
@@ -277,6 +282,6 @@ class _Driver:
 
     def stop(self) -> None:
         self.run.request_cancel()
-        self.client.cancel(list(self.in_flight))
+        self.pool.cancel(list(self.in_flight))
         self.in_flight.clear()
-        wait_for_tasks(self.client, (self.prefix,), CANCEL_WAIT_S)
+        self.pool.wait_idle((self.prefix,), CANCEL_WAIT_S)

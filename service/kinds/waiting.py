@@ -10,13 +10,12 @@ from concurrent.futures import CancelledError
 
 from distributed import Client, Future, wait
 
+from service.kinds.timing import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S
 from workers.runtime.busy import running_keys
 
-log = logging.getLogger(__name__)
+__all__ = ["CANCEL_WAIT_S", "HEARTBEAT_S", "WAKE_S", "wait_for_tasks", "wait_some"]
 
-WAKE_S = 0.2  # a driver looks at its tasks, its events and the cancel this often
-HEARTBEAT_S = 5.0  # progress that did not move is reported this often, with the time gone on
-CANCEL_WAIT_S = 60.0  # how long a cancel waits for running tasks to stop at their next step
+log = logging.getLogger(__name__)
 
 
 def wait_some(futures: list[Future], timeout_s: float) -> set[Future]:

@@ -8,15 +8,20 @@ random fields, so objects of many sizes cross block faces):
   (``skimage.measure.label``, ``skimage.morphology.dilation``, the size filter; for affinities
   ``connected-components-3d`` on the affinity graph, our :mod:`volumes.labels.whole`), and by our
   whole-volume decoder (cc3d); decode time and the process's peak RSS;
-- ``pytc run`` end to end (a subprocess: start-up, the embedded cluster, every step, the table),
-  with 1 worker and with 2; wall time and the peak RSS of its process tree;
+- ``pytc run`` end to end (a subprocess: start-up, every step, the labels written as zstd'ed
+  uint32 chunks, the table of objects), with 1 worker (its steps on a thread of the process, no
+  Dask: :mod:`service.kinds.pool`) and with 2 (the embedded Dask cluster); wall time, CPU time
+  (user + system, the process and the children it waited for: steadier than wall time on a shared
+  machine) and the peak RSS of its process tree;
 - the labels of the run checked equal, voxel for voxel, to the in-memory ones.
 
 The label image's pyramid (a stage of the job, for viewers) is not part of the decoder, so the runs
 set ``output.pyramid: false`` unless ``--pyramid`` is given; the labels are read from level 0.
 
-Ratio = in-memory decode time / ``pytc run`` time (goal >= 1.0 with one worker). Prints a table and
-appends it, with the command, to tests/benchmarks/RESULTS.md.
+Ratio = in-memory decode time / ``pytc run`` time (goal >= 1.0 with one worker). The in-memory side
+is the decode alone (the prediction already in memory, nothing written); ``pytc run`` includes
+Python's start, its imports, reading the prediction and writing the labels and the table. Prints a
+table with the load average and appends it, with the command, to tests/benchmarks/RESULTS.md.
 
     .venv/bin/python tests/benchmarks/bench_segmentation.py [--shape 64 512 512] [--no-record]
 """
@@ -28,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,7 +86,7 @@ path, name, how, out = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 decoder = decoder_of(DecoderSection(**json.loads(sys.argv[6])))
 source = open_volume(path, name)
 pred = source.read(Box((0, 0, 0, 0), source.shape))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 if how == "skimage" and decoder.name != "affinity_connected":
     cut = lambda v, t: v > int(255 * t)
     fg = cut(pred[0], decoder.thresholds[0])
@@ -95,10 +101,10 @@ if how == "skimage" and decoder.name != "affinity_connected":
     segm[small[segm]] = 0
 else:
     segm = decode_in_memory(pred, decoder)
-seconds = time.perf_counter() - t
+seconds, cpu = time.perf_counter() - t, time.process_time() - c
 np.save(out, sequential(segm.astype(np.uint64)))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak}))
 """
 
 
@@ -130,6 +136,8 @@ def pytc_run(
     job.write_text(yaml.safe_dump(doc))
     cmd = [sys.executable, "-m", "service.cli", "run", str(job), "--quiet", "--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTC_DATA_ROOTS": str(root)}
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
@@ -143,9 +151,11 @@ def pytc_run(
         peak = max(peak, rss)
         time.sleep(0.1)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.read().decode()[-3000:] if proc.stderr else "pytc run failed")
-    return {"seconds": seconds, "peak_mib": peak / 2**20}
+    return {"seconds": seconds, "cpu": cpu, "peak_mib": peak / 2**20, "load": load}
 
 
 def labels_equal(root: Path, name: str, workers: int) -> bool:
@@ -167,6 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(args.shape)
     rows: list[tuple[str, str]] = []
+    started_load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_prediction(root / "pred.zarr", shape, args.decoders)  # type: ignore[arg-type]
@@ -190,10 +201,22 @@ def main() -> None:
                     f"{one['seconds']:.2f} / {two['seconds']:.2f}",
                 ),
                 (
+                    "  pytc run, 1 worker / 2 workers, CPU user + system (s)",
+                    f"{one['cpu']:.2f} / {two['cpu']:.2f}",
+                ),
+                (
+                    "  load average (1 min) at the start of each pytc run",
+                    f"{one['load']:.1f} / {two['load']:.1f}",
+                ),
+                (
                     "  in-memory decode / pytc run 1 worker (goal >= 1.0)",
                     f"{skimage['seconds'] / one['seconds']:.2f}",
                 ),
                 ("  in-memory process / pytc run 1 worker", f"{skimage['wall'] / one['seconds']:.2f}"),
+                (
+                    "  the same in CPU time: decode CPU (s) / pytc run 1 worker CPU (s)",
+                    f"{skimage['cpu'] / one['cpu']:.2f} ({skimage['cpu']:.2f} / {one['cpu']:.2f})",
+                ),
                 ("  pytc run 1 worker / 2 workers", f"{one['seconds'] / two['seconds']:.2f}"),
                 (
                     "  peak RSS in memory (skimage) / pytc run 1 w / 2 w (MiB)",
@@ -202,7 +225,10 @@ def main() -> None:
                 ("  labels of pytc run == in memory, voxel for voxel", "yes" if same else "NO"),
             ]
     width = max(len(r[0]) for r in rows)
-    title = f"segmentation, {'x'.join(map(str, shape))}, block {'x'.join(map(str, args.block))}"
+    title = (
+        f"segmentation, {'x'.join(map(str, shape))}, block {'x'.join(map(str, args.block))}, "
+        f"load {started_load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     table = [f"| {title:<{width}} | |",
              f"|{'-' * (width + 2)}|---|"]  # fmt: skip
     table += [f"| {label:<{width}} | {value} |" for label, value in rows]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from volumes.labels.decoders import Decoder, above, foreground, structure
 
@@ -72,13 +71,19 @@ def components(mask: np.ndarray, connectivity: int) -> np.ndarray:
     import cc3d  # connected-components-3d
 
     if sum(1 for s in mask.shape if s > 1) <= 1:  # cc3d 4.1 fails on some lines of voxels
-        labels, _ = ndimage.label(mask, structure(connectivity))
-        return np.ascontiguousarray(labels, dtype=np.uint32)
+        return _scipy_components(mask, connectivity)
     try:
         # cc3d scans its first axis fastest: on the transposed view it numbers in C raster order
         labels = cc3d.connected_components(mask.T, connectivity=connectivity, binary_image=True).T  # type: ignore[call-overload]
     except RuntimeError:  # cc3d 4.1 misjudges its union-find size on some tiny masks
-        labels, _ = ndimage.label(mask, structure(connectivity))
+        return _scipy_components(mask, connectivity)
+    return np.ascontiguousarray(labels, dtype=np.uint32)
+
+
+def _scipy_components(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    from scipy import ndimage  # here, not at import: a job's start-up does without scipy.ndimage
+
+    labels, _ = ndimage.label(mask, structure(connectivity))
     return np.ascontiguousarray(labels, dtype=np.uint32)
 
 
@@ -134,7 +139,15 @@ def _bits(axis: int) -> tuple[int, int]:
 
 
 def raster_ordered(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n in raster order of their first voxels (uint32)."""
+    """Labels renumbered 1..n in raster order of their first voxels (uint32).
+
+    cc3d numbers components as its scan meets them, so once the labels left out are dropped
+    (:func:`compact`, which keeps the order) they are usually in raster order already: checked
+    (:func:`is_raster_ordered`, one pass), and only otherwise sorted by first voxel."""
+    if int(labels.max(initial=0)) < 2 * labels.size:  # compact's table stays within the block's size
+        packed = compact(labels)
+        if is_raster_ordered(packed):
+            return packed
     ids, first = np.unique(labels.ravel(), return_index=True)
     keep = ids != 0
     ids, first = ids[keep], first[keep]
@@ -177,12 +190,29 @@ def pieces(
     return Pieces(count, first, lo, hi, sums)
 
 
-def first_voxels(labels: np.ndarray, n: int, origin: tuple[int, ...], volume: tuple[int, ...]) -> np.ndarray:
-    """The global raster index of each label's first voxel; labels must be in raster order."""
+def is_raster_ordered(labels: np.ndarray) -> bool:
+    """Whether labels 1..max all occur, each first seen after the one before in raster order."""
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return True
     flat = labels.ravel()
     seen = np.maximum.accumulate(flat)
-    starts = np.flatnonzero(np.diff(seen, prepend=0) > 0)
-    if starts.shape[0] != n or (n and not np.array_equal(flat[starts], np.arange(1, n + 1))):
+    starts = np.searchsorted(seen, np.arange(1, n + 1, dtype=seen.dtype), side="left")
+    return bool(np.array_equal(flat[starts], np.arange(1, n + 1, dtype=flat.dtype)))
+
+
+def first_voxels(labels: np.ndarray, n: int, origin: tuple[int, ...], volume: tuple[int, ...]) -> np.ndarray:
+    """The global raster index of each label's first voxel; labels must be in raster order.
+
+    The running maximum of the raster-ordered labels is sorted, so label l first appears where
+    it first reaches l: one pass for the maximum, then a binary search per label (no second pass
+    over the block). If l is at that place for every l and nothing exceeds n, the numbering was
+    raster order; otherwise it was not."""
+    flat = labels.ravel()
+    seen = np.maximum.accumulate(flat)
+    wanted = np.arange(1, n + 1, dtype=seen.dtype)
+    starts = np.searchsorted(seen, wanted, side="left")
+    if (seen.size and int(seen[-1]) != n) or not np.array_equal(flat[starts], wanted):
         raise ValueError("labels are not numbered in raster order")
     z, y, x = np.unravel_index(starts, labels.shape)
     return np.ravel_multi_index((z + origin[0], y + origin[1], x + origin[2]), volume).astype(np.int64)

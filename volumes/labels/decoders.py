@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 DecoderName = Literal[
     "binary_connected",
@@ -175,6 +174,8 @@ def seed_map(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
 
 def structure(connectivity: int) -> np.ndarray:
     """The 3x3x3 neighbourhood of a connectivity (6, 18 or 26), as scipy wants it."""
+    from scipy import ndimage  # scipy.ndimage is imported where it is used: not at a job's start-up
+
     return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
 
 
@@ -183,4 +184,6 @@ def dilate(labels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     ``dilation`` with ``np.ones(size)``; at the array's faces only voxels inside count)."""
     if all(s == 1 for s in size):
         return labels
+    from scipy import ndimage
+
     return ndimage.maximum_filter(labels, size=size, mode="nearest")

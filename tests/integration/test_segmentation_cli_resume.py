@@ -1,0 +1,111 @@
+"""``pytc run`` of a segmentation job with its one embedded worker: the steps run on a thread of the
+process (:class:`service.kinds.pool.ThreadPool`), Dask is never imported, and a run killed with
+``kill -9`` part way resumes, from its done record, to the labels of a clean run (the whole-volume
+decoder's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from scipy import ndimage
+
+from volumes.labels.decoders import Decoder
+from volumes.labels.whole import decode_in_memory, sequential
+
+REPO = Path(__file__).resolve().parents[2]
+DECODER = Decoder("bc_connected", (0.55, 0.6), 16, "background", 26, (1, 3, 3))
+
+# `pytc run` in a process that says afterwards whether Dask was imported
+RUN = """
+import json, sys
+from service.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "distributed": "distributed" in sys.modules}))
+"""
+
+
+def write_job(root: Path, shape: tuple[int, int, int], block: list[int]) -> np.ndarray:
+    field = ndimage.gaussian_filter(np.random.default_rng(11).random((2, *shape)), (0, 1, 2, 2))
+    pred = ((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)
+    zarr.open_group(root / "pred.zarr", mode="w").create_array("p", data=pred, chunks=(2, *block))
+    doc = {
+        "kind": "segmentation",
+        "input": {"path": "pred.zarr", "dataset": "p"},
+        "decoder": {"name": "bc_connected", "thres1": 0.55, "thres2": 0.6, "thres_small": 16,
+                    "dilation_struct": [1, 3, 3]},
+        "output": {"path": "seg.zarr", "dataset": "seg", "chunks": block},
+        "compute": {"block_shape": block},
+    }  # fmt: skip
+    (root / "seg.yaml").write_text(yaml.safe_dump(doc))
+    return pred
+
+
+def pytc(root: Path, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-c", RUN, "run", "seg.yaml", "--data-root", str(root), "--quiet", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc: subprocess.Popen[str]) -> dict[str, object]:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    said: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    assert said["code"] == 0, err[-2000:]
+    return said
+
+
+def labels(root: Path) -> np.ndarray:
+    return zarr.open_array(root / "seg.zarr" / "seg" / "0", mode="r")[:]
+
+
+def test_one_worker_runs_its_steps_in_process_without_dask(tmp_path: Path) -> None:
+    pred = write_job(tmp_path, (12, 40, 44), [6, 16, 16])
+    said = finished(pytc(tmp_path, "--report", "report.json"))
+    assert said["distributed"] is False
+    np.testing.assert_array_equal(labels(tmp_path), sequential(decode_in_memory(pred, DECODER)))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["blocks_total"] == 2 * 3 * 3 and report["levels"] >= 2  # with its pyramid
+
+
+@pytest.mark.slow
+def test_a_run_killed_part_way_resumes_to_the_clean_runs_labels(tmp_path: Path) -> None:
+    pred = write_job(tmp_path, (32, 160, 160), [8, 32, 32])  # 100 blocks, 5 steps each
+    proc = pytc(tmp_path)
+    deadline = time.monotonic() + 120
+    log: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = [
+            p for p in (tmp_path / "seg.zarr").glob(".pytc-run/*/*/done/done.log") if p.stat().st_size > 64
+        ]
+        if log:
+            break
+        time.sleep(0.005)
+    assert log and proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert not (tmp_path / "seg.zarr" / "seg").exists() or not _complete(tmp_path)
+
+    said = finished(pytc(tmp_path, "--report", "report.json"))
+    assert said["distributed"] is False
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["resumed"] is True and report["steps_skipped"] > 0
+    np.testing.assert_array_equal(labels(tmp_path), sequential(decode_in_memory(pred, DECODER)))
+    assert _complete(tmp_path)
+    assert not (tmp_path / "seg.zarr" / ".pytc-run").exists() or not any(
+        (tmp_path / "seg.zarr" / ".pytc-run").rglob("done.log")
+    )
+
+
+def _complete(root: Path) -> bool:
+    attrs = zarr.open_array(root / "seg.zarr" / "seg" / "0", mode="r").attrs.asdict()
+    return bool(attrs.get("pytc", {}).get("complete"))
