@@ -36,11 +36,16 @@ class HeadSpec:
     """One output head: which target it learns and how its loss is weighed.
 
     ``classes`` is the number of channels of a semantic head (label values are class ids).
+    ``label_erosion`` and ``label_dilation`` transform the label before this head's target is made,
+    as PyTC's ``MODEL.LABEL_EROSION`` (``seg_widen_border``) and ``LABEL_DILATION`` do, in that order
+    (:func:`models.targets.widen_border`, :func:`models.targets.dilate_label`); 0 leaves it as it is.
     """
 
     kind: TargetKind
     loss: LossWeights = LossWeights()
     classes: int | None = None
+    label_erosion: int = 0
+    label_dilation: int = 0
 
     @property
     def channels(self) -> int:
@@ -62,6 +67,8 @@ class HeadSpec:
             "activation": self.activation,
             "loss": {"bce": self.loss.bce, "dice": self.loss.dice, "ce": self.loss.ce},
             "classes": self.classes,
+            **({"label_erosion": self.label_erosion} if self.label_erosion else {}),
+            **({"label_dilation": self.label_dilation} if self.label_dilation else {}),
         }
 
 

@@ -84,6 +84,8 @@ class Figures:
     edges: int
     graph_bytes: int
     rows: list[Row]
+    waterz_fragments: int = 0  # waterz's own watershed's fragments (0: not run)
+    are_fragments_waterz: float = float("nan")  # ours against waterz's own fragments (its ties)
 
 
 def _are(table: ContingencyTable) -> float:
@@ -100,15 +102,16 @@ def figures(
 ) -> dict[str, Figures]:
     """The figures per merge function; the fragments and both graphs are made once. ``waterz``:
     also run waterz on the whole volume (else its columns are NaN)."""
-    agg = Agglomeration(thresholds=THRESHOLDS, margin=(4, 16, 16))
+    agg = Agglomeration(thresholds=THRESHOLDS)
     affs = as_affinities(pred)
     whole_frags = fragments_in_memory(pred, agg)
     whole_graph = block_edges(whole_frags, affs, (0, 0, 0))
     frags = fragments_blockwise(pred, agg, block)
     graph = graph_blockwise(frags, pred, block)
+    theirs = _waterz_fragments(pred, agg) if waterz else None
     out = {}
     for merge_function in merge_functions:
-        agg = Agglomeration(thresholds=THRESHOLDS, merge_function=merge_function, margin=(4, 16, 16))
+        agg = Agglomeration(thresholds=THRESHOLDS, merge_function=merge_function)
         on_whole, on_blocks = agglomerate_graph(whole_graph, agg), agglomerate_graph(graph, agg)
         whole = [on_whole.lookup(i, whole_frags) for i in range(len(THRESHOLDS))]
         blocks = [on_blocks.lookup(i, frags) for i in range(len(THRESHOLDS))]
@@ -134,6 +137,22 @@ def figures(
                 )
             )
         out[merge_function] = Figures(
-            int(np.unique(frags).size - 1), float((frags == whole_frags).mean()), graph.n, graph.nbytes, rows
+            int(np.unique(frags).size - 1),
+            float((frags == whole_frags).mean()),
+            graph.n,
+            graph.nbytes,
+            rows,
+            0 if theirs is None else int(np.unique(theirs).size - (theirs == 0).any()),
+            float("nan") if theirs is None else _are(table_of(theirs, whole_frags)),
         )
     return out
+
+
+def _waterz_fragments(pred: np.ndarray, agg: Agglomeration) -> np.ndarray:
+    """waterz's own watershed (its fragments, nothing merged)."""
+    import waterz
+
+    low, high = agg.aff_threshold
+    affs = np.ascontiguousarray(as_affinities(pred))
+    [found] = waterz.agglomerate(affs, [0.0], aff_threshold_low=low, aff_threshold_high=high)
+    return np.array(found, copy=True)

@@ -10,6 +10,9 @@ rotations in xy) move image, label and mask alike; intensity changes touch the i
   all sections, as PyTC's ``Elastic`` warps each section with the same map; linear interpolation
   for the image, nearest for labels and masks.
 - **flips** of z, y, x; **transpose** of y and x and **rot90** in xy (square xy patches only).
+- **ztranspose** (PyTC's ``FLIP.DO_ZTRANS``, for isotropic data): half the time z and x swap
+  places after the flips and the xy transpose, as PyTC's ``Flip(do_ztrans=1)`` swaps them
+  (``transpose(2, 1, 0)``); patches with as many sections as columns only.
 - **intensity**: ``image * gain + offset``, both within ``± intensity`` of (1, 0).
 """
 
@@ -33,12 +36,16 @@ class AugmentSpec:
     elastic: float = 0.0  # probability per crop
     elastic_alpha: float = 6.0  # largest displacement, voxels
     elastic_points: int = 4  # control points per in-plane axis
+    ztranspose: bool = False  # swap z and x half the time (isotropic data; patch z == x)
 
     @property
     def enabled(self) -> bool:
         return any(
-            (self.flip, self.transpose, self.rotate90, self.intensity, self.missing_section, self.elastic)
-        )
+            (
+                self.flip, self.transpose, self.rotate90, self.intensity, self.missing_section,
+                self.elastic, self.ztranspose,
+            )
+        )  # fmt: skip
 
 
 NO_AUGMENT = AugmentSpec(False, False, False, 0.0, 0.0, 0.0)
@@ -53,6 +60,7 @@ class AugmentPlan:
     offset: float = 0.0
     drop_section: int | None = None  # index into the read stack (z), removed
     displacement: NDArray[np.float32] | None = None  # (2, y, x) in-plane shift, voxels
+    ztranspose: bool = False  # z and x swapped (after flips and the xy transpose)
 
 
 def plan_augment(rng: np.random.Generator, spec: AugmentSpec, read_shape: Shape3, drop: bool) -> AugmentPlan:
@@ -71,7 +79,9 @@ def plan_augment(rng: np.random.Generator, spec: AugmentSpec, read_shape: Shape3
     displacement = None
     if spec.elastic > 0 and rng.random() < spec.elastic:
         displacement = _displacement(rng, spec, read_shape[1:])
-    return AugmentPlan(flips, transpose, rot90, gain, offset, drop_section, displacement)
+    # drawn last, and only when asked for, so the plans of other jobs stay what they were
+    ztranspose = bool(spec.ztranspose and rng.random() < 0.5)
+    return AugmentPlan(flips, transpose, rot90, gain, offset, drop_section, displacement, ztranspose)
 
 
 def wants_missing_section(rng: np.random.Generator, spec: AugmentSpec) -> bool:
@@ -91,6 +101,10 @@ def apply_geometry(plan: AugmentPlan, array: NDArray[np.generic], interpolate: b
         array = np.flip(array, tuple(lead + a for a in plan.flips))
     if plan.transpose:
         array = np.swapaxes(array, lead + 1, lead + 2)
+    if plan.ztranspose:
+        if array.shape[lead] != array.shape[lead + 2]:
+            raise ValueError(f"a z transpose needs as many sections as columns, got shape {array.shape}")
+        array = np.swapaxes(array, lead, lead + 2)
     if plan.rot90:
         array = np.rot90(array, plan.rot90, axes=(lead + 1, lead + 2))
     return np.ascontiguousarray(array)

@@ -146,6 +146,44 @@ class PyramidStage:
             )
 
 
+class PyramidStages:
+    """The pyramids of several images (affinity_agglomerate's thresholds) as one stage: tasks of any
+    image, each image's levels in order (:class:`workers.pyramid.PyramidStage` each)."""
+
+    def __init__(self, stages: list[PyramidStage], key: str) -> None:
+        self.stages, self.key = stages, key
+        self._of = {s.dataset: s for s in stages}
+
+    @property
+    def chunks_total(self) -> int:
+        return sum(s.chunks_total for s in self.stages)
+
+    @property
+    def chunks_done(self) -> int:
+        return sum(s.chunks_done for s in self.stages)
+
+    @property
+    def seconds(self) -> float:
+        return max(s.seconds for s in self.stages)
+
+    def next_task(self) -> PyramidTask | None:
+        for stage in self.stages:
+            task = stage.next_task()
+            if task is not None:
+                return task
+        return None
+
+    def finished(self, task: PyramidTask) -> None:
+        self._of[task.dataset].finished(task)
+
+    def finished_all(self) -> bool:
+        return all(s.finished_all() for s in self.stages)
+
+    def check(self) -> None:
+        for stage in self.stages:
+            stage.check()
+
+
 def run_pyramid_task(task: PyramidTask) -> int:
     """Compute and write the chunks of ``task`` (one at a time), then its marker; the chunks written."""
     source = _open(task, task.level - 1, "r")

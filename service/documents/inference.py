@@ -52,6 +52,7 @@ from workers.inference.job import (
     InferenceJob,
     InputSpec,
     MaskSpec,
+    MemoryFormat,
     OutputDtype,
     OutputFormat,
     OutputSpec,
@@ -208,12 +209,23 @@ PRECISION_HELP = (
 )
 
 
+MEMORY_FORMAT_HELP = (
+    "auto (the default) or contiguous: how the network's tensors are laid out in memory on a "
+    "CPU. auto runs eager models with 3D convolutions channels-last, which is faster and rounds "
+    "differently (by about 1e-5); contiguous is PyTorch's and PyTC's layout, which a converted "
+    "PyTC config asks for so that its uint8 output is PyTC's bit for bit. GPUs run contiguous "
+    "either way."
+)
+
+
 class ComputeSection(Section):
-    """How the work is cut and run: the output box per task, the device and the precision."""
+    """How the work is cut and run: the output box per task, the device, the precision and the
+    memory layout."""
 
     block_shape: PosTriple | None = None
     device: Device = "auto"
     precision: Precision = Field(default="float32", description=PRECISION_HELP)
+    memory_format: MemoryFormat = Field(default="auto", description=MEMORY_FORMAT_HELP)
 
 
 class InferenceDocument(Section):
@@ -414,7 +426,12 @@ def _compute(section: ComputeSection, chunks: tuple[int, int, int], sharded: boo
                     "compute.block_shape",
                     f"{list(block)} is not a multiple of {unit} {list(chunks)} (axis {axis}: {b} % {c} != 0)",
                 )
-    return ComputeSpec(block_shape=block, device=section.device, precision=section.precision)
+    return ComputeSpec(
+        block_shape=block,
+        device=section.device,
+        precision=section.precision,
+        memory_format=section.memory_format,
+    )
 
 
 def _shards(section: OutputSection) -> tuple[int, int, int] | None:

@@ -30,7 +30,15 @@ from service.documents.sections import (
     triple,
     validate,
 )
-from volumes.labels.decoders import PER_SLICE, WATERSHED, Connectivity, Decoder, DecoderName, RemoveSmallMode
+from volumes.labels.decoders import (
+    HALO_DOUBLINGS,
+    PER_SLICE,
+    WATERSHED,
+    Connectivity,
+    Decoder,
+    DecoderName,
+    RemoveSmallMode,
+)
 from volumes.urls import is_url
 from workers.errors import SpecError
 from workers.inference.job import InferenceJob
@@ -101,8 +109,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "connectivity": 26,
     },
 }
-# affinity_agglomerate: PyTC's waterz tutorial's names (seg_thresholds as `thresholds`); the job
-# writes one labels image, so one threshold (volumes.labels.agglomerate takes several in memory).
+# affinity_agglomerate: PyTC's waterz tutorial's names (seg_thresholds as `thresholds`); several
+# thresholds give one labels image each, from one fragment pass and one region graph.
 AGGLOMERATE_DEFAULTS: dict[str, Any] = {
     "thresholds": [0.1],
     "aff_threshold": [0.05, 0.995],
@@ -135,8 +143,9 @@ class DecoderSection(Section):
     distance in [-1, 1]), each with thres_small, scale_factors, remove_small_mode, seed_thres and
     connectivity (of the seeds). Thresholds compare as PyTC does: `> int(255 * t)` on uint8 maps,
     `> t` on float ones. `affinity_agglomerate` (3 affinity channels z, y, x) takes PyTC's waterz
-    names: thresholds (one segmentation threshold on 1 - affinity, in (0, 1]), aff_threshold ([low,
-    high] of the fragments' watershed on the mean affinity) and merge_function (`aff<Q>_his256` or
+    names: thresholds (segmentation thresholds on 1 - affinity, each in (0, 1], ascending; several
+    give one labels image each, `<output.dataset>/threshold_<t>`), aff_threshold ([low, high] of
+    the fragments' watershed on the affinity graph) and merge_function (`aff<Q>_his256` or
     `mean`)."""
 
     name: DecoderName
@@ -306,8 +315,10 @@ WATERSHED_BYTES = 48
 
 
 def _check_block_memory(block: Sequence[int], decoder: Decoder, limits: Limits) -> None:
-    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels)."""
-    grown = [b + 2 * h + 1 for b, h in zip(block, decoder.halo, strict=True)]
+    """A block task fits half a worker's memory, and its labels fit uint32 (blocks under 2**31 voxels).
+    A watershed's halo may double where its flood cannot settle: the largest halo counts."""
+    reach = 2**HALO_DOUBLINGS if decoder.watershed else 1
+    grown = [b + 2 * h * reach + 1 for b, h in zip(block, decoder.halo, strict=True)]
     voxels = grown[0] * grown[1] * grown[2]
     need = voxels * (
         4 * decoder.channels
@@ -404,22 +415,22 @@ def _agglomerate_decoder(given: Mapping[str, Any], halo: Sequence[int] | None) -
     p: Mapping[str, Any] = {**AGGLOMERATE_DEFAULTS, **given}
     for problem in check(p["thresholds"], p["aff_threshold"], p["merge_function"]):
         raise SpecError(f"decoder.{problem.split(':', 1)[0]}", problem.split(": ", 1)[1])
-    if len(p["thresholds"]) != 1:
+    if halo is not None:
         raise SpecError(
-            "decoder.thresholds",
-            f"one threshold per job (the job writes one labels image), not {list(p['thresholds'])}; "
-            "submit a job per threshold",
+            "compute.halo",
+            "affinity_agglomerate takes no halo: its fragments are connected components of edges "
+            "that each block decides from a few voxels around it, equal to the whole volume's",
         )
     low, high = p["aff_threshold"]
     return Decoder(
         "affinity_agglomerate",
-        (float(p["thresholds"][0]),),
+        tuple(float(t) for t in p["thresholds"]),
         0,
         "none",
         6,
         None,
         0,
-        triple(halo) if halo is not None else WATERSHED_HALO,
+        (0, 0, 0),
         (float(low), float(high)),
         str(p["merge_function"]),
     )

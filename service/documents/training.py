@@ -54,6 +54,7 @@ from workers.training.job import (
     TrainingData,
     TrainingJob,
     TrainingModelSpec,
+    TrainingVolume,
     ValidationSpec,
     VolumeRef,
 )
@@ -72,14 +73,25 @@ class VolumeSection(Section):
     dataset: Text | None = None
 
 
-class DataSection(Section):
-    """What to learn from: the image, its label, optionally a mask of the voxels that count, a
-    region, and how the image is normalized."""
+class TrainingVolumeSection(Section):
+    """One of several training volumes: an image, its label, optionally a valid mask and a region."""
 
     image: VolumeSection
     label: VolumeSection
     valid_mask: VolumeSection | None = None
     roi: RoiSection | None = None
+
+
+class DataSection(Section):
+    """What to learn from: the image, its label, optionally a mask of the voxels that count, a
+    region, and how the image is normalized; or several such volumes (`volumes`, each drawn with a
+    chance proportional to its number of patch positions, as PyTC draws them)."""
+
+    image: VolumeSection | None = None
+    label: VolumeSection | None = None
+    valid_mask: VolumeSection | None = None
+    roi: RoiSection | None = None
+    volumes: Annotated[list[TrainingVolumeSection], Field(min_length=1, max_length=1024)] | None = None
     normalize: NormalizeField = NormalizeSection()
 
 
@@ -116,6 +128,9 @@ class TargetSection(Section):
     kind: TargetKind
     loss: LossSection | None = None
     classes: PosInt | None = None
+    # PyTC's MODEL.LABEL_EROSION / LABEL_DILATION of this target: in-plane voxels
+    label_erosion: Annotated[int, Field(strict=True, ge=0, le=64)] = 0
+    label_dilation: Annotated[int, Field(strict=True, ge=0, le=64)] = 0
 
 
 class ScheduleSection(Section):
@@ -176,6 +191,7 @@ class AugmentSection(Section):
     missing_section: Probability = 0.0
     elastic: Probability = 0.0
     elastic_alpha: Annotated[float, Field(gt=0.0, le=64.0)] = 6.0
+    ztranspose: StrictBool = False  # swap z and x half the time (isotropic data; patch z == x)
 
 
 class PrefetchSection(Section):
@@ -300,12 +316,40 @@ def _ref(section: VolumeSection, roots: Sequence[Root], where: str) -> VolumeRef
 
 
 def _data(section: DataSection, roots: Sequence[Root]) -> TrainingData:
+    if section.volumes is None:
+        if section.image is None or section.label is None:
+            missing = "image" if section.image is None else "label"
+            raise SpecError(f"data.{missing}", "is required (or list several volumes as data.volumes)")
+        one = TrainingVolumeSection(
+            image=section.image, label=section.label, valid_mask=section.valid_mask, roi=section.roi
+        )
+        volumes = [_volume(one, roots, "data")]
+    else:
+        given = [n for n in ("image", "label", "valid_mask", "roi") if getattr(section, n) is not None]
+        if given:
+            raise SpecError(
+                f"data.{given[0]}",
+                "give data.volumes (several volumes, each with its image, label, valid_mask, roi) "
+                "or data.image and data.label (one), not both",
+            )
+        volumes = [_volume(v, roots, f"data.volumes[{i}]") for i, v in enumerate(section.volumes)]
+    first = volumes[0]
     return TrainingData(
-        image=_ref(section.image, roots, "data.image"),
-        label=_ref(section.label, roots, "data.label"),
-        valid_mask=_ref(section.valid_mask, roots, "data.valid_mask") if section.valid_mask else None,
-        roi=box_of(section.roi),
+        image=first.image,
+        label=first.label,
+        valid_mask=first.valid_mask,
+        roi=first.roi,
         normalize=normalize_of(section.normalize),
+        more=tuple(volumes[1:]),
+    )
+
+
+def _volume(section: TrainingVolumeSection, roots: Sequence[Root], where: str) -> TrainingVolume:
+    return TrainingVolume(
+        image=_ref(section.image, roots, f"{where}.image"),
+        label=_ref(section.label, roots, f"{where}.label"),
+        valid_mask=_ref(section.valid_mask, roots, f"{where}.valid_mask") if section.valid_mask else None,
+        roi=box_of(section.roi),
     )
 
 
@@ -343,7 +387,7 @@ def _head(target: TargetSection, index: int) -> HeadSpec:
         raise SpecError(f"{where}.loss.ce", "cross-entropy needs a semantic target; use bce")
     if not (loss.bce or loss.dice or loss.ce):
         raise SpecError(f"{where}.loss", "every loss weight is 0; this head would learn nothing")
-    return HeadSpec(target.kind, loss, target.classes)
+    return HeadSpec(target.kind, loss, target.classes, target.label_erosion, target.label_dilation)
 
 
 def _check_out_channels(model: TrainingModelSpec, heads: tuple[HeadSpec, ...]) -> None:
@@ -401,6 +445,12 @@ def _schedule(section: ScheduleSection, iterations: int) -> ScheduleSpec:
 def _sampling(section: SamplingSection) -> SamplingSpec:
     reject = section.reject or RejectSection(min_foreground=0)
     aug = section.augment
+    patch = triple(section.patch_size)
+    if aug.ztranspose and patch[0] != patch[2]:
+        raise SpecError(
+            "sampling.augment.ztranspose",
+            f"swaps z and x, so the patch needs as many sections as columns; patch_size is {list(patch)}",
+        )
     return SamplingSpec(
         patch_size=triple(section.patch_size),
         valid_ratio=section.valid_ratio,
@@ -416,6 +466,7 @@ def _sampling(section: SamplingSection) -> SamplingSpec:
             missing_section=aug.missing_section,
             elastic=aug.elastic,
             elastic_alpha=aug.elastic_alpha,
+            ztranspose=aug.ztranspose,
         ),
         prefetch_threads=section.prefetch.threads,
         prefetch_depth=section.prefetch.depth,

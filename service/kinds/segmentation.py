@@ -156,6 +156,19 @@ class SegmentationKind:
             f"{result.get('blocks_total')} blocks in {format_duration(float(result.get('seconds') or 0.0))}"
         )
         lines = [line]
+        images = result.get("images")
+        if isinstance(images, list) and len(images) > 1:
+            lines = [
+                f"succeeded: {result.get('output_path')} (group {result.get('dataset')!r}), {len(images)} "
+                f"labels images ({result.get('dtype')}), {result.get('blocks_total')} blocks in "
+                f"{format_duration(float(result.get('seconds') or 0.0))}"
+            ]
+            lines += [
+                f"  threshold {i.get('threshold')}: {i.get('dataset')!r}, {i.get('objects')} objects, "
+                f"table {i.get('table')}"
+                for i in images
+                if isinstance(i, Mapping)
+            ]
         stage = result.get("inference")
         if isinstance(stage, Mapping):
             lines.append(
@@ -186,7 +199,7 @@ def _segmentation_steps(job: SegmentationJob, shape: tuple[int, ...]) -> int:
     """The steps a segmentation of a prediction of ``shape`` runs before its pyramid."""
     plan = Plan(job, shape, "")
     blocks = sum(1 for _ in plan.grid.indices())
-    once = 2 if plan.dilates else 1  # the numbering, and the sizes after a growth
+    once = 2 if plan.dilates or plan.agglomerates else 1  # the numbering; the sizes or the merging after it
     return blocks * len(plan.block_steps()) + once
 
 

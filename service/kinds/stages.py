@@ -16,7 +16,7 @@ from distributed import Future
 from service.errors import JobCancelledError, JobFailedError
 from service.kinds.base import RunEnv
 from service.kinds.waiting import CANCEL_WAIT_S, HEARTBEAT_S, WAKE_S, wait_for_tasks, wait_some
-from workers.pyramid import PyramidStage, PyramidTask, run_pyramid_task
+from workers.pyramid import PyramidStage, PyramidStages, PyramidTask, run_pyramid_task
 
 
 def pyramid_key(task: PyramidTask) -> str:
@@ -24,7 +24,7 @@ def pyramid_key(task: PyramidTask) -> str:
     return f"{task.key or 'pytc-'}pyr-l{task.level}-{'_'.join(map(str, task.block))}"
 
 
-def drive_pyramid(stage: PyramidStage, env: RunEnv, report: Callable[[], None]) -> None:
+def drive_pyramid(stage: PyramidStage | PyramidStages, env: RunEnv, report: Callable[[], None]) -> None:
     """Run every task of ``stage`` on ``env.client``; JobFailedError when one fails for good."""
     client = env.client
     workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))

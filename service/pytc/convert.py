@@ -6,7 +6,8 @@ padded by ``DATASET.PAD_SIZE`` (``INFERENCE.PAD_SIZE`` under ``--inference``), b
 ``INFERENCE.BLENDING``, with ``INFERENCE.AUG_NUM``/``AUG_MODE`` test-time augmentation and one
 ``INFERENCE.OUTPUT_ACT`` per ``MODEL.TARGET_OPT`` head; the input is read as PyTC reads it
 (``/ 255``, then ``(x - DATASET.MEAN) / DATASET.STD``); the output is uint8 truncated as PyTC writes
-it, each window clipped at 0 and TTA min/max started as PyTC starts them (``window.raw_heads: pytc``).
+it, each window clipped at 0 and TTA min/max started as PyTC starts them (``window.raw_heads: pytc``),
+and the network runs PyTC's contiguous tensors (``compute.memory_format: contiguous``).
 A key set to what the service cannot honour is a :class:`SpecError` naming it; keys that change
 nothing are listed in :data:`service.pytc.keys.IGNORED`. Nothing here reads data: an HDF5 input's
 first dataset (PyTC's choice when none is named) is asked of ``first_dataset``.
@@ -73,7 +74,7 @@ def convert_pytc(
     if inference:
         return Conversion(tuple(inference_documents(cfg, checkpoint, first_dataset)))
     notes: list[str] = []
-    document = training_document(cfg, checkpoint, lambda key: volume_path(cfg, key, first_dataset), notes)
+    document = training_document(cfg, checkpoint, lambda key: volume_paths(cfg, key, first_dataset), notes)
     return Conversion((document,), tuple(notes))
 
 
@@ -99,6 +100,9 @@ def inference_documents(
             "model": model_section(cfg, checkpoint),
             "window": _window(cfg),
             "output": {**place, **_output(cfg, heads)},
+            # PyTC runs contiguous tensors; channels-last rounds the last bits otherwise, which
+            # truncation to uint8 can turn into a grey level (docs/pytc.md, "Same output as PyTC")
+            "compute": {"memory_format": "contiguous"},
         }
         for index, place in output_places(cfg, len(inputs))
     ]
@@ -249,17 +253,6 @@ def _output(cfg: PytcConfig, heads: list[tuple[str, int, str]]) -> dict[str, Any
         "heads": [h[1] for h in heads],
         "activation": [ACTIVATIONS[a] for a in acts],
     }
-
-
-def volume_path(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> dict[str, Any]:
-    """The one volume of ``DATASET.<key>`` (a training job reads one volume per array)."""
-    volumes = volume_paths(cfg, key, first_dataset)
-    if len(volumes) != 1:
-        dotted = _source(cfg, key)
-        raise refuse(
-            dotted, "a training job reads one volume; train on one, or stack them first", cfg.get(dotted)
-        )
-    return volumes[0]
 
 
 def volume_paths(cfg: PytcConfig, key: str, first_dataset: FirstDataset | None) -> list[dict[str, Any]]:

@@ -75,13 +75,6 @@ REFUSED_IN_TRAINING: dict[str, str] = {
     "DATASET.VAL_LABEL_NAME": "as DATASET.VAL_IMAGE_NAME",
     "DATASET.VAL_VALID_MASK_NAME": "as DATASET.VAL_IMAGE_NAME",
     "MODEL.TARGET_OPT_MULTISEG_SPLIT": "multi-segmentation splits are not a target here",
-    "MODEL.LABEL_EROSION": (
-        "PyTC widens the borders between instances by this many pixels (seg_widen_border: a voxel whose "
-        "(2n+1)x(2n+1) xy window holds two ids becomes background) before computing each target; our "
-        "trainer's targets come from the labels as they are. Train without it (None), or erode the "
-        "labels so first"
-    ),
-    "MODEL.LABEL_DILATION": "PyTC dilates the labels in xy before computing targets; our trainer does not",
     "MODEL.REGU_OPT": (
         "PyTC adds regularisation losses between heads (BinaryReg, FgDT and ContourDT consistency, "
         "NonoverlapReg); our trainer's loss is the targets' own (bce, dice, ce) only"
@@ -99,7 +92,6 @@ REFUSED_IN_TRAINING: dict[str, str] = {
     "SOLVER.BETAS": "Adam's betas are PyTorch's defaults",
     "SOLVER.SWA.ENABLED": "stochastic weight averaging is not done (SWA checkpoints load for inference)",
     "AUGMENTOR.SMOOTH": "label smoothing after augmentation is not done",
-    "AUGMENTOR.FLIP.DO_ZTRANS": "z transposes are not among the augmentations",
     "AUGMENTOR.COPYPASTE.ENABLED": "copy-paste augmentation is not done",
 }
 REFUSED_IN_INFERENCE: dict[str, str] = {

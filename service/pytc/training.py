@@ -17,7 +17,8 @@ from service.pytc.config import PytcConfig
 from service.pytc.keys import refuse
 from service.pytc.model import model_section, target_heads
 
-Volume = Callable[[str], dict[str, Any]]
+# DATASET.<key> (IMAGE_NAME, LABEL_NAME, VALID_MASK_NAME) -> its volumes, joined with INPUT_PATH
+Volumes = Callable[[str], list[dict[str, Any]]]
 
 _OPTIMIZERS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
 _UNSUPPORTED_AUGMENTATIONS = (
@@ -26,23 +27,16 @@ _UNSUPPORTED_AUGMENTATIONS = (
 
 
 def training_document(
-    cfg: PytcConfig, checkpoint: str | None, volume: Volume, notes: list[str]
+    cfg: PytcConfig, checkpoint: str | None, volumes: Volumes, notes: list[str]
 ) -> dict[str, Any]:
     """The training document of ``cfg``; approximations of PyTC's defaults go to ``notes``."""
     model = model_section(cfg, None)
     pre_model = str(cfg.get("MODEL.PRE_MODEL") or "")
     if pre_model:
         model["init"] = pre_model
-    data: dict[str, Any] = {
-        "image": volume("IMAGE_NAME"),
-        "label": volume("LABEL_NAME"),
-        "normalize": _normalize(cfg),
-    }
-    if cfg.get("DATASET.VALID_MASK_NAME") is not None:
-        data["valid_mask"] = volume("VALID_MASK_NAME")
     doc: dict[str, Any] = {
         "kind": "training",
-        "data": data,
+        "data": _data(cfg, volumes),
         "model": model,
         "targets": _targets(cfg, notes),
         "solver": _solver(cfg),
@@ -63,6 +57,44 @@ def training_document(
     return doc
 
 
+def _data(cfg: PytcConfig, volumes: Volumes) -> dict[str, Any]:
+    """``data.image``/``label``/``valid_mask`` for one volume; ``data.volumes`` for several
+    (``a.h5@b.h5``, or a list), which PyTC's ``VolumeDataset`` samples by their patch positions, as
+    ours does. Labels and masks pair with the images in order, one each."""
+    images = volumes("IMAGE_NAME")
+    arrays: dict[str, list[dict[str, Any]]] = {"image": images, "label": volumes("LABEL_NAME")}
+    if cfg.get("DATASET.VALID_MASK_NAME") is not None:
+        arrays["valid_mask"] = volumes("VALID_MASK_NAME")
+    for name, key in (("label", "DATASET.LABEL_NAME"), ("valid_mask", "DATASET.VALID_MASK_NAME")):
+        if name in arrays and len(arrays[name]) != len(images):
+            raise refuse(
+                key,
+                f"one per training volume: DATASET.IMAGE_NAME names {len(images)}, this {len(arrays[name])}",
+                cfg.get(key),
+            )
+    each = [{name: arrays[name][i] for name in arrays} for i in range(len(images))]
+    if len(each) == 1:
+        return {**each[0], "normalize": _normalize(cfg)}
+    return {"volumes": each, "normalize": _normalize(cfg)}
+
+
+def _label_transforms(cfg: PytcConfig, key: str, count: int, notes: list[str]) -> list[int]:
+    """PyTC's MODEL.LABEL_EROSION / LABEL_DILATION: None (off), one width for every target, or a
+    list indexed by target (``erode_label``/``dilate_label``: ``rates[index]``)."""
+    value = cfg.get(key)
+    if value is None:
+        return [0] * count
+    widths = list(value) if isinstance(value, list) else [value] * count
+    if len(widths) < count:
+        raise refuse(key, f"PyTC takes one width per MODEL.TARGET_OPT target ({count})", value)
+    if len(widths) > count:
+        notes.append(f"{key} {value}: widths beyond the {count} target(s) are unused, as in PyTC")
+    for width in widths[:count]:
+        if isinstance(width, bool) or not isinstance(width, int) or not 0 <= width <= 64:
+            raise refuse(key, "widths are whole numbers of voxels from 0 to 64", value)
+    return [int(w) for w in widths[:count]]
+
+
 def _normalize(cfg: PytcConfig) -> Any:
     match = str(cfg.get("DATASET.MATCH_ACT"))
     if match == "sigmoid":
@@ -76,6 +108,8 @@ def _targets(cfg: PytcConfig, notes: list[str]) -> list[dict[str, Any]]:
     losses, weights = list(cfg.get("MODEL.LOSS_OPTION")), list(cfg.get("MODEL.LOSS_WEIGHT"))
     acts, weight_opts = list(cfg.get("MODEL.OUTPUT_ACT")), list(cfg.get("MODEL.WEIGHT_OPT"))
     heads = target_heads(cfg)
+    erosion = _label_transforms(cfg, "MODEL.LABEL_EROSION", len(heads), notes)
+    dilation = _label_transforms(cfg, "MODEL.LABEL_DILATION", len(heads), notes)
     for key, value in (
         ("MODEL.LOSS_OPTION", losses),
         ("MODEL.LOSS_WEIGHT", weights),
@@ -102,6 +136,10 @@ def _targets(cfg: PytcConfig, notes: list[str]) -> list[dict[str, Any]]:
         target: dict[str, Any] = {"kind": kind, "loss": loss}
         if kind == "semantic":
             target["classes"] = channels
+        if erosion[i]:
+            target["label_erosion"] = erosion[i]
+        if dilation[i]:
+            target["label_dilation"] = dilation[i]
         targets.append(target)
     return targets
 
@@ -187,8 +225,18 @@ def _sampling(cfg: PytcConfig, notes: list[str]) -> dict[str, Any]:
         return cfg.get(f"AUGMENTOR.{key}")
 
     on = bool(aug("ENABLED"))
+    patch = [int(v) for v in cfg.get("MODEL.INPUT_SIZE")]
+    # PyTC's Flip(do_ztrans=1) swaps z and x half the time (any other value: never)
+    ztranspose = on and bool(aug("FLIP.ENABLED")) and aug("FLIP.DO_ZTRANS") == 1
+    if ztranspose and patch[0] != patch[2]:
+        raise refuse(
+            "AUGMENTOR.FLIP.DO_ZTRANS",
+            f"swaps z and x, so MODEL.INPUT_SIZE needs as many sections as columns (it is {patch}); "
+            "PyTC's own crops would change shape",
+            aug("FLIP.DO_ZTRANS"),
+        )
     sampling: dict[str, Any] = {
-        "patch_size": [int(v) for v in cfg.get("MODEL.INPUT_SIZE")],
+        "patch_size": patch,
         "valid_ratio": float(cfg.get("DATASET.VALID_RATIO")),
         "augment": {
             "flip": on and bool(aug("FLIP.ENABLED")),
@@ -200,6 +248,7 @@ def _sampling(cfg: PytcConfig, notes: list[str]) -> dict[str, Any]:
             else 0.0,
             "elastic": float(aug("ELASTIC.P")) if on and aug("ELASTIC.ENABLED") else 0.0,
             "elastic_alpha": float(aug("ELASTIC.ALPHA")),
+            "ztranspose": ztranspose,
         },
     }
     threshold = int(cfg.get("DATASET.REJECT_SAMPLING.SIZE_THRES"))

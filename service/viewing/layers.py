@@ -2,7 +2,8 @@
 
 A job document names its data in a few places, whatever its kind: ``input`` and ``output`` (inference,
 segmentation; a segmentation's nested ``inference.output``), ``data.image`` / ``data.label`` /
-``data.valid_mask`` (training). :func:`job_sources` lists them, each confined to the data roots
+``data.valid_mask`` (training; of several volumes, ``data.volumes[i]``'s, the first named as those,
+the others ``image_1``, ``label_1``, ...). :func:`job_sources` lists them, each confined to the data roots
 (paths that no longer resolve inside them are left out) and typed: labels and masks, and a
 segmentation's output, are segmentation layers; the rest are images.
 
@@ -92,7 +93,7 @@ class Layer:
 def job_sources(kind: str, spec: Mapping[str, Any], roots: Sequence[Path]) -> list[Source]:
     """The data ``spec`` names, confined to ``roots``; places that do not resolve are left out."""
     found: list[Source] = []
-    for place, name, layer_type in _PLACES:
+    for place, name, layer_type in (*_PLACES, *_volume_places(spec)):
         section = _at(spec, place)
         if not isinstance(section, Mapping) or not isinstance(section.get("path"), str):
             continue
@@ -106,16 +107,60 @@ def job_sources(kind: str, spec: Mapping[str, Any], roots: Sequence[Path]) -> li
             path, node = located(section["path"], dataset if isinstance(dataset, str) else None, roots, name)
         except SpecError:
             continue
-        source = Source(name, Path(path), node or "", layer_type)
-        if source not in found:
-            found.append(source)
+        for source in _per_threshold(kind, spec, Source(name, Path(path), node or "", layer_type)):
+            if source not in found:
+                found.append(source)
     return found
 
 
-def _at(spec: Mapping[str, Any], place: tuple[str, ...]) -> Any:
+def _per_threshold(kind: str, spec: Mapping[str, Any], source: Source) -> list[Source]:
+    """A segmentation's labels, or affinity_agglomerate's labels image per threshold when it has
+    several (``<dataset>/threshold_<t>`` in the group ``<dataset>``), named ``labels <t>``."""
+    from volumes.labels.agglomerate import threshold_name
+
+    decoder = spec.get("decoder")
+    thresholds = decoder.get("thresholds") if isinstance(decoder, Mapping) else None
+    if (
+        kind != "segmentation"
+        or source.name != "labels"
+        or not isinstance(decoder, Mapping)
+        or decoder.get("name") != "affinity_agglomerate"
+        or not isinstance(thresholds, list)
+        or len(thresholds) < 2
+        or not all(isinstance(t, int | float) for t in thresholds)
+    ):
+        return [source]
+    return [
+        Source(
+            f"labels {float(t):g}",
+            source.store,
+            f"{source.node}/{threshold_name(float(t))}",
+            source.layer_type,
+        )
+        for t in thresholds
+    ]
+
+
+def _volume_places(spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str, LayerType]]:
+    """A training job's several volumes (``data.volumes``): the first as ``image``, ``label``,
+    ``mask``, the others as ``image_1``, ``label_1``, ... in their order."""
+    volumes = _at(spec, ("data", "volumes"))
+    if not isinstance(volumes, list):
+        return []
+    return [
+        (("data", "volumes", i, key), name if i == 0 else f"{name}_{i}", layer_type)
+        for i in range(len(volumes))
+        for (_, key), name, layer_type in (p for p in _PLACES if p[0][:1] == ("data",))
+    ]
+
+
+def _at(spec: Mapping[str, Any], place: tuple[str | int, ...]) -> Any:
     node: Any = spec
     for key in place:
-        node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(key, int):
+            node = node[key] if isinstance(node, list) and key < len(node) else None
+        else:
+            node = node.get(key) if isinstance(node, Mapping) else None
     return node
 
 

@@ -6,8 +6,11 @@ objects), on a volume of ``--shape`` cut into blocks of ``--block``, with the ha
 whole-volume decoder (PyTC's semantics, :func:`volumes.labels.whole.decode_in_memory`) and the
 blockwise steps in one process (:func:`volumes.labels.blockwise.decode_blockwise`, the functions
 the block tasks run), compared: identical voxels, adapted Rand error, objects cut by a block face
-that are whole in the in-memory result, objects with any voxel labelled otherwise. Prints a table
-and appends it, with the command, to tests/benchmarks/RESULTS.md.
+that are whole in the in-memory result (two face neighbours of the object labelled differently),
+objects with any voxel labelled otherwise, objects spanning blocks with any voxel labelled otherwise
+(the measure reported as "cut" before 2026-12-02); and whether the blockwise labels equal the whole
+volume flooded in the blocks' tie order (``decode_watershed(..., "raster")``). Prints a table and
+appends it, with the command, to tests/benchmarks/RESULTS.md.
 
     PYTHONPATH=$PWD .venv/bin/python tests/benchmarks/bench_watershed.py [--shape 64 256 256]
         [--block 32 128 128] [--halo 8 32 32] [--no-record]
@@ -27,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from volumes.labels.agreement import agreement, watershed_cases  # noqa: E402
 from volumes.labels.blockwise import decode_blockwise  # noqa: E402
+from volumes.labels.watershed import decode_watershed  # noqa: E402
 from volumes.labels.whole import decode_in_memory  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -43,8 +47,9 @@ def main() -> None:
     shape = "x".join(map(str, args.shape))
     lines = [
         f"| watershed, {shape}, block {'x'.join(map(str, block))}, halo {'x'.join(map(str, halo))} "
-        "| objects | identical voxels | adapted Rand | cut at a face | differ | whole / blockwise (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| objects | identical voxels | adapted Rand | cut at a face | differ | spanning, differ "
+        "| equal to the whole volume in the blocks' tie order | whole / blockwise (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (pred, decoder) in watershed_cases(args.shape, seed=0).items():
         decoder = dataclasses.replace(decoder, margin=halo)
@@ -54,9 +59,10 @@ def main() -> None:
         blocked = decode_blockwise(pred, decoder, block, "none")
         t2 = time.perf_counter()
         a = agreement(whole, blocked, block)
+        same_order = bool((decode_watershed(pred, decoder, "raster") == blocked).all())
         lines.append(
             f"| {name} ({decoder.name}) | {a.objects} | {a.identical:.6f} | {a.are:.6f} | {a.cut} | "
-            f"{a.differ} | {t1 - t0:.1f} / {t2 - t1:.1f} |"
+            f"{a.differ} | {a.spanning} | {'yes' if same_order else 'no'} | {t1 - t0:.1f} / {t2 - t1:.1f} |"
         )
         print(lines[-1], flush=True)
     table = "\n".join(lines)

@@ -99,8 +99,8 @@ def test_pytc_run_equals_pytcs_trainer_test(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # PyTC runs contiguous tensors; our channels-last CPU layout rounds differently (docs/pytc.md)
-    monkeypatch.setenv("PYTC_CHANNELS_LAST", "0")
+    # no PYTC_CHANNELS_LAST=0: the converted job asks for PyTC's contiguous layout itself
+    monkeypatch.delenv("PYTC_CHANNELS_LAST", raising=False)
     case = CASES[name]
     root = pytc_root(tmp_path, golden, name)
     argv = ["run", "--pytc-config", *map(str, case.files), *case.overrides, "--inference"]
@@ -118,9 +118,8 @@ def test_the_golden_table_is_the_cases(golden: dict[str, np.ndarray]) -> None:
     each case."""
     rows = documented()
     assert set(rows) == {case.label for case in CASES.values()}
-    common = _cases_module().common_overrides()
     for case in CASES.values():
         assert f"{case.name}/output" in golden, case.name
-        own = case.overrides[len(common) :]
+        own = case.own
         expected = "common" + "".join(f", `{k} {v}`" for k, v in zip(own[::2], own[1::2], strict=True))
         assert rows[case.label][0] == (expected if case.upstream else "-"), case.label

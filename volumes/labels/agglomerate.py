@@ -1,8 +1,9 @@
-"""``affinity_agglomerate``: fragments by watershed on affinities, a region graph scored by affinity,
-and agglomeration at one or more thresholds, as PyTC's waterz tutorial does it, block by block.
+"""``affinity_agglomerate``: fragments by a watershed on the affinity graph, a region graph scored by
+affinity, and agglomeration at one or more thresholds, as PyTC's waterz tutorial does it, block by
+block, with the whole volume's result.
 
 PyTC (``docs/source/tutorials/neuron.rst``) calls ``waterz.waterz(affinities / 255, seg_thresholds,
-merge_function='aff50_his256', aff_threshold=[0.05, 0.995])``: a watershed on the affinities
+merge_function='aff50_his256', aff_threshold=[0.05, 0.995])``: a watershed on the affinity graph
 gives fragments, a region graph between touching fragments is scored ``1 - affinity statistic``
 and edges are merged cheapest first while their score is below each threshold in turn. The names
 here are PyTC's: ``thresholds`` (its ``seg_thresholds``), ``aff_threshold`` (low, high) and
@@ -14,27 +15,32 @@ Affinities: three channels z, y, x; channel ``a`` at voxel ``v`` is the affinity
 ``v - e_a`` (waterz's and :mod:`volumes.labels.blockcc`'s convention); uint8 maps are read as
 ``value / 255`` (as the tutorial divides them), float maps as they are.
 
-Blockwise, so that nothing depends on the volume's size but the region graph:
+Blockwise, equal to the whole volume's run voxel for voxel:
 
-- **Fragments** (each block, exact seeds, haloed growth): the voxel map ``s`` = the mean of a
-  voxel's three affinities; seeds are the 6-connected components of ``s > aff_threshold[1]``,
-  numbered globally through the connected-components decoders' face links; each seed floods
-  ``-s`` within ``s > aff_threshold[0]`` over the block and a halo (``compute.halo``), the
-  block's interior kept. This is ``binary_watershed`` on ``s`` (:mod:`volumes.labels.watershed`),
-  so the fragments have that decoder's blockwise agreement with the whole volume, and a fragment
-  that crosses a block face carries one id on both sides. (waterz's own zwatershed is not used
-  for the fragments: its steepest-ascent basins depend on paths of any length, so no halo makes a
-  block's basins equal the whole volume's.)
+- **Fragments** (each block): waterz's watershed (zwatershed's steepest ascent on the affinity
+  graph) with a local rule for ties, so that a fragment is a connected component of a graph whose
+  edges each depend on the affinities within two voxels (:func:`steepest_edges`). A voxel whose
+  strongest edge is at most ``aff_threshold[0]`` is background; every other voxel keeps the edge to
+  its strongest neighbour (one edge: among equal ones, one to a neighbour whose own strongest edge
+  is stronger, a way off the plateau, if there is one; then the last in waterz's order -z, -y, -x,
+  +z, +y, +x, the one waterz's plateau division gives a plateau's corner); edges of at least
+  ``aff_threshold[1]`` are all kept. The fragments are that graph's connected components, numbered
+  in raster order of their first voxel: the connected-components machinery of ``affinity_connected``
+  (a block's edges from its affinities and two more voxels on each side; face links; one merge),
+  exact for every block shape. On affinities without ties this is waterz's own watershed
+  (``tests/unit/test_agglomerate.py``); with ties (uint8 maps) waterz divides a plateau by a
+  breadth-first search from its corners, in an order over the whole volume, which no block can
+  reproduce: the local rule stands in for it.
 - **Region graph** (each block): for every pair of touching voxels ``(v - e_a, v)`` with ``v`` in
-  the block (the pair across the block's low faces included, reading one layer of the lower
-  neighbour's fragments) and two different non-zero fragments ``u < w``: the voxel count, the
+  the block (the pair across the block's low faces included, reading the lower neighbours' last
+  layer of fragments) and two different non-zero fragments ``u < w``: the voxel count, the
   affinity sum and the maximum affinity of the pair. These add over blocks exactly, so the global
   graph equals the whole volume's graph, whatever the blocks.
-- **Agglomeration** (once, in the driver): the edges of all blocks reduced by ``(u, w)``; merged as
-  waterz's ``IterativeRegionMerging`` does (cheapest edge first; an edge shared by both merged
-  regions folds into the cheaper one and is rescored when it is next popped); at each threshold,
-  ascending, the fragments' roots are the segment ids. The driver holds the graph: three int64 /
-  float64 columns per edge and one row per fragment, never voxels.
+- **Agglomeration** (once): the edges of all blocks reduced by ``(u, w)``; merged as waterz's
+  ``IterativeRegionMerging`` does (cheapest edge first; an edge shared by both merged regions folds
+  into the cheaper one and is rescored when it is next popped); at each threshold, ascending, the
+  fragments' roots are the segment ids. One task holds the graph: three int64 / float64 columns per
+  edge and one row per fragment, never voxels.
 - **Relabel** (each block): fragments -> segments by the map of each threshold.
 
 ``aff<Q>_his256`` scores start, as waterz's default (``InitWithMax``) does, from the maximum
@@ -45,11 +51,13 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from volumes.box import Box
 from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects
 
@@ -62,13 +70,12 @@ class Agglomeration:
     """The decoder's parameters (PyTC's names; see the module docstring).
 
     ``thresholds``: the segmentation thresholds on ``1 - affinity statistic``, ascending, each in
-    (0, 1]; one labels image each. ``aff_threshold``: (low, high), the fragments' flooding and
-    seeding levels on the mean affinity. ``margin``: the fragments' halo (z, y, x)."""
+    (0, 1]; one labels image each. ``aff_threshold``: (low, high), the fragments' levels: a voxel
+    whose strongest edge is at most ``low`` is background, edges of at least ``high`` always join."""
 
     thresholds: tuple[float, ...] = (0.1, 0.3, 0.6)
     aff_threshold: tuple[float, float] = (0.05, 0.995)
     merge_function: str = "aff50_his256"
-    margin: tuple[int, int, int] = (8, 32, 32)
 
     def __post_init__(self) -> None:
         for problem in check(self.thresholds, self.aff_threshold, self.merge_function):
@@ -79,19 +86,23 @@ class Agglomeration:
         """Q of ``aff<Q>_his256``, None for ``mean``."""
         return quantile_of(self.merge_function)
 
-    def fragment_decoder(self) -> Decoder:
-        """``binary_watershed`` on the mean affinity: seeds above ``aff_threshold[1]`` (6-connected,
-        none dropped), grown within ``aff_threshold[0]``, nothing removed."""
-        low, high = self.aff_threshold
-        return Decoder(
-            name="binary_watershed",
-            thresholds=(high, low),
-            thres_small=0,
-            remove_small_mode="none",
-            connectivity=6,
-            seed_thres=0,
-            margin=self.margin,
-        )
+
+# The fragments' graph: connected components of an edge mask (:func:`steepest_edges`, 0 or 255 per
+# edge), taken by the exact machinery of ``affinity_connected``.
+FRAGMENT_DECODER = Decoder(
+    name="affinity_connected", thresholds=(0.5,), thres_small=0, remove_small_mode="none", connectivity=6
+)
+# How far (voxels, each side) an edge's fate looks: the strongest edges of its two voxels and of
+# their neighbours, up to v - 2 e_a, whose own edge toward v - 3 e_a lies in channel a at v - 2 e_a
+# but is cut off when the array starts there (an array's first layer has no edge before it).
+CONTEXT = 3
+# waterz's order of a voxel's six edges: -z, -y, -x, +z, +y, +x, as (axis, side)
+ORDER = ((0, -1), (1, -1), (2, -1), (0, 1), (1, 1), (2, 1))
+
+
+def threshold_name(threshold: float) -> str:
+    """The name of a threshold's labels image in a job's group of them: ``threshold_0.3``."""
+    return f"threshold_{threshold:g}"
 
 
 def agglomeration_of(decoder: Decoder) -> Agglomeration:
@@ -101,7 +112,6 @@ def agglomeration_of(decoder: Decoder) -> Agglomeration:
         thresholds=decoder.thresholds,
         aff_threshold=decoder.aff_threshold,
         merge_function=decoder.merge_function or "aff50_his256",
-        margin=decoder.margin,
     )
 
 
@@ -147,9 +157,88 @@ def as_affinities(pred: np.ndarray) -> np.ndarray:
     return pred.astype(np.float32, copy=False)
 
 
-def mean_affinity(affs: np.ndarray) -> np.ndarray:
-    """The fragments' voxel map: the mean of each voxel's three affinities (1, Z, Y, X)."""
-    return as_affinities(affs).mean(axis=0, keepdims=True)
+def _along(a: int, part: slice) -> tuple[slice, ...]:
+    return tuple(part if b == a else slice(None) for b in range(3))
+
+
+def steepest_edges(affs: np.ndarray, aff_threshold: Sequence[float]) -> np.ndarray:
+    """The fragments' graph over ``affs`` (3, Z, Y, X), uint8 or float: which edges it keeps,
+    boolean (3, Z, Y, X), channel ``a`` at ``v`` the edge between ``v`` and ``v - e_a`` (none out
+    of the array: its ends are taken as the volume's).
+
+    A voxel's strongest edge ``m`` (uint8 values compare as ``value / 255`` in float32, as waterz
+    sees ``affs / 255``): at most ``aff_threshold[0]``, the voxel is background. Otherwise it keeps
+    one edge of value ``m``: one to a neighbour whose own strongest edge is stronger than ``m`` (off
+    a plateau) if there is one, the last such in waterz's order (-z, -y, -x, +z, +y, +x), else the
+    last of value ``m`` in that order. Edges of at least ``aff_threshold[1]`` are kept, all. Each
+    edge's fate depends on the affinities within :data:`CONTEXT` voxels of it."""
+    if affs.ndim != 4 or affs.shape[0] != 3:
+        raise ValueError(f"affinities need 3 channels (z, y, x) of (C, Z, Y, X), not shape {affs.shape}")
+    values = affs if affs.dtype == np.uint8 else affs.astype(np.float32, copy=False)
+    low, high = aff_threshold
+    lo: Any
+    hi: Any
+    if values.dtype == np.uint8:  # the same comparisons on value / 255 in float32, as integers
+        scale = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        lo = int(np.count_nonzero(scale <= np.float32(low))) - 1
+        hi = int(np.count_nonzero(scale < np.float32(high)))
+    else:
+        lo, hi = np.float32(low), np.float32(high)
+    shape = values.shape[1:]
+
+    def edge(a: int, side: int) -> np.ndarray:  # each voxel's edge toward v + side * e_a; 0 if none
+        out = np.zeros(shape, values.dtype)
+        if side < 0:
+            out[_along(a, slice(1, None))] = values[a][_along(a, slice(1, None))]
+        else:
+            out[_along(a, slice(0, -1))] = values[a][_along(a, slice(1, None))]
+        return out
+
+    def beside(x: np.ndarray, a: int, side: int) -> np.ndarray:  # x at v + side * e_a; 0 past the end
+        out = np.zeros_like(x)
+        if side < 0:
+            out[_along(a, slice(1, None))] = x[_along(a, slice(0, -1))]
+        else:
+            out[_along(a, slice(0, -1))] = x[_along(a, slice(1, None))]
+        return out
+
+    strongest = np.zeros(shape, values.dtype)  # 0 stands for no edge: low >= 0, so never kept
+    for a, side in ORDER:
+        np.maximum(strongest, edge(a, side), out=strongest)
+    foreground = strongest > lo
+    pointer = np.full(shape, -1, np.int8)
+    off_plateau = np.full(shape, -1, np.int8)
+    for d, (a, side) in enumerate(ORDER):
+        e = edge(a, side)
+        top = foreground & (e == strongest)
+        pointer[top] = d
+        off_plateau[top & (beside(strongest, a, side) > strongest) & (e < hi)] = d
+        del e, top
+    pointer = np.where(off_plateau >= 0, off_plateau, pointer)
+    kept = np.zeros((3, *shape), bool)
+    for a in range(3):
+        later, earlier = _along(a, slice(1, None)), _along(a, slice(0, -1))
+        kept[a][later] = (values[a][later] >= hi) | (pointer[later] == a) | (pointer[earlier] == a + 3)
+    return kept
+
+
+def edge_mask(affs: np.ndarray, aff_threshold: Sequence[float]) -> np.ndarray:
+    """:func:`steepest_edges` as the affinity map ``affinity_connected`` labels: 255 kept, 0 not."""
+    return steepest_edges(affs, aff_threshold).view(np.uint8) * np.uint8(255)
+
+
+def edge_mask_over(
+    read: Callable[[Box], np.ndarray], box: Box, volume: Sequence[int], aff_threshold: Sequence[float]
+) -> np.ndarray:
+    """The edge mask (3, box) of a box of the volume, from the affinities ``read`` over the box grown
+    by :data:`CONTEXT` (cut to the volume): the whole volume's mask there, voxel for voxel."""
+    begin = [max(0, o - CONTEXT) for o in box.offset]
+    end = [min(s, e + CONTEXT) for s, e in zip(volume, box.end, strict=True)]
+    grown = Box.from_bounds(begin, end)
+    inner = tuple(
+        slice(o - g, o - g + n) for o, g, n in zip(box.offset, grown.offset, box.shape, strict=True)
+    )
+    return np.ascontiguousarray(edge_mask(read(grown), aff_threshold)[(slice(None), *inner)])
 
 
 # --- region graph -----------------------------------------------------------------------------
@@ -400,17 +489,33 @@ def segments(
 
 
 def fragments_in_memory(pred: np.ndarray, agg: Agglomeration) -> np.ndarray:
-    """The whole volume's fragments at once (uint64)."""
-    from volumes.labels.watershed import decode_watershed
+    """The whole volume's fragments at once (uint64, 1..K in raster order of their first voxel)."""
+    from volumes.labels.blockcc import affinity_labels
 
-    return decode_watershed(mean_affinity(pred), agg.fragment_decoder())
+    shape = tuple(pred.shape[1:])
+    labels, _ = affinity_labels(
+        edge_mask(pred, agg.aff_threshold), FRAGMENT_DECODER, shape, (True,) * 3, (True,) * 3
+    )
+    return labels.astype(np.uint64)
 
 
 def fragments_blockwise(pred: np.ndarray, agg: Agglomeration, block: Sequence[int]) -> np.ndarray:
-    """The fragments block by block (the segmentation run's label, link, merge and grow steps)."""
-    from volumes.labels.blockwise import decode_blockwise
+    """The fragments block by block, as the segmentation run's label, link and merge steps make
+    them: each block's edge mask from its own affinities and :data:`CONTEXT` voxels around it."""
+    from volumes.labels.blockwise import Grid, label_step, link_step, merge_step, read_box
 
-    return decode_blockwise(mean_affinity(pred), agg.fragment_decoder(), tuple(block), "none")
+    grid = Grid(tuple(pred.shape[1:]), tuple(block))
+    done = {}
+    for index in grid.indices():
+        box = read_box(FRAGMENT_DECODER, grid, index)
+        mask = edge_mask_over(lambda b: pred[(slice(None), *b.slices())], box, grid.shape, agg.aff_threshold)
+        done[index] = label_step(FRAGMENT_DECODER, grid, index, mask)
+    links_of = {i: link_step(FRAGMENT_DECODER, grid, i, lambda j: done[j].faces) for i in grid.indices()}
+    numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
+    out = np.zeros(grid.shape, dtype=np.uint64)
+    for index in grid.indices():
+        out[grid.box(index).slices()] = numbered.lut[index][done[index].labels]
+    return out
 
 
 def graph_blockwise(fragments: np.ndarray, pred: np.ndarray, block: Sequence[int]) -> Edges:

@@ -10,7 +10,9 @@ The steps, each a function of what the step before left (the block tasks in
                           the statistics of its part of each object
     grow   (each block)   the watershed decoders instead: the numbered seeds (whole seeds under
                           ``seed_thres`` dropped) of the block and a halo flooded over the
-                          prediction there, the block's interior kept; its part of each object
+                          prediction there (in a tie order all blocks share; the halo doubled
+                          where the flood cannot settle), the block's interior kept; its part
+                          of each object
     merge  (once)         sizes of whole objects -> the size filter and the written numbers
     write  (each block)   the written numbers
 
@@ -21,16 +23,17 @@ whole-volume decoder, and the block tasks are these same functions.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from volumes.box import Box
 from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces, slice_pieces
-from volumes.labels.decoders import Decoder, dilate
+from volumes.labels.decoders import HALO_DOUBLINGS, Decoder, dilate
 from volumes.labels.merge import Objects, aggregate, final_ids, join, number, slice_filter
-from volumes.labels.watershed import grow, kept_seeds
+from volumes.labels.watershed import grow, grow_mask, kept_seeds
 
 Index = tuple[int, ...]
 
@@ -199,17 +202,59 @@ def dilate_step(
     return core, block_parts(grid, box, core)
 
 
+def grown_box(grid: Grid, index: Index, halo: Sequence[int]) -> Box:
+    """The block grown by ``halo`` on each side, cut to the volume."""
+    box = grid.box(index)
+    begin = [max(0, o - h) for o, h in zip(box.offset, halo, strict=True)]
+    end = [min(s, e + h) for s, e, h in zip(grid.shape, box.end, halo, strict=True)]
+    return Box.from_bounds(begin, end)
+
+
 def grow_step(
-    decoder: Decoder, grid: Grid, index: Index, seeds: np.ndarray, pred: np.ndarray
+    decoder: Decoder, grid: Grid, index: Index, read: Callable[[Box], tuple[np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """The block's watershed labels: the numbered ``seeds`` over :func:`halo_box` flooded over
-    ``pred`` (C, halo box), the block's interior kept; and its part of each object."""
-    box, grown = grid.box(index), halo_box(decoder, grid, index)
-    inner = tuple(
-        slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
-    )
-    core = np.ascontiguousarray(grow(decoder, pred, seeds)[inner]).astype(np.uint64)
+    """The block's watershed labels and its part of each object. ``read(box)`` gives the numbered
+    seeds and the prediction (C, box) over a box: the seeds over :func:`halo_box` are flooded
+    over the prediction there (:func:`volumes.labels.watershed.flood`, the tie order every block
+    shares) and the block's interior kept. Where a voxel of the block inside the mask is left
+    unreached while the mask joins it to a face of the halo box inside the volume (a seed may
+    reach it from beyond the halo), the halo doubles and the block grows again, at most
+    ``HALO_DOUBLINGS`` times."""
+    box, halo = grid.box(index), tuple(decoder.halo)
+    for attempt in range(HALO_DOUBLINGS + 1):
+        grown = grown_box(grid, index, halo)
+        seeds, pred = read(grown)
+        labels = grow(decoder, pred, seeds, "raster")
+        inner = tuple(
+            slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
+        )
+        if attempt == HALO_DOUBLINGS or grown.shape == grid.shape:
+            break
+        if not unsettled(grow_mask(decoder, pred) & (labels == 0), grown, grid.shape, inner):
+            break
+        halo = tuple(max(1, 2 * h) for h in halo)
+    core = np.ascontiguousarray(labels[inner]).astype(np.uint64)
     return core, block_parts(grid, box, core)
+
+
+def unsettled(unreached: np.ndarray, grown: Box, volume: Sequence[int], inner: tuple[slice, ...]) -> bool:
+    """Whether a voxel of the block (``inner`` of the grown box) among ``unreached`` (in the mask,
+    no seed's flood reached it) is joined through unreached voxels (6-connected: the flood's
+    steps) to a face of the grown box that is not the volume's: a seed beyond it may reach it."""
+    if not unreached[inner].any():
+        return False
+    parts, _ = ndimage.label(unreached)  # 6-connectivity, scipy's default structure
+    edge = []
+    for a in range(3):
+        if grown.offset[a] > 0:
+            edge.append(parts.take(0, axis=a).ravel())
+        if grown.end[a] < volume[a]:
+            edge.append(parts.take(parts.shape[a] - 1, axis=a).ravel())
+    if not edge:
+        return False
+    open_ids = np.unique(np.concatenate(edge))
+    open_ids = open_ids[open_ids != 0]
+    return bool(np.isin(parts[inner], open_ids).any())
 
 
 def block_parts(grid: Grid, box: Box, core: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -256,11 +301,12 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
         out[grid.box(index).slices()] = values
     if decoder.watershed:
         seeds, out, parts = kept_seeds(decoder, objects.count).astype(np.uint64)[out], np.zeros_like(out), []
+
+        def read(b: Box) -> tuple[np.ndarray, np.ndarray]:
+            return seeds[b.slices()], pred[(slice(None), *b.slices())]
+
         for index in grid.indices():
-            grown = halo_box(decoder, grid, index)
-            core, part = grow_step(
-                decoder, grid, index, seeds[grown.slices()], pred[(slice(None), *grown.slices())]
-            )
+            core, part = grow_step(decoder, grid, index, read)
             out[grid.box(index).slices()] = core
             parts.append(part)
         objects = objects_from_parts(objects.n, parts)

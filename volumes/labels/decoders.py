@@ -57,6 +57,10 @@ CHANNELS: dict[str, int] = {
     "affinity_agglomerate": 3,
 }
 WATERSHED = ("binary_watershed", "bc_watershed", "bcd_watershed")
+# How many times a block's watershed halo may double where its flood cannot settle
+# (:func:`volumes.labels.blockwise.grow_step`): a block task reads at most the block grown by
+# ``halo * 2**HALO_DOUBLINGS`` on each side.
+HALO_DOUBLINGS = 1
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,8 @@ class Decoder:
     ``seed_thres``: the watershed decoders' size filter on whole seeds; ``margin``: how far past a
     block the blockwise watershed reads and floods (its halo), (0, 0, 0) for the others.
     ``affinity_agglomerate`` (:mod:`volumes.labels.agglomerate`): ``thresholds`` are its
-    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` the
-    fragments' halo."""
+    segmentation thresholds, ``aff_threshold`` and ``merge_function`` its own, ``margin`` (0, 0, 0):
+    its fragments need no halo."""
 
     name: DecoderName
     thresholds: tuple[float, ...]

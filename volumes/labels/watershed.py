@@ -18,6 +18,16 @@ keeping the other numbers. Each seed then floods ``-s`` within the mask (``skima
 watershed``: 6-connected, a voxel takes the label of the first labelled neighbour taken off the
 priority queue, lowest value first, ties in the order voxels were queued), and objects of fewer
 than ``thres_small`` voxels are zeroed (``remove_small_mode: background``).
+
+The whole-volume decoder calls scikit-image, as PyTC does. The blockwise growth calls
+:func:`flood`, the same algorithm with one difference, its tie order: scikit-image queues every
+seed voxel first with the same age, so seed voxels of equal value leave its binary heap in an order
+set by the heap's layout, which depends on every seed in the volume; :func:`flood` takes them in
+raster order, an order every block sees alike. Everything else is scikit-image's: a voxel's
+priority is the highest value on the path that reached it (its flood level), voxels of equal
+priority leave in the order they were queued, and a voxel takes the label of the first neighbour
+taken off the queue. Where two seeds' fronts meet at equal flood level and equal distance (a tie
+that goes back to the seeds' own order) the two can differ: ``docs/segmentation.md``.
 """
 
 from __future__ import annotations
@@ -38,13 +48,81 @@ def grow_mask(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
     return mask
 
 
-def grow(decoder: Decoder, pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The seeds (numbered labels, 0 elsewhere) flooded over ``-pred[0]`` within the mask (int64)."""
-    from skimage.segmentation import watershed
-
+def grow(decoder: Decoder, pred: np.ndarray, seeds: np.ndarray, ties: str = "heap") -> np.ndarray:
+    """The seeds (numbered labels, 0 elsewhere) flooded over ``-pred[0]`` within the mask (int64).
+    ``ties``: ``heap`` (scikit-image's watershed, PyTC's order) or ``raster`` (:func:`flood`)."""
     energy = -pred[0].astype(np.float64)
     markers = seeds.astype(np.int64, copy=False)
+    if ties == "raster":
+        return flood(energy, markers, grow_mask(decoder, pred))
+    from skimage.segmentation import watershed
+
     return np.asarray(watershed(energy, markers, mask=grow_mask(decoder, pred)), dtype=np.int64)
+
+
+def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(energy, markers, mask=mask)`` (6-connected, no compactness,
+    no watershed line) with marker voxels of equal value taken in raster order (int64 labels).
+
+    A queue per distinct value of ``energy`` (a hierarchical queue), each first in, first out: the
+    order of scikit-image's heap, whose key is (priority, age), for every voxel but the markers.
+    A queue is taken whole at a time, in order, and each voxel of it labels its unlabelled
+    neighbours (offsets in scikit-image's order: -z, -y, -x, +x, +y, +z), the first to reach a
+    voxel winning; the voxels so labelled join the queue of their priority (their value, or the
+    level being flooded if lower), after the voxels already there."""
+    shape = tuple(energy.shape)
+    padded = tuple(s + 2 for s in shape)
+    inner = tuple(slice(1, -1) for _ in shape)
+    allowed = np.zeros(padded, dtype=bool)
+    allowed[inner] = mask
+    labels = np.zeros(padded, dtype=np.int64)
+    labels[inner] = np.where(mask, markers, 0)
+    allowed_flat, flat = allowed.ravel(), labels.ravel()
+    # each voxel's rank among the mask's distinct values (only mask voxels are ever queued)
+    levels, ranks = np.unique(np.asarray(energy, dtype=np.float64)[mask], return_inverse=True)
+    rank = np.zeros(padded, dtype=np.int64)
+    rank[inner][mask] = ranks.ravel()
+    rank = rank.ravel()
+    sy, sz = padded[2], padded[1] * padded[2]
+    offsets = np.array([-sz, -sy, -1, 1, sy, sz], dtype=np.int64)
+    queues: list[list[np.ndarray]] = [[] for _ in range(levels.shape[0])]
+    start = np.flatnonzero(flat)  # raster order
+    _enqueue(queues, start, rank[start])
+    for level, queue in enumerate(queues):
+        while queue:
+            current = queue[0] if len(queue) == 1 else np.concatenate(queue)
+            queue.clear()
+            reach = (current[:, None] + offsets[None, :]).ravel()
+            open_ = allowed_flat[reach]
+            open_ &= flat[reach] == 0
+            reach = reach[open_]
+            if not reach.size:
+                continue
+            parent = np.repeat(current, offsets.shape[0])[open_]
+            _, first = np.unique(reach, return_index=True)
+            first.sort()  # each voxel once, by its first reach: queue order, then offset order
+            new = reach[first]
+            flat[new] = flat[parent[first]]
+            priority = np.maximum(rank[new], level)
+            here = priority == level
+            if here.all():
+                queue.append(new)
+            else:
+                if here.any():
+                    queue.append(new[here])
+                _enqueue(queues, new[~here], priority[~here])
+    return labels[inner]
+
+
+def _enqueue(queues: list[list[np.ndarray]], voxels: np.ndarray, priority: np.ndarray) -> None:
+    """``voxels`` appended to the queues of their priorities, keeping their order in each."""
+    if not voxels.size:
+        return
+    order = np.argsort(priority, kind="stable")
+    voxels, priority = voxels[order], priority[order]
+    cuts = np.flatnonzero(np.diff(priority)) + 1
+    for part, level in zip(np.split(voxels, cuts), priority[np.r_[0, cuts]], strict=True):
+        queues[int(level)].append(part)
 
 
 def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -57,15 +135,16 @@ def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return labels
 
 
-def decode_watershed(pred: np.ndarray, decoder: Decoder) -> np.ndarray:
+def decode_watershed(pred: np.ndarray, decoder: Decoder, ties: str = "heap") -> np.ndarray:
     """The whole volume decoded at once, PyTC's numbers (the seeds'; gaps where seeds or objects
-    were dropped), uint64."""
+    were dropped), uint64. ``ties``: ``heap`` is PyTC's decoder (scikit-image's order); ``raster``
+    the blockwise run's order (:func:`flood`), what that run equals once its halo suffices."""
     from volumes.labels.blockcc import components
 
     seeds = drop_small(
         components(seed_map(decoder, pred), decoder.connectivity).astype(np.int64), decoder.seed_thres
     )
-    labels = grow(decoder, pred, seeds)
+    labels = grow(decoder, pred, seeds, ties)
     if decoder.remove_small_mode == "background":
         labels = drop_small(labels, decoder.thres_small)
     return labels.astype(np.uint64)

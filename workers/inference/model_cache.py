@@ -1,4 +1,5 @@
-"""Models loaded once per worker, keyed by what they are: the model file's sha256 and the device.
+"""Models loaded once per worker, keyed by what they are: the model file's sha256, the device and
+the memory format (``compute.memory_format``: a module made channels-last is another module).
 
 The cache is the worker's (:func:`workers.runtime.state.worker_state`: the worker's plugin, or this
 process's state outside a worker that has one). A file is hashed again only when its path, size or
@@ -19,7 +20,7 @@ from models.devices import pick_device
 from models.errors import ModelNotFoundError
 from models.loading import LoadedModel, file_sha256, load_model
 from models.ref import ModelRef
-from workers.inference.job import InferenceJob
+from workers.inference.job import InferenceJob, MemoryFormat
 from workers.inference.predictor import WindowPredictor, prefers_channels_last
 from workers.runtime.affinity import torch_threads
 from workers.runtime.allocator import tune_allocator
@@ -54,17 +55,32 @@ def model_identity(ref: ModelRef, content_sha256: str | None = None) -> str:
     )
 
 
-def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = "cpu") -> LoadedModel:
-    """The model ``ref`` names on ``device``, loaded at most once per worker while it stays cached."""
+def _layout(memory_format: MemoryFormat) -> MemoryFormat:
+    """The memory format a model loaded now for ``memory_format`` gets: ``PYTC_CHANNELS_LAST=0``
+    makes ``auto`` contiguous in this worker (:func:`prefers_channels_last`)."""
+    return "contiguous" if os.environ.get("PYTC_CHANNELS_LAST", "1") == "0" else memory_format
+
+
+def cached_model(
+    ref: ModelRef,
+    patch_size: tuple[int, int, int],
+    device: str = "cpu",
+    memory_format: MemoryFormat = "auto",
+) -> LoadedModel:
+    """The model ``ref`` names on ``device``, loaded at most once per worker while it stays cached.
+
+    The memory format is part of the key: a module made channels-last for ``auto`` is never handed
+    to a job that asks for ``contiguous``, nor the other way round."""
     cache = worker_state().models
-    key: Any = (model_identity(ref), device)
+    layout = _layout(memory_format)
+    key: Any = (model_identity(ref), device, layout)
 
     def load() -> LoadedModel:
         tune_allocator()
         torch.set_num_threads(torch_threads())
         loaded = load_model(ref, probe_shape=patch_size)
         loaded.module.to(device).eval()
-        if prefers_channels_last(loaded.module, torch.device(device)):
+        if prefers_channels_last(loaded.module, torch.device(device), layout):
             loaded.module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             loaded.channels_last = True
         return loaded
@@ -75,7 +91,7 @@ def cached_model(ref: ModelRef, patch_size: tuple[int, int, int], device: str = 
         # loaded, where the next block (which hashes the new file) looks for it.
         log.warning("model file %s changed while loading; keyed by its new sha256", _weights_file(ref))
         cache.pop(key)
-        evicted += cache.put((model_identity(ref, loaded.sha256), device), loaded)
+        evicted += cache.put((model_identity(ref, loaded.sha256), device, layout), loaded)
     if evicted and device.startswith("cuda"):
         del evicted
         torch.cuda.empty_cache()  # hand the evicted models' blocks back to the driver
@@ -86,7 +102,7 @@ def cached_predictor(job: InferenceJob) -> WindowPredictor:
     device = pick_device(job.compute.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    loaded = cached_model(job.model, job.window.patch_size, str(device))
+    loaded = cached_model(job.model, job.window.patch_size, str(device), job.compute.memory_format)
     heads = job.output.heads or (loaded.out_channels,)
     return WindowPredictor(
         module=loaded.module,

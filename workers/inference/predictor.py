@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.inference.job import Activation, Precision, RawHeads, Reduce
+from workers.inference.job import Activation, MemoryFormat, Precision, RawHeads, Reduce
 
 # (xflip, yflip, zflip, transpose) per variant, in PyTC's order.
 _TTA_OPTIONS = {
@@ -68,16 +68,21 @@ def apply_activations(
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
+def prefers_channels_last(
+    module: torch.nn.Module, device: torch.device, memory_format: MemoryFormat = "auto"
+) -> bool:
     """Whether to run ``module`` on channels-last (NDHWC) tensors.
 
     oneDNN's 3D convolutions on the CPU skip a layout reorder before and after every convolution
     when activations and weights are channels-last: the demo ``unet3d`` runs a batch of 4 windows of
-    17x129x129 about 15% faster on 2 cores, with outputs equal to float32 rounding. Only eager
-    modules that hold ``Conv3d`` layers qualify (TorchScript and exported programs keep the layout
-    they were made with); ``PYTC_CHANNELS_LAST=0`` turns it off.
+    17x129x129 about 15% faster on 2 cores, with outputs equal to float32 rounding (not bit for bit:
+    PyTC runs contiguous tensors, and its uint8 truncation turns the last bits into a grey level in
+    a few voxels). So only under ``compute.memory_format: auto`` (``contiguous`` never), on a CPU,
+    and only eager modules that hold ``Conv3d`` layers (TorchScript and exported programs keep the
+    layout they were made with); ``PYTC_CHANNELS_LAST=0`` in a worker's environment makes ``auto``
+    contiguous there too.
     """
-    if os.environ.get("PYTC_CHANNELS_LAST", "1") == "0" or device.type != "cpu":
+    if memory_format != "auto" or os.environ.get("PYTC_CHANNELS_LAST", "1") == "0" or device.type != "cpu":
         return False
     return any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
 

@@ -27,6 +27,7 @@ from workers.inference.job import InferenceJob
 Relabel = Literal["sequential", "none"]
 ALGORITHM = "blockwise-cc-1"  # in the layout key: a changed algorithm never resumes an older run
 DEFAULT_BLOCK = (64, 512, 512)
+AGGLOMERATE_FRAGMENTS = "steepest-edges-1"  # affinity_agglomerate's fragments (was: a seeded watershed)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class SegmentationJob:
             + ([] if self.output.pyramid else ["no-pyramid"]),
             "block": list(self.block_for(tuple(shape[1:]))),
         }
+        if self.decoder.name == "affinity_agglomerate":  # its fragments' algorithm (others keep their keys)
+            record["fragments"] = AGGLOMERATE_FRAGMENTS
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

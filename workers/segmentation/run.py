@@ -8,8 +8,9 @@ barrier (every block's step before any of the next stage)::
     label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
     -> write (blocks) -> pyramid (workers.pyramid, rule ``mode``, level after level) -> complete
 
-affinity_agglomerate: label, link, number, rank, dilate (its fragments, a watershed on the mean
-affinity) -> edges (blocks: the region graph) -> agglomerate (once: the whole graph) -> write.
+affinity_agglomerate: label, link, number (its fragments: components of the steepest edges) ->
+edges (blocks: the region graph) -> agglomerate (once: the whole graph, every threshold) -> write
+(every threshold's image) -> the pyramid of each image.
 
 ``complete`` checks every block's write record and every pyramid task's marker, writes the table of
 objects, marks the output complete and drops the run folder: success is never reported over a hole.
@@ -28,17 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from volumes.detect import node_kind
 from volumes.errors import VolumeError, VolumeNotFoundError
 from volumes.labels.merge import Objects, table_rows
 from volumes.labels.output import table_path, write_table
-from volumes.ome import image_levels
+from volumes.ome import image_level0, image_levels
 from volumes.open import open_volume
 from volumes.output import delete_dataset
 from volumes.pyramid import Factors, LabelRule
 from workers.confine import confined
 from workers.errors import IncompleteRunError, OutputExistsError
 from workers.inference.rundir import RunDir
-from workers.pyramid import PyramidStage, run_pyramid_task
+from workers.pyramid import PyramidStage, PyramidStages, run_pyramid_task
 from workers.segmentation.job import SegmentationJob, check_input, open_prediction
 from workers.segmentation.steps import (
     AGGLOMERATE,
@@ -50,8 +52,11 @@ from workers.segmentation.steps import (
     WRITE,
     Index,
     Plan,
+    group_record,
     label_levels,
     made_by,
+    objects_file,
+    write_group,
 )
 
 LABEL_RULE: LabelRule = "mode"  # the label pyramid's rule: each coarse voxel the most frequent id under it
@@ -75,12 +80,25 @@ class SegmentationRun:
     ) -> None:
         self.plan = plan
         job = plan.job
-        self.pyramid = PyramidStage(
-            job.output.path, job.output.dataset, job.output.format,
-            ((1, 1, 1),) if already_complete else levels, job.output.chunks, plan.grid.shape,
-            LABEL_RULE, plan.run_dir.root / "pyramid", job.data_roots,
-            f"pytc-seg-{plan.layout_key}-{plan.attempt}-",
-        )  # fmt: skip
+        key = f"pytc-seg-{plan.layout_key}-{plan.attempt}-"
+        stages = [
+            PyramidStage(
+                job.output.path,
+                dataset,
+                job.output.format,
+                ((1, 1, 1),) if already_complete else levels,
+                job.output.chunks,
+                plan.grid.shape,
+                LABEL_RULE,
+                plan.run_dir.root / "pyramid" / (str(i) if plan.grouped else ""),
+                job.data_roots,
+                f"{key}pyr-t{i}-" if plan.grouped else key,
+            )
+            for i, (dataset, _) in enumerate(plan.images())
+        ]
+        self.pyramid: PyramidStage | PyramidStages = (
+            stages[0] if len(stages) == 1 else PyramidStages(stages, key)
+        )
         self.already_complete = already_complete
         self.resumed = resumed
         self.started = time.perf_counter()
@@ -108,7 +126,7 @@ class SegmentationRun:
         steps = self.plan.block_steps()
         out: list[tuple[int, list[Index]]] = [(steps[0], blocks), (steps[1], blocks), (NUMBER, [ONCE])]
         if self.plan.agglomerates:
-            out += [(steps[2], blocks), (steps[3], blocks), (EDGES, blocks), (AGGLOMERATE, [ONCE])]
+            out += [(EDGES, blocks), (AGGLOMERATE, [ONCE])]
         elif self.plan.dilates:
             out += [(steps[2], blocks), (steps[3], blocks), (SIZES, [ONCE])]
         return [*out, (WRITE, blocks)]
@@ -139,7 +157,7 @@ class SegmentationRun:
             parts["pyramid"] = [self.pyramid.chunks_done, self.pyramid.chunks_total]
         return parts
 
-    def pyramid_stage(self) -> PyramidStage:
+    def pyramid_stage(self) -> PyramidStage | PyramidStages:
         """The label pyramid's tasks, once every block's write is recorded (level 0 whole)."""
         self._check_written()
         return self.pyramid
@@ -164,36 +182,53 @@ class SegmentationRun:
         plan, job = self.plan, self.plan.job
         self._check_written()
         self.pyramid.check()
+        images = plan.images()
         if not self.already_complete:
             job.output_node()
             confined(plan.run_dir.root, job.data_roots)
-            with np.load(plan.run_dir.root / "objects.npz") as data:
-                objects = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
-                final = data["table_final"] if "table_final" in data.files else data["final"]
-            rows = table_rows(objects, final)
-            write_table(table_path(job.output.path, job.output.dataset), rows)
-            volume = open_volume(job.output.path, job.output.dataset, mode="r+")
-            record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
-            extra = {"complete": True, "objects": int(rows.shape[0]), "max_id": int(final.max(initial=0))}
-            volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, **extra}})
+            for i, (dataset, _) in enumerate(images):
+                with np.load(objects_file(plan, i)) as data:
+                    objects = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
+                    final = data["table_final"] if "table_final" in data.files else data["final"]
+                rows = table_rows(objects, final)
+                write_table(table_path(job.output.path, dataset), rows)
+                volume = open_volume(job.output.path, dataset, mode="r+")
+                record = dict(volume.attrs.get(OUTPUT_ATTRS_KEY, {}))
+                extra = {"complete": True, "objects": int(rows.shape[0]), "max_id": int(final.max(initial=0))}
+                volume.set_attrs({OUTPUT_ATTRS_KEY: {**record, **extra}})
+            if plan.grouped:
+                write_group(plan, complete=True)
             self.ledger.close()
             shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
-        volume = open_volume(job.output.path, job.output.dataset)
-        record = volume.attrs.get(OUTPUT_ATTRS_KEY, {})
-        return {
+        described = []
+        for dataset, threshold in images:
+            volume = open_volume(job.output.path, dataset)
+            record = volume.attrs.get(OUTPUT_ATTRS_KEY, {})
+            described.append(
+                {
+                    "dataset": dataset,
+                    "threshold": threshold,
+                    "table": str(table_path(job.output.path, dataset)),
+                    "objects": record.get("objects"),
+                    "max_id": record.get("max_id"),
+                    "dtype": str(volume.dtype),
+                    "levels": len(image_levels(Path(job.output.path, dataset), job.output.format)),
+                }
+            )
+        first = described[0]
+        out = {
             "output_path": job.output.path,
             "dataset": job.output.dataset,
-            "table": str(table_path(job.output.path, job.output.dataset)),
-            "objects": record.get("objects"),
-            "max_id": record.get("max_id"),
-            "dtype": str(volume.dtype),
-            "levels": len(image_levels(Path(job.output.path, job.output.dataset), job.output.format)),
+            **{k: first[k] for k in ("table", "objects", "max_id", "dtype", "levels")},
             "pyramid_seconds": self.pyramid.seconds,
             "blocks_total": plan.grid.counts[0] * plan.grid.counts[1] * plan.grid.counts[2],
             "steps_skipped": self.skipped,
             "resumed": self.resumed,
             "seconds": time.perf_counter() - self.started,
         }
+        if plan.agglomerates:
+            out["images"] = described
+        return out
 
 
 def output_state(plan: Plan) -> str:
@@ -201,6 +236,8 @@ def output_state(plan: Plan) -> str:
     ``replace`` (another's, with ``overwrite``); another's without ``overwrite`` is an
     OutputExistsError. Nothing is changed here."""
     job = plan.job
+    if plan.grouped or group_record(plan) is not None:  # several images: the group's record decides
+        return _group_state(plan)
     if not Path(job.output.path, job.output.dataset).exists():  # the container may hold only the run folder
         return "resume" if plan.run_dir.root.is_dir() else "absent"
     try:
@@ -224,6 +261,32 @@ def output_state(plan: Plan) -> str:
     return "replace"
 
 
+def _group_state(plan: Plan) -> str:
+    """:func:`output_state` for several images in the group ``output.dataset``: the group's record."""
+    job = plan.job
+    node = Path(job.output.path, job.output.dataset)
+    if not node.exists():
+        return "resume" if plan.run_dir.root.is_dir() else "absent"
+    record = group_record(plan)
+    if record is not None and record.get("layout_key") == plan.layout_key:
+        return "complete" if record.get("complete") else "resume"
+    if not job.output.overwrite:
+        raise OutputExistsError(
+            "output.path",
+            f"{job.output.path} (dataset {job.output.dataset!r}) exists and was not made by this job; "
+            "set overwrite: true to replace it, or choose another output.path or output.dataset",
+        )
+    kind = node_kind(node)
+    replaceable = (kind is not None and kind[1] == "array") or image_level0(node, kind[0] if kind else "n5")
+    if record is None and not replaceable:
+        raise OutputExistsError(
+            "output.dataset",
+            f"{node} is a group that no segmentation job made; overwrite does not replace it: "
+            "choose another output.dataset",
+        )
+    return "replace"
+
+
 def _output_state(plan: Plan) -> tuple[bool, bool]:
     """(complete already, resumed); another job's output replaced (``overwrite``) is deleted first,
     with the run folders of what it replaces."""
@@ -232,7 +295,10 @@ def _output_state(plan: Plan) -> tuple[bool, bool]:
         return state == "complete", state != "absent"
     job = plan.job
     job.output_node()
-    if Path(job.output.path, job.output.dataset).exists():
+    node = Path(job.output.path, job.output.dataset)
+    if node.exists() and group_record(plan) is not None:  # a group of labels images
+        shutil.rmtree(node)
+    elif node.exists():
         delete_dataset(job.output.path, job.output.dataset)
     shutil.rmtree(RunDir.all_for_dataset(job.output.path, job.output.dataset), ignore_errors=True)
     return False, False

@@ -14,14 +14,22 @@ the record: a step is redone unless it is recorded. The arrays of
     ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
                                                             watershed decoders: numbered seeds and
                                                             the grown labels (same files)
-    edges/<b>.npz  graph.json                               affinity_agglomerate: the fragments (the
-                                                            grown labels above) and their region
-                                                            graph, merged once in the driver
+    fragments.npz  edges/<b>.npz  graph.json                affinity_agglomerate: the fragments'
+    objects/<i>.npz                                         statistics (labels/ and luts/ hold the
+                                                            fragments), their region graph, and per
+                                                            threshold i the written number of each
+                                                            fragment and the segments' statistics
 
 The labels image itself is created by the last merge (its dtype, uint32 or uint64, is known then),
 with all its levels (:func:`label_levels`); the write step fills a block's chunks of level 0, the
 block being a multiple of the chunks; the pyramid stage (:mod:`workers.pyramid`, rule ``mode``)
 fills the coarser levels after every block is written.
+
+``affinity_agglomerate`` with several thresholds writes one labels image per threshold
+(:func:`images`): ``<dataset>/threshold_<t>``, each as above with its own table
+(``<dataset>/threshold_<t>.objects.csv``), inside the group ``<dataset>``, whose attributes list
+them (OME-Zarr's ``labels``) and carry the job's identity; all from one fragment pass and one
+region graph, each block's write step writing every image.
 """
 
 from __future__ import annotations
@@ -37,17 +45,20 @@ import numpy as np
 import zarr
 
 from volumes.box import Box
+from volumes.detect import node_kind
 from volumes.errors import VolumeNotFoundError
-from volumes.files import atomic_write, read_json, write_json_atomic
+from volumes.files import atomic_write, read_json, read_json_object, write_json_atomic
 from volumes.labels.agglomerate import (
+    FRAGMENT_DECODER,
     Edges,
     agglomerate_graph,
     agglomeration_of,
     as_affinities,
     block_edges,
-    mean_affinity,
+    edge_mask_over,
     merge_edges,
     segments,
+    threshold_name,
 )
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
@@ -67,8 +78,8 @@ from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects, final_ids, label_dtype
 from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
+from volumes.output import N5_VERSION, level_path
 from volumes.output import create_output as create_image
-from volumes.output import level_path
 from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
@@ -105,10 +116,10 @@ class Plan:
 
     @property
     def decoder(self) -> Decoder:
-        """What labels and grows the blocks: the job's decoder, or affinity_agglomerate's fragments'
-        (a watershed on the mean affinity)."""
+        """What labels the blocks: the job's decoder, or affinity_agglomerate's fragments'
+        (connected components of the steepest edges, :func:`volumes.labels.agglomerate.steepest_edges`)."""
         if self.agglomerates:
-            return agglomeration_of(self.job.decoder).fragment_decoder()
+            return FRAGMENT_DECODER
         return self.job.decoder
 
     @property
@@ -118,17 +129,38 @@ class Plan:
         return self.decoder.dilation is not None or self.decoder.watershed
 
     def read_prediction(self, box: Box) -> np.ndarray:
-        """The decoder's channels over a (z, y, x) box; affinity_agglomerate's fragments read the
-        mean of the three affinities."""
+        """The decoder's channels over a (z, y, x) box; affinity_agglomerate's fragments read their
+        edge mask there, made from the affinities over the box and a few voxels around it."""
         source = open_volume(self.job.input.path, self.job.input.dataset)
-        pred = read_prediction(self.job, source, box)  # the job's ``channels``, in order
-        return mean_affinity(pred) if self.agglomerates else pred
+        if self.agglomerates:
+            aff = agglomeration_of(self.job.decoder).aff_threshold
+            return edge_mask_over(lambda b: read_prediction(self.job, source, b), box, self.grid.shape, aff)
+        return read_prediction(self.job, source, box)  # the job's ``channels``, in order
+
+    def images(self) -> list[tuple[str, float | None]]:
+        """The labels images this job writes: (dataset, threshold). One (``output.dataset``, the
+        threshold for affinity_agglomerate, else None), or affinity_agglomerate's one per threshold
+        inside the group ``output.dataset``."""
+        dataset = self.job.output.dataset
+        if not self.agglomerates:
+            return [(dataset, None)]
+        thresholds = self.job.decoder.thresholds
+        if len(thresholds) == 1:
+            return [(dataset, thresholds[0])]
+        return [(f"{dataset}/{threshold_name(t)}", t) for t in thresholds]
+
+    @property
+    def grouped(self) -> bool:
+        """Several images in the group ``output.dataset`` (affinity_agglomerate, several thresholds)."""
+        return len(self.images()) > 1
 
     @property
     def run_dir(self) -> SegRunDir:
         return SegRunDir.for_output(self.job.output.path, self.job.output.dataset, self.layout_key)
 
     def block_steps(self) -> tuple[int, ...]:
+        if self.agglomerates:
+            return (LABEL, LINK, EDGES, WRITE)
         return (LABEL, LINK, RANK, DILATE, WRITE) if self.dilates else (LABEL, LINK, WRITE)
 
     def file(self, folder: str, index: Index, suffix: str) -> Path:
@@ -198,6 +230,16 @@ def _number(plan: Plan, index: Index) -> None:
             pieces_of[i] = Pieces(**{k: data[k] for k in data.files})
     numbered = merge_step(plan.grid, pieces_of, {i: _links_of(plan, i) for i in blocks})
     k = numbered.objects.n
+    if plan.agglomerates:  # the fragments' numbers and statistics; the output comes after the merging
+        _mkdir(plan, "luts")
+        for i in blocks:
+            np.save(plan.file("luts", i, ".npy"), numbered.lut[i])
+        o = numbered.objects
+        _save_npz(
+            plan.run_dir.root / "fragments.npz",
+            {"count": o.count, "first": o.first, "lo": o.lo, "hi": o.hi, "sums": o.sums},
+        )
+        return
     if plan.dilates:
         _mkdir(plan, "luts")
         kept = np.arange(k + 1)
@@ -247,43 +289,101 @@ def _finish_merge(plan: Plan, objects: Objects, final: np.ndarray) -> None:
 
 
 def create_output(plan: Plan, dtype: np.dtype) -> None:
-    """The labels image with the job's identity (not yet complete), unless this run made it already:
-    placed where the prediction lies (its voxel size and translation), with its pyramid's levels."""
+    """The labels images with the job's identity (not yet complete), unless this run made them
+    already: placed where the prediction lies (its voxel size and translation), with their pyramid's
+    levels; several (affinity_agglomerate's thresholds) inside their group, made first."""
     job = plan.job
-    if Path(job.output.path, job.output.dataset).exists() and _own_image(plan):  # else: only the run folder
-        return
     source = open_volume(job.input.path, job.input.dataset)
     job.output_node()
-    attrs = {
-        OUTPUT_ATTRS_KEY: {
+    if plan.grouped:
+        record = group_record(plan)
+        if record is None or record.get("layout_key") != plan.layout_key:
+            write_group(plan, complete=False)
+    for dataset, threshold in plan.images():
+        if Path(job.output.path, dataset).exists() and _own_image(plan, dataset):
+            continue
+        record = {
             "kind": "segmentation",
             "layout_key": plan.layout_key,
             "complete": False,
             "job": json.loads(job.document),
             "version": package_version(),
         }
-    }
-    out = job.output
-    create_image(
-        out.path, out.dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size, attrs,
-        translation=source.translation, levels=label_levels(plan, source), label=True,
-    )  # fmt: skip
+        if threshold is not None:
+            record["threshold"] = threshold
+        out = job.output
+        create_image(
+            out.path, dataset, out.format, plan.grid.shape, dtype, out.chunks, source.voxel_size,
+            {OUTPUT_ATTRS_KEY: record}, translation=source.translation, levels=label_levels(plan, source),
+            label=True,
+        )  # fmt: skip
 
 
-def _own_image(plan: Plan) -> bool:
-    """True when the output is this run's whole image; a half-made one of this run (killed between
+def _own_image(plan: Plan, dataset: str) -> bool:
+    """True when ``dataset`` is this run's whole image; a half-made one of this run (killed between
     its level 0 and its metadata) is deleted, to be made again."""
     out = plan.job.output
     try:
-        existing = open_volume(out.path, out.dataset)
+        existing = open_volume(out.path, dataset)
     except VolumeNotFoundError:
-        level0 = open_volume(out.path, level_path(out.format, out.dataset, 0))  # else not ours: raises
+        level0 = open_volume(out.path, level_path(out.format, dataset, 0))  # else not ours: raises
         if not made_by(plan, level0.attrs, level0.shape):
             raise
         plan.job.output_node()
-        shutil.rmtree(Path(out.path, out.dataset))
+        shutil.rmtree(Path(out.path, dataset))
         return False
     return made_by(plan, existing.attrs, existing.shape)
+
+
+def group_record(plan: Plan) -> dict[str, Any] | None:
+    """The job record (``pytc``) on the group ``output.dataset``, None if it has none or is no group."""
+    out = plan.job.output
+    node = Path(out.path, out.dataset)
+    kind = node_kind(node) if node.is_dir() else None
+    if out.format == "n5" and (kind is None or kind[0] == "n5"):  # an N5 group below the root: no "n5" key
+        meta = read_json_object(node / "attributes.json") or {}
+        if {"dimensions", "dataType"} <= meta.keys():
+            return None
+        attrs = meta
+    elif kind is None or kind[1] != "group":
+        return None
+    else:
+        attrs = dict(zarr.open_group(str(node), mode="r", zarr_format=3 if kind[0] == "zarr3" else 2).attrs)
+    record = attrs.get(OUTPUT_ATTRS_KEY)
+    return record if isinstance(record, dict) else None
+
+
+def write_group(plan: Plan, complete: bool, extra: dict[str, Any] | None = None) -> None:
+    """The group ``output.dataset`` of several labels images: its ``labels`` list (OME-Zarr's, under
+    ``ome`` on zarr v3) and the job's identity, created or updated."""
+    job, out = plan.job, plan.job.output
+    names = [dataset.rpartition("/")[2] for dataset, _ in plan.images()]
+    record = {
+        "kind": "segmentation",
+        "layout_key": plan.layout_key,
+        "complete": complete,
+        "job": json.loads(job.document),
+        "version": package_version(),
+        "images": [{"dataset": d, "threshold": t} for d, t in plan.images()],
+        **(extra or {}),
+    }
+    job.output_node()
+    if out.format == "n5":
+        root = Path(out.path)
+        root.mkdir(parents=True, exist_ok=True)
+        top = read_json_object(root / "attributes.json") or {}
+        if "n5" not in top:
+            write_json_atomic(root / "attributes.json", {**top, "n5": N5_VERSION})
+        (root / out.dataset).mkdir(parents=True, exist_ok=True)
+        meta = read_json_object(root / out.dataset / "attributes.json") or {}
+        write_json_atomic(
+            root / out.dataset / "attributes.json", {**meta, "labels": names, OUTPUT_ATTRS_KEY: record}
+        )
+        return
+    v3 = out.format == "zarr3"
+    group = zarr.open_group(out.path, path=out.dataset, mode="a", zarr_format=3 if v3 else 2)
+    listing = {"ome": {"version": "0.5", "labels": names}} if v3 else {"labels": names}
+    group.attrs.update({**listing, OUTPUT_ATTRS_KEY: record})
 
 
 def label_levels(plan: Plan, source: Volume) -> tuple[Factors, ...]:
@@ -309,13 +409,16 @@ def _rank(plan: Plan, index: Index) -> None:
 def _dilate(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
-    grown = halo_box(decoder, grid, index)
-    numbered = np.asarray(ranked[grown.slices()])
     if decoder.watershed:
-        pred = plan.read_prediction(grown)
-        core, part = grow_step(decoder, grid, index, numbered, pred)
+
+        def read(box: Box) -> tuple[np.ndarray, np.ndarray]:
+            return np.asarray(ranked[box.slices()]), plan.read_prediction(box)
+
+        core, part = grow_step(decoder, grid, index, read)
     else:
-        core, part = dilate_step(decoder, grid, index, numbered)
+        core, part = dilate_step(
+            decoder, grid, index, np.asarray(ranked[halo_box(decoder, grid, index).slices()])
+        )
     dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
     dilated[grid.box(index).slices()] = core
     names = ("ids", "count", "first", "lo", "hi", "sums")
@@ -332,50 +435,85 @@ def _sizes(plan: Plan, index: Index) -> None:
     _finish_merge(plan, objects, final_ids(plan.job.decoder, objects, plan.job.output.relabel, _voxels(plan)))
 
 
+def _fragments(plan: Plan, index: Index) -> np.ndarray:
+    """affinity_agglomerate: a block's fragments (their global numbers, uint64)."""
+    labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
+    return np.load(plan.file("luts", index, ".npy")).astype(np.uint64)[labels]
+
+
 def _edges(plan: Plan, index: Index) -> None:
-    """affinity_agglomerate: the region graph's edges of a block, from its fragments, one layer of
-    its lower neighbours' and its affinities."""
-    box = plan.grid.box(index)
+    """affinity_agglomerate: the region graph's edges of a block, from its fragments, its lower face
+    neighbours' last layer of fragments (their faces, numbered) and its affinities."""
+    grid = plan.grid
+    box = grid.box(index)
     low = [1 if o > 0 else 0 for o in box.offset]
-    fragments = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
-    ext = Box.from_bounds([o - lo for o, lo in zip(box.offset, low, strict=True)], box.end)
+    fragments = np.zeros(tuple(n + lo for n, lo in zip(box.shape, low, strict=True)), np.uint64)
+    fragments[tuple(slice(lo, None) for lo in low)] = _fragments(plan, index)
+    for a in range(3):
+        if not low[a]:
+            continue
+        below = tuple(i - (b == a) for b, i in enumerate(index))
+        face = _load_npz(plan, "faces", below)[f"hi{a}"]
+        lut = np.load(plan.file("luts", below, ".npy")).astype(np.uint64)
+        layer = tuple(slice(0, 1) if b == a else slice(low[b], None) for b in range(3))
+        fragments[layer] = np.expand_dims(lut[face], a)
     source = open_volume(plan.job.input.path, plan.job.input.dataset)
     affs = as_affinities(read_prediction(plan.job, source, box))
-    edges = block_edges(np.asarray(fragments[ext.slices()]), affs, low)
+    edges = block_edges(fragments, affs, low)
     _mkdir(plan, "edges")
     names = ("u", "w", "count", "total", "top")
     _save_npz(plan.file("edges", index, ".npz"), {n: getattr(edges, n) for n in names})
 
 
 def _agglomerate(plan: Plan, index: Index) -> None:
-    """affinity_agglomerate, once in the driver: the fragments' statistics and the whole region
-    graph (a row per edge and per fragment, never voxels), merged at the job's threshold; the
-    written number of each fragment ("final") and of each segment ("table_final", for the table)."""
-    k = int((read_json(plan.run_dir.root / "numbered.json") or {})["objects"])
-    parts, graphs = [], []
+    """affinity_agglomerate, once: the fragments' statistics and the whole region graph (a row per
+    edge and per fragment, never voxels), merged at each of the job's thresholds in turn; per
+    threshold ``i``, ``objects/<i>.npz``: the written number of each fragment ("final"), of each
+    segment ("table_final", for the table) and the segments' statistics. Then the labels images."""
+    with np.load(plan.run_dir.root / "fragments.npz") as data:
+        fragments = Objects(data["count"], data["first"], data["lo"], data["hi"], data["sums"])
+    k = fragments.n
+    graphs = []
     for i in plan.grid.indices():
-        with np.load(plan.file("parts", i, ".npz")) as data:
-            parts.append(tuple(data[n] for n in ("ids", "count", "first", "lo", "hi", "sums")))
         with np.load(plan.file("edges", i, ".npz")) as data:
             graphs.append(Edges(*(data[n] for n in ("u", "w", "count", "total", "top"))))
-    fragments = objects_from_parts(k, parts)
     edges = merge_edges(graphs)
     merges = agglomerate_graph(edges, agglomeration_of(plan.job.decoder))
-    per_fragment, objects, written = segments(merges, 0, k, fragments, plan.job.output.relabel)
-    arrays = {"count": objects.count, "first": objects.first, "lo": objects.lo, "hi": objects.hi}
-    _save_npz(
-        plan.run_dir.root / "objects.npz",
-        {**arrays, "sums": objects.sums, "final": per_fragment, "table_final": written},
-    )
+    _mkdir(plan, "objects")
+    top = 0
+    for t in range(len(merges.thresholds)):
+        per_fragment, objects, written = segments(merges, t, k, fragments, plan.job.output.relabel)
+        arrays = {"count": objects.count, "first": objects.first, "lo": objects.lo, "hi": objects.hi}
+        _save_npz(
+            plan.run_dir.root / "objects" / f"{t}.npz",
+            {**arrays, "sums": objects.sums, "final": per_fragment, "table_final": written},
+        )
+        top = max(top, int(written.max(initial=0)))
     write_json_atomic(
         plan.run_dir.root / "graph.json",
         {"fragments": k, "edges": edges.n, "graph_bytes": edges.nbytes + 8 * (k + 1) * 3},
     )
-    create_output(plan, label_dtype(int(written.max(initial=0))))
+    create_output(plan, label_dtype(top))
+
+
+def objects_file(plan: Plan, image: int) -> Path:
+    """Where the merge left image ``image``'s objects and written numbers."""
+    if plan.agglomerates:
+        return plan.run_dir.root / "objects" / f"{image}.npz"
+    return plan.run_dir.root / "objects.npz"
 
 
 def _write(plan: Plan, index: Index) -> None:
     box = plan.grid.box(index)
+    if plan.agglomerates:  # every threshold's image from the block's fragments
+        fragments = _fragments(plan, index)
+        for i, (dataset, _) in enumerate(plan.images()):
+            out = open_volume(plan.job.output.path, dataset, mode="r+")
+            plan.job.output_node()
+            with np.load(objects_file(plan, i)) as data:
+                final = np.asarray(data["final"])
+            out.write(box, final.astype(out.dtype)[fragments])
+        return
     out = open_volume(plan.job.output.path, plan.job.output.dataset, mode="r+")
     plan.job.output_node()
     if plan.dilates:

@@ -26,27 +26,41 @@ from workers.training.job import TrainingJob, TrainingModelInfo, VolumeRef
 
 def validate_training_against_data(job: TrainingJob, limits: Limits | None = None) -> None:
     """Every data check of a training job (see the module docstring); with ``limits``, the
-    image's claimed shape is within them too."""
-    image = _open(job.data.image, "data.image")
-    spatial = _spatial_image(image, "data.image")
-    if limits is not None:
-        check_input_shape(image.shape, limits, "data.image", job.data.image.path)
-    label = _open(job.data.label, "data.label")
-    _check_label(label, spatial, "data.label", "data.image")
-    if job.data.valid_mask is not None:
-        mask = _open(job.data.valid_mask, "data.valid_mask")
-        _check_same_shape(mask, spatial, "data.valid_mask", "data.image")
-    region = _check_roi(job.data.roi, spatial, "data.roi")
-    _check_patch(
-        job.sampling.patch_size, region, "sampling.patch_size", "data.roi" if job.data.roi else "data"
-    )
+    image's claimed shape is within them too. Several volumes (``data.volumes``) are each checked,
+    named by their place, and must have as many channels as the first."""
+    first_channels: tuple[int, list[int]] | None = None
+    for index, volume in enumerate(job.data.volumes):
+        where = job.data.where(index)
+        image = _open(volume.image, f"{where}.image")
+        spatial = _spatial_image(image, f"{where}.image")
+        if limits is not None:
+            check_input_shape(image.shape, limits, f"{where}.image", volume.image.path)
+        label = _open(volume.label, f"{where}.label")
+        _check_label(label, spatial, f"{where}.label", f"{where}.image")
+        if volume.valid_mask is not None:
+            mask = _open(volume.valid_mask, f"{where}.valid_mask")
+            _check_same_shape(mask, spatial, f"{where}.valid_mask", f"{where}.image")
+        region = _check_roi(volume.roi, spatial, f"{where}.roi")
+        _check_patch(
+            job.sampling.patch_size, region, "sampling.patch_size", f"{where}.roi" if volume.roi else where
+        )
+        channels = image.shape[0] if image.ndim == 4 else 1
+        if first_channels is None:
+            first_channels = (channels, list(image.shape))
+        elif channels != first_channels[0]:
+            raise SpecError(
+                f"{where}.image",
+                f"{channels} channel(s) (shape {list(image.shape)}), the first volume's image has "
+                f"{first_channels[0]} (shape {first_channels[1]}); every volume needs the same",
+            )
+    assert first_channels is not None
+    channels, shape = first_channels
     config = job.model.config_dict()
-    channels = image.shape[0] if image.ndim == 4 else 1
     for key in ("in_channels", "in_channel"):
         if key in config and config[key] != channels:
             raise SpecError(
                 f"model.config.{key}",
-                f"{config[key]!r} input channel(s), the image has {channels} (shape {list(image.shape)})",
+                f"{config[key]!r} input channel(s), the image has {channels} (shape {shape})",
             )
     if job.validation is not None:
         v = job.validation

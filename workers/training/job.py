@@ -27,12 +27,34 @@ class VolumeRef:
 
 
 @dataclass(frozen=True)
+class TrainingVolume:
+    """One (image, label[, valid mask]) volume of several (``data.volumes``)."""
+
+    image: VolumeRef
+    label: VolumeRef
+    valid_mask: VolumeRef | None = None
+    roi: Box | None = None
+
+
+@dataclass(frozen=True)
 class TrainingData:
+    """The first volume's fields, then any further volumes (``more``), sampled as PyTC samples
+    several (volumes.sampling)."""
+
     image: VolumeRef
     label: VolumeRef
     valid_mask: VolumeRef | None = None
     roi: Box | None = None  # spatial (z, y, x); None = the whole volume
     normalize: Normalize = field(default_factory=Normalize)
+    more: tuple[TrainingVolume, ...] = ()
+
+    @property
+    def volumes(self) -> tuple[TrainingVolume, ...]:
+        return (TrainingVolume(self.image, self.label, self.valid_mask, self.roi), *self.more)
+
+    def where(self, index: int) -> str:
+        """The document's name of volume ``index``: ``data`` alone, ``data.volumes[i]`` of several."""
+        return f"data.volumes[{index}]" if self.more else "data"
 
 
 @dataclass(frozen=True)
@@ -124,15 +146,11 @@ class TrainingJob:
         """
         payload = {
             "version": TRAINING_KEY_VERSION,
-            "data": asdict(self.data),
+            "data": _data_key(self.data),
             "model": asdict(self.model),
-            "heads": [asdict(h) for h in self.heads],
+            "heads": [_without_defaults(asdict(h), HEAD_KEY_DEFAULTS) for h in self.heads],
             "solver": _solver_key(self.solver),
-            "sampling": {
-                k: v
-                for k, v in asdict(self.sampling).items()
-                if k not in ("prefetch_threads", "prefetch_depth", "chunk_cache_bytes")
-            },
+            "sampling": _sampling_key(self.sampling),
             "checkpoint": {"resume_from": self.checkpoint.resume_from, "restart": self.checkpoint.restart},
             "precision": self.compute.precision,
         }
@@ -194,4 +212,31 @@ def _solver_key(solver: SolverSpec) -> dict[str, Any]:
     payload = {k: v for k, v in asdict(solver).items() if k != "save_every"}
     if payload["optimizer"]["param_groups"] == "one":
         del payload["optimizer"]["param_groups"]
+    return payload
+
+
+# Fields added after runs were keyed: left out of the key at their defaults, so those runs keep
+# their keys (and resume from their checkpoints).
+HEAD_KEY_DEFAULTS: dict[str, Any] = {"label_erosion": 0, "label_dilation": 0}
+AUGMENT_KEY_DEFAULTS: dict[str, Any] = {"ztranspose": False}
+
+
+def _without_defaults(payload: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if not (k in defaults and v == defaults[k])}
+
+
+def _data_key(data: TrainingData) -> dict[str, Any]:
+    payload = asdict(data)
+    if not data.more:
+        del payload["more"]
+    return payload
+
+
+def _sampling_key(sampling: SamplingSpec) -> dict[str, Any]:
+    payload = {
+        k: v
+        for k, v in asdict(sampling).items()
+        if k not in ("prefetch_threads", "prefetch_depth", "chunk_cache_bytes")
+    }
+    payload["augment"] = _without_defaults(payload["augment"], AUGMENT_KEY_DEFAULTS)
     return payload

@@ -180,7 +180,7 @@ class _Session:
         job, trainer, tdir = self.job, self.trainer, self.tdir
         save_every = job.solver.save_every
         every = job.validation.every if job.validation is not None else 0
-        where = f"{job.data.label.path} ({job.data.label.dataset or '/'})"
+        where = ", ".join(f"{v.label.path} ({v.label.dataset or '/'})" for v in job.data.volumes)
         while trainer.iteration < job.solver.iterations:
             if tdir.is_cancelled():
                 log.info("training job %s: cancelled at iteration %d", tdir.job_key, trainer.iteration)

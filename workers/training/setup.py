@@ -32,7 +32,7 @@ from models.trainer import Trainer, TrainerConfig, seed_everything
 from volumes.chunk_cache import cached
 from volumes.errors import VolumeError
 from volumes.open import open_volume
-from volumes.sampling import CropSampler, SamplingRules
+from volumes.sampling import CropSampler, SampledVolume, SamplingRules
 from volumes.volume import Volume
 from workers.confine import confined, node
 from workers.errors import SpecError
@@ -186,15 +186,23 @@ def check_start_weights(job: TrainingJob, trainer: Trainer) -> None:
 
 def batch_maker(job: TrainingJob, margin: int) -> BatchMaker:
     data, sampling = job.data, job.sampling
-    share = sampling.chunk_cache_bytes // (3 if data.valid_mask else 2)
     roots = job.data_roots
-    image = cached(open_ref(data.image, "data.image", roots=roots), share)
-    label = cached(open_ref(data.label, "data.label", labels=True, roots=roots), share)
-    mask = (
-        cached(open_ref(data.valid_mask, "data.valid_mask", labels=True, roots=roots), share)
-        if data.valid_mask
-        else None
-    )
+    volumes = data.volumes
+    arrays = sum(3 if v.valid_mask else 2 for v in volumes)
+    share = sampling.chunk_cache_bytes // arrays
+    sampled = []
+    for index, volume in enumerate(volumes):
+        where = data.where(index)
+        sampled.append(
+            SampledVolume(
+                cached(open_ref(volume.image, f"{where}.image", roots=roots), share),
+                cached(open_ref(volume.label, f"{where}.label", labels=True, roots=roots), share),
+                cached(open_ref(volume.valid_mask, f"{where}.valid_mask", labels=True, roots=roots), share)
+                if volume.valid_mask
+                else None,
+                volume.roi,
+            )
+        )
     rules = SamplingRules(
         patch_size=sampling.patch_size,
         margin=margin,
@@ -204,7 +212,7 @@ def batch_maker(job: TrainingJob, margin: int) -> BatchMaker:
         max_tries=sampling.max_tries,
     )
     with about("data"):
-        sampler = CropSampler(image, label, rules, mask=mask, roi=data.roi)
+        sampler = CropSampler.of_volumes(sampled, rules)
     return BatchMaker(
         sampler, job.heads, data.normalize, sampling.augment, job.solver.batch_size, job.solver.seed
     )

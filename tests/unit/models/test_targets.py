@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,9 +12,11 @@ from models.targets import (
     affinity_target,
     binary_target,
     boundary_target,
+    dilate_label,
     make_targets,
     semantic_target,
     target_margin,
+    widen_border,
 )
 from models.training_config import HeadSpec
 
@@ -88,3 +92,44 @@ def test_head_channels_and_activation() -> None:
     assert HeadSpec("semantic", classes=5).channels == 5
     assert HeadSpec("semantic", classes=5).activation == "softmax"
     assert HeadSpec("affinity").activation == "sigmoid"
+
+
+# --- PyTC's label erosion (seg_widen_border) and dilation ------------------------------------------
+
+PYTC_LABELS = np.load(Path(__file__).resolve().parents[2] / "data" / "pytc_labels" / "golden.npz")
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+@pytest.mark.parametrize("width", [1, 2])
+def test_erosion_and_dilation_equal_pytcs(case: int, width: int) -> None:
+    """Upstream's seg_widen_border and dilate_label on small labels, made once
+    (tests/data/pytc_labels/make_golden.py), equal ours voxel for voxel; both change the label."""
+    label = PYTC_LABELS[f"labels/{case}"]
+    eroded, dilated = widen_border(label, width), dilate_label(label, width)
+    np.testing.assert_array_equal(eroded, PYTC_LABELS[f"erosion/{case}/{width}"])
+    np.testing.assert_array_equal(dilated, PYTC_LABELS[f"dilation/{case}/{width}"])
+    assert eroded.dtype == dilated.dtype == label.dtype
+    assert (eroded != label).any() and (dilated != label).any()
+    # per section: a 2D slice is transformed as the 3D label's section
+    np.testing.assert_array_equal(widen_border(label[0], width), eroded[0])
+    np.testing.assert_array_equal(dilate_label(label[0], width), dilated[0])
+
+
+def test_erosion_marks_voxels_between_two_ids_as_background() -> None:
+    label = _two_cells()
+    eroded = widen_border(label, 1)
+    # the cells touch between x 5 and 6: those columns become background; background stays
+    np.testing.assert_array_equal(eroded[0, 1], [0, 0, 0, 1, 1, 0, 0, 2, 2])
+    assert widen_border(label, 0) is label and dilate_label(label, 0) is label
+    np.testing.assert_array_equal(widen_border(label.astype(bool), 1), label.astype(bool).astype(np.uint8))
+
+
+def test_a_heads_targets_come_from_its_transformed_label() -> None:
+    label = np.pad(_two_cells(), ((1, 1), (2, 2), (0, 0)), mode="edge")
+    plain, eroded = HeadSpec("binary"), HeadSpec("binary", label_erosion=1)
+    assert target_margin([eroded]) == 1 and target_margin([HeadSpec("boundary", label_dilation=2)]) == 3
+    targets = make_targets(label, [plain, eroded], margin=1)
+    np.testing.assert_array_equal(targets[0], binary_target(label)[0][1:-1, 1:-1, 1:-1])
+    np.testing.assert_array_equal(targets[1], binary_target(widen_border(label, 1))[0][1:-1, 1:-1, 1:-1])
+    with pytest.raises(ModelConfigError, match="margin of 1"):
+        make_targets(label, [eroded], margin=0)

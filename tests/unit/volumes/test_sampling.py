@@ -3,6 +3,8 @@ augmentations keep image, label and mask aligned."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from volumes.augment import (
 from volumes.backends.memory import ArrayVolume
 from volumes.box import Box
 from volumes.errors import GeometryError
-from volumes.sampling import CropSampler, SamplingRules
+from volumes.sampling import CropSampler, SampledVolume, SamplingRules
 
 
 class CountingVolume(ArrayVolume):
@@ -153,3 +155,107 @@ def test_elastic_warp_shifts_and_keeps_label_values() -> None:
 def test_intensity_changes_the_image_only() -> None:
     plan = AugmentPlan(gain=1.5, offset=0.1)
     np.testing.assert_allclose(apply_intensity(plan, np.ones(3, np.float32)), 1.6)
+
+
+# --- several volumes, as PyTC's VolumeDataset samples them --------------------------------------
+
+PYTC_GOLDEN = np.load(Path(__file__).resolve().parents[2] / "data" / "pytc_labels" / "golden.npz")
+
+
+def _volumes(shapes: np.ndarray, foreground: bool = True) -> list[SampledVolume]:
+    out = []
+    for shape in shapes:
+        label = np.ones(tuple(shape), np.uint32) if foreground else np.zeros(tuple(shape), np.uint32)
+        out.append(SampledVolume(ArrayVolume(np.zeros(tuple(shape), np.uint8)), ArrayVolume(label)))
+    return out
+
+
+def test_volume_chances_are_pytcs_positions_per_volume() -> None:
+    """PyTC's own VolumeDataset (mode train, stride 1) counted the positions of each volume; the
+    chance of a volume is its share of them (tests/data/pytc_labels/make_golden.py)."""
+    shapes, sample = PYTC_GOLDEN["choice/shapes"], tuple(int(v) for v in PYTC_GOLDEN["choice/sample"])
+    sampler = CropSampler.of_volumes(_volumes(shapes), SamplingRules(sample))
+    pytc_counts = PYTC_GOLDEN["choice/sample_num"]
+    assert sampler.positions == tuple(int(n) for n in pytc_counts)
+    np.testing.assert_allclose(sampler.probabilities(), pytc_counts / pytc_counts.sum())
+
+
+def test_volume_choices_follow_pytcs_distribution() -> None:
+    """200,000 choices of ours and PyTC's own _get_pos_train's: both within 5 sigma of the rule."""
+    shapes, sample = PYTC_GOLDEN["choice/shapes"], tuple(int(v) for v in PYTC_GOLDEN["choice/sample"])
+    sampler = CropSampler.of_volumes(_volumes(shapes), SamplingRules(sample))
+    draws = int(PYTC_GOLDEN["choice/draws"])
+    rng = np.random.default_rng(3)
+    ours = np.bincount([sampler.choose(rng) for _ in range(draws)], minlength=len(shapes))
+    p = sampler.probabilities()
+    sigma = np.sqrt(draws * p * (1 - p))
+    for counts in (ours, PYTC_GOLDEN["choice/pytc_counts"]):
+        assert np.all(np.abs(counts - draws * p) < 5 * sigma + 1), (counts, draws * p)
+    # through draw() too: the crop says which volume it comes from, and is that volume's shape
+    crops = [sampler.draw(rng) for _ in range(3000)]
+    seen = np.bincount([c.volume for c in crops], minlength=len(shapes))
+    assert np.all(np.abs(seen - 3000 * p) < 5 * np.sqrt(3000 * p * (1 - p)) + 1), seen
+    for crop in crops:
+        assert Box.of_shape(tuple(int(s) for s in shapes[crop.volume])).contains(crop.box)
+
+
+def test_a_rejected_draw_draws_the_volume_again() -> None:
+    """PyTC's rejection sampling redraws volume and position: with certain rejection, every crop
+    comes from the volume with foreground, whatever its share of positions."""
+    empty, full = _volumes(np.array([[3, 12, 12]]), foreground=False), _volumes(np.array([[4, 9, 9]]))
+    rules = SamplingRules((3, 9, 9), min_foreground=1, reject_probability=1.0, max_tries=200)
+    sampler = CropSampler.of_volumes([*empty, *full], rules)
+    assert sampler.probabilities()[1] == pytest.approx(2 / 18)
+    rng = np.random.default_rng(0)
+    assert {sampler.draw(rng).volume for _ in range(50)} == {1}
+
+
+def test_one_volume_draws_no_volume_index() -> None:
+    """Crops of one volume are those of before several volumes were read: positions only."""
+    image, label = _pair()
+    sampler = CropSampler(image, label, SamplingRules((4, 9, 9)))
+    rng, twin = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(5):
+        box = sampler.draw(rng).box
+        start = tuple(int(twin.integers(0, s - p + 1)) for s, p in zip((8, 40, 40), (4, 9, 9), strict=True))
+        assert box.offset == start
+
+
+def test_every_volume_is_checked_and_named() -> None:
+    good = _volumes(np.array([[6, 20, 20]]))[0]
+    bad = SampledVolume(
+        ArrayVolume(np.zeros((6, 20, 20), np.uint8)), ArrayVolume(np.zeros((6, 20, 19), np.uint32))
+    )
+    with pytest.raises(GeometryError, match="volume 1: the label"):
+        CropSampler.of_volumes([good, bad], SamplingRules((3, 9, 9)))
+    small = _volumes(np.array([[2, 20, 20]]))[0]
+    with pytest.raises(GeometryError, match="volume 1: patch_size"):
+        CropSampler.of_volumes([good, small], SamplingRules((3, 9, 9)))
+
+
+def test_ztranspose_is_pytcs_flip_with_z_transposes() -> None:
+    """Each of the 32 rules of PyTC's Flip(do_ztrans=1) (z, y, x flips, xy transpose, zx
+    transpose) is the plan with the same steps, on a labelled cube, with and without channels."""
+    cube = PYTC_GOLDEN["flip/cube"]
+    for rule, expected in zip(PYTC_GOLDEN["flip/rules"], PYTC_GOLDEN["flip/out"], strict=True):
+        plan = AugmentPlan(
+            flips=tuple(a for a in range(3) if rule[a]), transpose=bool(rule[3]), ztranspose=bool(rule[4])
+        )
+        np.testing.assert_array_equal(apply_geometry(plan, cube, interpolate=False), expected)
+        np.testing.assert_array_equal(apply_geometry(plan, cube[None], interpolate=True)[0], expected)
+
+
+def test_ztranspose_is_drawn_half_the_time_and_only_when_asked() -> None:
+    spec = AugmentSpec(flip=True, transpose=True, rotate90=False, intensity=0.0, ztranspose=True)
+    rng = np.random.default_rng(0)
+    swapped = sum(plan_augment(rng, spec, (9, 9, 9), False).ztranspose for _ in range(2000))
+    assert 900 < swapped < 1100
+    # without it, a plan draws what it drew before (the same generator state after each plan)
+    off = AugmentSpec(flip=True, transpose=True, rotate90=False, intensity=0.0)
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    plan_augment(a, off, (9, 9, 9), False)
+    for _ in range(4):
+        b.random()  # three flips and a transpose
+    assert a.random() == b.random()
+    with pytest.raises(ValueError, match="as many sections as columns"):
+        apply_geometry(AugmentPlan(ztranspose=True), np.zeros((3, 9, 9)), interpolate=False)

@@ -74,6 +74,7 @@ def test_contract_example_parses_into_the_dataclasses(doc: dict[str, Any], root:
     assert (job.output.chunks, job.output.overwrite) == ((32, 256, 256), False)
     assert job.compute.block_shape == (64, 512, 512)
     assert (job.compute.device, job.compute.precision) == ("auto", "float32")
+    assert job.compute.memory_format == "auto"
     assert json.loads(job.document) == doc
     assert job.document == json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -277,7 +278,11 @@ def test_block_shape_must_be_a_multiple_of_the_chunks(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("values", "field"),
-    [({"device": "tpu"}, "compute.device"), ({"precision": "int8"}, "compute.precision")],
+    [
+        ({"device": "tpu"}, "compute.device"),
+        ({"precision": "int8"}, "compute.precision"),
+        ({"memory_format": "channels_last"}, "compute.memory_format"),
+    ],
 )
 def test_bad_compute(root: Path, values: dict[str, Any], field: str) -> None:
     assert spec_error(changed(minimal(), "compute", **values), root).field == field

@@ -38,6 +38,8 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
     assert (agg.thresholds, agg.aff_threshold, agg.merge_function, agg.channels) == (
         (0.1,), (0.05, 0.995), "aff50_his256", 3,
     )  # fmt: skip
+    several = parse_segmentation(doc(name="affinity_agglomerate", thresholds=[0.1, 0.3, 0.6]), [tmp_path])
+    assert several.decoder.thresholds == (0.1, 0.3, 0.6) and several.decoder.halo == (0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +51,7 @@ def test_pytc_defaults_per_decoder(tmp_path: Path) -> None:
         ({"name": "binary_watershed", "thres3": 0.5}, "decoder.thres3", "not a parameter"),
         ({"name": "bcd_watershed", "thres5": -1.5}, "decoder.thres5", ""),
         ({"name": "affinity_agglomerate", "thres": 0.5}, "decoder.thres", "not a parameter of affinity"),
-        ({"name": "affinity_agglomerate", "thresholds": [0.1, 0.3]}, "decoder.thresholds", "one threshold"),
+        ({"name": "affinity_agglomerate", "thresholds": [0.3, 0.1]}, "decoder.thresholds", "ascending"),
         ({"name": "affinity_agglomerate", "thresholds": [0.0]}, "decoder.thresholds", "(0, 1]"),
         ({"name": "affinity_agglomerate", "thresholds": []}, "decoder.thresholds", ""),
         (

@@ -126,6 +126,10 @@ def test_paths_stay_in_the_roots(tmp_path: Path) -> None:
         with pytest.raises(PathOutsideRootsError) as caught:
             parse(training_doc(**{dotted: "/elsewhere/x"}), tmp_path)
         assert caught.value.field == dotted
+    outside = _two_volumes(label={"path": "../x.zarr", "dataset": "mito"})
+    with pytest.raises(PathOutsideRootsError) as caught:
+        parse(training_doc(**{"data.image": None, "data.label": None, "data.volumes": outside}), tmp_path)
+    assert caught.value.field == "data.volumes[1].label.path"
 
 
 @pytest.mark.parametrize("kind", ["inference", "train", None])
@@ -201,3 +205,92 @@ def test_float_labels_are_refused(data_root: Path) -> None:
 def test_yaml_round_trip(tmp_path: Path) -> None:
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(training_doc()))
     assert parse(load_job_file(tmp_path / "job.yaml"), tmp_path).solver.iterations == 6
+
+
+# --- several volumes, label transforms, z transposes ---------------------------------------------
+
+
+def _two_volumes(**second: Any) -> list[dict[str, Any]]:
+    first = {"image": {"path": "em.zarr", "dataset": "raw"}, "label": {"path": "em.zarr", "dataset": "mito"}}
+    return [first, {**first, "label": {"path": "em.zarr", "dataset": "cells"}, **second}]
+
+
+def test_several_volumes(data_root: Path) -> None:
+    roi = {"offset": [0, 0, 0], "shape": [6, 48, 48]}
+    doc = training_doc(**{"data.image": None, "data.label": None, "data.volumes": _two_volumes(roi=roi)})
+    job = parse(doc, data_root)
+    assert [v.label.dataset for v in job.data.volumes] == ["mito", "cells"]
+    assert job.data.volumes[1].roi == Box((0, 0, 0), (6, 48, 48)) and job.data.roi is None
+    assert job.data.where(1) == "data.volumes[1]"
+    validate_training_against_data(job)
+    single = parse(training_doc(), data_root)
+    assert single.job_key() != job.job_key() and single.data.where(0) == "data"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"data.volumes": _two_volumes()}, "data.image", "not both"),
+        ({"data.image": None, "data.label": None}, "data.image", "data.volumes"),
+        ({"data.label": None}, "data.label", "is required"),
+        ({"data.image": None, "data.label": None, "data.volumes": []}, "data.volumes", "at least 1"),
+    ],
+)
+def test_one_volume_or_several_never_both(
+    tmp_path: Path, changes: dict[str, Any], field: str, words: str
+) -> None:
+    err = spec_error(training_doc(**changes), tmp_path)
+    assert err.field == field and words in err.reason
+
+
+@pytest.mark.parametrize(
+    ("second", "field", "words"),
+    [
+        ({"label": {"path": "em.zarr", "dataset": "short"}}, "data.volumes[1].label", "differs"),
+        ({"image": {"path": "em.zarr", "dataset": "nope"}}, "data.volumes[1].image", "not found"),
+        ({"valid_mask": {"path": "em.zarr", "dataset": "short"}}, "data.volumes[1].valid_mask", "differs"),
+        ({"roi": {"offset": [0, 0, 0], "shape": [2, 48, 48]}}, "sampling.patch_size", "data.volumes[1].roi"),
+    ],
+)
+def test_each_volumes_data_is_checked_by_its_place(
+    data_root: Path, second: dict[str, Any], field: str, words: str
+) -> None:
+    doc = training_doc(**{"data.image": None, "data.label": None, "data.volumes": _two_volumes(**second)})
+    with pytest.raises(SpecError) as caught:
+        validate_training_against_data(parse(doc, data_root))
+    assert caught.value.field == field and words in caught.value.reason, caught.value
+
+
+def test_label_transforms_and_ztranspose(tmp_path: Path) -> None:
+    doc = training_doc(
+        **{
+            "targets": [{"kind": "binary", "label_erosion": 2}, {"kind": "affinity", "label_dilation": 1}],
+            "model.config.out_channels": 4,
+            "sampling.patch_size": [9, 17, 9],
+            "sampling.augment": {"ztranspose": True},
+        }
+    )
+    job = parse(doc, tmp_path)
+    assert [(h.label_erosion, h.label_dilation) for h in job.heads] == [(2, 0), (0, 1)]
+    assert job.sampling.augment.ztranspose
+    assert job.heads[0].to_json()["label_erosion"] == 2 and "label_dilation" not in job.heads[0].to_json()
+    bad = training_doc(**{"sampling.augment": {"ztranspose": True}})  # patch [3, 17, 17]
+    err = spec_error(bad, tmp_path)
+    assert err.field == "sampling.augment.ztranspose" and "[3, 17, 17]" in err.reason
+    err = spec_error(training_doc(**{"targets": [{"kind": "binary", "label_erosion": -1}]}), tmp_path)
+    assert err.field == "targets[0].label_erosion" and "greater than or equal to 0" in err.reason
+
+
+def test_job_keys_of_documents_without_the_new_fields_are_unchanged() -> None:
+    """Runs keyed before several volumes, label transforms and z transposes keep their keys (and so
+    resume from their checkpoints): keys computed with the code before them."""
+    two_heads = training_doc(
+        **{
+            "targets": ["binary", "boundary"],
+            "model.config.out_channels": 2,
+            "data.valid_mask": {"path": "em.zarr", "dataset": "mask"},
+            "sampling.augment": {"elastic": 0.5},
+        }
+    )
+    assert parse_training(training_doc(), ["/srv/pytc-data"]).job_key() == "84d052e70a0058eddcd7aca8"
+    assert parse_training(two_heads, ["/srv/pytc-data"]).job_key() == "bb7e8c31b99deafa697f0051"

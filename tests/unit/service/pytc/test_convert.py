@@ -21,7 +21,7 @@ from service.errors import SpecError
 from service.kinds.pytc_config import pytc_field
 from service.pytc import keys
 from service.pytc.config import load_pytc_config, pytc_defaults
-from service.pytc.convert import check_refused, convert_pytc, inference_documents, volume_path
+from service.pytc.convert import check_refused, convert_pytc, inference_documents, volume_paths
 from service.pytc.training import training_document
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -105,8 +105,10 @@ def test_unet3d_inference_mapping(tmp_path: Path) -> None:
     }  # fmt: skip
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "im.h5").touch()
+    assert doc["compute"] == {"memory_format": "contiguous"}  # PyTC's tensors, PyTC's last bits
     job = parse_inference({**doc, "input": {**doc["input"], "dataset": "main"}}, [tmp_path])
     assert job.window.raw_heads == "pytc" and job.output.uint8_rounding == "truncate"
+    assert job.compute.memory_format == "contiguous"
 
 
 def test_training_mapping() -> None:
@@ -139,7 +141,7 @@ def test_training_mapping() -> None:
         (["INFERENCE.IMAGE_NAME", "a.h5@images/*.png"], True, "INFERENCE.IMAGE_NAME"),  # one volume each
         (["INFERENCE.IMAGE_NAME", "images/*.h5"], True, "INFERENCE.IMAGE_NAME"),
         (["INFERENCE.IMAGE_NAME", "list.txt"], True, "INFERENCE.IMAGE_NAME"),
-        (["DATASET.IMAGE_NAME", "a.h5@b.h5"], False, "DATASET.IMAGE_NAME"),  # training reads one volume
+        (["DATASET.IMAGE_NAME", "a.h5@b.h5"], False, "DATASET.LABEL_NAME"),  # one label per image
         (
             ["INFERENCE.IMAGE_NAME", "a.h5@b.h5@c.h5", "INFERENCE.INPUT_PATH", "x/@y/"],
             True,
@@ -173,7 +175,9 @@ def test_training_mapping() -> None:
         (["MODEL.OUTPUT_SIZE", "[3, 9, 9]"], True, "MODEL.OUTPUT_SIZE"),
         (["DATASET.PAD_MODE", "symmetric"], True, "DATASET.PAD_MODE"),
         (["MODEL.TARGET_OPT", "['0']"], True, "MODEL.TARGET_OPT"),  # 1 channel for OUT_PLANES 2
-        (["AUGMENTOR.FLIP.DO_ZTRANS", "1"], False, "AUGMENTOR.FLIP.DO_ZTRANS"),
+        (["AUGMENTOR.FLIP.DO_ZTRANS", "1"], False, "AUGMENTOR.FLIP.DO_ZTRANS"),  # a patch of z 5, x 17
+        (["MODEL.LABEL_EROSION", "[1]"], False, "MODEL.LABEL_EROSION"),  # two targets
+        (["MODEL.LABEL_DILATION", "-1"], False, "MODEL.LABEL_DILATION"),
         (["SOLVER.LR_SCHEDULER_NAME", "CosineAnnealingLR"], False, "SOLVER.LR_SCHEDULER_NAME"),
         (
             ["MODEL.LOSS_OPTION", "[['WeightedMSE'], ['WeightedBCEWithLogitsLoss']]"],
@@ -242,7 +246,7 @@ def test_every_key_of_pytcs_tree_is_read_ignored_or_refused() -> None:
             if inference:
                 inference_documents(cfg, None, None)
             else:
-                training_document(cfg, None, lambda key, cfg=cfg: volume_path(cfg, key, None), [])
+                training_document(cfg, None, lambda key, cfg=cfg: volume_paths(cfg, key, None), [])
             read |= cfg.read
     listed = {
         *keys.IGNORED, *keys.REFUSED_UNLESS_DEFAULT, *keys.REFUSED_IN_TRAINING, *keys.REFUSED_IN_INFERENCE,
@@ -315,6 +319,38 @@ def test_refusals_say_what_pytc_does() -> None:
     with pytest.raises(SpecError, match=r"zoom\(volume, DATA_SCALE, order=3\)") as caught:
         _converted(["DATASET.DATA_SCALE", "[1.0, 2.0, 2.0]"], inference=True)
     assert caught.value.field == "DATASET.DATA_SCALE"
-    with pytest.raises(SpecError, match="seg_widen_border") as caught:
-        _converted(["MODEL.LABEL_EROSION", "1", "DATASET.LABEL_NAME", "l.h5"], inference=False)
-    assert caught.value.field == "MODEL.LABEL_EROSION"
+    with pytest.raises(SpecError, match="VAST") as caught:
+        _converted(["DATASET.LABEL_VAST", "True", "DATASET.LABEL_NAME", "l.h5"], inference=False)
+    assert caught.value.field == "DATASET.LABEL_VAST"
+
+
+def test_several_training_volumes_label_transforms_and_z_transposes() -> None:
+    """CREMI's three volumes are one training job's data.volumes, labels and masks paired in order;
+    MODEL.LABEL_EROSION / LABEL_DILATION go to each target; FLIP.DO_ZTRANS 1 to ztranspose."""
+    overrides = [
+        "DATASET.IMAGE_NAME", "a/im.h5@b/im.h5", "DATASET.LABEL_NAME", "a/seg.h5@b/seg.h5",
+        "DATASET.VALID_MASK_NAME", "a/m.h5@b/m.h5", "DATASET.INPUT_PATH", "x/@y/",
+        "MODEL.LABEL_EROSION", "[1, 2, 3]", "MODEL.LABEL_DILATION", "1",
+        "MODEL.INPUT_SIZE", "[9, 17, 9]", "MODEL.OUTPUT_SIZE", "[9, 17, 9]", "AUGMENTOR.FLIP.DO_ZTRANS", "1",
+    ]  # fmt: skip
+    conversion = convert_pytc([("golden", GOLDEN.read_text())], overrides)
+    doc = conversion.document
+    validate(TrainingDocument, doc)
+    assert doc["data"]["volumes"] == [
+        {"image": {"path": "x/a/im.h5"}, "label": {"path": "x/a/seg.h5"}, "valid_mask": {"path": "x/a/m.h5"}},
+        {"image": {"path": "y/b/im.h5"}, "label": {"path": "y/b/seg.h5"}, "valid_mask": {"path": "y/b/m.h5"}},
+    ]
+    assert "image" not in doc["data"] and doc["data"]["normalize"] == {"mean": 0.5, "std": 0.5}
+    assert [(t["label_erosion"], t["label_dilation"]) for t in doc["targets"]] == [(1, 1), (2, 1)]
+    assert any("MODEL.LABEL_EROSION [1, 2, 3]: widths beyond the 2 target(s)" in n for n in conversion.notes)
+    assert doc["sampling"]["augment"]["ztranspose"] is True
+    assert _converted(["DATASET.LABEL_NAME", "l.h5"], False)["sampling"]["augment"]["ztranspose"] is False
+    with pytest.raises(SpecError, match="IMAGE_NAME names 2, this 1") as caught:
+        _converted(["DATASET.IMAGE_NAME", "a.h5@b.h5", "DATASET.LABEL_NAME", "l.h5"], False)
+    assert caught.value.field == "DATASET.LABEL_NAME"
+    for field, pytc in (
+        ("data.volumes[1].label", "DATASET.LABEL_NAME"),
+        ("targets[0].label_erosion", "MODEL.LABEL_EROSION"),
+        ("sampling.augment.ztranspose", "AUGMENTOR.FLIP.DO_ZTRANS"),
+    ):
+        assert pytc_field(field, "") == pytc

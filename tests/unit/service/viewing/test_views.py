@@ -157,6 +157,11 @@ def test_labels_and_masks_are_segmentation_layers(tmp_path: Path) -> None:
     seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
            "output": {"path": "em.zarr", "dataset": "mito"}}  # fmt: skip
     assert job_sources("segmentation", seg, [tmp_path])[-1].layer_type == "segmentation"
+    pair = {"image": {"path": "em.zarr", "dataset": "raw"}, "label": {"path": "em.zarr", "dataset": "mito"}}
+    several = {"kind": "training", "data": {"volumes": [pair, {**pair, "valid_mask": pair["label"]}]}}
+    assert [(s.name, s.layer_type) for s in job_sources("training", several, [tmp_path])] == [
+        ("image", "image"), ("label", "segmentation"),
+        ("image_1", "image"), ("label_1", "segmentation"), ("mask_1", "segmentation")]  # fmt: skip
 
 
 def test_a_segmentation_output_is_a_placed_label_image_with_its_pyramid(tmp_path: Path) -> None:
@@ -181,6 +186,31 @@ def test_a_segmentation_output_is_a_placed_label_image_with_its_pyramid(tmp_path
     assert state["source"] == {"url": "zarr3://http://svc/stores/Tseg.zarr/mito_seg/"}
     rgb = np.asarray(Image.open(io.BytesIO(preview_png(layer, 6, view.global_nm))))
     assert rgb.shape[:2] == (32, 32) and rgb[0].max() > 0 and (rgb[-1] == 0).all()
+
+
+def test_an_agglomeration_with_several_thresholds_is_a_segmentation_layer_per_threshold(
+    tmp_path: Path,
+) -> None:
+    """affinity_agglomerate with several thresholds writes ``<dataset>/threshold_<t>`` per threshold:
+    the job's view shows each as its own segmentation layer, ``labels <t>``."""
+    make_input(tmp_path)
+    labels = np.zeros((8, 32, 32), np.uint32)
+    for t in ("0.1", "0.3"):
+        image = create_output(
+            tmp_path / "seg.zarr", f"cells/threshold_{t}", "zarr3", labels.shape, np.uint32, (4, 16, 16),
+            VOXEL, label=True,
+        )  # fmt: skip
+        image.write(Box((0, 0, 0), labels.shape), labels + 1)
+    seg = {"kind": "segmentation", "input": {"path": "em.zarr", "dataset": "raw"},
+           "decoder": {"name": "affinity_agglomerate", "thresholds": [0.1, 0.3]},
+           "output": {"path": "seg.zarr", "dataset": "cells"}}  # fmt: skip
+    view = build_view("segmentation", seg, [tmp_path], sign)
+    for t in ("0.1", "0.3"):
+        layer = view.layer(f"labels {t}")
+        assert layer is not None and layer.source.node == f"cells/threshold_{t}"
+        (state,) = [la for la in view.state["layers"] if la["name"] == f"labels {t}"]
+        assert state["type"] == "segmentation"
+    assert view.layer("labels") is None and not view.notes
 
 
 def test_an_input_placed_by_its_ome_translation_is_drawn_there(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def test_what_changes_no_value_keeps_the_key(changed: InferenceJob) -> None:
         with_("output", activations=("none",)),
         replace(JOB, compute=ComputeSpec(block_shape=(8, 16, 16))),
         replace(JOB, compute=ComputeSpec(precision="bfloat16")),
+        replace(JOB, compute=ComputeSpec(memory_format="contiguous")),  # the floats' last bits
     ],
 )
 def test_what_changes_a_value_or_the_layout_changes_the_key(changed: InferenceJob) -> None:

@@ -1,4 +1,5 @@
-"""The model cache: loaded models in the worker's state, keyed by the model file's sha256 and the device."""
+"""The model cache: loaded models in the worker's state, keyed by the model file's sha256, the device
+and the memory format."""
 
 from __future__ import annotations
 
@@ -93,3 +94,26 @@ def test_a_model_without_a_file_is_keyed_by_its_config() -> None:
     other = ModelRef(kind="architecture", architecture="unet3d", config=(("in_channels", 2),))
     assert model_cache.model_identity(small) != model_cache.model_identity(other)
     assert model_cache.model_identity(small) == model_cache.model_identity(small)
+
+
+def test_a_model_is_cached_per_memory_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` makes an eager 3D-conv model channels-last on the CPU, ``contiguous`` keeps PyTorch's
+    layout: two modules, never one handed to the other's jobs; ``PYTC_CHANNELS_LAST=0`` makes
+    ``auto`` contiguous (the same cache entry)."""
+    monkeypatch.delenv("PYTC_CHANNELS_LAST", raising=False)
+    config = (("filters", (4, 6, 8)), ("isotropy", (False, False, True)), ("out_channels", 2))
+    ref = ModelRef(kind="architecture", architecture="unet3d", config=config)
+    fast = model_cache.cached_model(ref, PATCH, "cpu", "auto")
+    plain = model_cache.cached_model(ref, PATCH, "cpu", "contiguous")
+    assert plain is not fast and fast.channels_last and not plain.channels_last
+    fast_w, plain_w = (
+        next(
+            m.weight for m in loaded.module.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1
+        )
+        for loaded in (fast, plain)
+    )  # with one input channel both layouts are the same strides
+    assert fast_w.is_contiguous(memory_format=torch.channels_last_3d) and not fast_w.is_contiguous()
+    assert plain_w.is_contiguous()
+    assert model_cache.cached_model(ref, PATCH, "cpu", "auto") is fast
+    monkeypatch.setenv("PYTC_CHANNELS_LAST", "0")
+    assert model_cache.cached_model(ref, PATCH, "cpu", "auto") is plain

@@ -126,6 +126,7 @@ def test_channels_last_runs_eager_unet3d_to_float32_rounding(monkeypatch: pytest
     assert prefers_channels_last(net, cpu)
     assert not prefers_channels_last(torch.jit.script(torch.nn.Conv3d(1, 2, 3, padding=1)), cpu)
     assert not prefers_channels_last(torch.nn.Identity(), cpu)
+    assert not prefers_channels_last(net, cpu, "contiguous")  # compute.memory_format: PyTC's layout
     monkeypatch.setenv("PYTC_CHANNELS_LAST", "0")
     assert not prefers_channels_last(net, cpu)
 

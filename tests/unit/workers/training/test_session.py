@@ -241,3 +241,40 @@ def test_param_groups_one_keeps_the_job_key_of_runs_from_before_the_field(root: 
     before = job(root).job_key()
     assert job(root, **{"solver.param_groups": "one"}).job_key() == before
     assert job(root, **{"solver.param_groups": "pytc"}).job_key() != before
+
+
+def test_a_real_job_over_two_volumes_with_pytcs_label_erosion_and_z_transposes(root: Path) -> None:
+    """Two volumes of different shapes, sampled by their patch positions as PyTC samples them; a
+    head learning the eroded label; z and x swapped half the time (patch z == x)."""
+    write_data(root / "b", shape=(9, 24, 30), seed=2)
+    volumes = [
+        {"image": {"path": "em.zarr", "dataset": "raw"}, "label": {"path": "em.zarr", "dataset": "cells"}},
+        {
+            "image": {"path": "b/em.zarr", "dataset": "raw"},
+            "label": {"path": "b/em.zarr", "dataset": "cells"},
+        },
+    ]
+    j = job(
+        root,
+        **{
+            "data.image": None,
+            "data.label": None,
+            "data.volumes": volumes,
+            "targets": [{"kind": "binary", "label_erosion": 1}, "affinity"],
+            "model.config.out_channels": 4,
+            "sampling.patch_size": [5, 16, 5],
+            "sampling.augment": {"ztranspose": True},
+            "solver.iterations": 4,
+        },
+    )
+    maker = batch_maker(j, margin=2)
+    sampler = maker.sampler
+    assert sampler.positions == (8 * 33 * 44, 5 * 9 * 26)
+    rng = np.random.default_rng(0)
+    assert {sampler.draw(rng).volume for _ in range(60)} == {0, 1}
+    batch = maker.make(0)
+    assert batch.image.shape == (1, 1, 5, 16, 5) and batch.targets.shape == (1, 4, 5, 16, 5)
+    outcome = train(j)
+    assert outcome.status == "finished" and outcome.iteration == 4, outcome.error
+    ckpt = torch.load(outcome.checkpoint or "", map_location="cpu", weights_only=True)
+    assert ckpt["heads"][0]["label_erosion"] == 1 and ckpt["job_key"] == j.job_key()
