@@ -29,7 +29,9 @@ are the run's own seconds (the result's ``seconds``: from the run's start to its
 so neither counts process or cluster start-up. Also reported: the run's seconds less the time
 inside its block tasks' bodies (their ``seconds.total``), per task: everything outside a task
 (scheduling, the job reference, the driver, idle gaps), a bound that the machine's other load
-does not inflate as much. The two outputs must be equal. ``--tmp /dev/shm`` keeps the volumes and
+does not inflate as much, and the process's CPU per task in each run (the embedded worker, the
+scheduler and the driver are threads of the ``pytc run`` process; its start is counted). The two
+outputs must be equal. ``--tmp /dev/shm`` keeps the volumes and
 run folders in memory: the spill file's one fsync a block costs 20 to 110 ms on this VM's shared
 disk, the same in both runs, and would make the runs hours long without being overhead.
 
@@ -192,6 +194,7 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
         "compute": {"block_shape": [8, 32, 32], "device": "cpu"},
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(doc))
+    cpu0 = process_cpu_s()
     t0 = time.perf_counter()
     code = pytc_main(
         [
@@ -205,11 +208,14 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
         ]
     )
     wall = time.perf_counter() - t0
+    dask_cpu = process_cpu_s() - cpu0
     assert code == 0, code
     dask_run = json.loads((folder / "r.json").read_text())
     serial_doc = {**doc, "output": {**doc["output"], "path": str(folder / "serial.zarr")}}
     job = parse_inference(serial_doc, (folder,))
+    cpu0 = process_cpu_s()
     serial = run_serially(job, ModelInfo(1, 1, dask_run_sha(folder)))
+    serial_cpu = process_cpu_s() - cpu0
     tasks = sum(dask_run["tasks_run"].values())
     dask_out = zarr.open_array(folder / "dask.zarr" / "pred" / "0")[...]
     assert np.array_equal(dask_out, zarr.open_array(folder / "serial.zarr" / "pred" / "0")[...]), (
@@ -230,7 +236,17 @@ def cluster_one(n: int, folder: Path) -> dict[str, Any]:
         "dask_ms_per_task": 1e3 * dask_run["seconds"] / tasks,
         "serial_ms_per_task": 1e3 * serial.seconds / tasks,
         "overhead_ms_per_task": 1e3 * (dask_run["seconds"] - serial.seconds) / tasks,
+        # CPU of this process (the embedded worker, scheduler and driver are threads of it), which
+        # other work on the machine inflates far less than wall time; pytc run's start included
+        "dask_cpu_ms_per_task": 1e3 * dask_cpu / tasks,
+        "serial_cpu_ms_per_task": 1e3 * serial_cpu / tasks,
     }
+
+
+def process_cpu_s() -> float:
+    """User and system CPU seconds of this process so far, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def dask_run_sha(folder: Path) -> str:
@@ -243,14 +259,15 @@ def cluster_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| blocks | tasks | pytc run (run seconds) | same job in one process | per task: Dask "
         "| per task: one process | overhead per task | outside task bodies, per task "
-        "| load (1 min, start-end) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CPU per task: Dask / one process | load (1 min, start-end) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['blocks']:,} | {r['tasks']:,} | {r['dask_run_s']:.1f} s | {r['serial_run_s']:.1f} s "
             f"| {r['dask_ms_per_task']:.1f} ms | {r['serial_ms_per_task']:.1f} ms "
-            f"| {r['overhead_ms_per_task']:.1f} ms | {r['outside_ms_per_task']:.1f} ms | {r['load']} |"
+            f"| {r['overhead_ms_per_task']:.1f} ms | {r['outside_ms_per_task']:.1f} ms "
+            f"| {r['dask_cpu_ms_per_task']:.1f} / {r['serial_cpu_ms_per_task']:.1f} ms | {r['load']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ import zarr
 
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import METADATA_ERRORS, check_array_meta
-from volumes.backends.zarr_codecs import bound_decoding
+from volumes.backends.zarr_codecs import bound_decoding, inline_small_chunks
 from volumes.errors import OversizedChunkError, VolumeFormatError
 from volumes.ome import read_translation, read_voxel_size
 from volumes.urls import is_url, join_url, zarr_store
@@ -33,6 +33,8 @@ class ZarrVolume(StoredVolume):
             ) from None
         if self.mode == "r":  # an input: someone else's chunks (outputs are ours); our own bugs here
             bound_decoding(array)  # stay bugs, not "metadata zarr cannot read"
+        elif zarr_format == 3:
+            inline_small_chunks(array)  # an output's small chunks: no thread hand-off per chunk
         return array
 
     def _meta_file(self) -> str:

@@ -44,6 +44,14 @@ _NUMCODEC_ATTRIBUTE: dict[type, str] = {
 # What a shard may hold beyond its voxels: 16 index bytes per inner chunk, and compressor framing.
 SHARD_INDEX_BYTES_PER_CHUNK = 16
 SHARD_SLACK_BYTES = 2**16
+# A chunk of at most this many bytes (decoded) is decoded and encoded on zarr's event-loop thread
+# instead of on a worker thread: the hand-off there and back (two wake-ups, the GIL taken twice)
+# costs more than zstd or blosc takes over a few hundred kilobytes (about 0.1 ms), and in a process
+# that also runs a Dask scheduler, a worker and the driver, each wake-up may wait for the GIL.
+# Larger chunks still go to zarr's threads, so that a block's chunks decode in parallel (issue 17).
+INLINE_CODEC_BYTES = 2**18
+# zarr's compressors with a synchronous encode and decode (what they run on a thread otherwise).
+_SYNC_CODECS = (ZstdCodec, BloscCodec, GzipCodec)
 
 
 def bound_decoding(array: zarr.Array) -> None:
@@ -117,7 +125,10 @@ class BoundedBytesCodec(BytesBytesCodec):
             check_decoded(out.as_numpy_array().nbytes, limit)
             return out
         data = chunk_bytes.as_numpy_array()
-        decoded = await asyncio.to_thread(decode_bounded, numcodec, data, limit)
+        if limit <= INLINE_CODEC_BYTES:  # small: here, on the loop's thread (see INLINE_CODEC_BYTES)
+            decoded = decode_bounded(numcodec, data, limit)
+        else:
+            decoded = await asyncio.to_thread(decode_bounded, numcodec, data, limit)
         return chunk_spec.prototype.buffer.from_array_like(decoded.view("B").reshape(-1))
 
     def _limit(self, spec: ArraySpec) -> int:
@@ -141,7 +152,10 @@ class BoundedV2Codec(V2Codec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         limit = nominal_bytes(chunk_spec)
-        decoded = await asyncio.to_thread(self._decompress, chunk_bytes.as_numpy_array(), limit)
+        if limit <= INLINE_CODEC_BYTES:  # small: here, on the loop's thread (see INLINE_CODEC_BYTES)
+            decoded = self._decompress(chunk_bytes.as_numpy_array(), limit)
+        else:
+            decoded = await asyncio.to_thread(self._decompress, chunk_bytes.as_numpy_array(), limit)
         plain = chunk_spec.prototype.buffer.from_array_like(decoded.view("B").reshape(-1))
         # zarr views the bytes as the chunk (dtype, order, shape); nothing is left to decode.
         return await V2Codec(filters=None, compressor=None)._decode_single(plain, chunk_spec)
@@ -185,3 +199,47 @@ class BoundedPipeline(BatchedCodecPipeline):
         except OversizedChunkError as err:
             raise err.located(chunk=str(getattr(getter, "path", getter))) from None
         return array
+
+
+def inline_small_chunks(array: zarr.Array) -> None:
+    """Make ``array`` (an output we write, zarr v3) encode and decode chunks of at most
+    :data:`INLINE_CODEC_BYTES` on zarr's event-loop thread, as inputs do (:class:`BoundedBytesCodec`):
+    its compressors (zstd, blosc, gzip; not inside a sharding codec) are wrapped, the bytes they
+    write are the same. Replaced on the pipeline as :func:`bound_decoding` does."""
+    inner = array._async_array
+    current = inner.codec_pipeline
+    if type(current) is not BatchedCodecPipeline:
+        return
+    codecs = list(current)
+    if not any(isinstance(c, _SYNC_CODECS) for c in codecs):
+        return
+    wrapped = [InlineSmallCodec(c) if isinstance(c, _SYNC_CODECS) else c for c in codecs]
+    pipeline = BatchedCodecPipeline.from_codecs(wrapped, batch_size=current.batch_size)
+    object.__setattr__(inner, "codec_pipeline", pipeline)
+
+
+@dataclass(frozen=True)
+class InlineSmallCodec(BytesBytesCodec):
+    """One of zarr's compressors, run on the calling (event-loop) thread for small chunks."""
+
+    inner: BytesBytesCodec
+    is_fixed_size = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.inner.to_dict()
+
+    def evolve_from_array_spec(self, array_spec: ArraySpec) -> InlineSmallCodec:
+        return replace(self, inner=self.inner.evolve_from_array_spec(array_spec))
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        return self.inner.compute_encoded_size(input_byte_length, chunk_spec)
+
+    async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
+        if nominal_bytes(chunk_spec) <= INLINE_CODEC_BYTES:
+            return self.inner._encode_sync(chunk_bytes, chunk_spec)  # type: ignore[attr-defined,no-any-return]
+        return await self.inner._encode_single(chunk_bytes, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
+        if nominal_bytes(chunk_spec) <= INLINE_CODEC_BYTES:
+            return self.inner._decode_sync(chunk_bytes, chunk_spec)  # type: ignore[attr-defined,no-any-return]
+        return await self.inner._decode_single(chunk_bytes, chunk_spec)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,11 +29,14 @@ from volumes.blocks import Index
 from volumes.box import Box
 from volumes.open import open_volume
 from volumes.padding import read_padded
+from volumes.urls import is_url
+from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError, BlockError
 from workers.inference import readahead
 from workers.inference.engine import BlockContext, BlockResult, normalize
 from workers.runtime.affinity import usable_cores
+from workers.runtime.state import worker_state
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,34 @@ def writer_pool() -> ThreadPoolExecutor:
         return _WRITERS
 
 
+# Inputs whose handle is kept open between a worker's blocks (zarr, N5, precomputed on a local or
+# shared file system: a handle is metadata and a store); the other formats, and inputs in an
+# object store, are opened for every block as before.
+_KEPT_INPUTS = frozenset({"zarr2", "zarr3", "n5", "precomputed"})
+
+
+def input_volume(ctx: BlockContext, node: Path) -> Volume:
+    """The job's input, opened once per worker and run, as its output is
+    (:func:`workers.inference.tasks._output_volume`): opening it for every block (finding its
+    format, reading its metadata, zarr's own round trips) was a fixed cost of each block task.
+    ``node``, the input's folder the block has just confined, must still be there: an input moved
+    or deleted during the run fails the next block naming it (a kept handle would read its
+    missing chunks as the fill value). A run after a failure (the input repaired or replaced)
+    opens it afresh."""
+    inputs = worker_state().inputs
+    job = ctx.job
+    key = (job.input.path, job.input.dataset, ctx.run_dir.root.name, ctx.attempt)
+    volume: Volume | None = inputs.get(key)
+    if volume is not None and not node.exists():
+        inputs.pop(key)
+        volume = None  # open_volume names what is missing
+    if volume is None:
+        volume = open_volume(job.input.path, job.input.dataset)
+        if volume.format in _KEPT_INPUTS and not is_url(job.input.path):
+            inputs.put(key, volume)
+    return volume
+
+
 class SlabReader:
     """Reads the block's read box in z-slabs on a background thread, in order."""
 
@@ -81,8 +113,8 @@ class SlabReader:
         # thread, which would otherwise wait for its rows for ever.
         begin = 0
         try:
-            self.ctx.job.input_node()  # still inside the data roots (workers.confine)
-            volume = open_volume(self.ctx.job.input.path, self.ctx.job.input.dataset)
+            node = self.ctx.job.input_node()  # still inside the data roots (workers.confine)
+            volume = input_volume(self.ctx, node)
             plane = int(np.prod(self.read_box.shape[1:]))
             waiting: list[int] = []  # rows the next read covers
             for index, end in enumerate(self.ends):

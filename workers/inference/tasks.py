@@ -6,7 +6,9 @@ functions in ``client.submit`` without pulling torch into its own process.
 Progress leaves a running block task as Dask worker events: on the topic
 :func:`progress_topic` of the job's layout, ``{"block": [z, y, x], "phase": 1 | 2, "done": n}``
 (``n`` the steps this pass has finished, :mod:`workers.inference.steps`), at most every
-:data:`EVENT_INTERVAL_S`; the driver subscribes to the topic. The counts only grow, so an event
+:data:`EVENT_INTERVAL_S` and the first one that long after the task started, so that a task shorter
+than that sends none (each event is a message through the scheduler to the driver; its end counts
+it in full anyway); the driver subscribes to the topic. The counts only grow, so an event
 dropped by the throttle or arriving late loses nothing that the task's end does not set right.
 """
 
@@ -134,7 +136,10 @@ def worker_events(task: BlockTask, interval_s: float = EVENT_INTERVAL_S) -> Step
     except ValueError:  # not inside a Dask worker
         return None
     topic, block, phase = progress_topic(task.layout_key, task.attempt), list(task.block), task.phase
-    last_sent = -float("inf")
+    # The first event once the task has run for interval_s: a tiny block sends none (issue 17: a
+    # message through the scheduler a task, the driver's event loop woken for it), a long one keeps
+    # the pace.
+    last_sent = time.monotonic()
 
     def send(done: int) -> None:
         nonlocal last_sent

@@ -43,7 +43,7 @@ class ReadAheadSlot:
 
 
 class WorkerState(WorkerPlugin):
-    """One worker's models, file hashes, job geometries, open outputs and read-ahead slot.
+    """One worker's models, file hashes, job geometries, open inputs and outputs and read-ahead slot.
 
     The name is fixed, so registering the plugin again replaces the old one (and drops its models).
     """
@@ -59,6 +59,7 @@ class WorkerState(WorkerPlugin):
         self.outputs: LRU[Any] = LRU(
             MAX_JOBS
         )  # (path, dataset, layout key, attempt) -> (Volume, its ChunkFiles)
+        self.inputs: LRU[Any] = LRU(MAX_JOBS)  # (path, dataset, layout key, attempt) -> Volume
         self.readahead = ReadAheadSlot()
         self.worker_name: str | None = None
 
@@ -81,7 +82,7 @@ class WorkerState(WorkerPlugin):
         self.clear()
 
     def clear(self) -> None:
-        for cache in (self.models, self.file_hashes, self.geometries, self.outputs):
+        for cache in (self.models, self.file_hashes, self.geometries, self.outputs, self.inputs):
             cache.clear()
         with self.readahead.lock:
             self.readahead.pending = None
