@@ -27,12 +27,7 @@ def soft_dice_loss(
     prob: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, smooth: float = 1.0
 ) -> torch.Tensor:
     """``1 - Dice`` per (sample, channel), averaged; ``smooth`` keeps an empty/empty pair at 0."""
-    tgt = target.to(prob.dtype)
-    if mask is not None:
-        prob, tgt = prob * mask, tgt * mask
-    inter = (prob * tgt).flatten(2).sum(dim=2)
-    total = prob.flatten(2).sum(dim=2) + tgt.flatten(2).sum(dim=2)
-    return (1.0 - (2.0 * inter + smooth) / (total + smooth)).mean()
+    return _dice_loss(prob, target, mask, smooth, per_channel=True)
 
 
 def pytc_dice_loss(
@@ -40,11 +35,19 @@ def pytc_dice_loss(
 ) -> torch.Tensor:
     """PyTC v1's ``DiceLoss`` (``reduce``, power 1): ``1 - Dice`` of each sample's channels taken
     together, smoothing 100, averaged over the samples; masked-out voxels count for nothing."""
+    return _dice_loss(prob, target, mask, smooth, per_channel=False)
+
+
+def _dice_loss(
+    prob: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, smooth: float, *, per_channel: bool
+) -> torch.Tensor:
+    """``1 - Dice`` per sample and channel (``per_channel``) or per sample, averaged."""
     tgt = target.to(prob.dtype)
     if mask is not None:
         prob, tgt = prob * mask, tgt * mask
-    inter = (prob * tgt).flatten(1).sum(dim=1)
-    total = prob.flatten(1).sum(dim=1) + tgt.flatten(1).sum(dim=1)
+    dim = 2 if per_channel else 1
+    inter = (prob * tgt).flatten(dim).sum(dim=dim)
+    total = prob.flatten(dim).sum(dim=dim) + tgt.flatten(dim).sum(dim=dim)
     return (1.0 - (2.0 * inter + smooth) / (total + smooth)).mean()
 
 
