@@ -3,7 +3,7 @@ against the whole-volume run (the same steps on the volume as one block), agains
 whole volume (the library PyTC's tutorial calls), and against the ground truth.
 
 The data: ``volumes.synth``'s cells (instance ids, 0 on membranes) and affinities drawn from them
-(:func:`affinities_from_labels`): 1 between two voxels of one cell, 0 elsewhere, blurred, with
+(:func:`volumes.synth.affinities_from_labels`): 1 between two voxels of one cell, 0 elsewhere, blurred, with
 smooth noise, as uint8. Used by ``tests/unit/test_agglomerate.py`` (with thresholds) and
 ``tests/benchmarks/bench_agglomerate.py`` (the table in RESULTS.md).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from volumes.labels.agglomerate import (
     Agglomeration,
@@ -28,31 +27,11 @@ from volumes.labels.agglomerate import (
 )
 from volumes.metrics.scores import adapted_rand, variation_of_information
 from volumes.metrics.table import ContingencyTable, table_of
-from volumes.synth import generate_em_volume
+from volumes.synth import affinities_from_labels, generate_em_volume
 
 SHAPE = (32, 160, 160)
 BLOCK = (16, 64, 64)
 THRESHOLDS = (0.1, 0.3, 0.6)
-
-
-def affinities_from_labels(
-    labels: np.ndarray, seed: int = 0, blur: float = 1.0, noise: float = 0.1, noise_blur: float = 1.5
-) -> np.ndarray:
-    """Affinities (3, Z, Y, X) uint8 of a label volume: channel a at v is 1 where v and v - e_a are
-    one non-zero object, blurred by ``blur`` voxels, plus Gaussian noise of std ``noise`` smoothed
-    over ``noise_blur`` voxels, clipped to [0, 1] and scaled to 0..255."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((3, *labels.shape), np.float32)
-    for a in range(3):
-        same = np.zeros(labels.shape, bool)
-        here = tuple(slice(1, None) if b == a else slice(None) for b in range(3))
-        there = tuple(slice(0, -1) if b == a else slice(None) for b in range(3))
-        same[here] = (labels[here] == labels[there]) & (labels[here] != 0)
-        out[a] = same
-    out = ndimage.gaussian_filter(out, (0, 0, blur, blur))  # z is anisotropic (30 nm): no blur across it
-    n = ndimage.gaussian_filter(rng.normal(0, 1, out.shape).astype(np.float32), (0, *(noise_blur,) * 3))
-    out += noise * n / n.std()
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
 def synthetic_cells(shape: tuple[int, int, int] = SHAPE, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

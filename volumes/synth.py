@@ -368,3 +368,23 @@ def _granules(
     blobs = ndimage.gaussian_filter(impulses.reshape(cells.shape), sigma, mode="constant")
     peak = float(np.prod([1.0 / (math.sqrt(2 * math.pi) * s) for s in sigma]))
     return np.minimum(blobs * (60.0 / peak), 80.0).astype(np.float32)
+
+
+def affinities_from_labels(
+    labels: np.ndarray, seed: int = 0, blur: float = 1.0, noise: float = 0.1, noise_blur: float = 1.5
+) -> np.ndarray:
+    """Affinities (3, Z, Y, X) uint8 of a label volume: channel a at v is 1 where v and v - e_a are
+    one non-zero object, blurred by ``blur`` voxels, plus Gaussian noise of std ``noise`` smoothed
+    over ``noise_blur`` voxels, clipped to [0, 1] and scaled to 0..255."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((3, *labels.shape), np.float32)
+    for a in range(3):
+        same = np.zeros(labels.shape, bool)
+        here = tuple(slice(1, None) if b == a else slice(None) for b in range(3))
+        there = tuple(slice(0, -1) if b == a else slice(None) for b in range(3))
+        same[here] = (labels[here] == labels[there]) & (labels[here] != 0)
+        out[a] = same
+    out = ndimage.gaussian_filter(out, (0, 0, blur, blur))  # z is anisotropic (30 nm): no blur across it
+    n = ndimage.gaussian_filter(rng.normal(0, 1, out.shape).astype(np.float32), (0, *(noise_blur,) * 3))
+    out += noise * n / n.std()
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)

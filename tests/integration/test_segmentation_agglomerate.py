@@ -13,12 +13,11 @@ import pytest
 import zarr
 
 from service.documents.segmentation import parse_segmentation
-from tests.agglomerate_figures import affinities_from_labels
 from volumes.box import Box
 from volumes.labels.agglomerate import Agglomeration, agglomerate_in_memory, fragments_in_memory
 from volumes.labels.output import read_table
 from volumes.open import open_volume
-from volumes.synth import generate_em_volume
+from volumes.synth import affinities_from_labels, generate_em_volume
 from workers.errors import OutputExistsError, SpecError
 from workers.segmentation.job import SegmentationJob
 from workers.segmentation.run import SegmentationRun, run_serially

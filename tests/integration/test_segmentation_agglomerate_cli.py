@@ -16,7 +16,6 @@ import pytest
 import yaml
 import zarr
 
-from tests.agglomerate_figures import affinities_from_labels
 from tests.integration.service_fixtures import running_service, wait_for_state
 from volumes.box import Box
 from volumes.labels.agglomerate import Agglomeration, agglomerate_in_memory, fragments_in_memory
@@ -24,7 +23,7 @@ from volumes.labels.output import read_table
 from volumes.metrics.scores import adapted_rand
 from volumes.metrics.table import table_of
 from volumes.open import open_volume
-from volumes.synth import generate_em_volume
+from volumes.synth import affinities_from_labels, generate_em_volume
 
 REPO = Path(__file__).resolve().parents[2]
 THRESHOLDS = [0.1, 0.3, 0.6]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.agglomerate_figures import affinities_from_labels, figures, synthetic_cells
+from tests.agglomerate_figures import figures, synthetic_cells
 from volumes.labels.agglomerate import (
     Agglomeration,
     Edges,
@@ -28,7 +28,7 @@ from volumes.labels.agglomerate import (
     steepest_edges,
 )
 from volumes.metrics.reference import adapted_rand_error
-from volumes.synth import generate_em_volume
+from volumes.synth import affinities_from_labels, generate_em_volume
 
 
 @pytest.fixture(scope="module")
