@@ -18,7 +18,7 @@ import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import numcodecs
 import numpy as np
@@ -211,11 +211,20 @@ def inline_small_chunks(array: zarr.Array) -> None:
     if type(current) is not BatchedCodecPipeline:
         return
     codecs = list(current)
-    if not any(isinstance(c, _SYNC_CODECS) for c in codecs):
+    if not any(_has_sync_methods(c) for c in codecs):
         return
-    wrapped = [InlineSmallCodec(c) if isinstance(c, _SYNC_CODECS) else c for c in codecs]
+    wrapped = [InlineSmallCodec(c) if _has_sync_methods(c) else c for c in codecs]
     pipeline = BatchedCodecPipeline.from_codecs(wrapped, batch_size=current.batch_size)
     object.__setattr__(inner, "codec_pipeline", pipeline)
+
+
+def _has_sync_methods(codec: Any) -> TypeGuard[BytesBytesCodec]:
+    """Whether ``codec`` is a compressor :class:`InlineSmallCodec` can run in place: zarr's own
+    zstd, blosc and gzip from the zarr release that gave them ``_encode_sync``/``_decode_sync``
+    (3.0.8, the floor, has neither: there they keep zarr's thread hand-off)."""
+    return isinstance(codec, _SYNC_CODECS) and all(
+        callable(getattr(codec, name, None)) for name in ("_encode_sync", "_decode_sync")
+    )
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,31 @@ def test_outputs_write_the_same_bytes_with_small_chunks_encoded_on_the_loop(
     assert stores["loop"] == stores["threads"]
     meta = json.loads(stores["loop"][Path("pred/zarr.json")])
     assert meta["codecs"][-1]["name"] in ("zstd", "blosc")  # the metadata names the real codec
+
+
+class _ZstdWithoutSyncMethods(ZstdCodec):
+    """A zstd codec as zarr 3.0.8 (the floor) has it: no ``_encode_sync``/``_decode_sync``."""
+
+    _encode_sync = None
+    _decode_sync = None
+
+
+def test_a_compressor_without_sync_methods_keeps_zarrs_own_path(tmp_path: Path) -> None:
+    """zarr before 3.1 has no ``_encode_sync``: such a compressor is left as zarr runs it (wrapping it
+    failed every write with AttributeError there). That such an array writes and reads on zarr 3.0.8
+    itself is tests/integration/test_dependency_floors.py's job, a job run at the declared floors."""
+    assert zarr_codecs._has_sync_methods(ZstdCodec())
+    assert not zarr_codecs._has_sync_methods(_ZstdWithoutSyncMethods())
+    data = np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=data.shape, chunks=(2, 8, 8), dtype=data.dtype, compressors=[ZstdCodec()]
+    )
+    pipeline = array._async_array.codec_pipeline
+    plain = type(pipeline).from_codecs(
+        [_ZstdWithoutSyncMethods() if isinstance(c, ZstdCodec) else c for c in pipeline],
+        batch_size=pipeline.batch_size,
+    )
+    object.__setattr__(array._async_array, "codec_pipeline", plain)
+    zarr_codecs.inline_small_chunks(array)
+    assert not any(isinstance(c, zarr_codecs.InlineSmallCodec) for c in array._async_array.codec_pipeline)
+    assert any(isinstance(c, _ZstdWithoutSyncMethods) for c in array._async_array.codec_pipeline)
