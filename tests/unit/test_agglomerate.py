@@ -73,13 +73,17 @@ def test_region_graph_by_hand():
     assert len(np.unique(second)) == 1
 
 
+def _tie_free(cells: np.ndarray, seed: int) -> np.ndarray:
+    """Float affinities of ``cells`` with a little noise: no two edges tie."""
+    rng = np.random.default_rng(seed)
+    pred = affinities_from_labels(cells, seed=seed).astype(np.float32) / 255
+    return np.clip(pred + rng.uniform(-1e-3, 1e-3, pred.shape).astype(np.float32), 0, 1)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agglomeration_equals_waterz_on_the_same_fragments(small, seed):
     """Float affinities without ties: the merges are waterz's, whatever their order."""
-    _, cells = small
-    rng = np.random.default_rng(seed)
-    pred = affinities_from_labels(cells, seed=seed).astype(np.float32) / 255
-    pred = np.clip(pred + rng.uniform(-1e-3, 1e-3, pred.shape).astype(np.float32), 0, 1)
+    pred = _tie_free(small[1], seed)
     agg = Agglomeration(thresholds=(0.2, 0.4, 0.7), merge_function="mean")
     fragments = fragments_in_memory(pred, agg)
     ours = agglomerate_in_memory(pred, agg)
@@ -132,10 +136,7 @@ def _waterz_fragments(pred: np.ndarray, low: float, high: float) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fragments_are_waterz_watershed_on_affinities_without_ties(small, seed):
     """Float affinities without ties: the fragments are waterz's own (zwatershed), up to numbering."""
-    _, cells = small
-    rng = np.random.default_rng(seed)
-    pred = affinities_from_labels(cells, seed=seed).astype(np.float32) / 255
-    pred = np.clip(pred + rng.uniform(-1e-3, 1e-3, pred.shape).astype(np.float32), 0, 1)
+    pred = _tie_free(small[1], seed)
     ours = fragments_in_memory(pred, Agglomeration())
     theirs = _waterz_fragments(pred, 0.05, 0.995)
     assert ours.max() > 100
