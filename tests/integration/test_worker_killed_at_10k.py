@@ -98,11 +98,14 @@ def test_a_worker_killed_at_10k_blocks_reruns_nothing_recorded_done(tmp_path: Pa
         wait_until(lambda: len(chunk_files(tmp_path)) >= 20, timeout=300)
         pids = client.run(os.getpid)
         busy = [w for w, keys in client.processing().items() if any("-p" in str(k) for k in keys)]
-        os.kill(pids[busy[0] if busy else sorted(pids)[0]], signal.SIGKILL)  # one running a block
-        killed_at = time.time()
+        # The record just before the kill. Every record in it was written before ``read_at``, so
+        # its block's task started before then: a start after ``read_at`` of a block it holds is a
+        # rerun. (Read after the kill, it could hold a block whose only run began after the kill.)
         (folder,) = [f for f in (tmp_path / "out.zarr" / ".pytc-run" / "pred").iterdir() if f.is_dir()]
-        p1, p2 = (bits.astype(bool) for bits in read_bits(folder, n))  # the record at the kill
-        before = chunk_files(tmp_path)
+        p1, p2 = (bits.astype(bool) for bits in read_bits(folder, n))
+        read_at = time.time()
+        before = chunk_files(tmp_path)  # after the read: holds every chunk of a block recorded done
+        os.kill(pids[busy[0] if busy else sorted(pids)[0]], signal.SIGKILL)  # one running a block
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err.decode()
         stream = client.get_task_stream()
@@ -126,7 +129,9 @@ def test_a_worker_killed_at_10k_blocks_reruns_nothing_recorded_done(tmp_path: Pa
     assert len(touched) == computed  # every block with a task is in the log, and only those
     for (phase, i), starts in runs.items():
         recorded = p1[i] if phase == 1 else p2[i]
-        assert not (recorded and max(starts) > killed_at), f"block {i} pass {phase} ran again after the kill"
+        assert not (recorded and max(starts) > read_at), (
+            f"block {i} pass {phase} ran again after it was recorded"
+        )
     # No chunk of a block recorded done was written again (the same file, the same mtime); the
     # blocks the mask left without a task (recorded done at start) have no chunk at all.
     after = chunk_files(tmp_path)
