@@ -256,6 +256,7 @@ def _number(plan: Plan, index: Index) -> None:
                 dtype=label_dtype(k),
                 fill_value=0,
                 zarr_format=2,
+                compressors=LABEL_SCRATCH_CODEC,  # scratch: lz4, about 4 times zstd's speed both ways
                 overwrite=True,
             )
         write_json_atomic(plan.run_dir.root / "numbered.json", {"objects": k})
@@ -404,7 +405,7 @@ def _rank(plan: Plan, index: Index) -> None:
     labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
     lut = np.load(plan.file("luts", index, ".npy"))
     ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r+")
-    ranked[plan.grid.box(index).slices()] = lut[labels].astype(ranked.dtype)
+    ranked[plan.grid.box(index).slices()] = lut.astype(ranked.dtype)[labels]  # no int64 block between
 
 
 def _dilate(plan: Plan, index: Index) -> None:
