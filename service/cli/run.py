@@ -9,7 +9,8 @@ check first needs a worker of another process: with the one embedded worker, the
 process before any cluster exists (that worker would run them in this process anyway, and the model
 they load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
 With that one worker the kinds that take a task pool (segmentation, every pyramid stage) run their
-tasks on a thread of this process (:class:`service.kinds.pool.ThreadPool`): the same task functions,
+tasks on ``--threads`` threads of this process (:class:`service.kinds.pool.ThreadPool`; default the
+cores the process may use, as a Dask worker's ``nthreads``): the same task functions,
 done records and resume, without Dask's imports and start-up; a segmentation job then never starts a
 cluster at all.
 Without a service, ``register_as`` and ``model: {name: ...}`` use the file registry
