@@ -209,9 +209,9 @@ def _affinities_with_next_faces(plan: Plan, core: Box, box: Box) -> np.ndarray:
         offset, shape = list(core.offset), list(core.shape)
         offset[a], shape[a] = core.end[a], 1
         layer = plan.read_prediction(Box(tuple(offset), tuple(shape)))
-        where = [slice(0, n) for n in core.shape]
-        where[a] = slice(core.shape[a], core.shape[a] + 1)
-        pred[(a, *where)] = layer[a]
+        where: list[Any] = [a, *(slice(0, n) for n in core.shape)]
+        where[a + 1] = slice(core.shape[a], core.shape[a] + 1)
+        pred[tuple(where)] = layer[a]
     return pred
 
 
