@@ -3,7 +3,10 @@
 The engine owns the run (:class:`workers.inference.run.InferenceRun`: output creation, the order of
 the two passes, lost partial sums, the final check and the completion mark). This kind only checks
 the job, and pumps the run's tasks through Dask: a few in flight per worker, pass 2 ahead of pass 1,
-each task reported back to the run when it ends.
+each task reported back to the run when it ends. Tasks travel in batches (issue 17): once half the
+in-flight window has ended, the results of those that ended are fetched in one call and the free
+room is filled with one graph a pass, so that a tiny task does not pay a submit and a fetch of its
+own through the scheduler.
 
 Progress is counted in steps as they happen (:mod:`workers.inference.steps`: a window computed, a
 pass-2 chunk finished). Running block tasks send their counts as Dask worker events on the job's
