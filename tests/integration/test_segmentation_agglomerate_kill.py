@@ -86,11 +86,15 @@ def test_a_multi_threshold_job_killed_mid_write_resumes_to_a_clean_runs_files(tm
         service.start()
         job_id = httpx.post(f"{service.url}/v1/jobs", json=doc("killed.zarr"), timeout=60).json()["id"]
         out = root / "killed.zarr"
+        watched = httpx.get(f"{service.url}/v1/jobs/{job_id}", timeout=30).json()
+        assert watched["state"] in ("queued", "running"), watched
         deadline = time.monotonic() + 300
-        while len(before := written(out)) < 4:  # the done record, read just before the kill
-            assert time.monotonic() < deadline, service.log.read_text()[-3000:]
-            watched = httpx.get(f"{service.url}/v1/jobs/{job_id}", timeout=30).json()
-            assert watched["state"] in ("queued", "running"), watched
+        # the done record, read just before the kill (no request to the busy service in this loop:
+        # a slow answer could let the write stage finish before the kill)
+        while len(before := written(out)) < 4:
+            assert time.monotonic() < deadline and service.proc is not None and service.proc.poll() is None, (
+                service.log.read_text()[-3000:]
+            )
             time.sleep(0.02)
         stamps = {p: p.stat().st_mtime_ns for b in before for p in chunk_files(out, b) if p.exists()}
         service.kill9()
