@@ -97,7 +97,8 @@ def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarr
     offsets = np.array([-sz, -sy, -1, 1, sy, sz], dtype=np.int64)
     # per voxel, the position of its first reach in the step that reached it (each voxel is reached
     # in one step only: it is labelled then, and never free again)
-    first_at = np.full(flat.size, np.iinfo(np.int64).max, dtype=np.int64)
+    position = np.int32 if 6 * flat.size < 2**31 else np.int64  # a step reaches at most 6 per voxel
+    first_at = np.full(flat.size, np.iinfo(position).max, dtype=position)
     queues: list[list[np.ndarray]] = [[] for _ in range(n_levels)]
     start = np.flatnonzero(flat)  # raster order
     _enqueue(queues, start, rank[start])
@@ -110,7 +111,7 @@ def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarr
             if not at.size:
                 continue
             reach = reach[at]
-            order = np.arange(reach.shape[0], dtype=np.int64)
+            order = np.arange(reach.shape[0], dtype=position)
             np.minimum.at(first_at, reach, order)
             first = np.flatnonzero(first_at[reach] == order)  # each voxel once, by its first reach
             new = reach[first]
