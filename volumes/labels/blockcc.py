@@ -259,9 +259,20 @@ def links(
         else:
             b, c = _touching(_contact(mine, n, True), _contact(theirs, n, False), n, decoder.connectivity)
         if b.size:
-            pairs = np.unique(np.stack([b.astype(np.int64), c.astype(np.int64)], axis=1), axis=0)
-            out.append((n, pairs[:, 0], pairs[:, 1]))
+            out.append((n, *_unique_pairs(b.astype(np.int64), c.astype(np.int64))))
     return out
+
+
+def _unique_pairs(b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pairs (b[i], c[i]) of non-negative labels, sorted by b then c: ``np.unique``
+    of the stacked pairs along axis 0, through one int64 key per pair (a 1-D sort, not a sort of
+    rows) when the keys fit."""
+    width = int(c.max()) + 1
+    if (int(b.max()) + 1) * width < 1 << 63:
+        keys = np.unique(b * width + c)
+        return keys // width, keys % width
+    pairs = np.unique(np.stack([b, c], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def _touching(

@@ -293,3 +293,18 @@ def test_per_slice_size_filters_equal_pytc_slice_by_slice(
     assert np.array_equal(decode_blockwise(pred, decoder, block, "none"), expected)
     assert np.array_equal(decode_blockwise(pred, decoder, block, "sequential"), sequential(expected))
     assert np.array_equal(decode_in_memory(pred, decoder), expected)
+
+
+def test_touching_pairs_are_numpys_unique_rows() -> None:
+    """The link step's distinct pairs of touching labels (one int64 key per pair; rows of the
+    stacked pairs where the keys would overflow) are ``np.unique(..., axis=0)``'s, in its order."""
+    from volumes.labels.blockcc import _unique_pairs
+
+    rng = np.random.default_rng(2)
+    for size in (1, 7, 500):
+        for top in (1, 3, 40, 2**40):
+            b, c = rng.integers(0, top, size), rng.integers(0, top, size)
+            rows = np.unique(np.stack([b, c], axis=1), axis=0)
+            found = _unique_pairs(b, c)
+            assert all(f.dtype == np.int64 for f in found)
+            np.testing.assert_array_equal(np.stack(found, axis=1), rows)
