@@ -113,18 +113,19 @@ def _check(
         raise ModelConfigError(f"backbone_type must be one of {list(BACKBONES)}, got {backbone_type!r}")
     if len(filters) != 5 or any(f < 1 for f in filters):
         raise ModelConfigError(
-            f"fpn_3d needs five positive filters (one per backbone stage), got {list(filters)}"
+            f"fpn_3d needs five positive 'filters' (one per backbone stage), got {list(filters)}"
         )
     if len(isotropy) != 5:
-        raise ModelConfigError(f"fpn_3d needs five isotropy entries, got {list(isotropy)}")
+        raise ModelConfigError(f"fpn_3d needs five 'isotropy' entries, got {list(isotropy)}")
     needed = 5 if backbone_type == "efficientnet" else 4
     if len(blocks) < needed or any(b < 1 for b in blocks):
         raise ModelConfigError(
-            f"the {backbone_type} backbone needs {needed} positive block counts, got {list(blocks)}"
+            f"the {backbone_type} backbone needs {needed} positive block counts ('blocks'), "
+            f"got {list(blocks)}"
         )
     if backbone_type == "efficientnet" and (len(ks) < 5 or any(k not in (3, 5) for k in ks)):
         raise ModelConfigError(
-            f"the efficientnet backbone needs five kernel sizes of 3 or 5 (ks), got {list(ks)}"
+            f"the efficientnet backbone needs five kernel sizes of 3 or 5 ('ks'), got {list(ks)}"
         )
     if in_channel < 1 or out_channel < 1:
         raise ModelConfigError(

@@ -310,7 +310,8 @@ def _channels(channels: Sequence[int] | None, decoder: Decoder) -> tuple[int, ..
 # What a block task holds per voxel at its peak: the prediction read as float32 at worst (4 bytes a
 # channel), the mask, labels (uint32) and their remapped copy (uint64), a few index arrays.
 BYTES_PER_VOXEL = 32
-# The watershed's own copies: the energy (float64), its markers and output (int64, padded), the mask.
+# The watershed's own copies: the energy (float64 at worst), its markers and output (int64, padded),
+# the flood's first reach of each voxel (int32), its levels' ranks (uint8/16), the mask.
 WATERSHED_BYTES = 48
 
 

@@ -3,7 +3,10 @@
 The engine owns the run (:class:`workers.inference.run.InferenceRun`: output creation, the order of
 the two passes, lost partial sums, the final check and the completion mark). This kind only checks
 the job, and pumps the run's tasks through Dask: a few in flight per worker, pass 2 ahead of pass 1,
-each task reported back to the run when it ends.
+each task reported back to the run when it ends. Tasks travel in batches (issue 17): once half the
+in-flight window has ended, the results of those that ended are fetched in one call and the free
+room is filled with one graph a pass, so that a tiny task does not pay a submit and a fetch of its
+own through the scheduler.
 
 Progress is counted in steps as they happen (:mod:`workers.inference.steps`: a window computed, a
 pass-2 chunk finished). Running block tasks send their counts as Dask worker events on the job's
@@ -59,6 +62,8 @@ from workers.resources import ONE_ACCELERATOR
 log = logging.getLogger(__name__)
 
 PASS2_PRIORITY = 10  # pass-2 tasks run before queued pass-1 tasks: they free scratch
+BATCH_LOW = 8  # tasks in flight below which the driver collects and submits (see _Driver)
+ENDED = ("finished", "error", "cancelled")  # a future's states with nothing more to come
 REPORT_MIN_S = 0.2  # progress that moved is reported at most this often (a task's end at once)
 
 
@@ -181,7 +186,12 @@ class _Driver:
         self.run, self.env = run, env
         self.client: Client = env.client
         workers = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        self.limit = max(4, 2 * workers + 2)
+        # Tasks go to Dask in batches (issue 17: per task, a graph submitted and a result fetched
+        # were each a round trip through the scheduler): once no more than `low` run, the ended
+        # ones are collected together and the free room is filled in one graph. `low` leaves every
+        # worker a task queued behind its running one, as the limit of 2 a worker + 2 did.
+        self.low = max(BATCH_LOW, 2 * workers + 2)
+        self.limit = 2 * self.low
         self.in_flight: dict[Future, BlockTask] = {}
         self.key_prefix = task_prefix(run.layout_key, run.attempt)
         self.topic = progress_topic(run.layout_key, run.attempt)
@@ -195,22 +205,31 @@ class _Driver:
         self.client.subscribe_topic(self.topic, self.inbox)
         self.report()
         try:
+            ended: set[Future] = set()  # ended, not yet collected
             while True:
-                while len(self.in_flight) < self.limit and (task := self.run.next_task()) is not None:
-                    self.in_flight[self.submit(task)] = task
+                ended = {f for f in ended if f.status in ENDED}  # a result lost with its worker reruns
+                running = len(self.in_flight) - len(ended)
+                failed = any(f.status != "finished" for f in ended)
+                collected = bool(ended) and (running <= self.low or failed)
+                if collected:
+                    self.collect(ended)
+                    ended = set()
+                if running <= self.low:
+                    self.fill()
                 if not self.in_flight:
                     return
-                done = wait_some(list(self.in_flight), WAKE_S)
+                done = wait_some([f for f in self.in_flight if f not in ended], WAKE_S)
                 if self.env.cancel.is_set():
-                    self.stop()
+                    try:  # what finished before the cancel is recorded: a rerun skips it
+                        self.record([f for f in ended | done if f.status == "finished"])
+                    finally:
+                        self.stop()
                     raise JobCancelledError(
                         f"job cancelled with {self.run.blocks_done}/{self.run.plan.n_blocks} blocks done"
                     )
+                ended |= done
                 moved = self.inbox.fold_into(self.run)
-                for future in done:
-                    task = self.in_flight.pop(future)
-                    self.run.finished(task, self.result(future, task))
-                if self.pace.due(moved=moved, ended=bool(done)):
+                if self.pace.due(moved=moved, ended=collected):
                     self.report()
         except KeyboardInterrupt:
             self.stop()
@@ -224,32 +243,73 @@ class _Driver:
             if self.job_ref is not None:
                 self.job_ref.release()
 
-    def submit(self, task: BlockTask) -> Future:
+    def fill(self) -> None:
+        """Tasks up to the in-flight limit, handed to Dask in one graph a pass (issue 17: one
+        ``update-graph`` message through the scheduler for all the tasks that start together,
+        where a ``submit`` each cost one a task)."""
+        room = self.limit - len(self.in_flight)
+        tasks: list[BlockTask] = []
+        while len(tasks) < room and (task := self.run.next_task()) is not None:
+            tasks.append(task)
+        if not tasks:
+            return
         if self.job_ref is None:
+            first = tasks[0]
             self.job_ref = self.client.submit(
-                job_of, task.job, key=f"pytc-job-{task.layout_key}-{task.attempt}", pure=False
+                job_of, first.job, key=f"pytc-job-{first.layout_key}-{first.attempt}", pure=False
             )
-        return self.client.submit(
+        for phase in (2, 1):  # one graph a pass: a graph has one priority
+            batch = [t for t in tasks if t.phase == phase]
+            if batch:
+                self.in_flight.update(zip(self.submit(batch), batch, strict=True))
+
+    def submit(self, tasks: list[BlockTask]) -> list[Future]:
+        """``tasks`` (all of one pass) as one Dask graph, one future each, in their order."""
+        phase = tasks[0].phase
+        return self.client.map(
             run_task,
-            TaskRef.of(task),
-            self.job_ref,
+            [TaskRef.of(t) for t in tasks],
+            [self.job_ref] * len(tasks),
             # workers.inference.readahead reads it; the attempt keeps it apart from earlier runs
-            key=task_key(task.layout_key, task.phase, task.block, task.attempt),
+            key=[task_key(t.layout_key, t.phase, t.block, t.attempt) for t in tasks],
             retries=self.env.retries,
             pure=False,
-            priority=self.env.priority + (PASS2_PRIORITY if task.phase == 2 else 0),
+            priority=self.env.priority + (PASS2_PRIORITY if phase == 2 else 0),
             resources=ONE_ACCELERATOR,
         )
 
-    def result(self, future: Future, task: BlockTask) -> Any:
+    def collect(self, done: set[Future]) -> None:
+        """Record the tasks that ended: those that succeeded first (:meth:`record`), then the first
+        that failed or was cancelled raises."""
+        self.record([f for f in done if f.status == "finished"])
+        for future in done:
+            if future in self.in_flight:
+                task = self.in_flight.pop(future)
+                try:
+                    self.failed(future, task)
+                finally:
+                    future.release()
+
+    def record(self, finished: list[Future]) -> None:
+        """The results of tasks that succeeded, fetched in one round trip through the scheduler
+        (issue 17: a ``result()`` each was one a task), handed to the run, and the futures released
+        (the scheduler forgets them, whoever still holds the objects)."""
+        if not finished:
+            return
+        tasks = [self.in_flight.pop(f) for f in finished]
         try:
-            if future.status == "finished":
-                return future.result()
-            if future.status == "cancelled":  # not by this job (its cancel is seen before)
-                raise JobFailedError(f"block {task.block} (pass {task.phase}): Dask cancelled its task")
-            error = future.exception()
+            results = self.client.gather(finished)
+            for task, result in zip(tasks, results, strict=True):
+                self.run.finished(task, result)
         finally:
-            future.release()  # the scheduler forgets the task now, whoever still holds this object
+            for future in finished:
+                future.release()
+
+    def failed(self, future: Future, task: BlockTask) -> None:
+        """Raise what ended ``task`` without a result."""
+        if future.status == "cancelled":  # not by this job (its cancel is seen before)
+            raise JobFailedError(f"block {task.block} (pass {task.phase}): Dask cancelled its task")
+        error = future.exception()
         if isinstance(error, BlockCancelledError):
             raise JobCancelledError(f"job cancelled while block {task.block} ran")
         raise JobFailedError(

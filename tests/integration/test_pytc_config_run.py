@@ -118,6 +118,11 @@ def test_admission_names_pytc_keys(
     flags = ["--inference", "--checkpoint", "checkpoint_00001.pth.tar", "--data-root", str(root)]
     assert main(["run", "--pytc-config", config, "MODEL.BLOCK_TYPE", "residual_xx", *flags]) == 2
     assert "error: MODEL.BLOCK_TYPE" in capsys.readouterr().err
+    # PyTC's default MODEL.BLOCKS has four counts; its efficientnet backbone reads five
+    efficientnet = ["MODEL.ARCHITECTURE", "fpn_3d", "MODEL.BACKBONE", "efficientnet"]
+    five = ["MODEL.FILTERS", "[4, 6, 8, 10, 12]", "MODEL.ISOTROPY", "[False, False, True, True, True]"]
+    assert main(["run", "--pytc-config", config, *efficientnet, *five, *flags]) == 2
+    assert "error: MODEL.BLOCKS" in capsys.readouterr().err
     with h5py.File(root / "data" / "float.h5", "w") as f:
         f.create_dataset("main", data=golden["image"].astype(np.float32))
     assert main(["run", "--pytc-config", config, "INFERENCE.IMAGE_NAME", "float.h5", *flags]) == 2

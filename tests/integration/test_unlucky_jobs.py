@@ -33,6 +33,7 @@ from tests.integration.service_fixtures import (
 )
 from volumes.open import open_volume
 from workers.inference.ledger import done_count
+from workers.inference.run import run_serially
 
 FINAL = ("succeeded", "failed", "cancelled")
 BIG = (16, 96, 96)  # 144 blocks of 4x16x16: long enough for something to happen between them
@@ -295,3 +296,47 @@ def test_a_job_waiting_for_a_worker_sees_its_cancel(tmp_path: Path) -> None:
         assert not thread.is_alive(), "the cancel was not seen while the job waited for a worker"
     assert len(caught) == 1 and isinstance(caught[0], JobCancelledError), caught
     assert "waited for a worker" in str(caught[0])
+
+
+class GraphCounter:
+    """A scheduler plugin counting the graphs a client submits that hold block tasks, and their tasks."""
+
+    name = "pytc-test-graph-counter"
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.tasks = 0
+
+    def update_graph(self, scheduler: Any, *, keys: set[Any], **kwargs: Any) -> None:
+        blocks = [k for k in keys if "-p1-" in str(k) or "-p2-" in str(k)]
+        if blocks:
+            self.graphs += 1
+            self.tasks += len(blocks)
+
+
+def test_block_tasks_reach_the_scheduler_in_batches(driver: Driver) -> None:
+    """Issue 17: the driver submits the tasks that start together as one graph (one message through
+    the scheduler), not a graph a task; the output is the same as ever."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    counter = type("Counter", (GraphCounter, SchedulerPlugin), {})()
+    driver.client.register_plugin(counter)
+    try:
+        state, result = driver.run(job_doc(str(driver.root / "batched.zarr"), input__path="big/em.zarr"))
+        seen = driver.client.run_on_scheduler(
+            lambda dask_scheduler: vars(dask_scheduler.plugins[GraphCounter.name])
+        )
+    finally:
+        driver.client.unregister_scheduler_plugin(GraphCounter.name)
+    assert state == "succeeded", result
+    tasks = sum(result["tasks_run"].values())
+    assert seen["tasks"] == tasks, (seen, result["tasks_run"])
+    assert seen["graphs"] <= tasks / 4, seen  # 288 tasks; a graph a task before
+    # the same job in this process, task after task, with the model the worker checked
+    one = INFERENCE.parse(
+        job_doc(str(driver.root / "one.zarr"), input__path="big/em.zarr"), ParseEnv((driver.root,))
+    )
+    run_serially(one, INFERENCE.model_info(one, lambda fn, *args: driver.client.submit(fn, *args).result()))
+    np.testing.assert_array_equal(
+        read_output(driver.root / "batched.zarr"), read_output(driver.root / "one.zarr")
+    )

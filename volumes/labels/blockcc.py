@@ -322,27 +322,27 @@ def links(
         else:
             b, c = _touching(_contact(mine, n, True), _contact(theirs, n, False), n, decoder.connectivity)
         if b.size:
-            mine_ids, their_ids = unique_pairs(b.astype(np.int64), c.astype(np.int64))
-            out.append((n, mine_ids, their_ids))
+            out.append((n, *_unique_pairs(b.astype(np.int64), c.astype(np.int64))))
     return out
 
 
-def unique_pairs(b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct pairs (b[i], c[i]) of non-negative int64 labels, sorted by b then c (as
-    ``np.unique(np.stack([b, c], axis=1), axis=0)`` gives them): one key per pair, and a table of
-    the keys seen when it stays small (block labels always), else a 1-D sort."""
+def _unique_pairs(b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pairs (b[i], c[i]) of non-negative labels, sorted by b then c: ``np.unique``
+    of the stacked pairs along axis 0, through one int64 key per pair when the keys fit: a table
+    of the keys seen when it stays small (a block's labels, always), else a 1-D sort, not a sort
+    of rows."""
     width = int(c.max()) + 1
     top = (int(b.max()) + 1) * width
-    if top >= 1 << 62:  # keys would overflow: the pairs sorted as rows
+    if top >= 1 << 63:  # keys would overflow: the pairs sorted as rows
         pairs = np.unique(np.stack([b, c], axis=1), axis=0)
         return pairs[:, 0], pairs[:, 1]
-    key = b * width + c
-    if top <= max(1 << 22, 8 * key.size):
+    keys = b * width + c
+    if top <= max(1 << 22, 8 * keys.size):
         seen = np.zeros(top, dtype=bool)
-        seen[key] = True
-        found = np.flatnonzero(seen)
+        seen[keys] = True
+        found = np.flatnonzero(seen).astype(np.int64)
     else:
-        found = np.unique(key)
+        found = np.unique(keys)
     return found // width, found % width
 
 

@@ -225,25 +225,44 @@ def grow_step(
     """The block's watershed labels and its part of each object. ``read(box)`` gives the numbered
     seeds and the prediction (C, box) over a box: the seeds over :func:`halo_box` are flooded
     over the prediction there (:func:`volumes.labels.watershed.flood`, the tie order every block
-    shares) and the block's interior kept. Where a voxel of the block inside the mask is left
+    shares) and the block's interior kept. Where a voxel of the block inside the mask would be left
     unreached while the mask joins it to a face of the halo box inside the volume (a seed may
-    reach it from beyond the halo), the halo doubles and the block grows again, at most
-    ``HALO_DOUBLINGS`` times."""
+    reach it from beyond the halo), the halo doubles, at most ``HALO_DOUBLINGS`` times; which
+    voxels a flood leaves unreached is known before it (:func:`unreached`), so a block is flooded
+    once, over the box its halo settles on."""
     box, halo = grid.box(index), tuple(decoder.halo)
+    mask: np.ndarray | None = None
     for attempt in range(HALO_DOUBLINGS + 1):
         grown = grown_box(grid, index, halo)
         seeds, pred = read(grown)
-        labels = grow(decoder, pred, seeds, "raster")
         inner = tuple(
             slice(o - g, o - g + s) for o, g, s in zip(box.offset, grown.offset, box.shape, strict=True)
         )
         if attempt == HALO_DOUBLINGS or grown.shape == grid.shape:
             break
-        if not unsettled(grow_mask(decoder, pred) & (labels == 0), grown, grid.shape, inner):
+        # decided before the flood, which would leave exactly these voxels unlabelled: a block
+        # that grows again is flooded once, over its larger box
+        mask = grow_mask(decoder, pred)
+        if not unsettled(unreached(mask, seeds), grown, grid.shape, inner):
             break
         halo = tuple(max(1, 2 * h) for h in halo)
+        mask = None
+    labels = grow(decoder, pred, seeds, "raster", mask)
     core = np.ascontiguousarray(labels[inner]).astype(np.uint64)
     return core, block_parts(grid, box, core)
+
+
+def unreached(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` that no seed's flood reaches: those of the mask's components
+    (6-connected: the flood's steps) holding no seed voxel. A flood within the mask labels every
+    other voxel of it, so this is ``mask & (labels == 0)`` of the flood, known before it."""
+    from scipy import ndimage  # here: the connected-components decoders' jobs never import scipy.ndimage
+
+    parts, n = ndimage.label(mask)  # 6-connectivity, scipy's default structure
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[parts[seeds != 0]] = True  # 0 outside the mask: seeds there flood nothing
+    seeded[0] = True
+    return ~seeded[parts]
 
 
 def unsettled(unreached: np.ndarray, grown: Box, volume: Sequence[int], inner: tuple[slice, ...]) -> bool:

@@ -32,6 +32,8 @@ that goes back to the seeds' own order) the two can differ: ``docs/segmentation.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from volumes.labels.decoders import Decoder, above, distance, seed_map
@@ -48,16 +50,21 @@ def grow_mask(decoder: Decoder, pred: np.ndarray) -> np.ndarray:
     return mask
 
 
-def grow(decoder: Decoder, pred: np.ndarray, seeds: np.ndarray, ties: str = "heap") -> np.ndarray:
-    """The seeds (numbered labels, 0 elsewhere) flooded over ``-pred[0]`` within the mask (int64).
-    ``ties``: ``heap`` (scikit-image's watershed, PyTC's order) or ``raster`` (:func:`flood`)."""
-    energy = -pred[0].astype(np.float64)
+def grow(
+    decoder: Decoder, pred: np.ndarray, seeds: np.ndarray, ties: str = "heap", mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The seeds (numbered labels, 0 elsewhere) flooded over ``-pred[0]`` within the mask (int64;
+    ``mask``: :func:`grow_mask` of ``pred`` where the caller has it). ``ties``: ``heap``
+    (scikit-image's watershed, PyTC's order) or ``raster`` (:func:`flood`)."""
     markers = seeds.astype(np.int64, copy=False)
-    if ties == "raster":
-        return flood(energy, markers, grow_mask(decoder, pred))
+    if mask is None:
+        mask = grow_mask(decoder, pred)
+    if ties == "raster":  # a uint8 map's energy in integers: flood ranks its levels by a table
+        energy = -pred[0].astype(np.int16) if pred.dtype == np.uint8 else -pred[0].astype(np.float64)
+        return flood(energy, markers, mask)
     from skimage.segmentation import watershed
 
-    return np.asarray(watershed(energy, markers, mask=grow_mask(decoder, pred)), dtype=np.int64)
+    return np.asarray(watershed(-pred[0].astype(np.float64), markers, mask=mask), dtype=np.int64)
 
 
 def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -73,36 +80,43 @@ def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarr
     shape = tuple(energy.shape)
     padded = tuple(s + 2 for s in shape)
     inner = tuple(slice(1, -1) for _ in shape)
-    allowed = np.zeros(padded, dtype=bool)
-    allowed[inner] = mask
     labels = np.zeros(padded, dtype=np.int64)
     labels[inner] = np.where(mask, markers, 0)
-    allowed_flat, flat = allowed.ravel(), labels.ravel()
+    flat = labels.ravel()
+    free = np.zeros(padded, dtype=bool)  # in the mask and not labelled yet: what a flood step may take
+    free[inner] = mask
+    free = free.ravel()
+    free[flat != 0] = False
     # each voxel's rank among the mask's distinct values (only mask voxels are ever queued)
-    levels, ranks = np.unique(np.asarray(energy, dtype=np.float64)[mask], return_inverse=True)
-    rank = np.zeros(padded, dtype=np.int64)
-    rank[inner][mask] = ranks.ravel()
+    n_levels, ranks = _ranks(np.asarray(energy)[mask])
+    # the ranks in the narrowest unsigned type: a stable argsort of 8 or 16-bit keys is a radix sort
+    rank = np.zeros(padded, dtype=np.min_scalar_type(max(n_levels - 1, 0)))
+    rank[inner][mask] = ranks
     rank = rank.ravel()
     sy, sz = padded[2], padded[1] * padded[2]
     offsets = np.array([-sz, -sy, -1, 1, sy, sz], dtype=np.int64)
-    queues: list[list[np.ndarray]] = [[] for _ in range(levels.shape[0])]
+    # per voxel, the position of its first reach in the step that reached it (each voxel is reached
+    # in one step only: it is labelled then, and never free again)
+    position = np.int32 if 6 * flat.size < 2**31 else np.int64  # a step reaches at most 6 per voxel
+    first_at = np.full(flat.size, np.iinfo(position).max, dtype=position)
+    queues: list[list[np.ndarray]] = [[] for _ in range(n_levels)]
     start = np.flatnonzero(flat)  # raster order
     _enqueue(queues, start, rank[start])
     for level, queue in enumerate(queues):
         while queue:
             current = queue[0] if len(queue) == 1 else np.concatenate(queue)
             queue.clear()
-            reach = (current[:, None] + offsets[None, :]).ravel()
-            open_ = allowed_flat[reach]
-            open_ &= flat[reach] == 0
-            reach = reach[open_]
-            if not reach.size:
+            reach = (current[:, None] + offsets[None, :]).ravel()  # queue order, then offset order
+            at = np.flatnonzero(free[reach])
+            if not at.size:
                 continue
-            parent = np.repeat(current, offsets.shape[0])[open_]
-            _, first = np.unique(reach, return_index=True)
-            first.sort()  # each voxel once, by its first reach: queue order, then offset order
+            reach = reach[at]
+            order = np.arange(reach.shape[0], dtype=position)
+            np.minimum.at(first_at, reach, order)
+            first = np.flatnonzero(first_at[reach] == order)  # each voxel once, by its first reach
             new = reach[first]
-            flat[new] = flat[parent[first]]
+            flat[new] = flat[current[at[first] // offsets.shape[0]]]  # the reaching voxel's label
+            free[new] = False
             priority = np.maximum(rank[new], level)
             here = priority == level
             if here.all():
@@ -114,15 +128,29 @@ def flood(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarr
     return labels[inner]
 
 
+def _ranks(values: np.ndarray) -> tuple[int, np.ndarray]:
+    """(how many distinct values, each value's rank among them, ascending): ``np.unique``'s
+    inverse; for integers of a span up to 65,536 (a uint8 map's energy), a table, without a sort."""
+    if values.dtype.kind in "iu" and values.size:
+        low = int(values.min())
+        if int(values.max()) - low < 1 << 16:
+            shifted = (values.astype(np.int64) - low).astype(np.intp)
+            present = np.bincount(shifted) > 0
+            table = np.cumsum(present) - 1
+            return int(table[-1]) + 1, table[shifted]
+    levels, inverse = np.unique(values.astype(np.float64), return_inverse=True)
+    return int(levels.shape[0]), inverse.ravel()
+
+
 def _enqueue(queues: list[list[np.ndarray]], voxels: np.ndarray, priority: np.ndarray) -> None:
     """``voxels`` appended to the queues of their priorities, keeping their order in each."""
     if not voxels.size:
         return
     order = np.argsort(priority, kind="stable")
     voxels, priority = voxels[order], priority[order]
-    cuts = np.flatnonzero(np.diff(priority)) + 1
-    for part, level in zip(np.split(voxels, cuts), priority[np.r_[0, cuts]], strict=True):
-        queues[int(level)].append(part)
+    bounds = [0, *(np.flatnonzero(priority[1:] != priority[:-1]) + 1).tolist(), voxels.shape[0]]
+    for lo, hi in itertools.pairwise(bounds):
+        queues[int(priority[lo])].append(voxels[lo:hi])
 
 
 def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:

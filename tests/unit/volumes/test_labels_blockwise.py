@@ -312,3 +312,19 @@ def test_the_dilation_is_scikit_images(
     got = dilate(labels, size)
     np.testing.assert_array_equal(got, skimage_morphology.dilation(labels, np.ones(size)))
     assert got.dtype == labels.dtype
+
+
+def test_touching_pairs_are_numpys_unique_rows() -> None:
+    """The link step's distinct pairs of touching labels (one int64 key per pair, through a table of
+    the keys seen or a sort of them; rows of the stacked pairs where the keys would overflow) are
+    ``np.unique(..., axis=0)``'s, in its order."""
+    from volumes.labels.blockcc import _unique_pairs
+
+    rng = np.random.default_rng(2)
+    for size in (1, 7, 500):
+        for top in (1, 3, 40, 5000, 2**40):  # table, table, table, sorted keys, rows
+            b, c = rng.integers(0, top, size), rng.integers(0, top, size)
+            rows = np.unique(np.stack([b, c], axis=1), axis=0)
+            found = _unique_pairs(b, c)
+            assert all(f.dtype == np.int64 for f in found)
+            np.testing.assert_array_equal(np.stack(found, axis=1), rows)

@@ -1,8 +1,7 @@
 """The numbering helpers of the blockwise labels against the slow, obvious versions they replaced:
 the union-find of the merge against scipy's ``connected_components``, the first voxels and the
 raster-order renumbering against ``np.unique``, a block's pieces (from its runs) and a dilated
-block's parts of objects against each label's voxels, and the distinct pairs of touching labels
-against ``np.unique(..., axis=0)``."""
+block's parts of objects against each label's voxels."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from volumes.labels.blockcc import (
     is_raster_ordered,
     pieces,
     raster_ordered,
-    unique_pairs,
 )
 from volumes.labels.blockwise import Grid, block_parts
 from volumes.labels.merge import components_of_edges, join
@@ -147,14 +145,3 @@ def test_pieces_from_runs_equal_each_labels_voxels(
         np.testing.assert_array_equal(loose.count[[1, 0]], got.count[:2])
         np.testing.assert_array_equal(loose.lo[[1, 0]], got.lo[:2])
         np.testing.assert_array_equal(loose.sums[[1, 0]], got.sums[:2])
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 400), st.sampled_from([3, 50, 5000, 2**40]))
-def test_unique_pairs_as_numpys_unique_rows(seed: int, m: int, top: int) -> None:
-    rng = np.random.default_rng(seed)
-    b, c = rng.integers(0, top, m), rng.integers(0, top, m)
-    rows = np.unique(np.stack([b, c], axis=1), axis=0)
-    got_b, got_c = unique_pairs(b, c)
-    np.testing.assert_array_equal(got_b, rows[:, 0])
-    np.testing.assert_array_equal(got_c, rows[:, 1])

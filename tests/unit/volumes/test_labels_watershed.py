@@ -14,7 +14,7 @@ import zarr
 
 from service.documents.segmentation import DecoderSection, decoder_of
 from volumes.box import Box
-from volumes.labels import blockwise
+from volumes.labels import blockwise, watershed
 from volumes.labels.agreement import agreement, face_cuts, watershed_cases
 from volumes.labels.blockwise import decode_blockwise
 from volumes.labels.decoders import Decoder
@@ -198,6 +198,59 @@ def test_the_halo_doubles_where_a_seed_reaches_the_block_only_from_beyond_it(
     monkeypatch.setattr(blockwise, "HALO_DOUBLINGS", 0)
     fixed = decode_blockwise(pred, decoder, (1, 16, 16), "none")
     assert not fixed[0, 14, 0:16].any() and face_cuts(whole, fixed, (1, 16, 16)) == 1
+
+
+def test_a_block_whose_halo_doubles_is_flooded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The corridor above: which voxels a flood leaves unreached is known before it
+    (:func:`blockwise.unreached`), so the block whose halo doubles floods only over its larger box,
+    each of the three blocks once, and the labels are the whole volume's as before."""
+    pred = np.zeros((1, 1, 16, 48), np.uint8)
+    pred[0, 0, 1, 0:29] = pred[0, 0, 1:15, 28] = pred[0, 0, 14, 0:29] = 200
+    pred[0, 0, 1, 0:2] = 250
+    decoder = _decoder(
+        "binary_watershed", {"thres1": 0.9, "thres2": 0.5, "thres_small": 1, "seed_thres": 1}, (0, 0, 8)
+    )
+    floods: list[tuple[int, ...]] = []
+    real = watershed.flood
+
+    def counted(energy: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        floods.append(energy.shape)
+        return real(energy, markers, mask)
+
+    monkeypatch.setattr(watershed, "flood", counted)
+    blocked = decode_blockwise(pred, decoder, (1, 16, 16), "none")
+    np.testing.assert_array_equal(blocked, decode_in_memory(pred, decoder))
+    # block 0 over x < 32 (halo 16) and block 1 over the whole line, neither over its halo of 8
+    # first (the corridor's far end is seedless there); block 2 settles with its halo of 8
+    assert floods == [(1, 16, 32), (1, 16, 48), (1, 16, 24)]
+
+
+def test_unreached_is_what_the_flood_leaves_unlabelled() -> None:
+    """:func:`blockwise.unreached` of a mask and seeds equals the mask's voxels a flood leaves at 0,
+    seeds outside the mask included (they flood nothing)."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        shape = tuple(int(s) for s in rng.integers(1, 12, 3))
+        mask = rng.random(shape) < rng.uniform(0.2, 0.9)
+        seeds = np.where(rng.random(shape) < rng.uniform(0.0, 0.05), rng.integers(1, 4, shape), 0)
+        energy = rng.integers(0, 5, shape).astype(np.float64)
+        labels = flood(energy, seeds, mask)
+        np.testing.assert_array_equal(blockwise.unreached(mask, seeds), mask & (labels == 0))
+
+
+def test_flood_ranks_integer_energies_as_it_ranks_their_floats() -> None:
+    """A uint8 map's energy reaches :func:`flood` as integers (ranked by a table, no sort): the same
+    labels as the same values as floats, with plateaus, ties and gaps between the values."""
+    rng = np.random.default_rng(5)
+    for _ in range(150):
+        shape = tuple(int(s) for s in rng.integers(1, 12, 3))
+        values = rng.choice(rng.integers(0, 256, int(rng.integers(1, 40))), shape)
+        energy = -values.astype(np.int16)
+        mask = rng.random(shape) < 0.8
+        seeds = np.where(rng.random(shape) < 0.05, rng.integers(1, 5, shape), 0)
+        np.testing.assert_array_equal(
+            flood(energy, seeds, mask), flood(energy.astype(np.float64), seeds, mask)
+        )
 
 
 def test_face_cuts_counts_objects_a_face_separates() -> None:
