@@ -9,7 +9,8 @@ check first needs a worker of another process: with the one embedded worker, the
 process before any cluster exists (that worker would run them in this process anyway, and the model
 they load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
 With that one worker the kinds that take a task pool (segmentation, every pyramid stage) run their
-tasks on a thread of this process (:class:`service.kinds.pool.ThreadPool`): the same task functions,
+tasks on ``--threads`` threads of this process (:class:`service.kinds.pool.ThreadPool`; default the
+cores the process may use, as a Dask worker's ``nthreads``): the same task functions,
 done records and resume, without Dask's imports and start-up; a segmentation job then never starts a
 cluster at all.
 Without a service, ``register_as`` and ``model: {name: ...}`` use the file registry
@@ -76,6 +77,14 @@ def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--workers", type=positive_int, default=1, help="workers of the embedded cluster (default 1)"
     )
     run.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with the one embedded worker: how many segmentation and pyramid tasks run at once, on "
+        "threads of this process (default: the cores this process may use)",
+    )
+    run.add_argument(
         "--data-root", action="append", metavar="DIR",
         help="folder every path of the job must lie in; repeatable (default: $PYTC_DATA_ROOTS, else the "
         "current directory); relative job paths resolve against the first",
@@ -106,7 +115,18 @@ def _run(args: argparse.Namespace) -> int:
         kind, job = parse_job(_document(args), parse_env)
     except SpecError as err:
         return spec_failure(err)
-    cluster = LazyCluster(args.scheduler or os.environ.get("PYTC_SCHEDULER") or None, args.workers)
+    cluster = LazyCluster(
+        args.scheduler or os.environ.get("PYTC_SCHEDULER") or None,
+        args.workers,
+        args.threads or usable_cores(),
+    )
+    if args.threads is not None and not cluster.in_process:
+        return spec_failure(
+            SpecError(
+                "--threads",
+                "--threads sets the one embedded worker's threads: not with --workers N or a scheduler",
+            )
+        )
     cancel = threading.Event()
     line = None if args.quiet else ProgressLine(sys.stderr)
     try:
@@ -196,8 +216,8 @@ def _close(line: ProgressLine | None) -> None:
 class LazyCluster:
     """The Dask client of ``pytc run``, connected (or its embedded cluster started) on first use."""
 
-    def __init__(self, scheduler: str | None, n_workers: int) -> None:
-        self.scheduler, self.n_workers = scheduler, n_workers
+    def __init__(self, scheduler: str | None, n_workers: int, threads: int = 1) -> None:
+        self.scheduler, self.n_workers, self.threads = scheduler, n_workers, threads
         self._client: Client | None = None
         self._cluster: Any = None
         self._pool: ThreadPool | None = None
@@ -225,14 +245,17 @@ class LazyCluster:
         return self._client
 
     def local_pool(self) -> ThreadPool | None:
-        """With the one embedded worker, a thread of this process for the kinds that take a task
-        pool (the worker would be a thread of this process too); else None (their tasks go to Dask)."""
+        """With the one embedded worker, ``threads`` threads of this process for the kinds that take
+        a task pool (the worker would be a thread of this process too): a worker of ``threads``
+        threads, as Dask's ``nthreads``; else None (their tasks go to Dask). The block steps spend
+        most of their time where the GIL is released (cc3d's labelling, reading and decompressing
+        chunks, Blosc and zstd, numpy's element-wise passes), so threads overlap them."""
         if not self.in_process:
             return None
         if self._pool is None:
             from service.kinds.pool import ThreadPool
 
-            self._pool = ThreadPool(1)
+            self._pool = ThreadPool(self.threads)
         return self._pool
 
     @property
@@ -250,6 +273,13 @@ class LazyCluster:
         if self.in_process:
             return fn(*args)
         return self.client().submit(fn, *args, pure=False).result()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: cgroup cpusets, ``taskset``), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def peak_rss_bytes() -> int | None:

@@ -9,10 +9,11 @@ random fields, so objects of many sizes cross block faces):
   ``connected-components-3d`` on the affinity graph, our :mod:`volumes.labels.whole`), and by our
   whole-volume decoder (cc3d); decode time and the process's peak RSS;
 - ``pytc run`` end to end (a subprocess: start-up, every step, the labels written as zstd'ed
-  uint32 chunks, the table of objects), with 1 worker (its steps on a thread of the process, no
-  Dask: :mod:`service.kinds.pool`) and with 2 (the embedded Dask cluster); wall time, CPU time
-  (user + system, the process and the children it waited for: steadier than wall time on a shared
-  machine) and the peak RSS of its process tree;
+  uint32 chunks, the table of objects), with 1 worker of N threads (the default: its steps on N
+  threads of the process, N the cores it may use, no Dask: :mod:`service.kinds.pool`), the same
+  worker with ``--threads 1``, and 2 workers (the embedded Dask cluster, a thread each); wall time,
+  CPU time (user + system, the process and the children it waited for: steadier than wall time on
+  a shared machine) and the peak RSS of its process tree;
 - the labels of the run checked equal, voxel for voxel, to the in-memory ones.
 
 The label image's pyramid (a stage of the job, for viewers) is not part of the decoder, so the runs
@@ -20,8 +21,10 @@ set ``output.pyramid: false`` unless ``--pyramid`` is given; the labels are read
 
 Ratio = in-memory decode time / ``pytc run`` time (goal >= 1.0 with one worker). The in-memory side
 is the decode alone (the prediction already in memory, nothing written); ``pytc run`` includes
-Python's start, its imports, reading the prediction and writing the labels and the table. Prints a
-table with the load average and appends it, with the command, to tests/benchmarks/RESULTS.md.
+Python's start, its imports, reading the prediction and writing the labels and the table. Our
+modules are compiled to bytecode first (``compileall``, as ``pip install`` does), so that neither
+side compiles them at its start where ``PYTHONDONTWRITEBYTECODE`` is set. Prints a table with the
+load average and appends it, with the command, to tests/benchmarks/RESULTS.md.
 
     .venv/bin/python tests/benchmarks/bench_segmentation.py [--shape 64 512 512] [--no-record]
 """
@@ -118,23 +121,25 @@ def in_memory(root: Path, name: str, how: str) -> dict[str, float]:
 
 
 def pytc_run(
-    root: Path, name: str, workers: int, block: list[int], pyramid: bool = False
+    root: Path, name: str, workers: int, block: list[int], pyramid: bool = False, threads: int | None = None
 ) -> dict[str, float]:
     doc = {
         "kind": "segmentation",
         "input": {"path": "pred.zarr", "dataset": name},
         "decoder": DECODERS[name],
         "output": {
-            "path": f"seg-{workers}.zarr",
+            "path": f"seg-{workers}-{threads}.zarr",
             "dataset": name,
             "chunks": [min(b, c) for b, c in zip(block, (32, 256, 256), strict=True)],
             "pyramid": pyramid,
         },
         "compute": {"block_shape": block},
     }
-    job = root / f"{name}-{workers}.yaml"
+    job = root / f"{name}-{workers}-{threads}.yaml"
     job.write_text(yaml.safe_dump(doc))
     cmd = [sys.executable, "-m", "service.cli", "run", str(job), "--quiet", "--workers", str(workers)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTC_DATA_ROOTS": str(root)}
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -158,11 +163,11 @@ def pytc_run(
     return {"seconds": seconds, "cpu": cpu, "peak_mib": peak / 2**20, "load": load}
 
 
-def labels_equal(root: Path, name: str, workers: int) -> bool:
+def labels_equal(root: Path, name: str, workers: int, threads: int | None = None) -> bool:
     from volumes.box import Box
     from volumes.open import open_volume
 
-    volume = open_volume(root / f"seg-{workers}.zarr", name)
+    volume = open_volume(root / f"seg-{workers}-{threads}.zarr", name)
     got = volume.read(Box((0, 0, 0), volume.shape))
     return bool(np.array_equal(got, np.load(root / f"{name}-skimage.npy")))
 
@@ -178,6 +183,17 @@ def main() -> None:
     shape = tuple(args.shape)
     rows: list[tuple[str, str]] = []
     started_load = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            *(str(REPO / p) for p in ("service", "volumes", "workers")),
+        ],
+        check=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_prediction(root / "pred.zarr", shape, args.decoders)  # type: ignore[arg-type]
@@ -185,8 +201,9 @@ def main() -> None:
             skimage = in_memory(root, name, "skimage")
             ours = in_memory(root, name, "cc3d")
             one = pytc_run(root, name, 1, args.block, args.pyramid)
+            single = pytc_run(root, name, 1, args.block, args.pyramid, threads=1)
             two = pytc_run(root, name, 2, args.block, args.pyramid)
-            same = labels_equal(root, name, 1) and labels_equal(root, name, 2)
+            same = all(labels_equal(root, name, w, t) for w, t in ((1, None), (1, 1), (2, None)))
             objects = int(np.load(root / f"{name}-skimage.npy").max())
             rows += [
                 (f"{name}: {objects} objects", ""),
@@ -197,20 +214,24 @@ def main() -> None:
                     f"{skimage['wall']:.2f}",
                 ),
                 (
-                    "  pytc run, 1 worker / 2 workers, end to end (s)",
-                    f"{one['seconds']:.2f} / {two['seconds']:.2f}",
+                    f"  pytc run, 1 worker ({cores} threads) / 1 w, 1 thread / 2 workers, end to end (s)",
+                    f"{one['seconds']:.2f} / {single['seconds']:.2f} / {two['seconds']:.2f}",
                 ),
                 (
-                    "  pytc run, 1 worker / 2 workers, CPU user + system (s)",
-                    f"{one['cpu']:.2f} / {two['cpu']:.2f}",
+                    "  pytc run, the same three, CPU user + system (s)",
+                    f"{one['cpu']:.2f} / {single['cpu']:.2f} / {two['cpu']:.2f}",
                 ),
                 (
                     "  load average (1 min) at the start of each pytc run",
-                    f"{one['load']:.1f} / {two['load']:.1f}",
+                    f"{one['load']:.1f} / {single['load']:.1f} / {two['load']:.1f}",
                 ),
                 (
-                    "  in-memory decode / pytc run 1 worker (goal >= 1.0)",
+                    f"  in-memory decode / pytc run 1 worker, {cores} threads (goal >= 1.0)",
                     f"{skimage['seconds'] / one['seconds']:.2f}",
+                ),
+                (
+                    "  in-memory decode / pytc run 1 worker, 1 thread",
+                    f"{skimage['seconds'] / single['seconds']:.2f}",
                 ),
                 ("  in-memory process / pytc run 1 worker", f"{skimage['wall'] / one['seconds']:.2f}"),
                 (
@@ -219,15 +240,16 @@ def main() -> None:
                 ),
                 ("  pytc run 1 worker / 2 workers", f"{one['seconds'] / two['seconds']:.2f}"),
                 (
-                    "  peak RSS in memory (skimage) / pytc run 1 w / 2 w (MiB)",
-                    f"{skimage['peak_mib']:.0f} / {one['peak_mib']:.0f} / {two['peak_mib']:.0f}",
+                    "  peak RSS in memory (skimage) / pytc run 1 w / 1 w 1 thread / 2 w (MiB)",
+                    f"{skimage['peak_mib']:.0f} / {one['peak_mib']:.0f} / {single['peak_mib']:.0f} / "
+                    f"{two['peak_mib']:.0f}",
                 ),
                 ("  labels of pytc run == in memory, voxel for voxel", "yes" if same else "NO"),
             ]
     width = max(len(r[0]) for r in rows)
     title = (
         f"segmentation, {'x'.join(map(str, shape))}, block {'x'.join(map(str, args.block))}, "
-        f"load {started_load:.1f} -> {os.getloadavg()[0]:.1f}"
+        f"1 worker = {cores} threads, load {started_load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     table = [f"| {title:<{width}} | |",
              f"|{'-' * (width + 2)}|---|"]  # fmt: skip

@@ -1,5 +1,5 @@
-"""``pytc run`` of a segmentation job with its one embedded worker: the steps run on a thread of the
-process (:class:`service.kinds.pool.ThreadPool`), Dask is never imported, and a run killed with
+"""``pytc run`` of a segmentation job with its one embedded worker: the steps run on threads of the
+process (:class:`service.kinds.pool.ThreadPool`, ``--threads``), Dask is never imported, and a run killed with
 ``kill -9`` part way resumes, from its done record, to the labels of a clean run (the whole-volume
 decoder's)."""
 
@@ -75,6 +75,25 @@ def test_one_worker_runs_its_steps_in_process_without_dask(tmp_path: Path) -> No
     np.testing.assert_array_equal(labels(tmp_path), sequential(decode_in_memory(pred, DECODER)))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["blocks_total"] == 2 * 3 * 3 and report["levels"] >= 2  # with its pyramid
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_the_one_worker_on_several_threads_gives_the_same_labels(tmp_path: Path, threads: str) -> None:
+    """``--threads N``: N steps at once on threads of the process (18 blocks, five steps each, a
+    dilation reading its neighbours' numbered labels), still the whole-volume decoder's labels."""
+    pred = write_job(tmp_path, (12, 40, 44), [6, 16, 16])
+    said = finished(pytc(tmp_path, "--threads", threads))
+    assert said["distributed"] is False
+    np.testing.assert_array_equal(labels(tmp_path), sequential(decode_in_memory(pred, DECODER)))
+
+
+def test_threads_go_with_the_one_embedded_worker_only(tmp_path: Path) -> None:
+    write_job(tmp_path, (12, 40, 44), [6, 16, 16])
+    proc = pytc(tmp_path, "--threads", "2", "--workers", "2")
+    out, err = proc.communicate(timeout=120)
+    assert json.loads(out.strip().splitlines()[-1])["code"] == 2, err[-2000:]
+    assert "error: --threads:" in err and "Traceback" not in err
+    assert not (tmp_path / "seg.zarr").exists()
 
 
 @pytest.mark.slow

@@ -29,7 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from volumes.box import Box
-from volumes.labels.blockcc import EARLIER, Pieces, faces, label_block, links, pieces, slice_pieces
+from volumes.labels.blockcc import (
+    EARLIER,
+    Pieces,
+    faces,
+    label_block,
+    links,
+    pieces,
+    run_pieces,
+    runs,
+    slice_pieces,
+)
 from volumes.labels.decoders import HALO_DOUBLINGS, Decoder, dilate
 from volumes.labels.merge import Objects, aggregate, final_ids, join, number, slice_filter
 from volumes.labels.watershed import grow, grow_mask, kept_seeds
@@ -278,33 +288,15 @@ def unsettled(unreached: np.ndarray, grown: Box, volume: Sequence[int], inner: t
 
 
 def block_parts(grid: Grid, box: Box, core: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The statistics of a block's part of each object: (ids, count, first, lo, hi, sums)."""
-    ids, compact = _renumbered(core)
-    part = pieces(compact, box.offset, grid.shape, raster=False)
+    """The statistics of a block's part of each object: (ids, count, first, lo, hi, sums); ``first``
+    is 0 (objects' first voxels come from their seeds). From the block's runs (:func:`runs`): the
+    ids found among the runs' labels, no pass over the voxels to renumber them."""
+    starts, lengths, values = runs(core)
+    ids, local = np.unique(values, return_inverse=True)
+    part = run_pieces(
+        starts, lengths, local + 1, ids.shape[0], core.shape, box.offset, grid.shape, raster=False
+    )
     return (ids.astype(np.int64), part.count, part.first, part.lo, part.hi, part.sums)
-
-
-def _renumbered(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The object ids present in ``core`` (sorted, without 0) and ``core`` renumbered 1..n in
-    their order (uint32, 0 kept). Through a table indexed by id when the ids are below twice the
-    block's voxels (a pass, no sort: ``np.unique`` sorted the block, a second per 4 M voxels), else
-    by ``np.unique``."""
-    top = int(core.max(initial=0))
-    if top < 2 * core.size:
-        present = np.zeros(top + 1, dtype=bool)
-        present[core.ravel()] = True
-        present[0] = False
-        ids = np.flatnonzero(present)
-        table = np.zeros(top + 1, dtype=np.uint32)
-        table[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-        return ids.astype(np.int64), table[core]
-    ids, inverse = np.unique(core, return_inverse=True)
-    compact = inverse.reshape(core.shape).astype(np.uint32)
-    if ids.size and ids[0] == 0:
-        ids = ids[1:]
-    else:
-        compact += 1  # no background here: ids[0] is object 1 of compact
-    return ids.astype(np.int64), compact
 
 
 def objects_from_parts(k: int, parts: list[tuple[np.ndarray, ...]]) -> Objects:

@@ -181,9 +181,31 @@ def structure(connectivity: int) -> np.ndarray:
 
 def dilate(labels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Grey dilation by a box of odd ``size``: the highest label within reach (scikit-image's
-    ``dilation`` with ``np.ones(size)``; at the array's faces only voxels inside count)."""
+    ``dilation`` with ``np.ones(size)``; at the array's faces only voxels inside count).
+
+    A box's maximum is the maximum along each axis in turn; along an axis, that of the voxels at
+    each offset up to the radius, by in-place maxima of shifted views (2r passes of numpy's
+    vectorised maximum): the same values as ``scipy.ndimage.maximum_filter(mode="nearest")``, and
+    a job that dilates never imports scipy.ndimage (0.35 s of CPU at its start)."""
     if all(s == 1 for s in size):
         return labels
-    from scipy import ndimage
+    out = labels
+    for axis, width in enumerate(size):
+        if width > 1:
+            out = _max_along(out, axis, width // 2)
+    return out
 
-    return ndimage.maximum_filter(labels, size=size, mode="nearest")
+
+def _max_along(a: np.ndarray, axis: int, radius: int) -> np.ndarray:
+    """out[i] = max(a[i - radius .. i + radius]) along ``axis``, the window cut at the ends."""
+    out = a.copy()
+    n = a.shape[axis]
+
+    def part(lo: int, hi: int) -> tuple[slice, ...]:
+        return tuple(slice(lo, hi) if d == axis else slice(None) for d in range(a.ndim))
+
+    for d in range(1, min(radius, n - 1) + 1):
+        ahead, behind = out[part(0, n - d)], out[part(d, n)]
+        np.maximum(ahead, a[part(d, n)], out=ahead)  # the voxel d further on
+        np.maximum(behind, a[part(0, n - d)], out=behind)  # the voxel d before
+    return out

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from volumes.labels.blockwise import decode_blockwise
-from volumes.labels.decoders import Decoder
+from volumes.labels.decoders import Decoder, dilate
 from volumes.labels.whole import decode_in_memory, sequential
 
 skimage_measure = pytest.importorskip("skimage.measure")
@@ -295,14 +295,34 @@ def test_per_slice_size_filters_equal_pytc_slice_by_slice(
     assert np.array_equal(decode_in_memory(pred, decoder), expected)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(1, 7), st.integers(1, 9), st.integers(1, 9)),
+    st.tuples(*(st.sampled_from([1, 3, 5, 7, 11]) for _ in range(3))),
+    st.sampled_from([np.uint32, np.uint64]),
+)
+def test_the_dilation_is_scikit_images(
+    seed: int, shape: tuple[int, int, int], size: tuple[int, int, int], dtype: type
+) -> None:
+    """The box dilation (numpy maxima of shifted views) equals ``skimage.morphology.dilation`` with
+    ``np.ones(size)``, windows wider than the array and arrays one voxel thick included."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.integers(0, 40, shape) * (rng.random(shape) < 0.3)).astype(dtype)
+    got = dilate(labels, size)
+    np.testing.assert_array_equal(got, skimage_morphology.dilation(labels, np.ones(size)))
+    assert got.dtype == labels.dtype
+
+
 def test_touching_pairs_are_numpys_unique_rows() -> None:
-    """The link step's distinct pairs of touching labels (one int64 key per pair; rows of the
-    stacked pairs where the keys would overflow) are ``np.unique(..., axis=0)``'s, in its order."""
+    """The link step's distinct pairs of touching labels (one int64 key per pair, through a table of
+    the keys seen or a sort of them; rows of the stacked pairs where the keys would overflow) are
+    ``np.unique(..., axis=0)``'s, in its order."""
     from volumes.labels.blockcc import _unique_pairs
 
     rng = np.random.default_rng(2)
     for size in (1, 7, 500):
-        for top in (1, 3, 40, 2**40):
+        for top in (1, 3, 40, 5000, 2**40):  # table, table, table, sorted keys, rows
             b, c = rng.integers(0, top, size), rng.integers(0, top, size)
             rows = np.unique(np.stack([b, c], axis=1), axis=0)
             found = _unique_pairs(b, c)
