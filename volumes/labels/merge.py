@@ -87,8 +87,11 @@ def number(nodes: np.ndarray, component: np.ndarray, first: np.ndarray) -> np.nd
         comp_first = np.full(int(component.max()) + 1, NO_VOXEL, dtype=np.int64)
         np.minimum.at(comp_first, component, first[nodes - 1])
         object_first[nodes - 1] = comp_first[component]
-    # an object's first voxel is its own: the objects are the distinct values, in raster order
-    return np.searchsorted(np.unique(object_first), object_first).astype(np.int64) + 1
+    # an object's first voxel is its own: the objects are the distinct values, in raster order;
+    # their ranks from one sort (np.unique's inverse: numpy 2's hashed np.unique of the values
+    # alone, then a binary search, took 10 times longer for a few hundred thousand pieces)
+    _, rank = np.unique(object_first, return_inverse=True)
+    return rank.reshape(-1).astype(np.int64) + 1
 
 
 def aggregate(
@@ -165,6 +168,14 @@ def final_ids(decoder: Decoder, objects: Objects, relabel: str, voxels: int | No
     else:
         out[1:] = np.arange(1, objects.n + 1) * keep
     return out
+
+
+def narrow_dtype(top: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds 0..``top``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
 
 
 def label_dtype(max_id: int) -> np.dtype:
