@@ -104,10 +104,16 @@ def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> 
     box = grid.box(index)
     at_start = tuple(o == 0 for o in box.offset)
     at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
-    labels, extra = label_block(decoder, pred, box.shape, at_start, at_end)
+    labels, extra, found = label_block(decoder, pred, box.shape, at_start, at_end)
     slices = slice_pieces(labels, box.offset) if decoder.per_slice else None
     halo = strips(labels, decoder.halo) if dilates_by_strips(decoder) else None
-    return Labelled(labels, {**faces(labels), **extra}, pieces(labels, box.offset, grid.shape), slices, halo)
+    if found is None:
+        stats = pieces(labels, box.offset, grid.shape)
+    else:  # the labelling's runs: numbered 1..n in raster order, the last run's label need not be n
+        starts, lengths, values = found
+        n = int(values.max(initial=0))
+        stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
+    return Labelled(labels, {**faces(labels), **extra}, stats, slices, halo)
 
 
 def link_step(
