@@ -39,13 +39,18 @@ class Pieces:
     lo: np.ndarray  # int64 (n, 3)
     hi: np.ndarray  # int64 (n, 3)
     sums: np.ndarray  # float64 (n, 3)
+    # affinities: pieces that are objects only if a link names them (bool (n,); None: none such):
+    # voxels of a high face with no edge inside the block, whose edge to the next block (read by
+    # that block, never by this one) decides whether they are foreground
+    maybe: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.count.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"count": self.count, "first": self.first, "lo": self.lo, "hi": self.hi, "sums": self.sums}
+        out = {"count": self.count, "first": self.first, "lo": self.lo, "hi": self.hi, "sums": self.sums}
+        return out if self.maybe is None else {**out, "maybe": self.maybe}
 
 
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # a block's runs along x (:func:`runs`)
@@ -57,17 +62,18 @@ def label_block(
     core: tuple[int, ...],
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
-) -> tuple[np.ndarray, dict[str, np.ndarray], Runs | None]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], Runs | None, np.ndarray | None]:
     """Local labels (uint32, raster order) of a block whose prediction ``pred`` covers the block
-    (``core``) and, for affinities, one more voxel on each high side that is not the volume's end.
-    Also, for affinities, the edges across the block's low faces (``edge<a>``, bool), else nothing;
-    and the labels' runs where the labelling found them (affinities), else None."""
+    (``core``; for affinities it may hold one more voxel on each high side that is not the volume's
+    end, see :func:`affinity_labels_runs`). Also, for affinities, the edges across the block's low
+    faces (``edge<a>``, bool), else nothing; the labels' runs where the labelling found them
+    (affinities), else None; and the affinities' pieces kept only if linked (``maybe``), or None."""
     if decoder.name == "affinity_connected":
-        labels, edges, found = affinity_labels_runs(pred, decoder, core, at_start, at_end)
+        labels, edges, found, maybe = affinity_labels_runs(pred, decoder, core, at_start, at_end)
         faces = {f"edge{a}": np.ascontiguousarray(edges[a].take(0, axis=a)) for a in range(3)}
-        return labels, faces, found
+        return labels, faces, found, maybe
     mask = foreground(decoder, pred[:, : core[0], : core[1], : core[2]])
-    return components(mask, decoder.connectivity), {}, None
+    return components(mask, decoder.connectivity), {}, None, None
 
 
 def components(mask: np.ndarray, connectivity: int) -> np.ndarray:
@@ -99,8 +105,9 @@ def affinity_labels(
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """:func:`affinity_labels_runs` without the runs."""
-    labels, edges, _ = affinity_labels_runs(aff, decoder, core, at_start, at_end)
+    """:func:`affinity_labels_runs` without the runs (``aff`` covering the core and one more voxel
+    on the high sides that are not the volume's end, or the whole volume)."""
+    labels, edges, _, _ = affinity_labels_runs(aff, decoder, core, at_start, at_end)
     return labels, edges
 
 
@@ -110,12 +117,18 @@ def affinity_labels_runs(
     core: tuple[int, ...],
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
-) -> tuple[np.ndarray, list[np.ndarray], Runs]:
+) -> tuple[np.ndarray, list[np.ndarray], Runs, np.ndarray | None]:
     """Components of the graph of affinities above the threshold over ``core``; ``aff`` may hold one
     more voxel on high sides (the edges to the next block, which make a voxel foreground). Returns
     the compact labels, the edge masks (channel a: the edge to ``v - e_a``) over the core (an
     edge out of the volume, the first layer of a block at the volume's start, joins nothing) and
     the labels' runs (:func:`raster_ordered_runs`).
+
+    Where ``aff`` stops at the core on a high side that is not the volume's end, the voxels of the
+    last layer there with no edge inside the block are labelled, each a piece of its own, and
+    listed in ``maybe`` (per label 0..n, bool): the next block's first layer says whether they are
+    joined to it, and the merge keeps them only where a link names them (they are the block's
+    "touched" voxels that only the next block's affinities can tell). Else ``maybe`` is None.
 
     cc3d's graph has a bit per direction; an edge's two bits are ORed in as the edge mask times the
     bit (one plain pass each: numpy's masked ``where=`` OR took 4 times longer)."""
@@ -150,10 +163,24 @@ def affinity_labels_runs(
             last = [slice(None)] * 3
             last[a] = slice(core[a] - 1, core[a])
             touched[tuple(last)] |= above(aff[tuple(nxt)], t)
+    open_faces = [a for a in range(3) if aff.shape[a + 1] == core[a] and not at_end[a]]
+    maybe_at: list[tuple[np.ndarray, ...]] = []
+    for a in open_faces:  # untouched voxels of a high face the next block may join: pieces, maybe
+        last = [slice(None)] * 3
+        last[a] = slice(core[a] - 1, core[a])
+        layer = touched[tuple(last)]
+        where = np.nonzero(~layer)
+        maybe_at.append(tuple(w + (core[a] - 1 if d == a else 0) for d, w in enumerate(where)))
+        layer[...] = True
     colored = np.ascontiguousarray(cc3d.color_connectivity_graph(graph.T, connectivity=6).T)
     colored[~touched] = 0
     labels, *found = raster_ordered_runs(colored)
-    return labels, edges, (found[0], found[1], found[2])
+    maybe = None
+    if open_faces:
+        maybe = np.zeros(int(found[2].max(initial=0)) + 1, dtype=bool)
+        for where in maybe_at:
+            maybe[labels[where]] = True
+    return labels, edges, (found[0], found[1], found[2]), maybe
 
 
 def _bits(axis: int) -> tuple[int, int]:

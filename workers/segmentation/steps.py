@@ -192,11 +192,7 @@ def run_step(plan: Plan, step: int, index: Index) -> int:
 
 def _label(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
-    box = read_box(decoder, grid, index)
-    if decoder.name == "affinity_connected" and box != grid.box(index):
-        pred = _affinities_with_next_faces(plan, grid.box(index), box)
-    else:
-        pred = plan.read_prediction(box)
+    pred = plan.read_prediction(read_box(decoder, grid, index))
     done = label_step(decoder, grid, index, pred)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
@@ -205,27 +201,6 @@ def _label(plan: Plan, index: Index) -> None:
         _save_npz(plan.file("slices", index, ".npz"), done.slices)
     if done.strips is not None:
         _save_npz(plan.file("strips", index, ".npz"), done.strips)
-
-
-def _affinities_with_next_faces(plan: Plan, core: Box, box: Box) -> np.ndarray:
-    """affinity_connected's input over ``box`` (the block and one more voxel on its high sides
-    inside the volume), read as the block and, per axis a that grows, the first layer of the next
-    block along a (of which channel a is used: the edges from that layer back into the block). The
-    rest of the grown box (its edges and corner beyond the block) is never read by the labelling
-    and stays 0: 4 chunks decompressed for an interior block whose chunks are the block, not 8."""
-    inside = plan.read_prediction(core)
-    pred = np.zeros((inside.shape[0], *box.shape), dtype=inside.dtype)
-    pred[(slice(None), *(slice(0, n) for n in core.shape))] = inside
-    for a in range(3):
-        if box.shape[a] == core.shape[a]:
-            continue
-        offset, shape = list(core.offset), list(core.shape)
-        offset[a], shape[a] = core.end[a], 1
-        layer = plan.read_prediction(Box(tuple(offset), tuple(shape)))
-        where: list[Any] = [a, *(slice(0, n) for n in core.shape)]
-        where[a + 1] = slice(core.shape[a], core.shape[a] + 1)
-        pred[tuple(where)] = layer[a]
-    return pred
 
 
 def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
@@ -254,8 +229,9 @@ def _links_of(plan: Plan, index: Index) -> list[tuple[Index, np.ndarray, np.ndar
     with np.load(plan.file("links", index, ".npz")) as data:
         other, mine, theirs = data["other"], data["mine"], data["theirs"]
     out = []
-    for nb in {tuple(int(v) for v in row) for row in other}:
-        sel = np.all(other == nb, axis=1)
+    for row in np.unique(other, axis=0):  # the (at most 13) neighbours, not a tuple per link in Python
+        nb = tuple(int(v) for v in row)
+        sel = np.all(other == row, axis=1)
         out.append((nb, mine[sel], theirs[sel]))
     return out
 

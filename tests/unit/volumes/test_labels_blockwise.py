@@ -373,3 +373,29 @@ def test_a_block_dilated_from_its_neighbours_strips_is_the_volumes_dilation(
         want = block_parts(grid, box, np.ascontiguousarray(expected[box.slices()]))
         for got_col, want_col in zip(done.part, want, strict=True):
             np.testing.assert_array_equal(got_col, want_col)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_voxel_joined_only_to_the_next_block_is_foreground_and_one_that_is_not_is_not(axis: int) -> None:
+    """A block reads only its own affinities: a voxel of its last layer with no edge inside it is
+    labelled a piece that the merge keeps only if the next block's first layer joins it (a link
+    names it). Here one such voxel is joined across the face and its neighbour on the face is not:
+    the first is part of the next block's object, the second background, as on the whole volume."""
+    shape = [4, 4, 4]
+    shape[axis] = 4
+    aff = np.zeros((3, *shape), np.float32)
+    first = [1, 1, 1]
+    first[axis] = 2  # the next block's first layer (blocks of 2 along the axis)
+    aff[(axis, *first)] = 1.0  # joins (…, 2, …) to (…, 1, …) across the face
+    beside = list(first)
+    beside[(axis + 1) % 3] = 2
+    after = list(beside)
+    after[axis] = 3
+    aff[(axis, *after)] = 1.0  # joins the voxel beside it in the next block to one further on only
+    decoder = Decoder("affinity_connected", (0.5,), 0, "none", 6)
+    block = tuple(2 if a == axis else 4 for a in range(3))
+    expected = pytc_decode(aff, decoder)
+    assert int(expected.max()) == 2 and int((expected > 0).sum()) == 4
+    for relabel in ("none", "sequential"):
+        got = decode_blockwise(aff, decoder, block, relabel)
+        np.testing.assert_array_equal(got, expected if relabel == "none" else sequential(expected))
