@@ -92,9 +92,8 @@ class Labelled:
     faces: dict[str, np.ndarray]
     pieces: Pieces
     slices: dict[str, np.ndarray] | None = None  # per (label, z slice), for the per-slice size filters
-    strips: dict[str, np.ndarray] | None = (
-        None  # bc_connected's dilation: the layers in its reach of each face
-    )
+    # bc_connected's dilation: the layers of the block within its reach of each face (:func:`strips`)
+    strips: dict[str, np.ndarray] | None = None
 
 
 def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> Labelled:
@@ -107,7 +106,7 @@ def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> 
     halo = strips(labels, decoder.halo) if dilates_by_strips(decoder) else None
     if found is None:
         stats = pieces(labels, box.offset, grid.shape)
-    else:  # the labelling's runs: numbered 1..n in raster order, the last run's label need not be n
+    else:  # the labelling's runs, with the labels' numbers 1..n in raster order
         starts, lengths, values = found
         n = int(values.max(initial=0))
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
