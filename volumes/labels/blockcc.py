@@ -39,13 +39,21 @@ class Pieces:
     lo: np.ndarray  # int64 (n, 3)
     hi: np.ndarray  # int64 (n, 3)
     sums: np.ndarray  # float64 (n, 3)
+    # affinities: pieces that are objects only if a link names them (bool (n,); None: none such):
+    # voxels of a high face with no edge inside the block, whose edge to the next block (read by
+    # that block, never by this one) decides whether they are foreground
+    maybe: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.count.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"count": self.count, "first": self.first, "lo": self.lo, "hi": self.hi, "sums": self.sums}
+        out = {"count": self.count, "first": self.first, "lo": self.lo, "hi": self.hi, "sums": self.sums}
+        return out if self.maybe is None else {**out, "maybe": self.maybe}
+
+
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # a block's runs along x (:func:`runs`)
 
 
 def label_block(
@@ -54,15 +62,18 @@ def label_block(
     core: tuple[int, ...],
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], Runs | None, np.ndarray | None]:
     """Local labels (uint32, raster order) of a block whose prediction ``pred`` covers the block
-    (``core``) and, for affinities, one more voxel on each high side that is not the volume's end.
-    Also, for affinities, the edges across the block's low faces (``edge<a>``, bool), else nothing."""
+    (``core``; for affinities it may hold one more voxel on each high side that is not the volume's
+    end, see :func:`affinity_labels_runs`). Also, for affinities, the edges across the block's low
+    faces (``edge<a>``, bool), else nothing; the labels' runs where the labelling found them
+    (affinities), else None; and the affinities' pieces kept only if linked (``maybe``), or None."""
     if decoder.name == "affinity_connected":
-        labels, edges = affinity_labels(pred, decoder, core, at_start, at_end)
-        return labels, {f"edge{a}": np.ascontiguousarray(edges[a].take(0, axis=a)) for a in range(3)}
+        labels, edges, found, maybe = affinity_labels_runs(pred, decoder, core, at_start, at_end)
+        faces = {f"edge{a}": np.ascontiguousarray(edges[a].take(0, axis=a)) for a in range(3)}
+        return labels, faces, found, maybe
     mask = foreground(decoder, pred[:, : core[0], : core[1], : core[2]])
-    return components(mask, decoder.connectivity), {}
+    return components(mask, decoder.connectivity), {}, None, None
 
 
 def components(mask: np.ndarray, connectivity: int) -> np.ndarray:
@@ -94,10 +105,33 @@ def affinity_labels(
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`affinity_labels_runs` without the runs (``aff`` covering the core and one more voxel
+    on the high sides that are not the volume's end, or the whole volume)."""
+    labels, edges, _, _ = affinity_labels_runs(aff, decoder, core, at_start, at_end)
+    return labels, edges
+
+
+def affinity_labels_runs(
+    aff: np.ndarray,
+    decoder: Decoder,
+    core: tuple[int, ...],
+    at_start: tuple[bool, ...],
+    at_end: tuple[bool, ...],
+) -> tuple[np.ndarray, list[np.ndarray], Runs, np.ndarray | None]:
     """Components of the graph of affinities above the threshold over ``core``; ``aff`` may hold one
     more voxel on high sides (the edges to the next block, which make a voxel foreground). Returns
-    the compact labels and the edge masks (channel a: the edge to ``v - e_a``) over the core; an
-    edge out of the volume (the first layer of a block at the volume's start) joins nothing."""
+    the compact labels, the edge masks (channel a: the edge to ``v - e_a``) over the core (an
+    edge out of the volume, the first layer of a block at the volume's start, joins nothing) and
+    the labels' runs (:func:`raster_ordered_runs`).
+
+    Where ``aff`` stops at the core on a high side that is not the volume's end, the voxels of the
+    last layer there with no edge inside the block are labelled, each a piece of its own, and
+    listed in ``maybe`` (per label 0..n, bool): the next block's first layer says whether they are
+    joined to it, and the merge keeps them only where a link names them (they are the block's
+    "touched" voxels that only the next block's affinities can tell). Else ``maybe`` is None.
+
+    cc3d's graph has a bit per direction; an edge's two bits are ORed in as the edge mask times the
+    bit (one plain pass each: numpy's masked ``where=`` OR took 4 times longer)."""
     import cc3d
 
     t = decoder.thresholds[0]
@@ -117,9 +151,10 @@ def affinity_labels(
         before = [slice(None)] * 3
         before[a] = slice(0, core[a] - 1)
         plus, minus = _bits(a)
-        later, earlier = graph[tuple(inner)], graph[tuple(before)]  # views: ORed in place where joined
-        np.bitwise_or(later, np.uint8(minus), out=later, where=joined)
-        np.bitwise_or(earlier, np.uint8(plus), out=earlier, where=joined)
+        later, earlier = graph[tuple(inner)], graph[tuple(before)]  # views: ORed in place
+        as_bytes = joined.view(np.uint8)  # 1 where joined, else 0
+        later |= as_bytes * np.uint8(minus)
+        earlier |= as_bytes * np.uint8(plus)
         touched |= edges[a]  # an edge to v - e_a (inside or across the low face)
         touched[tuple(before)] |= joined
         if aff.shape[a + 1] > core[a] and not at_end[a]:  # the edge from the next block's first layer
@@ -128,9 +163,24 @@ def affinity_labels(
             last = [slice(None)] * 3
             last[a] = slice(core[a] - 1, core[a])
             touched[tuple(last)] |= above(aff[tuple(nxt)], t)
+    open_faces = [a for a in range(3) if aff.shape[a + 1] == core[a] and not at_end[a]]
+    maybe_at: list[tuple[np.ndarray, ...]] = []
+    for a in open_faces:  # untouched voxels of a high face the next block may join: pieces, maybe
+        last = [slice(None)] * 3
+        last[a] = slice(core[a] - 1, core[a])
+        layer = touched[tuple(last)]
+        where = np.nonzero(~layer)
+        maybe_at.append(tuple(w + (core[a] - 1 if d == a else 0) for d, w in enumerate(where)))
+        layer[...] = True
     colored = np.ascontiguousarray(cc3d.color_connectivity_graph(graph.T, connectivity=6).T)
     colored[~touched] = 0
-    return raster_ordered(colored), edges
+    labels, *found = raster_ordered_runs(colored)
+    maybe = None
+    if open_faces:
+        maybe = np.zeros(int(found[2].max(initial=0)) + 1, dtype=bool)
+        for where in maybe_at:
+            maybe[labels[where]] = True
+    return labels, edges, (found[0], found[1], found[2]), maybe
 
 
 def _bits(axis: int) -> tuple[int, int]:
@@ -140,27 +190,52 @@ def _bits(axis: int) -> tuple[int, int]:
 
 
 def raster_ordered(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n in raster order of their first voxels (uint32).
+    """Labels renumbered 1..n in raster order of their first voxels (uint32)."""
+    return raster_ordered_runs(labels)[0]
+
+
+def raster_ordered_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels renumbered 1..n in raster order of their first voxels (uint32), and their runs
+    (:func:`runs`: starts, lengths and the new numbers), which are those of the labels given.
 
     cc3d numbers components as its scan meets them, and labels every voxel of its graph (those left
     out are then zeroed), so its numbers have gaps and may be out of order. Each label's first
-    voxel starts one of the block's runs (:func:`runs`): the labels are ordered by their first run
-    (a sort of the runs' labels, tens of times fewer than the voxels), then one pass through a
+    voxel starts one of the block's runs: where the runs' labels first appear in rising order
+    (each label's first run exceeds every label before it: cc3d's scan order, checked), the new
+    numbers are a running count of the labels present; else the labels are ordered by their first
+    run (a sort of the runs' labels, tens of times fewer than the voxels). Then one pass through a
     table (or a binary search, for ids far above the block's size) writes the new numbers."""
-    _, _, values = runs(labels)
+    starts, lengths, values = runs(labels)
+    if values.size == 0:
+        return np.zeros(labels.shape, dtype=np.uint32), starts, lengths, values.astype(np.uint32)
+    top = int(values.max())
+    if top < 2 * labels.size:
+        present = np.zeros(top + 1, dtype=bool)
+        present[values] = True
+        n = int(np.count_nonzero(present))
+        if _records(values) == n:  # first appearances rising: the rank is a running count
+            lut = np.cumsum(present, dtype=np.uint32)  # lut[0] == 0: 0 is never a run's label
+            return lut[labels], starts, lengths, lut[values]
     ids, first_run = np.unique(values, return_index=True)
     n = ids.shape[0]
     rank = np.empty(n, dtype=np.uint32)
     rank[np.argsort(first_run, kind="stable")] = np.arange(1, n + 1, dtype=np.uint32)
-    top = int(ids[-1]) if n else 0
     if top < 2 * labels.size:
         lut = np.zeros(top + 1, dtype=np.uint32)
         lut[ids] = rank
-        return lut[labels]
+        return lut[labels], starts, lengths, lut[values]
     out = np.zeros(labels.shape, dtype=np.uint32)
     inside = labels != 0
     out[inside] = rank[np.searchsorted(ids, labels[inside])]
-    return out
+    return out, starts, lengths, rank[np.searchsorted(ids, values)]
+
+
+def _records(values: np.ndarray) -> int:
+    """How many of ``values`` exceed every value before them (the first counts)."""
+    if values.size == 0:
+        return 0
+    before = np.maximum.accumulate(values)
+    return 1 + int(np.count_nonzero(values[1:] > before[:-1]))
 
 
 def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ Relabel = Literal["sequential", "none"]
 ALGORITHM = "blockwise-cc-1"  # in the layout key: a changed algorithm never resumes an older run
 DEFAULT_BLOCK = (64, 512, 512)
 AGGLOMERATE_FRAGMENTS = "steepest-edges-1"  # affinity_agglomerate's fragments (was: a seeded watershed)
+BC_DILATION = "strips-1"  # bc_connected's dilation from neighbours' strips (was: a numbered copy, rank step)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class SegmentationJob:
         }
         if self.decoder.name == "affinity_agglomerate":  # its fragments' algorithm (others keep their keys)
             record["fragments"] = AGGLOMERATE_FRAGMENTS
+        if self.decoder.name == "bc_connected":  # its steps and scratch (others keep their keys)
+            record["dilation"] = BC_DILATION
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

@@ -8,6 +8,9 @@ barrier (every block's step before any of the next stage)::
     label (blocks) -> link (blocks) -> number (once) [-> rank (blocks) -> dilate (blocks) -> sizes (once)]
     -> write (blocks) -> pyramid (workers.pyramid, rule ``mode``, level after level) -> complete
 
+bc_connected has no rank step: its dilate step reads the block's local labels and its neighbours'
+strips (``steps.Plan.by_strips``).
+
 affinity_agglomerate: label, link, number (its fragments: components of the steepest edges) ->
 edges (blocks: the region graph) -> agglomerate (once: the whole graph, every threshold) -> write
 (every threshold's image) -> the pyramid of each image.
@@ -127,8 +130,8 @@ class SegmentationRun:
         out: list[tuple[int, list[Index]]] = [(steps[0], blocks), (steps[1], blocks), (NUMBER, [ONCE])]
         if self.plan.agglomerates:
             out += [(EDGES, blocks), (AGGLOMERATE, [ONCE])]
-        elif self.plan.dilates:
-            out += [(steps[2], blocks), (steps[3], blocks), (SIZES, [ONCE])]
+        elif self.plan.dilates:  # rank and dilate (watershed: grow), or bc_connected's dilate alone
+            out += [*((step, blocks) for step in steps[2:-1]), (SIZES, [ONCE])]
         return [*out, (WRITE, blocks)]
 
     def stages_flat(self) -> list[int]:

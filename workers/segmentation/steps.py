@@ -11,9 +11,12 @@ the record: a step is redone unless it is recorded. The arrays of
     links/<b>.npz                                           link step
     luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object;
     luts/<b>.drops.npy                                      the (label, z) pairs the per-slice filter zeroes)
-    ranked.zarr  dilated.zarr  parts/<b>.npz                bc_connected: numbered and dilated labels;
-                                                            watershed decoders: numbered seeds and
-                                                            the grown labels (same files)
+    strips/<b>.npz                                          bc_connected: the layers of local labels
+    dilated/<b>.npy.blosc  parts/<b>.npz                    its dilation reads of this block; the
+                                                            block's dilated labels (ranks; their
+                                                            numbers are the parts' ``names``)
+    ranked.zarr  dilated.zarr  parts/<b>.npz                watershed decoders: numbered seeds and
+                                                            the grown labels
     fragments.npz  edges/<b>.npz  graph.json                affinity_agglomerate: the fragments'
     objects/<i>.npz                                         statistics (labels/ and luts/ hold the
                                                             fragments), their region graph, and per
@@ -64,10 +67,10 @@ from volumes.labels.agglomerate import (
 from volumes.labels.blockcc import Pieces
 from volumes.labels.blockwise import (
     Grid,
-    dilate_step,
+    dilate_block,
+    dilates_by_strips,
     drop_slices,
     grow_step,
-    halo_box,
     label_step,
     link_step,
     merge_step,
@@ -162,7 +165,15 @@ class Plan:
     def block_steps(self) -> tuple[int, ...]:
         if self.agglomerates:
             return (LABEL, LINK, EDGES, WRITE)
+        if self.by_strips:  # bc_connected: no numbered copy of the volume between merge and dilation
+            return (LABEL, LINK, DILATE, WRITE)
         return (LABEL, LINK, RANK, DILATE, WRITE) if self.dilates else (LABEL, LINK, WRITE)
+
+    @property
+    def by_strips(self) -> bool:
+        """bc_connected's dilation: each block dilated from its own local labels and its
+        neighbours' strips (:func:`volumes.labels.blockwise.dilate_block`)."""
+        return not self.agglomerates and dilates_by_strips(self.decoder)
 
     def file(self, folder: str, index: Index, suffix: str) -> Path:
         return self.run_dir.root / folder / f"{'_'.join(map(str, index))}{suffix}"
@@ -181,38 +192,15 @@ def run_step(plan: Plan, step: int, index: Index) -> int:
 
 def _label(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
-    box = read_box(decoder, grid, index)
-    if decoder.name == "affinity_connected" and box != grid.box(index):
-        pred = _affinities_with_next_faces(plan, grid.box(index), box)
-    else:
-        pred = plan.read_prediction(box)
+    pred = plan.read_prediction(read_box(decoder, grid, index))
     done = label_step(decoder, grid, index, pred)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
     if done.slices is not None:
         _save_npz(plan.file("slices", index, ".npz"), done.slices)
-
-
-def _affinities_with_next_faces(plan: Plan, core: Box, box: Box) -> np.ndarray:
-    """affinity_connected's input over ``box`` (the block and one more voxel on its high sides
-    inside the volume), read as the block and, per axis a that grows, the first layer of the next
-    block along a (of which channel a is used: the edges from that layer back into the block). The
-    rest of the grown box (its edges and corner beyond the block) is never read by the labelling
-    and stays 0: 4 chunks decompressed for an interior block whose chunks are the block, not 8."""
-    inside = plan.read_prediction(core)
-    pred = np.zeros((inside.shape[0], *box.shape), dtype=inside.dtype)
-    pred[(slice(None), *(slice(0, n) for n in core.shape))] = inside
-    for a in range(3):
-        if box.shape[a] == core.shape[a]:
-            continue
-        offset, shape = list(core.offset), list(core.shape)
-        offset[a], shape[a] = core.end[a], 1
-        layer = plan.read_prediction(Box(tuple(offset), tuple(shape)))
-        where: list[Any] = [a, *(slice(0, n) for n in core.shape)]
-        where[a + 1] = slice(core.shape[a], core.shape[a] + 1)
-        pred[tuple(where)] = layer[a]
-    return pred
+    if done.strips is not None:
+        _save_npz(plan.file("strips", index, ".npz"), done.strips)
 
 
 def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
@@ -241,8 +229,9 @@ def _links_of(plan: Plan, index: Index) -> list[tuple[Index, np.ndarray, np.ndar
     with np.load(plan.file("links", index, ".npz")) as data:
         other, mine, theirs = data["other"], data["mine"], data["theirs"]
     out = []
-    for nb in {tuple(int(v) for v in row) for row in other}:
-        sel = np.all(other == nb, axis=1)
+    for row in np.unique(other, axis=0):  # the (at most 13) neighbours, not a tuple per link in Python
+        nb = tuple(int(v) for v in row)
+        sel = np.all(other == row, axis=1)
         out.append((nb, mine[sel], theirs[sel]))
     return out
 
@@ -272,7 +261,7 @@ def _number(plan: Plan, index: Index) -> None:
             kept = kept_seeds(plan.decoder, numbered.objects.count)
         for i in blocks:
             np.save(plan.file("luts", i, ".npy"), kept[numbered.lut[i]])
-        for name in ("ranked", "dilated"):
+        for name in () if plan.by_strips else ("ranked", "dilated"):
             zarr.create_array(
                 str(plan.run_dir.root / f"{name}.zarr"),
                 shape=plan.grid.shape,
@@ -434,20 +423,30 @@ def _rank(plan: Plan, index: Index) -> None:
 
 def _dilate(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
-    ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")
-    if decoder.watershed:
-
-        def read(box: Box) -> tuple[np.ndarray, np.ndarray]:
-            return np.asarray(ranked[box.slices()]), plan.read_prediction(box)
-
-        core, part = grow_step(decoder, grid, index, read)
-    else:
-        core, part = dilate_step(
-            decoder, grid, index, np.asarray(ranked[halo_box(decoder, grid, index).slices()])
+    names = ("ids", "count", "first", "lo", "hi", "sums")
+    if plan.by_strips:
+        done = dilate_block(
+            decoder,
+            grid,
+            index,
+            _load_packed(plan.file("labels", index, ".npy.blosc")),
+            lambda i: _load_npz(plan, "strips", i),
+            lambda i: np.load(plan.file("luts", i, ".npy")),
         )
+        _save_packed(plan.file("dilated", index, ".npy.blosc"), done.core)
+        _save_npz(
+            plan.file("parts", index, ".npz"),
+            {**dict(zip(names, done.part, strict=True)), "names": done.names},
+        )
+        return
+    ranked = zarr.open_array(str(plan.run_dir.root / "ranked.zarr"), mode="r")  # the watershed decoders
+
+    def read(box: Box) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(ranked[box.slices()]), plan.read_prediction(box)
+
+    core, part = grow_step(decoder, grid, index, read)
     dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r+")
     dilated[grid.box(index).slices()] = core
-    names = ("ids", "count", "first", "lo", "hi", "sums")
     _save_npz(plan.file("parts", index, ".npz"), dict(zip(names, part, strict=True)))
 
 
@@ -542,7 +541,12 @@ def _write(plan: Plan, index: Index) -> None:
         return
     out = open_volume(plan.job.output.path, plan.job.output.dataset, mode="r+")
     plan.job.output_node()
-    if plan.dilates:
+    if plan.by_strips:  # the block's dilated ranks, named by its parts' global numbers
+        core = _load_packed(plan.file("dilated", index, ".npy.blosc"))
+        with np.load(plan.file("parts", index, ".npz")) as parts:
+            written = _final(plan)[parts["names"]].astype(out.dtype)
+        data = written[core]
+    elif plan.dilates:
         final = _final(plan)
         dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
         data = final.astype(out.dtype)[np.asarray(dilated[box.slices()])]

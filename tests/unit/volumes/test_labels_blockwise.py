@@ -328,3 +328,74 @@ def test_touching_pairs_are_numpys_unique_rows() -> None:
             found = _unique_pairs(b, c)
             assert all(f.dtype == np.int64 for f in found)
             np.testing.assert_array_equal(np.stack(found, axis=1), rows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(1, 9), st.integers(1, 12), st.integers(1, 12)),
+    st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+    st.tuples(*(st.sampled_from([1, 3, 5, 7]) for _ in range(3))),
+    st.sampled_from([3, 300, 70000, 2**33]),
+)
+def test_a_block_dilated_from_its_neighbours_strips_is_the_volumes_dilation(
+    seed: int, shape: tuple[int, int, int], block: tuple[int, int, int], size: tuple[int, int, int], top: int
+) -> None:
+    """bc_connected's dilate step (:func:`volumes.labels.blockwise.dilate_block`): each block from
+    its local labels, their global numbers and only the strips its neighbours keep (blocks thinner
+    than the dilation's reach included: the box then reaches two or more blocks away), in ranks of
+    the narrowest type, named back: the dilation of the whole numbered volume, and the block's
+    parts of objects those of that dilation."""
+    from volumes.labels.blockwise import Grid, block_parts, dilate_block, strips
+
+    rng = np.random.default_rng(seed)
+    decoder = Decoder("bc_connected", (0.5, 0.9), 0, "none", 26, size)
+    grid = Grid(shape, block)
+    local, luts, numbered = {}, {}, np.zeros(shape, np.int64)
+    for index in grid.indices():
+        box = grid.box(index)
+        n = int(rng.integers(0, min(5, top) + 1))
+        labels = (
+            (rng.integers(1, n + 1, box.shape) * (rng.random(box.shape) < 0.4)).astype(np.uint32)
+            if n
+            else np.zeros(box.shape, np.uint32)
+        )
+        local[index] = labels
+        luts[index] = np.concatenate([[0], rng.choice(top, size=n, replace=False) + 1]).astype(np.int64)
+        numbered[box.slices()] = luts[index][labels]
+    expected = dilate(numbered, size)
+    kept = {i: strips(local[i], decoder.halo) for i in grid.indices()}
+    for index in grid.indices():
+        done = dilate_block(decoder, grid, index, local[index], kept.__getitem__, luts.__getitem__)
+        box = grid.box(index)
+        assert done.core.dtype == (np.uint8 if done.names.shape[0] <= 256 else np.uint16)
+        np.testing.assert_array_equal(done.names[done.core], expected[box.slices()])
+        want = block_parts(grid, box, np.ascontiguousarray(expected[box.slices()]))
+        for got_col, want_col in zip(done.part, want, strict=True):
+            np.testing.assert_array_equal(got_col, want_col)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_voxel_joined_only_to_the_next_block_is_foreground_and_one_that_is_not_is_not(axis: int) -> None:
+    """A block reads only its own affinities: a voxel of its last layer with no edge inside it is
+    labelled a piece that the merge keeps only if the next block's first layer joins it (a link
+    names it). Here one such voxel is joined across the face and its neighbour on the face is not:
+    the first is part of the next block's object, the second background, as on the whole volume."""
+    shape = [4, 4, 4]
+    shape[axis] = 4
+    aff = np.zeros((3, *shape), np.float32)
+    first = [1, 1, 1]
+    first[axis] = 2  # the next block's first layer (blocks of 2 along the axis)
+    aff[(axis, *first)] = 1.0  # joins (…, 2, …) to (…, 1, …) across the face
+    beside = list(first)
+    beside[(axis + 1) % 3] = 2
+    after = list(beside)
+    after[axis] = 3
+    aff[(axis, *after)] = 1.0  # joins the voxel beside it in the next block to one further on only
+    decoder = Decoder("affinity_connected", (0.5,), 0, "none", 6)
+    block = tuple(2 if a == axis else 4 for a in range(3))
+    expected = pytc_decode(aff, decoder)
+    assert int(expected.max()) == 2 and int((expected > 0).sum()) == 4
+    for relabel in ("none", "sequential"):
+        got = decode_blockwise(aff, decoder, block, relabel)
+        np.testing.assert_array_equal(got, expected if relabel == "none" else sequential(expected))

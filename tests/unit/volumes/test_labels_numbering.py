@@ -19,6 +19,8 @@ from volumes.labels.blockcc import (
     is_raster_ordered,
     pieces,
     raster_ordered,
+    raster_ordered_runs,
+    runs,
 )
 from volumes.labels.blockwise import Grid, block_parts
 from volumes.labels.merge import components_of_edges, join
@@ -72,6 +74,13 @@ def test_first_voxels_and_raster_order(seed: int, shape: tuple[int, int, int], p
     if n >= 2:
         far = np.where(labels == 1, far.max() + 7, far).astype(np.uint32)  # and out of order
     np.testing.assert_array_equal(raster_ordered(far), labels)
+    # every path (rising first appearances: a running count; out of order: a sort; far: a search)
+    # gives the runs of the labels it returns, the new numbers for the old ones
+    for given_labels in (scattered, far, *([swapped] if n >= 2 else [])):
+        got, *found = raster_ordered_runs(given_labels)
+        np.testing.assert_array_equal(got, labels)
+        for got_part, want_part in zip(found, runs(labels), strict=True):
+            np.testing.assert_array_equal(got_part, want_part)
 
 
 @settings(max_examples=60, deadline=None)
