@@ -176,7 +176,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 512, 512])
     parser.add_argument("--block", type=int, nargs=3, default=[64, 256, 256])
-    parser.add_argument("--decoders", nargs="*", default=list(DECODERS))
+    parser.add_argument(
+        "--decoders",
+        nargs="*",
+        default=list(DECODERS),
+        help="the decoders to run; their predictions are drawn in this order from one seeded generator, "
+        "so a decoder's data (and its object count) depends on the decoders listed before it",
+    )
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--pyramid", action="store_true", help="write the label pyramid too")
     args = parser.parse_args()
