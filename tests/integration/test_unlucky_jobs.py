@@ -331,7 +331,9 @@ def test_block_tasks_reach_the_scheduler_in_batches(driver: Driver) -> None:
     assert state == "succeeded", result
     tasks = sum(result["tasks_run"].values())
     assert seen["tasks"] == tasks, (seen, result["tasks_run"])
-    assert seen["graphs"] <= tasks / 4, seen  # 288 tasks; a graph a task before
+    # 288 tasks: a graph a task before; 55 graphs measured now (a refill of 8 or more tasks is one
+    # graph a pass, and how many are ready at each refill depends on timing): half leaves room
+    assert seen["graphs"] <= tasks / 2, seen
     # the same job in this process, task after task, with the model the worker checked
     one = INFERENCE.parse(
         job_doc(str(driver.root / "one.zarr"), input__path="big/em.zarr"), ParseEnv((driver.root,))
