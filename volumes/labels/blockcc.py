@@ -213,7 +213,7 @@ def raster_ordered_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
         present = np.zeros(top + 1, dtype=bool)
         present[values] = True
         n = int(np.count_nonzero(present))
-        if _records(values) == n:  # first appearances rising: the rank is a running count
+        if _records(values).size == n:  # first appearances rising: the rank is a running count
             lut = np.cumsum(present, dtype=np.uint32)  # lut[0] == 0: 0 is never a run's label
             return lut[labels], starts, lengths, lut[values]
     ids, first_run = np.unique(values, return_index=True)
@@ -230,12 +230,13 @@ def raster_ordered_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return out, starts, lengths, rank[np.searchsorted(ids, values)]
 
 
-def _records(values: np.ndarray) -> int:
-    """How many of ``values`` exceed every value before them (the first counts)."""
+def _records(values: np.ndarray) -> np.ndarray:
+    """The ``values`` that exceed every value before them (the first counts), in order: for a
+    block's run labels (:func:`runs`), each label's first appearance where they rise."""
     if values.size == 0:
-        return 0
+        return values
     before = np.maximum.accumulate(values)
-    return 1 + int(np.count_nonzero(values[1:] > before[:-1]))
+    return np.concatenate([values[:1], values[1:][values[1:] > before[:-1]]])
 
 
 def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -332,28 +333,15 @@ def _global_first(
 def is_raster_ordered(labels: np.ndarray) -> bool:
     """Whether labels 1..max all occur, each first seen after the one before in raster order."""
     n = int(labels.max(initial=0))
-    return n == 0 or _rising(runs(labels)[2], n)
-
-
-def _rising(values: np.ndarray, n: int) -> bool:
-    """Whether the run labels (:func:`runs`) that exceed every label before them are 1, 2, ..., n:
-    each label's first run is where it first appears."""
-    if values.size == 0:
-        return n == 0
-    before = np.maximum.accumulate(values)
-    rising = np.concatenate([values[:1], values[1:][values[1:] > before[:-1]]])
-    return bool(np.array_equal(rising, np.arange(1, n + 1, dtype=values.dtype)))
+    return bool(np.array_equal(_records(runs(labels)[2]), np.arange(1, n + 1, dtype=labels.dtype)))
 
 
 def first_voxels(labels: np.ndarray, n: int, origin: tuple[int, ...], volume: tuple[int, ...]) -> np.ndarray:
     """The global raster index of each label's first voxel; labels must be 1..n in raster order
-    (else ValueError). Each first voxel starts a run (:func:`runs`): the first run of each label."""
-    starts, _, values = runs(labels)
-    if int(labels.max(initial=0)) != n or not _rising(values, n):
-        raise ValueError("labels are not numbered in raster order")
-    first_local = np.full(n + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_local, values.astype(np.intp), starts)
-    return _global_first(first_local[1:], labels.shape, origin, volume)
+    (else ValueError): :func:`pieces`' ``first``."""
+    if int(labels.max(initial=0)) != n:
+        raise ValueError(f"labels are not numbered 1..{n} in raster order")
+    return pieces(labels, origin, volume).first
 
 
 def faces(labels: np.ndarray) -> dict[str, np.ndarray]:
