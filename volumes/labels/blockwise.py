@@ -79,10 +79,9 @@ class Grid:
 
 
 def read_box(decoder: Decoder, grid: Grid, index: Index) -> Box:
-    """What the label step reads of the prediction (spatially): the block. (Affinities read one
-    more voxel on each high side before: the next block's first layer, 3 more chunks decompressed
-    for an interior block whose chunks are the block; that layer's verdict now comes through the
-    links, see :func:`volumes.labels.blockcc.affinity_labels_runs`.)"""
+    """What the label step reads of the prediction (spatially): the block, for every decoder
+    (affinities too: the next block's first layer decides through the links, see
+    :func:`volumes.labels.blockcc.affinity_labels_runs`)."""
     return grid.box(index)
 
 

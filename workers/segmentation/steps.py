@@ -79,7 +79,7 @@ from volumes.labels.blockwise import (
     slice_step,
 )
 from volumes.labels.decoders import Decoder
-from volumes.labels.merge import Objects, final_ids, label_dtype
+from volumes.labels.merge import Objects, final_ids, label_dtype, narrow_dtype
 from volumes.labels.watershed import kept_seeds
 from volumes.open import open_volume
 from volumes.output import N5_VERSION, level_path
@@ -577,7 +577,7 @@ def _save_packed(path: Path, labels: np.ndarray) -> None:
     run completes. Old files (uint32, zstd) still load: the ``.npy`` header names the type and
     Blosc's header its compressor."""
     top = int(labels.max(initial=0))
-    narrow = labels.astype(np.uint8 if top <= 0xFF else np.uint16 if top <= 0xFFFF else np.uint32, copy=False)
+    narrow = labels.astype(narrow_dtype(top), copy=False)
     buffer = io.BytesIO()
     np.save(buffer, narrow, allow_pickle=False)
     packed = bytes(LABEL_SCRATCH_CODEC.encode(buffer.getbuffer()))
