@@ -261,3 +261,33 @@ def test_affinity_connected_through_the_run_equals_the_whole_volume(
     want = sequential(decode_in_memory(aff, decoder))
     assert result["objects"] == int(want.max()) > 5
     np.testing.assert_array_equal(read(j), want)
+
+
+@pytest.mark.parametrize("relabel", ["sequential", "none"])
+def test_specks_dropped_in_their_blocks_leave_the_whole_volume_labels(
+    tmp_path: Path, relabel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """binary_connected over sparse specks (most of them whole inside one block, under
+    ``thres_small``) and a sheet through every block: with ``relabel: sequential`` the label step
+    drops the specks in their block (``volumes.labels.blockwise.prune``; the unit tests count the
+    pieces), with ``none`` it keeps them for PyTC's numbers; the labels equal the whole volume's
+    either way. Every step tunes the allocator first."""
+    import workers.segmentation.steps as steps
+
+    tuned: list[int] = []
+    monkeypatch.setattr(steps, "tune_allocator", lambda: tuned.append(1) or True)
+    rng = np.random.default_rng(11)
+    mask = rng.random(SHAPE) < 0.05
+    mask[4] = True
+    zarr.open_group(tmp_path / "specks.zarr", mode="w").create_array(
+        "m", data=mask[None].astype(np.uint8) * 255
+    )
+    decoder = Decoder("binary_connected", (0.5,), 3, "background", 26)
+    output = SegOutput(str(tmp_path / "seg.zarr"), "seg", "zarr3", (5, 8, 7), relabel=relabel, pyramid=False)  # type: ignore[arg-type]
+    j = SegmentationJob(SegInput(str(tmp_path / "specks.zarr"), "m"), decoder, output, (5, 8, 14), "{}")
+    result = run_serially(j)
+    whole = decode_in_memory(mask[None].astype(np.uint8) * 255, decoder)
+    want = sequential(whole) if relabel == "sequential" else whole
+    np.testing.assert_array_equal(read(j), want)
+    assert result["objects"] == len(np.unique(want)) - 1 > 1
+    assert len(tuned) >= 3 * 12  # label, link and write of each of the 12 blocks, at least

@@ -95,8 +95,58 @@ class Labelled:
     strips: dict[str, np.ndarray] | None = None
 
 
-def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> Labelled:
-    """A block's local labels from its prediction (C, read box)."""
+def prunes(decoder: Decoder, relabel: str) -> bool:
+    """Whether the label step may drop a block's small whole objects (:func:`prune`): the size
+    filter sets them to the background and the written numbers count only the kept objects
+    (``relabel: sequential``), so they never need a number, and nothing grows them afterwards (no
+    dilation, no watershed) or counts them per slice."""
+    return (
+        relabel == "sequential"
+        and decoder.remove_small_mode == "background"
+        and decoder.thres_small > 0
+        and decoder.dilation is None
+        and not decoder.watershed
+        and not decoder.per_slice
+    )
+
+
+def prune(
+    labels: np.ndarray, stats: Pieces, box: Box, shape: Sequence[int], thres_small: int
+) -> tuple[np.ndarray, Pieces]:
+    """A block's labels and pieces without its small whole objects: the pieces that touch no face
+    the block shares with a neighbour (so no link can ever name them: each is an object, whole)
+    with fewer than ``thres_small`` voxels, which the size filter removes. Their voxels become 0
+    and the others keep their order, renumbered 1..m (raster order still). An affinity map's block
+    holds tens of thousands of such specks and a few dozen objects: the merge, the pieces' files
+    and the numbering then grow with the objects, not with the specks."""
+    n = stats.n
+    gone = stats.count < thres_small
+    for a in range(3):
+        if box.offset[a] > 0:  # a neighbour before the block along a: its first layer is a face
+            gone &= stats.lo[:, a] > box.offset[a]
+        if box.end[a] < shape[a]:
+            gone &= stats.hi[:, a] < box.end[a]
+    if not gone.any():
+        return labels, stats
+    keep = ~gone
+    lut = np.zeros(n + 1, dtype=labels.dtype)
+    lut[1:][keep] = np.arange(1, int(np.count_nonzero(keep)) + 1, dtype=labels.dtype)
+    kept = Pieces(
+        stats.count[keep],
+        stats.first[keep],
+        stats.lo[keep],
+        stats.hi[keep],
+        stats.sums[keep],
+        None if stats.maybe is None else stats.maybe[keep],
+    )
+    return lut[labels], kept
+
+
+def label_step(
+    decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray, pruned: bool = False
+) -> Labelled:
+    """A block's local labels from its prediction (C, read box); with ``pruned`` (where
+    :func:`prunes` allows it) without the block's small whole objects (:func:`prune`)."""
     box = grid.box(index)
     at_start = tuple(o == 0 for o in box.offset)
     at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
@@ -111,6 +161,8 @@ def label_step(decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray) -> 
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
     if maybe is not None:
         stats = replace(stats, maybe=maybe[1:])
+    if pruned:
+        labels, stats = prune(labels, stats, box, grid.shape, decoder.thres_small)
     return Labelled(labels, {**faces(labels), **extra}, stats, slices, halo)
 
 
@@ -421,7 +473,9 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
     done = {}
     for index in grid.indices():
         box = read_box(decoder, grid, index)
-        done[index] = label_step(decoder, grid, index, pred[(slice(None), *box.slices())])
+        done[index] = label_step(
+            decoder, grid, index, pred[(slice(None), *box.slices())], pruned=prunes(decoder, relabel)
+        )
     links_of = {i: link_step(decoder, grid, i, lambda j: done[j].faces) for i in grid.indices()}
     numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
     out = np.zeros(grid.shape, dtype=np.uint64)

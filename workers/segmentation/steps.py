@@ -75,6 +75,7 @@ from volumes.labels.blockwise import (
     link_step,
     merge_step,
     objects_from_parts,
+    prunes,
     read_box,
     slice_step,
 )
@@ -88,6 +89,7 @@ from volumes.pyramid import Factors, pyramid_factors
 from volumes.volume import Volume
 from workers.confine import confined
 from workers.errors import BlockCancelledError
+from workers.runtime.allocator import tune_allocator
 from workers.segmentation.job import SegmentationJob, read_prediction
 from workers.segmentation.rundir import SegRunDir
 from workers.version import package_version
@@ -182,6 +184,7 @@ class Plan:
 def run_step(plan: Plan, step: int, index: Index) -> int:
     """Run one step of one block (or a merge, ``index`` :data:`ONCE`); returns the step. The
     driver records it done once this returned (:class:`workers.segmentation.rundir.SegLedger`)."""
+    tune_allocator()  # a block's arrays (tens of MiB) reused from step to step, not faulted in afresh
     run_dir = plan.run_dir
     confined(run_dir.root, plan.job.data_roots)
     if run_dir.is_cancelled():
@@ -193,7 +196,8 @@ def run_step(plan: Plan, step: int, index: Index) -> int:
 def _label(plan: Plan, index: Index) -> None:
     decoder, grid = plan.decoder, plan.grid
     pred = plan.read_prediction(read_box(decoder, grid, index))
-    done = label_step(decoder, grid, index, pred)
+    pruned = not plan.agglomerates and prunes(decoder, plan.job.output.relabel)
+    done = label_step(decoder, grid, index, pred, pruned)
     _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
     _save_npz(plan.file("faces", index, ".npz"), done.faces)
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())

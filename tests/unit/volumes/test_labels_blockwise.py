@@ -399,3 +399,72 @@ def test_a_voxel_joined_only_to_the_next_block_is_foreground_and_one_that_is_not
     for relabel in ("none", "sequential"):
         got = decode_blockwise(aff, decoder, block, relabel)
         np.testing.assert_array_equal(got, expected if relabel == "none" else sequential(expected))
+
+
+def _specks(name: str, shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
+    """Sparse specks (a few voxels each, most of them whole inside one block) and a plane at z = 1
+    that crosses every block face along y and x: binary, or affinities (the plane's in-plane edges;
+    a speck is an edge and its two voxels)."""
+    rng = np.random.default_rng(seed)
+    channels = 3 if name == "affinity_connected" else 1
+    pred = (rng.random((channels, *shape)) < density).astype(np.float32)
+    if name == "affinity_connected":
+        pred[1:, 1] = 1.0
+    else:
+        pred[0, 1] = 1.0
+    return pred
+
+
+@pytest.mark.parametrize(
+    ("name", "connectivity"),
+    [("binary_connected", 6), ("binary_connected", 18), ("binary_connected", 26), ("affinity_connected", 6)],
+)
+@pytest.mark.parametrize("block", [(4, 8, 8), (5, 7, 6), (3, 32, 5)])
+def test_small_whole_objects_dropped_in_their_block_leave_the_whole_volume_labels(
+    name: str, connectivity: int, block: tuple[int, ...]
+) -> None:
+    """With ``relabel: sequential`` and ``remove_small_mode: background`` the label step drops a
+    block's small objects that touch none of its shared faces (the size filter would remove them,
+    whole, and no number counts them): the labels still equal the whole volume's, and fewer pieces
+    reach the merge."""
+    from volumes.labels.blockwise import Grid, label_step, prunes
+
+    shape = (12, 32, 32)
+    pred = _specks(name, shape, 0.06, 7)
+    d = Decoder(name, (0.5,), 4, "background", connectivity)
+    assert prunes(d, "sequential") and not prunes(d, "none")
+    expected = pytc_decode(pred, d)
+    np.testing.assert_array_equal(decode_blockwise(pred, d, block, "sequential"), sequential(expected))
+    np.testing.assert_array_equal(decode_blockwise(pred, d, block, "none"), expected)
+    grid = Grid(shape, block)
+    kept, every = 0, 0
+    for index in grid.indices():
+        part = pred[(slice(None), *grid.box(index).slices())]
+        full = label_step(d, grid, index, part)
+        dropped = label_step(d, grid, index, part, pruned=True)
+        every, kept = every + full.pieces.n, kept + dropped.pieces.n
+        # the kept pieces are the full step's in the same (raster) order, renumbered 1..m
+        assert np.array_equal(np.unique(dropped.labels), np.arange(dropped.pieces.n + 1))
+        assert set(dropped.pieces.first.tolist()) <= set(full.pieces.first.tolist())
+        assert np.all(np.diff(dropped.pieces.first) > 0)
+    assert kept < every  # specks whole inside a block never reach the merge
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(["binary_connected", "affinity_connected"]),
+    shape=st.tuples(st.integers(3, 14), st.integers(3, 20), st.integers(3, 20)),
+    data=st.data(),
+)
+def test_dropping_small_whole_objects_in_blocks_equals_the_whole_volume(
+    name: str, shape: tuple[int, int, int], data: st.DataObject
+) -> None:
+    block = tuple(data.draw(st.integers(1, s)) for s in shape)
+    connectivity = 6 if name == "affinity_connected" else data.draw(st.sampled_from([6, 18, 26]))
+    d = Decoder(name, (0.5,), data.draw(st.integers(1, 9)), "background", connectivity)
+    pred = _specks(name, shape, data.draw(st.floats(0.02, 0.3)), data.draw(st.integers(0, 2**31 - 1)))
+    if data.draw(st.booleans()):
+        pred = (pred * 255).astype(np.uint8)
+    expected = sequential(pytc_decode(pred, d))
+    np.testing.assert_array_equal(decode_blockwise(pred, d, block, "sequential"), expected)
