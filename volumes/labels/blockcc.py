@@ -17,6 +17,7 @@ the later block (channel a, its first layer along a) says whether they are joine
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ class Pieces:
 
 
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # a block's runs along x (:func:`runs`)
+# given a block's runs (labels 1..n in raster order), each label's new number 0..m (0: dropped;
+# the kept ones in the same order), or None to keep them all
+Renaming = Callable[[Runs], np.ndarray | None]
 
 
 def label_block(
@@ -62,14 +66,18 @@ def label_block(
     core: tuple[int, ...],
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
+    keep: Renaming | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], Runs | None, np.ndarray | None]:
     """Local labels (uint32, raster order) of a block whose prediction ``pred`` covers the block
     (``core``; for affinities it may hold one more voxel on each high side that is not the volume's
     end, see :func:`affinity_labels_runs`). Also, for affinities, the edges across the block's low
     faces (``edge<a>``, bool), else nothing; the labels' runs where the labelling found them
-    (affinities), else None; and the affinities' pieces kept only if linked (``maybe``), or None."""
+    (affinities), else None; and the affinities' pieces kept only if linked (``maybe``), or None.
+    ``keep``: where the labelling finds the runs before it writes the labels (affinities), it
+    renames (or drops) the labels in the same pass; None where it was not asked (other decoders):
+    the caller renames them itself."""
     if decoder.name == "affinity_connected":
-        labels, edges, found, maybe = affinity_labels_runs(pred, decoder, core, at_start, at_end)
+        labels, edges, found, maybe = affinity_labels_runs(pred, decoder, core, at_start, at_end, keep)
         faces = {f"edge{a}": np.ascontiguousarray(edges[a].take(0, axis=a)) for a in range(3)}
         return labels, faces, found, maybe
     mask = foreground(decoder, pred[:, : core[0], : core[1], : core[2]])
@@ -117,6 +125,7 @@ def affinity_labels_runs(
     core: tuple[int, ...],
     at_start: tuple[bool, ...],
     at_end: tuple[bool, ...],
+    keep: Renaming | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], Runs, np.ndarray | None]:
     """Components of the graph of affinities above the threshold over ``core``; ``aff`` may hold one
     more voxel on high sides (the edges to the next block, which make a voxel foreground). Returns
@@ -129,6 +138,8 @@ def affinity_labels_runs(
     listed in ``maybe`` (per label 0..n, bool): the next block's first layer says whether they are
     joined to it, and the merge keeps them only where a link names them (they are the block's
     "touched" voxels that only the next block's affinities can tell). Else ``maybe`` is None.
+
+    ``keep`` (see :func:`label_block`) may drop pieces before the one pass that writes the labels.
 
     cc3d's graph has a bit per direction; an edge's two bits are ORed in as the edge mask times the
     bit (one plain pass each: numpy's masked ``where=`` OR took 4 times longer)."""
@@ -174,13 +185,21 @@ def affinity_labels_runs(
         layer[...] = True
     colored = np.ascontiguousarray(cc3d.color_connectivity_graph(graph.T, connectivity=6).T)
     colored[~touched] = 0
-    labels, *found = raster_ordered_runs(colored)
+    table, starts, lengths, values = raster_table(colored)
+    assert table is not None  # cc3d numbers at most one label per voxel
+    renamed = keep((starts, lengths, values)) if keep is not None else None
+    if renamed is not None:  # pieces dropped: one table from cc3d's numbers to the kept ones
+        table, values = renamed[table], renamed[values]
+        alive = values != 0
+        starts, lengths, values = starts[alive], lengths[alive], values[alive]
+    labels = table[colored]
     maybe = None
     if open_faces:
-        maybe = np.zeros(int(found[2].max(initial=0)) + 1, dtype=bool)
+        maybe = np.zeros(int(values.max(initial=0)) + 1, dtype=bool)
         for where in maybe_at:
             maybe[labels[where]] = True
-    return labels, edges, (found[0], found[1], found[2]), maybe
+        maybe[0] = False
+    return labels, edges, (starts, lengths, values), maybe
 
 
 def _bits(axis: int) -> tuple[int, int]:
@@ -204,30 +223,43 @@ def raster_ordered_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     (each label's first run exceeds every label before it: cc3d's scan order, checked), the new
     numbers are a running count of the labels present; else the labels are ordered by their first
     run (a sort of the runs' labels, tens of times fewer than the voxels). Then one pass through a
-    table (or a binary search, for ids far above the block's size) writes the new numbers."""
-    starts, lengths, values = runs(labels)
-    if values.size == 0:
-        return np.zeros(labels.shape, dtype=np.uint32), starts, lengths, values.astype(np.uint32)
-    top = int(values.max())
-    if top < 2 * labels.size:
-        present = np.zeros(top + 1, dtype=bool)
-        present[values] = True
-        n = int(np.count_nonzero(present))
-        if _records(values).size == n:  # first appearances rising: the rank is a running count
-            lut = np.cumsum(present, dtype=np.uint32)  # lut[0] == 0: 0 is never a run's label
-            return lut[labels], starts, lengths, lut[values]
+    table (:func:`raster_table`; or a binary search, for ids far above the block's size) writes
+    the new numbers."""
+    table, starts, lengths, values = raster_table(labels)
+    if table is not None:
+        return table[labels], starts, lengths, values
     ids, first_run = np.unique(values, return_index=True)
     n = ids.shape[0]
     rank = np.empty(n, dtype=np.uint32)
     rank[np.argsort(first_run, kind="stable")] = np.arange(1, n + 1, dtype=np.uint32)
-    if top < 2 * labels.size:
-        lut = np.zeros(top + 1, dtype=np.uint32)
-        lut[ids] = rank
-        return lut[labels], starts, lengths, lut[values]
     out = np.zeros(labels.shape, dtype=np.uint32)
     inside = labels != 0
     out[inside] = rank[np.searchsorted(ids, labels[inside])]
     return out, starts, lengths, rank[np.searchsorted(ids, values)]
+
+
+def raster_table(labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """The table that renumbers ``labels`` 1..n in raster order of their first voxels
+    (``table[labels]``, uint32; None when the labels reach twice the block's voxel count, too many
+    for a table) and the labels' runs (:func:`runs`) with their new numbers (the old ones when
+    the table is None): :func:`raster_ordered_runs` without its pass over the voxels, for a caller
+    that renames the labels again before it writes them."""
+    starts, lengths, values = runs(labels)
+    if values.size == 0:
+        return np.zeros(1, dtype=np.uint32), starts, lengths, values.astype(np.uint32)
+    top = int(values.max())
+    if top >= 2 * labels.size:
+        return None, starts, lengths, values
+    present = np.zeros(top + 1, dtype=bool)
+    present[values] = True
+    n = int(np.count_nonzero(present))
+    if _records(values).size == n:  # first appearances rising: the rank is a running count
+        table = np.cumsum(present, dtype=np.uint32)  # table[0] == 0: 0 is never a run's label
+    else:
+        ids, first_run = np.unique(values, return_index=True)
+        table = np.zeros(top + 1, dtype=np.uint32)
+        table[ids[np.argsort(first_run, kind="stable")]] = np.arange(1, n + 1, dtype=np.uint32)
+    return table, starts, lengths, table[values]
 
 
 def _records(values: np.ndarray) -> np.ndarray:
@@ -353,7 +385,7 @@ def faces(labels: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _contact(face_set: dict[str, np.ndarray], n: Index, mine: bool) -> np.ndarray:
+def _contact(face_set: Mapping[str, np.ndarray], n: Index, mine: bool) -> np.ndarray:
     """The layer of a block that touches its neighbour at offset ``n`` (``mine``) or, seen from the
     other side, the neighbour's layer that touches the block: 3-D, extent 1 where n_i != 0."""
     axes = [a for a in range(3) if n[a] != 0]
@@ -369,8 +401,8 @@ def _contact(face_set: dict[str, np.ndarray], n: Index, mine: bool) -> np.ndarra
 
 def links(
     decoder: Decoder,
-    mine: dict[str, np.ndarray],
-    neighbours: dict[Index, dict[str, np.ndarray]],
+    mine: Mapping[str, np.ndarray],
+    neighbours: Mapping[Index, Mapping[str, np.ndarray]],
 ) -> list[tuple[Index, np.ndarray, np.ndarray]]:
     """Pairs of touching labels between a block and each earlier neighbour it has: for each
     neighbour offset n, (n, labels in the block, labels in the neighbour), unique pairs."""

@@ -23,7 +23,7 @@ whole-volume decoder, and the block tasks are these same functions.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -110,36 +110,50 @@ def prunes(decoder: Decoder, relabel: str) -> bool:
     )
 
 
-def prune(
-    labels: np.ndarray, stats: Pieces, box: Box, shape: Sequence[int], thres_small: int
-) -> tuple[np.ndarray, Pieces]:
-    """A block's labels and pieces without its small whole objects: the pieces that touch no face
+def small_whole(stats: Pieces, box: Box, shape: Sequence[int], thres_small: int) -> np.ndarray:
+    """Which pieces of a block are small whole objects (bool per piece): those that touch no face
     the block shares with a neighbour (so no link can ever name them: each is an object, whole)
-    with fewer than ``thres_small`` voxels, which the size filter removes. Their voxels become 0
-    and the others keep their order, renumbered 1..m (raster order still). An affinity map's block
-    holds tens of thousands of such specks and a few dozen objects: the merge, the pieces' files
-    and the numbering then grow with the objects, not with the specks."""
-    n = stats.n
+    with fewer than ``thres_small`` voxels, which the size filter removes."""
     gone = stats.count < thres_small
     for a in range(3):
         if box.offset[a] > 0:  # a neighbour before the block along a: its first layer is a face
             gone &= stats.lo[:, a] > box.offset[a]
         if box.end[a] < shape[a]:
             gone &= stats.hi[:, a] < box.end[a]
+    return gone
+
+
+def _renaming(gone: np.ndarray) -> np.ndarray | None:
+    """Each label's new number 0..n (0: gone; the others 1..m in their order), None if none goes."""
     if not gone.any():
-        return labels, stats
+        return None
     keep = ~gone
-    lut = np.zeros(n + 1, dtype=labels.dtype)
-    lut[1:][keep] = np.arange(1, int(np.count_nonzero(keep)) + 1, dtype=labels.dtype)
-    kept = Pieces(
-        stats.count[keep],
-        stats.first[keep],
-        stats.lo[keep],
-        stats.hi[keep],
-        stats.sums[keep],
-        None if stats.maybe is None else stats.maybe[keep],
+    table = np.zeros(gone.shape[0] + 1, dtype=np.uint32)
+    table[1:][keep] = np.arange(1, int(np.count_nonzero(keep)) + 1, dtype=np.uint32)
+    return table
+
+
+def _kept(stats: Pieces, gone: np.ndarray) -> Pieces:
+    keep = ~gone
+    maybe = None if stats.maybe is None else stats.maybe[keep]
+    return Pieces(
+        stats.count[keep], stats.first[keep], stats.lo[keep], stats.hi[keep], stats.sums[keep], maybe
     )
-    return lut[labels], kept
+
+
+def prune(
+    labels: np.ndarray, stats: Pieces, box: Box, shape: Sequence[int], thres_small: int
+) -> tuple[np.ndarray, Pieces]:
+    """A block's labels and pieces without its small whole objects (:func:`small_whole`): their
+    voxels become 0 and the others keep their order, renumbered 1..m (raster order still). An
+    affinity map's block holds tens of thousands of such specks and a few dozen objects: the
+    merge, the pieces' files and the numbering then grow with the objects, not with the specks.
+    (affinity_connected's label step drops them in the pass that numbers its labels instead.)"""
+    gone = small_whole(stats, box, shape, thres_small)
+    table = _renaming(gone)
+    if table is None:
+        return labels, stats
+    return table.astype(labels.dtype, copy=False)[labels], _kept(stats, gone)
 
 
 def label_step(
@@ -150,10 +164,25 @@ def label_step(
     box = grid.box(index)
     at_start = tuple(o == 0 for o in box.offset)
     at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
-    labels, extra, found, maybe = label_block(decoder, pred, box.shape, at_start, at_end)
+    kept: list[Pieces] = []
+
+    def keep(found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray | None:
+        """The pieces from the labelling's runs, and the small whole ones dropped."""
+        starts, lengths, values = found
+        n = int(values.max(initial=0))
+        stats = run_pieces(starts, lengths, values.astype(np.intp), n, box.shape, box.offset, grid.shape)
+        gone = small_whole(stats, box, grid.shape, decoder.thres_small)
+        kept.append(_kept(stats, gone) if gone.any() else stats)
+        return _renaming(gone)
+
+    labels, extra, found, maybe = label_block(
+        decoder, pred, box.shape, at_start, at_end, keep if pruned else None
+    )
     slices = slice_pieces(labels, box.offset) if decoder.per_slice else None
     halo = strips(labels, decoder.halo) if dilates_by_strips(decoder) else None
-    if found is None:
+    if kept:  # the labelling dropped them itself
+        stats = kept[0]
+    elif found is None:
         stats = pieces(labels, box.offset, grid.shape)
     else:  # the labelling's runs, with the labels' numbers 1..n in raster order
         starts, lengths, values = found
@@ -161,13 +190,13 @@ def label_step(
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
     if maybe is not None:
         stats = replace(stats, maybe=maybe[1:])
-    if pruned:
+    if pruned and not kept:
         labels, stats = prune(labels, stats, box, grid.shape, decoder.thres_small)
     return Labelled(labels, {**faces(labels), **extra}, stats, slices, halo)
 
 
 def link_step(
-    decoder: Decoder, grid: Grid, index: Index, faces_of: Callable[[Index], dict[str, np.ndarray]]
+    decoder: Decoder, grid: Grid, index: Index, faces_of: Callable[[Index], Mapping[str, np.ndarray]]
 ) -> list[tuple[Index, np.ndarray, np.ndarray]]:
     """(earlier neighbour, local labels here, local labels there) of touching pieces."""
     mine = faces_of(index)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,17 +208,46 @@ def _label(plan: Plan, index: Index) -> None:
         _save_npz(plan.file("strips", index, ".npz"), done.strips)
 
 
-def _faces(plan: Plan, index: Index) -> dict[str, np.ndarray]:
-    return _load_npz(plan, "faces", index)
-
-
 def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
     with np.load(plan.file(folder, index, ".npz")) as data:
         return {k: data[k] for k in data.files}
 
 
+class _Arrays(Mapping[str, np.ndarray]):
+    """An ``.npz`` file's arrays, each read on first use: a link step reads one face of each of
+    its (up to 13) neighbours, not their six faces and edges."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = np.load(path)
+        self._read: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._read:
+            self._read[key] = self._file[key]
+        return self._read[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file.files)
+
+    def __len__(self) -> int:
+        return len(self._file.files)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def _link(plan: Plan, index: Index) -> None:
-    found = link_step(plan.decoder, plan.grid, index, lambda i: _faces(plan, i))
+    opened: list[_Arrays] = []
+
+    def faces_of(i: Index) -> _Arrays:
+        opened.append(_Arrays(plan.file("faces", i, ".npz")))
+        return opened[-1]
+
+    try:
+        found = link_step(plan.decoder, plan.grid, index, faces_of)
+    finally:
+        for arrays in opened:
+            arrays.close()
     others = [np.repeat(np.array([other]), a.shape[0], axis=0) for other, a, _ in found]
     _save_npz(
         plan.file("links", index, ".npz"),
