@@ -8,11 +8,12 @@ progress line and Ctrl-C as the cancel, summarised. The Dask cluster is ``--sche
 check first needs a worker of another process: with the one embedded worker, the checks run in this
 process before any cluster exists (that worker would run them in this process anyway, and the model
 they load is the one the blocks use), so a job whose data or model is wrong fails within seconds.
-With that one worker the kinds that take a task pool (segmentation, every pyramid stage) run their
-tasks on ``--threads`` threads of this process (:class:`service.kinds.pool.ThreadPool`; default the
-cores the process may use, as a Dask worker's ``nthreads``): the same task functions,
-done records and resume, without Dask's imports and start-up; a segmentation job then never starts a
-cluster at all.
+With that one worker the kinds that take a task pool (segmentation, every pyramid stage) run
+``--threads`` tasks at once (default the cores the process may use, as a Dask worker's
+``nthreads``), a segmentation job's in as many processes forked from this one on Linux
+(:class:`service.kinds.pool.ProcessPool`), else on threads of this process
+(:class:`service.kinds.pool.ThreadPool`): the same task functions, done records and resume, without
+Dask's imports and start-up; a segmentation job then never starts a cluster at all.
 Without a service, ``register_as`` and ``model: {name: ...}`` use the file registry
 ``$PYTC_STATE_DIR/models.json``.
 """
@@ -43,6 +44,7 @@ from service.documents.loading import load_job_file
 from service.errors import JobCancelledError, JobFailedError, SchedulerUnavailableError, SpecError
 from service.kinds import parse_job
 from service.kinds.base import AdmitEnv, ParseEnv, RunEnv, model_resolver
+from service.kinds.pool import forks_tasks
 from service.progress import ProgressLine
 from service.store.model_file import FileModelRegistry, state_dir
 from workers.limits import limits_from_env
@@ -50,7 +52,7 @@ from workers.limits import limits_from_env
 if TYPE_CHECKING:
     from distributed import Client
 
-    from service.kinds.pool import ThreadPool
+    from service.kinds.pool import ProcessPool, ThreadPool
 
 
 def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         args.scheduler or os.environ.get("PYTC_SCHEDULER") or None,
         args.workers,
         args.threads or usable_cores(),
+        forks=kind.name == "segmentation",
     )
     if args.threads is not None and not cluster.in_process:
         return spec_failure(
@@ -127,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
                 "--threads sets the one embedded worker's threads: not with --workers N or a scheduler",
             )
         )
+    if cluster.forks:
+        cluster.local_pool()  # its task processes forked now, while this process has no other thread
     cancel = threading.Event()
     line = None if args.quiet else ProgressLine(sys.stderr)
     try:
@@ -167,7 +172,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("\n".join(summary.lines), file=sys.stderr)
     if args.report is not None:
-        figures = {**result, "peak_rss_bytes": peak_rss_bytes()}
+        peak = peak_rss_bytes()
+        if peak is not None:
+            peak += cluster.children_peak_bytes  # the task processes', where they ran the tasks
+        figures = {**result, "peak_rss_bytes": peak}
         args.report.write_text(json.dumps(figures, indent=2, sort_keys=True, default=str))
     if summary.output is not None:
         print(summary.output)
@@ -216,11 +224,15 @@ def _close(line: ProgressLine | None) -> None:
 class LazyCluster:
     """The Dask client of ``pytc run``, connected (or its embedded cluster started) on first use."""
 
-    def __init__(self, scheduler: str | None, n_workers: int, threads: int = 1) -> None:
+    def __init__(self, scheduler: str | None, n_workers: int, threads: int = 1, forks: bool = False) -> None:
         self.scheduler, self.n_workers, self.threads = scheduler, n_workers, threads
         self._client: Client | None = None
         self._cluster: Any = None
-        self._pool: ThreadPool | None = None
+        self._pool: ThreadPool | ProcessPool | None = None
+        # the local pool's tasks in forked processes (segmentation: its steps are whole-block work
+        # that holds the GIL in places); else (a pyramid stage after an inference, which has
+        # started threads by then) on threads
+        self.forks = forks and self.in_process and threads > 1 and forks_tasks()
 
     def __enter__(self) -> LazyCluster:
         return self
@@ -244,19 +256,26 @@ class LazyCluster:
                 self._client = connect(self._cluster)
         return self._client
 
-    def local_pool(self) -> ThreadPool | None:
-        """With the one embedded worker, ``threads`` threads of this process for the kinds that take
-        a task pool (the worker would be a thread of this process too): a worker of ``threads``
-        threads, as Dask's ``nthreads``; else None (their tasks go to Dask). The block steps spend
-        most of their time where the GIL is released (cc3d's labelling, reading and decompressing
-        chunks, Blosc and zstd, numpy's element-wise passes), so threads overlap them."""
+    def local_pool(self) -> ThreadPool | ProcessPool | None:
+        """With the one embedded worker, where the kinds that take a task pool run ``threads`` tasks
+        at once (a worker of ``threads`` threads, as Dask's ``nthreads``): for a segmentation job,
+        processes forked from this one (:class:`~service.kinds.pool.ProcessPool`; Linux,
+        ``threads`` > 1; made by ``_run`` before it checks the job, so that the fork finds no
+        thread here), else threads of this process; None with a scheduler or several workers
+        (their tasks go to Dask). connected-components-3d holds the GIL while it labels, so
+        threads would label one block at a time."""
         if not self.in_process:
             return None
         if self._pool is None:
-            from service.kinds.pool import ThreadPool
+            from service.kinds.pool import ProcessPool, ThreadPool
 
-            self._pool = ThreadPool(self.threads)
+            self._pool = ProcessPool(self.threads) if self.forks else ThreadPool(self.threads)
         return self._pool
+
+    @property
+    def children_peak_bytes(self) -> int:
+        """The task processes' peak resident memory, summed (0 without them), once closed."""
+        return int(getattr(self._pool, "children_peak_bytes", 0))
 
     @property
     def in_process(self) -> bool:

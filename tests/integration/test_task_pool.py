@@ -1,46 +1,65 @@
-"""The task-pool seam (:mod:`service.kinds.pool`): the Dask pool (a real in-process Dask cluster) and
-the thread pool of ``pytc run``'s one embedded worker pass the same conformance checks: results,
-failures retried then reported, a cancel dropping what has not started, and waiting for the tasks
-of a stopped job that still run."""
+"""The task-pool seam (:mod:`service.kinds.pool`): the Dask pool (a real in-process Dask cluster), the
+thread pool of ``pytc run``'s one embedded worker and its pool of forked processes pass the same
+conformance checks: results, failures retried then reported, a cancel dropping what has not started,
+and waiting for the tasks of a stopped job that still run. The tasks count their calls and wait at
+their gate in files, which a forked process shares with the test."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.kinds.pool import DaskPool, TaskPool, ThreadPool
+from service.kinds.pool import DaskPool, ProcessPool, TaskPool, ThreadPool
 
-CALLS: dict[str, int] = {}
-GATE = threading.Event()
+PLACE: list[Path] = []  # the test's folder: calls/<name> (a byte per call), gate, started/<name>
+
+
+def calls(name: str) -> int:
+    path = PLACE[0] / "calls" / name
+    return path.stat().st_size if path.exists() else 0
 
 
 def count_and_fail(name: str, failures: int) -> str:
     """Fails its first ``failures`` calls (counted per name), then returns ``name``."""
-    CALLS[name] = CALLS.get(name, 0) + 1
-    if CALLS[name] <= failures:
-        raise ValueError(f"{name} failed (call {CALLS[name]})")
+    with (PLACE[0] / "calls" / name).open("ab") as f:
+        f.write(b".")
+    if calls(name) <= failures:
+        raise ValueError(f"{name} failed (call {calls(name)})")
     return name
 
 
 def held(name: str) -> str:
     """Runs until the test opens the gate."""
-    GATE.wait(30)
+    (PLACE[0] / "started" / name).touch()
+    deadline = time.monotonic() + 30
+    while not (PLACE[0] / "gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     return name
 
 
-@pytest.fixture(params=["threads", "dask"])
-def pool(request: pytest.FixtureRequest) -> Iterator[TaskPool]:
-    CALLS.clear()
-    GATE.clear()
-    if request.param == "threads":
-        threads = ThreadPool(1)
-        yield threads
-        GATE.set()
-        threads.close()
+def open_gate() -> None:
+    (PLACE[0] / "gate").touch()
+
+
+@pytest.fixture(params=["threads", "processes", "dask"])
+def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskPool]:
+    (tmp_path / "calls").mkdir()
+    (tmp_path / "started").mkdir()
+    PLACE[:] = [tmp_path]
+    if request.param in ("threads", "processes"):
+        local = ThreadPool(1) if request.param == "threads" else ProcessPool(1)
+        yield local
+        open_gate()
+        local.close()
         return
     from distributed import Client, LocalCluster
 
@@ -49,7 +68,7 @@ def pool(request: pytest.FixtureRequest) -> Iterator[TaskPool]:
         Client(cluster) as client,
     ):
         yield DaskPool(client)
-        GATE.set()
+        open_gate()
 
 
 def wait_all(pool: TaskPool, handles: list[Any]) -> None:
@@ -65,7 +84,7 @@ def test_one_worker_and_a_result(pool: TaskPool) -> None:
     handle = pool.submit("t-a", count_and_fail, "a", 0, retries=0, priority=0)
     wait_all(pool, [handle])
     assert pool.failure(handle) is None
-    assert CALLS["a"] == 1
+    assert calls("a") == 1
 
 
 def test_a_failing_task_is_retried_then_reported(pool: TaskPool) -> None:
@@ -73,35 +92,75 @@ def test_a_failing_task_is_retried_then_reported(pool: TaskPool) -> None:
     broken = pool.submit("t-broken", count_and_fail, "broken", 5, retries=1, priority=0)
     wait_all(pool, [flaky, broken])
     assert pool.failure(flaky) is None
-    assert CALLS["flaky"] == 3
+    assert calls("flaky") == 3
     error = pool.failure(broken)
     assert isinstance(error, ValueError) and "broken failed (call 2)" in str(error)
-    assert CALLS["broken"] == 2
+    assert calls("broken") == 2
 
 
 def test_a_cancel_drops_what_has_not_started_and_wait_idle_waits_for_the_rest(pool: TaskPool) -> None:
     running = pool.submit("job1-run", held, "run", retries=0, priority=0)
     waiting = pool.submit("job1-wait", count_and_fail, "wait", 0, retries=0, priority=0)
     deadline = time.monotonic() + 10
-    while not GATE.is_set() and time.monotonic() < deadline:  # until the first task runs
-        if _is_running(pool, "job1-run"):
-            break
-        time.sleep(0.02)
+    while not (PLACE[0] / "started" / "run").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the first task runs
     pool.cancel([waiting])
     started = time.monotonic()
-    threading.Timer(0.5, GATE.set).start()
+    threading.Timer(0.5, open_gate).start()
     pool.wait_idle(("job1-",), 20)
     assert time.monotonic() - started >= 0.4  # it waited for the running task
     wait_all(pool, [running, waiting])
     assert pool.failure(running) is None
     assert pool.failure(waiting) is not None  # cancelled before it ran
-    assert "wait" not in CALLS
+    assert calls("wait") == 0
 
 
-def _is_running(pool: TaskPool, key: str) -> bool:
-    if isinstance(pool, ThreadPool):
-        return key in pool._running
-    assert isinstance(pool, DaskPool)
-    from workers.runtime.busy import running_keys
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from service.kinds.pool import ProcessPool
 
-    return any(pool.client.run(running_keys, (key,)).values())
+def record_and_sleep(folder):
+    Path(folder, str(os.getpid())).touch()
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        Path(folder, "interrupted").touch()
+
+pool = ProcessPool(2)
+for i in range(2):
+    pool.submit(f"t{i}", record_and_sleep, sys.argv[1], retries=0, priority=0)
+time.sleep(60)
+"""
+
+
+def test_task_processes_die_with_their_parent_and_ignore_ctrl_c(tmp_path: Path) -> None:
+    """A ``kill -9`` of ``pytc run`` leaves no task running (the processes get the kernel's
+    parent-death signal); a Ctrl-C is the parent's to handle (its job's cancel flag stops the
+    tasks), so the processes ignore SIGINT."""
+    import psutil
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.3)
+        assert not (tmp_path / "interrupted").exists()  # the tasks ran on through the Ctrl-C
+        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+        parent.kill()
+        parent.wait(10)
+        _, alive = psutil.wait_procs(
+            [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10
+        )
+        assert not alive
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
