@@ -31,8 +31,9 @@ Run one job (inference or training) to its end, without a server: the job is che
 (nothing starts when it is invalid), then run on an embedded local Dask cluster or on the
 scheduler named by --scheduler or $PYTC_SCHEDULER, with a progress line on stderr. With the one
 embedded worker (--workers 1, the default) a segmentation job's steps and every pyramid stage run
-on threads of this process (--threads, default the cores it may use), without starting Dask. The
-output's path is printed on stdout at the end."""
+without starting Dask, --threads at once (default the cores this process may use): a segmentation
+job's in processes forked from this one (on Linux), else on threads of this process. The output's
+path is printed on stdout at the end."""
 
 
 def _indented(text: str) -> str:

@@ -83,8 +83,9 @@ def add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         type=positive_int,
         default=None,
         metavar="N",
-        help="with the one embedded worker: how many segmentation and pyramid tasks run at once, on "
-        "threads of this process (default: the cores this process may use)",
+        help="with the one embedded worker: how many segmentation and pyramid tasks run at once "
+        "(default: the cores this process may use); a segmentation job's in processes forked from "
+        "this one (Linux; PYTC_FORK_TASKS=0: threads), else on threads of this process",
     )
     run.add_argument(
         "--data-root", action="append", metavar="DIR",

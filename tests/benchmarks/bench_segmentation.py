@@ -10,11 +10,13 @@ random fields, so objects of many sizes cross block faces):
   whole-volume decoder (cc3d); each twice, in a fresh process, the faster run's decode time and
   peak RSS kept;
 - ``pytc run`` end to end (a subprocess: start-up, every step, the labels written as zstd'ed
-  uint32 chunks, the table of objects), with 1 worker of N threads (the default: its steps on N
-  threads of the process, N the cores it may use, no Dask: :mod:`service.kinds.pool`), the same
-  worker with ``--threads 1``, and 2 workers (the embedded Dask cluster, a thread each); wall time,
+  uint32 chunks, the table of objects), with 1 worker of N tasks at once (the default: its steps
+  in N processes forked from it, N the cores it may use, no Dask: :mod:`service.kinds.pool`), the
+  same on N threads of the process (``PYTC_FORK_TASKS=0``), the same worker with ``--threads 1``,
+  and 2 workers (the embedded Dask cluster, a thread each); wall time,
   CPU time (user + system, the process and the children it waited for: steadier than wall time on
-  a shared machine) and the peak RSS of its process tree;
+  a shared machine) and the peak of its process tree's proportional set size (PSS: RSS with the
+  pages a forked process shares with its parent counted once);
 - the labels of the run checked equal, voxel for voxel, to the in-memory ones.
 
 The label image's pyramid (a stage of the job, for viewers) is not part of the decoder, so the runs
@@ -78,7 +80,7 @@ def make_prediction(path: Path, shape: tuple[int, int, int], names: list[str]) -
 
 
 IN_MEMORY = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from skimage.measure import label
 from skimage.morphology import dilation
@@ -109,7 +111,8 @@ else:
     segm = decode_in_memory(pred, decoder)
 seconds, cpu = time.perf_counter() - t, time.process_time() - c
 np.save(out, sequential(segm.astype(np.uint64)))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: that keeps the peak of the bench process this one was forked from
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak}))
 """
 
@@ -133,26 +136,39 @@ def in_memory(root: Path, name: str, how: str, repeat: int = 2) -> dict[str, flo
 
 
 def pytc_run(
-    root: Path, name: str, workers: int, block: list[int], pyramid: bool = False, threads: int | None = None
+    root: Path,
+    name: str,
+    workers: int,
+    block: list[int],
+    pyramid: bool = False,
+    threads: int | None = None,
+    fork: bool = True,
 ) -> dict[str, float]:
+    """``pytc run`` of the job in a subprocess; ``fork=False``: its tasks on threads of the process
+    (``PYTC_FORK_TASKS=0``), not in forked processes."""
     doc = {
         "kind": "segmentation",
         "input": {"path": "pred.zarr", "dataset": name},
         "decoder": DECODERS[name],
         "output": {
-            "path": f"seg-{workers}-{threads}.zarr",
+            "path": f"seg-{workers}-{threads}{'' if fork else '-threads'}.zarr",
             "dataset": name,
             "chunks": [min(b, c) for b, c in zip(block, (32, 256, 256), strict=True)],
             "pyramid": pyramid,
         },
         "compute": {"block_shape": block},
     }
-    job = root / f"{name}-{workers}-{threads}.yaml"
+    job = root / f"{name}-{workers}-{threads}{'' if fork else '-threads'}.yaml"
     job.write_text(yaml.safe_dump(doc))
     cmd = [sys.executable, "-m", "service.cli", "run", str(job), "--quiet", "--workers", str(workers)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTC_DATA_ROOTS": str(root)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTC_DATA_ROOTS": str(root),
+        "PYTC_FORK_TASKS": "1" if fork else "0",
+    }
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -162,7 +178,7 @@ def pytc_run(
         rss = 0
         try:
             for p in [proc, *proc.children(recursive=True)]:
-                rss += p.memory_info().rss
+                rss += _proportional(p)
         except psutil.Error:
             pass
         peak = max(peak, rss)
@@ -175,11 +191,20 @@ def pytc_run(
     return {"seconds": seconds, "cpu": cpu, "peak_mib": peak / 2**20, "load": load}
 
 
-def labels_equal(root: Path, name: str, workers: int, threads: int | None = None) -> bool:
+def _proportional(process: psutil.Process) -> int:
+    """A process's proportional set size (its shared pages split among the processes that map them:
+    a forked task process shares its parent's imported modules), else its RSS."""
+    try:
+        return int(getattr(process.memory_full_info(), "pss", process.memory_info().rss))
+    except psutil.AccessDenied:
+        return int(process.memory_info().rss)
+
+
+def labels_equal(root: Path, name: str, workers: int, threads: int | None = None, suffix: str = "") -> bool:
     from volumes.box import Box
     from volumes.open import open_volume
 
-    volume = open_volume(root / f"seg-{workers}-{threads}.zarr", name)
+    volume = open_volume(root / f"seg-{workers}-{threads}{suffix}.zarr", name)
     got = volume.read(Box((0, 0, 0), volume.shape))
     return bool(np.array_equal(got, np.load(root / f"{name}-skimage.npy")))
 
@@ -219,9 +244,12 @@ def main() -> None:
             skimage = in_memory(root, name, "skimage")
             ours = in_memory(root, name, "cc3d")
             one = pytc_run(root, name, 1, args.block, args.pyramid)
+            threaded = pytc_run(root, name, 1, args.block, args.pyramid, fork=False)
             single = pytc_run(root, name, 1, args.block, args.pyramid, threads=1)
             two = pytc_run(root, name, 2, args.block, args.pyramid)
             same = all(labels_equal(root, name, w, t) for w, t in ((1, None), (1, 1), (2, None)))
+            same = same and labels_equal(root, name, 1, None, "-threads")
+            runs = (one, threaded, single, two)
             floor = min(skimage["seconds"], ours["seconds"])
             objects = int(np.load(root / f"{name}-skimage.npy").max())
             rows += [
@@ -239,19 +267,19 @@ def main() -> None:
                     f"{skimage['wall']:.2f}",
                 ),
                 (
-                    f"  pytc run, 1 worker ({cores} threads) / 1 w, 1 thread / 2 workers, end to end (s)",
-                    f"{one['seconds']:.2f} / {single['seconds']:.2f} / {two['seconds']:.2f}",
+                    f"  pytc run, 1 worker: {cores} processes / {cores} threads / 1 thread; 2 workers (s)",
+                    " / ".join(f"{r['seconds']:.2f}" for r in runs),
                 ),
                 (
-                    "  pytc run, the same three, CPU user + system (s)",
-                    f"{one['cpu']:.2f} / {single['cpu']:.2f} / {two['cpu']:.2f}",
+                    "  pytc run, the same four, CPU user + system (s)",
+                    " / ".join(f"{r['cpu']:.2f}" for r in runs),
                 ),
                 (
                     "  load average (1 min) at the start of each pytc run",
-                    f"{one['load']:.1f} / {single['load']:.1f} / {two['load']:.1f}",
+                    " / ".join(f"{r['load']:.1f}" for r in runs),
                 ),
                 (
-                    f"  in-memory decode / pytc run 1 worker, {cores} threads (goal >= 1.0)",
+                    f"  in-memory decode / pytc run 1 worker, {cores} processes (goal >= 1.0)",
                     f"{skimage['seconds'] / one['seconds']:.2f}",
                 ),
                 (
@@ -269,16 +297,19 @@ def main() -> None:
                 ),
                 ("  pytc run 1 worker / 2 workers", f"{one['seconds'] / two['seconds']:.2f}"),
                 (
-                    "  peak RSS in memory (skimage) / pytc run 1 w / 1 w 1 thread / 2 w (MiB)",
-                    f"{skimage['peak_mib']:.0f} / {one['peak_mib']:.0f} / {single['peak_mib']:.0f} / "
-                    f"{two['peak_mib']:.0f}",
+                    f"  pytc run 1 worker, {cores} threads / {cores} processes",
+                    f"{threaded['seconds'] / one['seconds']:.2f}",
+                ),
+                (
+                    "  peak RSS in memory (skimage) / pytc run, the four, process tree's PSS (MiB)",
+                    f"{skimage['peak_mib']:.0f} / " + " / ".join(f"{r['peak_mib']:.0f}" for r in runs),
                 ),
                 ("  labels of pytc run == in memory, voxel for voxel", "yes" if same else "NO"),
             ]
     width = max(len(r[0]) for r in rows)
     title = (
         f"segmentation, {'x'.join(map(str, shape))}, block {'x'.join(map(str, args.block))}, "
-        f"1 worker = {cores} threads, load {started_load:.1f} -> {os.getloadavg()[0]:.1f}"
+        f"1 worker = {cores} tasks at once, load {started_load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     table = [f"| {title:<{width}} | |",
              f"|{'-' * (width + 2)}|---|"]  # fmt: skip
