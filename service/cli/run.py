@@ -270,7 +270,10 @@ class LazyCluster:
         if self._pool is None:
             from service.kinds.pool import ProcessPool, ThreadPool
 
-            self._pool = ProcessPool(self.threads) if self.forks else ThreadPool(self.threads)
+            try:
+                self._pool = ProcessPool(self.threads) if self.forks else ThreadPool(self.threads)
+            except OSError:  # no fork here (a process limit, no memory): the same tasks on threads
+                self._pool = ThreadPool(self.threads)
         return self._pool
 
     @property

@@ -1,7 +1,8 @@
-"""``pytc run`` of a segmentation job with its one embedded worker: the steps run on threads of the
-process (:class:`service.kinds.pool.ThreadPool`, ``--threads``), Dask is never imported, and a run killed with
-``kill -9`` part way resumes, from its done record, to the labels of a clean run (the whole-volume
-decoder's)."""
+"""``pytc run`` of a segmentation job with its one embedded worker: ``--threads`` steps at once, in
+processes forked from it (:class:`service.kinds.pool.ProcessPool`, Linux) or on threads of it
+(:class:`service.kinds.pool.ThreadPool`: ``--threads 1``, ``PYTC_FORK_TASKS=0``), Dask is never
+imported, and a run killed with ``kill -9`` part way resumes, from its done record, to the labels of
+a clean run (the whole-volume decoder's)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def write_job(root: Path, shape: tuple[int, int, int], block: list[int]) -> np.n
     return pred
 
 
-def pytc(root: Path, *extra: str) -> subprocess.Popen[str]:
+def pytc(root: Path, *extra: str, fork: bool = True) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-c", RUN, "run", "seg.yaml", "--data-root", str(root), "--quiet", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTC_FORK_TASKS": "1" if fork else "0"}
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -77,12 +78,15 @@ def test_one_worker_runs_its_steps_in_process_without_dask(tmp_path: Path) -> No
     assert report["blocks_total"] == 2 * 3 * 3 and report["levels"] >= 2  # with its pyramid
 
 
-@pytest.mark.parametrize("threads", ["1", "3"])
-def test_the_one_worker_on_several_threads_gives_the_same_labels(tmp_path: Path, threads: str) -> None:
-    """``--threads N``: N steps at once on threads of the process (18 blocks, five steps each, a
-    dilation reading its neighbours' numbered labels), still the whole-volume decoder's labels."""
+@pytest.mark.parametrize(("threads", "fork"), [("1", True), ("3", True), ("3", False)])
+def test_the_one_worker_on_several_threads_gives_the_same_labels(
+    tmp_path: Path, threads: str, fork: bool
+) -> None:
+    """``--threads N``: N steps at once (18 blocks, five steps each, a dilation reading its
+    neighbours' numbered labels), in forked processes or on threads of the process, still the
+    whole-volume decoder's labels."""
     pred = write_job(tmp_path, (12, 40, 44), [6, 16, 16])
-    said = finished(pytc(tmp_path, "--threads", threads))
+    said = finished(pytc(tmp_path, "--threads", threads, fork=fork))
     assert said["distributed"] is False
     np.testing.assert_array_equal(labels(tmp_path), sequential(decode_in_memory(pred, DECODER)))
 

@@ -105,3 +105,33 @@ def test_synth_writes_a_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     assert capsys.readouterr().out.strip() == str(out)
     assert zarr.open_array(str(out / "raw" / "0"), mode="r").shape == (8, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("forks", "threads", "env", "kind"),
+    [
+        (True, 2, "1", "ProcessPool"),
+        (True, 1, "1", "ThreadPool"),  # one task at a time: no process to fork
+        (True, 2, "0", "ThreadPool"),  # PYTC_FORK_TASKS=0
+        (False, 2, "1", "ThreadPool"),  # not a segmentation job (a pyramid after an inference)
+    ],
+)
+def test_where_the_one_workers_tasks_run(
+    monkeypatch: pytest.MonkeyPatch, forks: bool, threads: int, env: str, kind: str
+) -> None:
+    """``pytc run``'s local pool: a segmentation job's tasks in forked processes on Linux with
+    ``--threads`` > 1, else on threads; none with a scheduler or several workers."""
+    import sys
+
+    from service.cli.run import LazyCluster
+
+    if not sys.platform.startswith("linux") and kind == "ProcessPool":
+        kind = "ThreadPool"
+    monkeypatch.setenv("PYTC_FORK_TASKS", env)
+    with LazyCluster(None, 1, threads, forks=forks) as cluster:
+        assert type(cluster.local_pool()).__name__ == kind
+        assert cluster.local_pool() is cluster.local_pool()
+    with LazyCluster("tcp://127.0.0.1:1", 1, threads, forks=forks) as cluster:
+        assert cluster.local_pool() is None
+    with LazyCluster(None, 2, threads, forks=forks) as cluster:
+        assert cluster.local_pool() is None
