@@ -107,7 +107,37 @@ class DaskPool:
         wait_for_tasks(self.client, prefixes, timeout_s)
 
 
-class ThreadPool:
+class _LocalTasks:
+    """What the pools of this process (threads, forked processes) share: their handles are
+    ``concurrent.futures`` futures, and each knows the keys of the tasks it is running."""
+
+    _lock: threading.Lock
+
+    def _running_keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def wait_some(self, handles: list[Future[Any]], timeout_s: float) -> set[Future[Any]]:
+        return set(wait(handles, timeout=timeout_s, return_when=FIRST_COMPLETED).done)
+
+    def failure(self, handle: Future[Any]) -> BaseException | str | None:
+        if handle.cancelled():
+            return "the task was cancelled before it ran"
+        return handle.exception()
+
+    def cancel(self, handles: Iterable[Future[Any]]) -> None:
+        for handle in handles:
+            handle.cancel()
+
+    def wait_idle(self, prefixes: tuple[str, ...], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while prefixes and time.monotonic() < deadline:
+            with self._lock:
+                if not any(key.startswith(prefixes) for key in self._running_keys()):
+                    return
+            time.sleep(0.02)
+
+
+class ThreadPool(_LocalTasks):
     """Tasks on ``threads`` threads of this process, started in the order submitted."""
 
     def __init__(self, threads: int = 1) -> None:
@@ -132,25 +162,8 @@ class ThreadPool:
             with self._lock:
                 self._running.discard(key)
 
-    def wait_some(self, handles: list[Future[Any]], timeout_s: float) -> set[Future[Any]]:
-        return set(wait(handles, timeout=timeout_s, return_when=FIRST_COMPLETED).done)
-
-    def failure(self, handle: Future[Any]) -> BaseException | str | None:
-        if handle.cancelled():
-            return "the task was cancelled before it ran"
-        return handle.exception()
-
-    def cancel(self, handles: Iterable[Future[Any]]) -> None:
-        for handle in handles:
-            handle.cancel()
-
-    def wait_idle(self, prefixes: tuple[str, ...], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while prefixes and time.monotonic() < deadline:
-            with self._lock:
-                if not any(key.startswith(prefixes) for key in self._running):
-                    return
-            time.sleep(0.02)
+    def _running_keys(self) -> list[str]:
+        return list(self._running)
 
     def close(self) -> None:
         """Drop what has not started and wait for the running tasks (they stop at a cancel flag)."""
@@ -193,7 +206,7 @@ def forks_tasks() -> bool:
     return sys.platform.startswith("linux") and os.environ.get("PYTC_FORK_TASKS", "1") != "0"
 
 
-class ProcessPool:
+class ProcessPool(_LocalTasks):
     """Tasks in ``processes`` processes forked from this one, started in the order submitted.
 
     Made before this process starts any thread (``pytc run`` makes it before it checks the job):
@@ -263,25 +276,8 @@ class ProcessPool:
             handle.set_result(done.result() if done is not None else None)
         self._start_next()
 
-    def wait_some(self, handles: list[Future[Any]], timeout_s: float) -> set[Future[Any]]:
-        return set(wait(handles, timeout=timeout_s, return_when=FIRST_COMPLETED).done)
-
-    def failure(self, handle: Future[Any]) -> BaseException | str | None:
-        if handle.cancelled():
-            return "the task was cancelled before it ran"
-        return handle.exception()
-
-    def cancel(self, handles: Iterable[Future[Any]]) -> None:
-        for handle in handles:
-            handle.cancel()
-
-    def wait_idle(self, prefixes: tuple[str, ...], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while prefixes and time.monotonic() < deadline:
-            with self._lock:
-                if not any(key.startswith(prefixes) for key in self._running.values()):
-                    return
-            time.sleep(0.02)
+    def _running_keys(self) -> list[str]:
+        return list(self._running.values())
 
     def close(self) -> None:
         """Drop what has not started, wait for the running tasks (they stop at a cancel flag) and
