@@ -269,7 +269,7 @@ def test_specks_dropped_in_their_blocks_leave_the_whole_volume_labels(
 ) -> None:
     """binary_connected over sparse specks (most of them whole inside one block, under
     ``thres_small``) and a sheet through every block: with ``relabel: sequential`` the label step
-    drops the specks in their block (``volumes.labels.blockwise.prune``; the unit tests count the
+    drops the specks in their block (``volumes.labels.blockwise.label_step``; the unit tests count the
     pieces), with ``none`` it keeps them for PyTC's numbers; the labels equal the whole volume's
     either way. Every step tunes the allocator first."""
     import workers.segmentation.steps as steps

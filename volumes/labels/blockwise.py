@@ -96,7 +96,7 @@ class Labelled:
 
 
 def prunes(decoder: Decoder, relabel: str) -> bool:
-    """Whether the label step may drop a block's small whole objects (:func:`prune`): the size
+    """Whether the label step may drop a block's small whole objects (:func:`label_step`): the size
     filter sets them to the background and the written numbers count only the kept objects
     (``relabel: sequential``), so they never need a number, and nothing grows them afterwards (no
     dilation, no watershed) or counts them per slice."""
@@ -141,33 +141,23 @@ def _kept(stats: Pieces, gone: np.ndarray) -> Pieces:
     )
 
 
-def prune(
-    labels: np.ndarray, stats: Pieces, box: Box, shape: Sequence[int], thres_small: int
-) -> tuple[np.ndarray, Pieces]:
-    """A block's labels and pieces without its small whole objects (:func:`small_whole`): their
-    voxels become 0 and the others keep their order, renumbered 1..m (raster order still). An
-    affinity map's block holds tens of thousands of such specks and a few dozen objects: the
-    merge, the pieces' files and the numbering then grow with the objects, not with the specks.
-    (affinity_connected's label step drops them in the pass that numbers its labels instead.)"""
-    gone = small_whole(stats, box, shape, thres_small)
-    table = _renaming(gone)
-    if table is None:
-        return labels, stats
-    return table.astype(labels.dtype, copy=False)[labels], _kept(stats, gone)
-
-
 def label_step(
     decoder: Decoder, grid: Grid, index: Index, pred: np.ndarray, pruned: bool = False
 ) -> Labelled:
     """A block's local labels from its prediction (C, read box); with ``pruned`` (where
-    :func:`prunes` allows it) without the block's small whole objects (:func:`prune`)."""
+    :func:`prunes` allows it) without the block's small whole objects (:func:`small_whole`): their
+    voxels become 0 and the others keep their order, renumbered 1..m (raster order still). An
+    affinity map's block holds tens of thousands of such specks and a few dozen objects: the
+    merge, the pieces' files and the numbering then grow with the objects, not with the specks.
+    affinity_connected's labelling drops them in the pass that numbers its labels; the other
+    decoders' labels are renamed here, in one pass."""
     box = grid.box(index)
     at_start = tuple(o == 0 for o in box.offset)
     at_end = tuple(e == s for e, s in zip(box.end, grid.shape, strict=True))
     kept: list[Pieces] = []
 
     def keep(found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray | None:
-        """The pieces from the labelling's runs, and the small whole ones dropped."""
+        """The pieces from the labels' runs, and the small whole ones dropped."""
         starts, lengths, values = found
         n = int(values.max(initial=0))
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, box.shape, box.offset, grid.shape)
@@ -178,9 +168,13 @@ def label_step(
     labels, extra, found, maybe = label_block(
         decoder, pred, box.shape, at_start, at_end, keep if pruned else None
     )
+    if pruned and not kept:  # the labelling left the renaming to this step
+        table = keep(runs(labels))
+        if table is not None:
+            labels = table.astype(labels.dtype, copy=False)[labels]
     slices = slice_pieces(labels, box.offset) if decoder.per_slice else None
     halo = strips(labels, decoder.halo) if dilates_by_strips(decoder) else None
-    if kept:  # the labelling dropped them itself
+    if kept:
         stats = kept[0]
     elif found is None:
         stats = pieces(labels, box.offset, grid.shape)
@@ -190,8 +184,6 @@ def label_step(
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
     if maybe is not None:
         stats = replace(stats, maybe=maybe[1:])
-    if pruned and not kept:
-        labels, stats = prune(labels, stats, box, grid.shape, decoder.thres_small)
     return Labelled(labels, {**faces(labels), **extra}, stats, slices, halo)
 
 
