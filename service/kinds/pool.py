@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -258,22 +258,26 @@ class ProcessPool(_LocalTasks):
             try:
                 inner = self._executor.submit(_attempts, fn, args, retries)
             except Exception as err:  # the pool broke (a process killed): this task fails with it
-                self._finish(handle, None, err)
+                self._settle(handle, err)
                 continue
-            inner.add_done_callback(partial(self._finished, handle))
+            inner.add_done_callback(partial(self._settle, handle))
 
-    def _finished(self, handle: Future[Any], done: Future[Any]) -> None:
-        self._finish(handle, done, None)
-
-    def _finish(self, handle: Future[Any], done: Future[Any] | None, error: BaseException | None) -> None:
+    def _settle(self, handle: Future[Any], outcome: Future[Any] | BaseException) -> None:
+        """``handle`` takes the result or error of the process's future (or the error that kept the
+        task from a process); the freed process takes the next waiting task."""
         with self._lock:
             self._running.pop(handle, None)
-        if done is not None:
-            error = done.exception()
+        if isinstance(outcome, BaseException):
+            error: BaseException | None = outcome
+        elif outcome.cancelled():  # dropped by the executor's shutdown before a process took it
+            error = CancelledError("the pool closed before the task ran")
+        else:
+            error = outcome.exception()
         if error is not None:
             handle.set_exception(error)
         else:
-            handle.set_result(done.result() if done is not None else None)
+            assert isinstance(outcome, Future)
+            handle.set_result(outcome.result())
         self._start_next()
 
     def _running_keys(self) -> list[str]:
