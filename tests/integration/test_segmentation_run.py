@@ -276,6 +276,14 @@ def test_specks_dropped_in_their_blocks_leave_the_whole_volume_labels(
 
     tuned: list[int] = []
     monkeypatch.setattr(steps, "tune_allocator", lambda: tuned.append(1) or True)
+    renamed: list[bool] = []
+    save = steps._save_packed
+
+    def saving(path: Path, labels: np.ndarray, renaming: np.ndarray | None = None) -> None:
+        renamed.append(renaming is not None)
+        save(path, labels, renaming)
+
+    monkeypatch.setattr(steps, "_save_packed", saving)
     rng = np.random.default_rng(11)
     mask = rng.random(SHAPE) < 0.05
     mask[4] = True
@@ -291,3 +299,22 @@ def test_specks_dropped_in_their_blocks_leave_the_whole_volume_labels(
     np.testing.assert_array_equal(read(j), want)
     assert result["objects"] == len(np.unique(want)) - 1 > 1
     assert len(tuned) >= 3 * 12  # label, link and write of each of the 12 blocks, at least
+    # the labels are kept as labelled, their renaming beside them, composed with the numbers at the write
+    assert any(renamed) == (relabel == "sequential")
+
+
+def test_a_blocks_labels_file_keeps_its_renaming_and_old_files_load(tmp_path: Path) -> None:
+    from workers.segmentation.steps import _load_labelling, _load_packed, _save_packed
+
+    labels = np.array([[[0, 1, 2], [3, 3, 0]]], dtype=np.uint32)
+    renaming = np.array([0, 1, 0, 2], dtype=np.uint32)  # label 2 dropped, 3 becomes 2
+    _save_packed(tmp_path / "new.npy.blosc", labels, renaming)
+    got, table = _load_labelling(tmp_path / "new.npy.blosc")
+    assert got.dtype == np.uint8 and table is not None
+    np.testing.assert_array_equal(got, labels)
+    np.testing.assert_array_equal(table, renaming)
+    np.testing.assert_array_equal(_load_packed(tmp_path / "new.npy.blosc"), [[[0, 1, 0], [2, 2, 0]]])
+    _save_packed(tmp_path / "old.npy.blosc", labels)  # a file from before renamings: the labels alone
+    got, table = _load_labelling(tmp_path / "old.npy.blosc")
+    assert table is None
+    np.testing.assert_array_equal(_load_packed(tmp_path / "old.npy.blosc"), labels)

@@ -514,7 +514,7 @@ def fragments_blockwise(pred: np.ndarray, agg: Agglomeration, block: Sequence[in
     numbered = merge_step(grid, {i: d.pieces for i, d in done.items()}, links_of)
     out = np.zeros(grid.shape, dtype=np.uint64)
     for index in grid.indices():
-        out[grid.box(index).slices()] = numbered.lut[index][done[index].labels]
+        out[grid.box(index).slices()] = numbered.lut[index][done[index].local]
     return out
 
 

@@ -87,12 +87,36 @@ def read_box(decoder: Decoder, grid: Grid, index: Index) -> Box:
 
 @dataclass(frozen=True)
 class Labelled:
-    labels: np.ndarray
+    """A block's label step: its labels, faces and pieces (the faces and pieces in the pieces'
+    numbers 1..n: :attr:`local`)."""
+
+    labels: np.ndarray  # the labelling's numbers; the pieces' numbers through ``renaming``
     faces: dict[str, np.ndarray]
     pieces: Pieces
     slices: dict[str, np.ndarray] | None = None  # per (label, z slice), for the per-slice size filters
     # bc_connected's dilation: the layers of the block within its reach of each face (:func:`strips`)
     strips: dict[str, np.ndarray] | None = None
+    # the labelling's number -> the piece's (0: a small whole object dropped); None: the same. The
+    # labels are not renamed here: whoever maps them to objects composes the two tables (a few
+    # thousand entries) instead of passing over the block's voxels once more
+    renaming: np.ndarray | None = None
+
+    @property
+    def local(self) -> np.ndarray:
+        """The labels in the pieces' numbers (1..n, raster order)."""
+        return rename(self.labels, self.renaming)
+
+
+def rename(labels: np.ndarray, renaming: np.ndarray | None) -> np.ndarray:
+    """``renaming[labels]`` in the labels' dtype, or the labels where there is no renaming."""
+    if renaming is None:
+        return labels
+    return np.take(renaming.astype(labels.dtype, copy=False), labels)
+
+
+def through(lut: np.ndarray, renaming: np.ndarray | None) -> np.ndarray:
+    """A table of the pieces' numbers (``lut[piece]``) as a table of the labelling's numbers."""
+    return lut if renaming is None else lut[renaming]
 
 
 def prunes(decoder: Decoder, relabel: str) -> bool:
@@ -168,10 +192,9 @@ def label_step(
     labels, extra, found, maybe = label_block(
         decoder, pred, box.shape, at_start, at_end, keep if pruned else None
     )
-    if pruned and not kept:  # the labelling left the renaming to this step
-        table = keep(runs(labels))
-        if table is not None:
-            labels = table.astype(labels.dtype, copy=False)[labels]
+    renaming = None
+    if pruned and not kept:  # the labelling left the renaming to this step: kept beside the labels
+        renaming = keep(runs(labels))
     slices = slice_pieces(labels, box.offset) if decoder.per_slice else None
     halo = strips(labels, decoder.halo) if dilates_by_strips(decoder) else None
     if kept:
@@ -184,7 +207,8 @@ def label_step(
         stats = run_pieces(starts, lengths, values.astype(np.intp), n, labels.shape, box.offset, grid.shape)
     if maybe is not None:
         stats = replace(stats, maybe=maybe[1:])
-    return Labelled(labels, {**faces(labels), **extra}, stats, slices, halo)
+    layers = {name: rename(layer, renaming) for name, layer in faces(labels).items()}
+    return Labelled(labels, {**layers, **extra}, stats, slices, halo, renaming)
 
 
 def link_step(
@@ -505,9 +529,10 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
     if decoder.per_slice:
         objects, drops = slice_step(decoder, grid, numbered, lambda j: done[j].slices or {})
     for index in grid.indices():
-        values = numbered.lut[index][done[index].labels].astype(np.uint64)
+        lut = numbered.lut[index]
+        values = through(lut, done[index].renaming)[done[index].labels].astype(np.uint64)
         if index in drops:
-            values = drop_slices(done[index].labels, drops[index], values)
+            values = drop_slices(done[index].local, drops[index], values)
         out[grid.box(index).slices()] = values
     if decoder.watershed:
         seeds, out, parts = kept_seeds(decoder, objects.count).astype(np.uint64)[out], np.zeros_like(out), []
@@ -527,7 +552,7 @@ def decode_blockwise(pred: np.ndarray, decoder: Decoder, block: tuple[int, ...],
                 decoder,
                 grid,
                 index,
-                done[index].labels,
+                done[index].local,
                 lambda j: done[j].strips or {},
                 numbered.lut.__getitem__,
             )

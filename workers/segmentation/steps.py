@@ -78,7 +78,9 @@ from volumes.labels.blockwise import (
     objects_from_parts,
     prunes,
     read_box,
+    rename,
     slice_step,
+    through,
 )
 from volumes.labels.decoders import Decoder
 from volumes.labels.merge import Objects, final_ids, label_dtype, narrow_dtype
@@ -199,13 +201,23 @@ def _label(plan: Plan, index: Index) -> None:
     pred = plan.read_prediction(read_box(decoder, grid, index))
     pruned = not plan.agglomerates and prunes(decoder, plan.job.output.relabel)
     done = label_step(decoder, grid, index, pred, pruned)
-    _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels)
-    _save_npz(plan.file("faces", index, ".npz"), done.faces)
+    _save_packed(plan.file("labels", index, ".npy.blosc"), done.labels, done.renaming)
+    _save_npz(plan.file("faces", index, ".npz"), {k: _narrow(v) for k, v in done.faces.items()})
     _save_npz(plan.file("pieces", index, ".npz"), done.pieces.arrays())
     if done.slices is not None:
         _save_npz(plan.file("slices", index, ".npz"), done.slices)
     if done.strips is not None:
         _save_npz(plan.file("strips", index, ".npz"), done.strips)
+
+
+def _narrow(layer: np.ndarray) -> np.ndarray:
+    """A face's labels in the narrowest unsigned type that holds them (a 256x256 face of uint32
+    labels is 256 KiB; of a block's few hundred labels, 64 or 128 KiB): the link step reads them
+    as int64 (:func:`volumes.labels.blockcc.links`). Other layers (affinities' bool edges) as
+    they are."""
+    if layer.dtype.kind != "u":
+        return layer
+    return layer.astype(narrow_dtype(int(layer.max(initial=0))), copy=False)
 
 
 def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
@@ -584,11 +596,13 @@ def _write(plan: Plan, index: Index) -> None:
         final = _final(plan)
         dilated = zarr.open_array(str(plan.run_dir.root / "dilated.zarr"), mode="r")
         data = final.astype(out.dtype)[np.asarray(dilated[box.slices()])]
-    else:
-        labels = _load_packed(plan.file("labels", index, ".npy.blosc"))
-        data = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)[labels]
+    else:  # the pieces' written numbers, as a table of the labelling's numbers: one pass over the block
+        labels, renaming = _load_labelling(plan.file("labels", index, ".npy.blosc"))
+        lut = np.load(plan.file("luts", index, ".npy")).astype(out.dtype)
+        data = np.take(through(lut, renaming), labels)
         if plan.job.decoder.per_slice:
-            data = drop_slices(labels, np.load(plan.file("luts", index, ".drops.npy")), data)
+            drops = np.load(plan.file("luts", index, ".drops.npy"))
+            data = drop_slices(rename(labels, renaming), drops, data)
     out.write(box, data)
 
 
@@ -604,22 +618,35 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda h: h.write(data))
 
 
-def _save_packed(path: Path, labels: np.ndarray) -> None:
+def _save_packed(path: Path, labels: np.ndarray, renaming: np.ndarray | None = None) -> None:
     """A block's local labels (1..n), in the narrowest unsigned type that holds n, Blosc-lz4'ed
     with byte shuffling: about 4 times faster both ways than the float scratch's bit-shuffled
     zstd, for twice the bytes (0.4 MB for 64x256x256 voxels and 200 labels), and kept only until the
     run completes. Old files (uint32, zstd) still load: the ``.npy`` header names the type and
-    Blosc's header its compressor."""
+    Blosc's header its compressor. ``renaming`` (the label step's table from the labelling's
+    numbers to the pieces', :attr:`volumes.labels.blockwise.Labelled.renaming`) follows the labels
+    as a second ``.npy`` in the same file: one file, written whole or not at all."""
     top = int(labels.max(initial=0))
     narrow = labels.astype(narrow_dtype(top), copy=False)
     buffer = io.BytesIO()
     np.save(buffer, narrow, allow_pickle=False)
+    if renaming is not None:
+        np.save(buffer, renaming, allow_pickle=False)
     packed = bytes(LABEL_SCRATCH_CODEC.encode(buffer.getbuffer()))
     atomic_write(path, lambda h: h.write(packed))
 
 
+def _load_labelling(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A block's labels and their renaming (None where the file holds none: see :func:`_save_packed`)."""
+    data = io.BytesIO(LABEL_SCRATCH_CODEC.decode(path.read_bytes()))
+    labels = np.load(data, allow_pickle=False)
+    renaming = np.load(data, allow_pickle=False) if data.tell() < len(data.getbuffer()) else None
+    return labels, renaming
+
+
 def _load_packed(path: Path) -> np.ndarray:
-    return np.load(io.BytesIO(LABEL_SCRATCH_CODEC.decode(path.read_bytes())), allow_pickle=False)
+    """A block's labels in the pieces' numbers (renamed where the file holds a renaming)."""
+    return rename(*_load_labelling(path))
 
 
 STEPS = {

@@ -444,7 +444,7 @@ def test_small_whole_objects_dropped_in_their_block_leave_the_whole_volume_label
         dropped = label_step(d, grid, index, part, pruned=True)
         every, kept = every + full.pieces.n, kept + dropped.pieces.n
         # the kept pieces are the full step's in the same (raster) order, renumbered 1..m
-        assert np.array_equal(np.unique(dropped.labels), np.arange(dropped.pieces.n + 1))
+        assert np.array_equal(np.unique(dropped.local), np.arange(dropped.pieces.n + 1))
         assert set(dropped.pieces.first.tolist()) <= set(full.pieces.first.tolist())
         assert np.all(np.diff(dropped.pieces.first) > 0)
     assert kept < every  # specks whole inside a block never reach the merge
