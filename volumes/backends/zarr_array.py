@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from volumes.backends import zarr_direct
 from volumes.backends.base import StoredVolume
 from volumes.backends.meta import METADATA_ERRORS, check_array_meta
 from volumes.backends.zarr_codecs import bound_decoding, inline_small_chunks
@@ -86,7 +87,12 @@ class ZarrVolume(StoredVolume):
             raise err.located(where=self._where()) from None
 
     def _write(self, slices: tuple[slice, ...], data: np.ndarray) -> None:
-        self._handle()[slices] = data
+        array = self._handle()
+        # Whole chunks of a local array go straight to their files (zarr's per-call overhead is
+        # larger than the encoding itself); zarr writes whatever that path declines.
+        if not is_url(self.path) and zarr_direct.write_chunks(array, self.node, slices, data):
+            return
+        array[slices] = data
 
     def _set_attrs(self, attrs: dict[str, Any]) -> None:
         self._handle().update_attributes(attrs)

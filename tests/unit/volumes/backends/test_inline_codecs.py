@@ -97,7 +97,9 @@ def test_outputs_write_the_same_bytes_with_small_chunks_encoded_on_the_loop(
         )
         volume = open_volume(path, "pred", mode="r+")
         encoded_on.clear()
-        volume.write(box, data)
+        # through the output's zarr pipeline: volume.write writes whole zstd chunks without it
+        # (volumes.backends.zarr_direct), the pipeline still writes whatever that path declines
+        volume._handle()[box.slices()] = data
         assert encoded_on == [name == "loop"] * 8  # 8 chunks, each where the limit says
         assert (open_volume(path, "pred", mode="r+").read(box) == data).all()
         stores[name] = {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
