@@ -6,8 +6,10 @@ folder's ledger, :mod:`workers.segmentation.rundir`), so a run killed at any mom
 the record: a step is redone unless it is recorded. The arrays of
 :mod:`volumes.labels.blockwise` are kept as::
 
-    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels, faces, pieces;
-    slices/<b>.npz                                          per (label, z slice), for background_2d)
+    labels/<b>.npy.blosc  faces/<b>.npz  pieces/<b>.npz     label step (local labels and their renaming
+    slices/<b>.npz                                          to the pieces' numbers where specks were
+                                                            dropped, faces, pieces; per (label, z
+                                                            slice), for background_2d)
     links/<b>.npz                                           link step
     luts/<b>.npy  objects.npz  final.npy  numbered.json     merges (the written numbers per block / object;
     luts/<b>.drops.npy                                      the (label, z) pairs the per-slice filter zeroes)
@@ -619,7 +621,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _save_packed(path: Path, labels: np.ndarray, renaming: np.ndarray | None = None) -> None:
-    """A block's local labels (1..n), in the narrowest unsigned type that holds n, Blosc-lz4'ed
+    """A block's labels (1..n), in the narrowest unsigned type that holds n, Blosc-lz4'ed
     with byte shuffling: about 4 times faster both ways than the float scratch's bit-shuffled
     zstd, for twice the bytes (0.4 MB for 64x256x256 voxels and 200 labels), and kept only until the
     run completes. Old files (uint32, zstd) still load: the ``.npy`` header names the type and
