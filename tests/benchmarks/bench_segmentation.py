@@ -152,8 +152,9 @@ def pytc_run(
     """``pytc run`` of the job in a subprocess; ``fork=False``: its tasks on threads of the process
     (``PYTC_FORK_TASKS=0``), not in forked processes. Timed ``repeat`` times with nothing watching
     it (the faster run's wall and CPU time kept), then run once more for its peak memory: reading
-    a process's PSS walks its page tables (``/proc/PID/smaps``) every 0.1 s, which slowed the
-    watched run by 5-15 % here."""
+    a process's PSS every 0.1 s walks its page tables (``/proc/PID/smaps``), and the watched runs
+    took about a tenth longer here (binary_connected at 128x1024x1024: 1.54-1.66 s watched,
+    1.31-1.46 s not, minutes apart)."""
     doc = {
         "kind": "segmentation",
         "input": {"path": "pred.zarr", "dataset": name},
@@ -213,9 +214,9 @@ def pytc_run(
 
 
 def settle(seconds: float = 1.0) -> None:
-    """A pause before each measured process: the kernel returns the GiBs an in-memory decode freed
-    in the background for a while after it exits, which slowed the next process by up to 1.7 times
-    here (``pytc run`` of binary_connected: 2.57 s right after two in-memory runs, 1.3-1.7 s alone)."""
+    """A pause before each measured process, so that none starts while the kernel still reclaims
+    the GiBs the one before freed (``pytc run`` of binary_connected at 128x1024x1024 took 2.57 s
+    in a bench run right after two in-memory decodes, watched as above; 1.3-1.7 s by hand)."""
     time.sleep(seconds)
 
 
