@@ -256,8 +256,10 @@ def test_an_array_in_another_store_is_declined_untouched(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def s3_bucket() -> Iterator[str]:
-    """``s3://lab`` on a real S3 server (moto's, whose state is the process's: one per module) on a
-    free 127.0.0.1 port, its variables set in this process."""
+    """``s3://zarr-direct`` on a real S3 server (moto's) on a free 127.0.0.1 port, its variables set
+    in this process. moto keeps its buckets in the process, not in the server: a bucket another
+    module made (tests/integration/test_object_store.py's ``lab``) is still there, so this one has
+    a name of its own."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -275,8 +277,8 @@ def s3_bucket() -> Iterator[str]:
         for key, value in env.items():
             patch.setenv(key, value)
         try:
-            filesystem().mkdir("lab")
-            yield "s3://lab"
+            filesystem().mkdir("zarr-direct")
+            yield "s3://zarr-direct"
         finally:
             server.stop()
 
@@ -295,7 +297,8 @@ def test_a_url_volume_is_written_by_zarr(
     zarr.open_array(str(tmp_path / "twin.zarr"), path="a", mode="r+")[...] = data
     np.testing.assert_array_equal(open_volume(url, "a").read(ALIGNED[0]), data)
     stored = {
-        k.removeprefix(f"lab/v{zarr_format}.zarr/a/") for k in filesystem().find(f"lab/v{zarr_format}.zarr/a")
+        k.removeprefix(f"zarr-direct/v{zarr_format}.zarr/a/")
+        for k in filesystem().find(f"zarr-direct/v{zarr_format}.zarr/a")
     }
     assert stored - METADATA == set(_chunk_files(tmp_path / "twin.zarr"))
     assert taken == []  # never asked: a URL is no local folder
