@@ -20,7 +20,8 @@ import tensorstore as ts
 import yaml
 import zarr
 
-from tests.integration.cluster_fixtures import done_blocks, free_port, make_data, write_job
+from tests.integration.cluster_fixtures import done_blocks, make_data, write_job
+from tests.s3_helpers import s3_server
 from volumes.box import Box
 from volumes.errors import VolumeNotFoundError
 from volumes.ome import put_multiscale
@@ -38,25 +39,8 @@ VOXEL, ORIGIN = [40.0, 4.0, 4.0], [400.0, 80.0, 40.0]  # the input's OME placeme
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
     """The AWS variables of a fresh S3 server with an empty bucket ``lab``, set in this process."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "test-key",
-        "AWS_SECRET_ACCESS_KEY": "test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        filesystem().mkdir(BUCKET)
-        try:
-            yield env
-        finally:
-            server.stop()
+    with s3_server(BUCKET) as env:
+        yield env
 
 
 def upload(local: Path, url: str) -> None:

@@ -4,7 +4,6 @@ zarr-python), and every write the fast path declines goes through zarr with the 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
+from tests.s3_helpers import s3_server
 from volumes.backends import zarr_direct
 from volumes.box import Box
 from volumes.open import open_volume
@@ -256,31 +256,9 @@ def test_an_array_in_another_store_is_declined_untouched(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def s3_bucket() -> Iterator[str]:
-    """``s3://zarr-direct`` on a real S3 server (moto's) on a free 127.0.0.1 port, its variables set
-    in this process. moto keeps its buckets in the process, not in the server: a bucket another
-    module made (tests/integration/test_object_store.py's ``lab``) is still there, so this one has
-    a name of its own."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "test-key",
-        "AWS_SECRET_ACCESS_KEY": "test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        try:
-            filesystem().mkdir("zarr-direct")
-            yield "s3://zarr-direct"
-        finally:
-            server.stop()
+    """``s3://zarr-direct`` on a real S3 server (moto's) on a free 127.0.0.1 port."""
+    with s3_server("zarr-direct"):
+        yield "s3://zarr-direct"
 
 
 @pytest.mark.parametrize("zarr_format", [3, 2])
