@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from tests.net_helpers import free_port
 from volumes.urls import filesystem
 
 
@@ -18,9 +18,7 @@ def s3_server(bucket: str) -> Iterator[dict[str, str]]:
     names a bucket of its own, or finds another module's still there."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import psutil
 import torch
 import zarr
 
+from tests.net_helpers import free_port
 from volumes.box import Box
 from volumes.open import open_volume
 
@@ -75,12 +75,6 @@ def job_doc(output: str = "out.zarr", **sections: Any) -> dict[str, Any]:
 def read_output(path: Path, dataset: str = "pred") -> np.ndarray:
     volume = open_volume(path, dataset)
     return volume.read(Box.of_shape(volume.shape))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
