@@ -36,7 +36,7 @@ from volumes.decoding import check_decoded, decode_bounded
 from volumes.errors import OversizedChunkError
 
 # The numcodecs codec inside zarr's own compressors, by the attribute zarr keeps it in.
-_NUMCODEC_ATTRIBUTE: dict[type, str] = {
+NUMCODEC_ATTRIBUTE: dict[type, str] = {
     ZstdCodec: "_zstd_codec",
     GzipCodec: "_gzip_codec",
     BloscCodec: "_blosc_codec",
@@ -141,7 +141,7 @@ class BoundedBytesCodec(BytesBytesCodec):
 
 def _numcodec(codec: BytesBytesCodec) -> Any:
     """The numcodecs codec that decodes ``codec``'s chunks, or None."""
-    found = getattr(codec, _NUMCODEC_ATTRIBUTE.get(type(codec), "_codec"), None)
+    found = getattr(codec, NUMCODEC_ATTRIBUTE.get(type(codec), "_codec"), None)
     if found is None and isinstance(codec, GzipCodec):  # zarr 3.0 makes a GZip on each call
         return numcodecs.GZip()  # the level only matters when writing
     return found

@@ -50,7 +50,7 @@ from zarr.codecs import BytesCodec, GzipCodec, ZstdCodec
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.storage import LocalStore
 
-from volumes.backends.zarr_codecs import _NUMCODEC_ATTRIBUTE
+from volumes.backends.zarr_codecs import NUMCODEC_ATTRIBUTE
 
 # The dtype kinds written here: bool, signed and unsigned integers, floats (their fill values and
 # emptiness are plain comparisons of bits, or NaN tests, as below).
@@ -124,7 +124,7 @@ def _v3_encoder(metadata: ArrayV3Metadata, dtype: np.dtype) -> Encode | None:
     if len(codecs) != 2 or type(codecs[1]) not in (ZstdCodec, GzipCodec):
         return None
     # zarr's own numcodecs object (the level and checksum it was given); zarr 3.0 has none for gzip
-    numcodec = getattr(codecs[1], _NUMCODEC_ATTRIBUTE[type(codecs[1])], None)
+    numcodec = getattr(codecs[1], NUMCODEC_ATTRIBUTE[type(codecs[1])], None)
     if numcodec is None:
         return None
     # the chunk's bytes, as zarr's BytesCodec hands them to the compressor (no copy)

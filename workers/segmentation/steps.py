@@ -217,9 +217,12 @@ def _narrow(layer: np.ndarray) -> np.ndarray:
     labels is 256 KiB; of a block's few hundred labels, 64 or 128 KiB): the link step reads them
     as int64 (:func:`volumes.labels.blockcc.links`). Other layers (affinities' bool edges) as
     they are."""
-    if layer.dtype.kind != "u":
-        return layer
-    return layer.astype(narrow_dtype(int(layer.max(initial=0))), copy=False)
+    return _narrowest(layer) if layer.dtype.kind == "u" else layer
+
+
+def _narrowest(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (non-negative) in the narrowest unsigned type that holds their largest value."""
+    return labels.astype(narrow_dtype(int(labels.max(initial=0))), copy=False)
 
 
 def _load_npz(plan: Plan, folder: str, index: Index) -> dict[str, np.ndarray]:
@@ -628,10 +631,8 @@ def _save_packed(path: Path, labels: np.ndarray, renaming: np.ndarray | None = N
     Blosc's header its compressor. ``renaming`` (the label step's table from the labelling's
     numbers to the pieces', :attr:`volumes.labels.blockwise.Labelled.renaming`) follows the labels
     as a second ``.npy`` in the same file: one file, written whole or not at all."""
-    top = int(labels.max(initial=0))
-    narrow = labels.astype(narrow_dtype(top), copy=False)
     buffer = io.BytesIO()
-    np.save(buffer, narrow, allow_pickle=False)
+    np.save(buffer, _narrowest(labels), allow_pickle=False)
     if renaming is not None:
         np.save(buffer, renaming, allow_pickle=False)
     packed = bytes(LABEL_SCRATCH_CODEC.encode(buffer.getbuffer()))
